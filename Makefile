@@ -1,0 +1,48 @@
+# segmint — `make help` lists the targets.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt | md5sum | cut -c1-8)
+
+.PHONY: help run demo test test-rust test-python lint bench build venv clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): requirements-dev.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements-dev.txt
+	touch $(STAMP)
+
+venv: $(STAMP) ## create .venv with the pinned tools
+
+build: $(STAMP) ## build the Rust extension (release) into .venv
+	$(VENV)/bin/maturin develop --release -q
+
+run: build ## build and run the main job: stream a generated workload through the engine
+	$(VENV)/bin/segmint demo
+
+test: build test-rust test-python ## build, then run every Rust and Python test
+
+test-rust: ## Rust unit, property and doc tests of the core
+	cargo test -p segmint-core --release -q
+
+test-python: ## pytest: API, differential vs the reference, scenarios, bad input
+	HYPOTHESIS_PROFILE=ci $(VENV)/bin/pytest tests
+
+lint: $(STAMP) ## cargo fmt/clippy, ruff, mypy, stubtest
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(VENV)/bin/ruff check python tests benches
+	$(VENV)/bin/ruff format --check python tests benches
+	$(VENV)/bin/mypy
+	$(VENV)/bin/python -m mypy.stubtest segmint._core
+
+bench: build ## run the benchmark suite and write BENCHMARKS.md
+	$(PY) benches/run.py
+
+clean: ## remove build outputs
+	cargo clean
+	rm -rf $(VENV)

@@ -1,0 +1,51 @@
+"""segmint: a real-time audience segmentation engine.
+
+>>> from segmint import Engine
+>>> eng = Engine(clock="manual", now="2026-01-01T00:00:00Z")
+>>> eng.define_audience("buyers", 'did("Order Completed", 7d)')
+0
+>>> _ = eng.track("u1", "Order Completed", {"revenue": 42})
+>>> eng.members("buyers")
+['u1']
+"""
+
+from segmint.engine import Batch, Engine
+from segmint.errors import (
+    AudienceCycleError,
+    InUseError,
+    InvalidArgumentError,
+    InvalidEventError,
+    LimitExceededError,
+    RuleError,
+    RuleSyntaxError,
+    RuleTypeError,
+    SegmintError,
+    UnknownAudienceError,
+    UnknownComputedTraitError,
+    UnknownUserError,
+)
+from segmint.events import BatchError, Change, IdentifyEvent, IngestResult, TrackEvent
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AudienceCycleError",
+    "Batch",
+    "BatchError",
+    "Change",
+    "Engine",
+    "IdentifyEvent",
+    "InUseError",
+    "IngestResult",
+    "InvalidArgumentError",
+    "InvalidEventError",
+    "LimitExceededError",
+    "RuleError",
+    "RuleSyntaxError",
+    "RuleTypeError",
+    "SegmintError",
+    "TrackEvent",
+    "UnknownAudienceError",
+    "UnknownComputedTraitError",
+    "UnknownUserError",
+]

@@ -1,0 +1,199 @@
+"""The typed facade over the Rust engine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Literal, cast
+
+import msgspec
+
+from segmint import _core
+from segmint._time import Instant, duration_ms, from_ms, to_ms
+from segmint.events import BatchError, Change, IdentifyEvent, IngestResult, TrackEvent
+
+_encoder = msgspec.json.Encoder()
+
+Batch = bytes | Sequence[TrackEvent | IdentifyEvent | Mapping[str, Any]]
+"""What :meth:`Engine.ingest` accepts: JSON bytes (a list, ``{"batch": [...]}`` or
+one object per line) or a sequence of event structs / Segment-shaped dicts."""
+
+
+def _result(raw: tuple[int, int, list[tuple[int, str, str]], int, int]) -> IngestResult:
+    accepted, duplicates, errors, last_seq, changes = raw
+    return IngestResult(
+        accepted=accepted,
+        duplicates=duplicates,
+        errors=[BatchError(index=i, code=c, message=m) for i, c, m in errors],
+        last_seq=last_seq,
+        changes=changes,
+    )
+
+
+def _json(value: Mapping[str, Any] | None) -> bytes | None:
+    return None if value is None else _encoder.encode(value)
+
+
+class Engine:
+    """A real-time audience segmentation engine.
+
+    Args:
+        clock: ``"wall"`` follows the system clock (a background ticker fires
+            time-based changes every ``tick``); ``"manual"`` moves only by
+            :meth:`advance` and starts at ``now``.
+        now: start of the manual clock (default: the current time).
+        granularity: time granularity G; instants are floored to it.
+        future_skew: how far ahead of the clock an event may be stamped.
+        shards: number of user partitions (default: one per core).
+        threads: worker threads for batches (default: one per core).
+        tick: period of the wall-clock ticker.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Literal["wall", "manual"] = "wall",
+        now: Instant | None = None,
+        granularity: str | timedelta = "1s",
+        future_skew: str | timedelta = "5m",
+        shards: int | None = None,
+        threads: int | None = None,
+        tick: str | timedelta = "1s",
+    ) -> None:
+        self._core = _core.Engine(
+            clock=clock,
+            now_ms=None if now is None else to_ms(now, "now"),
+            granularity_ms=duration_ms(granularity, "granularity"),
+            future_skew_ms=duration_ms(future_skew, "future_skew"),
+            shards=shards or 0,
+            threads=threads or 0,
+            tick_ms=duration_ms(tick, "tick"),
+        )
+
+    @property
+    def now(self) -> datetime:
+        """The engine's clock (UTC)."""
+        return from_ms(self._core.now_ms)
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the last change (0 before any)."""
+        return self._core.last_seq
+
+    @property
+    def user_count(self) -> int:
+        """Number of profiles."""
+        return self._core.user_count
+
+    def identify(
+        self, user_id: str, traits: Mapping[str, Any], *, timestamp: Instant | None = None
+    ) -> IngestResult:
+        """Sets traits (nested mappings flatten to dotted keys; ``None`` deletes)."""
+        ts = None if timestamp is None else to_ms(timestamp)
+        return _result(self._core.identify(user_id, _encoder.encode(traits), ts))
+
+    def track(
+        self,
+        user_id: str,
+        event: str,
+        properties: Mapping[str, Any] | None = None,
+        *,
+        timestamp: Instant | None = None,
+        context: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+    ) -> IngestResult:
+        """Records that ``user_id`` did ``event`` (at ``timestamp``, default now)."""
+        ts = None if timestamp is None else to_ms(timestamp)
+        raw = self._core.track(
+            user_id, event, _json(properties), _json(context), ts, message_id
+        )
+        return _result(raw)
+
+    def ingest(self, batch: Batch) -> IngestResult:
+        """Applies a batch with the GIL released; bad events are reported by index
+        in ``errors`` and the others are applied."""
+        data = batch if isinstance(batch, bytes | bytearray | memoryview) else _encoder.encode(
+            list(batch)
+        )
+        return _result(self._core.ingest_json(bytes(data)))
+
+    def define_audience(self, key: str, rule: str) -> int:
+        """Defines (or replaces) an audience, evaluates it over every profile with
+        reason ``definition``, and returns its size."""
+        return self._core.define_audience(key, rule)
+
+    def define_audiences(self, items: Iterable[tuple[str, str]]) -> None:
+        """Defines many audiences with one backfill pass; all or nothing."""
+        self._core.define_audiences(list(items))
+
+    def remove_audience(self, key: str) -> None:
+        """Removes an audience; its members exit with reason ``delete``."""
+        self._core.remove_audience(key)
+
+    def audiences(self) -> list[str]:
+        """Defined audience keys, in definition order."""
+        return self._core.audiences()
+
+    def rule(self, key: str) -> str:
+        """The rule text of an audience."""
+        return self._core.rule(key)
+
+    def is_member(self, user_id: str, audience: str) -> bool:
+        """Whether the user is in the audience (unknown users are in none)."""
+        return self._core.is_member(user_id, audience)
+
+    def is_member_many(self, user_ids: Iterable[str], audience: str) -> list[bool]:
+        """Membership of many users in one audience."""
+        return self._core.is_member_many(list(user_ids), audience)
+
+    def audiences_of(self, user_id: str) -> list[str]:
+        """The audiences a user is in, sorted."""
+        return self._core.audiences_of(user_id)
+
+    def entered_at(self, user_id: str, audience: str) -> datetime | None:
+        """When the user entered the audience, if a member."""
+        ms = self._core.entered_at_ms(user_id, audience)
+        return None if ms is None else from_ms(ms)
+
+    def members(self, audience: str) -> list[str]:
+        """Members as external ids, sorted."""
+        return self._core.members(audience)
+
+    def size(self, audience: str) -> int:
+        """Number of members."""
+        return self._core.size(audience)
+
+    def traits(self, user_id: str) -> dict[str, Any] | None:
+        """A user's traits (dotted keys), or ``None`` for an unknown user."""
+        raw = self._core.traits_json(user_id)
+        return None if raw is None else cast(dict[str, Any], msgspec.json.decode(raw))
+
+    def changes(self, since_seq: int = 0, limit: int | None = None) -> list[Change]:
+        """Changes with ``seq > since_seq`` in order (at most ``limit``)."""
+        return [
+            Change(
+                seq=seq,
+                audience=audience,
+                user_id=user,
+                kind="entered" if entered else "exited",
+                at=from_ms(at),
+                reason=cast(Any, reason),
+            )
+            for seq, audience, user, entered, at, reason in self._core.changes(since_seq, limit)
+        ]
+
+    def advance(self, now: Instant) -> int:
+        """Manual clock: moves time forward to ``now``, firing every time-based
+        change at its exact instant; returns the number of changes."""
+        return self._core.advance(to_ms(now, "now"))
+
+    def tick(self) -> int:
+        """Wall clock: fires the timers due now (the ticker does this every tick)."""
+        return self._core.tick()
+
+    def stats(self) -> dict[str, int]:
+        """Counters: users, audiences, shards, pending timers, heap bytes, last seq."""
+        return dict(self._core.stats())
+
+
+__all__ = ["Batch", "Engine", "IdentifyEvent", "TrackEvent"]

@@ -1,0 +1,59 @@
+"""Typed event structs for :meth:`segmint.Engine.ingest` (Segment's spec)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+
+class TrackEvent(msgspec.Struct, rename="camel", omit_defaults=True, tag_field="type", tag="track"):
+    """A track call: a user did ``event`` with ``properties`` at ``timestamp``."""
+
+    event: str
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    properties: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
+    timestamp: datetime | str | None = None
+    message_id: str | None = None
+
+
+class IdentifyEvent(msgspec.Struct, rename="camel", omit_defaults=True, tag_field="type", tag="identify"):
+    """An identify call: set (or, with ``None``, delete) traits of a user."""
+
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    traits: dict[str, Any] | None = None
+    timestamp: datetime | str | None = None
+    message_id: str | None = None
+
+
+class BatchError(msgspec.Struct, frozen=True):
+    """A rejected event of a batch: its index, an error code and a message."""
+
+    index: int
+    code: str
+    message: str
+
+
+class IngestResult(msgspec.Struct, frozen=True):
+    """The outcome of one batch."""
+
+    accepted: int
+    duplicates: int
+    errors: list[BatchError]
+    last_seq: int
+    changes: int
+
+
+class Change(msgspec.Struct, frozen=True):
+    """A membership change with its gap-free sequence number."""
+
+    seq: int
+    audience: str
+    user_id: str
+    kind: Literal["entered", "exited"]
+    at: datetime
+    reason: Literal["event", "time", "definition", "merge", "delete"]

@@ -1,0 +1,822 @@
+//! The compiled form of every defined audience: shared aggregation states,
+//! views over them, compiled expressions and the dependency index that tells
+//! an event which rules it can affect.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use hashbrown::HashMap;
+
+use crate::error::{Result, RuleError, SegmintError};
+use crate::rules::ast::{self, AggFunc, BinaryOp, ExprKind, Literal, SinceTarget, UnaryOp, Window};
+use crate::time::Millis;
+use crate::value::Value;
+
+/// Index of an aggregation state (one per distinct selector and property).
+pub type StateId = u32;
+/// Index of a view (an aggregate function over a state and a window).
+pub type ViewId = u32;
+/// Stable slot of an audience; never reused while the engine lives.
+pub type AudId = u32;
+
+/// Comparison operators of compiled expressions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CmpOp {
+    /// `==`
+    Eq,
+    /// `!=`
+    Ne,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+}
+
+impl CmpOp {
+    /// The operator with its operands swapped (`a < b` ⇔ `b > a`).
+    pub fn flipped(self) -> CmpOp {
+        match self {
+            CmpOp::Lt => CmpOp::Gt,
+            CmpOp::Le => CmpOp::Ge,
+            CmpOp::Gt => CmpOp::Lt,
+            CmpOp::Ge => CmpOp::Le,
+            other => other,
+        }
+    }
+
+    /// Applies the operator to an ordering.
+    pub fn holds(self, ord: std::cmp::Ordering) -> bool {
+        use std::cmp::Ordering::*;
+        match self {
+            CmpOp::Eq => ord == Equal,
+            CmpOp::Ne => ord != Equal,
+            CmpOp::Lt => ord == Less,
+            CmpOp::Le => ord != Greater,
+            CmpOp::Gt => ord == Greater,
+            CmpOp::Ge => ord != Less,
+        }
+    }
+
+    /// The operator as written.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            CmpOp::Eq => "==",
+            CmpOp::Ne => "!=",
+            CmpOp::Lt => "<",
+            CmpOp::Le => "<=",
+            CmpOp::Gt => ">",
+            CmpOp::Ge => ">=",
+        }
+    }
+}
+
+/// Arithmetic operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ArithOp {
+    /// `+`
+    Add,
+    /// `-`
+    Sub,
+    /// `*`
+    Mul,
+    /// `/`
+    Div,
+}
+
+/// String operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StrOp {
+    /// Substring or list element.
+    Contains,
+    /// Prefix.
+    StartsWith,
+    /// Suffix.
+    EndsWith,
+}
+
+/// A compiled expression, evaluated per user by [`crate::eval`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum CExpr {
+    /// A literal.
+    Lit(Value),
+    /// A trait by dotted key.
+    Trait(Arc<str>),
+    /// An event property (inside selector filters only).
+    Property(Arc<str>),
+    /// An aggregate value.
+    View(ViewId),
+    /// Time since the latest visible event of a state.
+    SinceEvent(StateId),
+    /// Time since a timestamp trait.
+    SinceTrait(Arc<str>),
+    /// Time since the user entered an audience.
+    MemberFor(AudId),
+    /// Membership of an audience.
+    InAudience(AudId),
+    /// Presence test.
+    Exists(Box<CExpr>),
+    /// Boolean negation.
+    Not(Box<CExpr>),
+    /// Conjunction.
+    And(Vec<CExpr>),
+    /// Disjunction.
+    Or(Vec<CExpr>),
+    /// Arithmetic negation.
+    Neg(Box<CExpr>),
+    /// Arithmetic.
+    Arith(ArithOp, Box<CExpr>, Box<CExpr>),
+    /// Comparison.
+    Cmp(CmpOp, Box<CExpr>, Box<CExpr>),
+    /// `x in [..]` (`negated`: `not in`).
+    In(Box<CExpr>, Vec<Value>, bool),
+    /// `x between lo and hi` (`negated`: `not between`).
+    Between(Box<CExpr>, Box<CExpr>, Box<CExpr>, bool),
+    /// String operators.
+    Str(StrOp, Box<CExpr>, Box<CExpr>),
+}
+
+/// The time range of a view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WindowDef {
+    /// All visible events.
+    All,
+    /// Events in `(now - d, now]`.
+    Last(Millis),
+    /// Events after the latest visible event of another state.
+    Since(StateId),
+}
+
+/// An aggregate function over a state and a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ViewDef {
+    /// The function (`Did` is compiled to `count >= 1`).
+    pub func: AggFunc,
+    /// The state it reads.
+    pub state: StateId,
+    /// The window.
+    pub window: WindowDef,
+}
+
+/// One aggregation state: the events matching a selector, keeping the value
+/// of one property (or none, for counting).
+#[derive(Debug, Clone)]
+pub struct StateDef {
+    /// Event name.
+    pub event: Arc<str>,
+    /// Compiled `where` filter.
+    pub filter: Option<CExpr>,
+    /// The kept property; events lacking it are not kept.
+    pub property: Option<Arc<str>>,
+    /// Longest `Last` window over this state (0: none); entries older than
+    /// `now - retention` leave the buffer.
+    pub retention: Millis,
+    /// States `X` with a `since "X"` window over this state: entries after
+    /// the latest `X` stay in the buffer.
+    pub since_anchors: Vec<StateId>,
+    /// Whether evicted entries are summarised (all-time views, `since`).
+    pub archive: bool,
+    /// Whether the summary keeps a value histogram (all-time distinct,
+    /// most_frequent, unique).
+    pub archive_freq: bool,
+}
+
+/// A `count(...) op k` comparison, indexed so that a +1 finds the rules
+/// whose truth can flip without evaluating the others.
+#[derive(Debug, Clone)]
+pub struct ThresholdAtom {
+    /// The constant `k`.
+    pub k: f64,
+    /// The operator, with the count on the left.
+    pub op: CmpOp,
+    /// The rule containing it.
+    pub audience: AudId,
+}
+
+/// Per state: which rules an update can affect.
+#[derive(Debug, Clone, Default)]
+pub struct StateIndex {
+    /// Rules to re-evaluate on every update of this state.
+    pub always: Vec<AudId>,
+    /// Count views with threshold atoms sorted by `k`.
+    pub thresholds: Vec<(ViewId, Vec<ThresholdAtom>)>,
+    /// Every rule that reads this state (for future-event timers).
+    pub all: Vec<AudId>,
+}
+
+/// A defined audience.
+#[derive(Debug, Clone)]
+pub struct AudienceDef {
+    /// The key.
+    pub key: Arc<str>,
+    /// The rule text.
+    pub source: Arc<str>,
+    /// The parsed rule.
+    pub ast: ast::Expr,
+    /// The compiled rule.
+    pub expr: CExpr,
+    /// Audiences it references.
+    pub references: Vec<AudId>,
+    /// Trait keys it reads.
+    pub traits: Vec<Arc<str>>,
+}
+
+/// Everything compiled, shared read-only by the shards during a batch.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    /// States by id.
+    pub states: Vec<StateDef>,
+    state_ids: HashMap<String, StateId>,
+    /// Views by id.
+    pub views: Vec<ViewDef>,
+    view_ids: HashMap<ViewDef, ViewId>,
+    /// Audience slots (`None` once removed).
+    pub audiences: Vec<Option<AudienceDef>>,
+    /// Audience slot by key.
+    pub by_key: HashMap<Arc<str>, AudId>,
+    /// Evaluation order: rank by slot (dependencies first).
+    pub rank: Vec<u32>,
+    /// States by event name.
+    pub by_event: HashMap<Arc<str>, Vec<StateId>>,
+    /// Per state: affected rules.
+    pub state_index: Vec<StateIndex>,
+    /// Rules by trait key they read.
+    pub by_trait: HashMap<Arc<str>, Vec<AudId>>,
+    /// Rules that reference each audience.
+    pub dependents: Vec<Vec<AudId>>,
+}
+
+fn type_error(source: &str, span: ast::Span, message: String) -> SegmintError {
+    SegmintError::RuleType(RuleError::at(source, span.start, span.end, message))
+}
+
+impl Catalog {
+    /// Live audience keys in definition (slot) order.
+    pub fn keys(&self) -> impl Iterator<Item = (AudId, &AudienceDef)> {
+        self.audiences
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| a.as_ref().map(|a| (i as AudId, a)))
+    }
+
+    /// Looks an audience up by key.
+    pub fn audience(&self, key: &str) -> Result<AudId> {
+        self.by_key
+            .get(key)
+            .copied()
+            .ok_or_else(|| SegmintError::UnknownAudience {
+                key: key.to_owned(),
+            })
+    }
+
+    /// Adds or replaces an audience. Returns its slot. On error nothing changes.
+    pub fn define(&mut self, key: &str, source: &str, ast: ast::Expr) -> Result<AudId> {
+        let slot = self.define_unindexed(key, source, ast)?;
+        self.rebuild_indexes();
+        Ok(slot)
+    }
+
+    /// Adds or replaces many audiences with one index rebuild. On an error
+    /// (with the index of the failing item) nothing changes.
+    pub fn define_many(
+        &mut self,
+        items: Vec<(String, String, ast::Expr)>,
+    ) -> Result<Vec<AudId>, (usize, SegmintError)> {
+        let backup = self.clone();
+        let mut slots = Vec::with_capacity(items.len());
+        for (i, (key, source, ast)) in items.into_iter().enumerate() {
+            match self.define_unindexed(&key, &source, ast) {
+                Ok(slot) => slots.push(slot),
+                Err(e) => {
+                    *self = backup;
+                    return Err((i, e));
+                }
+            }
+        }
+        self.rebuild_indexes();
+        Ok(slots)
+    }
+
+    fn define_unindexed(&mut self, key: &str, source: &str, ast: ast::Expr) -> Result<AudId> {
+        let existing = self.by_key.get(key).copied();
+        let mut compiler = Compiler {
+            catalog: self,
+            source,
+            references: BTreeSet::new(),
+            traits: BTreeSet::new(),
+        };
+        // Compile against a scratch copy of the state/view tables so a
+        // failure leaves no orphan states behind.
+        let states_before = compiler.catalog.states.len();
+        let views_before = compiler.catalog.views.len();
+        let compiled = compiler.compile(&ast);
+        let references: Vec<AudId> = compiler.references.iter().copied().collect();
+        let traits: Vec<Arc<str>> = compiler.traits.iter().cloned().collect();
+        let expr = match compiled {
+            Ok(expr) => expr,
+            Err(e) => {
+                self.truncate_tables(states_before, views_before);
+                return Err(e);
+            }
+        };
+        if let Some(slot) = existing {
+            if let Some(path) = self.cycle_through(slot, &references) {
+                self.truncate_tables(states_before, views_before);
+                return Err(SegmintError::AudienceCycle { path });
+            }
+        }
+        let def = AudienceDef {
+            key: Arc::from(key),
+            source: Arc::from(source),
+            ast,
+            expr,
+            references,
+            traits,
+        };
+        let slot = match existing {
+            Some(slot) => {
+                self.audiences[slot as usize] = Some(def);
+                slot
+            }
+            None => {
+                let slot = self.audiences.len() as AudId;
+                self.audiences.push(Some(def));
+                self.by_key.insert(Arc::from(key), slot);
+                slot
+            }
+        };
+        Ok(slot)
+    }
+
+    /// Removes an audience; an error if another rule references it.
+    pub fn remove(&mut self, key: &str) -> Result<AudId> {
+        let slot = self.audience(key)?;
+        let used_by: Vec<String> = self
+            .keys()
+            .filter(|(_, a)| a.references.contains(&slot))
+            .map(|(_, a)| a.key.to_string())
+            .collect();
+        if !used_by.is_empty() {
+            return Err(SegmintError::InUse {
+                key: key.to_owned(),
+                used_by,
+            });
+        }
+        self.audiences[slot as usize] = None;
+        self.by_key.remove(key);
+        self.rebuild_indexes();
+        Ok(slot)
+    }
+
+    fn truncate_tables(&mut self, states: usize, views: usize) {
+        self.states.truncate(states);
+        self.state_ids.retain(|_, id| (*id as usize) < states);
+        self.views.truncate(views);
+        self.view_ids.retain(|_, id| (*id as usize) < views);
+    }
+
+    /// If `slot` referencing `references` closes a cycle, the cycle's keys.
+    fn cycle_through(&self, slot: AudId, references: &[AudId]) -> Option<Vec<String>> {
+        fn walk(cat: &Catalog, target: AudId, at: AudId, path: &mut Vec<AudId>) -> bool {
+            path.push(at);
+            if at == target {
+                return true;
+            }
+            if let Some(Some(def)) = cat.audiences.get(at as usize) {
+                for &next in &def.references {
+                    if walk(cat, target, next, path) {
+                        return true;
+                    }
+                }
+            }
+            path.pop();
+            false
+        }
+        for &r in references {
+            let mut path = vec![slot];
+            if walk(self, slot, r, &mut path) {
+                return Some(path.iter().map(|&a| self.key_of(a).to_string()).collect());
+            }
+        }
+        None
+    }
+
+    /// The key of a slot (also of a removed one, for old changes).
+    pub fn key_of(&self, slot: AudId) -> &str {
+        self.audiences
+            .get(slot as usize)
+            .and_then(|a| a.as_ref())
+            .map_or("?", |a| &a.key)
+    }
+
+    /// Recomputes every derived index from the audience list.
+    fn rebuild_indexes(&mut self) {
+        let n = self.audiences.len();
+        // Topological ranks: dependencies first, ties by slot.
+        let mut rank = vec![u32::MAX; n];
+        let mut next = 0u32;
+        fn visit(cat: &Catalog, a: usize, rank: &mut [u32], next: &mut u32) {
+            if rank[a] != u32::MAX {
+                return;
+            }
+            if let Some(def) = &cat.audiences[a] {
+                for &r in &def.references {
+                    visit(cat, r as usize, rank, next);
+                }
+            }
+            rank[a] = *next;
+            *next += 1;
+        }
+        for a in 0..n {
+            visit(self, a, &mut rank, &mut next);
+        }
+        self.rank = rank;
+        self.dependents = vec![Vec::new(); n];
+        self.by_trait.clear();
+        self.by_event.clear();
+        self.state_index = vec![StateIndex::default(); self.states.len()];
+        for s in &mut self.states {
+            s.retention = 0;
+            s.since_anchors.clear();
+            s.archive = false;
+            s.archive_freq = false;
+        }
+        for (id, s) in self.states.iter().enumerate() {
+            self.by_event
+                .entry(s.event.clone())
+                .or_default()
+                .push(id as StateId);
+        }
+        for v in self.views.clone() {
+            let state = &mut self.states[v.state as usize];
+            match v.window {
+                WindowDef::Last(w) => state.retention = state.retention.max(w),
+                WindowDef::All => {
+                    state.archive = true;
+                    if matches!(
+                        v.func,
+                        AggFunc::Distinct | AggFunc::MostFrequent | AggFunc::Unique
+                    ) {
+                        state.archive_freq = true;
+                    }
+                }
+                WindowDef::Since(anchor) => {
+                    if !state.since_anchors.contains(&anchor) {
+                        state.since_anchors.push(anchor);
+                    }
+                    self.states[anchor as usize].archive = true;
+                }
+            }
+        }
+        for slot in 0..n {
+            // Take the definition out so the indexes can be written while it is read.
+            let Some(def) = self.audiences[slot].take() else {
+                continue;
+            };
+            let slot_id = slot as AudId;
+            for &r in &def.references {
+                self.dependents[r as usize].push(slot_id);
+            }
+            for t in &def.traits {
+                self.by_trait.entry(t.clone()).or_default().push(slot_id);
+            }
+            self.index_expr(slot_id, &def.expr);
+            self.audiences[slot] = Some(def);
+        }
+        for idx in &mut self.state_index {
+            for (_, atoms) in &mut idx.thresholds {
+                atoms.sort_by(|a, b| a.k.total_cmp(&b.k));
+            }
+            for list in [&mut idx.always, &mut idx.all] {
+                list.sort_unstable();
+                list.dedup();
+            }
+        }
+    }
+
+    /// Registers `slot` in the index of every state `expr` reads.
+    fn index_expr(&mut self, slot: AudId, expr: &CExpr) {
+        if let Some((view, op, k)) = self.threshold_atom(expr) {
+            let v = self.views[view as usize];
+            let idx = &mut self.state_index[v.state as usize];
+            idx.all.push(slot);
+            match idx.thresholds.iter_mut().find(|(id, _)| *id == view) {
+                Some((_, atoms)) => atoms.push(ThresholdAtom {
+                    k,
+                    op,
+                    audience: slot,
+                }),
+                None => idx.thresholds.push((
+                    view,
+                    vec![ThresholdAtom {
+                        k,
+                        op,
+                        audience: slot,
+                    }],
+                )),
+            }
+            return;
+        }
+        match expr {
+            CExpr::View(v) => {
+                let view = self.views[*v as usize];
+                self.touch_always(view.state, slot);
+                if let WindowDef::Since(anchor) = view.window {
+                    self.touch_always(anchor, slot);
+                }
+            }
+            CExpr::SinceEvent(s) => {
+                // `since` reads the latest instant, which the summary keeps.
+                self.states[*s as usize].archive = true;
+                self.touch_always(*s, slot);
+            }
+            CExpr::Lit(_)
+            | CExpr::Trait(_)
+            | CExpr::Property(_)
+            | CExpr::SinceTrait(_)
+            | CExpr::MemberFor(_)
+            | CExpr::InAudience(_) => {}
+            CExpr::Exists(e) | CExpr::Not(e) | CExpr::Neg(e) | CExpr::In(e, _, _) => {
+                self.index_expr(slot, e)
+            }
+            CExpr::And(es) | CExpr::Or(es) => {
+                for e in es {
+                    self.index_expr(slot, e);
+                }
+            }
+            CExpr::Arith(_, a, b) | CExpr::Cmp(_, a, b) | CExpr::Str(_, a, b) => {
+                self.index_expr(slot, a);
+                self.index_expr(slot, b);
+            }
+            CExpr::Between(a, b, c, _) => {
+                self.index_expr(slot, a);
+                self.index_expr(slot, b);
+                self.index_expr(slot, c);
+            }
+        }
+    }
+
+    fn touch_always(&mut self, state: StateId, slot: AudId) {
+        let idx = &mut self.state_index[state as usize];
+        idx.always.push(slot);
+        idx.all.push(slot);
+    }
+
+    fn intern_state(
+        &mut self,
+        event: &str,
+        filter: Option<CExpr>,
+        property: Option<&str>,
+    ) -> StateId {
+        let key = format!("{event:?}|{filter:?}|{property:?}");
+        if let Some(&id) = self.state_ids.get(&key) {
+            return id;
+        }
+        let id = self.states.len() as StateId;
+        self.states.push(StateDef {
+            event: Arc::from(event),
+            filter,
+            property: property.map(Arc::from),
+            retention: 0,
+            since_anchors: Vec::new(),
+            archive: false,
+            archive_freq: false,
+        });
+        self.state_ids.insert(key, id);
+        id
+    }
+
+    fn intern_view(&mut self, view: ViewDef) -> ViewId {
+        if let Some(&id) = self.view_ids.get(&view) {
+            return id;
+        }
+        let id = self.views.len() as ViewId;
+        self.views.push(view);
+        self.view_ids.insert(view, id);
+        id
+    }
+}
+
+impl Catalog {
+    /// `count(E, W)` or `count(E)` compared with a number, normalised with
+    /// the count on the left: (view, op, k). A +1 of such a count flips at
+    /// most the comparisons whose `k` it crosses.
+    pub fn threshold_atom(&self, expr: &CExpr) -> Option<(ViewId, CmpOp, f64)> {
+        let CExpr::Cmp(op, a, b) = expr else {
+            return None;
+        };
+        let (view, op, k) = match (&**a, &**b) {
+            (CExpr::View(v), CExpr::Lit(Value::Num(k))) => (*v, *op, *k),
+            (CExpr::Lit(Value::Num(k)), CExpr::View(v)) => (*v, op.flipped(), *k),
+            _ => return None,
+        };
+        let def = self.views[view as usize];
+        let counts = def.func == AggFunc::Count && !matches!(def.window, WindowDef::Since(_));
+        counts.then_some((view, op, k))
+    }
+}
+
+struct Compiler<'a> {
+    catalog: &'a mut Catalog,
+    source: &'a str,
+    references: BTreeSet<AudId>,
+    traits: BTreeSet<Arc<str>>,
+}
+
+impl Compiler<'_> {
+    fn compile(&mut self, e: &ast::Expr) -> Result<CExpr> {
+        Ok(match &e.kind {
+            ExprKind::Literal(l) => CExpr::Lit(literal(l)),
+            ExprKind::List(_) => {
+                return Err(type_error(
+                    self.source,
+                    e.span,
+                    "a list is only allowed after 'in'".into(),
+                ))
+            }
+            ExprKind::Trait(k) => {
+                let key: Arc<str> = Arc::from(k.as_str());
+                self.traits.insert(key.clone());
+                CExpr::Trait(key)
+            }
+            ExprKind::Computed(k) => {
+                return Err(SegmintError::UnknownComputedTrait { key: k.clone() })
+            }
+            ExprKind::Property(p) => CExpr::Property(Arc::from(p.as_str())),
+            ExprKind::Aggregate {
+                func,
+                selector,
+                property,
+                window,
+            } => {
+                let state = self.selector_state(selector, property.as_deref())?;
+                let window = match window {
+                    Window::All => WindowDef::All,
+                    Window::Last(ms) => {
+                        if *ms <= 0 {
+                            return Err(type_error(
+                                self.source,
+                                e.span,
+                                "a window must be longer than 0".into(),
+                            ));
+                        }
+                        WindowDef::Last(*ms)
+                    }
+                    Window::SinceEvent(anchor) => {
+                        WindowDef::Since(self.selector_state(anchor, None)?)
+                    }
+                };
+                let count_func = if *func == AggFunc::Did {
+                    AggFunc::Count
+                } else {
+                    *func
+                };
+                let view = self.catalog.intern_view(ViewDef {
+                    func: count_func,
+                    state,
+                    window,
+                });
+                if *func == AggFunc::Did {
+                    CExpr::Cmp(
+                        CmpOp::Ge,
+                        Box::new(CExpr::View(view)),
+                        Box::new(CExpr::Lit(Value::Num(1.0))),
+                    )
+                } else {
+                    CExpr::View(view)
+                }
+            }
+            ExprKind::Since(SinceTarget::Event(sel)) => {
+                CExpr::SinceEvent(self.selector_state(sel, None)?)
+            }
+            ExprKind::Since(SinceTarget::Trait(k)) => {
+                let key: Arc<str> = Arc::from(k.as_str());
+                self.traits.insert(key.clone());
+                CExpr::SinceTrait(key)
+            }
+            ExprKind::MemberFor(key) => CExpr::MemberFor(self.audience_ref(key)?),
+            ExprKind::InAudience(key) => CExpr::InAudience(self.audience_ref(key)?),
+            ExprKind::Exists(inner) => CExpr::Exists(Box::new(self.compile(inner)?)),
+            ExprKind::Unary {
+                op: UnaryOp::Not,
+                expr,
+            } => CExpr::Not(Box::new(self.compile(expr)?)),
+            ExprKind::Unary {
+                op: UnaryOp::Neg,
+                expr,
+            } => match self.compile(expr)? {
+                CExpr::Lit(Value::Num(n)) => CExpr::Lit(Value::Num(-n)),
+                other => CExpr::Neg(Box::new(other)),
+            },
+            ExprKind::Binary { op, lhs, rhs } => {
+                let a = self.compile(lhs)?;
+                match op {
+                    BinaryOp::In | BinaryOp::NotIn => {
+                        let ExprKind::List(items) = &rhs.kind else {
+                            return Err(type_error(
+                                self.source,
+                                rhs.span,
+                                "expected a list like [\"a\", \"b\"] after 'in'".into(),
+                            ));
+                        };
+                        let mut values = Vec::with_capacity(items.len());
+                        for item in items {
+                            match self.compile(item)? {
+                                CExpr::Lit(v) => values.push(v),
+                                _ => {
+                                    return Err(type_error(
+                                        self.source,
+                                        item.span,
+                                        "list items must be literals".into(),
+                                    ))
+                                }
+                            }
+                        }
+                        return Ok(CExpr::In(Box::new(a), values, *op == BinaryOp::NotIn));
+                    }
+                    _ => {}
+                }
+                let b = self.compile(rhs)?;
+                match op {
+                    BinaryOp::And => return Ok(flatten(a, b, true)),
+                    BinaryOp::Or => return Ok(flatten(a, b, false)),
+                    _ => {}
+                }
+                let (a, b) = (Box::new(a), Box::new(b));
+                match op {
+                    BinaryOp::And | BinaryOp::Or => unreachable!("handled above"),
+                    BinaryOp::Eq => CExpr::Cmp(CmpOp::Eq, a, b),
+                    BinaryOp::Ne => CExpr::Cmp(CmpOp::Ne, a, b),
+                    BinaryOp::Lt => CExpr::Cmp(CmpOp::Lt, a, b),
+                    BinaryOp::Le => CExpr::Cmp(CmpOp::Le, a, b),
+                    BinaryOp::Gt => CExpr::Cmp(CmpOp::Gt, a, b),
+                    BinaryOp::Ge => CExpr::Cmp(CmpOp::Ge, a, b),
+                    BinaryOp::Contains => CExpr::Str(StrOp::Contains, a, b),
+                    BinaryOp::StartsWith => CExpr::Str(StrOp::StartsWith, a, b),
+                    BinaryOp::EndsWith => CExpr::Str(StrOp::EndsWith, a, b),
+                    BinaryOp::Add => CExpr::Arith(ArithOp::Add, a, b),
+                    BinaryOp::Sub => CExpr::Arith(ArithOp::Sub, a, b),
+                    BinaryOp::Mul => CExpr::Arith(ArithOp::Mul, a, b),
+                    BinaryOp::Div => CExpr::Arith(ArithOp::Div, a, b),
+                    BinaryOp::In | BinaryOp::NotIn => unreachable!("handled above"),
+                }
+            }
+            ExprKind::Between {
+                expr,
+                low,
+                high,
+                negated,
+            } => CExpr::Between(
+                Box::new(self.compile(expr)?),
+                Box::new(self.compile(low)?),
+                Box::new(self.compile(high)?),
+                *negated,
+            ),
+        })
+    }
+
+    fn selector_state(
+        &mut self,
+        selector: &ast::Selector,
+        property: Option<&str>,
+    ) -> Result<StateId> {
+        let filter = match &selector.filter {
+            Some(f) => Some(self.compile(f)?),
+            None => None,
+        };
+        Ok(self.catalog.intern_state(&selector.event, filter, property))
+    }
+
+    fn audience_ref(&mut self, key: &str) -> Result<AudId> {
+        let slot = self.catalog.audience(key)?;
+        self.references.insert(slot);
+        Ok(slot)
+    }
+}
+
+fn flatten(a: CExpr, b: CExpr, and: bool) -> CExpr {
+    let mut items = Vec::new();
+    for e in [a, b] {
+        match (e, and) {
+            (CExpr::And(inner), true) | (CExpr::Or(inner), false) => items.extend(inner),
+            (other, _) => items.push(other),
+        }
+    }
+    if and {
+        CExpr::And(items)
+    } else {
+        CExpr::Or(items)
+    }
+}
+
+fn literal(l: &Literal) -> Value {
+    match l {
+        Literal::Bool(b) => Value::Bool(*b),
+        Literal::Number(n) => Value::Num(*n),
+        Literal::String(s) => Value::Str(Arc::from(s.as_str())),
+        Literal::Duration(d) => Value::Dur(*d),
+    }
+}

@@ -1,0 +1,347 @@
+//! Evaluation of compiled expressions for one user at one instant, and the
+//! next instant at which time alone can change a value.
+
+use std::sync::Arc;
+
+use crate::catalog::{ArithOp, AudId, CExpr, Catalog, CmpOp, StateId, StrOp, WindowDef};
+use crate::profile::{Memberships, UserData};
+use crate::state::{aggregate, window_range};
+use crate::time::{ceil_to, floor_to, parse_timestamp, Millis};
+use crate::value::Value;
+
+/// Where leaf values come from.
+pub trait Env {
+    /// The value of a leaf node (trait, property, view, since, membership).
+    fn leaf(&self, e: &CExpr) -> Option<Value>;
+}
+
+/// A user at an instant.
+pub struct UserEnv<'a> {
+    /// The compiled catalog.
+    pub cat: &'a Catalog,
+    /// The user's data.
+    pub user: &'a UserData,
+    /// The user's dense id.
+    pub uid: u32,
+    /// Memberships of the user's shard.
+    pub members: &'a Memberships,
+    /// The instant.
+    pub now: Millis,
+    /// The granularity.
+    pub granularity: Millis,
+}
+
+impl UserEnv<'_> {
+    fn latest(&self, state: StateId) -> Option<Millis> {
+        self.user.state(state).and_then(|s| s.latest(self.now))
+    }
+
+    /// The instant a duration-valued leaf counts from.
+    fn duration_base(&self, e: &CExpr) -> Option<Millis> {
+        match e {
+            CExpr::SinceEvent(s) => self.latest(*s),
+            CExpr::SinceTrait(k) => match self.user.trait_value(k)? {
+                Value::Str(s) => parse_timestamp(s)
+                    .ok()
+                    .map(|t| floor_to(t, self.granularity)),
+                _ => None,
+            },
+            CExpr::MemberFor(a) => self.members.entered(*a, self.uid),
+            _ => None,
+        }
+    }
+
+    /// Value of a view for this user.
+    pub fn view(&self, view: u32) -> Option<Value> {
+        let def = self.cat.views[view as usize];
+        let anchor = match def.window {
+            WindowDef::Since(a) => self.latest(a),
+            _ => None,
+        };
+        let empty = crate::state::UserState::default();
+        let state = self.user.state(def.state).unwrap_or(&empty);
+        match window_range(state, def.window, self.now, anchor) {
+            Some((entries, with_summary)) => {
+                aggregate(def.func, entries, state.summary.as_deref(), with_summary)
+            }
+            None => aggregate(def.func, &[], None, false),
+        }
+    }
+}
+
+impl Env for UserEnv<'_> {
+    fn leaf(&self, e: &CExpr) -> Option<Value> {
+        match e {
+            CExpr::Trait(k) => self.user.trait_value(k).cloned(),
+            CExpr::View(v) => self.view(*v),
+            CExpr::SinceEvent(_) | CExpr::SinceTrait(_) | CExpr::MemberFor(_) => {
+                self.duration_base(e).map(|b| Value::Dur(self.now - b))
+            }
+            CExpr::InAudience(a) => Some(Value::Bool(self.members.contains(*a, self.uid))),
+            _ => None,
+        }
+    }
+}
+
+/// An event's properties (for `where` filters).
+pub struct PropsEnv<'a>(pub &'a [(Arc<str>, Value)]);
+
+impl Env for PropsEnv<'_> {
+    fn leaf(&self, e: &CExpr) -> Option<Value> {
+        match e {
+            CExpr::Property(p) => self.0.iter().find(|(k, _)| k == p).map(|(_, v)| v.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Evaluates a condition.
+pub fn eval_bool<E: Env>(e: &CExpr, env: &E) -> bool {
+    match e {
+        CExpr::Not(x) => !eval_bool(x, env),
+        CExpr::And(xs) => xs.iter().all(|x| eval_bool(x, env)),
+        CExpr::Or(xs) => xs.iter().any(|x| eval_bool(x, env)),
+        CExpr::Cmp(op, a, b) => match (eval_value(a, env), eval_value(b, env)) {
+            (Some(a), Some(b)) => compare(&a, &b, *op),
+            _ => false,
+        },
+        CExpr::In(x, list, negated) => match eval_value(x, env) {
+            None => false,
+            Some(v) => {
+                let found = match &v {
+                    Value::List(items) => items
+                        .iter()
+                        .any(|s| list.iter().any(|l| l.as_str() == Some(s))),
+                    v => list.iter().any(|l| compare(v, l, CmpOp::Eq)),
+                };
+                found != *negated
+            }
+        },
+        CExpr::Between(x, lo, hi, negated) => {
+            match (eval_value(x, env), eval_value(lo, env), eval_value(hi, env)) {
+                (Some(x), Some(lo), Some(hi)) if comparable(&x, &lo) && comparable(&x, &hi) => {
+                    let inside = compare(&x, &lo, CmpOp::Ge) && compare(&x, &hi, CmpOp::Le);
+                    inside != *negated
+                }
+                _ => false,
+            }
+        }
+        CExpr::Str(op, a, b) => match (eval_value(a, env), eval_value(b, env)) {
+            (Some(Value::Str(a)), Some(Value::Str(b))) => match op {
+                StrOp::Contains => a.contains(&*b),
+                StrOp::StartsWith => a.starts_with(&*b),
+                StrOp::EndsWith => a.ends_with(&*b),
+            },
+            (Some(Value::List(items)), Some(Value::Str(b))) if *op == StrOp::Contains => {
+                items.contains(&b)
+            }
+            _ => false,
+        },
+        CExpr::Exists(x) => eval_value(x, env).is_some(),
+        other => matches!(eval_value(other, env), Some(Value::Bool(true))),
+    }
+}
+
+/// Evaluates a value; `None` is null.
+pub fn eval_value<E: Env>(e: &CExpr, env: &E) -> Option<Value> {
+    match e {
+        CExpr::Lit(v) => Some(v.clone()),
+        CExpr::Neg(x) => eval_value(x, env)?.as_num().map(|n| Value::Num(-n)),
+        CExpr::Arith(op, a, b) => {
+            let a = eval_value(a, env)?.as_num()?;
+            let b = eval_value(b, env)?.as_num()?;
+            let r = match op {
+                ArithOp::Add => a + b,
+                ArithOp::Sub => a - b,
+                ArithOp::Mul => a * b,
+                ArithOp::Div => {
+                    if b == 0.0 {
+                        return None;
+                    }
+                    a / b
+                }
+            };
+            Some(Value::Num(r))
+        }
+        CExpr::Not(_)
+        | CExpr::And(_)
+        | CExpr::Or(_)
+        | CExpr::Cmp(..)
+        | CExpr::In(..)
+        | CExpr::Between(..)
+        | CExpr::Str(..)
+        | CExpr::Exists(_) => Some(Value::Bool(eval_bool(e, env))),
+        leaf => env.leaf(leaf),
+    }
+}
+
+fn comparable(a: &Value, b: &Value) -> bool {
+    matches!(
+        (a, b),
+        (Value::Num(_), Value::Num(_))
+            | (Value::Str(_), Value::Str(_))
+            | (Value::Dur(_), Value::Dur(_))
+    )
+}
+
+/// Compares two values; values of different types (or NaN) compare false.
+pub fn compare(a: &Value, b: &Value, op: CmpOp) -> bool {
+    let ord = match (a, b) {
+        (Value::Num(x), Value::Num(y)) => match x.partial_cmp(y) {
+            Some(o) => o,
+            None => return false,
+        },
+        (Value::Str(x), Value::Str(y)) => x.as_bytes().cmp(y.as_bytes()),
+        (Value::Dur(x), Value::Dur(y)) => x.cmp(y),
+        (Value::Bool(x), Value::Bool(y)) if matches!(op, CmpOp::Eq | CmpOp::Ne) => x.cmp(y),
+        _ => return false,
+    };
+    op.holds(ord)
+}
+
+fn earliest(a: Option<Millis>, b: Option<Millis>) -> Option<Millis> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+impl UserEnv<'_> {
+    /// The earliest instant after `now` at which time alone (a window
+    /// lapsing, a `since` crossing a bound, a future event becoming visible)
+    /// can change the value of `e`; `None` if never.
+    pub fn next_change(&self, e: &CExpr) -> Option<Millis> {
+        self.raw_next_change(e)
+            .filter(|&t| t > self.now)
+            .map(|t| ceil_to(t, self.granularity))
+    }
+
+    fn raw_next_change(&self, e: &CExpr) -> Option<Millis> {
+        match e {
+            CExpr::Lit(_) | CExpr::Trait(_) | CExpr::Property(_) | CExpr::InAudience(_) => None,
+            CExpr::MemberFor(_) | CExpr::SinceTrait(_) => None,
+            CExpr::SinceEvent(s) => self.future(*s),
+            CExpr::View(v) => self.view_next_change(*v),
+            CExpr::Cmp(_, a, b) => {
+                if let Some(t) = self.threshold_next_change(e) {
+                    return t;
+                }
+                let bound = |x: &CExpr, y: &CExpr| -> Option<Option<Millis>> {
+                    let Some(Value::Dur(c)) = literal(y) else {
+                        return None;
+                    };
+                    if !is_duration_source(x) {
+                        return None;
+                    }
+                    let crossing = self.duration_base(x).and_then(|b| self.crossing(b, c));
+                    Some(earliest(crossing, self.next_change(x)))
+                };
+                if let Some(t) = bound(a, b).or_else(|| bound(b, a)) {
+                    return t;
+                }
+                earliest(self.next_change(a), self.next_change(b))
+            }
+            CExpr::Between(x, lo, hi, _) => {
+                if is_duration_source(x) {
+                    if let (Some(Value::Dur(l)), Some(Value::Dur(h))) = (literal(lo), literal(hi)) {
+                        let base = self.duration_base(x);
+                        let crossing =
+                            base.and_then(|b| earliest(self.crossing(b, l), self.crossing(b, h)));
+                        return earliest(crossing, self.next_change(x));
+                    }
+                }
+                earliest(
+                    earliest(self.next_change(x), self.next_change(lo)),
+                    self.next_change(hi),
+                )
+            }
+            CExpr::Exists(x) | CExpr::Not(x) | CExpr::Neg(x) | CExpr::In(x, _, _) => {
+                self.next_change(x)
+            }
+            CExpr::And(xs) | CExpr::Or(xs) => xs
+                .iter()
+                .fold(None, |acc, x| earliest(acc, self.next_change(x))),
+            CExpr::Arith(_, a, b) | CExpr::Str(_, a, b) => {
+                earliest(self.next_change(a), self.next_change(b))
+            }
+        }
+    }
+
+    /// For a value `now - base` compared with `c`: the first instant after
+    /// now at which it reaches `c`, or passes it.
+    fn crossing(&self, base: Millis, c: Millis) -> Option<Millis> {
+        let g = self.granularity;
+        [ceil_to(base + c, g), ceil_to(base + c + 1, g)]
+            .into_iter()
+            .find(|&t| t > self.now)
+    }
+
+    fn future(&self, state: StateId) -> Option<Millis> {
+        self.user
+            .state(state)
+            .and_then(|s| s.next_visible(self.now))
+    }
+
+    fn view_next_change(&self, view: u32) -> Option<Millis> {
+        let def = self.cat.views[view as usize];
+        let mut next = self.future(def.state);
+        match def.window {
+            WindowDef::All => {}
+            WindowDef::Last(w) => {
+                if let Some(state) = self.user.state(def.state) {
+                    if let Some((entries, _)) = window_range(state, def.window, self.now, None) {
+                        next = earliest(next, entries.first().map(|e| e.t + w));
+                    }
+                }
+            }
+            WindowDef::Since(anchor) => next = earliest(next, self.future(anchor)),
+        }
+        next
+    }
+
+    /// Exact next flip of `count(E, W) op k`: the instant the count falls to
+    /// a value where the comparison changes. `None` if `e` is not such a
+    /// comparison; `Some(None)` if it never flips by time.
+    fn threshold_next_change(&self, e: &CExpr) -> Option<Option<Millis>> {
+        let (view, op, k) = self.cat.threshold_atom(e)?;
+        let def = self.cat.views[view as usize];
+        let WindowDef::Last(w) = def.window else {
+            return None;
+        };
+        let future = self.future(def.state);
+        let Some(state) = self.user.state(def.state) else {
+            return Some(future);
+        };
+        let (entries, _) = window_range(state, def.window, self.now, None)?;
+        let c = entries.len();
+        let truth = |n: usize| compare(&Value::Num(n as f64), &Value::Num(k), op);
+        let now_truth = truth(c);
+        let flip = (1..=c)
+            .find(|&j| truth(c - j) != now_truth)
+            .map(|j| entries[j - 1].t + w);
+        Some(earliest(flip, future))
+    }
+}
+
+fn literal(e: &CExpr) -> Option<Value> {
+    match e {
+        CExpr::Lit(v) => Some(v.clone()),
+        _ => None,
+    }
+}
+
+fn is_duration_source(e: &CExpr) -> bool {
+    matches!(
+        e,
+        CExpr::SinceEvent(_) | CExpr::SinceTrait(_) | CExpr::MemberFor(_)
+    )
+}
+
+/// Evaluates audience `aud`'s rule for the user.
+pub fn member(cat: &Catalog, aud: AudId, env: &UserEnv<'_>) -> bool {
+    match &cat.audiences[aud as usize] {
+        Some(def) => eval_bool(&def.expr, env),
+        None => false,
+    }
+}

@@ -1,0 +1,40 @@
+//! segmint-core: a real-time audience segmentation engine.
+//!
+//! Events stream in ([`Engine::ingest`]); the engine keeps per user only the
+//! aggregation state its rules need, keeps every audience as a roaring
+//! bitmap, re-evaluates only the rules an event can affect, and logs every
+//! membership change with a gap-free sequence number — including the ones
+//! time alone causes ([`Engine::advance`], [`Engine::tick`]).
+//!
+//! ```
+//! use segmint_core::{Clock, Engine, EngineConfig};
+//!
+//! let mut engine = Engine::new(EngineConfig { clock: Clock::Manual(0), ..Default::default() }).unwrap();
+//! engine.define_audience("buyers", r#"count("Order Completed", 1h) >= 1"#).unwrap();
+//! engine
+//!     .ingest_json(br#"[{"type": "track", "userId": "u1", "event": "Order Completed"}]"#)
+//!     .unwrap();
+//! assert!(engine.is_member("u1", "buyers").unwrap());
+//! engine.advance(3_600_000).unwrap(); // one hour later the window has lapsed
+//! assert!(!engine.is_member("u1", "buyers").unwrap());
+//! assert_eq!(engine.last_seq(), 2);
+//! ```
+pub mod catalog;
+pub mod engine;
+pub mod error;
+pub mod eval;
+pub mod event;
+pub mod limits;
+pub mod profile;
+pub mod rules;
+pub mod shard;
+pub mod state;
+pub mod ticker;
+pub mod time;
+pub mod value;
+
+pub use engine::{Change, Clock, Engine, EngineConfig, IngestReport};
+pub use error::{Result, RuleError, SegmintError};
+pub use event::{Event, EventBody};
+pub use shard::Reason;
+pub use value::Value;

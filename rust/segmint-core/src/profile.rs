@@ -1,0 +1,204 @@
+//! Profiles: the id interner, per-user traits and states, and memberships.
+
+use std::sync::Arc;
+
+use hashbrown::HashMap;
+use roaring::RoaringBitmap;
+
+use crate::catalog::{AudId, StateId};
+use crate::state::UserState;
+use crate::time::Millis;
+use crate::value::{Flat, Value};
+
+/// Maps external user ids to dense `u32` ids (so audiences are bitmaps).
+#[derive(Debug, Clone, Default)]
+pub struct Interner {
+    ids: HashMap<Arc<str>, u32>,
+    names: Vec<Arc<str>>,
+}
+
+impl Interner {
+    /// The dense id of `name`, if known.
+    pub fn get(&self, name: &str) -> Option<u32> {
+        self.ids.get(name).copied()
+    }
+
+    /// The dense id of `name`, assigning the next one if new.
+    pub fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        let name: Arc<str> = Arc::from(name);
+        self.names.push(name.clone());
+        self.ids.insert(name, id);
+        id
+    }
+
+    /// The external id of a dense id.
+    pub fn name(&self, id: u32) -> &str {
+        &self.names[id as usize]
+    }
+
+    /// Number of ids assigned.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether no id was assigned.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Approximate heap bytes.
+    pub fn heap_bytes(&self) -> usize {
+        let strings: usize = self.names.iter().map(|n| n.len() + 16).sum();
+        strings + self.names.capacity() * 16 + self.ids.capacity() * 24
+    }
+}
+
+/// One user's traits and aggregation states.
+#[derive(Debug, Clone, Default)]
+pub struct UserData {
+    /// Traits sorted by key.
+    pub traits: Vec<(Arc<str>, Value)>,
+    /// States sorted by id.
+    pub states: Vec<(StateId, UserState)>,
+}
+
+impl UserData {
+    /// A trait's value.
+    pub fn trait_value(&self, key: &str) -> Option<&Value> {
+        self.traits
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|i| &self.traits[i].1)
+    }
+
+    /// A state, if the user has any entry in it.
+    pub fn state(&self, id: StateId) -> Option<&UserState> {
+        self.states
+            .binary_search_by_key(&id, |(s, _)| *s)
+            .ok()
+            .map(|i| &self.states[i].1)
+    }
+
+    /// A state, created empty if missing.
+    pub fn state_mut(&mut self, id: StateId) -> &mut UserState {
+        let i = match self.states.binary_search_by_key(&id, |(s, _)| *s) {
+            Ok(i) => i,
+            Err(i) => {
+                self.states.insert(i, (id, UserState::default()));
+                i
+            }
+        };
+        &mut self.states[i].1
+    }
+
+    /// Applies identify traits in order; returns the keys that changed.
+    /// A deletion of `a` also deletes `a.*`.
+    pub fn set_traits(&mut self, traits: &Flat) -> Vec<Arc<str>> {
+        let mut changed = Vec::new();
+        for (key, value) in traits {
+            match value {
+                Some(v) => {
+                    let existing = self
+                        .traits
+                        .binary_search_by(|(k, _)| (**k).cmp(key.as_str()));
+                    match existing {
+                        Ok(i) if self.traits[i].1 == *v => {}
+                        Ok(i) => {
+                            self.traits[i].1 = v.clone();
+                            changed.push(self.traits[i].0.clone());
+                        }
+                        Err(i) => {
+                            let k: Arc<str> = Arc::from(key.as_str());
+                            self.traits.insert(i, (k.clone(), v.clone()));
+                            changed.push(k);
+                        }
+                    }
+                }
+                None => {
+                    let prefix = format!("{key}.");
+                    self.traits.retain(|(k, _)| {
+                        let gone = **k == **key || k.starts_with(&prefix);
+                        if gone {
+                            changed.push(k.clone());
+                        }
+                        !gone
+                    });
+                }
+            }
+        }
+        changed
+    }
+
+    /// Approximate heap bytes.
+    pub fn heap_bytes(&self) -> usize {
+        let traits = self.traits.capacity() * std::mem::size_of::<(Arc<str>, Value)>();
+        let states: usize = self
+            .states
+            .iter()
+            .map(|(_, s)| {
+                s.buffer.capacity() * std::mem::size_of::<crate::state::Entry>()
+                    + s.summary
+                        .as_ref()
+                        .map_or(0, |_| std::mem::size_of::<crate::state::Summary>())
+            })
+            .sum();
+        traits + states + self.states.capacity() * std::mem::size_of::<(StateId, UserState)>()
+    }
+}
+
+/// Members of every audience, for the users of one shard.
+#[derive(Debug, Clone, Default)]
+pub struct Memberships {
+    /// Members per audience slot (global dense ids).
+    pub bitmaps: Vec<RoaringBitmap>,
+    /// Entry instant per audience slot and member.
+    pub entered: Vec<HashMap<u32, Millis>>,
+}
+
+impl Memberships {
+    /// Makes room for audience slots up to `n`.
+    pub fn ensure(&mut self, n: usize) {
+        if self.bitmaps.len() < n {
+            self.bitmaps.resize_with(n, RoaringBitmap::new);
+            self.entered.resize_with(n, HashMap::new);
+        }
+    }
+
+    /// Whether `uid` is a member of `aud`.
+    pub fn contains(&self, aud: AudId, uid: u32) -> bool {
+        self.bitmaps
+            .get(aud as usize)
+            .is_some_and(|b| b.contains(uid))
+    }
+
+    /// When `uid` entered `aud`, if a member.
+    pub fn entered(&self, aud: AudId, uid: u32) -> Option<Millis> {
+        self.entered
+            .get(aud as usize)
+            .and_then(|m| m.get(&uid).copied())
+    }
+
+    /// Records a change of membership.
+    pub fn set(&mut self, aud: AudId, uid: u32, member: bool, at: Millis) {
+        self.ensure(aud as usize + 1);
+        if member {
+            self.bitmaps[aud as usize].insert(uid);
+            self.entered[aud as usize].insert(uid, at);
+        } else {
+            self.bitmaps[aud as usize].remove(uid);
+            self.entered[aud as usize].remove(&uid);
+        }
+    }
+
+    /// Drops every member of `aud`.
+    pub fn clear(&mut self, aud: AudId) {
+        if let Some(b) = self.bitmaps.get_mut(aud as usize) {
+            b.clear();
+            self.entered[aud as usize].clear();
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Instants and durations: integer milliseconds since the Unix epoch (UTC).
+
+use crate::error::{Result, SegmintError};
+
+/// An instant or a duration in milliseconds.
+pub type Millis = i64;
+
+/// Milliseconds in one second.
+pub const SECOND: Millis = 1_000;
+
+/// Parses an ISO-8601 / RFC 3339 timestamp (`2026-01-01T00:00:00Z`,
+/// `2026-01-01T00:00:00.250+02:00`, or a date `2026-01-01`) to milliseconds.
+/// A timestamp without an offset is refused: it would be a guess.
+pub fn parse_timestamp(text: &str) -> Result<Millis> {
+    let text = text.trim();
+    if let Ok(dt) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(dt.timestamp_millis());
+    }
+    // RFC 3339 requires 'T'; ISO-8601 also allows a space.
+    if let Ok(dt) = chrono::DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%:z") {
+        return Ok(dt.timestamp_millis());
+    }
+    if let Ok(date) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        if let Some(dt) = date.and_hms_opt(0, 0, 0) {
+            return Ok(dt.and_utc().timestamp_millis());
+        }
+    }
+    let hint = if chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f").is_ok() {
+        "it has no timezone offset; add 'Z' or '+00:00'"
+    } else {
+        "expected ISO-8601 like 2026-01-01T12:00:00Z"
+    };
+    Err(SegmintError::InvalidArgument {
+        message: format!("invalid timestamp {text:?}: {hint}"),
+    })
+}
+
+/// Formats milliseconds as RFC 3339 UTC with millisecond precision.
+pub fn format_timestamp(ms: Millis) -> String {
+    match chrono::DateTime::from_timestamp_millis(ms) {
+        Some(dt) => dt.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        None => format!("{ms}ms"),
+    }
+}
+
+/// Floors an instant to a multiple of the granularity `g` (> 0).
+pub fn floor_to(t: Millis, g: Millis) -> Millis {
+    t.div_euclid(g) * g
+}
+
+/// The smallest multiple of `g` that is `>= t`.
+pub fn ceil_to(t: Millis, g: Millis) -> Millis {
+    let f = floor_to(t, g);
+    if f == t {
+        t
+    } else {
+        f + g
+    }
+}
+
+/// The wall clock now, in milliseconds.
+pub fn wall_now() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
+
+/// Parses a duration like `1s`, `250ms`, `5m`, `2h`, `30d`, `1w`.
+pub fn parse_duration(text: &str) -> Result<Millis> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let bad = || {
+        SegmintError::InvalidArgument {
+        message: format!("invalid duration {text:?}: expected a number and a unit, like 1s, 250ms, 5m, 2h, 30d or 1w"),
+    }
+    };
+    let n: i64 = digits.parse().map_err(|_| bad())?;
+    let unit_ms = match unit {
+        "ms" => 1,
+        "s" => SECOND,
+        "m" => 60 * SECOND,
+        "h" => 3_600 * SECOND,
+        "d" => 86_400 * SECOND,
+        "w" => 7 * 86_400 * SECOND,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(unit_ms).ok_or_else(bad)
+}
+
+/// Formats a duration compactly: `2h`, `1d3h`, `90s` → `1m30s`, `250ms`.
+pub fn format_duration(ms: Millis) -> String {
+    if ms == 0 {
+        return "0s".into();
+    }
+    let sign = if ms < 0 { "-" } else { "" };
+    let mut rest = ms.unsigned_abs();
+    let mut out = String::from(sign);
+    for (unit, size) in [
+        ("d", 86_400_000u64),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ] {
+        if rest >= size {
+            out.push_str(&format!("{}{unit}", rest / size));
+            rest %= size;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_rfc3339_and_offsets() {
+        assert_eq!(parse_timestamp("1970-01-01T00:00:01Z").unwrap(), 1000);
+        assert_eq!(
+            parse_timestamp("1970-01-01T01:00:01.250+01:00").unwrap(),
+            1250
+        );
+        assert_eq!(parse_timestamp("1970-01-02").unwrap(), 86_400_000);
+        let err = parse_timestamp("1970-01-01T00:00:01")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no timezone offset"), "{err}");
+        assert!(parse_timestamp("yesterday").is_err());
+    }
+
+    #[test]
+    fn floors_and_ceils() {
+        assert_eq!(floor_to(1999, 1000), 1000);
+        assert_eq!(floor_to(-1, 1000), -1000);
+        assert_eq!(ceil_to(1001, 1000), 2000);
+        assert_eq!(ceil_to(2000, 1000), 2000);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5m").unwrap(), 300_000);
+        assert_eq!(parse_duration("250ms").unwrap(), 250);
+        assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+}

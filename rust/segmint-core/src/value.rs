@@ -1,0 +1,236 @@
+//! Runtime values of traits, properties and rule expressions.
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use crate::error::{Result, SegmintError};
+use crate::time::Millis;
+
+/// A dynamically typed value. Absence (null) is `Option::None` around it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// A boolean.
+    Bool(bool),
+    /// A number (all JSON numbers are f64).
+    Num(f64),
+    /// A string.
+    Str(Arc<str>),
+    /// A list of strings (traits and properties only).
+    List(Arc<[Arc<str>]>),
+    /// A duration in milliseconds (`since`, `member_for`, duration literals).
+    Dur(Millis),
+}
+
+impl Value {
+    /// The value as a number, if it is one (booleans are not numbers).
+    pub fn as_num(&self) -> Option<f64> {
+        match self {
+            Value::Num(n) => Some(*n),
+            _ => None,
+        }
+    }
+
+    /// The value as a string slice, if it is a string.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The total order used for ties (`most_frequent`) and sorting
+    /// (`unique`): false < true < numbers < strings < lists < durations.
+    pub fn total_cmp(&self, other: &Value) -> Ordering {
+        fn rank(v: &Value) -> u8 {
+            match v {
+                Value::Bool(_) => 0,
+                Value::Num(_) => 1,
+                Value::Str(_) => 2,
+                Value::List(_) => 3,
+                Value::Dur(_) => 4,
+            }
+        }
+        match (self, other) {
+            (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
+            (Value::Num(a), Value::Num(b)) => a.total_cmp(b),
+            (Value::Str(a), Value::Str(b)) => a.cmp(b),
+            (Value::List(a), Value::List(b)) => a.cmp(b),
+            (Value::Dur(a), Value::Dur(b)) => a.cmp(b),
+            _ => rank(self).cmp(&rank(other)),
+        }
+    }
+
+    /// A hashable key with value equality (numbers by value, `-0 == 0`).
+    pub fn key(&self) -> ValueKey {
+        match self {
+            Value::Bool(b) => ValueKey::Bool(*b),
+            Value::Num(n) => ValueKey::Num(if *n == 0.0 { 0 } else { n.to_bits() }),
+            Value::Str(s) => ValueKey::Str(s.clone()),
+            Value::List(l) => ValueKey::List(l.clone()),
+            Value::Dur(d) => ValueKey::Dur(*d),
+        }
+    }
+
+    /// Converts to JSON for output (profiles, explain).
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Value::Bool(b) => (*b).into(),
+            Value::Num(n) => {
+                serde_json::Number::from_f64(*n).map_or(serde_json::Value::Null, Into::into)
+            }
+            Value::Str(s) => s.as_ref().into(),
+            Value::List(l) => l
+                .iter()
+                .map(|s| serde_json::Value::from(s.as_ref()))
+                .collect(),
+            Value::Dur(d) => (*d).into(),
+        }
+    }
+}
+
+/// A hashable stand-in for a [`Value`], used in frequency maps.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ValueKey {
+    /// A boolean.
+    Bool(bool),
+    /// A number's bits (with -0 folded into 0).
+    Num(u64),
+    /// A string.
+    Str(Arc<str>),
+    /// A list.
+    List(Arc<[Arc<str>]>),
+    /// A duration.
+    Dur(Millis),
+}
+
+impl ValueKey {
+    /// Back to a value.
+    pub fn value(&self) -> Value {
+        match self {
+            ValueKey::Bool(b) => Value::Bool(*b),
+            ValueKey::Num(bits) => Value::Num(f64::from_bits(*bits)),
+            ValueKey::Str(s) => Value::Str(s.clone()),
+            ValueKey::List(l) => Value::List(l.clone()),
+            ValueKey::Dur(d) => Value::Dur(*d),
+        }
+    }
+}
+
+/// A flattened object: dotted keys to values, `None` meaning "delete".
+pub type Flat = Vec<(String, Option<Value>)>;
+
+/// Flattens a JSON object into dotted keys (`{"a": {"b": 1}}` → `a.b = 1`).
+/// `null` becomes `None` (a deletion for traits). Lists of strings are kept;
+/// a list holding anything else is an error naming the key when `strict`
+/// (traits), and is left out otherwise (event properties such as Segment's
+/// `products: [{..}]`, which rules cannot address).
+pub fn flatten_object(
+    prefix: &str,
+    object: &serde_json::Map<String, serde_json::Value>,
+    strict: bool,
+    out: &mut Flat,
+) -> Result<()> {
+    for (k, v) in object {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            serde_json::Value::Object(inner) => {
+                if inner.is_empty() {
+                    out.push((key, None));
+                } else {
+                    flatten_object(&key, inner, strict, out)?;
+                }
+            }
+            other => match json_scalar(&key, other) {
+                Ok(value) => out.push((key, value)),
+                Err(e) if strict => return Err(e),
+                Err(_) => {}
+            },
+        }
+    }
+    Ok(())
+}
+
+fn json_scalar(key: &str, v: &serde_json::Value) -> Result<Option<Value>> {
+    Ok(match v {
+        serde_json::Value::Null => None,
+        serde_json::Value::Bool(b) => Some(Value::Bool(*b)),
+        serde_json::Value::Number(n) => Some(Value::Num(n.as_f64().unwrap_or(f64::NAN))),
+        serde_json::Value::String(s) => Some(Value::Str(Arc::from(s.as_str()))),
+        serde_json::Value::Array(items) => {
+            let mut list = Vec::with_capacity(items.len());
+            for item in items {
+                match item {
+                    serde_json::Value::String(s) => list.push(Arc::from(s.as_str())),
+                    other => {
+                        return Err(SegmintError::InvalidEvent {
+                            message: format!(
+                                "'{key}' is a list holding {}; lists may hold strings only",
+                                json_kind(other)
+                            ),
+                        })
+                    }
+                }
+            }
+            Some(Value::List(list.into()))
+        }
+        serde_json::Value::Object(_) => unreachable!("objects are flattened by the caller"),
+    })
+}
+
+/// A short name for a JSON value's kind, for error messages.
+pub fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flattens_nested_objects() {
+        let json: serde_json::Value =
+            serde_json::from_str(r#"{"a": {"b": 1, "c": {"d": "x"}}, "e": null, "f": ["p", "q"]}"#)
+                .unwrap();
+        let mut out = Flat::new();
+        flatten_object("", json.as_object().unwrap(), true, &mut out).unwrap();
+        assert_eq!(out.len(), 4);
+        assert!(out.contains(&("a.b".into(), Some(Value::Num(1.0)))));
+        assert!(out.contains(&("a.c.d".into(), Some(Value::Str("x".into())))));
+        assert!(out.contains(&("e".into(), None)));
+    }
+
+    #[test]
+    fn rejects_lists_of_non_strings() {
+        let json: serde_json::Value = serde_json::from_str(r#"{"tags": [1, 2]}"#).unwrap();
+        let err =
+            flatten_object("", json.as_object().unwrap(), true, &mut Flat::new()).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("'tags' is a list holding a number"));
+    }
+
+    #[test]
+    fn total_order_puts_bools_numbers_strings() {
+        let mut v = [
+            Value::Str("a".into()),
+            Value::Num(2.0),
+            Value::Bool(true),
+            Value::Num(-1.0),
+        ];
+        v.sort_by(|a, b| a.total_cmp(b));
+        assert_eq!(v[0], Value::Bool(true));
+        assert_eq!(v[1], Value::Num(-1.0));
+        assert_eq!(v[3], Value::Str("a".into()));
+    }
+}

@@ -1,0 +1,488 @@
+//! `segmint._core`: PyO3 glue over segmint-core. It converts types,
+//! releases the GIL around engine work and maps errors; nothing else.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use segmint_core::event::{flatten_properties, flatten_traits};
+use segmint_core::ticker::Ticker;
+use segmint_core::{
+    Clock, Engine as CoreEngine, EngineConfig, Event, EventBody, IngestReport, SegmintError,
+};
+
+create_exception!(
+    _core,
+    PySegmintError,
+    PyException,
+    "Base class of every segmint error."
+);
+create_exception!(
+    _core,
+    RuleError,
+    PySegmintError,
+    "A rule is invalid; has line, column and snippet."
+);
+create_exception!(
+    _core,
+    RuleSyntaxError,
+    RuleError,
+    "The rule text does not parse."
+);
+create_exception!(
+    _core,
+    RuleTypeError,
+    RuleError,
+    "The rule parses but is ill-typed."
+);
+create_exception!(
+    _core,
+    UnknownAudienceError,
+    PySegmintError,
+    "No audience with this key."
+);
+create_exception!(
+    _core,
+    UnknownComputedTraitError,
+    PySegmintError,
+    "No computed trait with this key."
+);
+create_exception!(
+    _core,
+    UnknownUserError,
+    PySegmintError,
+    "The user id was never seen."
+);
+create_exception!(
+    _core,
+    AudienceCycleError,
+    PySegmintError,
+    "Audience references would form a cycle."
+);
+create_exception!(
+    _core,
+    InUseError,
+    PySegmintError,
+    "The audience is referenced by other rules."
+);
+create_exception!(
+    _core,
+    InvalidEventError,
+    PySegmintError,
+    "An event is malformed."
+);
+create_exception!(
+    _core,
+    LimitExceededError,
+    PySegmintError,
+    "An input exceeds a size limit."
+);
+create_exception!(
+    _core,
+    InvalidArgumentError,
+    PySegmintError,
+    "An argument is invalid."
+);
+
+/// The short machine-readable code of an error (also used per batch item).
+fn code(e: &SegmintError) -> &'static str {
+    match e {
+        SegmintError::RuleSyntax(_) => "rule_syntax",
+        SegmintError::RuleType(_) => "rule_type",
+        SegmintError::UnknownAudience { .. } => "unknown_audience",
+        SegmintError::UnknownComputedTrait { .. } => "unknown_computed_trait",
+        SegmintError::UnknownUser { .. } => "unknown_user",
+        SegmintError::AudienceCycle { .. } => "audience_cycle",
+        SegmintError::InUse { .. } => "in_use",
+        SegmintError::InvalidEvent { .. } => "invalid_event",
+        SegmintError::LimitExceeded { .. } => "limit_exceeded",
+        SegmintError::InvalidArgument { .. } => "invalid_argument",
+    }
+}
+
+fn to_py(e: SegmintError) -> PyErr {
+    let message = e.to_string();
+    Python::attach(|py| {
+        let err = match &e {
+            SegmintError::RuleSyntax(_) => RuleSyntaxError::new_err(message),
+            SegmintError::RuleType(_) => RuleTypeError::new_err(message),
+            SegmintError::UnknownAudience { .. } => UnknownAudienceError::new_err(message),
+            SegmintError::UnknownComputedTrait { .. } => {
+                UnknownComputedTraitError::new_err(message)
+            }
+            SegmintError::UnknownUser { .. } => UnknownUserError::new_err(message),
+            SegmintError::AudienceCycle { .. } => AudienceCycleError::new_err(message),
+            SegmintError::InUse { .. } => InUseError::new_err(message),
+            SegmintError::InvalidEvent { .. } => InvalidEventError::new_err(message),
+            SegmintError::LimitExceeded { .. } => LimitExceededError::new_err(message),
+            SegmintError::InvalidArgument { .. } => InvalidArgumentError::new_err(message),
+        };
+        if let SegmintError::RuleSyntax(r) | SegmintError::RuleType(r) = &e {
+            let value = err.value(py);
+            let _ = value.setattr("line", r.line);
+            let _ = value.setattr("column", r.column);
+            let _ = value.setattr("snippet", r.snippet.as_str());
+            let _ = value.setattr("reason", r.message.as_str());
+        }
+        let _ = err.value(py).setattr("code", code(&e));
+        err
+    })
+}
+
+type Report = (usize, usize, Vec<(usize, &'static str, String)>, u64, usize);
+
+/// (seq, audience, user_id, entered, at_ms, reason)
+type ChangeRow = (u64, String, String, bool, i64, &'static str);
+
+fn report(r: IngestReport) -> Report {
+    let errors = r
+        .errors
+        .into_iter()
+        .map(|(i, e)| (i, code(&e), e.to_string()))
+        .collect();
+    (r.accepted, r.duplicates, errors, r.last_seq, r.changes)
+}
+
+fn json_object(
+    bytes: Option<&[u8]>,
+    what: &str,
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>, SegmintError> {
+    let Some(bytes) = bytes else { return Ok(None) };
+    match serde_json::from_slice(bytes) {
+        Ok(serde_json::Value::Object(o)) => Ok(Some(o)),
+        Ok(serde_json::Value::Null) => Ok(None),
+        Ok(_) => Err(SegmintError::InvalidEvent {
+            message: format!("{what} must be a mapping"),
+        }),
+        Err(e) => Err(SegmintError::InvalidEvent {
+            message: format!("{what} is not valid JSON: {e}"),
+        }),
+    }
+}
+
+/// The engine, shared with its ticker thread.
+#[pyclass(frozen, module = "segmint._core")]
+struct Engine {
+    inner: Arc<Mutex<CoreEngine>>,
+    _ticker: Option<Ticker>,
+}
+
+impl Engine {
+    fn lock(&self) -> MutexGuard<'_, CoreEngine> {
+        // A panic cannot poison the lock in practice (no panics cross), but
+        // never let a poisoned lock take the process down either.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn with<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut CoreEngine) -> Result<T, SegmintError> + Send,
+    ) -> PyResult<T> {
+        py.detach(|| {
+            let mut engine = self.lock();
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut engine)))
+        })
+        .map_err(|_| {
+            PySegmintError::new_err("internal error: the engine panicked; please report this")
+        })?
+        .map_err(to_py)
+    }
+}
+
+#[pymethods]
+impl Engine {
+    #[new]
+    #[pyo3(signature = (*, clock="wall", now_ms=None, granularity_ms=1000, future_skew_ms=300_000, shards=0, threads=0, tick_ms=1000))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        clock: &str,
+        now_ms: Option<i64>,
+        granularity_ms: i64,
+        future_skew_ms: i64,
+        shards: usize,
+        threads: usize,
+        tick_ms: u64,
+    ) -> PyResult<Self> {
+        let clock = match (clock, now_ms) {
+            ("wall", None) => Clock::Wall,
+            ("wall", Some(_)) => {
+                return Err(to_py(SegmintError::InvalidArgument {
+                    message: "now is only for the manual clock".into(),
+                }))
+            }
+            ("manual", start) => Clock::Manual(start.unwrap_or_else(segmint_core::time::wall_now)),
+            (other, _) => {
+                return Err(to_py(SegmintError::InvalidArgument {
+                    message: format!("unknown clock {other:?}; expected \"wall\" or \"manual\""),
+                }))
+            }
+        };
+        let config = EngineConfig {
+            clock,
+            granularity: granularity_ms,
+            future_skew: future_skew_ms,
+            shards,
+            threads,
+            ..Default::default()
+        };
+        let inner = Arc::new(Mutex::new(CoreEngine::new(config).map_err(to_py)?));
+        let ticker = (clock == Clock::Wall && tick_ms > 0)
+            .then(|| Ticker::start(inner.clone(), Duration::from_millis(tick_ms)));
+        Ok(Engine {
+            inner,
+            _ticker: ticker,
+        })
+    }
+
+    /// The engine's clock, ms since the epoch.
+    #[getter]
+    fn now_ms(&self) -> i64 {
+        self.lock().now()
+    }
+
+    /// Sequence number of the last change.
+    #[getter]
+    fn last_seq(&self) -> u64 {
+        self.lock().last_seq()
+    }
+
+    /// Number of profiles.
+    #[getter]
+    fn user_count(&self) -> usize {
+        self.lock().user_count()
+    }
+
+    #[pyo3(signature = (user_id, traits_json, timestamp_ms=None))]
+    fn identify(
+        &self,
+        py: Python<'_>,
+        user_id: String,
+        traits_json: Vec<u8>,
+        timestamp_ms: Option<i64>,
+    ) -> PyResult<Report> {
+        self.with(py, move |e| {
+            let traits = json_object(Some(&traits_json), "traits")?.unwrap_or_default();
+            let traits = flatten_traits(&traits, &e.config().limits)?;
+            e.config().limits.check_key("user id", &user_id)?;
+            let event = Event {
+                user_id,
+                timestamp: timestamp_ms,
+                message_id: None,
+                body: EventBody::Identify { traits },
+            };
+            e.apply(event).map(report)
+        })
+    }
+
+    #[pyo3(signature = (user_id, event, properties_json=None, context_json=None, timestamp_ms=None, message_id=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn track(
+        &self,
+        py: Python<'_>,
+        user_id: String,
+        event: String,
+        properties_json: Option<Vec<u8>>,
+        context_json: Option<Vec<u8>>,
+        timestamp_ms: Option<i64>,
+        message_id: Option<String>,
+    ) -> PyResult<Report> {
+        self.with(py, move |e| {
+            let limits = &e.config().limits;
+            limits.check_key("user id", &user_id)?;
+            limits.check_key("event name", &event)?;
+            if user_id.is_empty() || event.is_empty() {
+                return Err(SegmintError::InvalidEvent {
+                    message: "user id and event name must not be empty".into(),
+                });
+            }
+            let properties = json_object(properties_json.as_deref(), "properties")?;
+            let context = json_object(context_json.as_deref(), "context")?;
+            let properties = flatten_properties(properties.as_ref(), context.as_ref(), limits)?;
+            let mut ev = Event::track(user_id, &event, properties, timestamp_ms);
+            ev.message_id = message_id;
+            e.apply(ev).map(report)
+        })
+    }
+
+    /// Decodes and applies a JSON batch; per-event errors by index.
+    fn ingest_json(&self, py: Python<'_>, data: Vec<u8>) -> PyResult<Report> {
+        self.with(py, move |e| e.ingest_json(&data).map(report))
+    }
+
+    fn define_audience(&self, py: Python<'_>, key: String, rule: String) -> PyResult<u64> {
+        self.with(py, move |e| e.define_audience(&key, &rule))
+    }
+
+    /// Defines many audiences with one backfill; raises with the failing index in the message.
+    fn define_audiences(&self, py: Python<'_>, items: Vec<(String, String)>) -> PyResult<()> {
+        self.with(py, move |e| {
+            let refs: Vec<(&str, &str)> = items
+                .iter()
+                .map(|(k, r)| (k.as_str(), r.as_str()))
+                .collect();
+            e.define_audiences(&refs).map_err(|(i, err)| match err {
+                SegmintError::InvalidArgument { message } => SegmintError::InvalidArgument {
+                    message: format!("item {i}: {message}"),
+                },
+                other => other,
+            })
+        })
+    }
+
+    fn remove_audience(&self, py: Python<'_>, key: String) -> PyResult<()> {
+        self.with(py, move |e| e.remove_audience(&key))
+    }
+
+    fn audiences(&self) -> Vec<String> {
+        self.lock().audiences()
+    }
+
+    fn rule(&self, key: &str) -> PyResult<String> {
+        self.lock().rule(key).map_err(to_py)
+    }
+
+    fn is_member(&self, user_id: &str, key: &str) -> PyResult<bool> {
+        self.lock().is_member(user_id, key).map_err(to_py)
+    }
+
+    fn is_member_many(
+        &self,
+        py: Python<'_>,
+        user_ids: Vec<String>,
+        key: String,
+    ) -> PyResult<Vec<bool>> {
+        self.with(py, move |e| {
+            e.is_member_many(user_ids.iter().map(String::as_str), &key)
+        })
+    }
+
+    fn audiences_of(&self, user_id: &str) -> Vec<String> {
+        self.lock().audiences_of(user_id)
+    }
+
+    fn entered_at_ms(&self, user_id: &str, key: &str) -> PyResult<Option<i64>> {
+        self.lock().entered_at(user_id, key).map_err(to_py)
+    }
+
+    fn members(&self, py: Python<'_>, key: String) -> PyResult<Vec<String>> {
+        self.with(py, move |e| e.members(&key))
+    }
+
+    fn size(&self, key: &str) -> PyResult<u64> {
+        self.lock().size(key).map_err(to_py)
+    }
+
+    /// Members as a roaring bitmap in the portable format, and the external
+    /// ids of the dense ids it holds (in ascending id order).
+    fn bitmap<'py>(
+        &self,
+        py: Python<'py>,
+        key: String,
+    ) -> PyResult<(Bound<'py, PyBytes>, Vec<String>)> {
+        let (bytes, ids) = self.with(py, move |e| {
+            let bitmap = e.bitmap(&key)?;
+            let mut bytes = Vec::with_capacity(bitmap.serialized_size());
+            bitmap
+                .serialize_into(&mut bytes)
+                .map_err(|err| SegmintError::InvalidArgument {
+                    message: err.to_string(),
+                })?;
+            let ids = bitmap
+                .iter()
+                .map(|uid| e.user_id(uid).unwrap_or_default().to_owned())
+                .collect();
+            Ok((bytes, ids))
+        })?;
+        Ok((PyBytes::new(py, &bytes), ids))
+    }
+
+    /// Changes after `since_seq`: (seq, audience, user_id, entered, at_ms, reason).
+    #[pyo3(signature = (since_seq=0, limit=None))]
+    fn changes(
+        &self,
+        py: Python<'_>,
+        since_seq: u64,
+        limit: Option<usize>,
+    ) -> PyResult<Vec<ChangeRow>> {
+        self.with(py, move |e| {
+            Ok(e.changes(since_seq, limit.unwrap_or(usize::MAX))?
+                .into_iter()
+                .map(|c| {
+                    (
+                        c.seq,
+                        c.audience.to_string(),
+                        c.user_id.to_string(),
+                        c.entered,
+                        c.at,
+                        c.reason.as_str(),
+                    )
+                })
+                .collect())
+        })
+    }
+
+    /// Manual clock: moves time to `to_ms`; returns the number of changes.
+    fn advance(&self, py: Python<'_>, to_ms: i64) -> PyResult<usize> {
+        self.with(py, move |e| e.advance(to_ms))
+    }
+
+    /// Wall clock: fires due timers now; returns the number of changes.
+    fn tick(&self, py: Python<'_>) -> PyResult<usize> {
+        self.with(py, |e| Ok(e.tick()))
+    }
+
+    /// A user's traits as JSON bytes, or None for an unknown user.
+    fn traits_json<'py>(&self, py: Python<'py>, user_id: &str) -> Option<Bound<'py, PyBytes>> {
+        let traits = self.lock().traits(user_id)?;
+        let map: serde_json::Map<String, serde_json::Value> =
+            traits.into_iter().map(|(k, v)| (k, v.to_json())).collect();
+        let bytes = serde_json::to_vec(&map).unwrap_or_default();
+        Some(PyBytes::new(py, &bytes))
+    }
+
+    /// Counters: users, audiences, shards, timers, approximate heap bytes, last seq.
+    fn stats(&self) -> Vec<(&'static str, u64)> {
+        let e = self.lock();
+        vec![
+            ("users", e.user_count() as u64),
+            ("audiences", e.audiences().len() as u64),
+            ("shards", e.shard_count() as u64),
+            ("pending_timers", e.pending_timers() as u64),
+            ("heap_bytes", e.heap_bytes() as u64),
+            ("last_seq", e.last_seq()),
+        ]
+    }
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<Engine>()?;
+    m.add("SegmintError", py.get_type::<PySegmintError>())?;
+    m.add("RuleError", py.get_type::<RuleError>())?;
+    m.add("RuleSyntaxError", py.get_type::<RuleSyntaxError>())?;
+    m.add("RuleTypeError", py.get_type::<RuleTypeError>())?;
+    m.add(
+        "UnknownAudienceError",
+        py.get_type::<UnknownAudienceError>(),
+    )?;
+    m.add(
+        "UnknownComputedTraitError",
+        py.get_type::<UnknownComputedTraitError>(),
+    )?;
+    m.add("UnknownUserError", py.get_type::<UnknownUserError>())?;
+    m.add("AudienceCycleError", py.get_type::<AudienceCycleError>())?;
+    m.add("InUseError", py.get_type::<InUseError>())?;
+    m.add("InvalidEventError", py.get_type::<InvalidEventError>())?;
+    m.add("LimitExceededError", py.get_type::<LimitExceededError>())?;
+    m.add(
+        "InvalidArgumentError",
+        py.get_type::<InvalidArgumentError>(),
+    )?;
+    Ok(())
+}
