@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt | md5sum | cut -c1-8)
 
-.PHONY: help run demo test test-rust test-python lint bench build venv clean
+.PHONY: help run demo test test-rust test-python lint bench build venv clean proto proto-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,7 +24,7 @@ build: $(STAMP) ## build the Rust extension (release) into .venv
 run: build ## build and run the main job: stream a generated workload through the engine
 	$(VENV)/bin/segmint demo
 
-test: build test-rust test-python ## build, then run every Rust and Python test
+test: build proto-check test-rust test-python ## build, then run every Rust and Python test
 
 test-rust: ## Rust unit, property and doc tests of the core
 	cargo test -p segmint-core --release -q
@@ -39,6 +39,14 @@ lint: $(STAMP) ## cargo fmt/clippy, ruff, mypy, stubtest
 	$(VENV)/bin/ruff format --check python tests benches
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m mypy.stubtest segmint._core
+
+proto: $(STAMP) ## regenerate python/segmint/proto from proto/segmint/v1/*.proto
+	PYTHON=$(PY) scripts/gen_proto.sh
+
+proto-check: $(STAMP) ## fail if the generated gRPC code drifted from the .proto files
+	@tmp=$$(mktemp -d) && PYTHON=$(PY) scripts/gen_proto.sh $$tmp && \
+	  diff -r -x __pycache__ $$tmp python/segmint/proto >/dev/null && rm -rf $$tmp || \
+	  { rm -rf $$tmp; echo "python/segmint/proto is out of date: run make proto"; exit 1; }
 
 bench: build ## run the benchmark suite and write BENCHMARKS.md
 	$(PY) benches/run.py

@@ -49,6 +49,44 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    """Runs the gRPC sidecar (see docs/operations.md)."""
+    import msgspec
+
+    from segmint.config import ConfigError, load_config, validate
+    from segmint.server import serve
+
+    try:
+        config = load_config(args.config)
+        server, engine = config.server, config.engine
+        if args.listen is not None:
+            server = msgspec.structs.replace(server, listen=args.listen)
+        if args.metrics_port is not None:
+            server = msgspec.structs.replace(server, metrics_port=args.metrics_port)
+        if args.grace is not None:
+            server = msgspec.structs.replace(server, grace_seconds=args.grace)
+        if args.log_level is not None:
+            server = msgspec.structs.replace(server, log_level=args.log_level)
+        if args.clock is not None:
+            engine = msgspec.structs.replace(engine, clock=args.clock)
+        config = msgspec.structs.replace(config, server=server, engine=engine)
+        if args.no_examples:
+            config = msgspec.structs.replace(config, examples=False)
+        validate(config)
+        token = config.resolved_token()
+    except ConfigError as e:
+        print(f"segmint serve: {e}", file=sys.stderr)
+        return 2
+    return serve(config, token=token)
+
+
+def _load(args: argparse.Namespace) -> int:
+    """Streams a generated workload into a running sidecar."""
+    from segmint.client import run_load
+
+    return run_load(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``segmint`` command."""
     parser = argparse.ArgumentParser(prog="segmint", description=__doc__)
@@ -60,6 +98,28 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--show", type=int, default=5, help="changes to print per hour")
     demo.add_argument("--seed", type=int, default=7)
     demo.set_defaults(func=_demo)
+    serve = sub.add_parser("serve", help="run the gRPC sidecar (docs/operations.md)")
+    serve.add_argument("--config", help="TOML config file (default: embedded defaults)")
+    serve.add_argument("--listen", help="HOST:PORT or unix:///path (default 127.0.0.1:50051)")
+    serve.add_argument("--metrics-port", type=int, help="Prometheus port on loopback (0 = off)")
+    serve.add_argument("--clock", choices=["wall", "manual"], help="engine clock (default wall)")
+    serve.add_argument("--grace", type=float, help="shutdown grace period in seconds")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--no-examples", action="store_true", help="do not define the bundled example audiences"
+    )
+    serve.set_defaults(func=_serve)
+    load = sub.add_parser("load", help="stream a generated workload into a running sidecar")
+    load.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT or unix:///path")
+    load.add_argument("--rate", type=float, default=100_000, help="events per second (0 = max)")
+    load.add_argument("--events", type=int, default=1_000_000, help="events to send in all")
+    load.add_argument("--batch", type=int, default=1000, help="events per batch")
+    load.add_argument("--users", type=int, default=100_000)
+    load.add_argument("--window", type=int, default=8, help="unacknowledged batches in flight")
+    load.add_argument("--seed", type=int, default=7)
+    load.add_argument("--token", help="bearer token (default: $SEGMINT_TOKEN)")
+    load.add_argument("--quiet", action="store_true", help="no progress bar")
+    load.set_defaults(func=_load)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

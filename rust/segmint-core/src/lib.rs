@@ -32,6 +32,7 @@ pub mod state;
 pub mod ticker;
 pub mod time;
 pub mod value;
+pub mod wire;
 
 pub use engine::{Change, Clock, Engine, EngineConfig, IngestReport};
 pub use error::{Result, RuleError, SegmintError};

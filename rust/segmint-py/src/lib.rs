@@ -314,6 +314,16 @@ impl Engine {
         self.with(py, move |e| e.ingest_json(&data).map(report))
     }
 
+    /// Decodes (outside the engine lock) and applies a serialized protobuf
+    /// `segmint.v1.EventBatch`; per-event errors by index.
+    fn ingest_proto(&self, py: Python<'_>, data: Vec<u8>) -> PyResult<Report> {
+        let limits = self.lock().config().limits.clone();
+        let (_, events) = py
+            .detach(move || segmint_core::wire::decode_proto_batch(&data, &limits))
+            .map_err(to_py)?;
+        self.with(py, move |e| Ok(report(e.ingest(events))))
+    }
+
     fn define_audience(&self, py: Python<'_>, key: String, rule: String) -> PyResult<u64> {
         self.with(py, move |e| e.define_audience(&key, &rule))
     }

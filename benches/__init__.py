@@ -1,0 +1,1 @@
+"""segmint benchmarks: the standard workload (DESIGN §7) and its peers."""

@@ -1,0 +1,108 @@
+"""Engine figures on the standard workload: batch ingest events/s on one core
+and on all cores at 1k and 10k audiences (and 10k with only 1k hot, the
+fan-out control), per-event latency, bytes per user and backfill profiles/s.
+
+It exports the workload of ``benches/workload.py`` (NDJSON events in time
+order, audiences as JSON) and runs the ``segmint-bench`` Rust binary on it, so
+the figures measure the engine, not Python.
+
+    python benches/engine_bench.py --users 1000000 --events 3000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benches.workload import (  # noqa: E402
+    WorkloadSpec,
+    generate_audiences,
+    generate_events,
+    segment_json_rows,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "target" / "release" / "segmint-bench"
+
+
+def export(spec: WorkloadSpec, out: Path) -> tuple[Path, Path]:
+    """Writes the workload's events (NDJSON, time order) and audiences (JSON)."""
+    out.mkdir(parents=True, exist_ok=True)
+    events = out / f"events-{spec.users}-{spec.events}-{spec.seed}.ndjson"
+    if not events.exists():
+        table = generate_events(spec)
+        rows = segment_json_rows(table)
+        with events.open("w") as f:
+            step = 200_000
+            for start in range(0, len(rows), step):
+                f.write("\n".join(rows.slice(start, step).to_pylist()))
+                f.write("\n")
+    audiences = out / f"audiences-{spec.audiences}-{spec.hot_audiences}-{spec.seed}.json"
+    audiences.write_text(json.dumps([[k, text] for k, text, _ in generate_audiences(spec)]))
+    return events, audiences
+
+
+def run(events: Path, audiences: Path, threads: int, hot: int | None = None) -> dict[str, Any]:
+    """Runs the Rust benchmark once and returns its figures."""
+    cmd = [str(BIN), str(events), str(audiences), "--threads", str(threads)]
+    if hot is not None:
+        cmd += ["--hot", str(hot)]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Builds the binary, exports the workload, runs every configuration."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--users", type=int, default=1_000_000)
+    p.add_argument("--events", type=int, default=3_000_000)
+    p.add_argument("--days", type=int, default=180)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--out", type=Path, default=ROOT / "benches" / "out")
+    p.add_argument("--json", type=Path, default=None, help="write all results here")
+    args = p.parse_args(argv)
+    subprocess.run(
+        ["cargo", "build", "--release", "-q", "-p", "segmint-bench"], check=True, cwd=ROOT
+    )
+    results = []
+    configs: list[tuple[int, int | None]] = [(1_000, None), (10_000, None), (10_000, 1_000)]
+    for n_aud, hot in configs:
+        spec = WorkloadSpec(
+            users=args.users,
+            events=args.events,
+            days=args.days,
+            audiences=n_aud,
+            hot_audiences=hot,
+            seed=args.seed,
+        )
+        t = time.perf_counter()
+        events, audiences = export(spec, args.out)
+        print(f"workload {n_aud} audiences (hot {hot}): {time.perf_counter() - t:.1f}s", flush=True)
+        for threads in sorted({1, args.threads}):
+            r = run(events, audiences, threads, hot)
+            r["config"] = f"{n_aud} audiences" + (f", {hot} hot" if hot else "")
+            results.append(r)
+            print(
+                f"  {threads} thread(s): {r['events_per_s'] / 1e6:.2f} M events/s, "
+                f"p50 {r['latency_us_p50']:.1f} us, p99 {r['latency_us_p99']:.1f} us, "
+                f"{r['heap_bytes_per_user']:.0f} B/user, "
+                f"backfill {r['backfill_profiles_per_s'] / 1e6:.1f} M profiles/s",
+                flush=True,
+            )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

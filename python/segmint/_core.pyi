@@ -1,0 +1,110 @@
+"""Type stubs of the Rust extension module (checked by mypy.stubtest)."""
+
+from typing import final
+
+__all__ = [
+    "AudienceCycleError",
+    "Engine",
+    "InUseError",
+    "InvalidArgumentError",
+    "InvalidEventError",
+    "LimitExceededError",
+    "RuleError",
+    "RuleSyntaxError",
+    "RuleTypeError",
+    "SegmintError",
+    "UnknownAudienceError",
+    "UnknownComputedTraitError",
+    "UnknownUserError",
+]
+
+_Report = tuple[int, int, list[tuple[int, str, str]], int, int]
+_ChangeRow = tuple[int, str, str, bool, int, str]
+
+class SegmintError(Exception):
+    """Base class of every segmint error."""
+
+class RuleError(SegmintError):
+    """A rule is invalid; has line, column and snippet."""
+
+class RuleSyntaxError(RuleError):
+    """The rule text does not parse."""
+
+class RuleTypeError(RuleError):
+    """The rule parses but is ill-typed."""
+
+class UnknownAudienceError(SegmintError):
+    """No audience with this key."""
+
+class UnknownComputedTraitError(SegmintError):
+    """No computed trait with this key."""
+
+class UnknownUserError(SegmintError):
+    """The user id was never seen."""
+
+class AudienceCycleError(SegmintError):
+    """Audience references would form a cycle."""
+
+class InUseError(SegmintError):
+    """The audience is referenced by other rules."""
+
+class InvalidEventError(SegmintError):
+    """An event is malformed."""
+
+class LimitExceededError(SegmintError):
+    """An input exceeds a size limit."""
+
+class InvalidArgumentError(SegmintError):
+    """An argument is invalid."""
+
+@final
+class Engine:
+    """The engine, shared with its ticker thread."""
+
+    def __new__(
+        cls,
+        *,
+        clock: str = "wall",
+        now_ms: int | None = None,
+        granularity_ms: int = 1000,
+        future_skew_ms: int = 300_000,
+        shards: int = 0,
+        threads: int = 0,
+        tick_ms: int = 1000,
+    ) -> Engine: ...
+    @property
+    def now_ms(self) -> int: ...
+    @property
+    def last_seq(self) -> int: ...
+    @property
+    def user_count(self) -> int: ...
+    def identify(
+        self, user_id: str, traits_json: bytes, timestamp_ms: int | None = None
+    ) -> _Report: ...
+    def track(
+        self,
+        user_id: str,
+        event: str,
+        properties_json: bytes | None = None,
+        context_json: bytes | None = None,
+        timestamp_ms: int | None = None,
+        message_id: str | None = None,
+    ) -> _Report: ...
+    def ingest_json(self, data: bytes) -> _Report: ...
+    def define_audience(self, key: str, rule: str) -> int: ...
+    def define_audiences(self, items: list[tuple[str, str]]) -> None: ...
+    def remove_audience(self, key: str) -> None: ...
+    def audiences(self) -> list[str]: ...
+    def rule(self, key: str) -> str: ...
+    def is_member(self, user_id: str, key: str) -> bool: ...
+    def is_member_many(self, user_ids: list[str], key: str) -> list[bool]: ...
+    def audiences_of(self, user_id: str) -> list[str]: ...
+    def entered_at_ms(self, user_id: str, key: str) -> int | None: ...
+    def members(self, key: str) -> list[str]: ...
+    def size(self, key: str) -> int: ...
+    def bitmap(self, key: str) -> tuple[bytes, list[str]]: ...
+    def changes(self, since_seq: int = 0, limit: int | None = None) -> list[_ChangeRow]: ...
+    def advance(self, to_ms: int) -> int: ...
+    def tick(self) -> int: ...
+    def traits_json(self, user_id: str) -> bytes | None: ...
+    def stats(self) -> list[tuple[str, int]]: ...

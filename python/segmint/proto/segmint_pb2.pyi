@@ -1,0 +1,332 @@
+import datetime
+
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Track(_message.Message):
+    __slots__ = ("event", "properties", "properties_json", "context", "context_json")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    PROPERTIES_JSON_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_JSON_FIELD_NUMBER: _ClassVar[int]
+    event: str
+    properties: _struct_pb2.Struct
+    properties_json: bytes
+    context: _struct_pb2.Struct
+    context_json: bytes
+    def __init__(self, event: _Optional[str] = ..., properties: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., properties_json: _Optional[bytes] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., context_json: _Optional[bytes] = ...) -> None: ...
+
+class Identify(_message.Message):
+    __slots__ = ("traits", "traits_json")
+    TRAITS_FIELD_NUMBER: _ClassVar[int]
+    TRAITS_JSON_FIELD_NUMBER: _ClassVar[int]
+    traits: _struct_pb2.Struct
+    traits_json: bytes
+    def __init__(self, traits: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., traits_json: _Optional[bytes] = ...) -> None: ...
+
+class Alias(_message.Message):
+    __slots__ = ("previous_id",)
+    PREVIOUS_ID_FIELD_NUMBER: _ClassVar[int]
+    previous_id: str
+    def __init__(self, previous_id: _Optional[str] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("user_id", "anonymous_id", "timestamp", "message_id", "track", "identify", "alias")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ANONYMOUS_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    TRACK_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFY_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    anonymous_id: str
+    timestamp: _timestamp_pb2.Timestamp
+    message_id: str
+    track: Track
+    identify: Identify
+    alias: Alias
+    def __init__(self, user_id: _Optional[str] = ..., anonymous_id: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message_id: _Optional[str] = ..., track: _Optional[_Union[Track, _Mapping]] = ..., identify: _Optional[_Union[Identify, _Mapping]] = ..., alias: _Optional[_Union[Alias, _Mapping]] = ...) -> None: ...
+
+class EventBatch(_message.Message):
+    __slots__ = ("batch_id", "events")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    batch_id: int
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    def __init__(self, batch_id: _Optional[int] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+
+class EventBatchHeader(_message.Message):
+    __slots__ = ("batch_id",)
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    batch_id: int
+    def __init__(self, batch_id: _Optional[int] = ...) -> None: ...
+
+class EventError(_message.Message):
+    __slots__ = ("index", "code", "message")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    code: str
+    message: str
+    def __init__(self, index: _Optional[int] = ..., code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class IngestAck(_message.Message):
+    __slots__ = ("batch_id", "seq", "accepted", "duplicates", "changes", "errors")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    batch_id: int
+    seq: int
+    accepted: int
+    duplicates: int
+    changes: int
+    errors: _containers.RepeatedCompositeFieldContainer[EventError]
+    def __init__(self, batch_id: _Optional[int] = ..., seq: _Optional[int] = ..., accepted: _Optional[int] = ..., duplicates: _Optional[int] = ..., changes: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[EventError, _Mapping]]] = ...) -> None: ...
+
+class DefineAudienceRequest(_message.Message):
+    __slots__ = ("key", "rule")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    rule: str
+    def __init__(self, key: _Optional[str] = ..., rule: _Optional[str] = ...) -> None: ...
+
+class DefineAudienceResponse(_message.Message):
+    __slots__ = ("key", "size", "seq")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    size: int
+    seq: int
+    def __init__(self, key: _Optional[str] = ..., size: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class RemoveAudienceRequest(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    def __init__(self, key: _Optional[str] = ...) -> None: ...
+
+class RemoveAudienceResponse(_message.Message):
+    __slots__ = ("seq",)
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    def __init__(self, seq: _Optional[int] = ...) -> None: ...
+
+class ListAudiencesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Audience(_message.Message):
+    __slots__ = ("key", "rule", "size")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    rule: str
+    size: int
+    def __init__(self, key: _Optional[str] = ..., rule: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+
+class ListAudiencesResponse(_message.Message):
+    __slots__ = ("audiences",)
+    AUDIENCES_FIELD_NUMBER: _ClassVar[int]
+    audiences: _containers.RepeatedCompositeFieldContainer[Audience]
+    def __init__(self, audiences: _Optional[_Iterable[_Union[Audience, _Mapping]]] = ...) -> None: ...
+
+class GetAudienceRequest(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    def __init__(self, key: _Optional[str] = ...) -> None: ...
+
+class DefineComputedTraitRequest(_message.Message):
+    __slots__ = ("key", "expression")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    EXPRESSION_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    expression: str
+    def __init__(self, key: _Optional[str] = ..., expression: _Optional[str] = ...) -> None: ...
+
+class DefineComputedTraitResponse(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    def __init__(self, key: _Optional[str] = ...) -> None: ...
+
+class PreviewRequest(_message.Message):
+    __slots__ = ("rule", "sample")
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    rule: str
+    sample: int
+    def __init__(self, rule: _Optional[str] = ..., sample: _Optional[int] = ...) -> None: ...
+
+class PreviewResponse(_message.Message):
+    __slots__ = ("size", "sample")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    sample: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, size: _Optional[int] = ..., sample: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class IsMemberRequest(_message.Message):
+    __slots__ = ("audience", "user_ids")
+    AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    audience: str
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, audience: _Optional[str] = ..., user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class IsMemberResponse(_message.Message):
+    __slots__ = ("member",)
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    member: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, member: _Optional[_Iterable[bool]] = ...) -> None: ...
+
+class AudiencesOfRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class AudiencesOfResponse(_message.Message):
+    __slots__ = ("audiences",)
+    AUDIENCES_FIELD_NUMBER: _ClassVar[int]
+    audiences: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, audiences: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SizeRequest(_message.Message):
+    __slots__ = ("audience",)
+    AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    audience: str
+    def __init__(self, audience: _Optional[str] = ...) -> None: ...
+
+class SizeResponse(_message.Message):
+    __slots__ = ("size",)
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    def __init__(self, size: _Optional[int] = ...) -> None: ...
+
+class MembersRequest(_message.Message):
+    __slots__ = ("audience", "page_size")
+    AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    audience: str
+    page_size: int
+    def __init__(self, audience: _Optional[str] = ..., page_size: _Optional[int] = ...) -> None: ...
+
+class MembersPage(_message.Message):
+    __slots__ = ("user_ids", "last")
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    last: bool
+    def __init__(self, user_ids: _Optional[_Iterable[str]] = ..., last: _Optional[bool] = ...) -> None: ...
+
+class MembersBitmapRequest(_message.Message):
+    __slots__ = ("audience",)
+    AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    audience: str
+    def __init__(self, audience: _Optional[str] = ...) -> None: ...
+
+class MembersBitmapResponse(_message.Message):
+    __slots__ = ("bitmap", "user_ids")
+    BITMAP_FIELD_NUMBER: _ClassVar[int]
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    bitmap: bytes
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, bitmap: _Optional[bytes] = ..., user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ProfileRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class ProfileResponse(_message.Message):
+    __slots__ = ("traits", "audiences")
+    TRAITS_FIELD_NUMBER: _ClassVar[int]
+    AUDIENCES_FIELD_NUMBER: _ClassVar[int]
+    traits: _struct_pb2.Struct
+    audiences: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, traits: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., audiences: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ExplainRequest(_message.Message):
+    __slots__ = ("user_id", "audience")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    audience: str
+    def __init__(self, user_id: _Optional[str] = ..., audience: _Optional[str] = ...) -> None: ...
+
+class ExplainResponse(_message.Message):
+    __slots__ = ("explanation",)
+    EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    explanation: str
+    def __init__(self, explanation: _Optional[str] = ...) -> None: ...
+
+class OverlapRequest(_message.Message):
+    __slots__ = ("audiences",)
+    AUDIENCES_FIELD_NUMBER: _ClassVar[int]
+    audiences: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, audiences: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class OverlapResponse(_message.Message):
+    __slots__ = ("size",)
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    def __init__(self, size: _Optional[int] = ...) -> None: ...
+
+class SubscribeChangesRequest(_message.Message):
+    __slots__ = ("from_seq", "audiences")
+    FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    AUDIENCES_FIELD_NUMBER: _ClassVar[int]
+    from_seq: int
+    audiences: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, from_seq: _Optional[int] = ..., audiences: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Change(_message.Message):
+    __slots__ = ("seq", "audience", "user_id", "kind", "at", "reason")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[Change.Kind]
+        ENTERED: _ClassVar[Change.Kind]
+        EXITED: _ClassVar[Change.Kind]
+    KIND_UNSPECIFIED: Change.Kind
+    ENTERED: Change.Kind
+    EXITED: Change.Kind
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    audience: str
+    user_id: str
+    kind: Change.Kind
+    at: _timestamp_pb2.Timestamp
+    reason: str
+    def __init__(self, seq: _Optional[int] = ..., audience: _Optional[str] = ..., user_id: _Optional[str] = ..., kind: _Optional[_Union[Change.Kind, str]] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ChangeBatch(_message.Message):
+    __slots__ = ("changes", "seq")
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    changes: _containers.RepeatedCompositeFieldContainer[Change]
+    seq: int
+    def __init__(self, changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., seq: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,827 @@
+"""The gRPC sidecar (``segmint serve``): the ``segmint.v1.Segmint`` service
+over one engine, with health checking, reflection, bearer-token auth,
+Prometheus metrics and graceful shutdown. See docs/operations.md."""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent import futures
+from typing import Any, Protocol, TypeVar, cast
+
+import grpc
+from google.protobuf import struct_pb2, timestamp_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from segmint.config import Config, parse_listen
+from segmint.engine import Engine
+from segmint.errors import (
+    InvalidArgumentError,
+    LimitExceededError,
+    RuleError,
+    SegmintError,
+    UnknownAudienceError,
+    UnknownComputedTraitError,
+    UnknownUserError,
+)
+from segmint.proto import segmint_pb2 as pb
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Segmint"].full_name
+"""Full name of the gRPC service (``segmint.v1.Segmint``)."""
+
+HEALTH_SERVICE_PREFIX = "/grpc.health.v1.Health/"
+
+log = logging.getLogger("segmint.server")
+
+_Report = tuple[int, int, list[tuple[int, str, str]], int, int]
+_T = TypeVar("_T")
+_Req = TypeVar("_Req")
+
+
+class _ProtoIngest(Protocol):
+    def ingest_proto(self, data: bytes) -> _Report: ...
+
+
+# ------------------------------------------------------------------ errors
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status code and message for an exception of the engine."""
+    message = str(exc)
+    if isinstance(exc, RuleError):
+        return grpc.StatusCode.INVALID_ARGUMENT, message
+    if isinstance(exc, UnknownAudienceError | UnknownComputedTraitError | UnknownUserError):
+        return grpc.StatusCode.NOT_FOUND, message
+    if isinstance(exc, LimitExceededError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, message
+    if isinstance(exc, InvalidArgumentError):
+        return grpc.StatusCode.INVALID_ARGUMENT, message
+    if isinstance(exc, SegmintError):
+        code = getattr(exc, "code", "")
+        if code in ("audience_cycle", "in_use"):
+            return grpc.StatusCode.FAILED_PRECONDITION, message
+        return grpc.StatusCode.INVALID_ARGUMENT, message
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
+
+
+_EVENT_CODE_STATUS = {"limit_exceeded": grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+# ----------------------------------------------------------------- metrics
+
+
+class Metrics:
+    """The Prometheus metrics of one server (its own registry)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.events = Counter(
+            "segmint_events",
+            "Events received, by result (accepted, duplicate, rejected).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.event_errors = Counter(
+            "segmint_event_errors",
+            "Rejected events, by error code.",
+            ["code"],
+            registry=self.registry,
+        )
+        self.rpc_errors = Counter(
+            "segmint_rpc_errors",
+            "Failed calls, by method and gRPC status code.",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.batches = Counter("segmint_batches", "Ingest batches applied.", registry=self.registry)
+        self.batch_seconds = Histogram(
+            "segmint_batch_seconds",
+            "Time to decode and apply one ingest batch.",
+            buckets=(
+                0.0001,
+                0.00025,
+                0.0005,
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1.0,
+                2.5,
+            ),
+            registry=self.registry,
+        )
+        self.subscribers = Gauge(
+            "segmint_subscribers", "Open SubscribeChanges streams.", registry=self.registry
+        )
+
+    def record_report(self, report: _Report, seconds: float) -> None:
+        """Counts one applied batch."""
+        accepted, duplicates, errors, _, _ = report
+        self.batches.inc()
+        self.batch_seconds.observe(seconds)
+        self.events.labels("accepted").inc(accepted - duplicates)
+        if duplicates:
+            self.events.labels("duplicate").inc(duplicates)
+        if errors:
+            self.events.labels("rejected").inc(len(errors))
+            for _, code, _ in errors:
+                self.event_errors.labels(code).inc()
+
+
+class _EngineCollector(Collector):
+    """Scrape-time gauges: audiences, members per audience, users, seq, lag."""
+
+    def __init__(self, service: SegmintService) -> None:
+        self._service = service
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        engine = self._service.engine
+        keys = engine.audiences()
+        yield GaugeMetricFamily("segmint_audiences", "Defined audiences.", value=len(keys))
+        members = GaugeMetricFamily(
+            "segmint_audience_members", "Members per audience.", labels=["audience"]
+        )
+        for key in keys:
+            try:
+                members.add_metric([key], engine.size(key))
+            except SegmintError:  # removed while scraping
+                continue
+        yield members
+        yield GaugeMetricFamily("segmint_users", "Profiles.", value=engine.user_count)
+        last = engine.last_seq
+        yield GaugeMetricFamily("segmint_last_seq", "Last change seq.", value=last)
+        positions = self._service.subscriber_positions()
+        lag = max((last - p for p in positions), default=0)
+        yield GaugeMetricFamily(
+            "segmint_subscriber_lag",
+            "Changes the slowest subscriber has yet to receive.",
+            value=max(lag, 0),
+        )
+
+
+# ------------------------------------------------------------- change feed
+
+
+class ChangeFeed:
+    """Wakes subscribers when the change log grows: notified after every
+    ingest or definition, and by a poller for the wall-clock ticker's changes."""
+
+    def __init__(self, engine: Engine, poll_seconds: float = 0.05) -> None:
+        self._engine = engine
+        self._cond = threading.Condition()
+        self._seq = engine.last_seq
+        self._closed = False
+        self._poll = poll_seconds
+        self._thread = threading.Thread(target=self._poller, name="segmint-feed", daemon=True)
+        self._thread.start()
+
+    def notify(self, seq: int | None = None) -> None:
+        """Records that the log reached ``seq`` (default: read it) and wakes waiters."""
+        seq = self._engine.last_seq if seq is None else seq
+        with self._cond:
+            if seq > self._seq or self._closed:
+                self._seq = max(seq, self._seq)
+                self._cond.notify_all()
+
+    def wait_beyond(self, seq: int, timeout: float) -> bool:
+        """Waits until the log passes ``seq`` or the feed closes; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._seq > seq or self._closed, timeout)
+
+    def close(self) -> None:
+        """Wakes every waiter for good (shutdown)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def _poller(self) -> None:
+        while not self._closed:
+            time.sleep(self._poll)
+            try:
+                self.notify()
+            except Exception:  # pragma: no cover - never let the poller die
+                log.exception("change feed poller")
+
+
+# ----------------------------------------------------------------- service
+
+
+def _timestamp(ms: int) -> timestamp_pb2.Timestamp:
+    seconds, rest = divmod(ms, 1000)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=rest * 1_000_000)
+
+
+def _batch_id(data: bytes) -> int:
+    """The batch id of a serialized EventBatch without decoding its events."""
+    if data[:1] == b"\x08":  # field 1, varint, first as every standard encoder writes it
+        result = 0
+        for shift, byte in zip(range(0, 70, 7), data[1:11], strict=False):
+            result |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return result
+    if not data:
+        return 0
+    return int(pb.EventBatchHeader.FromString(data).batch_id)
+
+
+def _ack(batch_id: int, report: _Report) -> pb.IngestAck:
+    accepted, duplicates, errors, last_seq, changes = report
+    return pb.IngestAck(
+        batch_id=batch_id,
+        seq=last_seq,
+        accepted=accepted,
+        duplicates=duplicates,
+        changes=changes,
+        errors=[pb.EventError(index=i, code=c, message=m) for i, c, m in errors],
+    )
+
+
+class SegmintService:
+    """The handlers of ``segmint.v1.Segmint`` over one engine."""
+
+    def __init__(self, engine: Engine, config: Config, metrics: Metrics) -> None:
+        self.engine = engine
+        self._core = engine._core
+        self._ingest_proto = cast(_ProtoIngest, engine._core).ingest_proto
+        self.config = config
+        self.metrics = metrics
+        self.feed = ChangeFeed(engine)
+        self.stopping = threading.Event()
+        self._subs: dict[int, int] = {}
+        self._subs_lock = threading.Lock()
+        self._sub_ids = itertools.count(1)
+
+    # ------------------------------------------------------------ plumbing
+
+    def subscriber_positions(self) -> list[int]:
+        """The seq each open subscription has delivered up to."""
+        with self._subs_lock:
+            return list(self._subs.values())
+
+    def _fail(self, context: grpc.ServicerContext, method: str, exc: BaseException) -> None:
+        code, message = status_for(exc)
+        self.metrics.rpc_errors.labels(method, code.name).inc()
+        if code is grpc.StatusCode.INTERNAL:
+            log.exception("internal error in %s", method)
+        else:
+            log.debug("%s: %s: %s", method, code.name, message)
+        context.abort(code, message)
+
+    def _abort(
+        self, context: grpc.ServicerContext, method: str, code: grpc.StatusCode, message: str
+    ) -> None:
+        self.metrics.rpc_errors.labels(method, code.name).inc()
+        context.abort(code, message)
+
+    def _unary(
+        self, method: str, fn: Callable[[_Req, grpc.ServicerContext], _T]
+    ) -> Callable[[_Req, grpc.ServicerContext], _T]:
+        def handler(request: _Req, context: grpc.ServicerContext) -> _T:
+            try:
+                return fn(request, context)
+            except Exception as exc:
+                if _is_abort(exc, context):
+                    raise
+                self._fail(context, method, exc)
+                raise
+
+        return handler
+
+    def _streaming(
+        self, method: str, fn: Callable[[_Req, grpc.ServicerContext], Iterator[_T]]
+    ) -> Callable[[_Req, grpc.ServicerContext], Iterator[_T]]:
+        def handler(request: _Req, context: grpc.ServicerContext) -> Iterator[_T]:
+            try:
+                yield from fn(request, context)
+            except Exception as exc:
+                if _is_abort(exc, context):
+                    raise
+                self._fail(context, method, exc)
+                raise
+
+        return handler
+
+    def _unimplemented(self, method: str) -> Callable[[Any, grpc.ServicerContext], Any]:
+        def handler(request: Any, context: grpc.ServicerContext) -> Any:
+            self._abort(
+                context, method, grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet"
+            )
+
+        return handler
+
+    # -------------------------------------------------------------- ingest
+
+    def ingest(
+        self, batches: Iterator[bytes], context: grpc.ServicerContext
+    ) -> Iterator[pb.IngestAck]:
+        """Bidi stream: applies each serialized EventBatch (decoded in Rust)
+        and acknowledges it, in order."""
+        for data in batches:
+            if self.stopping.is_set():
+                self._abort(
+                    context,
+                    "Ingest",
+                    grpc.StatusCode.UNAVAILABLE,
+                    "the server is shutting down; this batch was not applied",
+                )
+            t0 = time.perf_counter()
+            report = self._ingest_proto(data)
+            self.metrics.record_report(report, time.perf_counter() - t0)
+            if report[4]:
+                self.feed.notify(report[3])
+            yield _ack(_batch_id(data), report)
+
+    def _one(self, request: pb.Event, context: grpc.ServicerContext, kind: str) -> pb.IngestAck:
+        method = kind.capitalize()
+        body = request.WhichOneof("body")
+        if body != kind:
+            self._abort(
+                context,
+                method,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{method} needs an event with a '{kind}' body, got {body or 'none'}",
+            )
+        data = pb.EventBatch(events=[request]).SerializeToString()
+        t0 = time.perf_counter()
+        report = self._ingest_proto(data)
+        self.metrics.record_report(report, time.perf_counter() - t0)
+        if report[4]:
+            self.feed.notify(report[3])
+        errors = report[2]
+        if errors:
+            _, code, message = errors[0]
+            status = _EVENT_CODE_STATUS.get(code, grpc.StatusCode.INVALID_ARGUMENT)
+            self._abort(context, method, status, message)
+        return _ack(0, report)
+
+    def track(self, request: pb.Event, context: grpc.ServicerContext) -> pb.IngestAck:
+        """Unary track call."""
+        return self._one(request, context, "track")
+
+    def identify(self, request: pb.Event, context: grpc.ServicerContext) -> pb.IngestAck:
+        """Unary identify call."""
+        return self._one(request, context, "identify")
+
+    # --------------------------------------------------------- definitions
+
+    def define_audience(
+        self, request: pb.DefineAudienceRequest, context: grpc.ServicerContext
+    ) -> pb.DefineAudienceResponse:
+        """Defines or replaces an audience; returns its size after backfill."""
+        size = self.engine.define_audience(request.key, request.rule)
+        seq = self.engine.last_seq
+        self.feed.notify(seq)
+        log.info("defined audience %s (size %d)", request.key, size)
+        return pb.DefineAudienceResponse(key=request.key, size=size, seq=seq)
+
+    def remove_audience(
+        self, request: pb.RemoveAudienceRequest, context: grpc.ServicerContext
+    ) -> pb.RemoveAudienceResponse:
+        """Removes an audience (its members exit with reason ``delete``)."""
+        self.engine.remove_audience(request.key)
+        seq = self.engine.last_seq
+        self.feed.notify(seq)
+        log.info("removed audience %s", request.key)
+        return pb.RemoveAudienceResponse(seq=seq)
+
+    def _audience(self, key: str) -> pb.Audience:
+        return pb.Audience(key=key, rule=self.engine.rule(key), size=self.engine.size(key))
+
+    def list_audiences(
+        self, request: pb.ListAudiencesRequest, context: grpc.ServicerContext
+    ) -> pb.ListAudiencesResponse:
+        """Every audience with its rule and size, in definition order."""
+        out = []
+        for key in self.engine.audiences():
+            try:
+                out.append(self._audience(key))
+            except UnknownAudienceError:  # removed meanwhile
+                continue
+        return pb.ListAudiencesResponse(audiences=out)
+
+    def get_audience(
+        self, request: pb.GetAudienceRequest, context: grpc.ServicerContext
+    ) -> pb.Audience:
+        """One audience's rule and size."""
+        return self._audience(request.key)
+
+    # ------------------------------------------------------------- queries
+
+    def is_member(
+        self, request: pb.IsMemberRequest, context: grpc.ServicerContext
+    ) -> pb.IsMemberResponse:
+        """Membership of many users in one audience."""
+        if len(request.user_ids) == 1:
+            return pb.IsMemberResponse(
+                member=[self._core.is_member(request.user_ids[0], request.audience)]
+            )
+        return pb.IsMemberResponse(
+            member=self._core.is_member_many(list(request.user_ids), request.audience)
+        )
+
+    def audiences_of(
+        self, request: pb.AudiencesOfRequest, context: grpc.ServicerContext
+    ) -> pb.AudiencesOfResponse:
+        """The audiences a user is in, sorted."""
+        return pb.AudiencesOfResponse(audiences=self.engine.audiences_of(request.user_id))
+
+    def size(self, request: pb.SizeRequest, context: grpc.ServicerContext) -> pb.SizeResponse:
+        """Number of members of an audience."""
+        return pb.SizeResponse(size=self.engine.size(request.audience))
+
+    def members(
+        self, request: pb.MembersRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.MembersPage]:
+        """Members in pages of sorted external ids."""
+        page = min(request.page_size or 10_000, 100_000)
+        ids = self.engine.members(request.audience)
+        if not ids:
+            yield pb.MembersPage(user_ids=[], last=True)
+            return
+        for start in range(0, len(ids), page):
+            chunk = ids[start : start + page]
+            yield pb.MembersPage(user_ids=chunk, last=start + page >= len(ids))
+
+    def members_bitmap(
+        self, request: pb.MembersBitmapRequest, context: grpc.ServicerContext
+    ) -> pb.MembersBitmapResponse:
+        """Members as a portable roaring bitmap plus the id table."""
+        bitmap, ids = self._core.bitmap(request.audience)
+        return pb.MembersBitmapResponse(bitmap=bitmap, user_ids=ids)
+
+    def profile(
+        self, request: pb.ProfileRequest, context: grpc.ServicerContext
+    ) -> pb.ProfileResponse:
+        """A user's traits and audiences."""
+        traits = self.engine.traits(request.user_id)
+        if traits is None:
+            raise UnknownUserError(f"unknown user {request.user_id!r}")
+        struct = struct_pb2.Struct()
+        struct.update(traits)
+        return pb.ProfileResponse(
+            traits=struct, audiences=self.engine.audiences_of(request.user_id)
+        )
+
+    # ------------------------------------------------------------- changes
+
+    def subscribe_changes(
+        self, request: pb.SubscribeChangesRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ChangeBatch]:
+        """Changes after ``from_seq`` in pages, then new ones as they happen.
+        One page is in memory at a time: gRPC flow control holds a slow
+        subscriber's handler before it reads the next page."""
+        wanted = frozenset(request.audiences)
+        for key in wanted:
+            self.engine.size(key)  # NOT_FOUND for an unknown audience
+        seq = request.from_seq
+        page = self.config.server.subscriber_page
+        sub = next(self._sub_ids)
+        with self._subs_lock:
+            self._subs[sub] = seq
+        self.metrics.subscribers.inc()
+        try:
+            while True:
+                rows = self._core.changes(seq, page)
+                if rows:
+                    seq = rows[-1][0]
+                    changes = [
+                        pb.Change(
+                            seq=s,
+                            audience=audience,
+                            user_id=user,
+                            kind=pb.Change.ENTERED if entered else pb.Change.EXITED,
+                            at=_timestamp(at),
+                            reason=reason,
+                        )
+                        for s, audience, user, entered, at, reason in rows
+                        if not wanted or audience in wanted
+                    ]
+                    with self._subs_lock:
+                        self._subs[sub] = seq
+                    if changes or len(rows) == page:
+                        yield pb.ChangeBatch(changes=changes, seq=seq)
+                    continue
+                if self.stopping.is_set() or not context.is_active():
+                    return
+                self.feed.wait_beyond(seq, timeout=0.5)
+        finally:
+            with self._subs_lock:
+                self._subs.pop(sub, None)
+            self.metrics.subscribers.dec()
+
+    # ------------------------------------------------------------ handlers
+
+    def generic_handler(self) -> grpc.GenericRpcHandler:
+        """The method handlers; Ingest takes raw bytes so that batches are
+        decoded in Rust, never as Python objects."""
+        u = grpc.unary_unary_rpc_method_handler
+        s = grpc.unary_stream_rpc_method_handler
+
+        def unary(name: str, fn: Callable[[Any, Any], Any], req: Any, resp: Any) -> Any:
+            return u(
+                self._unary(name, fn),
+                request_deserializer=req.FromString,
+                response_serializer=resp.SerializeToString,
+            )
+
+        def stream(name: str, fn: Callable[[Any, Any], Any], req: Any, resp: Any) -> Any:
+            return s(
+                self._streaming(name, fn),
+                request_deserializer=req.FromString,
+                response_serializer=resp.SerializeToString,
+            )
+
+        def later(name: str, req: Any, resp: Any) -> Any:
+            return u(
+                self._unimplemented(name),
+                request_deserializer=req.FromString,
+                response_serializer=resp.SerializeToString,
+            )
+
+        handlers = {
+            "Ingest": grpc.stream_stream_rpc_method_handler(
+                self._streaming("Ingest", self.ingest),
+                request_deserializer=None,  # raw bytes, decoded in Rust
+                response_serializer=pb.IngestAck.SerializeToString,
+            ),
+            "Track": unary("Track", self.track, pb.Event, pb.IngestAck),
+            "Identify": unary("Identify", self.identify, pb.Event, pb.IngestAck),
+            "DefineAudience": unary(
+                "DefineAudience",
+                self.define_audience,
+                pb.DefineAudienceRequest,
+                pb.DefineAudienceResponse,
+            ),
+            "RemoveAudience": unary(
+                "RemoveAudience",
+                self.remove_audience,
+                pb.RemoveAudienceRequest,
+                pb.RemoveAudienceResponse,
+            ),
+            "ListAudiences": unary(
+                "ListAudiences",
+                self.list_audiences,
+                pb.ListAudiencesRequest,
+                pb.ListAudiencesResponse,
+            ),
+            "GetAudience": unary(
+                "GetAudience", self.get_audience, pb.GetAudienceRequest, pb.Audience
+            ),
+            "IsMember": unary("IsMember", self.is_member, pb.IsMemberRequest, pb.IsMemberResponse),
+            "AudiencesOf": unary(
+                "AudiencesOf", self.audiences_of, pb.AudiencesOfRequest, pb.AudiencesOfResponse
+            ),
+            "Size": unary("Size", self.size, pb.SizeRequest, pb.SizeResponse),
+            "Members": stream("Members", self.members, pb.MembersRequest, pb.MembersPage),
+            "MembersBitmap": unary(
+                "MembersBitmap",
+                self.members_bitmap,
+                pb.MembersBitmapRequest,
+                pb.MembersBitmapResponse,
+            ),
+            "Profile": unary("Profile", self.profile, pb.ProfileRequest, pb.ProfileResponse),
+            "SubscribeChanges": stream(
+                "SubscribeChanges",
+                self.subscribe_changes,
+                pb.SubscribeChangesRequest,
+                pb.ChangeBatch,
+            ),
+            "DefineComputedTrait": later(
+                "DefineComputedTrait", pb.DefineComputedTraitRequest, pb.DefineComputedTraitResponse
+            ),
+            "Preview": later("Preview", pb.PreviewRequest, pb.PreviewResponse),
+            "Explain": later("Explain", pb.ExplainRequest, pb.ExplainResponse),
+            "Overlap": later("Overlap", pb.OverlapRequest, pb.OverlapResponse),
+        }
+        missing = set(pb.DESCRIPTOR.services_by_name["Segmint"].methods_by_name) - set(handlers)
+        assert not missing, f"unhandled methods: {missing}"
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+
+def _is_abort(exc: Exception, context: grpc.ServicerContext) -> bool:
+    """Whether ``exc`` is the exception ``context.abort`` raised."""
+    code = getattr(context, "code", None)
+    return callable(code) and code() is not None and not isinstance(exc, SegmintError)
+
+
+# -------------------------------------------------------------------- auth
+
+
+class BearerTokenInterceptor(grpc.ServerInterceptor):
+    """Rejects calls without ``authorization: Bearer <token>`` metadata with
+    UNAUTHENTICATED; the health service stays open for probes."""
+
+    def __init__(self, token: str, metrics: Metrics) -> None:
+        self._expected = f"Bearer {token}".encode()
+        self._metrics = metrics
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        """Passes authorized calls on; answers the others UNAUTHENTICATED."""
+        method = handler_call_details.method
+        handler = continuation(handler_call_details)
+        if method.startswith(HEALTH_SERVICE_PREFIX) or handler is None:
+            return handler
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == "authorization":
+                given = value if isinstance(value, bytes) else value.encode()
+                if hmac.compare_digest(given, self._expected):
+                    return handler
+        short = method.rsplit("/", 1)[-1]
+        metrics = self._metrics
+
+        def deny(request: Any, context: grpc.ServicerContext) -> Any:
+            metrics.rpc_errors.labels(short, "UNAUTHENTICATED").inc()
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or wrong bearer token (metadata 'authorization: Bearer <token>')",
+            )
+
+        if handler.request_streaming and handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(deny)
+        if handler.request_streaming:
+            return grpc.stream_unary_rpc_method_handler(deny)
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(deny)
+        return grpc.unary_unary_rpc_method_handler(deny)
+
+
+# ------------------------------------------------------------------ server
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line: ts, level, logger, msg (+ exc)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Formats ``record`` as a JSON line."""
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+class Sidecar:
+    """A configured server: engine, service, health, reflection, metrics."""
+
+    def __init__(self, config: Config, *, token: str | None = None) -> None:
+        self.config = config
+        s = config.server
+        address, local = parse_listen(s.listen)
+        self.token = token
+        if not local and not token:
+            raise PermissionError(
+                f"refusing to listen on {s.listen}: it is not loopback or a unix socket, "
+                "so a bearer token is required (server.token, server.token_file or "
+                "SEGMINT_TOKEN)"
+            )
+        e = config.engine
+        self.engine = Engine(
+            clock=e.clock,
+            now=e.now,
+            granularity=e.granularity,
+            future_skew=e.future_skew,
+            shards=e.shards or None,
+            threads=e.threads or None,
+            tick=e.tick,
+        )
+        audiences = config.startup_audiences()
+        if audiences:
+            self.engine.define_audiences(audiences)
+        self.metrics = Metrics()
+        self.service = SegmintService(self.engine, config, self.metrics)
+        self.metrics.registry.register(_EngineCollector(self.service))
+        options = [
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        interceptors: list[grpc.ServerInterceptor] = (
+            [BearerTokenInterceptor(token, self.metrics)] if token else []
+        )
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="segmint-rpc"),
+            handlers=[self.service.generic_handler()],
+            interceptors=interceptors,
+            options=options,
+            maximum_concurrent_rpcs=s.workers - 1,
+        )
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        port = self.server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot listen on {s.listen}")
+        if address.startswith("unix:"):
+            self.address = address
+        else:
+            self.address = f"{address.rpartition(':')[0]}:{port}"
+        self._metrics_httpd: Any = None
+
+    def start(self, metrics_port: int | None = None) -> None:
+        """Starts serving (and the metrics endpoint when a port is given)."""
+        port = self.config.server.metrics_port if metrics_port is None else metrics_port
+        if port:
+            from prometheus_client import start_http_server
+
+            self._metrics_httpd, _ = start_http_server(
+                port, addr=self.config.server.metrics_host, registry=self.metrics.registry
+            )
+        self.server.start()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: health goes NOT_SERVING, new calls are refused,
+        subscribers get every change up to now and end, in-flight batches finish
+        (for up to ``grace`` seconds)."""
+        grace = self.config.server.grace_seconds if grace is None else grace
+        self.service.stopping.set()
+        self.health.enter_graceful_shutdown()
+        self.service.feed.close()
+        self.server.stop(grace).wait()
+        if self._metrics_httpd is not None:
+            self._metrics_httpd.shutdown()
+
+
+def serve(config: Config, *, token: str | None = None, metrics_port: int | None = None) -> int:
+    """Runs the sidecar until SIGTERM or SIGINT; returns the exit status."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger("segmint")
+    root.handlers[:] = [handler]
+    root.setLevel(config.server.log_level.upper())
+    root.propagate = False
+    try:
+        sidecar = Sidecar(config, token=token)
+    except (PermissionError, OSError, SegmintError) as e:
+        log.error("%s", e)
+        print(f"segmint serve: {e}", file=sys.stderr)
+        return 2
+    done = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signum)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    sidecar.start(metrics_port)
+    log.info(
+        "serving %s on %s (%d audiences, auth %s)",
+        SERVICE_NAME,
+        sidecar.address,
+        len(sidecar.engine.audiences()),
+        "on" if token else "off",
+    )
+    print(f"segmint: serving on {sidecar.address}", flush=True)
+    while not done.wait(1.0):
+        pass
+    log.info("signal %d: shutting down (grace %.1fs)", received[0], config.server.grace_seconds)
+    sidecar.stop()
+    log.info("stopped at seq %d", sidecar.engine.last_seq)
+    print("segmint: stopped", flush=True)
+    return 0
+
+
+__all__ = [
+    "SERVICE_NAME",
+    "BearerTokenInterceptor",
+    "ChangeFeed",
+    "Metrics",
+    "SegmintService",
+    "Sidecar",
+    "serve",
+    "status_for",
+]

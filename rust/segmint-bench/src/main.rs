@@ -1,0 +1,143 @@
+//! `segmint-bench`: measures segmint-core on a workload exported by
+//! `benches/workload.py` (events as NDJSON in time order, audiences as a
+//! JSON list of `[key, rule]`). Prints one JSON object of figures.
+//!
+//! Usage: `segmint-bench EVENTS.ndjson AUDIENCES.json [--threads N]
+//! [--shards N] [--chunk N] [--latency-samples N] [--hot K]`
+
+use std::time::Instant;
+
+use segmint_core::event::decode_json_batch;
+use segmint_core::limits::Limits;
+use segmint_core::{Clock, Engine, EngineConfig, Event};
+
+fn arg(args: &[String], name: &str, default: usize) -> usize {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 3 {
+        eprintln!("usage: segmint-bench EVENTS.ndjson AUDIENCES.json [--threads N] [--shards N] [--chunk N] [--latency-samples N] [--hot K]");
+        std::process::exit(2);
+    }
+    let threads = arg(&args, "--threads", 1);
+    let shards = arg(&args, "--shards", threads);
+    let chunk = arg(&args, "--chunk", 50_000);
+    let latency_samples = arg(&args, "--latency-samples", 20_000);
+    let hot = arg(&args, "--hot", usize::MAX);
+
+    let limits = Limits { max_batch_bytes: usize::MAX, ..Limits::default() };
+    let raw = std::fs::read(&args[1]).expect("read events");
+    let events: Vec<Event> = decode_json_batch(&raw, &limits)
+        .expect("decode events")
+        .into_iter()
+        .map(|e| e.expect("valid event"))
+        .collect();
+    drop(raw);
+    let audiences: Vec<(String, String)> =
+        serde_json::from_slice(&std::fs::read(&args[2]).expect("read audiences")).expect("audiences json");
+    let first_ts = events.iter().find_map(|e| e.timestamp).unwrap_or(0);
+    let rss_before = rss_bytes();
+
+    let config = EngineConfig { clock: Clock::Manual(first_ts), shards, threads, ..Default::default() };
+    let mut engine = Engine::new(config).expect("engine");
+    let refs: Vec<(&str, &str)> = audiences.iter().map(|(k, r)| (k.as_str(), r.as_str())).collect();
+    let t = Instant::now();
+    engine.define_audiences(&refs).map_err(|(i, e)| format!("audience {i}: {e}")).expect("define");
+    let define_s = t.elapsed().as_secs_f64();
+
+    // Hold back a sample of events to time one by one at the end.
+    let sample_every = (events.len() / latency_samples.max(1)).max(1);
+    let (mut bulk, mut probes) = (Vec::with_capacity(events.len()), Vec::new());
+    for (i, e) in events.into_iter().enumerate() {
+        if i % sample_every == sample_every - 1 && probes.len() < latency_samples {
+            probes.push(e);
+        } else {
+            bulk.push(e);
+        }
+    }
+    let total = bulk.len();
+    let mut ingest_s = 0.0;
+    let mut advance_s = 0.0;
+    let mut bulk = bulk.into_iter().peekable();
+    while bulk.peek().is_some() {
+        let batch: Vec<Event> = bulk.by_ref().take(chunk).collect();
+        // Move the clock to the batch's last instant: time-based changes fire too.
+        let last = batch.iter().filter_map(|e| e.timestamp).max().unwrap_or(engine.now());
+        let t = Instant::now();
+        if last > engine.now() {
+            engine.advance(last).expect("advance");
+        }
+        advance_s += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let report = engine.ingest(batch.into_iter().map(|e| Ok(e)).collect());
+        ingest_s += t.elapsed().as_secs_f64();
+        assert!(report.errors.is_empty(), "{:?}", report.errors.first());
+    }
+    let changes_after_bulk = engine.last_seq();
+
+    // Latency: one event per call, as a request-at-a-time caller sees it.
+    let mut lat_us = Vec::with_capacity(probes.len());
+    for mut e in probes {
+        e.timestamp = Some(engine.now());
+        let t = Instant::now();
+        let _ = engine.ingest(vec![Ok(e)]);
+        lat_us.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    lat_us.sort_by(f64::total_cmp);
+
+    // Backfill: a new audience over every live profile.
+    let users = engine.user_count();
+    let rule = r#"trait.country == "US" and count("Product Viewed", 30d) >= 2"#;
+    let t = Instant::now();
+    let size = engine.define_audience("bench_backfill", rule).expect("backfill");
+    let backfill_s = t.elapsed().as_secs_f64();
+
+    let heap = engine.heap_bytes();
+    let rss = rss_bytes().saturating_sub(rss_before);
+    let out = serde_json::json!({
+        "threads": threads,
+        "shards": shards,
+        "audiences": audiences.len(),
+        "hot_audiences": if hot == usize::MAX { audiences.len() } else { hot },
+        "users": users,
+        "events": total,
+        "define_s": define_s,
+        "ingest_s": ingest_s,
+        "advance_s": advance_s,
+        "events_per_s": total as f64 / ingest_s,
+        "events_per_s_with_time": total as f64 / (ingest_s + advance_s),
+        "changes": changes_after_bulk,
+        "pending_timers": engine.pending_timers(),
+        "latency_us_p50": percentile(&lat_us, 0.50),
+        "latency_us_p99": percentile(&lat_us, 0.99),
+        "latency_samples": lat_us.len(),
+        "heap_bytes": heap,
+        "heap_bytes_per_user": heap as f64 / users.max(1) as f64,
+        "rss_bytes_per_user": rss as f64 / users.max(1) as f64,
+        "backfill_s": backfill_s,
+        "backfill_profiles_per_s": users as f64 / backfill_s,
+        "backfill_size": size,
+    });
+    println!("{out}");
+}
