@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt | md5sum | cut -c1-8)
 
-.PHONY: help run demo test test-rust test-python lint bench build venv clean proto proto-check
+.PHONY: help run demo test test-rust test-python lint bench bench-micro build venv clean proto proto-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -21,7 +21,10 @@ venv: $(STAMP) ## create .venv with the pinned tools
 build: $(STAMP) ## build the Rust extension (release) into .venv
 	$(VENV)/bin/maturin develop --release -q
 
-run: build ## build and run the main job: stream a generated workload through the engine
+run: build ## build and run the main job: the gRPC sidecar on 127.0.0.1:50051 with the bundled audiences
+	$(VENV)/bin/segmint serve
+
+demo: build ## stream a generated workload through the engine in process and print changes
 	$(VENV)/bin/segmint demo
 
 test: build proto-check test-rust test-python ## build, then run every Rust and Python test
@@ -48,8 +51,12 @@ proto-check: $(STAMP) ## fail if the generated gRPC code drifted from the .proto
 	  diff -r -x __pycache__ $$tmp python/segmint/proto >/dev/null && rm -rf $$tmp || \
 	  { rm -rf $$tmp; echo "python/segmint/proto is out of date: run make proto"; exit 1; }
 
-bench: build ## run the benchmark suite and write BENCHMARKS.md
-	$(PY) benches/run.py
+BENCH_SIZE ?= small
+bench: build ## run the benchmark suite and write BENCHMARKS.md (BENCH_SIZE=small|full)
+	$(PY) benches/run.py --size $(BENCH_SIZE) --command "make bench BENCH_SIZE=$(BENCH_SIZE)"
+
+bench-micro: build ## pytest-benchmark micro-benchmarks (rule compile, track, is_member, bitmap)
+	$(VENV)/bin/pytest benches/test_micro.py --benchmark-only
 
 clean: ## remove build outputs
 	cargo clean

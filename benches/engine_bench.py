@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benches.workload import (  # noqa: E402
+from benches.workload import (
     WorkloadSpec,
     generate_audiences,
     generate_events,

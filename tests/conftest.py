@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reference import (  # noqa: E402
+from reference import (
     RefChange,
     Reference,
     RejectedEvent,
@@ -31,7 +31,7 @@ from reference import (  # noqa: E402
     ms_to_datetime,
     ms_to_iso,
 )
-from rulegen import Advance, Define, Identify, Op, Remove, Track  # noqa: E402
+from rulegen import Advance, Define, Identify, Op, Remove, Track
 
 _SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 settings.register_profile("ci", max_examples=150, deadline=None, suppress_health_check=_SUPPRESS)
@@ -62,7 +62,9 @@ def change_tuple(c: Any) -> ChangeTuple:
     return (c.audience, c.user_id, str(c.kind), at, str(c.reason))
 
 
-def by_user_audience(changes: list[ChangeTuple]) -> dict[tuple[str, str], list[tuple[str, int, str]]]:
+def by_user_audience(
+    changes: list[ChangeTuple],
+) -> dict[tuple[str, str], list[tuple[str, int, str]]]:
     out: dict[tuple[str, str], list[tuple[str, int, str]]] = defaultdict(list)
     for aud, user, kind, at, reason in changes:
         out[(user, aud)].append((kind, at, reason))

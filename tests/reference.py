@@ -411,9 +411,7 @@ def rule_durations(e: Expr) -> set[int]:
     """Every duration in the rule: window lengths and duration literals."""
     out: set[int] = set()
     for n in walk(e):
-        if isinstance(n, Dur):
-            out.add(n.ms)
-        elif isinstance(n, WinLast):
+        if isinstance(n, Dur | WinLast):
             out.add(n.ms)
     return out
 
@@ -843,14 +841,14 @@ def aggregate(func: str, evs: list[TrackedEvent], prop: str | None) -> Value:
     having = [(e, _prop_value(e, prop)) for e in evs]
     having = [(e, v) for e, v in having if v is not None]
     if func in ("sum", "avg", "min", "max"):
-        nums = [v for _, v in having if is_num(v)]
+        nums = [v for _, v in having if isinstance(v, float)]
         if not nums:
             return None
         if func == "sum":
-            return float(sum(nums))  # type: ignore[arg-type]
+            return float(sum(nums))
         if func == "avg":
-            return float(sum(nums)) / len(nums)  # type: ignore[arg-type]
-        return float(min(nums)) if func == "min" else float(max(nums))  # type: ignore[type-var]
+            return float(sum(nums)) / len(nums)
+        return min(nums) if func == "min" else max(nums)
     scalars = [(e, v) for e, v in having if tag(v) in ("bool", "num", "str")]
     if func == "distinct":
         return float(len({value_key(v) for _, v in scalars}))
@@ -903,8 +901,8 @@ def evaluate(e: Expr, env: _Env) -> Value:
             raw = env.user.traits.get(key)
             if not isinstance(raw, str):
                 return None
-            ms = parse_iso_ms(raw)
-            return None if ms is None else Duration(env.now - floor_to(ms, env.g))
+            ts_ms = parse_iso_ms(raw)
+            return None if ts_ms is None else Duration(env.now - floor_to(ts_ms, env.g))
         case MemberFor(aud):
             at = env.user.entered.get(aud)
             return None if at is None else Duration(env.now - at)
@@ -915,45 +913,44 @@ def evaluate(e: Expr, env: _Env) -> Value:
         case Not(x):
             return not _truthy(evaluate(x, env))
         case Neg(x):
-            v = evaluate(x, env)
-            return -v if is_num(v) else None  # type: ignore[operator]
+            neg = evaluate(x, env)
+            return -neg if isinstance(neg, float) else None
         case Bin("and", a, b):
             return _truthy(evaluate(a, env)) and _truthy(evaluate(b, env))
         case Bin("or", a, b):
             return _truthy(evaluate(a, env)) or _truthy(evaluate(b, env))
         case Bin(op, a, ListLit(items)) if op in LIST_OPS:
-            x = evaluate(a, env)
-            vals = [evaluate(i, env) for i in items]
-            if x is None:
+            lhs = evaluate(a, env)
+            elems = [evaluate(i, env) for i in items]
+            if lhs is None:
                 return False
-            if isinstance(x, tuple):
-                inside = any(_eq(s, v) for s in x for v in vals)
+            if isinstance(lhs, tuple):
+                inside = any(_eq(s, el) for s in lhs for el in elems)
             else:
-                inside = any(_eq(x, v) for v in vals)
+                inside = any(_eq(lhs, el) for el in elems)
             return inside if op == "in" else not inside
         case Bin(op, a, b) if op in CMP_OPS:
             return compare(op, evaluate(a, env), evaluate(b, env))
         case Bin(op, a, b) if op in ARITH_OPS:
             return _arith(op, evaluate(a, env), evaluate(b, env))
         case Bin(op, a, b) if op in STR_OPS:
-            x, y = evaluate(a, env), evaluate(b, env)
-            if not isinstance(y, str):
+            text, part = evaluate(a, env), evaluate(b, env)
+            if not isinstance(part, str):
                 return False
             if op == "contains":
-                if isinstance(x, str):
-                    return y in x
-                if isinstance(x, tuple):
-                    return y in x
+                if isinstance(text, str | tuple):
+                    return part in text
                 return False
-            if not isinstance(x, str):
+            if not isinstance(text, str):
                 return False
-            return x.startswith(y) if op == "starts_with" else x.endswith(y)
+            return text.startswith(part) if op == "starts_with" else text.endswith(part)
         case Between(x, lo, hi, negated):
-            v = evaluate(x, env)
-            inside = compare("<=", evaluate(lo, env), v) and compare("<=", v, evaluate(hi, env))
+            val, low, high = evaluate(x, env), evaluate(lo, env), evaluate(hi, env)
             if negated:
-                return v is not None and not inside
-            return inside
+                # "present and outside the range": a value of another type is
+                # neither inside nor outside (unlike `not in`).
+                return compare("<", val, low) or compare(">", val, high)
+            return compare("<=", low, val) and compare("<=", val, high)
     raise TypeError(f"cannot evaluate {e!r}")
 
 
@@ -980,7 +977,9 @@ def _flatten(obj: Mapping[str, Any], prefix: str, out: list[tuple[str, Any]], st
             if all(isinstance(x, str) for x in v):
                 out.append((key, tuple(v)))
             elif strict:
-                raise InvalidInput(f"{key!r} is a list holding non-strings; lists hold strings only")
+                raise InvalidInput(
+                    f"{key!r} is a list holding non-strings; lists hold strings only"
+                )
         elif isinstance(v, bool | str):
             out.append((key, v))
         elif isinstance(v, int | float):
@@ -1085,7 +1084,9 @@ class Reference:
         assert len(out) == len(self.auds), "cycle"
         return out
 
-    def _eval_user(self, u: UserState, at: int, reason: str, keys: Iterable[str]) -> list[RefChange]:
+    def _eval_user(
+        self, u: UserState, at: int, reason: str, keys: Iterable[str]
+    ) -> list[RefChange]:
         """Re-evaluates ``keys`` (in topological order) for one user at ``at``."""
         out: list[RefChange] = []
         for k in keys:

@@ -23,7 +23,6 @@ from datetime import timedelta, timezone
 from typing import Any
 
 from hypothesis import strategies as st
-
 from reference import (
     ARITH_OPS,
     CMP_OPS,
@@ -47,9 +46,9 @@ from reference import (
     SinceTrait,
     Trait,
     WinAll,
+    Window,
     WinLast,
     WinSince,
-    Window,
     floor_to,
     ms_to_datetime,
     ms_to_iso,
@@ -94,10 +93,7 @@ _ATOMIC = (
 
 
 def render_number(x: float) -> str:
-    if x.is_integer() and abs(x) < 1e15:
-        s = str(int(abs(x)))
-    else:
-        s = repr(abs(x))
+    s = str(int(abs(x))) if x.is_integer() and abs(x) < 1e15 else repr(abs(x))
     return f"(-{s})" if x < 0 else s
 
 
@@ -218,19 +214,24 @@ def _between(
     return st.tuples(x, st.sampled_from(bounds), st.sampled_from(bounds), st.booleans()).map(build)
 
 
+@functools.cache
 def filters() -> st.SearchStrategy[Expr]:
     """``where`` filters over properties and context."""
     atoms = st.one_of(
         st.builds(Bin, st.sampled_from(["==", "!="]), st.just(Prop("category")), _lit(CATEGORIES)),
-        st.builds(Bin, st.sampled_from(["in", "not in"]), st.just(Prop("category")),
-                  _list_lit(CATEGORIES)),
+        st.builds(
+            Bin, st.sampled_from(["in", "not in"]), st.just(Prop("category")), _list_lit(CATEGORIES)
+        ),
         _cmp(st.just(Prop("revenue")), _lit([0, 20, 50, 100, 150])),
-        st.builds(Bin, st.just("=="), st.just(Prop("context.device.type")),
-                  _lit(CONTEXT_DEVICES)),
+        st.builds(Bin, st.just("=="), st.just(Prop("context.device.type")), _lit(CONTEXT_DEVICES)),
         st.builds(Bin, st.sampled_from(["==", "!="]), st.just(Prop("device")), _lit(PROP_DEVICES)),
         st.just(Exists(Prop("revenue"))),
-        st.builds(Bin, st.sampled_from(["starts_with", "ends_with", "contains"]),
-                  st.just(Prop("category")), _lit(["s", "oo", "care", "b"])),
+        st.builds(
+            Bin,
+            st.sampled_from(["starts_with", "ends_with", "contains"]),
+            st.just(Prop("category")),
+            _lit(["s", "oo", "care", "b"]),
+        ),
     )
     return st.recursive(
         atoms,
@@ -241,6 +242,7 @@ def filters() -> st.SearchStrategy[Expr]:
     )
 
 
+@functools.cache
 def selectors(with_filter: bool = True) -> st.SearchStrategy[Selector]:
     flt: st.SearchStrategy[Expr | None] = st.none()
     if with_filter:
@@ -248,6 +250,7 @@ def selectors(with_filter: bool = True) -> st.SearchStrategy[Selector]:
     return st.builds(Selector, st.sampled_from(EVENTS), flt)
 
 
+@functools.cache
 def windows() -> st.SearchStrategy[Window]:
     return st.one_of(
         st.just(WinAll()),
@@ -257,24 +260,37 @@ def windows() -> st.SearchStrategy[Window]:
     )
 
 
+@functools.cache
 def numeric_aggs() -> st.SearchStrategy[Expr]:
     return st.one_of(
         st.builds(Agg, st.just("count"), selectors(), st.none(), windows()),
-        st.builds(Agg, st.sampled_from(["sum", "avg", "min", "max"]), selectors(),
-                  st.just("revenue"), windows()),
-        st.builds(Agg, st.just("distinct"), selectors(),
-                  st.sampled_from(["category", "revenue", "device"]), windows()),
+        st.builds(
+            Agg,
+            st.sampled_from(["sum", "avg", "min", "max"]),
+            selectors(),
+            st.just("revenue"),
+            windows(),
+        ),
+        st.builds(
+            Agg,
+            st.just("distinct"),
+            selectors(),
+            st.sampled_from(["category", "revenue", "device"]),
+            windows(),
+        ),
     )
 
 
+@functools.cache
 def numbers() -> st.SearchStrategy[Expr]:
     """Number-valued expressions (trait.ltv is dynamically typed)."""
     atoms = st.one_of(
         numeric_aggs(),
         numeric_aggs(),
         st.just(Trait("ltv")),
-        st.builds(Agg, st.sampled_from(["first", "last"]), selectors(), st.just("revenue"),
-                  windows()),
+        st.builds(
+            Agg, st.sampled_from(["first", "last"]), selectors(), st.just("revenue"), windows()
+        ),
     )
     return st.recursive(
         atoms,
@@ -290,7 +306,8 @@ def numbers() -> st.SearchStrategy[Expr]:
 THRESHOLDS = (0, 1, 2, 3, 5, 10, 50, 100, 150, 300, -1)
 
 
-def durations_of(audiences: Sequence[str]) -> st.SearchStrategy[Expr]:
+@functools.cache
+def durations_of(audiences: tuple[str, ...]) -> st.SearchStrategy[Expr]:
     """Duration-valued expressions."""
     opts: list[st.SearchStrategy[Expr]] = [
         selectors().map(SinceEvent),
@@ -304,6 +321,11 @@ def durations_of(audiences: Sequence[str]) -> st.SearchStrategy[Expr]:
 
 def atoms(audiences: Sequence[str]) -> st.SearchStrategy[Expr]:
     """Boolean-valued leaves of a rule."""
+    return _atoms(tuple(audiences))
+
+
+@functools.cache
+def _atoms(audiences: tuple[str, ...]) -> st.SearchStrategy[Expr]:
     str_aggs = st.builds(
         Agg,
         st.sampled_from(["most_frequent", "first", "last"]),
@@ -311,15 +333,18 @@ def atoms(audiences: Sequence[str]) -> st.SearchStrategy[Expr]:
         st.just("category"),
         windows(),
     )
-    durs = durations_of(audiences)
+    durs = durations_of(tuple(audiences))
     last_windows = st.sampled_from(WINDOWS_MS).map(WinLast)
     opts: list[st.SearchStrategy[Expr]] = [
         # time-sensitive atoms first and more often: windows lapse, since grows
         st.builds(Agg, st.just("did"), selectors(), st.none(), last_windows),
         st.builds(Agg, st.just("did"), selectors(False), st.none(), last_windows),
-        st.builds(Bin, st.sampled_from([">=", ">", "==", "<"]),
-                  st.builds(Agg, st.just("count"), selectors(False), st.none(), last_windows),
-                  _lit([1, 2])),
+        st.builds(
+            Bin,
+            st.sampled_from([">=", ">", "==", "<"]),
+            st.builds(Agg, st.just("count"), selectors(False), st.none(), last_windows),
+            _lit([1, 2]),
+        ),
         _cmp(numbers(), _lit(THRESHOLDS)),
         _cmp(numbers(), _lit(THRESHOLDS)),
         _cmp(numeric_aggs(), numeric_aggs()),
@@ -327,34 +352,60 @@ def atoms(audiences: Sequence[str]) -> st.SearchStrategy[Expr]:
         st.builds(Agg, st.just("did"), selectors(), st.none(), windows()),
         st.builds(Bin, st.sampled_from(["==", "!="]), str_aggs, _lit(CATEGORIES)),
         st.builds(Bin, st.sampled_from(["in", "not in"]), str_aggs, _list_lit(CATEGORIES)),
-        st.builds(Bin, st.sampled_from(["starts_with", "ends_with", "contains"]), str_aggs,
-                  _lit(["s", "oo", "care"])),
-        st.builds(Bin, st.sampled_from(["==", "!="]),
-                  st.builds(Agg, st.just("most_frequent"), selectors(),
-                            st.sampled_from(["device", "context.device.type"]), windows()),
-                  _lit(PROP_DEVICES + CONTEXT_DEVICES)),
+        st.builds(
+            Bin,
+            st.sampled_from(["starts_with", "ends_with", "contains"]),
+            str_aggs,
+            _lit(["s", "oo", "care"]),
+        ),
+        st.builds(
+            Bin,
+            st.sampled_from(["==", "!="]),
+            st.builds(
+                Agg,
+                st.just("most_frequent"),
+                selectors(),
+                st.sampled_from(["device", "context.device.type"]),
+                windows(),
+            ),
+            _lit(PROP_DEVICES + CONTEXT_DEVICES),
+        ),
         _cmp(durs, st.sampled_from(SINCE_MS).map(Dur)),
         _cmp(durs, st.sampled_from(SINCE_MS).map(Dur)),
         _between(durs, SINCE_MS, Dur),
         _between(numbers(), (0, 1, 2, 3, 50, 100, 300)),
         st.builds(Bin, st.sampled_from(["==", "!="]), st.just(Trait("country")), _lit(COUNTRIES)),
-        st.builds(Bin, st.sampled_from(["in", "not in"]),
-                  st.sampled_from([Trait("country"), Trait("plan"), Trait("tags")]),
-                  _list_lit(COUNTRIES + PLANS + TAGS)),
+        st.builds(
+            Bin,
+            st.sampled_from(["in", "not in"]),
+            st.sampled_from([Trait("country"), Trait("plan"), Trait("tags")]),
+            _list_lit(COUNTRIES + PLANS + TAGS),
+        ),
         _cmp(st.just(Trait("ltv")), _lit((0, 50, 100, 250, 400))),
         _cmp(st.just(Trait("plan")), _lit(PLANS)),
         _between(st.just(Trait("ltv")), (0, 100, 200, 400)),
-        st.builds(Bin, st.just("contains"), st.sampled_from([Trait("tags"), Trait("country")]),
-                  _lit(TAGS + ("U",))),
-        st.builds(Bin, st.sampled_from(["starts_with", "ends_with"]),
-                  st.sampled_from([Trait("address.city"), Trait("plan")]),
-                  _lit(("Pa", "in", "pro", "e"))),
+        st.builds(
+            Bin,
+            st.just("contains"),
+            st.sampled_from([Trait("tags"), Trait("country")]),
+            _lit((*TAGS, "U")),
+        ),
+        st.builds(
+            Bin,
+            st.sampled_from(["starts_with", "ends_with"]),
+            st.sampled_from([Trait("address.city"), Trait("plan")]),
+            _lit(("Pa", "in", "pro", "e")),
+        ),
         st.builds(Bin, st.sampled_from(["==", "!="]), st.just(Trait("beta")), _lit([True, False])),
         st.builds(
             Exists,
             st.one_of(
-                st.sampled_from([Trait(k) for k in ("country", "plan", "ltv", "created_at",
-                                                    "address.city", "tags")]),
+                st.sampled_from(
+                    [
+                        Trait(k)
+                        for k in ("country", "plan", "ltv", "created_at", "address.city", "tags")
+                    ]
+                ),
                 numeric_aggs(),
                 str_aggs,
             ),
@@ -387,18 +438,23 @@ def _rules(audiences: tuple[str, ...], max_leaves: int) -> st.SearchStrategy[Exp
 def time_atoms(audiences: Sequence[str]) -> st.SearchStrategy[Expr]:
     """Atoms whose truth changes with time alone (windows lapsing, since growing)."""
     last_windows = st.sampled_from(WINDOWS_MS).map(WinLast)
-    durs = durations_of(audiences)
+    durs = durations_of(tuple(audiences))
     return st.one_of(
         st.builds(Agg, st.just("did"), selectors(False), st.none(), last_windows),
-        st.builds(Bin, st.sampled_from([">=", "<"]),
-                  st.builds(Agg, st.just("count"), selectors(False), st.none(), last_windows),
-                  _lit([1, 2])),
+        st.builds(
+            Bin,
+            st.sampled_from([">=", "<"]),
+            st.builds(Agg, st.just("count"), selectors(False), st.none(), last_windows),
+            _lit([1, 2]),
+        ),
         _cmp(durs, st.sampled_from(SINCE_MS[1:]).map(Dur)),
         _between(durs, SINCE_MS, Dur),
-        st.builds(Bin, st.sampled_from([">", "<"]),
-                  st.builds(Agg, st.just("sum"), selectors(False), st.just("revenue"),
-                            last_windows),
-                  _lit([0, 50, 100])),
+        st.builds(
+            Bin,
+            st.sampled_from([">", "<"]),
+            st.builds(Agg, st.just("sum"), selectors(False), st.just("revenue"), last_windows),
+            _lit([0, 50, 100]),
+        ),
     )
 
 
@@ -414,6 +470,12 @@ def time_rules(audiences: tuple[str, ...] = ()) -> st.SearchStrategy[Expr]:
         ),
         max_leaves=3,
     )
+
+
+@functools.cache
+def definition_rules(audiences: tuple[str, ...]) -> st.SearchStrategy[Expr]:
+    """What op_streams defines: time-focused rules half of the time."""
+    return st.one_of(time_rules(audiences), rules(audiences))
 
 
 def rule_texts(audiences: Sequence[str] = ()) -> st.SearchStrategy[str]:
@@ -469,73 +531,76 @@ def iso_with_offset(ms: int, offset_minutes: int) -> str:
     return text.replace(".000", "")
 
 
-@st.composite
-def trait_timestamps(draw: st.DrawFn, now: int) -> str:
-    ms = now - draw(st.integers(0, 1200)) * SECOND - draw(st.sampled_from([0, 0, 250, 999]))
+_MS_JITTER = st.sampled_from((0, 0, 250, 999))
+_OFFSETS = st.sampled_from((120, -300, 0, 330))
+_LTV = st.one_of(st.integers(0, 500), st.integers(0, 1000).map(lambda x: x / 2), st.just("high"))
+_TAG_LISTS = st.lists(st.sampled_from(TAGS), max_size=3, unique=True)
+_CITY = st.one_of(st.sampled_from(CITIES), st.none())
+_REVENUE = st.one_of(
+    st.integers(0, 200), st.integers(0, 400).map(lambda x: x / 2), st.sampled_from(("12", True))
+)
+_CONTEXT = st.one_of(
+    st.none(),
+    st.fixed_dictionaries(
+        {"device": st.fixed_dictionaries({"type": st.sampled_from(CONTEXT_DEVICES)})}
+    ),
+)
+_LATE_S = st.one_of(st.integers(1, 60), st.integers(1, 900))
+
+
+def draw_trait_timestamp(draw: st.DrawFn, now: int) -> str:
+    """An ISO-8601 timestamp up to 20 minutes before ``now``, in UTC or another offset."""
+    ms = now - draw(st.integers(0, 1200)) * SECOND - draw(_MS_JITTER)
     if draw(st.booleans()):
         return ms_to_iso(ms)
-    return iso_with_offset(ms, draw(st.sampled_from([120, -300, 0, 330])))
+    return iso_with_offset(ms, draw(_OFFSETS))
 
 
-@st.composite
-def traits(draw: st.DrawFn, now: int) -> dict[str, Any]:
+def draw_traits(draw: st.DrawFn, now: int) -> dict[str, Any]:
+    """Identify traits: some keys set, some deleted with null, one nested object."""
     out: dict[str, Any] = {}
 
-    def opt(key: str, strat: st.SearchStrategy[Any], p_delete: bool = True) -> None:
+    def opt(key: str, value: Any) -> None:
         if draw(st.booleans()):
-            if p_delete and draw(st.integers(0, 5)) == 0:
-                out[key] = None
-            else:
-                out[key] = draw(strat)
+            out[key] = None if draw(st.integers(0, 5)) == 0 else value()
 
-    opt("country", st.sampled_from(COUNTRIES))
-    opt("plan", st.sampled_from(PLANS))
+    opt("country", lambda: draw(st.sampled_from(COUNTRIES)))
+    opt("plan", lambda: draw(st.sampled_from(PLANS)))
+    opt("ltv", lambda: draw(_LTV))
     opt(
-        "ltv",
-        st.one_of(
-            st.integers(0, 500),
-            st.integers(0, 1000).map(lambda x: x / 2),
-            st.just("high"),
-        ),
+        "created_at",
+        lambda: draw_trait_timestamp(draw, now) if draw(st.integers(0, 5)) else "not a date",
     )
-    opt("created_at", st.one_of(trait_timestamps(now), st.just("not a date")))
-    opt("beta", st.booleans())
-    opt("tags", st.lists(st.sampled_from(TAGS), max_size=3, unique=True))
+    opt("beta", lambda: draw(st.booleans()))
+    opt("tags", lambda: draw(_TAG_LISTS))
     if draw(st.integers(0, 3)) == 0:
-        out["address"] = {"city": draw(st.one_of(st.sampled_from(CITIES), st.none()))}
+        out["address"] = {"city": draw(_CITY)}
     return out
 
 
-@st.composite
-def properties(draw: st.DrawFn) -> dict[str, Any]:
+def draw_properties(draw: st.DrawFn) -> dict[str, Any]:
+    """Track properties: category, revenue (sometimes not a number), device, a nested object."""
     out: dict[str, Any] = {}
     if draw(st.integers(0, 4)):
         out["category"] = draw(st.sampled_from(CATEGORIES))
     if draw(st.booleans()):
-        out["revenue"] = draw(
-            st.one_of(
-                st.integers(0, 200),
-                st.integers(0, 400).map(lambda x: x / 2),
-                st.sampled_from(["12", True]),
-            )
-        )
+        out["revenue"] = draw(_REVENUE)
     if draw(st.booleans()):
         out["device"] = draw(st.sampled_from(PROP_DEVICES))
     if draw(st.integers(0, 9)) == 0:
-        out["item"] = {"sku": draw(st.sampled_from(["x1", "x2"]))}
+        out["item"] = {"sku": draw(st.sampled_from(("x1", "x2")))}
     return out
 
 
-@st.composite
-def event_times(draw: st.DrawFn, now: int, future_skew_ms: int = 300_000) -> int | None:
+def draw_event_time(draw: st.DrawFn, now: int, future_skew_ms: int = 300_000) -> int | None:
+    """None (= now), now, late, slightly future, exactly at the skew limit, or too far ahead."""
     kind = draw(st.integers(0, 11))
     if kind == 0:
         return None  # stamped `now`
     if kind in (1, 2):
         return now
     if kind <= 7:  # late
-        back = draw(st.one_of(st.integers(1, 60), st.integers(1, 900)))
-        return now - back * SECOND - draw(st.sampled_from([0, 0, 0, 500]))
+        return now - draw(_LATE_S) * SECOND - draw(st.sampled_from((0, 0, 0, 500)))
     if kind <= 9:  # slightly future (accepted)
         return now + draw(st.integers(1, future_skew_ms // SECOND)) * SECOND
     if kind == 10:  # at the skew limit exactly (accepted)
@@ -543,13 +608,27 @@ def event_times(draw: st.DrawFn, now: int, future_skew_ms: int = 300_000) -> int
     return now + future_skew_ms + draw(st.integers(1, 60)) * SECOND  # rejected
 
 
+@st.composite
+def traits(draw: st.DrawFn, now: int) -> dict[str, Any]:
+    return draw_traits(draw, now)
+
+
+@st.composite
+def properties(draw: st.DrawFn) -> dict[str, Any]:
+    return draw_properties(draw)
+
+
+@st.composite
+def event_times(draw: st.DrawFn, now: int, future_skew_ms: int = 300_000) -> int | None:
+    return draw_event_time(draw, now, future_skew_ms)
+
+
 ADVANCE_MS = tuple(s * SECOND for s in (1, 5, 10, 20, 30, 60, 90, 120, 300, 600, 3600))
 
 
+@functools.cache
 def advances_default() -> st.SearchStrategy[int]:
-    return st.one_of(
-        st.sampled_from(ADVANCE_MS), st.integers(1, 120_000), st.integers(1, 700_000)
-    )
+    return st.one_of(st.sampled_from(ADVANCE_MS), st.integers(1, 120_000), st.integers(1, 700_000))
 
 
 @st.composite
@@ -586,7 +665,7 @@ def op_streams(
         return any(key in d for k, d in deps.items() if k != key)
 
     def define(key: str, others: list[str]) -> None:
-        expr = draw(st.one_of(time_rules(tuple(others)), rules(others)))
+        expr = draw(definition_rules(tuple(others)))
         deps[key] = rule_audiences(expr)
         ops.append(Define(key, render(expr)))
 
@@ -605,7 +684,7 @@ def op_streams(
     for _ in range(n):
         kind = draw(st.sampled_from(kinds))
         if kind == "track":
-            ts = draw(event_times(now, future_skew_ms))
+            ts = draw_event_time(draw, now, future_skew_ms)
             msg: str | None = None
             r = draw(st.integers(0, 9))
             if r == 0 and with_ids:
@@ -616,11 +695,9 @@ def op_streams(
             t = Track(
                 user=draw(st.sampled_from(USERS)),
                 event=draw(st.sampled_from(EVENTS)),
-                properties=draw(properties()),
+                properties=draw_properties(draw),
                 timestamp=ts,
-                context=draw(st.one_of(st.none(), st.fixed_dictionaries(
-                    {"device": st.fixed_dictionaries(
-                        {"type": st.sampled_from(CONTEXT_DEVICES)})}))),
+                context=draw(_CONTEXT),
                 message_id=msg,
                 as_datetime=draw(st.booleans()),
             )
@@ -628,7 +705,7 @@ def op_streams(
                 with_ids.append(t)
             ops.append(t)
         elif kind == "identify":
-            ops.append(Identify(draw(st.sampled_from(USERS)), draw(traits(now))))
+            ops.append(Identify(draw(st.sampled_from(USERS)), draw_traits(draw, now)))
         elif kind == "advance":
             target = now + draw(adv)
             ops.append(Advance(target))

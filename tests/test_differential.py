@@ -22,12 +22,11 @@ import pytest
 
 pytest.importorskip("segmint._core")
 
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from conftest import Pair  # noqa: E402
-from reference import RejectedEvent, ms_to_iso  # noqa: E402
-from rulegen import T0, Advance, Define, Identify, Op, Remove, Track, op_streams  # noqa: E402
+from conftest import Pair
+from hypothesis import given
+from hypothesis import strategies as st
+from reference import RejectedEvent, ms_to_iso
+from rulegen import T0, Advance, Define, Identify, Op, Remove, Track, op_streams
 
 
 @given(op_streams(late_definitions=False))
@@ -39,22 +38,23 @@ def test_engine_matches_reference(ops: list[Op]) -> None:
     pair.changes(per_user_order=False)
 
 
-@settings(max_examples=100)
-@given(op_streams(late_definitions=True))
-def test_late_definitions_see_earlier_events(ops: list[Op]) -> None:
-    """Definitions and redefinitions interleaved with traffic.
+def test_late_definition_sees_only_retained_state() -> None:
+    """docs/semantics.md 'What a new rule sees': the engine keeps no raw events, so a
+    rule over a selector no earlier rule used starts empty, while a rule over a state
+    an earlier rule kept sees its entries. (The full-history reference would count
+    both; the differential tests therefore define their audiences up front.)"""
+    import segmint
 
-    docs/semantics.md: membership is the rule's value over the user's
-    *visible events*, so an audience defined now must see events tracked
-    before it existed (including ones outside every window defined so far).
-    """
-    pair = Pair(T0, engine=True)
-    for op in ops:
-        pair.apply(op)
-    pair.changes(per_user_order=False)
+    eng = segmint.Engine(clock="manual", now=ms_to_iso(T0))
+    eng.define_audience("viewers", 'did("Product Viewed", 10s)')
+    eng.track("u1", "Product Viewed", {})
+    eng.track("u1", "Added to Cart", {})
+    assert eng.define_audience("viewed_recently", 'count("Product Viewed", 5s) >= 1') == 1
+    assert eng.define_audience("carted", 'did("Added to Cart", 10s)') == 0
+    eng.track("u1", "Added to Cart", {})
+    assert eng.is_member("u1", "carted")
 
 
-@settings(max_examples=40)
 @given(
     op_streams(
         late_definitions=False,
@@ -88,7 +88,6 @@ def _segment(op: Track | Identify) -> dict[str, Any]:
     return item
 
 
-@settings(max_examples=60)
 @given(op_streams(late_definitions=False))
 def test_ingest_batches_match_reference(ops: list[Op]) -> None:
     """Runs of consecutive identify/track operations go through ``ingest`` as one batch."""
@@ -111,8 +110,14 @@ def test_ingest_batches_match_reference(ops: list[Op]) -> None:
                 ref.identify(item.user, item.traits)
                 continue
             try:
-                ref.track(item.user, item.event, item.properties, item.timestamp, item.context,
-                          item.message_id)
+                ref.track(
+                    item.user,
+                    item.event,
+                    item.properties,
+                    item.timestamp,
+                    item.context,
+                    item.message_id,
+                )
             except RejectedEvent:
                 rejected.append(k)
         result = eng.ingest([_segment(b) for b in batch])

@@ -9,9 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-
 from reference import (
     DAY,
     HOUR,
@@ -331,7 +330,7 @@ def test_null_and_type_mismatch_semantics() -> None:
     assert v("u", "trait.ltv != 3") is False
     assert v("u", "trait.ltv in [3]") is False
     assert v("u", "trait.ltv not in [3]") is True
-    assert v("u", "trait.ltv not between 1 and 5") is True
+    assert v("u", "trait.ltv not between 1 and 5") is False  # neither inside nor outside
     assert v("u", "trait.ltv + 1 > 0") is False
     assert v("u", "not (trait.ltv + 1 > 0)") is True
     assert v("u", "exists(trait.ltv + 1)") is False
@@ -559,7 +558,6 @@ def _run(ops: list[Any], g: int, exhaustive: bool) -> list[CHANGE]:
     return changes(pair.ref)
 
 
-@settings(max_examples=40)
 @given(
     st.data(),
     st.sampled_from([1000, 5000, 7000]),
@@ -570,7 +568,6 @@ def test_candidate_instants_equal_exhaustive_stepping(data: st.DataObject, g: in
     assert _run(ops, g, exhaustive=False) == _run(ops, g, exhaustive=True)
 
 
-@settings(max_examples=60)
 @given(op_streams())
 def test_reference_invariants(ops: list[Any]) -> None:
     """Membership after the stream equals a fresh evaluation; changes alternate."""

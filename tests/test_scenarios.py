@@ -232,7 +232,9 @@ def test_recent_purchaser_exclusion(make_pair: PairFactory) -> None:
 
 def test_first_time_buyers(make_pair: PairFactory) -> None:
     p = make_pair(T0)
-    p.define("first_time_buyers", 'count("Order Completed") == 1 and since("Order Completed") < 14d')
+    p.define(
+        "first_time_buyers", 'count("Order Completed") == 1 and since("Order Completed") < 14d'
+    )
     p.define("new_signup_buyers", 'since(trait.created_at) < 14d and did("Order Completed")')
     p.identify("u3", {"created_at": "2025-12-19T00:00:00Z"})  # T0 - 13d
     p.identify("u4", {"created_at": "2025-12-19T02:00:00+02:00"})  # same instant, other offset

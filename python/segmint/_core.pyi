@@ -24,8 +24,15 @@ _ChangeRow = tuple[int, str, str, bool, int, str]
 class SegmintError(Exception):
     """Base class of every segmint error."""
 
+    code: str
+
 class RuleError(SegmintError):
     """A rule is invalid; has line, column and snippet."""
+
+    line: int
+    column: int
+    snippet: str
+    reason: str
 
 class RuleSyntaxError(RuleError):
     """The rule text does not parse."""
@@ -91,6 +98,7 @@ class Engine:
         message_id: str | None = None,
     ) -> _Report: ...
     def ingest_json(self, data: bytes) -> _Report: ...
+    def ingest_proto(self, data: bytes) -> _Report: ...
     def define_audience(self, key: str, rule: str) -> int: ...
     def define_audiences(self, items: list[tuple[str, str]]) -> None: ...
     def remove_audience(self, key: str) -> None: ...

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import random
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from segmint.engine import Engine
 from segmint.examples import EXAMPLE_AUDIENCES, generate_events
@@ -87,6 +89,32 @@ def _load(args: argparse.Namespace) -> int:
     return run_load(args)
 
 
+def _find_bench_runner() -> Path | None:
+    """``benches/run.py`` of a source checkout (it is not part of the installed
+    package): next to this package's source tree, or under the working directory."""
+    here = Path(__file__).resolve()
+    for root in (here.parents[2], Path.cwd()):
+        candidate = root / "benches" / "run.py"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _bench(args: argparse.Namespace) -> int:
+    """Runs the benchmark suite of a source checkout and writes BENCHMARKS.md."""
+    runner = _find_bench_runner()
+    if runner is None:
+        print(
+            "segmint bench: benches/run.py not found; the benchmark suite lives in the "
+            "source repository (run this from a checkout, or `make bench` there)",
+            file=sys.stderr,
+        )
+        return 2
+    cmd = [sys.executable, str(runner), "--size", args.size]
+    cmd += ["--command", f"segmint bench --size {args.size}", *args.extra]
+    return subprocess.call(cmd, cwd=runner.parent.parent)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``segmint`` command."""
     parser = argparse.ArgumentParser(prog="segmint", description=__doc__)
@@ -120,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--token", help="bearer token (default: $SEGMINT_TOKEN)")
     load.add_argument("--quiet", action="store_true", help="no progress bar")
     load.set_defaults(func=_load)
+    bench = sub.add_parser(
+        "bench", help="run the benchmark suite of a source checkout and write BENCHMARKS.md"
+    )
+    bench.add_argument("--size", choices=["smoke", "small", "full"], default="small")
+    bench.add_argument("extra", nargs=argparse.REMAINDER, help="passed on to benches/run.py")
+    bench.set_defaults(func=_bench)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
@@ -30,8 +31,23 @@ def _result(raw: tuple[int, int, list[tuple[int, str, str]], int, int]) -> Inges
     )
 
 
+def _check_finite(value: Any, path: str) -> None:
+    """JSON has no NaN or infinity (msgspec would write null, i.e. delete)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _core.InvalidEventError(f"invalid event: '{path}' is {value}; numbers must be finite")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_finite(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _check_finite(v, path)
+
+
 def _json(value: Mapping[str, Any] | None) -> bytes | None:
-    return None if value is None else _encoder.encode(value)
+    if value is None:
+        return None
+    _check_finite(value, "")
+    return _encoder.encode(value)
 
 
 class Engine:
@@ -90,7 +106,7 @@ class Engine:
     ) -> IngestResult:
         """Sets traits (nested mappings flatten to dotted keys; ``None`` deletes)."""
         ts = None if timestamp is None else to_ms(timestamp)
-        return _result(self._core.identify(user_id, _encoder.encode(traits), ts))
+        return _result(self._core.identify(user_id, _json(traits) or b"{}", ts))
 
     def track(
         self,
@@ -104,16 +120,16 @@ class Engine:
     ) -> IngestResult:
         """Records that ``user_id`` did ``event`` (at ``timestamp``, default now)."""
         ts = None if timestamp is None else to_ms(timestamp)
-        raw = self._core.track(
-            user_id, event, _json(properties), _json(context), ts, message_id
-        )
+        raw = self._core.track(user_id, event, _json(properties), _json(context), ts, message_id)
         return _result(raw)
 
     def ingest(self, batch: Batch) -> IngestResult:
         """Applies a batch with the GIL released; bad events are reported by index
         in ``errors`` and the others are applied."""
-        data = batch if isinstance(batch, bytes | bytearray | memoryview) else _encoder.encode(
-            list(batch)
+        data = (
+            batch
+            if isinstance(batch, bytes | bytearray | memoryview)
+            else _encoder.encode(list(batch))
         )
         return _result(self._core.ingest_json(bytes(data)))
 

@@ -20,7 +20,9 @@ class TrackEvent(msgspec.Struct, rename="camel", omit_defaults=True, tag_field="
     message_id: str | None = None
 
 
-class IdentifyEvent(msgspec.Struct, rename="camel", omit_defaults=True, tag_field="type", tag="identify"):
+class IdentifyEvent(
+    msgspec.Struct, rename="camel", omit_defaults=True, tag_field="type", tag="identify"
+):
     """An identify call: set (or, with ``None``, delete) traits of a user."""
 
     user_id: str | None = None

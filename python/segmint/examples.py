@@ -21,7 +21,10 @@ EXAMPLE_AUDIENCES: list[tuple[str, str]] = [
         'and count("Product Viewed" where category == "skincare", 30d) >= 3',
     ),
     ("recent_purchasers", 'did("Order Completed", 7d)'),
-    ("engaged_not_buying", 'count("Product Viewed", 7d) >= 5 and not in_audience("recent_purchasers")'),
+    (
+        "engaged_not_buying",
+        'count("Product Viewed", 7d) >= 5 and not in_audience("recent_purchasers")',
+    ),
     ("first_time_buyers", 'count("Order Completed") == 1 and did("Order Completed", 14d)'),
 ]
 

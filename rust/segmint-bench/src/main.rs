@@ -29,8 +29,16 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(str::to_owned)
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
         .map_or(0, |kb| kb * 1024)
 }
 
@@ -46,7 +54,10 @@ fn main() {
     let latency_samples = arg(&args, "--latency-samples", 20_000);
     let hot = arg(&args, "--hot", usize::MAX);
 
-    let limits = Limits { max_batch_bytes: usize::MAX, ..Limits::default() };
+    let limits = Limits {
+        max_batch_bytes: usize::MAX,
+        ..Limits::default()
+    };
     let raw = std::fs::read(&args[1]).expect("read events");
     let events: Vec<Event> = decode_json_batch(&raw, &limits)
         .expect("decode events")
@@ -55,15 +66,27 @@ fn main() {
         .collect();
     drop(raw);
     let audiences: Vec<(String, String)> =
-        serde_json::from_slice(&std::fs::read(&args[2]).expect("read audiences")).expect("audiences json");
+        serde_json::from_slice(&std::fs::read(&args[2]).expect("read audiences"))
+            .expect("audiences json");
     let first_ts = events.iter().find_map(|e| e.timestamp).unwrap_or(0);
     let rss_before = rss_bytes();
 
-    let config = EngineConfig { clock: Clock::Manual(first_ts), shards, threads, ..Default::default() };
+    let config = EngineConfig {
+        clock: Clock::Manual(first_ts),
+        shards,
+        threads,
+        ..Default::default()
+    };
     let mut engine = Engine::new(config).expect("engine");
-    let refs: Vec<(&str, &str)> = audiences.iter().map(|(k, r)| (k.as_str(), r.as_str())).collect();
+    let refs: Vec<(&str, &str)> = audiences
+        .iter()
+        .map(|(k, r)| (k.as_str(), r.as_str()))
+        .collect();
     let t = Instant::now();
-    engine.define_audiences(&refs).map_err(|(i, e)| format!("audience {i}: {e}")).expect("define");
+    engine
+        .define_audiences(&refs)
+        .map_err(|(i, e)| format!("audience {i}: {e}"))
+        .expect("define");
     let define_s = t.elapsed().as_secs_f64();
 
     // Hold back a sample of events to time one by one at the end.
@@ -83,18 +106,23 @@ fn main() {
     while bulk.peek().is_some() {
         let batch: Vec<Event> = bulk.by_ref().take(chunk).collect();
         // Move the clock to the batch's last instant: time-based changes fire too.
-        let last = batch.iter().filter_map(|e| e.timestamp).max().unwrap_or(engine.now());
+        let last = batch
+            .iter()
+            .filter_map(|e| e.timestamp)
+            .max()
+            .unwrap_or(engine.now());
         let t = Instant::now();
         if last > engine.now() {
             engine.advance(last).expect("advance");
         }
         advance_s += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let report = engine.ingest(batch.into_iter().map(|e| Ok(e)).collect());
+        let report = engine.ingest(batch.into_iter().map(Ok).collect());
         ingest_s += t.elapsed().as_secs_f64();
         assert!(report.errors.is_empty(), "{:?}", report.errors.first());
     }
     let changes_after_bulk = engine.last_seq();
+    let work = engine.counters();
 
     // Latency: one event per call, as a request-at-a-time caller sees it.
     let mut lat_us = Vec::with_capacity(probes.len());
@@ -110,7 +138,9 @@ fn main() {
     let users = engine.user_count();
     let rule = r#"trait.country == "US" and count("Product Viewed", 30d) >= 2"#;
     let t = Instant::now();
-    let size = engine.define_audience("bench_backfill", rule).expect("backfill");
+    let size = engine
+        .define_audience("bench_backfill", rule)
+        .expect("backfill");
     let backfill_s = t.elapsed().as_secs_f64();
 
     let heap = engine.heap_bytes();
@@ -128,6 +158,10 @@ fn main() {
         "events_per_s": total as f64 / ingest_s,
         "events_per_s_with_time": total as f64 / (ingest_s + advance_s),
         "changes": changes_after_bulk,
+        "changes_per_event": changes_after_bulk as f64 / total as f64,
+        "rule_evaluations_per_event": work.rule_evaluations as f64 / total as f64,
+        "atom_evaluations_per_event": work.atom_evaluations as f64 / total as f64,
+        "timers_fired": work.timers_fired,
         "pending_timers": engine.pending_timers(),
         "latency_us_p50": percentile(&lat_us, 0.50),
         "latency_us_p99": percentile(&lat_us, 0.99),

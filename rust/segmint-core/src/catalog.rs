@@ -184,27 +184,65 @@ pub struct StateDef {
     pub archive_freq: bool,
 }
 
-/// A `count(...) op k` comparison, indexed so that a +1 finds the rules
-/// whose truth can flip without evaluating the others.
+/// Index of an atom: a deduplicated predicate shared by every rule that
+/// contains it (`count("Order Completed", 30d) >= 3`, `trait.plan == "pro"`).
+pub type AtomId = u32;
+
+/// A rule as a boolean formula over atoms.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RuleExpr {
+    /// A constant.
+    Const(bool),
+    /// An atom's truth.
+    Atom(AtomId),
+    /// Negation.
+    Not(Box<RuleExpr>),
+    /// Conjunction.
+    And(Vec<RuleExpr>),
+    /// Disjunction.
+    Or(Vec<RuleExpr>),
+}
+
+/// A predicate over one user's state: the unit of incremental evaluation
+/// and of timers.
+#[derive(Debug, Clone)]
+pub struct AtomDef {
+    /// The predicate (a boolean expression without and/or/not at the top).
+    pub expr: CExpr,
+    /// States it reads (views, `since`, `since "X"` anchors).
+    pub states: Vec<StateId>,
+    /// Trait keys it reads.
+    pub traits: Vec<Arc<str>>,
+    /// Audiences whose membership it reads.
+    pub audiences: Vec<AudId>,
+    /// Whether time alone can change it (windows, `since`, `member_for`).
+    pub timed: bool,
+    /// Set when it is `count(E, W) op k` with a monotone `op`: a +1 flips it
+    /// only when it crosses `k`, and never moves its next flip earlier.
+    pub threshold: Option<(ViewId, CmpOp, f64)>,
+}
+
+/// A monotone `count(...) op k` atom, indexed so that a +1 finds the atoms
+/// it flips without evaluating the others.
 #[derive(Debug, Clone)]
 pub struct ThresholdAtom {
     /// The constant `k`.
     pub k: f64,
     /// The operator, with the count on the left.
     pub op: CmpOp,
-    /// The rule containing it.
-    pub audience: AudId,
+    /// The atom.
+    pub atom: AtomId,
 }
 
-/// Per state: which rules an update can affect.
+/// Per state: which atoms an update can affect.
 #[derive(Debug, Clone, Default)]
 pub struct StateIndex {
-    /// Rules to re-evaluate on every update of this state.
-    pub always: Vec<AudId>,
-    /// Count views with threshold atoms sorted by `k`.
+    /// Atoms evaluated before and after every update of this state.
+    pub general: Vec<AtomId>,
+    /// Count views with their threshold atoms sorted by `k`.
     pub thresholds: Vec<(ViewId, Vec<ThresholdAtom>)>,
-    /// Every rule that reads this state (for future-event timers).
-    pub all: Vec<AudId>,
+    /// Every live atom that reads this state (for future-event timers).
+    pub all: Vec<AtomId>,
 }
 
 /// A defined audience.
@@ -218,6 +256,10 @@ pub struct AudienceDef {
     pub ast: ast::Expr,
     /// The compiled rule.
     pub expr: CExpr,
+    /// The rule over atoms.
+    pub rule: RuleExpr,
+    /// The atoms it contains.
+    pub atoms: Vec<AtomId>,
     /// Audiences it references.
     pub references: Vec<AudId>,
     /// Trait keys it reads.
@@ -233,6 +275,9 @@ pub struct Catalog {
     /// Views by id.
     pub views: Vec<ViewDef>,
     view_ids: HashMap<ViewDef, ViewId>,
+    /// Atoms by id (never removed, so timers stay valid).
+    pub atoms: Vec<AtomDef>,
+    atom_ids: HashMap<String, AtomId>,
     /// Audience slots (`None` once removed).
     pub audiences: Vec<Option<AudienceDef>>,
     /// Audience slot by key.
@@ -241,12 +286,19 @@ pub struct Catalog {
     pub rank: Vec<u32>,
     /// States by event name.
     pub by_event: HashMap<Arc<str>, Vec<StateId>>,
-    /// Per state: affected rules.
+    /// Per state: affected atoms.
     pub state_index: Vec<StateIndex>,
-    /// Rules by trait key they read.
-    pub by_trait: HashMap<Arc<str>, Vec<AudId>>,
-    /// Rules that reference each audience.
+    /// Per atom: the live rules containing it.
+    pub atom_rules: Vec<Vec<AudId>>,
+    /// Atoms by trait key they read.
+    pub by_trait: HashMap<Arc<str>, Vec<AtomId>>,
+    /// Per audience: rules that reference it.
     pub dependents: Vec<Vec<AudId>>,
+    /// Per audience: timed atoms that read its membership (`member_for`).
+    pub timed_by_audience: Vec<Vec<AtomId>>,
+    /// Rules true on an empty profile and every rule that depends on one,
+    /// in rank order: a new profile evaluates them with its first event.
+    pub empty_relevant: Vec<AudId>,
 }
 
 fn type_error(source: &str, span: ast::Span, message: String) -> SegmintError {
@@ -328,11 +380,15 @@ impl Catalog {
                 return Err(SegmintError::AudienceCycle { path });
             }
         }
+        let mut atoms = Vec::new();
+        let rule = self.atomize(&expr, &mut atoms);
         let def = AudienceDef {
             key: Arc::from(key),
             source: Arc::from(source),
             ast,
             expr,
+            rule,
+            atoms,
             references,
             traits,
         };
@@ -435,9 +491,11 @@ impl Catalog {
         }
         self.rank = rank;
         self.dependents = vec![Vec::new(); n];
+        self.timed_by_audience = vec![Vec::new(); n];
         self.by_trait.clear();
         self.by_event.clear();
         self.state_index = vec![StateIndex::default(); self.states.len()];
+        self.atom_rules = vec![Vec::new(); self.atoms.len()];
         for s in &mut self.states {
             s.retention = 0;
             s.since_anchors.clear();
@@ -450,119 +508,143 @@ impl Catalog {
                 .or_default()
                 .push(id as StateId);
         }
-        for v in self.views.clone() {
-            let state = &mut self.states[v.state as usize];
-            match v.window {
-                WindowDef::Last(w) => state.retention = state.retention.max(w),
-                WindowDef::All => {
-                    state.archive = true;
-                    if matches!(
-                        v.func,
-                        AggFunc::Distinct | AggFunc::MostFrequent | AggFunc::Unique
-                    ) {
-                        state.archive_freq = true;
-                    }
-                }
-                WindowDef::Since(anchor) => {
-                    if !state.since_anchors.contains(&anchor) {
-                        state.since_anchors.push(anchor);
-                    }
-                    self.states[anchor as usize].archive = true;
-                }
+        for (slot, def) in self.audiences.iter().enumerate() {
+            let Some(def) = def else { continue };
+            let slot = slot as AudId;
+            for &r in &def.references {
+                self.dependents[r as usize].push(slot);
+            }
+            for &a in &def.atoms {
+                self.atom_rules[a as usize].push(slot);
             }
         }
-        for slot in 0..n {
-            // Take the definition out so the indexes can be written while it is read.
-            let Some(def) = self.audiences[slot].take() else {
+        // Only atoms of live rules shape the states and the indexes.
+        for a in 0..self.atoms.len() {
+            if self.atom_rules[a].is_empty() {
                 continue;
-            };
-            let slot_id = slot as AudId;
-            for &r in &def.references {
-                self.dependents[r as usize].push(slot_id);
             }
-            for t in &def.traits {
-                self.by_trait.entry(t.clone()).or_default().push(slot_id);
+            let atom = self.atoms[a].clone();
+            let id = a as AtomId;
+            self.mark_states(&atom.expr);
+            for &s in &atom.states {
+                let idx = &mut self.state_index[s as usize];
+                idx.all.push(id);
+                match atom.threshold {
+                    Some((view, op, k)) if self.views[view as usize].state == s => {
+                        let entry = ThresholdAtom { k, op, atom: id };
+                        match idx.thresholds.iter_mut().find(|(v, _)| *v == view) {
+                            Some((_, atoms)) => atoms.push(entry),
+                            None => idx.thresholds.push((view, vec![entry])),
+                        }
+                    }
+                    _ => idx.general.push(id),
+                }
             }
-            self.index_expr(slot_id, &def.expr);
-            self.audiences[slot] = Some(def);
+            for t in &atom.traits {
+                self.by_trait.entry(t.clone()).or_default().push(id);
+            }
+            if atom.timed {
+                for &aud in &atom.audiences {
+                    self.timed_by_audience[aud as usize].push(id);
+                }
+            }
         }
         for idx in &mut self.state_index {
             for (_, atoms) in &mut idx.thresholds {
                 atoms.sort_by(|a, b| a.k.total_cmp(&b.k));
             }
-            for list in [&mut idx.always, &mut idx.all] {
+            for list in [&mut idx.general, &mut idx.all] {
                 list.sort_unstable();
                 list.dedup();
             }
         }
+        // Rules true on an empty profile, and (transitively) what depends on
+        // them: a new profile's first event may turn those either way.
+        let mut relevant = vec![false; n];
+        let mut stack = crate::eval::rules_true_on_empty_profile(self);
+        while let Some(a) = stack.pop() {
+            if !std::mem::replace(&mut relevant[a as usize], true) {
+                stack.extend(self.dependents[a as usize].iter().copied());
+            }
+        }
+        self.empty_relevant = (0..n as AudId).filter(|&a| relevant[a as usize]).collect();
+        self.empty_relevant.sort_by_key(|&a| self.rank[a as usize]);
     }
 
-    /// Registers `slot` in the index of every state `expr` reads.
-    fn index_expr(&mut self, slot: AudId, expr: &CExpr) {
-        if let Some((view, op, k)) = self.threshold_atom(expr) {
-            let v = self.views[view as usize];
-            let idx = &mut self.state_index[v.state as usize];
-            idx.all.push(slot);
-            match idx.thresholds.iter_mut().find(|(id, _)| *id == view) {
-                Some((_, atoms)) => atoms.push(ThresholdAtom {
-                    k,
-                    op,
-                    audience: slot,
-                }),
-                None => idx.thresholds.push((
-                    view,
-                    vec![ThresholdAtom {
-                        k,
-                        op,
-                        audience: slot,
-                    }],
-                )),
-            }
-            return;
-        }
+    /// Sets retention and summary needs of the states an expression reads.
+    fn mark_states(&mut self, expr: &CExpr) {
         match expr {
             CExpr::View(v) => {
-                let view = self.views[*v as usize];
-                self.touch_always(view.state, slot);
-                if let WindowDef::Since(anchor) = view.window {
-                    self.touch_always(anchor, slot);
+                let v = self.views[*v as usize];
+                let state = &mut self.states[v.state as usize];
+                match v.window {
+                    WindowDef::Last(w) => state.retention = state.retention.max(w),
+                    WindowDef::All => {
+                        state.archive = true;
+                        if matches!(
+                            v.func,
+                            AggFunc::Distinct | AggFunc::MostFrequent | AggFunc::Unique
+                        ) {
+                            state.archive_freq = true;
+                        }
+                    }
+                    WindowDef::Since(anchor) => {
+                        if !state.since_anchors.contains(&anchor) {
+                            state.since_anchors.push(anchor);
+                        }
+                        self.states[anchor as usize].archive = true;
+                    }
                 }
             }
-            CExpr::SinceEvent(s) => {
-                // `since` reads the latest instant, which the summary keeps.
-                self.states[*s as usize].archive = true;
-                self.touch_always(*s, slot);
-            }
-            CExpr::Lit(_)
-            | CExpr::Trait(_)
-            | CExpr::Property(_)
-            | CExpr::SinceTrait(_)
-            | CExpr::MemberFor(_)
-            | CExpr::InAudience(_) => {}
-            CExpr::Exists(e) | CExpr::Not(e) | CExpr::Neg(e) | CExpr::In(e, _, _) => {
-                self.index_expr(slot, e)
-            }
-            CExpr::And(es) | CExpr::Or(es) => {
-                for e in es {
-                    self.index_expr(slot, e);
+            // `since` reads the latest instant, which the summary keeps.
+            CExpr::SinceEvent(s) => self.states[*s as usize].archive = true,
+            _ => for_each_child(expr, |c| self.mark_states(c)),
+        }
+    }
+
+    /// Splits a compiled rule into a formula over (interned) atoms.
+    fn atomize(&mut self, expr: &CExpr, atoms: &mut Vec<AtomId>) -> RuleExpr {
+        match expr {
+            CExpr::Lit(Value::Bool(b)) => RuleExpr::Const(*b),
+            CExpr::Not(x) => RuleExpr::Not(Box::new(self.atomize(x, atoms))),
+            CExpr::And(xs) => RuleExpr::And(xs.iter().map(|x| self.atomize(x, atoms)).collect()),
+            CExpr::Or(xs) => RuleExpr::Or(xs.iter().map(|x| self.atomize(x, atoms)).collect()),
+            other => {
+                let id = self.intern_atom(other);
+                if !atoms.contains(&id) {
+                    atoms.push(id);
                 }
-            }
-            CExpr::Arith(_, a, b) | CExpr::Cmp(_, a, b) | CExpr::Str(_, a, b) => {
-                self.index_expr(slot, a);
-                self.index_expr(slot, b);
-            }
-            CExpr::Between(a, b, c, _) => {
-                self.index_expr(slot, a);
-                self.index_expr(slot, b);
-                self.index_expr(slot, c);
+                RuleExpr::Atom(id)
             }
         }
     }
 
-    fn touch_always(&mut self, state: StateId, slot: AudId) {
-        let idx = &mut self.state_index[state as usize];
-        idx.always.push(slot);
-        idx.all.push(slot);
+    fn intern_atom(&mut self, expr: &CExpr) -> AtomId {
+        let key = format!("{expr:?}");
+        if let Some(&id) = self.atom_ids.get(&key) {
+            return id;
+        }
+        let mut reads = Reads::default();
+        reads.collect(self, expr);
+        let threshold = self.threshold_atom(expr).filter(|(view, op, _)| {
+            let monotone = !matches!(op, CmpOp::Eq | CmpOp::Ne);
+            monotone
+                && matches!(
+                    self.views[*view as usize].window,
+                    WindowDef::Last(_) | WindowDef::All
+                )
+        });
+        let id = self.atoms.len() as AtomId;
+        self.atoms.push(AtomDef {
+            expr: expr.clone(),
+            states: reads.states,
+            traits: reads.traits,
+            audiences: reads.audiences,
+            timed: reads.timed,
+            threshold,
+        });
+        self.atom_ids.insert(key, id);
+        id
     }
 
     fn intern_state(
@@ -818,5 +900,78 @@ fn literal(l: &Literal) -> Value {
         Literal::Number(n) => Value::Num(*n),
         Literal::String(s) => Value::Str(Arc::from(s.as_str())),
         Literal::Duration(d) => Value::Dur(*d),
+    }
+}
+
+/// Calls `f` on every direct child expression.
+pub fn for_each_child(expr: &CExpr, mut f: impl FnMut(&CExpr)) {
+    match expr {
+        CExpr::Lit(_)
+        | CExpr::Trait(_)
+        | CExpr::Property(_)
+        | CExpr::View(_)
+        | CExpr::SinceEvent(_)
+        | CExpr::SinceTrait(_)
+        | CExpr::MemberFor(_)
+        | CExpr::InAudience(_) => {}
+        CExpr::Exists(x) | CExpr::Not(x) | CExpr::Neg(x) | CExpr::In(x, _, _) => f(x),
+        CExpr::And(xs) | CExpr::Or(xs) => xs.iter().for_each(f),
+        CExpr::Arith(_, a, b) | CExpr::Cmp(_, a, b) | CExpr::Str(_, a, b) => {
+            f(a);
+            f(b);
+        }
+        CExpr::Between(a, b, c, _) => {
+            f(a);
+            f(b);
+            f(c);
+        }
+    }
+}
+
+/// What an atom reads.
+#[derive(Default)]
+struct Reads {
+    states: Vec<StateId>,
+    traits: Vec<Arc<str>>,
+    audiences: Vec<AudId>,
+    timed: bool,
+}
+
+impl Reads {
+    fn add_state(&mut self, s: StateId) {
+        if !self.states.contains(&s) {
+            self.states.push(s);
+        }
+    }
+
+    fn collect(&mut self, cat: &Catalog, expr: &CExpr) {
+        match expr {
+            CExpr::View(v) => {
+                let v = cat.views[*v as usize];
+                self.add_state(v.state);
+                match v.window {
+                    WindowDef::Last(_) => self.timed = true,
+                    WindowDef::Since(anchor) => self.add_state(anchor),
+                    WindowDef::All => {}
+                }
+            }
+            CExpr::SinceEvent(s) => {
+                self.add_state(*s);
+                self.timed = true;
+            }
+            CExpr::Trait(k) | CExpr::SinceTrait(k) => {
+                if !self.traits.contains(k) {
+                    self.traits.push(k.clone());
+                }
+                self.timed |= matches!(expr, CExpr::SinceTrait(_));
+            }
+            CExpr::MemberFor(a) | CExpr::InAudience(a) => {
+                if !self.audiences.contains(a) {
+                    self.audiences.push(*a);
+                }
+                self.timed |= matches!(expr, CExpr::MemberFor(_));
+            }
+            _ => for_each_child(expr, |c| self.collect(cat, c)),
+        }
     }
 }

@@ -323,10 +323,14 @@ impl Engine {
         let mut times = Vec::with_capacity(events.len());
         // First pass: validate and intern (sequential: the id space is global).
         for (index, event) in events.iter().enumerate() {
-            let checked = event
-                .as_ref()
-                .map_err(Clone::clone)
-                .and_then(|e| Ok((e, self.event_time(e.timestamp)?)));
+            let checked = event.as_ref().map_err(Clone::clone).and_then(|e| {
+                if e.user_id.is_empty() {
+                    return Err(SegmintError::InvalidEvent {
+                        message: "the user id is empty".into(),
+                    });
+                }
+                Ok((e, self.event_time(e.timestamp)?))
+            });
             match checked {
                 Err(e) => report.errors.push((index, e)),
                 Ok((e, t)) => {
@@ -632,6 +636,15 @@ impl Engine {
     /// Approximate heap bytes held for profiles, memberships and timers.
     pub fn heap_bytes(&self) -> usize {
         self.interner.heap_bytes() + self.shards.iter().map(Shard::heap_bytes).sum::<usize>()
+    }
+
+    /// Evaluation work done so far, summed over shards.
+    pub fn counters(&self) -> crate::shard::Counters {
+        let mut total = crate::shard::Counters::default();
+        for s in &self.shards {
+            total += s.counters;
+        }
+        total
     }
 
     /// Number of pending timers.

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use crate::catalog::{ArithOp, AudId, CExpr, Catalog, CmpOp, StateId, StrOp, WindowDef};
+use crate::catalog::{
+    ArithOp, AtomId, AudId, CExpr, Catalog, CmpOp, RuleExpr, StateId, StrOp, WindowDef,
+};
 use crate::profile::{Memberships, UserData};
 use crate::state::{aggregate, window_range};
 use crate::time::{ceil_to, floor_to, parse_timestamp, Millis};
@@ -338,10 +340,50 @@ fn is_duration_source(e: &CExpr) -> bool {
     )
 }
 
+/// Evaluates a rule formula, each atom through `atom`.
+pub fn eval_rule(rule: &RuleExpr, atom: &mut impl FnMut(AtomId) -> bool) -> bool {
+    match rule {
+        RuleExpr::Const(b) => *b,
+        RuleExpr::Atom(a) => atom(*a),
+        RuleExpr::Not(x) => !eval_rule(x, atom),
+        RuleExpr::And(xs) => xs.iter().all(|x| eval_rule(x, atom)),
+        RuleExpr::Or(xs) => xs.iter().any(|x| eval_rule(x, atom)),
+    }
+}
+
 /// Evaluates audience `aud`'s rule for the user.
 pub fn member(cat: &Catalog, aud: AudId, env: &UserEnv<'_>) -> bool {
     match &cat.audiences[aud as usize] {
-        Some(def) => eval_bool(&def.expr, env),
+        Some(def) => eval_rule(&def.rule, &mut |a| {
+            eval_bool(&cat.atoms[a as usize].expr, env)
+        }),
         None => false,
     }
+}
+
+/// The rules a profile with no traits, no events and no memberships
+/// satisfies (such as `not did("X")`), in rank order. On an empty profile
+/// every value is constant in time, so this is a property of the rule.
+pub fn rules_true_on_empty_profile(cat: &Catalog) -> Vec<AudId> {
+    let user = UserData::default();
+    let mut members = Memberships::default();
+    members.ensure(cat.audiences.len());
+    let mut order: Vec<AudId> = cat.keys().map(|(slot, _)| slot).collect();
+    order.sort_by_key(|&a| cat.rank[a as usize]);
+    let mut out = Vec::new();
+    for aud in order {
+        let env = UserEnv {
+            cat,
+            user: &user,
+            uid: 0,
+            members: &members,
+            now: 0,
+            granularity: 1,
+        };
+        if member(cat, aud, &env) {
+            members.set(aud, 0, true, 0);
+            out.push(aud);
+        }
+    }
+    out
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 use roaring::RoaringBitmap;
 
-use crate::catalog::{AudId, StateId};
+use crate::catalog::{AtomId, AudId, StateId};
 use crate::state::UserState;
 use crate::time::Millis;
 use crate::value::{Flat, Value};
@@ -64,6 +64,8 @@ pub struct UserData {
     pub traits: Vec<(Arc<str>, Value)>,
     /// States sorted by id.
     pub states: Vec<(StateId, UserState)>,
+    /// Pending timers of this user's atoms, sorted by atom.
+    pub timers: Vec<(AtomId, Millis)>,
 }
 
 impl UserData {
@@ -146,7 +148,10 @@ impl UserData {
                         .map_or(0, |_| std::mem::size_of::<crate::state::Summary>())
             })
             .sum();
-        traits + states + self.states.capacity() * std::mem::size_of::<(StateId, UserState)>()
+        traits
+            + states
+            + self.states.capacity() * std::mem::size_of::<(StateId, UserState)>()
+            + self.timers.capacity() * std::mem::size_of::<(AtomId, Millis)>()
     }
 }
 

@@ -6,10 +6,10 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::sync::Arc;
 
-use hashbrown::HashMap;
+use smallvec::SmallVec;
 
-use crate::catalog::{AudId, Catalog, StateId, WindowDef};
-use crate::eval::{compare, eval_bool, PropsEnv, UserEnv};
+use crate::catalog::{AtomId, AudId, Catalog, StateId, WindowDef};
+use crate::eval::{compare, eval_bool, eval_rule, PropsEnv, UserEnv};
 use crate::profile::{Memberships, UserData};
 use crate::state::{aggregate, window_range};
 use crate::time::Millis;
@@ -99,8 +99,31 @@ pub struct Shard {
     pub users: Vec<UserData>,
     /// Memberships of these users.
     pub members: Memberships,
-    timers: BinaryHeap<Reverse<(Millis, u32, AudId)>>,
-    scheduled: HashMap<(u32, AudId), Millis>,
+    /// Timers as (instant, user, atom); an entry is live only while the
+    /// user's own timer list still holds that instant for that atom.
+    timers: BinaryHeap<Reverse<(Millis, u32, AtomId)>>,
+    live_timers: usize,
+    /// Work counters, for benchmarks and metrics.
+    pub counters: Counters,
+}
+
+/// How much evaluation work a shard has done.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Rule (audience) evaluations.
+    pub rule_evaluations: u64,
+    /// Atom (predicate) evaluations, including before/after probes.
+    pub atom_evaluations: u64,
+    /// Timers fired.
+    pub timers_fired: u64,
+}
+
+impl std::ops::AddAssign for Counters {
+    fn add_assign(&mut self, o: Counters) {
+        self.rule_evaluations += o.rule_evaluations;
+        self.atom_evaluations += o.atom_evaluations;
+        self.timers_fired += o.timers_fired;
+    }
 }
 
 /// What every step of a shard needs to know besides its own data.
@@ -112,6 +135,12 @@ pub struct Step<'a> {
     pub now: Millis,
     /// The granularity.
     pub granularity: Millis,
+}
+
+impl Step<'_> {
+    fn at(self, now: Millis) -> Self {
+        Step { now, ..self }
+    }
 }
 
 impl Shard {
@@ -128,13 +157,14 @@ impl Shard {
         (uid / self.count) as usize
     }
 
-    /// Makes sure `uid` has a profile slot.
-    pub fn ensure_user(&mut self, uid: u32) -> usize {
+    /// Makes sure `uid` has a profile slot; returns it and whether it is new.
+    pub fn ensure_user(&mut self, uid: u32) -> (usize, bool) {
         let local = self.local(uid);
-        if self.users.len() <= local {
+        let new = self.users.len() <= local;
+        if new {
             self.users.resize_with(local + 1, UserData::default);
         }
-        local
+        (local, new)
     }
 
     /// A user's data, if the shard has it.
@@ -149,7 +179,7 @@ impl Shard {
 
     /// Number of pending timers.
     pub fn pending_timers(&self) -> usize {
-        self.scheduled.len()
+        self.live_timers
     }
 
     /// Approximate heap bytes of this shard.
@@ -163,37 +193,93 @@ impl Shard {
             .map(|b| b.serialized_size())
             .sum();
         let entered: usize = self.members.entered.iter().map(|m| m.capacity() * 16).sum();
-        let timers = self.timers.capacity() * 24 + self.scheduled.capacity() * 24;
-        users + bitmaps + entered + timers
+        users + bitmaps + entered + self.timers.capacity() * 16
     }
 
-    fn schedule(&mut self, uid: u32, aud: AudId, at: Option<Millis>) {
-        match at {
-            Some(t) => {
-                if self.scheduled.insert((uid, aud), t) != Some(t) {
-                    self.timers.push(Reverse((t, uid, aud)));
+    fn env<'a>(&'a self, step: Step<'a>, local: usize, uid: u32) -> UserEnv<'a> {
+        UserEnv {
+            cat: step.cat,
+            user: &self.users[local],
+            uid,
+            members: &self.members,
+            now: step.now,
+            granularity: step.granularity,
+        }
+    }
+
+    fn atom_truth(&mut self, step: Step<'_>, local: usize, uid: u32, atom: AtomId) -> bool {
+        self.counters.atom_evaluations += 1;
+        eval_bool(
+            &step.cat.atoms[atom as usize].expr,
+            &self.env(step, local, uid),
+        )
+    }
+
+    fn set_timer(&mut self, local: usize, uid: u32, atom: AtomId, at: Option<Millis>) {
+        let timers = &mut self.users[local].timers;
+        match (timers.binary_search_by_key(&atom, |(a, _)| *a), at) {
+            (Ok(i), Some(t)) => {
+                if timers[i].1 != t {
+                    timers[i].1 = t;
+                    self.timers.push(Reverse((t, uid, atom)));
                 }
             }
-            None => {
-                self.scheduled.remove(&(uid, aud));
+            (Ok(i), None) => {
+                timers.remove(i);
+                self.live_timers -= 1;
             }
+            (Err(i), Some(t)) => {
+                timers.insert(i, (atom, t));
+                self.timers.push(Reverse((t, uid, atom)));
+                self.live_timers += 1;
+            }
+            (Err(_), None) => {}
         }
     }
 
-    fn schedule_no_later_than(&mut self, uid: u32, aud: AudId, t: Millis) {
-        if self.scheduled.get(&(uid, aud)).is_none_or(|&s| s > t) {
-            self.schedule(uid, aud, Some(t));
+    fn timer_no_later_than(&mut self, local: usize, uid: u32, atom: AtomId, t: Millis) {
+        let timers = &self.users[local].timers;
+        let current = timers
+            .binary_search_by_key(&atom, |(a, _)| *a)
+            .ok()
+            .map(|i| timers[i].1);
+        if current.is_none_or(|c| c > t) {
+            self.set_timer(local, uid, atom, Some(t));
         }
     }
 
-    /// Forgets the timers of a removed audience.
-    pub fn drop_timers(&mut self, aud: AudId) {
-        self.scheduled.retain(|&(_, a), _| a != aud);
+    /// Sets the atom's timer to the next instant time alone can flip it.
+    fn reschedule(&mut self, step: Step<'_>, local: usize, uid: u32, atom: AtomId) {
+        let next = self
+            .env(step, local, uid)
+            .next_change(&step.cat.atoms[atom as usize].expr);
+        self.set_timer(local, uid, atom, next);
     }
 
-    /// Re-evaluates `pending` audiences (and, on a flip, their dependents)
-    /// for `uid` in rank order.
-    #[allow(clippy::too_many_arguments)]
+    /// Evaluates one rule for one user and records a flip. Returns whether
+    /// membership changed (the caller then re-evaluates the dependents).
+    fn evaluate(&mut self, step: Step<'_>, local: usize, uid: u32, aud: AudId) -> Option<bool> {
+        let cat = step.cat;
+        let def = cat.audiences[aud as usize].as_ref()?;
+        self.counters.rule_evaluations += 1;
+        let now_member = {
+            let env = self.env(step, local, uid);
+            eval_rule(&def.rule, &mut |a| {
+                eval_bool(&cat.atoms[a as usize].expr, &env)
+            })
+        };
+        if now_member == self.members.contains(aud, uid) {
+            return None;
+        }
+        self.members.set(aud, uid, now_member, step.now);
+        for &atom in &cat.timed_by_audience[aud as usize] {
+            self.reschedule(step, local, uid, atom);
+        }
+        Some(now_member)
+    }
+
+    /// Re-evaluates `pending` rules (and, on a flip, their dependents) for
+    /// `uid` in rank order.
     fn process(
         &mut self,
         step: Step<'_>,
@@ -203,41 +289,28 @@ impl Shard {
         order: (i64, u64),
         out: &mut Vec<ShardChange>,
     ) {
-        let local = self.ensure_user(uid);
-        let cat = step.cat;
+        let (local, _) = self.ensure_user(uid);
         let mut counter = 0u64;
         while let Some((_, aud)) = pending.pop_first() {
-            let Some(def) = &cat.audiences[aud as usize] else {
-                continue;
-            };
-            let (now_member, next) = {
-                let env = UserEnv {
-                    cat,
-                    user: &self.users[local],
-                    uid,
-                    members: &self.members,
-                    now: step.now,
-                    granularity: step.granularity,
-                };
-                (eval_bool(&def.expr, &env), env.next_change(&def.expr))
-            };
-            self.schedule(uid, aud, next);
-            if now_member != self.members.contains(aud, uid) {
-                self.members.set(aud, uid, now_member, step.now);
+            if let Some(entered) = self.evaluate(step, local, uid, aud) {
                 out.push(ShardChange {
                     order: (order.0, order.1, counter),
                     aud,
                     uid,
-                    entered: now_member,
+                    entered,
                     at: step.now,
                     reason,
                 });
                 counter += 1;
-                for &d in &cat.dependents[aud as usize] {
-                    pending.insert((cat.rank[d as usize], d));
+                for &d in &step.cat.dependents[aud as usize] {
+                    pending.insert((step.cat.rank[d as usize], d));
                 }
             }
         }
+    }
+
+    fn add_rules(step: Step<'_>, pending: &mut BTreeSet<(u32, AudId)>, rules: &[AudId]) {
+        pending.extend(rules.iter().map(|&a| (step.cat.rank[a as usize], a)));
     }
 
     /// Applies this shard's events of a batch, in order.
@@ -254,18 +327,67 @@ impl Shard {
                     self.track(step, uid, t, name, properties, index, out);
                 }
                 Work::Identify { index, uid, traits } => {
-                    let local = self.ensure_user(uid);
-                    let changed = self.users[local].set_traits(traits);
-                    let mut pending = BTreeSet::new();
-                    for key in changed {
-                        if let Some(rules) = step.cat.by_trait.get(&key) {
-                            pending.extend(rules.iter().map(|&a| (step.cat.rank[a as usize], a)));
-                        }
-                    }
-                    self.process(step, uid, pending, Reason::Event, (index as i64, 0), out);
+                    self.identify(step, uid, traits, index, out)
                 }
             }
         }
+    }
+
+    /// Sets traits; only atoms reading a changed key are probed before and
+    /// after, and only rules of atoms that flipped are re-evaluated.
+    fn identify(
+        &mut self,
+        step: Step<'_>,
+        uid: u32,
+        traits: &Flat,
+        index: usize,
+        out: &mut Vec<ShardChange>,
+    ) {
+        let cat = step.cat;
+        let (local, new) = self.ensure_user(uid);
+        let mut pending = BTreeSet::new();
+        if new {
+            Self::add_rules(step, &mut pending, &cat.empty_relevant);
+        }
+        // Keys an identify may change: the given ones and, for a deletion, those below it.
+        let mut atoms: SmallVec<[AtomId; 32]> = SmallVec::new();
+        for (key, value) in traits {
+            match value {
+                Some(_) => atoms.extend(
+                    cat.by_trait
+                        .get(key.as_str())
+                        .into_iter()
+                        .flatten()
+                        .copied(),
+                ),
+                None => {
+                    let prefix = format!("{key}.");
+                    for (k, list) in &cat.by_trait {
+                        if **k == **key || k.starts_with(&prefix) {
+                            atoms.extend(list.iter().copied());
+                        }
+                    }
+                }
+            }
+        }
+        atoms.sort_unstable();
+        atoms.dedup();
+        let before: SmallVec<[bool; 32]> = atoms
+            .iter()
+            .map(|&a| self.atom_truth(step, local, uid, a))
+            .collect();
+        if self.users[local].set_traits(traits).is_empty() && !new {
+            return;
+        }
+        for (i, &atom) in atoms.iter().enumerate() {
+            if self.atom_truth(step, local, uid, atom) != before[i] {
+                Self::add_rules(step, &mut pending, &cat.atom_rules[atom as usize]);
+            }
+            if cat.atoms[atom as usize].timed {
+                self.reschedule(step, local, uid, atom);
+            }
+        }
+        self.process(step, uid, pending, Reason::Event, (index as i64, 0), out);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -279,17 +401,16 @@ impl Shard {
         index: usize,
         out: &mut Vec<ShardChange>,
     ) {
-        let local = self.ensure_user(uid);
         let cat = step.cat;
-        let Some(states) = cat.by_event.get(name) else {
-            return;
-        };
         let now = step.now;
-        let props = PropsEnv(properties);
+        let (local, new) = self.ensure_user(uid);
         let mut pending = BTreeSet::new();
-        let mut future: Vec<AudId> = Vec::new();
-        let mut touched: smallvec::SmallVec<[StateId; 8]> = smallvec::SmallVec::new();
-        for &s in states {
+        if new {
+            Self::add_rules(step, &mut pending, &cat.empty_relevant);
+        }
+        let props = PropsEnv(properties);
+        let mut matched: SmallVec<[(StateId, Option<Value>); 8]> = SmallVec::new();
+        for &s in cat.by_event.get(name).map_or(&[][..], |v| v) {
             let def = &cat.states[s as usize];
             if let Some(filter) = &def.filter {
                 if !eval_bool(filter, &props) {
@@ -303,27 +424,42 @@ impl Shard {
                 },
                 None => None,
             };
-            let user = &mut self.users[local];
-            let state = user.state_mut(s);
-            state.insert(t, value);
-            touched.push(s);
-            let idx = &cat.state_index[s as usize];
-            if t > now {
-                future.extend_from_slice(&idx.all);
-                continue;
+            matched.push((s, value));
+        }
+        if t > now {
+            // Not visible yet: it becomes visible at `t`, when its atoms are re-checked.
+            for (s, v) in matched {
+                self.users[local].state_mut(s).insert(t, v);
+                for &atom in &cat.state_index[s as usize].all {
+                    self.timer_no_later_than(local, uid, atom, t);
+                }
             }
-            pending.extend(idx.always.iter().map(|&a| (cat.rank[a as usize], a)));
-            for (view, atoms) in &idx.thresholds {
+            self.process(step, uid, pending, Reason::Event, (index as i64, 0), out);
+            return;
+        }
+        let mut general: SmallVec<[AtomId; 16]> = matched
+            .iter()
+            .flat_map(|(s, _)| cat.state_index[*s as usize].general.iter().copied())
+            .collect();
+        general.sort_unstable();
+        general.dedup();
+        let before: SmallVec<[bool; 16]> = general
+            .iter()
+            .map(|&a| self.atom_truth(step, local, uid, a))
+            .collect();
+        let mut flipped: SmallVec<[AtomId; 8]> = SmallVec::new();
+        for (s, v) in &matched {
+            let state = self.users[local].state_mut(*s);
+            state.insert(t, v.clone());
+            for (view, atoms) in &cat.state_index[*s as usize].thresholds {
                 let vdef = cat.views[*view as usize];
                 let in_window = match vdef.window {
                     WindowDef::All => true,
                     WindowDef::Last(w) => t > now - w,
                     WindowDef::Since(_) => false,
                 };
-                if !in_window {
-                    continue;
-                }
-                let Some((entries, with_summary)) = window_range(state, vdef.window, now, None)
+                let Some((entries, with_summary)) =
+                    window_range(state, vdef.window, now, None).filter(|_| in_window)
                 else {
                     continue;
                 };
@@ -339,13 +475,27 @@ impl Shard {
                     if compare(&Value::Num(old), &k, atom.op)
                         != compare(&Value::Num(new), &k, atom.op)
                     {
-                        pending.insert((cat.rank[atom.audience as usize], atom.audience));
+                        flipped.push(atom.atom);
                     }
                 }
             }
         }
-        for &s in &touched {
-            let def = &cat.states[s as usize];
+        for (i, &atom) in general.iter().enumerate() {
+            let after = self.atom_truth(step, local, uid, atom);
+            if after != before[i] {
+                flipped.push(atom);
+            } else if cat.atoms[atom as usize].timed {
+                self.reschedule(step, local, uid, atom);
+            }
+        }
+        for &atom in &flipped {
+            Self::add_rules(step, &mut pending, &cat.atom_rules[atom as usize]);
+            if cat.atoms[atom as usize].timed {
+                self.reschedule(step, local, uid, atom);
+            }
+        }
+        for (s, _) in &matched {
+            let def = &cat.states[*s as usize];
             let user = &self.users[local];
             let mut horizon = now - def.retention;
             for &anchor in &def.since_anchors {
@@ -356,15 +506,14 @@ impl Shard {
                         .unwrap_or(Millis::MIN),
                 );
             }
-            self.users[local].state_mut(s).evict(horizon, def);
-        }
-        for aud in future {
-            self.schedule_no_later_than(uid, aud, t);
+            self.users[local].state_mut(*s).evict(horizon, def);
         }
         self.process(step, uid, pending, Reason::Event, (index as i64, 0), out);
     }
 
-    /// Fires every timer due at or before `to`, instant by instant.
+    /// Fires every timer due at or before `to`, instant by instant: an atom
+    /// whose truth differs just before and at the instant re-evaluates its
+    /// rules at that exact instant.
     pub fn advance(
         &mut self,
         cat: &Catalog,
@@ -376,48 +525,50 @@ impl Shard {
             if instant > to {
                 break;
             }
-            let mut due: BTreeSet<(u32, u32, AudId)> = BTreeSet::new();
-            while let Some(&Reverse((t, uid, aud))) = self.timers.peek() {
-                if t != instant {
-                    break;
-                }
-                self.timers.pop();
-                if self.scheduled.get(&(uid, aud)) == Some(&instant) {
-                    self.scheduled.remove(&(uid, aud));
-                    if cat.audiences.get(aud as usize).is_some_and(Option::is_some) {
-                        due.insert((cat.rank[aud as usize], uid, aud));
-                    }
-                }
-            }
             let step = Step {
                 cat,
                 now: instant,
                 granularity,
             };
-            while let Some((rank, uid, aud)) = due.pop_first() {
-                let local = self.ensure_user(uid);
-                let Some(def) = &cat.audiences[aud as usize] else {
+            let mut due: BTreeSet<(u32, u32, AudId)> = BTreeSet::new();
+            while let Some(&Reverse((t, uid, atom))) = self.timers.peek() {
+                if t != instant {
+                    break;
+                }
+                self.timers.pop();
+                let local = self.local(uid);
+                let Some(user) = self.users.get_mut(local) else {
                     continue;
                 };
-                let (now_member, next) = {
-                    let env = UserEnv {
-                        cat,
-                        user: &self.users[local],
-                        uid,
-                        members: &self.members,
-                        now: step.now,
-                        granularity,
-                    };
-                    (eval_bool(&def.expr, &env), env.next_change(&def.expr))
-                };
-                self.schedule(uid, aud, next);
-                if now_member != self.members.contains(aud, uid) {
-                    self.members.set(aud, uid, now_member, instant);
+                match user.timers.binary_search_by_key(&atom, |(a, _)| *a) {
+                    Ok(i) if user.timers[i].1 == instant => {
+                        user.timers.remove(i);
+                        self.live_timers -= 1;
+                    }
+                    _ => continue,
+                }
+                if cat.atom_rules.get(atom as usize).is_none_or(Vec::is_empty) {
+                    continue;
+                }
+                self.counters.timers_fired += 1;
+                // Instants are multiples of G: the previous observable instant is T - G.
+                let before = self.atom_truth(step.at(instant - granularity), local, uid, atom);
+                let after = self.atom_truth(step, local, uid, atom);
+                self.reschedule(step, local, uid, atom);
+                if before != after {
+                    for &r in &cat.atom_rules[atom as usize] {
+                        due.insert((cat.rank[r as usize], uid, r));
+                    }
+                }
+            }
+            while let Some((rank, uid, aud)) = due.pop_first() {
+                let local = self.local(uid);
+                if let Some(entered) = self.evaluate(step, local, uid, aud) {
                     out.push(ShardChange {
                         order: (instant, rank as u64, uid as u64),
                         aud,
                         uid,
-                        entered: now_member,
+                        entered,
                         at: instant,
                         reason: Reason::Time,
                     });
@@ -430,15 +581,26 @@ impl Shard {
     }
 
     /// Evaluates `auds` (and what depends on them) for every user of the
-    /// shard, with reason `definition`.
+    /// shard, with reason `definition`, and sets their atoms' timers.
     pub fn backfill(&mut self, step: Step<'_>, auds: &[AudId], out: &mut Vec<ShardChange>) {
         self.members.ensure(step.cat.audiences.len());
         let pending: BTreeSet<(u32, AudId)> = auds
             .iter()
             .map(|&a| (step.cat.rank[a as usize], a))
             .collect();
-        let uids: Vec<u32> = self.uids().collect();
-        for uid in uids {
+        let mut timed: Vec<AtomId> = auds
+            .iter()
+            .filter_map(|&a| step.cat.audiences[a as usize].as_ref())
+            .flat_map(|def| def.atoms.iter().copied())
+            .filter(|&a| step.cat.atoms[a as usize].timed)
+            .collect();
+        timed.sort_unstable();
+        timed.dedup();
+        for local in 0..self.users.len() {
+            let uid = local as u32 * self.count + self.index;
+            for &atom in &timed {
+                self.reschedule(step, local, uid, atom);
+            }
             self.process(
                 step,
                 uid,
@@ -450,7 +612,8 @@ impl Shard {
         }
     }
 
-    /// Exits every member of a removed audience (reason `delete`).
+    /// Exits every member of a removed audience (reason `delete`). Timers of
+    /// atoms no live rule uses any more lapse by themselves.
     pub fn remove_audience(&mut self, aud: AudId, at: Millis, out: &mut Vec<ShardChange>) {
         if let Some(bitmap) = self.members.bitmaps.get(aud as usize) {
             for uid in bitmap.iter() {
@@ -465,6 +628,5 @@ impl Shard {
             }
         }
         self.members.clear(aud);
-        self.drop_timers(aud);
     }
 }

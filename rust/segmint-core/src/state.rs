@@ -99,14 +99,13 @@ impl UserState {
         self.buffer.partition_point(|e| e.t <= now)
     }
 
-    /// The latest visible instant, if any.
+    /// The latest visible instant, if any. (A late event can sit in the
+    /// buffer older than entries already summarised, so both are consulted.)
     pub fn latest(&self, now: Millis) -> Option<Millis> {
         let end = self.visible_end(now);
-        if end > 0 {
-            Some(self.buffer[end - 1].t)
-        } else {
-            self.summary.as_ref().and_then(|s| s.latest)
-        }
+        let buffered = end.checked_sub(1).map(|i| self.buffer[i].t);
+        let summarised = self.summary.as_ref().and_then(|s| s.latest);
+        buffered.max(summarised)
     }
 
     /// The earliest entry still in the future (`t > now`).
@@ -227,16 +226,26 @@ pub fn aggregate(
                 }
             }
         }
-        // Summarised entries are all older than buffered ones.
-        AggFunc::First => summary
-            .and_then(|s| s.first.clone())
-            .map(|(_, v)| v)
-            .or_else(|| entries.iter().find_map(|e| e.v.clone())),
-        AggFunc::Last => entries
-            .iter()
-            .rev()
-            .find_map(|e| e.v.clone())
-            .or_else(|| summary.and_then(|s| s.last.clone()).map(|(_, v)| v)),
+        // A late event can be buffered while older than summarised entries:
+        // compare instants. On equal instants the summarised entry arrived
+        // first (it was evicted before the buffered one came).
+        AggFunc::First => {
+            let buffered = entries.iter().find_map(|e| e.v.clone().map(|v| (e.t, v)));
+            match (summary.and_then(|s| s.first.clone()), buffered) {
+                (Some(s), Some(b)) => Some(if b.0 < s.0 { b.1 } else { s.1 }),
+                (s, b) => s.or(b).map(|(_, v)| v),
+            }
+        }
+        AggFunc::Last => {
+            let buffered = entries
+                .iter()
+                .rev()
+                .find_map(|e| e.v.clone().map(|v| (e.t, v)));
+            match (summary.and_then(|s| s.last.clone()), buffered) {
+                (Some(s), Some(b)) => Some(if s.0 > b.0 { s.1 } else { b.1 }),
+                (s, b) => s.or(b).map(|(_, v)| v),
+            }
+        }
     }
 }
 
