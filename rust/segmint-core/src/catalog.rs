@@ -288,17 +288,18 @@ pub struct Catalog {
     pub by_event: HashMap<Arc<str>, Vec<StateId>>,
     /// Per state: affected atoms.
     pub state_index: Vec<StateIndex>,
-    /// Per atom: the live rules containing it.
-    pub atom_rules: Vec<Vec<AudId>>,
+    /// Per atom: the live rules containing it, with how each rule moves
+    /// when the atom becomes true.
+    pub atom_rules: Vec<Vec<(AudId, Polarity)>>,
     /// Atoms by trait key they read.
     pub by_trait: HashMap<Arc<str>, Vec<AtomId>>,
     /// Per audience: rules that reference it.
     pub dependents: Vec<Vec<AudId>>,
     /// Per audience: timed atoms that read its membership (`member_for`).
     pub timed_by_audience: Vec<Vec<AtomId>>,
-    /// Rules true on an empty profile and every rule that depends on one,
-    /// in rank order: a new profile evaluates them with its first event.
-    pub empty_relevant: Vec<AudId>,
+    /// Rules true on an empty profile, in rank order: a new profile starts
+    /// as their member.
+    pub empty_true: Vec<AudId>,
 }
 
 fn type_error(source: &str, span: ast::Span, message: String) -> SegmintError {
@@ -515,7 +516,7 @@ impl Catalog {
                 self.dependents[r as usize].push(slot);
             }
             for &a in &def.atoms {
-                self.atom_rules[a as usize].push(slot);
+                self.atom_rules[a as usize].push((slot, polarity(&def.rule, a)));
             }
         }
         // Only atoms of live rules shape the states and the indexes.
@@ -558,17 +559,7 @@ impl Catalog {
                 list.dedup();
             }
         }
-        // Rules true on an empty profile, and (transitively) what depends on
-        // them: a new profile's first event may turn those either way.
-        let mut relevant = vec![false; n];
-        let mut stack = crate::eval::rules_true_on_empty_profile(self);
-        while let Some(a) = stack.pop() {
-            if !std::mem::replace(&mut relevant[a as usize], true) {
-                stack.extend(self.dependents[a as usize].iter().copied());
-            }
-        }
-        self.empty_relevant = (0..n as AudId).filter(|&a| relevant[a as usize]).collect();
-        self.empty_relevant.sort_by_key(|&a| self.rank[a as usize]);
+        self.empty_true = crate::eval::rules_true_on_empty_profile(self);
     }
 
     /// Sets retention and summary needs of the states an expression reads.
@@ -900,6 +891,54 @@ fn literal(l: &Literal) -> Value {
         Literal::Number(n) => Value::Num(*n),
         Literal::String(s) => Value::Str(Arc::from(s.as_str())),
         Literal::Duration(d) => Value::Dur(*d),
+    }
+}
+
+/// How a rule depends on one of its atoms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Polarity {
+    /// Only under an even number of `not`s: the atom turning true can only
+    /// turn the rule true, and turning false can only turn it false.
+    Positive,
+    /// Only under an odd number of `not`s: the reverse.
+    Negative,
+    /// Both: any flip may move the rule either way.
+    Mixed,
+}
+
+impl Polarity {
+    /// Whether an atom flip (to `now_true`) can change a rule whose current
+    /// membership is `member`.
+    pub fn may_change(self, now_true: bool, member: bool) -> bool {
+        match self {
+            Polarity::Positive => now_true != member,
+            Polarity::Negative => now_true == member,
+            Polarity::Mixed => true,
+        }
+    }
+}
+
+/// The polarity of `atom` in `rule`.
+pub fn polarity(rule: &RuleExpr, atom: AtomId) -> Polarity {
+    fn walk(r: &RuleExpr, atom: AtomId, negated: bool, pos: &mut bool, neg: &mut bool) {
+        match r {
+            RuleExpr::Const(_) => {}
+            RuleExpr::Atom(a) if *a == atom => {
+                *(if negated { &mut *neg } else { &mut *pos }) = true
+            }
+            RuleExpr::Atom(_) => {}
+            RuleExpr::Not(x) => walk(x, atom, !negated, pos, neg),
+            RuleExpr::And(xs) | RuleExpr::Or(xs) => {
+                xs.iter().for_each(|x| walk(x, atom, negated, pos, neg))
+            }
+        }
+    }
+    let (mut pos, mut neg) = (false, false);
+    walk(rule, atom, false, &mut pos, &mut neg);
+    match (pos, neg) {
+        (true, false) => Polarity::Positive,
+        (false, true) => Polarity::Negative,
+        _ => Polarity::Mixed,
     }
 }
 

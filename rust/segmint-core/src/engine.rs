@@ -551,7 +551,7 @@ impl Engine {
         Ok(self
             .interner
             .get(user_id)
-            .and_then(|uid| self.shard_of(uid).members.entered(slot, uid)))
+            .and_then(|uid| self.shard_of(uid).user(uid)?.entered(slot)))
     }
 
     /// Members as a bitmap of dense ids (see [`Engine::user_id`]).

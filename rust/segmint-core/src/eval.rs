@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::catalog::{
     ArithOp, AtomId, AudId, CExpr, Catalog, CmpOp, RuleExpr, StateId, StrOp, WindowDef,
 };
-use crate::profile::{Memberships, UserData};
+use crate::profile::UserData;
 use crate::state::{aggregate, window_range};
 use crate::time::{ceil_to, floor_to, parse_timestamp, Millis};
 use crate::value::Value;
@@ -23,10 +23,6 @@ pub struct UserEnv<'a> {
     pub cat: &'a Catalog,
     /// The user's data.
     pub user: &'a UserData,
-    /// The user's dense id.
-    pub uid: u32,
-    /// Memberships of the user's shard.
-    pub members: &'a Memberships,
     /// The instant.
     pub now: Millis,
     /// The granularity.
@@ -48,7 +44,7 @@ impl UserEnv<'_> {
                     .map(|t| floor_to(t, self.granularity)),
                 _ => None,
             },
-            CExpr::MemberFor(a) => self.members.entered(*a, self.uid),
+            CExpr::MemberFor(a) => self.user.entered(*a),
             _ => None,
         }
     }
@@ -79,7 +75,7 @@ impl Env for UserEnv<'_> {
             CExpr::SinceEvent(_) | CExpr::SinceTrait(_) | CExpr::MemberFor(_) => {
                 self.duration_base(e).map(|b| Value::Dur(self.now - b))
             }
-            CExpr::InAudience(a) => Some(Value::Bool(self.members.contains(*a, self.uid))),
+            CExpr::InAudience(a) => Some(Value::Bool(self.user.is_member(*a))),
             _ => None,
         }
     }
@@ -365,9 +361,7 @@ pub fn member(cat: &Catalog, aud: AudId, env: &UserEnv<'_>) -> bool {
 /// satisfies (such as `not did("X")`), in rank order. On an empty profile
 /// every value is constant in time, so this is a property of the rule.
 pub fn rules_true_on_empty_profile(cat: &Catalog) -> Vec<AudId> {
-    let user = UserData::default();
-    let mut members = Memberships::default();
-    members.ensure(cat.audiences.len());
+    let mut user = UserData::default();
     let mut order: Vec<AudId> = cat.keys().map(|(slot, _)| slot).collect();
     order.sort_by_key(|&a| cat.rank[a as usize]);
     let mut out = Vec::new();
@@ -375,13 +369,11 @@ pub fn rules_true_on_empty_profile(cat: &Catalog) -> Vec<AudId> {
         let env = UserEnv {
             cat,
             user: &user,
-            uid: 0,
-            members: &members,
             now: 0,
             granularity: 1,
         };
         if member(cat, aud, &env) {
-            members.set(aud, 0, true, 0);
+            user.set_member(aud, true, 0);
             out.push(aud);
         }
     }

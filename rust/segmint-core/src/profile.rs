@@ -66,6 +66,9 @@ pub struct UserData {
     pub states: Vec<(StateId, UserState)>,
     /// Pending timers of this user's atoms, sorted by atom.
     pub timers: Vec<(AtomId, Millis)>,
+    /// Audiences the user is in, with the instant of entry, sorted by slot.
+    /// (The shard's bitmaps hold the same memberships for queries.)
+    pub memberships: Vec<(AudId, Millis)>,
 }
 
 impl UserData {
@@ -75,6 +78,35 @@ impl UserData {
             .binary_search_by(|(k, _)| (**k).cmp(key))
             .ok()
             .map(|i| &self.traits[i].1)
+    }
+
+    /// Whether the user is in audience `aud`.
+    pub fn is_member(&self, aud: AudId) -> bool {
+        self.memberships
+            .binary_search_by_key(&aud, |(a, _)| *a)
+            .is_ok()
+    }
+
+    /// When the user entered `aud`, if a member.
+    pub fn entered(&self, aud: AudId) -> Option<Millis> {
+        self.memberships
+            .binary_search_by_key(&aud, |(a, _)| *a)
+            .ok()
+            .map(|i| self.memberships[i].1)
+    }
+
+    /// Records entering (with the instant) or leaving `aud`.
+    pub fn set_member(&mut self, aud: AudId, member: bool, at: Millis) {
+        match (
+            self.memberships.binary_search_by_key(&aud, |(a, _)| *a),
+            member,
+        ) {
+            (Ok(_), true) | (Err(_), false) => {}
+            (Err(i), true) => self.memberships.insert(i, (aud, at)),
+            (Ok(i), false) => {
+                self.memberships.remove(i);
+            }
+        }
     }
 
     /// A state, if the user has any entry in it.
@@ -152,16 +184,16 @@ impl UserData {
             + states
             + self.states.capacity() * std::mem::size_of::<(StateId, UserState)>()
             + self.timers.capacity() * std::mem::size_of::<(AtomId, Millis)>()
+            + self.memberships.capacity() * std::mem::size_of::<(AudId, Millis)>()
     }
 }
 
-/// Members of every audience, for the users of one shard.
+/// Members of every audience, for the users of one shard, as bitmaps of
+/// dense ids (for size, members and overlap queries).
 #[derive(Debug, Clone, Default)]
 pub struct Memberships {
     /// Members per audience slot (global dense ids).
     pub bitmaps: Vec<RoaringBitmap>,
-    /// Entry instant per audience slot and member.
-    pub entered: Vec<HashMap<u32, Millis>>,
 }
 
 impl Memberships {
@@ -169,7 +201,6 @@ impl Memberships {
     pub fn ensure(&mut self, n: usize) {
         if self.bitmaps.len() < n {
             self.bitmaps.resize_with(n, RoaringBitmap::new);
-            self.entered.resize_with(n, HashMap::new);
         }
     }
 
@@ -180,22 +211,13 @@ impl Memberships {
             .is_some_and(|b| b.contains(uid))
     }
 
-    /// When `uid` entered `aud`, if a member.
-    pub fn entered(&self, aud: AudId, uid: u32) -> Option<Millis> {
-        self.entered
-            .get(aud as usize)
-            .and_then(|m| m.get(&uid).copied())
-    }
-
     /// Records a change of membership.
-    pub fn set(&mut self, aud: AudId, uid: u32, member: bool, at: Millis) {
+    pub fn set(&mut self, aud: AudId, uid: u32, member: bool) {
         self.ensure(aud as usize + 1);
         if member {
             self.bitmaps[aud as usize].insert(uid);
-            self.entered[aud as usize].insert(uid, at);
         } else {
             self.bitmaps[aud as usize].remove(uid);
-            self.entered[aud as usize].remove(&uid);
         }
     }
 
@@ -203,7 +225,6 @@ impl Memberships {
     pub fn clear(&mut self, aud: AudId) {
         if let Some(b) = self.bitmaps.get_mut(aud as usize) {
             b.clear();
-            self.entered[aud as usize].clear();
         }
     }
 }

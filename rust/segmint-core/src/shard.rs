@@ -192,27 +192,26 @@ impl Shard {
             .iter()
             .map(|b| b.serialized_size())
             .sum();
-        let entered: usize = self.members.entered.iter().map(|m| m.capacity() * 16).sum();
-        users + bitmaps + entered + self.timers.capacity() * 16
+        users + bitmaps + self.timers.capacity() * 16
     }
 
-    fn env<'a>(&'a self, step: Step<'a>, local: usize, uid: u32) -> UserEnv<'a> {
+    fn env<'a>(&'a self, step: Step<'a>, local: usize) -> UserEnv<'a> {
         UserEnv {
             cat: step.cat,
             user: &self.users[local],
-            uid,
-            members: &self.members,
             now: step.now,
             granularity: step.granularity,
         }
     }
 
-    fn atom_truth(&mut self, step: Step<'_>, local: usize, uid: u32, atom: AtomId) -> bool {
+    fn set_member(&mut self, local: usize, uid: u32, aud: AudId, member: bool, at: Millis) {
+        self.users[local].set_member(aud, member, at);
+        self.members.set(aud, uid, member);
+    }
+
+    fn atom_truth(&mut self, step: Step<'_>, local: usize, atom: AtomId) -> bool {
         self.counters.atom_evaluations += 1;
-        eval_bool(
-            &step.cat.atoms[atom as usize].expr,
-            &self.env(step, local, uid),
-        )
+        eval_bool(&step.cat.atoms[atom as usize].expr, &self.env(step, local))
     }
 
     fn set_timer(&mut self, local: usize, uid: u32, atom: AtomId, at: Option<Millis>) {
@@ -251,7 +250,7 @@ impl Shard {
     /// Sets the atom's timer to the next instant time alone can flip it.
     fn reschedule(&mut self, step: Step<'_>, local: usize, uid: u32, atom: AtomId) {
         let next = self
-            .env(step, local, uid)
+            .env(step, local)
             .next_change(&step.cat.atoms[atom as usize].expr);
         self.set_timer(local, uid, atom, next);
     }
@@ -263,15 +262,15 @@ impl Shard {
         let def = cat.audiences[aud as usize].as_ref()?;
         self.counters.rule_evaluations += 1;
         let now_member = {
-            let env = self.env(step, local, uid);
+            let env = self.env(step, local);
             eval_rule(&def.rule, &mut |a| {
                 eval_bool(&cat.atoms[a as usize].expr, &env)
             })
         };
-        if now_member == self.members.contains(aud, uid) {
+        if now_member == self.users[local].is_member(aud) {
             return None;
         }
-        self.members.set(aud, uid, now_member, step.now);
+        self.set_member(local, uid, aud, now_member, step.now);
         for &atom in &cat.timed_by_audience[aud as usize] {
             self.reschedule(step, local, uid, atom);
         }
@@ -309,13 +308,34 @@ impl Shard {
         }
     }
 
-    fn add_rules(step: Step<'_>, pending: &mut BTreeSet<(u32, AudId)>, rules: &[AudId]) {
-        pending.extend(rules.iter().map(|&a| (step.cat.rank[a as usize], a)));
+    /// Queues the rules of an atom that flipped to `now_true`, skipping
+    /// those its flip cannot move (see [`crate::catalog::Polarity`]).
+    fn add_flipped(
+        &self,
+        step: Step<'_>,
+        pending: &mut BTreeSet<(u32, AudId)>,
+        local: usize,
+        atom: AtomId,
+        now_true: bool,
+    ) {
+        for &(aud, polarity) in &step.cat.atom_rules[atom as usize] {
+            if polarity.may_change(now_true, self.users[local].is_member(aud)) {
+                pending.insert((step.cat.rank[aud as usize], aud));
+            }
+        }
     }
 
     /// Applies this shard's events of a batch, in order.
     pub fn apply(&mut self, step: Step<'_>, work: &[Work<'_>], out: &mut Vec<ShardChange>) {
         for w in work {
+            let (index, uid) = match *w {
+                Work::Track { index, uid, .. } | Work::Identify { index, uid, .. } => (index, uid),
+            };
+            let (local, new) = self.ensure_user(uid);
+            let mark = out.len();
+            if new {
+                self.materialize(step, local);
+            }
             match *w {
                 Work::Track {
                     index,
@@ -330,6 +350,56 @@ impl Shard {
                     self.identify(step, uid, traits, index, out)
                 }
             }
+            if new {
+                self.log_new_profile(step, local, uid, index, mark, out);
+            }
+        }
+    }
+
+    /// A new profile starts with the memberships of an empty profile (rules
+    /// such as `not did("X")`), set silently: its first event is then applied
+    /// incrementally like any other.
+    fn materialize(&mut self, step: Step<'_>, local: usize) {
+        let uid = local as u32 * self.count + self.index;
+        for &aud in &step.cat.empty_true {
+            self.set_member(local, uid, aud, true, step.now);
+            for &atom in &step.cat.timed_by_audience[aud as usize] {
+                self.reschedule(step, local, uid, atom);
+            }
+        }
+    }
+
+    /// Replaces the changes logged for a new profile's first event by its net
+    /// effect: one entry per audience it ends up in, in rank order.
+    fn log_new_profile(
+        &mut self,
+        step: Step<'_>,
+        local: usize,
+        uid: u32,
+        index: usize,
+        mark: usize,
+        out: &mut Vec<ShardChange>,
+    ) {
+        let cat = step.cat;
+        let mut auds: Vec<AudId> = cat
+            .empty_true
+            .iter()
+            .copied()
+            .chain(out[mark..].iter().map(|c| c.aud))
+            .collect();
+        out.truncate(mark);
+        auds.sort_unstable_by_key(|&a| (cat.rank[a as usize], a));
+        auds.dedup();
+        let entered = auds.into_iter().filter(|&a| self.users[local].is_member(a));
+        for (counter, aud) in entered.enumerate() {
+            out.push(ShardChange {
+                order: (index as i64, 0, counter as u64),
+                aud,
+                uid,
+                entered: true,
+                at: step.now,
+                reason: Reason::Event,
+            });
         }
     }
 
@@ -344,11 +414,8 @@ impl Shard {
         out: &mut Vec<ShardChange>,
     ) {
         let cat = step.cat;
-        let (local, new) = self.ensure_user(uid);
+        let (local, _) = self.ensure_user(uid);
         let mut pending = BTreeSet::new();
-        if new {
-            Self::add_rules(step, &mut pending, &cat.empty_relevant);
-        }
         // Keys an identify may change: the given ones and, for a deletion, those below it.
         let mut atoms: SmallVec<[AtomId; 32]> = SmallVec::new();
         for (key, value) in traits {
@@ -374,14 +441,15 @@ impl Shard {
         atoms.dedup();
         let before: SmallVec<[bool; 32]> = atoms
             .iter()
-            .map(|&a| self.atom_truth(step, local, uid, a))
+            .map(|&a| self.atom_truth(step, local, a))
             .collect();
-        if self.users[local].set_traits(traits).is_empty() && !new {
+        if self.users[local].set_traits(traits).is_empty() {
             return;
         }
         for (i, &atom) in atoms.iter().enumerate() {
-            if self.atom_truth(step, local, uid, atom) != before[i] {
-                Self::add_rules(step, &mut pending, &cat.atom_rules[atom as usize]);
+            let after = self.atom_truth(step, local, atom);
+            if after != before[i] {
+                self.add_flipped(step, &mut pending, local, atom, after);
             }
             if cat.atoms[atom as usize].timed {
                 self.reschedule(step, local, uid, atom);
@@ -403,11 +471,8 @@ impl Shard {
     ) {
         let cat = step.cat;
         let now = step.now;
-        let (local, new) = self.ensure_user(uid);
+        let (local, _) = self.ensure_user(uid);
         let mut pending = BTreeSet::new();
-        if new {
-            Self::add_rules(step, &mut pending, &cat.empty_relevant);
-        }
         let props = PropsEnv(properties);
         let mut matched: SmallVec<[(StateId, Option<Value>); 8]> = SmallVec::new();
         for &s in cat.by_event.get(name).map_or(&[][..], |v| v) {
@@ -445,9 +510,9 @@ impl Shard {
         general.dedup();
         let before: SmallVec<[bool; 16]> = general
             .iter()
-            .map(|&a| self.atom_truth(step, local, uid, a))
+            .map(|&a| self.atom_truth(step, local, a))
             .collect();
-        let mut flipped: SmallVec<[AtomId; 8]> = SmallVec::new();
+        let mut flipped: SmallVec<[(AtomId, bool); 8]> = SmallVec::new();
         for (s, v) in &matched {
             let state = self.users[local].state_mut(*s);
             state.insert(t, v.clone());
@@ -472,24 +537,23 @@ impl Shard {
                 let hi = atoms.partition_point(|a| a.k <= new);
                 for atom in &atoms[lo..hi] {
                     let k = Value::Num(atom.k);
-                    if compare(&Value::Num(old), &k, atom.op)
-                        != compare(&Value::Num(new), &k, atom.op)
-                    {
-                        flipped.push(atom.atom);
+                    let now_true = compare(&Value::Num(new), &k, atom.op);
+                    if compare(&Value::Num(old), &k, atom.op) != now_true {
+                        flipped.push((atom.atom, now_true));
                     }
                 }
             }
         }
         for (i, &atom) in general.iter().enumerate() {
-            let after = self.atom_truth(step, local, uid, atom);
+            let after = self.atom_truth(step, local, atom);
             if after != before[i] {
-                flipped.push(atom);
+                flipped.push((atom, after));
             } else if cat.atoms[atom as usize].timed {
                 self.reschedule(step, local, uid, atom);
             }
         }
-        for &atom in &flipped {
-            Self::add_rules(step, &mut pending, &cat.atom_rules[atom as usize]);
+        for &(atom, now_true) in &flipped {
+            self.add_flipped(step, &mut pending, local, atom, now_true);
             if cat.atoms[atom as usize].timed {
                 self.reschedule(step, local, uid, atom);
             }
@@ -552,12 +616,14 @@ impl Shard {
                 }
                 self.counters.timers_fired += 1;
                 // Instants are multiples of G: the previous observable instant is T - G.
-                let before = self.atom_truth(step.at(instant - granularity), local, uid, atom);
-                let after = self.atom_truth(step, local, uid, atom);
+                let before = self.atom_truth(step.at(instant - granularity), local, atom);
+                let after = self.atom_truth(step, local, atom);
                 self.reschedule(step, local, uid, atom);
                 if before != after {
-                    for &r in &cat.atom_rules[atom as usize] {
-                        due.insert((cat.rank[r as usize], uid, r));
+                    for &(r, polarity) in &cat.atom_rules[atom as usize] {
+                        if polarity.may_change(after, self.users[local].is_member(r)) {
+                            due.insert((cat.rank[r as usize], uid, r));
+                        }
                     }
                 }
             }
