@@ -387,13 +387,30 @@ def test_bad_requests_get_the_right_codes_and_the_server_keeps_serving(server: S
     big = encode_batch([track(f"big{i}", pad="x" * 1000) for i in range(1100)])
     code, _ = _code(raw_ingest(server), iter([big]))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    code, _ = _code(stub.Preview, pb.PreviewRequest(rule='did("Buy", 1d)'))
+    code, _ = _code(stub.DefineComputedTrait, pb.DefineComputedTraitRequest())
     assert code == grpc.StatusCode.UNIMPLEMENTED
+    code, details = _code(stub.Preview, pb.PreviewRequest(rule='did("Buy", 1d'))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "1:" in details
+    code, _ = _code(stub.Explain, pb.ExplainRequest(user_id="nobody-at-all", audience="buyers"))
+    assert code == grpc.StatusCode.NOT_FOUND
     # Still serving everyone.
     assert server.proc.poll() is None
     acks = ingest(stub, [encode_batch([track("still-here")], batch_id=9)])
     assert acks[0].batch_id == 9 and acks[0].accepted == 1
     assert stub.Size(pb.SizeRequest(audience="buyers")).size > 0
+
+
+def test_preview_explain_overlap(server: Server) -> None:
+    stub = server.stub()
+    ingest(stub, [encode_batch([track("px1"), track("px2")])])
+    size = stub.Size(pb.SizeRequest(audience="buyers")).size
+    p = stub.Preview(pb.PreviewRequest(rule='did("Buy", 7d)', replacing="buyers", sample=5))
+    assert p.size == size and not p.entering and not p.exiting and len(p.sample) <= 5
+    x = stub.Explain(pb.ExplainRequest(user_id="px1", audience="buyers"))
+    assert x.member and x.tree.holds and "Buy" in x.explanation
+    assert x.HasField("entered_at")
+    o = stub.Overlap(pb.OverlapRequest(audiences=["buyers", "buyers"]))
+    assert o.size == size and list(o.sizes) == [size, size] and list(o.pairwise) == [size] * 4
 
 
 def test_define_and_remove_audience_stream_changes(server: Server) -> None:

@@ -25,6 +25,7 @@ from segmint.errors import (
     UnknownUserError,
 )
 from segmint.events import BatchError, Change, IdentifyEvent, IngestResult, TrackEvent
+from segmint.inspect import ExplainNode, Explanation, Overlap, Preview, Profile
 
 __version__ = "0.1.0"
 
@@ -34,12 +35,17 @@ __all__ = [
     "BatchError",
     "Change",
     "Engine",
+    "ExplainNode",
+    "Explanation",
     "IdentifyEvent",
     "InUseError",
     "IngestResult",
     "InvalidArgumentError",
     "InvalidEventError",
     "LimitExceededError",
+    "Overlap",
+    "Preview",
+    "Profile",
     "RuleError",
     "RuleSyntaxError",
     "RuleTypeError",
@@ -49,3 +55,13 @@ __all__ = [
     "UnknownComputedTraitError",
     "UnknownUserError",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Lazy exports that need the ``data`` extra (numpy, pyarrow, pyroaring):
+    ``segmint.IdMap`` is :class:`segmint.interop.IdMap`."""
+    if name == "IdMap":
+        from segmint.interop import IdMap
+
+        return IdMap
+    raise AttributeError(f"module 'segmint' has no attribute {name!r}")

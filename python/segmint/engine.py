@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
@@ -12,6 +13,12 @@ import msgspec
 from segmint import _core
 from segmint._time import Instant, duration_ms, from_ms, to_ms
 from segmint.events import BatchError, Change, IdentifyEvent, IngestResult, TrackEvent
+from segmint.inspect import Explanation, Overlap, Preview, Profile, explanation, profile
+
+if typing.TYPE_CHECKING:
+    from pyroaring import BitMap
+
+    from segmint.interop import ArrowEvents, BoolArray, IdMap, StrPath, UserIds
 
 _encoder = msgspec.json.Encoder()
 
@@ -123,9 +130,12 @@ class Engine:
         raw = self._core.track(user_id, event, _json(properties), _json(context), ts, message_id)
         return _result(raw)
 
-    def ingest(self, batch: Batch) -> IngestResult:
+    def ingest(self, batch: Batch | ArrowEvents) -> IngestResult:
         """Applies a batch with the GIL released; bad events are reported by index
-        in ``errors`` and the others are applied."""
+        in ``errors`` and the others are applied. A pyarrow ``Table`` /
+        ``RecordBatch`` (or any Arrow stream) goes through :meth:`ingest_arrow`."""
+        if hasattr(batch, "__arrow_c_stream__") or hasattr(batch, "to_batches"):
+            return self.ingest_arrow(batch)
         data = (
             batch
             if isinstance(batch, bytes | bytearray | memoryview)
@@ -198,6 +208,28 @@ class Engine:
             for seq, audience, user, entered, at, reason in self._core.changes(since_seq, limit)
         ]
 
+    def explain(self, user_id: str, audience: str) -> Explanation:
+        """The audience's rule as a tree with each node's value for the user now,
+        whether the user is a member, and the next instant at which time alone
+        changes the result (``None`` if none within a year)."""
+        return explanation(self._core.explain_json(user_id, audience))
+
+    def preview(self, rule: str, *, replacing: str | None = None, limit: int = 100) -> Preview:
+        """Evaluates ``rule`` over every profile against live state without saving
+        or emitting anything: size, a sample of members, and when ``replacing`` an
+        audience, who would enter and who would exit (at most ``limit`` each)."""
+        return msgspec.json.decode(self._core.preview_json(rule, replacing, limit), type=Preview)
+
+    def overlap(self, *audiences: str) -> Overlap:
+        """Exact sizes of the audiences, of each pair's intersection and of the
+        intersection of all of them."""
+        return msgspec.json.decode(self._core.overlap_json(list(audiences)), type=Overlap)
+
+    def profile(self, user_id: str) -> Profile:
+        """Traits and audiences (with entry instants) of a user;
+        ``UnknownUserError`` if the user was never seen."""
+        return profile(self._core.profile_json(user_id))
+
     def advance(self, now: Instant) -> int:
         """Manual clock: moves time forward to ``now``, firing every time-based
         change at its exact instant; returns the number of changes."""
@@ -210,6 +242,101 @@ class Engine:
     def stats(self) -> dict[str, int]:
         """Counters: users, audiences, shards, pending timers, heap bytes, last seq."""
         return dict(self._core.stats())
+
+    # ------------------------------------------------------------------ interop
+    # numpy / pyarrow / pyroaring / Parquet (the ``data`` extra); docs/interop.md.
+
+    def bitmap(self, audience: str) -> BitMap:
+        """Members as a ``pyroaring.BitMap`` of the engine's dense user ids,
+        deserialised from the portable format (no per-member Python work).
+
+        Dense ids are engine-wide and stable, so bitmaps of different audiences
+        combine with pyroaring operators; name them with :meth:`bitmap_with_ids`.
+        """
+        from segmint import interop
+
+        return interop.bitmap(self._core, audience)
+
+    def bitmap_with_ids(self, audience: str) -> tuple[BitMap, IdMap]:
+        """Members as a ``pyroaring.BitMap`` and the :class:`segmint.interop.IdMap` that
+        maps its dense ids to external user ids (``id_map[dense_id]``,
+        ``id_map.lookup(bitmap)``)."""
+        from segmint import interop
+
+        return interop.bitmap_with_ids(self._core, audience)
+
+    def is_member_array(self, user_ids: UserIds, audience: str) -> BoolArray:
+        """Membership of many users in one audience as a numpy ``bool`` array
+        aligned with ``user_ids`` (a 1-D numpy array of ``str``, a list of
+        ``str`` or a pyarrow string array); unknown users are ``False``.
+
+        Raises:
+            InvalidArgumentError: ``user_ids`` is not strings (the dtype is named).
+            UnknownAudienceError: no such audience.
+        """
+        from segmint import interop
+
+        return interop.is_member_array(self._core, user_ids, audience)
+
+    def members_arrow(self, audience: str) -> Any:
+        """Members as a ``pyarrow.StringArray`` of external ids, sorted."""
+        from segmint import interop
+
+        return interop.members_arrow(self._core, audience)
+
+    def ingest_arrow(self, data: ArrowEvents, *, chunk_rows: int = 100_000) -> IngestResult:
+        """Applies events from a pyarrow ``Table``, ``RecordBatch`` or
+        ``RecordBatchReader`` (columns ``type``, ``user_id``, ``event``,
+        ``timestamp``, ``message_id``, ``properties``, ``context``, ``traits``,
+        ``anonymous_id``; see docs/interop.md), converted to Segment JSON with
+        Arrow kernels, ``chunk_rows`` rows at a time. Bad rows are reported by
+        row index in ``errors``; the others are applied.
+
+        Raises:
+            InvalidArgumentError: the schema is malformed (a missing ``user_id``
+                column, a column of the wrong type); nothing is applied.
+        """
+        from segmint import interop
+
+        return interop.ingest_arrow(self._core, data, chunk_rows=chunk_rows)
+
+    def import_parquet(self, path: StrPath, batch_rows: int = 100_000) -> IngestResult:
+        """Applies the events of a Parquet file (the :meth:`ingest_arrow`
+        schema), streamed ``batch_rows`` rows at a time; errors by row index in
+        the file. The schema is checked before anything is applied."""
+        from segmint import interop
+
+        return interop.import_parquet(self._core, path, batch_rows)
+
+    def export_parquet(self, audience: str, path: StrPath, *, compression: str = "zstd") -> int:
+        """Writes an audience's members to Parquet (``user_id`` string,
+        ``entered_at`` timestamp[ms, UTC]), sorted by user id; returns the row
+        count. Reads ``entered_at`` per member (one engine call each)."""
+        from segmint import interop
+
+        return interop.export_parquet(self._core, audience, path, compression=compression)
+
+    def export_profiles_parquet(
+        self,
+        path: StrPath,
+        user_ids: Iterable[str] | None = None,
+        *,
+        audience: str | None = None,
+        compression: str = "zstd",
+    ) -> int:
+        """Writes profiles to Parquet (``user_id``, ``traits`` as JSON text,
+        ``audiences`` as list<string>) for the given users or an audience's
+        members (exactly one); returns the row count. One engine call per
+        profile and column.
+
+        Raises:
+            UnknownUserError: a user id was never seen.
+        """
+        from segmint import interop
+
+        return interop.export_profiles_parquet(
+            self._core, path, user_ids, audience=audience, compression=compression
+        )
 
 
 __all__ = ["Batch", "Engine", "IdentifyEvent", "TrackEvent"]

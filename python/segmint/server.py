@@ -35,6 +35,7 @@ from segmint.errors import (
     UnknownComputedTraitError,
     UnknownUserError,
 )
+from segmint.inspect import ExplainNode
 from segmint.proto import segmint_pb2 as pb
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Segmint"].full_name
@@ -483,6 +484,58 @@ class SegmintService:
             traits=struct, audiences=self.engine.audiences_of(request.user_id)
         )
 
+    def preview(
+        self, request: pb.PreviewRequest, context: grpc.ServicerContext
+    ) -> pb.PreviewResponse:
+        """Who a rule would select (and, replacing an audience, who would
+        enter and exit) against live state, without saving anything."""
+        p = self.engine.preview(
+            request.rule, replacing=request.replacing or None, limit=request.sample or 100
+        )
+        return pb.PreviewResponse(
+            size=p.size,
+            sample=p.sample,
+            entering=p.entering,
+            exiting=p.exiting,
+            profiles=p.profiles,
+        )
+
+    def explain(
+        self, request: pb.ExplainRequest, context: grpc.ServicerContext
+    ) -> pb.ExplainResponse:
+        """The rule as a tree of values for the user now, and when time alone
+        changes the result."""
+        x = self.engine.explain(request.user_id, request.audience)
+
+        def node(n: ExplainNode) -> pb.ExplainNode:
+            out = pb.ExplainNode(
+                expr=n.expr,
+                value=n.value,
+                needs=n.needs or "",
+                children=[node(c) for c in n.children],
+            )
+            if n.holds is not None:
+                out.holds = n.holds
+            return out
+
+        resp = pb.ExplainResponse(
+            explanation=x.tree.render(), member=x.member, rule=x.rule, tree=node(x.tree)
+        )
+        if x.next_change is not None:
+            resp.next_change.FromDatetime(x.next_change)
+        if x.entered_at is not None:
+            resp.entered_at.FromDatetime(x.entered_at)
+        return resp
+
+    def overlap(
+        self, request: pb.OverlapRequest, context: grpc.ServicerContext
+    ) -> pb.OverlapResponse:
+        """Exact sizes of audiences and their intersections."""
+        o = self.engine.overlap(*request.audiences)
+        return pb.OverlapResponse(
+            size=o.all, sizes=o.sizes, pairwise=[n for row in o.pairwise for n in row]
+        )
+
     # ------------------------------------------------------------- changes
 
     def subscribe_changes(
@@ -610,9 +663,9 @@ class SegmintService:
             "DefineComputedTrait": later(
                 "DefineComputedTrait", pb.DefineComputedTraitRequest, pb.DefineComputedTraitResponse
             ),
-            "Preview": later("Preview", pb.PreviewRequest, pb.PreviewResponse),
-            "Explain": later("Explain", pb.ExplainRequest, pb.ExplainResponse),
-            "Overlap": later("Overlap", pb.OverlapRequest, pb.OverlapResponse),
+            "Preview": unary("Preview", self.preview, pb.PreviewRequest, pb.PreviewResponse),
+            "Explain": unary("Explain", self.explain, pb.ExplainRequest, pb.ExplainResponse),
+            "Overlap": unary("Overlap", self.overlap, pb.OverlapRequest, pb.OverlapResponse),
         }
         missing = set(pb.DESCRIPTOR.services_by_name["Segmint"].methods_by_name) - set(handlers)
         assert not missing, f"unhandled methods: {missing}"

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18segmint/v1/segmint.proto\x12\nsegmint.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc9\x01\n\x05Track\x12\r\n\x05\x65vent\x18\x01 \x01(\t\x12-\n\nproperties\x18\x02 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x19\n\x0fproperties_json\x18\x03 \x01(\x0cH\x00\x12*\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructH\x01\x12\x16\n\x0c\x63ontext_json\x18\x05 \x01(\x0cH\x01\x42\x12\n\x10properties_valueB\x0f\n\rcontext_value\"\\\n\x08Identify\x12)\n\x06traits\x18\x01 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x15\n\x0btraits_json\x18\x02 \x01(\x0cH\x00\x42\x0e\n\x0ctraits_value\"\x1c\n\x05\x41lias\x12\x13\n\x0bprevious_id\x18\x01 \x01(\t\"\xeb\x01\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61nonymous_id\x18\x02 \x01(\t\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmessage_id\x18\x04 \x01(\t\x12\"\n\x05track\x18\n \x01(\x0b\x32\x11.segmint.v1.TrackH\x00\x12(\n\x08identify\x18\x0b \x01(\x0b\x32\x14.segmint.v1.IdentifyH\x00\x12\"\n\x05\x61lias\x18\x0c \x01(\x0b\x32\x11.segmint.v1.AliasH\x00\x42\x06\n\x04\x62ody\"A\n\nEventBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12!\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x11.segmint.v1.Event\"$\n\x10\x45ventBatchHeader\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\":\n\nEventError\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x89\x01\n\tIngestAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\r\x12\x12\n\nduplicates\x18\x04 \x01(\r\x12\x0f\n\x07\x63hanges\x18\x05 \x01(\r\x12&\n\x06\x65rrors\x18\x06 \x03(\x0b\x32\x16.segmint.v1.EventError\"2\n\x15\x44\x65\x66ineAudienceRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\"@\n\x16\x44\x65\x66ineAudienceResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\x04\"$\n\x15RemoveAudienceRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"%\n\x16RemoveAudienceResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"\x16\n\x14ListAudiencesRequest\"3\n\x08\x41udience\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\"@\n\x15ListAudiencesResponse\x12\'\n\taudiences\x18\x01 \x03(\x0b\x32\x14.segmint.v1.Audience\"!\n\x12GetAudienceRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"=\n\x1a\x44\x65\x66ineComputedTraitRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x12\n\nexpression\x18\x02 \x01(\t\"*\n\x1b\x44\x65\x66ineComputedTraitResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\".\n\x0ePreviewRequest\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x0e\n\x06sample\x18\x02 \x01(\r\"/\n\x0fPreviewResponse\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x0e\n\x06sample\x18\x02 \x03(\t\"5\n\x0fIsMemberRequest\x12\x10\n\x08\x61udience\x18\x01 \x01(\t\x12\x10\n\x08user_ids\x18\x02 \x03(\t\"\"\n\x10IsMemberResponse\x12\x0e\n\x06member\x18\x01 \x03(\x08\"%\n\x12\x41udiencesOfRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"(\n\x13\x41udiencesOfResponse\x12\x11\n\taudiences\x18\x01 \x03(\t\"\x1f\n\x0bSizeRequest\x12\x10\n\x08\x61udience\x18\x01 \x01(\t\"\x1c\n\x0cSizeResponse\x12\x0c\n\x04size\x18\x01 \x01(\x04\"5\n\x0eMembersRequest\x12\x10\n\x08\x61udience\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\"-\n\x0bMembersPage\x12\x10\n\x08user_ids\x18\x01 \x03(\t\x12\x0c\n\x04last\x18\x02 \x01(\x08\"(\n\x14MembersBitmapRequest\x12\x10\n\x08\x61udience\x18\x01 \x01(\t\"9\n\x15MembersBitmapResponse\x12\x0e\n\x06\x62itmap\x18\x01 \x01(\x0c\x12\x10\n\x08user_ids\x18\x02 \x03(\t\"!\n\x0eProfileRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"M\n\x0fProfileResponse\x12\'\n\x06traits\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\taudiences\x18\x02 \x03(\t\"3\n\x0e\x45xplainRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x01(\t\"&\n\x0f\x45xplainResponse\x12\x13\n\x0b\x65xplanation\x18\x01 \x01(\t\"#\n\x0eOverlapRequest\x12\x11\n\taudiences\x18\x01 \x03(\t\"\x1f\n\x0fOverlapResponse\x12\x0c\n\x04size\x18\x01 \x01(\x04\">\n\x17SubscribeChangesRequest\x12\x10\n\x08\x66rom_seq\x18\x01 \x01(\x04\x12\x11\n\taudiences\x18\x02 \x03(\t\"\xce\x01\n\x06\x43hange\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x10\n\x08\x61udience\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12%\n\x04kind\x18\x04 \x01(\x0e\x32\x17.segmint.v1.Change.Kind\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x06 \x01(\t\"5\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x45NTERED\x10\x01\x12\n\n\x06\x45XITED\x10\x02\"?\n\x0b\x43hangeBatch\x12#\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x12.segmint.v1.Change\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x32\xb2\n\n\x07Segmint\x12;\n\x06Ingest\x12\x16.segmint.v1.EventBatch\x1a\x15.segmint.v1.IngestAck(\x01\x30\x01\x12\x31\n\x05Track\x12\x11.segmint.v1.Event\x1a\x15.segmint.v1.IngestAck\x12\x34\n\x08Identify\x12\x11.segmint.v1.Event\x1a\x15.segmint.v1.IngestAck\x12W\n\x0e\x44\x65\x66ineAudience\x12!.segmint.v1.DefineAudienceRequest\x1a\".segmint.v1.DefineAudienceResponse\x12W\n\x0eRemoveAudience\x12!.segmint.v1.RemoveAudienceRequest\x1a\".segmint.v1.RemoveAudienceResponse\x12T\n\rListAudiences\x12 .segmint.v1.ListAudiencesRequest\x1a!.segmint.v1.ListAudiencesResponse\x12\x43\n\x0bGetAudience\x12\x1e.segmint.v1.GetAudienceRequest\x1a\x14.segmint.v1.Audience\x12\x45\n\x08IsMember\x12\x1b.segmint.v1.IsMemberRequest\x1a\x1c.segmint.v1.IsMemberResponse\x12N\n\x0b\x41udiencesOf\x12\x1e.segmint.v1.AudiencesOfRequest\x1a\x1f.segmint.v1.AudiencesOfResponse\x12\x39\n\x04Size\x12\x17.segmint.v1.SizeRequest\x1a\x18.segmint.v1.SizeResponse\x12@\n\x07Members\x12\x1a.segmint.v1.MembersRequest\x1a\x17.segmint.v1.MembersPage0\x01\x12T\n\rMembersBitmap\x12 .segmint.v1.MembersBitmapRequest\x1a!.segmint.v1.MembersBitmapResponse\x12R\n\x10SubscribeChanges\x12#.segmint.v1.SubscribeChangesRequest\x1a\x17.segmint.v1.ChangeBatch0\x01\x12\x66\n\x13\x44\x65\x66ineComputedTrait\x12&.segmint.v1.DefineComputedTraitRequest\x1a\'.segmint.v1.DefineComputedTraitResponse\x12\x42\n\x07Preview\x12\x1a.segmint.v1.PreviewRequest\x1a\x1b.segmint.v1.PreviewResponse\x12\x42\n\x07\x45xplain\x12\x1a.segmint.v1.ExplainRequest\x1a\x1b.segmint.v1.ExplainResponse\x12\x42\n\x07Profile\x12\x1a.segmint.v1.ProfileRequest\x1a\x1b.segmint.v1.ProfileResponse\x12\x42\n\x07Overlap\x12\x1a.segmint.v1.OverlapRequest\x1a\x1b.segmint.v1.OverlapResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18segmint/v1/segmint.proto\x12\nsegmint.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc9\x01\n\x05Track\x12\r\n\x05\x65vent\x18\x01 \x01(\t\x12-\n\nproperties\x18\x02 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x19\n\x0fproperties_json\x18\x03 \x01(\x0cH\x00\x12*\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructH\x01\x12\x16\n\x0c\x63ontext_json\x18\x05 \x01(\x0cH\x01\x42\x12\n\x10properties_valueB\x0f\n\rcontext_value\"\\\n\x08Identify\x12)\n\x06traits\x18\x01 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x15\n\x0btraits_json\x18\x02 \x01(\x0cH\x00\x42\x0e\n\x0ctraits_value\"\x1c\n\x05\x41lias\x12\x13\n\x0bprevious_id\x18\x01 \x01(\t\"\xeb\x01\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61nonymous_id\x18\x02 \x01(\t\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmessage_id\x18\x04 \x01(\t\x12\"\n\x05track\x18\n \x01(\x0b\x32\x11.segmint.v1.TrackH\x00\x12(\n\x08identify\x18\x0b \x01(\x0b\x32\x14.segmint.v1.IdentifyH\x00\x12\"\n\x05\x61lias\x18\x0c \x01(\x0b\x32\x11.segmint.v1.AliasH\x00\x42\x06\n\x04\x62ody\"A\n\nEventBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12!\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x11.segmint.v1.Event\"$\n\x10\x45ventBatchHeader\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\":\n\nEventError\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x89\x01\n\tIngestAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\r\x12\x12\n\nduplicates\x18\x04 \x01(\r\x12\x0f\n\x07\x63hanges\x18\x05 \x01(\r\x12&\n\x06\x65rrors\x18\x06 \x03(\x0b\x32\x16.segmint.v1.EventError\"2\n\x15\x44\x65\x66ineAudienceRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\"@\n\x16\x44\x65\x66ineAudienceResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\x04\"$\n\x15RemoveAudienceRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"%\n\x16RemoveAudienceResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"\x16\n\x14ListAudiencesRequest\"3\n\x08\x41udience\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\"@\n\x15ListAudiencesResponse\x12\'\n\taudiences\x18\x01 \x03(\x0b\x32\x14.segmint.v1.Audience\"!\n\x12GetAudienceRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"=\n\x1a\x44\x65\x66ineComputedTraitRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x12\n\nexpression\x18\x02 \x01(\t\"*\n\x1b\x44\x65\x66ineComputedTraitResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\"A\n\x0ePreviewRequest\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x0e\n\x06sample\x18\x02 \x01(\r\x12\x11\n\treplacing\x18\x03 \x01(\t\"d\n\x0fPreviewResponse\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x0e\n\x06sample\x18\x02 \x03(\t\x12\x10\n\x08\x65ntering\x18\x03 \x03(\t\x12\x0f\n\x07\x65xiting\x18\x04 \x03(\t\x12\x10\n\x08profiles\x18\x05 \x01(\x04\"5\n\x0fIsMemberRequest\x12\x10\n\x08\x61udience\x18\x01 \x01(\t\x12\x10\n\x08user_ids\x18\x02 \x03(\t\"\"\n\x10IsMemberResponse\x12\x0e\n\x06member\x18\x01 \x03(\x08\"%\n\x12\x41udiencesOfRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"(\n\x13\x41udiencesOfResponse\x12\x11\n\taudiences\x18\x01 \x03(\t\"\x1f\n\x0bSizeRequest\x12\x10\n\x08\x61udience\x18\x01 \x01(\t\"\x1c\n\x0cSizeResponse\x12\x0c\n\x04size\x18\x01 \x01(\x04\"5\n\x0eMembersRequest\x12\x10\n\x08\x61udience\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\"-\n\x0bMembersPage\x12\x10\n\x08user_ids\x18\x01 \x03(\t\x12\x0c\n\x04last\x18\x02 \x01(\x08\"(\n\x14MembersBitmapRequest\x12\x10\n\x08\x61udience\x18\x01 \x01(\t\"9\n\x15MembersBitmapResponse\x12\x0e\n\x06\x62itmap\x18\x01 \x01(\x0c\x12\x10\n\x08user_ids\x18\x02 \x03(\t\"!\n\x0eProfileRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"M\n\x0fProfileResponse\x12\'\n\x06traits\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\taudiences\x18\x02 \x03(\t\"3\n\x0e\x45xplainRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x01(\t\"\x82\x01\n\x0b\x45xplainNode\x12\x0c\n\x04\x65xpr\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x12\n\x05holds\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\r\n\x05needs\x18\x04 \x01(\t\x12)\n\x08\x63hildren\x18\x05 \x03(\x0b\x32\x17.segmint.v1.ExplainNodeB\x08\n\x06_holds\"\xcc\x01\n\x0f\x45xplainResponse\x12\x13\n\x0b\x65xplanation\x18\x01 \x01(\t\x12\x0e\n\x06member\x18\x02 \x01(\x08\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12%\n\x04tree\x18\x04 \x01(\x0b\x32\x17.segmint.v1.ExplainNode\x12/\n\x0bnext_change\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nentered_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"#\n\x0eOverlapRequest\x12\x11\n\taudiences\x18\x01 \x03(\t\"@\n\x0fOverlapResponse\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\r\n\x05sizes\x18\x02 \x03(\x04\x12\x10\n\x08pairwise\x18\x03 \x03(\x04\">\n\x17SubscribeChangesRequest\x12\x10\n\x08\x66rom_seq\x18\x01 \x01(\x04\x12\x11\n\taudiences\x18\x02 \x03(\t\"\xce\x01\n\x06\x43hange\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x10\n\x08\x61udience\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12%\n\x04kind\x18\x04 \x01(\x0e\x32\x17.segmint.v1.Change.Kind\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x06 \x01(\t\"5\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x45NTERED\x10\x01\x12\n\n\x06\x45XITED\x10\x02\"?\n\x0b\x43hangeBatch\x12#\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x12.segmint.v1.Change\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x32\xb2\n\n\x07Segmint\x12;\n\x06Ingest\x12\x16.segmint.v1.EventBatch\x1a\x15.segmint.v1.IngestAck(\x01\x30\x01\x12\x31\n\x05Track\x12\x11.segmint.v1.Event\x1a\x15.segmint.v1.IngestAck\x12\x34\n\x08Identify\x12\x11.segmint.v1.Event\x1a\x15.segmint.v1.IngestAck\x12W\n\x0e\x44\x65\x66ineAudience\x12!.segmint.v1.DefineAudienceRequest\x1a\".segmint.v1.DefineAudienceResponse\x12W\n\x0eRemoveAudience\x12!.segmint.v1.RemoveAudienceRequest\x1a\".segmint.v1.RemoveAudienceResponse\x12T\n\rListAudiences\x12 .segmint.v1.ListAudiencesRequest\x1a!.segmint.v1.ListAudiencesResponse\x12\x43\n\x0bGetAudience\x12\x1e.segmint.v1.GetAudienceRequest\x1a\x14.segmint.v1.Audience\x12\x45\n\x08IsMember\x12\x1b.segmint.v1.IsMemberRequest\x1a\x1c.segmint.v1.IsMemberResponse\x12N\n\x0b\x41udiencesOf\x12\x1e.segmint.v1.AudiencesOfRequest\x1a\x1f.segmint.v1.AudiencesOfResponse\x12\x39\n\x04Size\x12\x17.segmint.v1.SizeRequest\x1a\x18.segmint.v1.SizeResponse\x12@\n\x07Members\x12\x1a.segmint.v1.MembersRequest\x1a\x17.segmint.v1.MembersPage0\x01\x12T\n\rMembersBitmap\x12 .segmint.v1.MembersBitmapRequest\x1a!.segmint.v1.MembersBitmapResponse\x12R\n\x10SubscribeChanges\x12#.segmint.v1.SubscribeChangesRequest\x1a\x17.segmint.v1.ChangeBatch0\x01\x12\x66\n\x13\x44\x65\x66ineComputedTrait\x12&.segmint.v1.DefineComputedTraitRequest\x1a\'.segmint.v1.DefineComputedTraitResponse\x12\x42\n\x07Preview\x12\x1a.segmint.v1.PreviewRequest\x1a\x1b.segmint.v1.PreviewResponse\x12\x42\n\x07\x45xplain\x12\x1a.segmint.v1.ExplainRequest\x1a\x1b.segmint.v1.ExplainResponse\x12\x42\n\x07Profile\x12\x1a.segmint.v1.ProfileRequest\x1a\x1b.segmint.v1.ProfileResponse\x12\x42\n\x07Overlap\x12\x1a.segmint.v1.OverlapRequest\x1a\x1b.segmint.v1.OverlapResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -70,49 +70,51 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEFINECOMPUTEDTRAITRESPONSE']._serialized_start=1410
   _globals['_DEFINECOMPUTEDTRAITRESPONSE']._serialized_end=1452
   _globals['_PREVIEWREQUEST']._serialized_start=1454
-  _globals['_PREVIEWREQUEST']._serialized_end=1500
-  _globals['_PREVIEWRESPONSE']._serialized_start=1502
-  _globals['_PREVIEWRESPONSE']._serialized_end=1549
-  _globals['_ISMEMBERREQUEST']._serialized_start=1551
-  _globals['_ISMEMBERREQUEST']._serialized_end=1604
-  _globals['_ISMEMBERRESPONSE']._serialized_start=1606
-  _globals['_ISMEMBERRESPONSE']._serialized_end=1640
-  _globals['_AUDIENCESOFREQUEST']._serialized_start=1642
-  _globals['_AUDIENCESOFREQUEST']._serialized_end=1679
-  _globals['_AUDIENCESOFRESPONSE']._serialized_start=1681
-  _globals['_AUDIENCESOFRESPONSE']._serialized_end=1721
-  _globals['_SIZEREQUEST']._serialized_start=1723
-  _globals['_SIZEREQUEST']._serialized_end=1754
-  _globals['_SIZERESPONSE']._serialized_start=1756
-  _globals['_SIZERESPONSE']._serialized_end=1784
-  _globals['_MEMBERSREQUEST']._serialized_start=1786
-  _globals['_MEMBERSREQUEST']._serialized_end=1839
-  _globals['_MEMBERSPAGE']._serialized_start=1841
-  _globals['_MEMBERSPAGE']._serialized_end=1886
-  _globals['_MEMBERSBITMAPREQUEST']._serialized_start=1888
-  _globals['_MEMBERSBITMAPREQUEST']._serialized_end=1928
-  _globals['_MEMBERSBITMAPRESPONSE']._serialized_start=1930
-  _globals['_MEMBERSBITMAPRESPONSE']._serialized_end=1987
-  _globals['_PROFILEREQUEST']._serialized_start=1989
-  _globals['_PROFILEREQUEST']._serialized_end=2022
-  _globals['_PROFILERESPONSE']._serialized_start=2024
-  _globals['_PROFILERESPONSE']._serialized_end=2101
-  _globals['_EXPLAINREQUEST']._serialized_start=2103
-  _globals['_EXPLAINREQUEST']._serialized_end=2154
-  _globals['_EXPLAINRESPONSE']._serialized_start=2156
-  _globals['_EXPLAINRESPONSE']._serialized_end=2194
-  _globals['_OVERLAPREQUEST']._serialized_start=2196
-  _globals['_OVERLAPREQUEST']._serialized_end=2231
-  _globals['_OVERLAPRESPONSE']._serialized_start=2233
-  _globals['_OVERLAPRESPONSE']._serialized_end=2264
-  _globals['_SUBSCRIBECHANGESREQUEST']._serialized_start=2266
-  _globals['_SUBSCRIBECHANGESREQUEST']._serialized_end=2328
-  _globals['_CHANGE']._serialized_start=2331
-  _globals['_CHANGE']._serialized_end=2537
-  _globals['_CHANGE_KIND']._serialized_start=2484
-  _globals['_CHANGE_KIND']._serialized_end=2537
-  _globals['_CHANGEBATCH']._serialized_start=2539
-  _globals['_CHANGEBATCH']._serialized_end=2602
-  _globals['_SEGMINT']._serialized_start=2605
-  _globals['_SEGMINT']._serialized_end=3935
+  _globals['_PREVIEWREQUEST']._serialized_end=1519
+  _globals['_PREVIEWRESPONSE']._serialized_start=1521
+  _globals['_PREVIEWRESPONSE']._serialized_end=1621
+  _globals['_ISMEMBERREQUEST']._serialized_start=1623
+  _globals['_ISMEMBERREQUEST']._serialized_end=1676
+  _globals['_ISMEMBERRESPONSE']._serialized_start=1678
+  _globals['_ISMEMBERRESPONSE']._serialized_end=1712
+  _globals['_AUDIENCESOFREQUEST']._serialized_start=1714
+  _globals['_AUDIENCESOFREQUEST']._serialized_end=1751
+  _globals['_AUDIENCESOFRESPONSE']._serialized_start=1753
+  _globals['_AUDIENCESOFRESPONSE']._serialized_end=1793
+  _globals['_SIZEREQUEST']._serialized_start=1795
+  _globals['_SIZEREQUEST']._serialized_end=1826
+  _globals['_SIZERESPONSE']._serialized_start=1828
+  _globals['_SIZERESPONSE']._serialized_end=1856
+  _globals['_MEMBERSREQUEST']._serialized_start=1858
+  _globals['_MEMBERSREQUEST']._serialized_end=1911
+  _globals['_MEMBERSPAGE']._serialized_start=1913
+  _globals['_MEMBERSPAGE']._serialized_end=1958
+  _globals['_MEMBERSBITMAPREQUEST']._serialized_start=1960
+  _globals['_MEMBERSBITMAPREQUEST']._serialized_end=2000
+  _globals['_MEMBERSBITMAPRESPONSE']._serialized_start=2002
+  _globals['_MEMBERSBITMAPRESPONSE']._serialized_end=2059
+  _globals['_PROFILEREQUEST']._serialized_start=2061
+  _globals['_PROFILEREQUEST']._serialized_end=2094
+  _globals['_PROFILERESPONSE']._serialized_start=2096
+  _globals['_PROFILERESPONSE']._serialized_end=2173
+  _globals['_EXPLAINREQUEST']._serialized_start=2175
+  _globals['_EXPLAINREQUEST']._serialized_end=2226
+  _globals['_EXPLAINNODE']._serialized_start=2229
+  _globals['_EXPLAINNODE']._serialized_end=2359
+  _globals['_EXPLAINRESPONSE']._serialized_start=2362
+  _globals['_EXPLAINRESPONSE']._serialized_end=2566
+  _globals['_OVERLAPREQUEST']._serialized_start=2568
+  _globals['_OVERLAPREQUEST']._serialized_end=2603
+  _globals['_OVERLAPRESPONSE']._serialized_start=2605
+  _globals['_OVERLAPRESPONSE']._serialized_end=2669
+  _globals['_SUBSCRIBECHANGESREQUEST']._serialized_start=2671
+  _globals['_SUBSCRIBECHANGESREQUEST']._serialized_end=2733
+  _globals['_CHANGE']._serialized_start=2736
+  _globals['_CHANGE']._serialized_end=2942
+  _globals['_CHANGE_KIND']._serialized_start=2889
+  _globals['_CHANGE_KIND']._serialized_end=2942
+  _globals['_CHANGEBATCH']._serialized_start=2944
+  _globals['_CHANGEBATCH']._serialized_end=3007
+  _globals['_SEGMINT']._serialized_start=3010
+  _globals['_SEGMINT']._serialized_end=4340
 # @@protoc_insertion_point(module_scope)

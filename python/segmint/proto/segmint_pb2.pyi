@@ -168,20 +168,28 @@ class DefineComputedTraitResponse(_message.Message):
     def __init__(self, key: _Optional[str] = ...) -> None: ...
 
 class PreviewRequest(_message.Message):
-    __slots__ = ("rule", "sample")
+    __slots__ = ("rule", "sample", "replacing")
     RULE_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    REPLACING_FIELD_NUMBER: _ClassVar[int]
     rule: str
     sample: int
-    def __init__(self, rule: _Optional[str] = ..., sample: _Optional[int] = ...) -> None: ...
+    replacing: str
+    def __init__(self, rule: _Optional[str] = ..., sample: _Optional[int] = ..., replacing: _Optional[str] = ...) -> None: ...
 
 class PreviewResponse(_message.Message):
-    __slots__ = ("size", "sample")
+    __slots__ = ("size", "sample", "entering", "exiting", "profiles")
     SIZE_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    ENTERING_FIELD_NUMBER: _ClassVar[int]
+    EXITING_FIELD_NUMBER: _ClassVar[int]
+    PROFILES_FIELD_NUMBER: _ClassVar[int]
     size: int
     sample: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, size: _Optional[int] = ..., sample: _Optional[_Iterable[str]] = ...) -> None: ...
+    entering: _containers.RepeatedScalarFieldContainer[str]
+    exiting: _containers.RepeatedScalarFieldContainer[str]
+    profiles: int
+    def __init__(self, size: _Optional[int] = ..., sample: _Optional[_Iterable[str]] = ..., entering: _Optional[_Iterable[str]] = ..., exiting: _Optional[_Iterable[str]] = ..., profiles: _Optional[int] = ...) -> None: ...
 
 class IsMemberRequest(_message.Message):
     __slots__ = ("audience", "user_ids")
@@ -273,11 +281,35 @@ class ExplainRequest(_message.Message):
     audience: str
     def __init__(self, user_id: _Optional[str] = ..., audience: _Optional[str] = ...) -> None: ...
 
+class ExplainNode(_message.Message):
+    __slots__ = ("expr", "value", "holds", "needs", "children")
+    EXPR_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    HOLDS_FIELD_NUMBER: _ClassVar[int]
+    NEEDS_FIELD_NUMBER: _ClassVar[int]
+    CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    expr: str
+    value: str
+    holds: bool
+    needs: str
+    children: _containers.RepeatedCompositeFieldContainer[ExplainNode]
+    def __init__(self, expr: _Optional[str] = ..., value: _Optional[str] = ..., holds: _Optional[bool] = ..., needs: _Optional[str] = ..., children: _Optional[_Iterable[_Union[ExplainNode, _Mapping]]] = ...) -> None: ...
+
 class ExplainResponse(_message.Message):
-    __slots__ = ("explanation",)
+    __slots__ = ("explanation", "member", "rule", "tree", "next_change", "entered_at")
     EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    TREE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    ENTERED_AT_FIELD_NUMBER: _ClassVar[int]
     explanation: str
-    def __init__(self, explanation: _Optional[str] = ...) -> None: ...
+    member: bool
+    rule: str
+    tree: ExplainNode
+    next_change: _timestamp_pb2.Timestamp
+    entered_at: _timestamp_pb2.Timestamp
+    def __init__(self, explanation: _Optional[str] = ..., member: _Optional[bool] = ..., rule: _Optional[str] = ..., tree: _Optional[_Union[ExplainNode, _Mapping]] = ..., next_change: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., entered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class OverlapRequest(_message.Message):
     __slots__ = ("audiences",)
@@ -286,10 +318,14 @@ class OverlapRequest(_message.Message):
     def __init__(self, audiences: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class OverlapResponse(_message.Message):
-    __slots__ = ("size",)
+    __slots__ = ("size", "sizes", "pairwise")
     SIZE_FIELD_NUMBER: _ClassVar[int]
+    SIZES_FIELD_NUMBER: _ClassVar[int]
+    PAIRWISE_FIELD_NUMBER: _ClassVar[int]
     size: int
-    def __init__(self, size: _Optional[int] = ...) -> None: ...
+    sizes: _containers.RepeatedScalarFieldContainer[int]
+    pairwise: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, size: _Optional[int] = ..., sizes: _Optional[_Iterable[int]] = ..., pairwise: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SubscribeChangesRequest(_message.Message):
     __slots__ = ("from_seq", "audiences")

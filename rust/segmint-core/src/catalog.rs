@@ -942,8 +942,9 @@ pub fn polarity(rule: &RuleExpr, atom: AtomId) -> Polarity {
     }
 }
 
-/// Calls `f` on every direct child expression.
-pub fn for_each_child(expr: &CExpr, mut f: impl FnMut(&CExpr)) {
+/// The direct child expressions.
+pub fn children(expr: &CExpr) -> smallvec::SmallVec<[&CExpr; 3]> {
+    let mut out = smallvec::SmallVec::new();
     match expr {
         CExpr::Lit(_)
         | CExpr::Trait(_)
@@ -953,18 +954,19 @@ pub fn for_each_child(expr: &CExpr, mut f: impl FnMut(&CExpr)) {
         | CExpr::SinceTrait(_)
         | CExpr::MemberFor(_)
         | CExpr::InAudience(_) => {}
-        CExpr::Exists(x) | CExpr::Not(x) | CExpr::Neg(x) | CExpr::In(x, _, _) => f(x),
-        CExpr::And(xs) | CExpr::Or(xs) => xs.iter().for_each(f),
+        CExpr::Exists(x) | CExpr::Not(x) | CExpr::Neg(x) | CExpr::In(x, _, _) => out.push(&**x),
+        CExpr::And(xs) | CExpr::Or(xs) => out.extend(xs.iter()),
         CExpr::Arith(_, a, b) | CExpr::Cmp(_, a, b) | CExpr::Str(_, a, b) => {
-            f(a);
-            f(b);
+            out.extend([&**a, &**b])
         }
-        CExpr::Between(a, b, c, _) => {
-            f(a);
-            f(b);
-            f(c);
-        }
+        CExpr::Between(a, b, c, _) => out.extend([&**a, &**b, &**c]),
     }
+    out
+}
+
+/// Calls `f` on every direct child expression.
+pub fn for_each_child(expr: &CExpr, f: impl FnMut(&CExpr)) {
+    children(expr).into_iter().for_each(f);
 }
 
 /// What an atom reads.

@@ -103,12 +103,12 @@ pub struct IngestReport {
 
 /// A real-time audience segmentation engine.
 pub struct Engine {
-    config: EngineConfig,
-    catalog: Arc<Catalog>,
-    interner: crate::profile::Interner,
-    shards: Vec<Shard>,
-    pool: rayon::ThreadPool,
-    now: Millis,
+    pub(crate) config: EngineConfig,
+    pub(crate) catalog: Arc<Catalog>,
+    pub(crate) interner: crate::profile::Interner,
+    pub(crate) shards: Vec<Shard>,
+    pub(crate) pool: rayon::ThreadPool,
+    pub(crate) now: Millis,
     log: Vec<LoggedChange>,
     log_first_seq: u64,
     last_seq: u64,
@@ -499,7 +499,7 @@ impl Engine {
             .unwrap_or_default())
     }
 
-    fn shard_of(&self, uid: u32) -> &Shard {
+    pub(crate) fn shard_of(&self, uid: u32) -> &Shard {
         &self.shards[uid as usize % self.shards.len()]
     }
 

@@ -24,6 +24,7 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod event;
+pub mod inspect;
 pub mod limits;
 pub mod profile;
 pub mod rules;

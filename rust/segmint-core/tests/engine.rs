@@ -195,3 +195,98 @@ fn message_ids_are_applied_once() {
     assert_eq!((r.accepted, r.duplicates), (2, 1));
     assert!(!e.is_member("u", "twice").unwrap());
 }
+
+#[test]
+fn explain_shows_values_needs_and_next_change() {
+    let mut e = engine(2);
+    e.define_audience(
+        "active",
+        r#"count("Product Viewed", 1h) >= 3 and trait.plan == "pro""#,
+    )
+    .unwrap();
+    e.ingest_json(br#"[{"type":"identify","userId":"u","traits":{"plan":"pro"}}]"#)
+        .unwrap();
+    let t0 = e.now();
+    for i in 0..3 {
+        track(
+            &mut e,
+            "u",
+            "Product Viewed",
+            "{}",
+            t0 - 50 * 60_000 + i * 60_000,
+        );
+    }
+    let x = e.explain("u", "active").unwrap();
+    assert!(x.member);
+    let count = &x.tree.children[0];
+    assert_eq!(count.holds, Some(true));
+    assert_eq!(count.needs.as_deref(), Some(">= 3"));
+    assert_eq!(count.children[0].expr, r#"count("Product Viewed", 1h)"#);
+    assert_eq!(count.children[0].value, "3");
+    // The first view lapses 10 minutes from now: the count drops to 2.
+    assert_eq!(x.next_change, Some(t0 + 10 * 60_000));
+    assert!(matches!(
+        e.explain("nobody", "active"),
+        Err(segmint_core::SegmintError::UnknownUser { .. })
+    ));
+}
+
+#[test]
+fn preview_matches_an_actual_replace() {
+    let mut e = engine(3);
+    e.define_audience("big", r#"sum("Order Completed", revenue) > 100"#)
+        .unwrap();
+    let t0 = e.now();
+    for (i, revenue) in [50, 150, 250, 90].iter().enumerate() {
+        track(
+            &mut e,
+            &format!("u{i}"),
+            "Order Completed",
+            &format!(r#"{{"revenue": {revenue}}}"#),
+            t0,
+        );
+    }
+    let last = e.last_seq();
+    let p = e
+        .preview(r#"sum("Order Completed", revenue) > 80"#, Some("big"), 10)
+        .unwrap();
+    assert_eq!((p.size, p.profiles), (3, 4));
+    assert_eq!(p.entering, vec!["u3"]);
+    assert!(p.exiting.is_empty());
+    assert_eq!(e.last_seq(), last, "preview emits nothing");
+    assert_eq!(
+        e.rule("big").unwrap(),
+        r#"sum("Order Completed", revenue) > 100"#
+    );
+    e.define_audience("big", r#"sum("Order Completed", revenue) > 80"#)
+        .unwrap();
+    let entered: Vec<String> = e
+        .changes(last, 10)
+        .unwrap()
+        .iter()
+        .map(|c| c.user_id.to_string())
+        .collect();
+    assert_eq!(entered, p.entering);
+}
+
+#[test]
+fn overlap_and_profile() {
+    let mut e = engine(2);
+    e.define_audience("a", r#"did("X")"#).unwrap();
+    e.define_audience("b", r#"did("Y")"#).unwrap();
+    let t0 = e.now();
+    track(&mut e, "u1", "X", "{}", t0);
+    track(&mut e, "u1", "Y", "{}", t0);
+    track(&mut e, "u2", "X", "{}", t0);
+    let o = e.overlap(&["a", "b"]).unwrap();
+    assert_eq!(
+        (o.sizes.clone(), o.pairwise[0][1], o.all),
+        (vec![2, 1], 1, 1)
+    );
+    let p = e.profile("u1").unwrap();
+    assert_eq!(
+        p.audiences,
+        vec![("a".to_string(), t0), ("b".to_string(), t0)]
+    );
+    assert!(e.overlap(&["a", "nope"]).is_err());
+}

@@ -164,6 +164,11 @@ fn json_object(
     }
 }
 
+fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // Serialising plain structs of strings and numbers cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
 /// The engine, shared with its ticker thread.
 #[pyclass(frozen, module = "segmint._core")]
 struct Engine {
@@ -434,6 +439,51 @@ impl Engine {
                 })
                 .collect())
         })
+    }
+
+    /// `explain(user, audience)` as JSON bytes (see segmint_core::inspect::Explanation).
+    fn explain_json<'py>(
+        &self,
+        py: Python<'py>,
+        user_id: String,
+        key: String,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let bytes = self.with(py, move |e| Ok(to_json(&e.explain(&user_id, &key)?)))?;
+        Ok(PyBytes::new(py, &bytes))
+    }
+
+    /// `preview(rule, replacing, limit)` as JSON bytes.
+    #[pyo3(signature = (rule, replacing=None, limit=100))]
+    fn preview_json<'py>(
+        &self,
+        py: Python<'py>,
+        rule: String,
+        replacing: Option<String>,
+        limit: usize,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let bytes = self.with(py, move |e| {
+            Ok(to_json(&e.preview(&rule, replacing.as_deref(), limit)?))
+        })?;
+        Ok(PyBytes::new(py, &bytes))
+    }
+
+    /// `overlap(keys)` as JSON bytes.
+    fn overlap_json<'py>(
+        &self,
+        py: Python<'py>,
+        keys: Vec<String>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let bytes = self.with(py, move |e| {
+            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+            Ok(to_json(&e.overlap(&refs)?))
+        })?;
+        Ok(PyBytes::new(py, &bytes))
+    }
+
+    /// `profile(user)` as JSON bytes.
+    fn profile_json<'py>(&self, py: Python<'py>, user_id: String) -> PyResult<Bound<'py, PyBytes>> {
+        let bytes = self.with(py, move |e| Ok(to_json(&e.profile(&user_id)?)))?;
+        Ok(PyBytes::new(py, &bytes))
     }
 
     /// Manual clock: moves time to `to_ms`; returns the number of changes.

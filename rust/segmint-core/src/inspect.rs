@@ -1,0 +1,563 @@
+//! Questions about the engine's state that marketers ask and batch
+//! systems cannot answer: why is this user in (or out of) this audience,
+//! who would a new rule select, how do audiences overlap, what do we know
+//! about a user.
+
+use std::fmt::Write;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::catalog::{AudId, CExpr, Catalog, CmpOp, RuleExpr, StrOp, WindowDef};
+use crate::engine::Engine;
+use crate::error::{Result, SegmintError};
+use crate::eval::{eval_bool, eval_rule, eval_value, UserEnv};
+use crate::profile::UserData;
+use crate::state::render;
+use crate::time::{format_duration, Millis};
+use crate::value::Value;
+
+/// One node of an explanation: the expression, its value for the user now,
+/// and what a comparison needs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExplainNode {
+    /// The expression as rule text.
+    pub expr: String,
+    /// Its value now, rendered (`2`, `"skincare"`, `3h`, `null`, `true`).
+    pub value: String,
+    /// For conditions: whether it holds.
+    pub holds: Option<bool>,
+    /// For comparisons of a value with a constant: what it needs (`>= 3`).
+    pub needs: Option<String>,
+    /// Sub-expressions.
+    pub children: Vec<ExplainNode>,
+}
+
+/// Why a user is (or is not) in an audience.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Explanation {
+    /// The audience key.
+    pub audience: String,
+    /// The user id.
+    pub user_id: String,
+    /// The rule text.
+    pub rule: String,
+    /// Whether the user is a member now.
+    pub member: bool,
+    /// When the user entered, if a member.
+    pub entered_at: Option<Millis>,
+    /// The instant the engine's clock stands at.
+    pub now: Millis,
+    /// The rule as a tree of values.
+    pub tree: ExplainNode,
+    /// The next instant at which time alone changes the result (assuming no
+    /// new events and unchanged memberships of referenced audiences), if any
+    /// within a year.
+    pub next_change: Option<Millis>,
+}
+
+/// What a rule would select, against live state, without saving anything.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Preview {
+    /// How many profiles match.
+    pub size: u64,
+    /// Up to `sample` matching user ids (smallest dense ids first).
+    pub sample: Vec<String>,
+    /// When replacing an audience: who would enter.
+    pub entering: Vec<String>,
+    /// When replacing an audience: who would exit.
+    pub exiting: Vec<String>,
+    /// Profiles evaluated.
+    pub profiles: u64,
+}
+
+/// Sizes of audiences and of their intersections, exact, from the bitmaps.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Overlap {
+    /// The audience keys, in the order asked.
+    pub audiences: Vec<String>,
+    /// Size of each.
+    pub sizes: Vec<u64>,
+    /// `pairwise[i][j]`: size of the intersection of audiences i and j.
+    pub pairwise: Vec<Vec<u64>>,
+    /// Size of the intersection of all of them.
+    pub all: u64,
+}
+
+/// What the engine knows about one user.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Profile {
+    /// The user id.
+    pub user_id: String,
+    /// Traits by dotted key, sorted.
+    pub traits: Vec<(String, serde_json::Value)>,
+    /// Audiences the user is in, with the instant of entry, sorted by key.
+    pub audiences: Vec<(String, Millis)>,
+}
+
+/// Renders a compiled expression back as rule text.
+pub fn render_expr(cat: &Catalog, e: &CExpr) -> String {
+    let mut out = String::new();
+    write_expr(cat, e, &mut out);
+    out
+}
+
+fn write_literal(v: &Value, out: &mut String) {
+    match v {
+        Value::Dur(d) => out.push_str(&format_duration(*d)),
+        other => out.push_str(&render(other)),
+    }
+}
+
+fn write_selector(cat: &Catalog, state: u32, out: &mut String) {
+    let def = &cat.states[state as usize];
+    let _ = write!(out, "{:?}", def.event.as_ref());
+    if let Some(filter) = &def.filter {
+        out.push_str(" where ");
+        write_expr(cat, filter, out);
+    }
+}
+
+fn write_expr(cat: &Catalog, e: &CExpr, out: &mut String) {
+    let aud_key = |a: &u32| cat.key_of(*a).to_owned();
+    match e {
+        CExpr::Lit(v) => write_literal(v, out),
+        CExpr::Trait(k) => {
+            let _ = write!(out, "trait.{k}");
+        }
+        CExpr::Property(p) => out.push_str(p),
+        CExpr::View(v) => {
+            let view = cat.views[*v as usize];
+            let _ = write!(out, "{}(", view.func.name());
+            write_selector(cat, view.state, out);
+            if let Some(p) = &cat.states[view.state as usize].property {
+                let _ = write!(out, ", {p}");
+            }
+            match view.window {
+                WindowDef::All => {}
+                WindowDef::Last(w) => {
+                    let _ = write!(out, ", {}", format_duration(w));
+                }
+                WindowDef::Since(anchor) => {
+                    out.push_str(", since ");
+                    write_selector(cat, anchor, out);
+                }
+            }
+            out.push(')');
+        }
+        CExpr::SinceEvent(s) => {
+            out.push_str("since(");
+            write_selector(cat, *s, out);
+            out.push(')');
+        }
+        CExpr::SinceTrait(k) => {
+            let _ = write!(out, "since(trait.{k})");
+        }
+        CExpr::MemberFor(a) => {
+            let _ = write!(out, "member_for({:?})", aud_key(a));
+        }
+        CExpr::InAudience(a) => {
+            let _ = write!(out, "in_audience({:?})", aud_key(a));
+        }
+        CExpr::Exists(x) => {
+            out.push_str("exists(");
+            write_expr(cat, x, out);
+            out.push(')');
+        }
+        CExpr::Not(x) => {
+            out.push_str("not ");
+            write_grouped(cat, x, out);
+        }
+        CExpr::And(xs) | CExpr::Or(xs) => {
+            let sep = if matches!(e, CExpr::And(_)) {
+                " and "
+            } else {
+                " or "
+            };
+            for (i, x) in xs.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(sep);
+                }
+                write_grouped(cat, x, out);
+            }
+        }
+        CExpr::Neg(x) => {
+            out.push('-');
+            write_grouped(cat, x, out);
+        }
+        CExpr::Arith(op, a, b) => {
+            write_grouped(cat, a, out);
+            let sym = match op {
+                crate::catalog::ArithOp::Add => " + ",
+                crate::catalog::ArithOp::Sub => " - ",
+                crate::catalog::ArithOp::Mul => " * ",
+                crate::catalog::ArithOp::Div => " / ",
+            };
+            out.push_str(sym);
+            write_grouped(cat, b, out);
+        }
+        CExpr::Cmp(op, a, b) => {
+            write_expr(cat, a, out);
+            let _ = write!(out, " {} ", op.symbol());
+            write_expr(cat, b, out);
+        }
+        CExpr::In(x, list, negated) => {
+            write_expr(cat, x, out);
+            out.push_str(if *negated { " not in [" } else { " in [" });
+            for (i, v) in list.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_literal(v, out);
+            }
+            out.push(']');
+        }
+        CExpr::Between(x, lo, hi, negated) => {
+            write_expr(cat, x, out);
+            out.push_str(if *negated {
+                " not between "
+            } else {
+                " between "
+            });
+            write_expr(cat, lo, out);
+            out.push_str(" and ");
+            write_expr(cat, hi, out);
+        }
+        CExpr::Str(op, a, b) => {
+            write_expr(cat, a, out);
+            out.push_str(match op {
+                StrOp::Contains => " contains ",
+                StrOp::StartsWith => " starts_with ",
+                StrOp::EndsWith => " ends_with ",
+            });
+            write_expr(cat, b, out);
+        }
+    }
+}
+
+fn write_grouped(cat: &Catalog, e: &CExpr, out: &mut String) {
+    let compound = matches!(
+        e,
+        CExpr::And(_)
+            | CExpr::Or(_)
+            | CExpr::Cmp(..)
+            | CExpr::Between(..)
+            | CExpr::In(..)
+            | CExpr::Arith(..)
+    );
+    if compound {
+        out.push('(');
+    }
+    write_expr(cat, e, out);
+    if compound {
+        out.push(')');
+    }
+}
+
+fn render_value(v: &Option<Value>) -> String {
+    match v {
+        None => "null".into(),
+        Some(Value::Dur(d)) => format_duration(*d),
+        Some(v) => render(v),
+    }
+}
+
+fn is_condition(e: &CExpr) -> bool {
+    matches!(
+        e,
+        CExpr::Not(_)
+            | CExpr::And(_)
+            | CExpr::Or(_)
+            | CExpr::Cmp(..)
+            | CExpr::In(..)
+            | CExpr::Between(..)
+            | CExpr::Str(..)
+            | CExpr::Exists(_)
+            | CExpr::InAudience(_)
+    )
+}
+
+fn explain_node(cat: &Catalog, e: &CExpr, env: &UserEnv<'_>) -> ExplainNode {
+    let children = crate::catalog::children(e);
+    let needs = match e {
+        CExpr::Cmp(op, a, b) => match (&**a, &**b) {
+            (_, CExpr::Lit(v)) if !matches!(&**a, CExpr::Lit(_)) => {
+                Some(format!("{} {}", op.symbol(), lit(v)))
+            }
+            (CExpr::Lit(v), _) => Some(format!("{} {}", flip(*op).symbol(), lit(v))),
+            _ => None,
+        },
+        CExpr::Between(_, lo, hi, negated) => match (&**lo, &**hi) {
+            (CExpr::Lit(l), CExpr::Lit(h)) => Some(format!(
+                "{}between {} and {}",
+                if *negated { "not " } else { "" },
+                lit(l),
+                lit(h)
+            )),
+            _ => None,
+        },
+        _ => None,
+    };
+    let (value, holds) = if is_condition(e) {
+        let b = eval_bool(e, env);
+        (b.to_string(), Some(b))
+    } else {
+        (render_value(&eval_value(e, env)), None)
+    };
+    let children = children
+        .into_iter()
+        .filter(|c| !matches!(c, CExpr::Lit(_)))
+        .map(|c| explain_node(cat, c, env))
+        .collect();
+    ExplainNode {
+        expr: render_expr(cat, e),
+        value,
+        holds,
+        needs,
+        children,
+    }
+}
+
+fn lit(v: &Value) -> String {
+    let mut s = String::new();
+    write_literal(v, &mut s);
+    s
+}
+
+fn flip(op: CmpOp) -> CmpOp {
+    op.flipped()
+}
+
+/// One shard's part of a preview (dense ids).
+struct ShardPreview {
+    size: u64,
+    profiles: u64,
+    sample: Vec<u32>,
+    entering: Vec<u32>,
+    exiting: Vec<u32>,
+}
+
+fn rule_holds(cat: &Catalog, rule: &RuleExpr, env: &UserEnv<'_>) -> bool {
+    eval_rule(rule, &mut |a| eval_bool(&cat.atoms[a as usize].expr, env))
+}
+
+impl Engine {
+    fn user_data(&self, user_id: &str) -> Result<(u32, &UserData)> {
+        let unknown = || SegmintError::UnknownUser {
+            user_id: user_id.to_owned(),
+        };
+        let uid = self.interner.get(user_id).ok_or_else(unknown)?;
+        let user = self.shard_of(uid).user(uid).ok_or_else(unknown)?;
+        Ok((uid, user))
+    }
+
+    /// Explains a membership: the rule as a tree of values for this user now,
+    /// and when time alone would change the result.
+    pub fn explain(&self, user_id: &str, audience: &str) -> Result<Explanation> {
+        let cat = &*self.catalog;
+        let slot = cat.audience(audience)?;
+        let def =
+            cat.audiences[slot as usize]
+                .as_ref()
+                .ok_or_else(|| SegmintError::UnknownAudience {
+                    key: audience.to_owned(),
+                })?;
+        let (_, user) = self.user_data(user_id)?;
+        let g = self.config.granularity;
+        let env = UserEnv {
+            cat,
+            user,
+            now: self.now,
+            granularity: g,
+        };
+        let tree = explain_node(cat, &def.expr, &env);
+        let holds = rule_holds(cat, &def.rule, &env);
+        // Step through the instants at which an atom may flip until the rule does.
+        let horizon = self.now + 366 * 86_400_000;
+        let mut at = self.now;
+        let mut next_change = None;
+        for _ in 0..10_000 {
+            let env = UserEnv {
+                cat,
+                user,
+                now: at,
+                granularity: g,
+            };
+            let Some(t) = def
+                .atoms
+                .iter()
+                .filter_map(|&a| env.next_change(&cat.atoms[a as usize].expr))
+                .min()
+            else {
+                break;
+            };
+            if t > horizon {
+                break;
+            }
+            at = t;
+            if rule_holds(
+                cat,
+                &def.rule,
+                &UserEnv {
+                    cat,
+                    user,
+                    now: at,
+                    granularity: g,
+                },
+            ) != holds
+            {
+                next_change = Some(at);
+                break;
+            }
+        }
+        Ok(Explanation {
+            audience: audience.to_owned(),
+            user_id: user_id.to_owned(),
+            rule: def.source.to_string(),
+            member: user.is_member(slot),
+            entered_at: user.entered(slot),
+            now: self.now,
+            tree,
+            next_change,
+        })
+    }
+
+    /// Evaluates `rule` over every profile against live state, without
+    /// saving or emitting anything. With `replacing`, also lists who would
+    /// enter and exit that audience. Sample and lists hold at most `limit`
+    /// ids each.
+    pub fn preview(&self, rule: &str, replacing: Option<&str>, limit: usize) -> Result<Preview> {
+        let ast = crate::rules::compile_rule(rule)?;
+        let mut cat = (*self.catalog).clone();
+        let old: Option<AudId> = replacing.map(|k| cat.audience(k)).transpose()?;
+        let key = replacing.unwrap_or("\u{0}preview");
+        let slot = cat.define(key, rule, ast)?;
+        let cat = &cat;
+        let g = self.config.granularity;
+        let now = self.now;
+        let per_shard: Vec<ShardPreview> = self.pool.install(|| {
+            self.shards
+                .par_iter()
+                .map(|shard| {
+                    let (mut size, mut profiles) = (0u64, 0u64);
+                    let (mut sample, mut entering, mut exiting) =
+                        (Vec::new(), Vec::new(), Vec::new());
+                    for (local, user) in shard.users.iter().enumerate() {
+                        let uid = local as u32 * shard.count + shard.index;
+                        profiles += 1;
+                        let def = cat.audiences[slot as usize].as_ref().expect("just defined");
+                        let env = UserEnv {
+                            cat,
+                            user,
+                            now,
+                            granularity: g,
+                        };
+                        let would = rule_holds(cat, &def.rule, &env);
+                        if would {
+                            size += 1;
+                            if sample.len() < limit {
+                                sample.push(uid);
+                            }
+                        }
+                        if let Some(old) = old {
+                            let is = user.is_member(old);
+                            if would && !is && entering.len() < limit {
+                                entering.push(uid);
+                            } else if !would && is && exiting.len() < limit {
+                                exiting.push(uid);
+                            }
+                        }
+                    }
+                    ShardPreview {
+                        size,
+                        profiles,
+                        sample,
+                        entering,
+                        exiting,
+                    }
+                })
+                .collect()
+        });
+        let name = |ids: Vec<u32>| -> Vec<String> {
+            let mut ids = ids;
+            ids.sort_unstable();
+            ids.truncate(limit);
+            ids.into_iter()
+                .map(|u| self.interner.name(u).to_owned())
+                .collect()
+        };
+        let mut out = Preview {
+            size: 0,
+            sample: vec![],
+            entering: vec![],
+            exiting: vec![],
+            profiles: 0,
+        };
+        let (mut sample, mut entering, mut exiting) = (vec![], vec![], vec![]);
+        for part in per_shard {
+            out.size += part.size;
+            out.profiles += part.profiles;
+            sample.extend(part.sample);
+            entering.extend(part.entering);
+            exiting.extend(part.exiting);
+        }
+        out.sample = name(sample);
+        out.entering = name(entering);
+        out.exiting = name(exiting);
+        Ok(out)
+    }
+
+    /// Exact sizes of audiences and of their intersections.
+    pub fn overlap(&self, audiences: &[&str]) -> Result<Overlap> {
+        if audiences.is_empty() {
+            return Err(SegmintError::InvalidArgument {
+                message: "overlap needs at least one audience".into(),
+            });
+        }
+        let bitmaps = audiences
+            .iter()
+            .map(|k| self.bitmap(k))
+            .collect::<Result<Vec<_>>>()?;
+        let sizes = bitmaps.iter().map(|b| b.len()).collect();
+        let pairwise = bitmaps
+            .iter()
+            .map(|a| bitmaps.iter().map(|b| a.intersection_len(b)).collect())
+            .collect();
+        let mut all = bitmaps[0].clone();
+        for b in &bitmaps[1..] {
+            all &= b;
+        }
+        Ok(Overlap {
+            audiences: audiences.iter().map(|s| s.to_string()).collect(),
+            sizes,
+            pairwise,
+            all: all.len(),
+        })
+    }
+
+    /// Traits and audiences (with entry instants) of a user.
+    pub fn profile(&self, user_id: &str) -> Result<Profile> {
+        let (_, user) = self.user_data(user_id)?;
+        let mut audiences: Vec<(String, Millis)> = user
+            .memberships
+            .iter()
+            .filter_map(|&(a, at)| {
+                self.catalog
+                    .audiences
+                    .get(a as usize)?
+                    .as_ref()
+                    .map(|d| (d.key.to_string(), at))
+            })
+            .collect();
+        audiences.sort();
+        Ok(Profile {
+            user_id: user_id.to_owned(),
+            traits: user
+                .traits
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_json()))
+                .collect(),
+            audiences,
+        })
+    }
+}
