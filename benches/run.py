@@ -516,6 +516,15 @@ def figures(res: Results, size: Size) -> list[Figure]:
             return f"not measured: segmint-bench {res.rust_errors[key]}"
         return "not measured (Rust figures off at this size)" if not size.rust else "not measured"
 
+    def _fanout(x: dict[str, Any]) -> str:
+        if "rule_evaluations_per_event" not in x:
+            return "fan-out not recorded"
+        return (
+            f"per event: {x['changes_per_event']:.1f} membership changes, "
+            f"{x['rule_evaluations_per_event']:.0f} rule and "
+            f"{x['atom_evaluations_per_event']:.0f} predicate evaluations"
+        )
+
     if "std1k_1" in r:
         v = r["std1k_1"]["events_per_s"]
         out.append(
@@ -525,7 +534,8 @@ def figures(res: Results, size: Size) -> list[Figure]:
                 _si(v, "events/s"),
                 _status(v, 5e6, 1e6),
                 f"{r['std1k_1']['events']:,} events, {r['std1k_1']['users']:,} users; "
-                f"{_si(r['std1k_1']['events_per_s_with_time'], 'events/s')} with clock advances",
+                f"{_si(r['std1k_1']['events_per_s_with_time'], 'events/s')} with clock advances; "
+                + _fanout(r["std1k_1"]),
             )
         )
     else:
@@ -546,7 +556,8 @@ def figures(res: Results, size: Size) -> list[Figure]:
                 "≥ 2 M events/s",
                 _si(v, "events/s"),
                 _status(v, 2e6),
-                f"all {a10k} audiences hot (fan-out grows with the audience count)",
+                f"all {a10k} audiences hot (fan-out grows with the audience count); "
+                + _fanout(r["std10k_1"]),
             )
         )
     else:

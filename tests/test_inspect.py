@@ -146,3 +146,16 @@ def test_bad_inspect_calls() -> None:
         eng.overlap("vip", "nope")
     with pytest.raises(segmint.UnknownUserError):
         eng.profile("nobody")
+
+
+def test_static_audience_in_rules() -> None:
+    eng, _ = _pair()
+    assert eng.define_static_audience("uploaded", ["ada", "zed"]) == 2
+    assert eng.rule("uploaded") == "<static list>"
+    eng.define_audience("uploaded_fans", 'in_audience("uploaded") and trait.country == "US"')
+    assert eng.members("uploaded_fans") == ["ada"]
+    assert eng.define_static_audience("uploaded", ["bob"]) == 1
+    assert eng.members("uploaded_fans") == []
+    assert eng.members("uploaded") == ["bob"]
+    with pytest.raises(segmint.InvalidArgumentError):
+        eng.define_static_audience("uploaded", [""])

@@ -152,6 +152,13 @@ class Engine:
         """Defines many audiences with one backfill pass; all or nothing."""
         self._core.define_audiences(list(items))
 
+    def define_static_audience(self, key: str, user_ids: Iterable[str]) -> int:
+        """Defines (or replaces) a static audience from an uploaded list of user ids
+        (like Customer.io's manual segments). Unseen ids become profiles; rules use
+        it through ``in_audience`` / ``member_for``; events never change it. Entries,
+        exits and what depends on them get reason ``definition``. Returns its size."""
+        return self._core.define_static_audience(key, list(user_ids))
+
     def remove_audience(self, key: str) -> None:
         """Removes an audience; its members exit with reason ``delete``."""
         self._core.remove_audience(key)

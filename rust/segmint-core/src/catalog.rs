@@ -184,6 +184,9 @@ pub struct StateDef {
     pub archive_freq: bool,
 }
 
+/// The rule text shown for a static audience.
+pub const STATIC_SOURCE: &str = "<static list>";
+
 /// Index of an atom: a deduplicated predicate shared by every rule that
 /// contains it (`count("Order Completed", 30d) >= 3`, `trait.plan == "pro"`).
 pub type AtomId = u32;
@@ -264,6 +267,8 @@ pub struct AudienceDef {
     pub references: Vec<AudId>,
     /// Trait keys it reads.
     pub traits: Vec<Arc<str>>,
+    /// A static audience: members are uploaded, never computed.
+    pub is_static: bool,
 }
 
 /// Everything compiled, shared read-only by the shards during a batch.
@@ -392,6 +397,7 @@ impl Catalog {
             atoms,
             references,
             traits,
+            is_static: false,
         };
         let slot = match existing {
             Some(slot) => {
@@ -406,6 +412,39 @@ impl Catalog {
             }
         };
         Ok(slot)
+    }
+
+    /// Adds or replaces a static audience (a manually uploaded list): its
+    /// membership is set by [`crate::Engine::define_static_audience`] and
+    /// never evaluated. Rules may reference it.
+    pub fn define_static(&mut self, key: &str) -> AudId {
+        let literal = ast::Expr {
+            kind: ast::ExprKind::Literal(ast::Literal::Bool(false)),
+            span: ast::Span::default(),
+        };
+        let def = AudienceDef {
+            key: Arc::from(key),
+            source: Arc::from(STATIC_SOURCE),
+            ast: literal,
+            expr: CExpr::Lit(Value::Bool(false)),
+            rule: RuleExpr::Const(false),
+            atoms: Vec::new(),
+            references: Vec::new(),
+            traits: Vec::new(),
+            is_static: true,
+        };
+        let slot = match self.by_key.get(key) {
+            Some(&slot) => slot,
+            None => {
+                let slot = self.audiences.len() as AudId;
+                self.audiences.push(None);
+                self.by_key.insert(Arc::from(key), slot);
+                slot
+            }
+        };
+        self.audiences[slot as usize] = Some(def);
+        self.rebuild_indexes();
+        slot
     }
 
     /// Removes an audience; an error if another rule references it.

@@ -471,6 +471,51 @@ impl Engine {
         Ok(())
     }
 
+    /// Defines (or replaces) a static audience from a list of user ids (a
+    /// manually uploaded segment). Unseen ids become profiles. Rules can use
+    /// it with `in_audience` / `member_for`. Returns its size.
+    pub fn define_static_audience(&mut self, key: &str, user_ids: &[&str]) -> Result<u64> {
+        self.check_key(key)?;
+        for u in user_ids {
+            if u.is_empty() {
+                return Err(SegmintError::InvalidArgument {
+                    message: "a user id in the list is empty".into(),
+                });
+            }
+            self.config.limits.check_key("user id", u)?;
+        }
+        self.sync_clock();
+        let mut catalog = (*self.catalog).clone();
+        let slot = catalog.define_static(key);
+        if self.slot_keys.len() <= slot as usize {
+            self.slot_keys.resize(slot as usize + 1, Arc::from(""));
+        }
+        self.slot_keys[slot as usize] = Arc::from(key);
+        self.catalog = Arc::new(catalog);
+        let n = self.shards.len();
+        let mut wanted = vec![RoaringBitmap::new(); n];
+        for u in user_ids {
+            let uid = self.interner.intern(u);
+            wanted[uid as usize % n].insert(uid);
+        }
+        let now = self.now;
+        let g = self.config.granularity;
+        let changes = self.on_shards(|i, shard, cat, out| {
+            shard.set_static_members(
+                Step {
+                    cat,
+                    now,
+                    granularity: g,
+                },
+                slot,
+                &wanted[i],
+                out,
+            );
+        });
+        self.commit(changes);
+        self.size(key)
+    }
+
     /// Removes an audience; its members exit with reason `delete`.
     pub fn remove_audience(&mut self, key: &str) -> Result<()> {
         let mut catalog = (*self.catalog).clone();

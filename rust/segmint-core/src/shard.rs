@@ -6,6 +6,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::sync::Arc;
 
+use roaring::RoaringBitmap;
 use smallvec::SmallVec;
 
 use crate::catalog::{AtomId, AudId, Catalog, StateId, WindowDef};
@@ -259,7 +260,9 @@ impl Shard {
     /// membership changed (the caller then re-evaluates the dependents).
     fn evaluate(&mut self, step: Step<'_>, local: usize, uid: u32, aud: AudId) -> Option<bool> {
         let cat = step.cat;
-        let def = cat.audiences[aud as usize].as_ref()?;
+        let def = cat.audiences[aud as usize]
+            .as_ref()
+            .filter(|d| !d.is_static)?;
         self.counters.rule_evaluations += 1;
         let now_member = {
             let env = self.env(step, local);
@@ -675,6 +678,61 @@ impl Shard {
                 (uid as i64, 0),
                 out,
             );
+        }
+    }
+
+    /// Sets the members of a static audience to `wanted` (dense ids of this
+    /// shard), creating unseen profiles; entries, exits and what depends on
+    /// them get reason `definition`.
+    pub fn set_static_members(
+        &mut self,
+        step: Step<'_>,
+        aud: AudId,
+        wanted: &RoaringBitmap,
+        out: &mut Vec<ShardChange>,
+    ) {
+        self.members.ensure(step.cat.audiences.len());
+        let current = self.members.bitmaps[aud as usize].clone();
+        let mut touched: Vec<u32> = (&current ^ wanted).iter().collect();
+        touched.sort_unstable();
+        for uid in touched {
+            let (local, new) = self.ensure_user(uid);
+            let mark = out.len();
+            if new {
+                self.materialize(step, local);
+            }
+            let member = wanted.contains(uid);
+            let mut counter = 0;
+            if !new || member {
+                self.set_member(local, uid, aud, member, step.now);
+                out.push(ShardChange {
+                    order: (uid as i64, 0, 0),
+                    aud,
+                    uid,
+                    entered: member,
+                    at: step.now,
+                    reason: Reason::Definition,
+                });
+                counter = 1;
+            }
+            let pending: BTreeSet<(u32, AudId)> = step.cat.dependents[aud as usize]
+                .iter()
+                .map(|&d| (step.cat.rank[d as usize], d))
+                .collect();
+            self.process(
+                step,
+                uid,
+                pending,
+                Reason::Definition,
+                (uid as i64, counter),
+                out,
+            );
+            if new {
+                self.log_new_profile(step, local, uid, uid as usize, mark, out);
+                for c in &mut out[mark..] {
+                    c.reason = Reason::Definition;
+                }
+            }
         }
     }
 

@@ -290,3 +290,42 @@ fn overlap_and_profile() {
     );
     assert!(e.overlap(&["a", "nope"]).is_err());
 }
+
+#[test]
+fn static_audiences_are_uploaded_lists_usable_in_rules() {
+    let mut e = engine(2);
+    let t0 = e.now();
+    e.define_audience("x_seen", r#"did("X")"#).unwrap();
+    track(&mut e, "u1", "X", "{}", t0);
+    track(&mut e, "u2", "X", "{}", t0);
+    assert_eq!(
+        e.define_static_audience("vip_list", &["u1", "new_guy"])
+            .unwrap(),
+        2
+    );
+    e.define_audience("vip_buyers", r#"in_audience("vip_list") and did("X")"#)
+        .unwrap();
+    assert_eq!(e.members("vip_buyers").unwrap(), vec!["u1"]);
+    // Replace the list: u1 leaves, u2 joins; the dependent rule follows.
+    let seq = e.last_seq();
+    assert_eq!(e.define_static_audience("vip_list", &["u2"]).unwrap(), 1);
+    assert_eq!(e.members("vip_buyers").unwrap(), vec!["u2"]);
+    let changes: Vec<(String, String, bool, Reason)> = e
+        .changes(seq, 10)
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c.audience.to_string(),
+                c.user_id.to_string(),
+                c.entered,
+                c.reason,
+            )
+        })
+        .collect();
+    assert!(changes.contains(&("vip_buyers".into(), "u1".into(), false, Reason::Definition)));
+    assert!(changes.contains(&("vip_buyers".into(), "u2".into(), true, Reason::Definition)));
+    // Events never change a static audience.
+    track(&mut e, "new_guy", "X", "{}", t0);
+    assert_eq!(e.members("vip_list").unwrap(), vec!["u2"]);
+}

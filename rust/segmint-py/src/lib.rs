@@ -349,6 +349,19 @@ impl Engine {
         })
     }
 
+    /// Defines (or replaces) a static audience from a list of user ids.
+    fn define_static_audience(
+        &self,
+        py: Python<'_>,
+        key: String,
+        user_ids: Vec<String>,
+    ) -> PyResult<u64> {
+        self.with(py, move |e| {
+            let refs: Vec<&str> = user_ids.iter().map(String::as_str).collect();
+            e.define_static_audience(&key, &refs)
+        })
+    }
+
     fn remove_audience(&self, py: Python<'_>, key: String) -> PyResult<()> {
         self.with(py, move |e| e.remove_audience(&key))
     }
