@@ -361,6 +361,8 @@ class GrpcRun:
     batch_rows: int = 0
     rejected: int = 0
     latency_s: list[float] = field(default_factory=list)
+    is_member_calls: int = 0
+    is_member_s: float = 0.0
     error: str | None = None
 
     @property
@@ -447,6 +449,7 @@ def grpc_bench(
                 progress()
             out.ingest_s = time.perf_counter() - t
             out.latency_s = _subscriber_latency(ch, pb, last_seq, probes)
+            out.is_member_calls, out.is_member_s = _is_member_rate(ch, pb, events, audiences)
         except grpc.RpcError as e:
             out.error = f"{e.code()}: {e.details()}"
         finally:
@@ -459,6 +462,24 @@ def grpc_bench(
                 proc.wait()
             log.close()
     return out
+
+
+def _is_member_rate(
+    ch: Any, pb: Any, events: pa.Table, audiences: Sequence[AudienceSpec], seconds: float = 2.0
+) -> tuple[int, float]:
+    """Unary IsMember calls (one user each) for about ``seconds``, one client thread."""
+    is_member = ch.unary_unary(
+        "/segmint.v1.Segmint/IsMember",
+        request_serializer=pb.IsMemberRequest.SerializeToString,
+        response_deserializer=pb.IsMemberResponse.FromString,
+    )
+    users = events.column("user_id").slice(0, 1000).to_pylist()
+    key = audiences[0].key if audiences else "bench_probe"
+    calls, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        is_member(pb.IsMemberRequest(audience=key, user_ids=[users[calls % len(users)]]))
+        calls += 1
+    return calls, time.perf_counter() - t
 
 
 def _subscriber_latency(ch: Any, pb: Any, from_seq: int, probes: int) -> list[float]:

@@ -423,6 +423,7 @@ def plan(size: Size, res: Results, out: Path, threads_all: int) -> list[Step]:
             "p50_us": peers.percentile(g.latency_s, 0.5) * 1e6,
             "p99_us": peers.percentile(g.latency_s, 0.99) * 1e6,
             "probes": len(g.latency_s),
+            "is_member_per_s": g.is_member_calls / g.is_member_s if g.is_member_s else 0.0,
             "error": g.error,
         }
         res.latencies_us["grpc_subscriber"] = [x * 1e6 for x in g.latency_s]
@@ -644,6 +645,15 @@ def figures(res: Results, size: Size) -> list[Figure]:
                 _status(g["events_per_s"], 1e6),
                 f"{g['events']:,} events in batches of {g['batch_rows']:,}, "
                 f"{g['audiences']} audiences, pre-encoded EventBatch bytes",
+            )
+        )
+        out.append(
+            Figure(
+                "IsMember calls over gRPC (issue 4)",
+                "(no goal)",
+                _si(g.get("is_member_per_s", 0.0), "calls/s"),
+                "measured",
+                "unary, one user per call, one Python client thread, 2 s",
             )
         )
     else:

@@ -1,0 +1,115 @@
+//! Property tests for windows, count thresholds and timers: the engine's
+//! memberships and the exact instants of its time-based changes equal a
+//! brute-force evaluation at every second.
+
+use proptest::prelude::*;
+use segmint_core::time::format_timestamp;
+use segmint_core::{Clock, Engine, EngineConfig, Reason};
+
+const S: i64 = 1_000;
+const T0: i64 = 1_000_000 * S;
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Track "E" at now + offset seconds (offset may be negative: late).
+    Track(i64),
+    /// Move the clock forward by this many seconds.
+    Advance(i64),
+}
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    proptest::collection::vec(
+        prop_oneof![3 => (-30i64..5).prop_map(Op::Track), 2 => (1i64..40).prop_map(Op::Advance)],
+        1..25,
+    )
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Rule {
+    CountAtLeast { window: i64, k: u32 },
+    CountBelow { window: i64, k: u32 },
+    SinceBetween { lo: i64, hi: i64 },
+}
+
+impl Rule {
+    fn text(self) -> String {
+        match self {
+            Rule::CountAtLeast { window, k } => format!(r#"count("E", {window}s) >= {k}"#),
+            Rule::CountBelow { window, k } => format!(r#"did("E") and count("E", {window}s) < {k}"#),
+            Rule::SinceBetween { lo, hi } => format!(r#"since("E") between {lo}s and {hi}s"#),
+        }
+    }
+
+    /// Brute force over the raw event instants.
+    fn holds(self, events: &[i64], now: i64) -> bool {
+        let visible = events.iter().filter(|&&t| t <= now);
+        match self {
+            Rule::CountAtLeast { window, k } => visible.filter(|&&t| t > now - window * S).count() >= k as usize,
+            Rule::CountBelow { window, k } => {
+                let any = events.iter().any(|&t| t <= now);
+                any && events.iter().filter(|&&t| t <= now && t > now - window * S).count() < k as usize
+            }
+            Rule::SinceBetween { lo, hi } => {
+                visible.max().is_some_and(|&t| (lo * S..=hi * S).contains(&(now - t)))
+            }
+        }
+    }
+}
+
+fn rules() -> impl Strategy<Value = Rule> {
+    prop_oneof![
+        (1i64..30, 1u32..4).prop_map(|(window, k)| Rule::CountAtLeast { window, k }),
+        (1i64..30, 1u32..4).prop_map(|(window, k)| Rule::CountBelow { window, k }),
+        (0i64..20, 0i64..20).prop_map(|(a, b)| Rule::SinceBetween { lo: a.min(b), hi: a.max(b) }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn time_based_changes_happen_at_the_exact_instant(rule in rules(), ops in ops(), shards in 1usize..3) {
+        let config = EngineConfig { clock: Clock::Manual(T0), shards, threads: 1, ..Default::default() };
+        let mut engine = Engine::new(config).unwrap();
+        engine.define_audience("a", &rule.text()).unwrap();
+        let mut events: Vec<i64> = Vec::new();
+        let mut expected: Vec<(i64, bool)> = Vec::new();
+        let mut member = false;
+        for op in ops {
+            let now = engine.now();
+            match op {
+                Op::Track(offset) => {
+                    let t = now + offset * S;
+                    let json = format!(r#"[{{"userId":"u","event":"E","timestamp":"{}"}}]"#, format_timestamp(t));
+                    let report = engine.ingest_json(json.as_bytes()).unwrap();
+                    if report.errors.is_empty() {
+                        events.push(t);
+                    }
+                    // An event changes membership at `now`, where the brute force looks too.
+                    let holds = rule.holds(&events, now);
+                    if holds != member {
+                        expected.push((now, holds));
+                        member = holds;
+                    }
+                }
+                Op::Advance(secs) => {
+                    for step in 1..=secs {
+                        let at = now + step * S;
+                        let holds = rule.holds(&events, at);
+                        if holds != member {
+                            expected.push((at, holds));
+                            member = holds;
+                        }
+                    }
+                    engine.advance(now + secs * S).unwrap();
+                }
+            }
+            prop_assert_eq!(engine.is_member("u", "a").unwrap(), member, "after {:?} at {}", op, engine.now());
+        }
+        let got: Vec<(i64, bool)> = engine.changes(0, 1000).unwrap().iter().map(|c| (c.at, c.entered)).collect();
+        prop_assert_eq!(&got, &expected);
+        for c in engine.changes(0, 1000).unwrap() {
+            prop_assert!(matches!(c.reason, Reason::Event | Reason::Time));
+        }
+    }
+}
