@@ -35,7 +35,9 @@ impl Rule {
     fn text(self) -> String {
         match self {
             Rule::CountAtLeast { window, k } => format!(r#"count("E", {window}s) >= {k}"#),
-            Rule::CountBelow { window, k } => format!(r#"did("E") and count("E", {window}s) < {k}"#),
+            Rule::CountBelow { window, k } => {
+                format!(r#"did("E") and count("E", {window}s) < {k}"#)
+            }
             Rule::SinceBetween { lo, hi } => format!(r#"since("E") between {lo}s and {hi}s"#),
         }
     }
@@ -44,14 +46,20 @@ impl Rule {
     fn holds(self, events: &[i64], now: i64) -> bool {
         let visible = events.iter().filter(|&&t| t <= now);
         match self {
-            Rule::CountAtLeast { window, k } => visible.filter(|&&t| t > now - window * S).count() >= k as usize,
+            Rule::CountAtLeast { window, k } => {
+                visible.filter(|&&t| t > now - window * S).count() >= k as usize
+            }
             Rule::CountBelow { window, k } => {
                 let any = events.iter().any(|&t| t <= now);
-                any && events.iter().filter(|&&t| t <= now && t > now - window * S).count() < k as usize
+                any && events
+                    .iter()
+                    .filter(|&&t| t <= now && t > now - window * S)
+                    .count()
+                    < k as usize
             }
-            Rule::SinceBetween { lo, hi } => {
-                visible.max().is_some_and(|&t| (lo * S..=hi * S).contains(&(now - t)))
-            }
+            Rule::SinceBetween { lo, hi } => visible
+                .max()
+                .is_some_and(|&t| (lo * S..=hi * S).contains(&(now - t))),
         }
     }
 }
@@ -60,7 +68,10 @@ fn rules() -> impl Strategy<Value = Rule> {
     prop_oneof![
         (1i64..30, 1u32..4).prop_map(|(window, k)| Rule::CountAtLeast { window, k }),
         (1i64..30, 1u32..4).prop_map(|(window, k)| Rule::CountBelow { window, k }),
-        (0i64..20, 0i64..20).prop_map(|(a, b)| Rule::SinceBetween { lo: a.min(b), hi: a.max(b) }),
+        (0i64..20, 0i64..20).prop_map(|(a, b)| Rule::SinceBetween {
+            lo: a.min(b),
+            hi: a.max(b)
+        }),
     ]
 }
 
