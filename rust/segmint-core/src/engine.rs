@@ -109,7 +109,8 @@ pub struct Engine {
     pub(crate) shards: Vec<Shard>,
     pub(crate) pool: rayon::ThreadPool,
     pub(crate) now: Millis,
-    log: Vec<LoggedChange>,
+    /// In-memory change log; a deque so that trimming the oldest is O(trimmed).
+    log: std::collections::VecDeque<LoggedChange>,
     log_first_seq: u64,
     last_seq: u64,
     slot_keys: Vec<Arc<str>>,
@@ -161,7 +162,7 @@ impl Engine {
             interner: Default::default(),
             pool,
             now,
-            log: Vec::new(),
+            log: std::collections::VecDeque::new(),
             log_first_seq: 1,
             last_seq: 0,
             slot_keys: Vec::new(),
@@ -281,7 +282,7 @@ impl Engine {
     fn commit(&mut self, changes: Vec<ShardChange>) {
         for c in changes {
             self.last_seq += 1;
-            self.log.push(LoggedChange {
+            self.log.push_back(LoggedChange {
                 aud: c.aud,
                 uid: c.uid,
                 entered: c.entered,
@@ -648,15 +649,14 @@ impl Engine {
                 ),
             });
         }
-        let start = (since_seq + 1 - self.log_first_seq) as usize;
+        let start = ((since_seq + 1 - self.log_first_seq) as usize).min(self.log.len());
         Ok(self
             .log
-            .iter()
+            .range(start..)
             .enumerate()
-            .skip(start)
             .take(limit)
             .map(|(i, c)| Change {
-                seq: self.log_first_seq + i as u64,
+                seq: self.log_first_seq + (start + i) as u64,
                 audience: self.slot_keys[c.aud as usize].clone(),
                 user_id: Arc::from(self.interner.name(c.uid)),
                 entered: c.entered,

@@ -329,3 +329,25 @@ fn static_audiences_are_uploaded_lists_usable_in_rules() {
     track(&mut e, "new_guy", "X", "{}", t0);
     assert_eq!(e.members("vip_list").unwrap(), vec!["u2"]);
 }
+
+#[test]
+fn change_log_trims_the_oldest_and_keeps_numbering() {
+    let config = EngineConfig {
+        clock: Clock::Manual(1_000 * D),
+        shards: 1,
+        change_log_capacity: 3,
+        ..Default::default()
+    };
+    let mut e = Engine::new(config).unwrap();
+    e.define_audience("seen", r#"did("X")"#).unwrap();
+    let t0 = e.now();
+    for i in 0..5 {
+        track(&mut e, &format!("u{i}"), "X", "{}", t0);
+    }
+    assert_eq!(e.last_seq(), 5);
+    let kept: Vec<u64> = e.changes(2, 10).unwrap().iter().map(|c| c.seq).collect();
+    assert_eq!(kept, vec![3, 4, 5]);
+    assert_eq!(e.changes(3, 1).unwrap()[0].user_id.as_ref(), "u3");
+    assert!(e.changes(0, 10).is_err(), "seqs 1 and 2 were dropped");
+    assert!(e.changes(5, 10).unwrap().is_empty());
+}
