@@ -139,6 +139,24 @@ pub enum CExpr {
     Str(StrOp, Box<CExpr>, Box<CExpr>),
 }
 
+impl CExpr {
+    /// Whether this is a boolean operator (its value is a condition computed
+    /// from its operands, not read from the user's state).
+    pub fn is_boolean_operator(&self) -> bool {
+        matches!(
+            self,
+            CExpr::Not(_)
+                | CExpr::And(_)
+                | CExpr::Or(_)
+                | CExpr::Cmp(..)
+                | CExpr::In(..)
+                | CExpr::Between(..)
+                | CExpr::Str(..)
+                | CExpr::Exists(_)
+        )
+    }
+}
+
 /// The time range of a view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WindowDef {

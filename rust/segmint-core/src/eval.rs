@@ -161,14 +161,7 @@ pub fn eval_value<E: Env>(e: &CExpr, env: &E) -> Option<Value> {
             };
             Some(Value::Num(r))
         }
-        CExpr::Not(_)
-        | CExpr::And(_)
-        | CExpr::Or(_)
-        | CExpr::Cmp(..)
-        | CExpr::In(..)
-        | CExpr::Between(..)
-        | CExpr::Str(..)
-        | CExpr::Exists(_) => Some(Value::Bool(eval_bool(e, env))),
+        op if op.is_boolean_operator() => Some(Value::Bool(eval_bool(e, env))),
         leaf => env.leaf(leaf),
     }
 }

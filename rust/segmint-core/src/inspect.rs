@@ -263,18 +263,7 @@ fn render_value(v: &Option<Value>) -> String {
 }
 
 fn is_condition(e: &CExpr) -> bool {
-    matches!(
-        e,
-        CExpr::Not(_)
-            | CExpr::And(_)
-            | CExpr::Or(_)
-            | CExpr::Cmp(..)
-            | CExpr::In(..)
-            | CExpr::Between(..)
-            | CExpr::Str(..)
-            | CExpr::Exists(_)
-            | CExpr::InAudience(_)
-    )
+    e.is_boolean_operator() || matches!(e, CExpr::InAudience(_))
 }
 
 fn explain_node(cat: &Catalog, e: &CExpr, env: &UserEnv<'_>) -> ExplainNode {
