@@ -622,3 +622,62 @@ def chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
     """``(start, stop)`` slices of ``range(n)``."""
     for s in range(0, n, size):
         yield s, min(s + size, n)
+
+
+# --------------------------------------------------------------------------- issue 3
+
+
+def inspect_figures(
+    engine: Any,
+    events: pa.Table,
+    audiences: Sequence[AudienceSpec],
+    start_ms: int,
+    chunk_rows: int,
+    ingest_rows: int = 200_000,
+    explain_samples: int = 1_000,
+) -> dict[str, Any]:
+    """Issue 3's figures on an engine that holds the whole workload: explain and
+    preview latency, batched lookups; and Arrow ingest against JSON bytes on the
+    same slice of events into fresh engines with the same audiences."""
+    import numpy as np
+    from segmint import Engine
+
+    from benches.workload import iter_segment_json
+
+    keys = [a.key for a in audiences]
+    ids = sample_user_ids(events, 100_000)
+    out: dict[str, Any] = {"profiles": engine.user_count, "lookup_ids": len(ids)}
+    arr = np.array(ids, dtype=object)
+    t = time.perf_counter()
+    engine.is_member_array(arr, keys[0])
+    out["lookups_per_s"] = len(ids) / (time.perf_counter() - t)
+    t = time.perf_counter()
+    engine.preview(audiences[0].text + " or trait.ltv > 900", replacing=keys[0], limit=10)
+    out["preview_s"] = time.perf_counter() - t
+    lat = []
+    for i in range(explain_samples):
+        user, key = ids[(i * 7919) % len(ids)], keys[(i * 104729) % len(keys)]
+        t = time.perf_counter()
+        engine.explain(user, key)
+        lat.append(time.perf_counter() - t)
+    out["explain_samples"] = len(lat)
+    out["explain_p50_us"] = percentile(lat, 0.5) * 1e6
+    out["explain_p99_us"] = percentile(lat, 0.99) * 1e6
+    part = events.slice(0, min(ingest_rows, events.num_rows))
+    out["ingest_rows"] = part.num_rows
+    end = int(max(part.column("timestamp").to_pylist() or [start_ms]))
+    rates = {}
+    for how in ("json", "arrow"):
+        eng = Engine(clock="manual", now=_dt(end))
+        eng.define_audiences((a.key, a.text) for a in audiences)
+        chunks = list(iter_segment_json(part, chunk_rows)) if how == "json" else None
+        t = time.perf_counter()
+        if chunks is not None:
+            for chunk in chunks:
+                eng.ingest(chunk)
+        else:
+            eng.ingest_arrow(part, chunk_rows=chunk_rows)
+        rates[how] = part.num_rows / (time.perf_counter() - t)
+    out["json_events_per_s"] = rates["json"]
+    out["arrow_events_per_s"] = rates["arrow"]
+    return out

@@ -150,6 +150,7 @@ class Results:
     reference: dict[str, Any] = field(default_factory=dict)
     reference_diffs: list[dict[str, Any]] = field(default_factory=list)
     grpc: dict[str, Any] = field(default_factory=dict)
+    inspect: dict[str, Any] = field(default_factory=dict)
     time_exit: dict[str, Any] = field(default_factory=dict)
     scale_audiences: list[dict[str, Any]] = field(default_factory=list)
     scale_users: list[dict[str, Any]] = field(default_factory=list)
@@ -370,6 +371,12 @@ def plan(size: Size, res: Results, out: Path, threads_all: int) -> list[Step]:
         }
         res.duckdb_diffs = [asdict(x) for x in diffs]
 
+    def inspect_figures() -> None:
+        eng = state["seg"].engine
+        res.inspect = peers.inspect_figures(
+            eng, state["events"], state["auds"], base.start_ms, size.chunk_rows
+        )
+
     def py_latency() -> None:
         ids = peers.sample_user_ids(state["events"], 5_000)
         lat = peers.python_event_latency(state["seg"].engine, ids, size.py_latency_samples)
@@ -439,6 +446,7 @@ def plan(size: Size, res: Results, out: Path, threads_all: int) -> list[Step]:
         ("generate the peer workload", workload),
         ("segmint Python API ingest", python_api),
         ("DuckDB peer + membership check", duck),
+        ("explain, preview, lookups, Arrow ingest (issue 3)", inspect_figures),
         ("in-process single-event latency", py_latency),
         ("pure-Python reference peer (subsample)", reference),
         ("gRPC sidecar ingest + subscriber latency", grpc),
@@ -674,6 +682,39 @@ def figures(res: Results, size: Size) -> list[Figure]:
                 f"{size.chunk_rows:,}, default threads",
             )
         )
+    if res.inspect:
+        i = res.inspect
+        out += [
+            Figure(
+                "Arrow ingest vs JSON bytes (issue 3)",
+                "as fast as the fastest batch path",
+                f"{_si(i['arrow_events_per_s'], 'events/s')} vs "
+                f"{_si(i['json_events_per_s'], 'events/s')}",
+                "measured",
+                f"same {i['ingest_rows']:,} events into a fresh engine with the same audiences",
+            ),
+            Figure(
+                "batched is_member lookups (issue 3)",
+                "(no goal)",
+                _si(i["lookups_per_s"], "lookups/s"),
+                "measured",
+                f"is_member_array over {i['lookup_ids']:,} ids, numpy bool result",
+            ),
+            Figure(
+                "preview latency (issue 3)",
+                "(no goal)",
+                f"{i['preview_s'] * 1e3:,.0f} ms",
+                "measured",
+                f"a new rule over all {i['profiles']:,} profiles, replacing an audience",
+            ),
+            Figure(
+                "explain latency (issue 3)",
+                "(no goal)",
+                f"p50 {_us(i['explain_p50_us'])}, p99 {_us(i['explain_p99_us'])}",
+                "measured",
+                f"{i['explain_samples']:,} (user, audience) pairs",
+            ),
+        ]
     if "std1k_1" in r:
         v = r["std1k_1"]["heap_bytes_per_user"]
         out.append(
