@@ -173,11 +173,6 @@ impl Shard {
         self.users.get(self.local(uid))
     }
 
-    /// The dense ids of this shard's users.
-    pub fn uids(&self) -> impl Iterator<Item = u32> + '_ {
-        (0..self.users.len() as u32).map(move |l| l * self.count + self.index)
-    }
-
     /// Number of pending timers.
     pub fn pending_timers(&self) -> usize {
         self.live_timers
