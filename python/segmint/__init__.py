@@ -12,6 +12,7 @@
 from segmint.engine import Batch, Engine
 from segmint.errors import (
     AudienceCycleError,
+    CorruptDataError,
     InUseError,
     InvalidArgumentError,
     InvalidEventError,
@@ -20,17 +21,27 @@ from segmint.errors import (
     RuleSyntaxError,
     RuleTypeError,
     SegmintError,
+    StorageError,
     UnknownAudienceError,
     UnknownComputedTraitError,
     UnknownUserError,
 )
-from segmint.events import BatchError, Change, IdentifyEvent, IngestResult, TrackEvent
+from segmint.events import (
+    BatchError,
+    Change,
+    IdentifyEvent,
+    IngestResult,
+    Recovery,
+    SnapshotInfo,
+    TrackEvent,
+)
 from segmint.inspect import ExplainNode, Explanation, Overlap, Preview, Profile
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AudienceCycleError",
+    "CorruptDataError",
     "Batch",
     "BatchError",
     "Change",
@@ -46,10 +57,13 @@ __all__ = [
     "Overlap",
     "Preview",
     "Profile",
+    "Recovery",
     "RuleError",
     "RuleSyntaxError",
     "RuleTypeError",
     "SegmintError",
+    "SnapshotInfo",
+    "StorageError",
     "TrackEvent",
     "UnknownAudienceError",
     "UnknownComputedTraitError",

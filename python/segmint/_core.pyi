@@ -4,6 +4,7 @@ from typing import final
 
 __all__ = [
     "AudienceCycleError",
+    "CorruptDataError",
     "Engine",
     "InUseError",
     "InvalidArgumentError",
@@ -13,6 +14,7 @@ __all__ = [
     "RuleSyntaxError",
     "RuleTypeError",
     "SegmintError",
+    "StorageError",
     "UnknownAudienceError",
     "UnknownComputedTraitError",
     "UnknownUserError",
@@ -64,6 +66,15 @@ class LimitExceededError(SegmintError):
 class InvalidArgumentError(SegmintError):
     """An argument is invalid."""
 
+class StorageError(SegmintError):
+    """The data directory cannot be used (I/O, lock, settings)."""
+
+class CorruptDataError(StorageError):
+    """A log or snapshot file fails its checksum; names the file and offset."""
+
+    path: str
+    offset: int
+
 @final
 class Engine:
     """The engine, shared with its ticker thread."""
@@ -78,7 +89,19 @@ class Engine:
         shards: int = 0,
         threads: int = 0,
         tick_ms: int = 1000,
+        dedup_window_ms: int = 86_400_000,
+        data_dir: str | None = None,
+        fsync: str = "always",
+        fsync_interval_ms: int = 100,
+        snapshot_log_bytes: int = 268_435_456,
     ) -> Engine: ...
+    @property
+    def recovery(self) -> tuple[int, int, int, int, float, float]: ...
+    @property
+    def durable(self) -> bool: ...
+    def snapshot(self) -> tuple[int, int, float]: ...
+    def sync(self) -> None: ...
+    def close(self) -> None: ...
     @property
     def now_ms(self) -> int: ...
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -12,7 +13,15 @@ import msgspec
 
 from segmint import _core
 from segmint._time import Instant, duration_ms, from_ms, to_ms
-from segmint.events import BatchError, Change, IdentifyEvent, IngestResult, TrackEvent
+from segmint.events import (
+    BatchError,
+    Change,
+    IdentifyEvent,
+    IngestResult,
+    Recovery,
+    SnapshotInfo,
+    TrackEvent,
+)
 from segmint.inspect import Explanation, Overlap, Preview, Profile, explanation, profile
 
 if typing.TYPE_CHECKING:
@@ -70,6 +79,20 @@ class Engine:
         shards: number of user partitions (default: one per core).
         threads: worker threads for batches (default: one per core).
         tick: period of the wall-clock ticker.
+        dedup_window: how long a ``messageId`` is remembered, so that a retried
+            event is applied once (kept across restarts with ``data_dir``).
+        data_dir: a directory to persist to (write-ahead log and snapshots).
+            On start the engine recovers from it; without it the engine lives
+            in memory only. See docs/operations.md, "Durability".
+        fsync: when the log reaches stable storage: ``"always"`` (before a call
+            returns; concurrent batches share an fsync), ``"interval"`` (every
+            ``fsync_interval``) or ``"never"`` (left to the OS).
+        fsync_interval: the period of ``fsync="interval"``.
+        snapshot_log_bytes: take a snapshot once the current log file is this
+            large (0: only on :meth:`snapshot` and :meth:`close`).
+
+    A durable engine is a context manager: ``with Engine(data_dir=...) as e``
+    closes it (final snapshot) on exit.
     """
 
     def __init__(
@@ -82,6 +105,11 @@ class Engine:
         shards: int | None = None,
         threads: int | None = None,
         tick: str | timedelta = "1s",
+        dedup_window: str | timedelta = "24h",
+        data_dir: StrPath | None = None,
+        fsync: Literal["always", "interval", "never"] = "always",
+        fsync_interval: str | timedelta = "100ms",
+        snapshot_log_bytes: int = 256 << 20,
     ) -> None:
         self._core = _core.Engine(
             clock=clock,
@@ -91,7 +119,52 @@ class Engine:
             shards=shards or 0,
             threads=threads or 0,
             tick_ms=duration_ms(tick, "tick"),
+            dedup_window_ms=duration_ms(dedup_window, "dedup_window"),
+            data_dir=None if data_dir is None else os.fspath(data_dir),
+            fsync=fsync,
+            fsync_interval_ms=duration_ms(fsync_interval, "fsync_interval"),
+            snapshot_log_bytes=snapshot_log_bytes,
         )
+
+    @property
+    def durable(self) -> bool:
+        """Whether the engine persists to a data directory."""
+        return self._core.durable
+
+    @property
+    def recovery(self) -> Recovery:
+        """What opening the data directory found and replayed."""
+        gen, records, events, torn, snap_s, replay_s = self._core.recovery
+        return Recovery(
+            snapshot_generation=gen,
+            records_replayed=records,
+            events_replayed=events,
+            torn_bytes=torn,
+            snapshot_seconds=snap_s,
+            replay_seconds=replay_s,
+        )
+
+    def snapshot(self) -> SnapshotInfo:
+        """Writes a snapshot of the whole state now and deletes the log files it
+        makes obsolete. Raises :class:`InvalidArgumentError` in memory."""
+        generation, size, seconds = self._core.snapshot()
+        return SnapshotInfo(generation=generation, bytes=size, seconds=seconds)
+
+    def sync(self) -> None:
+        """Flushes the write-ahead log to stable storage now, whatever ``fsync``."""
+        self._core.sync()
+
+    def close(self) -> None:
+        """Stops the ticker, writes a final snapshot and releases the data
+        directory (another engine may then open it). The engine stays readable
+        in memory; nothing written after ``close`` is persisted."""
+        self._core.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def now(self) -> datetime:

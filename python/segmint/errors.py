@@ -2,6 +2,7 @@
 
 from segmint._core import (
     AudienceCycleError,
+    CorruptDataError,
     InUseError,
     InvalidArgumentError,
     InvalidEventError,
@@ -10,6 +11,7 @@ from segmint._core import (
     RuleSyntaxError,
     RuleTypeError,
     SegmintError,
+    StorageError,
     UnknownAudienceError,
     UnknownComputedTraitError,
     UnknownUserError,
@@ -17,6 +19,7 @@ from segmint._core import (
 
 __all__ = [
     "AudienceCycleError",
+    "CorruptDataError",
     "InUseError",
     "InvalidArgumentError",
     "InvalidEventError",
@@ -25,6 +28,7 @@ __all__ = [
     "RuleSyntaxError",
     "RuleTypeError",
     "SegmintError",
+    "StorageError",
     "UnknownAudienceError",
     "UnknownComputedTraitError",
     "UnknownUserError",

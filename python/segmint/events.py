@@ -59,3 +59,24 @@ class Change(msgspec.Struct, frozen=True):
     kind: Literal["entered", "exited"]
     at: datetime
     reason: Literal["event", "time", "definition", "merge", "delete"]
+
+
+class SnapshotInfo(msgspec.Struct, frozen=True):
+    """A snapshot written by :meth:`segmint.Engine.snapshot`."""
+
+    generation: int
+    bytes: int
+    seconds: float
+
+
+class Recovery(msgspec.Struct, frozen=True):
+    """What opening a data directory did: the snapshot loaded (generation 0:
+    none), the log records and events replayed after it, the bytes of a torn
+    record cut from the end of the log, and the time each step took."""
+
+    snapshot_generation: int
+    records_replayed: int
+    events_replayed: int
+    torn_bytes: int
+    snapshot_seconds: float
+    replay_seconds: float

@@ -3,13 +3,18 @@
 //! JSON list of `[key, rule]`). Prints one JSON object of figures.
 //!
 //! Usage: `segmint-bench EVENTS.ndjson AUDIENCES.json [--threads N]
-//! [--shards N] [--chunk N] [--latency-samples N] [--hot K]`
+//! [--shards N] [--chunk N] [--latency-samples N] [--hot K]
+//! [--data-dir DIR --fsync always|interval|never]`
+//!
+//! With `--data-dir` the engine is durable: ingest figures include the
+//! write-ahead log, and the run ends by measuring recovery (log replay),
+//! a snapshot, and a start from that snapshot.
 
 use std::time::Instant;
 
 use segmint_core::event::decode_json_batch;
 use segmint_core::limits::Limits;
-use segmint_core::{Clock, Engine, EngineConfig, Event};
+use segmint_core::{Clock, Engine, EngineConfig, Event, FsyncPolicy, StorageConfig};
 
 fn arg(args: &[String], name: &str, default: usize) -> usize {
     args.iter()
@@ -17,6 +22,13 @@ fn arg(args: &[String], name: &str, default: usize) -> usize {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+fn text_arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -77,7 +89,21 @@ fn main() {
         threads,
         ..Default::default()
     };
-    let mut engine = Engine::new(config).expect("engine");
+    let data_dir = text_arg(&args, "--data-dir").map(std::path::PathBuf::from);
+    let fsync_name = text_arg(&args, "--fsync").unwrap_or("always").to_owned();
+    let storage = data_dir.as_ref().map(|dir| StorageConfig {
+        dir: dir.clone(),
+        fsync: FsyncPolicy::parse(&fsync_name, 100).expect("fsync policy"),
+        // Snapshots are measured explicitly at the end.
+        snapshot_log_bytes: 0,
+    });
+    let mut engine = match &storage {
+        None => Engine::new(config.clone()).expect("engine"),
+        Some(st) => {
+            let _ = std::fs::remove_dir_all(&st.dir);
+            Engine::open(config.clone(), st.clone()).expect("open").0
+        }
+    };
     let refs: Vec<(&str, &str)> = audiences
         .iter()
         .map(|(k, r)| (k.as_str(), r.as_str()))
@@ -117,7 +143,9 @@ fn main() {
         }
         advance_s += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let report = engine.ingest(batch.into_iter().map(Ok).collect());
+        let report = engine
+            .ingest(batch.into_iter().map(Ok).collect())
+            .expect("logging the batch");
         ingest_s += t.elapsed().as_secs_f64();
         assert!(report.errors.is_empty(), "{:?}", report.errors.first());
     }
@@ -145,7 +173,7 @@ fn main() {
 
     let heap = engine.heap_bytes();
     let rss = rss_bytes().saturating_sub(rss_before);
-    let out = serde_json::json!({
+    let mut out = serde_json::json!({
         "threads": threads,
         "shards": shards,
         "audiences": audiences.len(),
@@ -173,5 +201,47 @@ fn main() {
         "backfill_profiles_per_s": users as f64 / backfill_s,
         "backfill_size": size,
     });
+    let durability = storage.map(|st| {
+        let last_seq = engine.last_seq();
+        drop(engine);
+        let log_bytes: u64 = std::fs::read_dir(&st.dir)
+            .expect("data dir")
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        let t = Instant::now();
+        let (mut engine, replay) = Engine::open(config.clone(), st.clone()).expect("recover");
+        let replay_open_s = t.elapsed().as_secs_f64();
+        assert_eq!(
+            engine.last_seq(),
+            last_seq,
+            "recovery must reach the same seq"
+        );
+        let snap = engine.snapshot().expect("snapshot");
+        drop(engine);
+        let t = Instant::now();
+        let (engine, loaded) = Engine::open(config.clone(), st.clone()).expect("load snapshot");
+        let load_open_s = t.elapsed().as_secs_f64();
+        assert_eq!(
+            engine.last_seq(),
+            last_seq,
+            "the snapshot must hold the same seq"
+        );
+        drop(engine);
+        let _ = std::fs::remove_dir_all(&st.dir);
+        serde_json::json!({
+            "fsync": fsync_name,
+            "log_bytes": log_bytes,
+            "replay_events": replay.events_replayed,
+            "replay_s": replay.replay_seconds,
+            "replay_events_per_s": replay.events_replayed as f64 / replay.replay_seconds,
+            "recovery_open_s": replay_open_s,
+            "snapshot_bytes": snap.bytes,
+            "snapshot_write_s": snap.seconds,
+            "snapshot_load_s": loaded.snapshot_seconds,
+            "snapshot_open_s": load_open_s,
+        })
+    });
+    out["durability"] = durability.unwrap_or(serde_json::Value::Null);
     println!("{out}");
 }

@@ -8,6 +8,7 @@ use rayon::prelude::*;
 use roaring::RoaringBitmap;
 
 use crate::catalog::{AudId, Catalog};
+use crate::durable::{Definition, Record};
 use crate::error::{Result, SegmintError};
 use crate::event::{decode_json_batch, Event, EventBody};
 use crate::limits::Limits;
@@ -77,8 +78,8 @@ pub struct Change {
     pub reason: Reason,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct LoggedChange {
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct LoggedChange {
     aud: AudId,
     uid: u32,
     entered: bool,
@@ -99,6 +100,9 @@ pub struct IngestReport {
     pub last_seq: u64,
     /// Changes the batch caused.
     pub changes: usize,
+    /// Write-ahead-log position that must be durable for the batch to be
+    /// (0 without a data directory); see [`Engine::defer_sync`].
+    pub wal_position: u64,
 }
 
 /// A real-time audience segmentation engine.
@@ -110,11 +114,18 @@ pub struct Engine {
     pub(crate) pool: rayon::ThreadPool,
     pub(crate) now: Millis,
     /// In-memory change log; a deque so that trimming the oldest is O(trimmed).
-    log: std::collections::VecDeque<LoggedChange>,
-    log_first_seq: u64,
-    last_seq: u64,
-    slot_keys: Vec<Arc<str>>,
-    seen_messages: HashMap<Arc<str>, Millis>,
+    pub(crate) log: std::collections::VecDeque<LoggedChange>,
+    pub(crate) log_first_seq: u64,
+    pub(crate) last_seq: u64,
+    pub(crate) slot_keys: Vec<Arc<str>>,
+    pub(crate) seen_messages: HashMap<Arc<str>, Millis>,
+    /// Every successful catalog operation in order: the catalog is a pure
+    /// function of it, which is how a snapshot restores it.
+    pub(crate) definitions: Vec<crate::durable::Definition>,
+    /// The data directory, when the engine is durable.
+    pub(crate) storage: Option<crate::durable::Storage>,
+    /// Ingest leaves fsync to the caller (see [`Engine::defer_sync`]).
+    pub(crate) defer_sync: bool,
 }
 
 impl Engine {
@@ -167,6 +178,9 @@ impl Engine {
             last_seq: 0,
             slot_keys: Vec::new(),
             seen_messages: HashMap::new(),
+            definitions: Vec::new(),
+            storage: None,
+            defer_sync: false,
         })
     }
 
@@ -200,22 +214,44 @@ impl Engine {
         self.shards.len()
     }
 
-    /// Catches the clock up: on the wall clock, fires the timers due by now.
-    fn sync_clock(&mut self) {
-        if self.config.clock == Clock::Wall {
-            let wall = floor_to(wall_now(), self.config.granularity);
-            if wall > self.now {
-                self.run_timers(wall);
-            }
+    /// The instant an operation happens at: the wall clock's now (never
+    /// behind the engine's), or the manual clock's.
+    pub(crate) fn op_now(&self) -> Millis {
+        match self.config.clock {
+            Clock::Wall => floor_to(wall_now(), self.config.granularity).max(self.now),
+            Clock::Manual(_) => self.now,
+        }
+    }
+
+    /// Fires the timers due by `now` if the clock is behind it. Every logged
+    /// operation carries its instant, and replay calls this first, so the
+    /// timers fire at the same instants as before a restart.
+    pub(crate) fn catch_up(&mut self, now: Millis) {
+        if now > self.now {
+            self.run_timers(now);
         }
     }
 
     /// Wall clock: fires the timers due by the wall clock's now. Returns the
     /// number of changes. (On the manual clock it does nothing.)
-    pub fn tick(&mut self) -> usize {
+    pub fn tick(&mut self) -> Result<usize> {
+        if self.config.clock != Clock::Wall {
+            return Ok(0);
+        }
+        let to = self.op_now();
+        if to <= self.now {
+            return Ok(0);
+        }
         let before = self.last_seq;
-        self.sync_clock();
-        (self.last_seq - before) as usize
+        if self.shards.iter().any(|s| s.has_timer_due(to)) {
+            let position = self.log_record(&Record::<Event>::Advance { to })?;
+            self.run_timers(to);
+            self.finish_record(position, true)?;
+        } else {
+            // Nothing fires: moving the clock needs no record.
+            self.now = to;
+        }
+        Ok((self.last_seq - before) as usize)
     }
 
     /// Manual clock: moves time to `to`, firing every time-based change in
@@ -238,11 +274,13 @@ impl Engine {
             });
         }
         let before = self.last_seq;
+        let position = self.log_record(&Record::<Event>::Advance { to })?;
         self.run_timers(to);
+        self.finish_record(position, true)?;
         Ok((self.last_seq - before) as usize)
     }
 
-    fn run_timers(&mut self, to: Millis) {
+    pub(crate) fn run_timers(&mut self, to: Millis) {
         let g = self.config.granularity;
         let changes = self.on_shards(|_, shard, cat, out| shard.advance(cat, to, g, out));
         self.now = to;
@@ -315,9 +353,26 @@ impl Engine {
     }
 
     /// Applies a batch of decoded events. A bad event is reported at its
-    /// index and changes nothing; the others are applied in order.
-    pub fn ingest(&mut self, events: Vec<Result<Event>>) -> IngestReport {
-        self.sync_clock();
+    /// index and changes nothing; the others are applied in order. With a
+    /// data directory the batch is logged first; the error is a failure to
+    /// log it (then nothing was applied).
+    pub fn ingest(&mut self, events: Vec<Result<Event>>) -> Result<IngestReport> {
+        let now = self.op_now();
+        let valid: Vec<&Event> = events.iter().filter_map(|e| e.as_ref().ok()).collect();
+        let position = if valid.is_empty() {
+            None
+        } else {
+            self.log_record(&Record::Batch { now, events: valid })?
+        };
+        let mut report = self.ingest_at(now, events);
+        let inline = !self.defer_sync;
+        report.wal_position = self.finish_record(position, inline)?;
+        Ok(report)
+    }
+
+    /// [`Engine::ingest`] at a given instant, without logging (also replay).
+    pub(crate) fn ingest_at(&mut self, now: Millis, events: Vec<Result<Event>>) -> IngestReport {
+        self.catch_up(now);
         let mut report = IngestReport::default();
         let n = self.shards.len();
         let mut work: Vec<Vec<Work<'_>>> = (0..n).map(|_| Vec::new()).collect();
@@ -395,12 +450,12 @@ impl Engine {
     /// Decodes and applies a JSON batch (see [`decode_json_batch`]).
     pub fn ingest_json(&mut self, bytes: &[u8]) -> Result<IngestReport> {
         let events = decode_json_batch(bytes, &self.config.limits)?;
-        Ok(self.ingest(events))
+        self.ingest(events)
     }
 
     /// Applies one event; its error, if any, is returned.
     pub fn apply(&mut self, event: Event) -> Result<IngestReport> {
-        let mut report = self.ingest(vec![Ok(event)]);
+        let mut report = self.ingest(vec![Ok(event)])?;
         match report.errors.pop() {
             Some((_, e)) => Err(e),
             None => Ok(report),
@@ -429,8 +484,7 @@ impl Engine {
         &mut self,
         items: &[(&str, &str)],
     ) -> Result<(), (usize, SegmintError)> {
-        self.sync_clock();
-        let mut parsed = Vec::with_capacity(items.len());
+        let now = self.op_now();
         for (i, (key, rule)) in items.iter().enumerate() {
             self.check_key(key).map_err(|e| (i, e))?;
             if rule.len() > self.config.limits.max_rule_bytes {
@@ -443,33 +497,82 @@ impl Engine {
                     },
                 ));
             }
-            let ast = rules::compile_rule(rule).map_err(|e| (i, e))?;
-            parsed.push(((*key).to_owned(), (*rule).to_owned(), ast));
         }
-        let mut catalog = (*self.catalog).clone();
-        let slots = catalog.define_many(parsed)?;
-        for (&slot, (key, _)) in slots.iter().zip(items) {
-            if self.slot_keys.len() <= slot as usize {
-                self.slot_keys.resize(slot as usize + 1, Arc::from(""));
-            }
-            self.slot_keys[slot as usize] = Arc::from(*key);
-        }
-        self.catalog = Arc::new(catalog);
-        let step_now = self.now;
+        let owned: Vec<(String, String)> = items
+            .iter()
+            .map(|(k, r)| ((*k).to_owned(), (*r).to_owned()))
+            .collect();
+        let def = Definition::Audiences(owned.clone());
+        let (catalog, slots) = self.catalog_after(&def)?;
+        let position = self
+            .log_record(&Record::<Event>::DefineAudiences { now, items: owned })
+            .map_err(|e| (0, e))?;
+        self.define_audiences_with(now, def, catalog, &slots);
+        self.finish_record(position, true).map_err(|e| (0, e))?;
+        Ok(())
+    }
+
+    /// Installs audiences compiled by [`Engine::catalog_after`] and
+    /// backfills them at `now` (also replay).
+    pub(crate) fn define_audiences_with(
+        &mut self,
+        now: Millis,
+        def: Definition,
+        catalog: Catalog,
+        slots: &[AudId],
+    ) {
+        self.catch_up(now);
+        self.install_catalog(def, catalog, slots);
         let g = self.config.granularity;
         let changes = self.on_shards(|_, shard, cat, out| {
             shard.backfill(
                 Step {
                     cat,
-                    now: step_now,
+                    now,
                     granularity: g,
                 },
-                &slots,
+                slots,
                 out,
             );
         });
         self.commit(changes);
-        Ok(())
+    }
+
+    /// The catalog after one more definition, and the slots it touched; the
+    /// engine is unchanged. (The catalog is a function of the definitions
+    /// alone, so a snapshot stores them instead of the compiled catalog.)
+    pub(crate) fn catalog_after(
+        &self,
+        def: &Definition,
+    ) -> Result<(Catalog, Vec<AudId>), (usize, SegmintError)> {
+        let mut catalog = (*self.catalog).clone();
+        let slots = match def {
+            Definition::Audiences(items) => {
+                let mut parsed = Vec::with_capacity(items.len());
+                for (i, (key, rule)) in items.iter().enumerate() {
+                    let ast = rules::compile_rule(rule).map_err(|e| (i, e))?;
+                    parsed.push((key.clone(), rule.clone(), ast));
+                }
+                catalog.define_many(parsed)?
+            }
+            Definition::Static(key) => vec![catalog.define_static(key)],
+            Definition::Remove(key) => vec![catalog.remove(key).map_err(|e| (0, e))?],
+        };
+        Ok((catalog, slots))
+    }
+
+    /// Makes `catalog` (from [`Engine::catalog_after`]) current.
+    pub(crate) fn install_catalog(&mut self, def: Definition, catalog: Catalog, slots: &[AudId]) {
+        for &slot in slots {
+            if self.slot_keys.len() <= slot as usize {
+                self.slot_keys.resize(slot as usize + 1, Arc::from(""));
+            }
+            if let Some(a) = &catalog.audiences[slot as usize] {
+                self.slot_keys[slot as usize] = a.key.clone();
+            }
+        }
+        self.catalog = Arc::new(catalog);
+        self.definitions.push(def);
     }
 
     /// Defines (or replaces) a static audience from a list of user ids (a
@@ -485,21 +588,32 @@ impl Engine {
             }
             self.config.limits.check_key("user id", u)?;
         }
-        self.sync_clock();
-        let mut catalog = (*self.catalog).clone();
-        let slot = catalog.define_static(key);
-        if self.slot_keys.len() <= slot as usize {
-            self.slot_keys.resize(slot as usize + 1, Arc::from(""));
-        }
-        self.slot_keys[slot as usize] = Arc::from(key);
-        self.catalog = Arc::new(catalog);
+        let now = self.op_now();
+        let position = self.log_record(&Record::<Event>::DefineStatic {
+            now,
+            key: key.to_owned(),
+            user_ids: user_ids.iter().map(|u| (*u).to_owned()).collect(),
+        })?;
+        self.define_static_at(now, key, user_ids);
+        self.finish_record(position, true)?;
+        self.size(key)
+    }
+
+    /// [`Engine::define_static_audience`] at `now`, without logging.
+    pub(crate) fn define_static_at(&mut self, now: Millis, key: &str, user_ids: &[&str]) {
+        self.catch_up(now);
+        let def = Definition::Static(key.to_owned());
+        let (catalog, slots) = self
+            .catalog_after(&def)
+            .expect("defining a static audience cannot fail");
+        let slot = slots[0];
+        self.install_catalog(def, catalog, &slots);
         let n = self.shards.len();
         let mut wanted = vec![RoaringBitmap::new(); n];
         for u in user_ids {
             let uid = self.interner.intern(u);
             wanted[uid as usize % n].insert(uid);
         }
-        let now = self.now;
         let g = self.config.granularity;
         let changes = self.on_shards(|i, shard, cat, out| {
             shard.set_static_members(
@@ -514,18 +628,28 @@ impl Engine {
             );
         });
         self.commit(changes);
-        self.size(key)
     }
 
     /// Removes an audience; its members exit with reason `delete`.
     pub fn remove_audience(&mut self, key: &str) -> Result<()> {
-        let mut catalog = (*self.catalog).clone();
-        let slot = catalog.remove(key)?;
-        self.catalog = Arc::new(catalog);
+        let def = Definition::Remove(key.to_owned());
+        let (catalog, slots) = self.catalog_after(&def).map_err(|(_, e)| e)?;
+        let position = self.log_record(&Record::<Event>::RemoveAudience {
+            now: self.now,
+            key: key.to_owned(),
+        })?;
+        self.remove_audience_with(def, catalog, slots[0]);
+        self.finish_record(position, true)?;
+        Ok(())
+    }
+
+    /// Installs a catalog without the removed audience `slot` and lets its
+    /// members exit (also replay).
+    pub(crate) fn remove_audience_with(&mut self, def: Definition, catalog: Catalog, slot: AudId) {
+        self.install_catalog(def, catalog, &[]);
         let now = self.now;
         let changes = self.on_shards(|_, shard, _, out| shard.remove_audience(slot, now, out));
         self.commit(changes);
-        Ok(())
     }
 
     /// Defined audience keys, in definition order.
@@ -650,9 +774,12 @@ impl Engine {
             });
         }
         let start = ((since_seq + 1 - self.log_first_seq) as usize).min(self.log.len());
+        // Changes of records not yet durable stay hidden (fsync `always`).
+        let end = ((self.visible_seq() + 1).saturating_sub(self.log_first_seq) as usize)
+            .clamp(start, self.log.len());
         Ok(self
             .log
-            .range(start..)
+            .range(start..end)
             .enumerate()
             .take(limit)
             .map(|(i, c)| Change {

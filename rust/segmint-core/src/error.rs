@@ -120,6 +120,25 @@ pub enum SegmintError {
         /// What was wrong and what was expected.
         message: String,
     },
+    /// The data directory cannot be used (an I/O error, a lock held by
+    /// another process, a setting that differs from the stored one).
+    #[error("storage error at {path}: {message}")]
+    Storage {
+        /// The file or directory.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A log or snapshot file fails its checksum or does not decode.
+    #[error("corrupt data in {path} at byte offset {offset}: {message}")]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// Byte offset of the bad record or section.
+        offset: u64,
+        /// What was found and what was expected.
+        message: String,
+    },
 }
 
 /// Result alias used throughout the core.

@@ -11,7 +11,7 @@ use crate::time::{parse_timestamp, Millis};
 use crate::value::{flatten_object, json_kind, Flat, Value};
 
 /// What an event does.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum EventBody {
     /// A track call: an event name and flattened properties; context keys
     /// are stored under `context.` in the same list.
@@ -29,7 +29,7 @@ pub enum EventBody {
 }
 
 /// One decoded event.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Event {
     /// The external user id (`userId`, else `anonymousId`).
     pub user_id: String,

@@ -20,6 +20,7 @@
 //! assert_eq!(engine.last_seq(), 2);
 //! ```
 pub mod catalog;
+pub mod durable;
 pub mod engine;
 pub mod error;
 pub mod eval;
@@ -30,13 +31,16 @@ pub mod profile;
 pub mod rules;
 pub mod shard;
 pub mod state;
+pub mod storage;
 pub mod ticker;
 pub mod time;
 pub mod value;
 pub mod wire;
 
+pub use durable::{RecoveryInfo, SnapshotInfo};
 pub use engine::{Change, Clock, Engine, EngineConfig, IngestReport};
 pub use error::{Result, RuleError, SegmintError};
 pub use event::{Event, EventBody};
 pub use shard::Reason;
+pub use storage::{FsyncPolicy, StorageConfig, SyncHandle};
 pub use value::Value;

@@ -58,7 +58,7 @@ impl Interner {
 }
 
 /// One user's traits and aggregation states.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UserData {
     /// Traits sorted by key.
     pub traits: Vec<(Arc<str>, Value)>,

@@ -17,7 +17,7 @@ use crate::time::Millis;
 use crate::value::{Flat, Value};
 
 /// Why a membership changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Reason {
     /// An event or identify call.
     Event,
@@ -109,7 +109,7 @@ pub struct Shard {
 }
 
 /// How much evaluation work a shard has done.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counters {
     /// Rule (audience) evaluations.
     pub rule_evaluations: u64,
@@ -176,6 +176,43 @@ impl Shard {
     /// Number of pending timers.
     pub fn pending_timers(&self) -> usize {
         self.live_timers
+    }
+
+    /// Whether a timer may fire at or before `to` (a stale heap entry can
+    /// answer yes; it is dropped when timers run).
+    pub fn has_timer_due(&self, to: Millis) -> bool {
+        self.timers
+            .peek()
+            .is_some_and(|Reverse((t, _, _))| *t <= to)
+    }
+
+    /// A shard rebuilt from a snapshot: its users, their memberships and its
+    /// counters; the timer queue is rebuilt from the users' own timers.
+    pub fn restore(
+        index: u32,
+        count: u32,
+        users: Vec<UserData>,
+        members: Memberships,
+        counters: Counters,
+    ) -> Shard {
+        let mut timers = BinaryHeap::new();
+        let mut live_timers = 0;
+        for (local, user) in users.iter().enumerate() {
+            let uid = local as u32 * count + index;
+            for &(atom, t) in &user.timers {
+                timers.push(Reverse((t, uid, atom)));
+                live_timers += 1;
+            }
+        }
+        Shard {
+            index,
+            count,
+            users,
+            members,
+            timers,
+            live_timers,
+            counters,
+        }
     }
 
     /// Approximate heap bytes of this shard.

@@ -14,7 +14,7 @@ use crate::value::{Value, ValueKey};
 
 /// One kept event: its instant and the kept property value (none when the
 /// state only counts).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
     /// Event time.
     pub t: Millis,
@@ -24,7 +24,7 @@ pub struct Entry {
 
 /// What is known of entries that left the buffer (all older than any
 /// entry still in it).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     /// How many.
     pub count: u64,
@@ -79,7 +79,7 @@ impl Summary {
 }
 
 /// The state of one user for one [`StateDef`].
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UserState {
     /// Entries sorted by time; equal times in arrival order.
     pub buffer: Vec<Entry>,

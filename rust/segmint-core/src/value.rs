@@ -7,7 +7,7 @@ use crate::error::{Result, SegmintError};
 use crate::time::Millis;
 
 /// A dynamically typed value. Absence (null) is `Option::None` around it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Value {
     /// A boolean.
     Bool(bool),
@@ -89,7 +89,7 @@ impl Value {
 }
 
 /// A hashable stand-in for a [`Value`], used in frequency maps.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ValueKey {
     /// A boolean.
     Bool(bool),

@@ -12,7 +12,8 @@ use pyo3::types::PyBytes;
 use segmint_core::event::{flatten_properties, flatten_traits};
 use segmint_core::ticker::Ticker;
 use segmint_core::{
-    Clock, Engine as CoreEngine, EngineConfig, Event, EventBody, IngestReport, SegmintError,
+    Clock, Engine as CoreEngine, EngineConfig, Event, EventBody, FsyncPolicy, IngestReport,
+    SegmintError, StorageConfig, SyncHandle,
 };
 
 create_exception!(
@@ -87,6 +88,18 @@ create_exception!(
     PySegmintError,
     "An argument is invalid."
 );
+create_exception!(
+    _core,
+    StorageError,
+    PySegmintError,
+    "The data directory cannot be used (I/O, lock, settings)."
+);
+create_exception!(
+    _core,
+    CorruptDataError,
+    StorageError,
+    "A log or snapshot file fails its checksum; names the file and offset."
+);
 
 /// The short machine-readable code of an error (also used per batch item).
 fn code(e: &SegmintError) -> &'static str {
@@ -101,6 +114,8 @@ fn code(e: &SegmintError) -> &'static str {
         SegmintError::InvalidEvent { .. } => "invalid_event",
         SegmintError::LimitExceeded { .. } => "limit_exceeded",
         SegmintError::InvalidArgument { .. } => "invalid_argument",
+        SegmintError::Storage { .. } => "storage",
+        SegmintError::Corrupt { .. } => "corrupt_data",
     }
 }
 
@@ -120,6 +135,8 @@ fn to_py(e: SegmintError) -> PyErr {
             SegmintError::InvalidEvent { .. } => InvalidEventError::new_err(message),
             SegmintError::LimitExceeded { .. } => LimitExceededError::new_err(message),
             SegmintError::InvalidArgument { .. } => InvalidArgumentError::new_err(message),
+            SegmintError::Storage { .. } => StorageError::new_err(message),
+            SegmintError::Corrupt { .. } => CorruptDataError::new_err(message),
         };
         if let SegmintError::RuleSyntax(r) | SegmintError::RuleType(r) = &e {
             let value = err.value(py);
@@ -127,6 +144,11 @@ fn to_py(e: SegmintError) -> PyErr {
             let _ = value.setattr("column", r.column);
             let _ = value.setattr("snippet", r.snippet.as_str());
             let _ = value.setattr("reason", r.message.as_str());
+        }
+        if let SegmintError::Corrupt { path, offset, .. } = &e {
+            let value = err.value(py);
+            let _ = value.setattr("path", path.as_str());
+            let _ = value.setattr("offset", *offset);
         }
         let _ = err.value(py).setattr("code", code(&e));
         err
@@ -173,7 +195,13 @@ fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
 #[pyclass(frozen, module = "segmint._core")]
 struct Engine {
     inner: Arc<Mutex<CoreEngine>>,
-    _ticker: Option<Ticker>,
+    ticker: Mutex<Option<Ticker>>,
+    /// Waits for a batch's log record to be durable after the lock is
+    /// released (group commit); `None` in memory.
+    sync: Option<SyncHandle>,
+    /// What recovery did: (snapshot generation, records, events, torn bytes,
+    /// snapshot seconds, replay seconds).
+    recovery: (u64, u64, u64, u64, f64, f64),
 }
 
 impl Engine {
@@ -197,14 +225,29 @@ impl Engine {
         })?
         .map_err(to_py)
     }
+
+    /// Runs an ingest under the lock, then waits for its log record to be
+    /// durable without the lock, so concurrent batches share an fsync.
+    fn ingest_with(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut CoreEngine) -> Result<IngestReport, SegmintError> + Send,
+    ) -> PyResult<Report> {
+        let r = self.with(py, f)?;
+        if let (Some(sync), true) = (&self.sync, r.wal_position > 0) {
+            py.detach(|| sync.sync_to(r.wal_position)).map_err(to_py)?;
+        }
+        Ok(report(r))
+    }
 }
 
 #[pymethods]
 impl Engine {
     #[new]
-    #[pyo3(signature = (*, clock="wall", now_ms=None, granularity_ms=1000, future_skew_ms=300_000, shards=0, threads=0, tick_ms=1000))]
+    #[pyo3(signature = (*, clock="wall", now_ms=None, granularity_ms=1000, future_skew_ms=300_000, shards=0, threads=0, tick_ms=1000, dedup_window_ms=86_400_000, data_dir=None, fsync="always", fsync_interval_ms=100, snapshot_log_bytes=268_435_456))]
     #[allow(clippy::too_many_arguments)]
     fn new(
+        py: Python<'_>,
         clock: &str,
         now_ms: Option<i64>,
         granularity_ms: i64,
@@ -212,6 +255,11 @@ impl Engine {
         shards: usize,
         threads: usize,
         tick_ms: u64,
+        dedup_window_ms: i64,
+        data_dir: Option<std::path::PathBuf>,
+        fsync: &str,
+        fsync_interval_ms: i64,
+        snapshot_log_bytes: u64,
     ) -> PyResult<Self> {
         let clock = match (clock, now_ms) {
             ("wall", None) => Clock::Wall,
@@ -233,15 +281,75 @@ impl Engine {
             future_skew: future_skew_ms,
             shards,
             threads,
+            dedup_window: dedup_window_ms,
             ..Default::default()
         };
-        let inner = Arc::new(Mutex::new(CoreEngine::new(config).map_err(to_py)?));
+        let policy = FsyncPolicy::parse(fsync, fsync_interval_ms).map_err(to_py)?;
+        let (core, recovery) = match data_dir {
+            None => (CoreEngine::new(config).map_err(to_py)?, Default::default()),
+            Some(dir) => {
+                let storage = StorageConfig {
+                    dir,
+                    fsync: policy,
+                    snapshot_log_bytes,
+                };
+                let (mut core, info) = py
+                    .detach(move || CoreEngine::open(config, storage))
+                    .map_err(to_py)?;
+                core.defer_sync(true);
+                (core, info)
+            }
+        };
+        let sync = core.sync_handle();
+        let inner = Arc::new(Mutex::new(core));
         let ticker = (clock == Clock::Wall && tick_ms > 0)
             .then(|| Ticker::start(inner.clone(), Duration::from_millis(tick_ms)));
         Ok(Engine {
             inner,
-            _ticker: ticker,
+            ticker: Mutex::new(ticker),
+            sync,
+            recovery: (
+                recovery.snapshot_generation,
+                recovery.records_replayed,
+                recovery.events_replayed,
+                recovery.torn_bytes,
+                recovery.snapshot_seconds,
+                recovery.replay_seconds,
+            ),
         })
+    }
+
+    /// What recovery did: (snapshot generation, records replayed, events
+    /// replayed, torn bytes cut, snapshot load seconds, replay seconds).
+    #[getter]
+    fn recovery(&self) -> (u64, u64, u64, u64, f64, f64) {
+        self.recovery
+    }
+
+    /// Whether the engine has a data directory.
+    #[getter]
+    fn durable(&self) -> bool {
+        self.lock().is_durable()
+    }
+
+    /// Writes a snapshot now: (generation, bytes, seconds).
+    fn snapshot(&self, py: Python<'_>) -> PyResult<(u64, u64, f64)> {
+        self.with(py, |e| {
+            e.snapshot().map(|s| (s.generation, s.bytes, s.seconds))
+        })
+    }
+
+    /// Flushes the write-ahead log to stable storage now.
+    fn sync(&self, py: Python<'_>) -> PyResult<()> {
+        self.with(py, |e| e.sync())
+    }
+
+    /// Stops the ticker, writes a final snapshot and releases the data
+    /// directory. The engine stays readable but is no longer durable.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let ticker = self.ticker.lock().unwrap_or_else(|p| p.into_inner()).take();
+        py.detach(move || drop(ticker));
+        self.with(py, |e| e.close())
     }
 
     /// The engine's clock, ms since the epoch.
@@ -270,7 +378,7 @@ impl Engine {
         traits_json: Vec<u8>,
         timestamp_ms: Option<i64>,
     ) -> PyResult<Report> {
-        self.with(py, move |e| {
+        self.ingest_with(py, move |e| {
             let traits = json_object(Some(&traits_json), "traits")?.unwrap_or_default();
             let traits = flatten_traits(&traits, &e.config().limits)?;
             e.config().limits.check_key("user id", &user_id)?;
@@ -280,7 +388,7 @@ impl Engine {
                 message_id: None,
                 body: EventBody::Identify { traits },
             };
-            e.apply(event).map(report)
+            e.apply(event)
         })
     }
 
@@ -296,7 +404,7 @@ impl Engine {
         timestamp_ms: Option<i64>,
         message_id: Option<String>,
     ) -> PyResult<Report> {
-        self.with(py, move |e| {
+        self.ingest_with(py, move |e| {
             let limits = &e.config().limits;
             limits.check_key("user id", &user_id)?;
             limits.check_key("event name", &event)?;
@@ -310,13 +418,13 @@ impl Engine {
             let properties = flatten_properties(properties.as_ref(), context.as_ref(), limits)?;
             let mut ev = Event::track(user_id, &event, properties, timestamp_ms);
             ev.message_id = message_id;
-            e.apply(ev).map(report)
+            e.apply(ev)
         })
     }
 
     /// Decodes and applies a JSON batch; per-event errors by index.
     fn ingest_json(&self, py: Python<'_>, data: Vec<u8>) -> PyResult<Report> {
-        self.with(py, move |e| e.ingest_json(&data).map(report))
+        self.ingest_with(py, move |e| e.ingest_json(&data))
     }
 
     /// Decodes (outside the engine lock) and applies a serialized protobuf
@@ -326,7 +434,7 @@ impl Engine {
         let (_, events) = py
             .detach(move || segmint_core::wire::decode_proto_batch(&data, &limits))
             .map_err(to_py)?;
-        self.with(py, move |e| Ok(report(e.ingest(events))))
+        self.ingest_with(py, move |e| e.ingest(events))
     }
 
     fn define_audience(&self, py: Python<'_>, key: String, rule: String) -> PyResult<u64> {
@@ -506,7 +614,7 @@ impl Engine {
 
     /// Wall clock: fires due timers now; returns the number of changes.
     fn tick(&self, py: Python<'_>) -> PyResult<usize> {
-        self.with(py, |e| Ok(e.tick()))
+        self.with(py, |e| e.tick())
     }
 
     /// A user's traits as JSON bytes, or None for an unknown user.
@@ -557,5 +665,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "InvalidArgumentError",
         py.get_type::<InvalidArgumentError>(),
     )?;
+    m.add("StorageError", py.get_type::<StorageError>())?;
+    m.add("CorruptDataError", py.get_type::<CorruptDataError>())?;
     Ok(())
 }

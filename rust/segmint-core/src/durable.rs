@@ -1,0 +1,486 @@
+//! The engine's durability: what it logs, how a snapshot captures it, and
+//! recovery (latest snapshot + log tail).
+//!
+//! Every operation that changes state is logged before it is applied, with
+//! the instant it happened at, and the engine is deterministic given that
+//! sequence: replaying the records on the state of the snapshot they follow
+//! gives the same profiles, memberships, timers and change sequence numbers.
+//! Time passing without a record (a wall-clock tick that fires nothing) needs
+//! no record, and a tick that fires timers is logged like an `advance`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rayon::prelude::*;
+use roaring::RoaringBitmap;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Engine, EngineConfig, LoggedChange};
+use crate::error::{Result, SegmintError};
+use crate::event::Event;
+use crate::profile::{Memberships, UserData};
+use crate::shard::{Counters, Shard};
+use crate::storage::{
+    self, corrupt, io_error, list_dir, read_snapshot, read_wal, snapshot_path, wal_path, DirLock,
+    StorageConfig, SyncHandle, WalWriter,
+};
+use crate::time::Millis;
+
+/// A catalog operation, kept in order so a snapshot can rebuild the catalog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Definition {
+    /// Audiences defined (or replaced) together: (key, rule).
+    Audiences(Vec<(String, String)>),
+    /// A static audience (its members are per-user state).
+    Static(String),
+    /// An audience removed.
+    Remove(String),
+}
+
+/// One write-ahead-log record. `E` is `&Event` when writing (no copy of the
+/// batch) and `Event` when reading; both encode the same.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Record<E> {
+    /// The valid events of a batch, applied at `now`.
+    Batch {
+        /// The engine's instant for the batch.
+        now: Millis,
+        /// The events that passed decoding.
+        events: Vec<E>,
+    },
+    /// The clock moved to `to`, firing timers.
+    Advance {
+        /// The new instant.
+        to: Millis,
+    },
+    /// `define_audiences`.
+    DefineAudiences {
+        /// The instant.
+        now: Millis,
+        /// (key, rule) pairs.
+        items: Vec<(String, String)>,
+    },
+    /// `define_static_audience`.
+    DefineStatic {
+        /// The instant.
+        now: Millis,
+        /// The key.
+        key: String,
+        /// The members.
+        user_ids: Vec<String>,
+    },
+    /// `remove_audience`.
+    RemoveAudience {
+        /// The instant.
+        now: Millis,
+        /// The key.
+        key: String,
+    },
+}
+
+/// The open data directory of a durable engine.
+#[derive(Debug)]
+pub(crate) struct Storage {
+    pub(crate) config: StorageConfig,
+    pub(crate) wal: WalWriter,
+    _lock: DirLock,
+}
+
+/// What a snapshot took.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SnapshotInfo {
+    /// Its generation (the log files before it were deleted).
+    pub generation: u64,
+    /// File size in bytes.
+    pub bytes: u64,
+    /// Wall time to encode and write it, in seconds.
+    pub seconds: f64,
+}
+
+/// What recovery found and did.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RecoveryInfo {
+    /// Generation of the snapshot loaded (0: none).
+    pub snapshot_generation: u64,
+    /// Log records replayed after it.
+    pub records_replayed: u64,
+    /// Events in those records.
+    pub events_replayed: u64,
+    /// Bytes cut from a torn record at the end of the log.
+    pub torn_bytes: u64,
+    /// Seconds spent loading the snapshot.
+    pub snapshot_seconds: f64,
+    /// Seconds spent replaying the log.
+    pub replay_seconds: f64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotMeta {
+    generation: u64,
+    now: Millis,
+    granularity: Millis,
+    shard_count: u32,
+    last_seq: u64,
+    log_first_seq: u64,
+    definitions: Vec<Definition>,
+    user_ids: Vec<Arc<str>>,
+    seen_messages: Vec<(Arc<str>, Millis)>,
+    log: Vec<LoggedChange>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ShardSnapshot {
+    users: Vec<UserData>,
+    /// Members per audience slot, each in the portable roaring format.
+    bitmaps: Vec<Vec<u8>>,
+    counters: Counters,
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_allocvec(value).expect("encoding to memory cannot fail")
+}
+
+impl Engine {
+    /// Opens a durable engine on a data directory: loads the latest snapshot,
+    /// replays the log after it, cuts a torn record at its very end, and
+    /// logs every later operation. Any other damage stops it with an error
+    /// naming the file and the byte offset.
+    pub fn open(config: EngineConfig, storage: StorageConfig) -> Result<(Engine, RecoveryInfo)> {
+        let dir = storage.dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+        let lock = DirLock::acquire(&dir)?;
+        let listing = list_dir(&dir)?;
+        let mut engine = Engine::new(config)?;
+        let mut info = RecoveryInfo::default();
+        let base = listing.snapshots.last().copied();
+        if let Some(generation) = base {
+            let started = Instant::now();
+            engine.load_snapshot(&snapshot_path(&dir, generation))?;
+            info.snapshot_generation = generation;
+            info.snapshot_seconds = started.elapsed().as_secs_f64();
+        }
+        let first = base.unwrap_or(1);
+        let logs: Vec<u64> = listing
+            .logs
+            .iter()
+            .copied()
+            .filter(|&g| g >= first)
+            .collect();
+        for (i, &g) in logs.iter().enumerate() {
+            if g != first + i as u64 {
+                return Err(SegmintError::Storage {
+                    path: wal_path(&dir, first + i as u64).display().to_string(),
+                    message: format!(
+                        "log file missing: expected generations {first}..={} without gaps",
+                        logs.last().copied().unwrap_or(first)
+                    ),
+                });
+            }
+        }
+        if base.is_some() && logs.first() != Some(&first) {
+            return Err(SegmintError::Storage {
+                path: wal_path(&dir, first).display().to_string(),
+                message: "the log file that follows the latest snapshot is missing".into(),
+            });
+        }
+        let started = Instant::now();
+        let mut tail = (first, 0u64);
+        for (i, &g) in logs.iter().enumerate() {
+            let path = wal_path(&dir, g);
+            let is_last = i + 1 == logs.len();
+            let (records, valid) = read_wal(&path, g, is_last)?;
+            for (offset, payload) in records {
+                let record: Record<Event> = postcard::from_bytes(&payload).map_err(|e| {
+                    corrupt(&path, offset, format!("a log record does not decode: {e}"))
+                })?;
+                info.events_replayed += engine.replay(record).map_err(|e| {
+                    corrupt(&path, offset, format!("replaying this record failed: {e}"))
+                })?;
+                info.records_replayed += 1;
+            }
+            if is_last {
+                let len = std::fs::metadata(&path)
+                    .map_err(|e| io_error(&path, e))?
+                    .len();
+                info.torn_bytes = len.saturating_sub(valid.max(storage::WAL_HEADER_LEN));
+                tail = (g, valid);
+            }
+        }
+        info.replay_seconds = started.elapsed().as_secs_f64();
+        let wal = WalWriter::open(&dir, tail.0, tail.1, storage.fsync, engine.last_seq)?;
+        engine.storage = Some(Storage {
+            config: storage,
+            wal,
+            _lock: lock,
+        });
+        Ok((engine, info))
+    }
+
+    /// Applies one logged record; returns the number of events in it.
+    fn replay(&mut self, record: Record<Event>) -> Result<u64> {
+        match record {
+            Record::Batch { now, events } => {
+                let n = events.len() as u64;
+                self.ingest_at(now, events.into_iter().map(Ok).collect());
+                Ok(n)
+            }
+            Record::Advance { to } => {
+                self.catch_up(to);
+                Ok(0)
+            }
+            Record::DefineAudiences { now, items } => {
+                let def = Definition::Audiences(items);
+                let (catalog, slots) = self.catalog_after(&def).map_err(|(_, e)| e)?;
+                self.define_audiences_with(now, def, catalog, &slots);
+                Ok(0)
+            }
+            Record::DefineStatic { now, key, user_ids } => {
+                let ids: Vec<&str> = user_ids.iter().map(String::as_str).collect();
+                self.define_static_at(now, &key, &ids);
+                Ok(0)
+            }
+            Record::RemoveAudience { now, key } => {
+                self.catch_up(now);
+                let def = Definition::Remove(key);
+                let (catalog, slots) = self.catalog_after(&def).map_err(|(_, e)| e)?;
+                self.remove_audience_with(def, catalog, slots[0]);
+                Ok(0)
+            }
+        }
+    }
+
+    /// Logs a record before the operation it describes is applied; returns
+    /// its log position (`None` without a data directory).
+    pub(crate) fn log_record<E: Serialize>(&mut self, record: &Record<E>) -> Result<Option<u64>> {
+        match &mut self.storage {
+            None => Ok(None),
+            Some(s) => s.wal.append(&encode(record)).map(Some),
+        }
+    }
+
+    /// After applying a logged operation: remembers which changes it made,
+    /// makes it durable now if `sync` and the policy says so, and takes a
+    /// snapshot when the log has grown past the configured size. Returns the
+    /// position to make durable (0 without a record).
+    pub(crate) fn finish_record(&mut self, position: Option<u64>, sync: bool) -> Result<u64> {
+        let (Some(storage), Some(position)) = (&self.storage, position) else {
+            return Ok(0);
+        };
+        storage.wal.note_seq(position, self.last_seq);
+        if sync {
+            storage.wal.commit(position)?;
+        }
+        let limit = storage.config.snapshot_log_bytes;
+        if limit > 0 && storage.wal.file_len >= limit {
+            self.snapshot()?;
+        }
+        Ok(position)
+    }
+
+    /// Whether the engine has a data directory.
+    pub fn is_durable(&self) -> bool {
+        self.storage.is_some()
+    }
+
+    /// Lets [`Engine::ingest`] return before its fsync (policy `always`):
+    /// the caller makes [`IngestReport::wal_position`] durable with
+    /// [`Engine::sync_handle`] after releasing its lock on the engine, so
+    /// that concurrent batches share one fsync (group commit). Until then
+    /// the batch's changes are not shown by [`Engine::changes`].
+    ///
+    /// [`IngestReport::wal_position`]: crate::IngestReport::wal_position
+    pub fn defer_sync(&mut self, defer: bool) {
+        self.defer_sync = defer;
+    }
+
+    /// A handle that waits for log positions to be durable (see
+    /// [`Engine::defer_sync`]); `None` without a data directory.
+    pub fn sync_handle(&self) -> Option<SyncHandle> {
+        self.storage.as_ref().map(|s| s.wal.handle())
+    }
+
+    /// Changes up to this seq may be shown: they come from records that are
+    /// durable under the fsync policy.
+    pub(crate) fn visible_seq(&self) -> u64 {
+        match &self.storage {
+            Some(s) => s.wal.durable_seq().min(self.last_seq),
+            None => self.last_seq,
+        }
+    }
+
+    /// Writes a final snapshot and releases the data directory; the engine
+    /// goes on in memory only. (Dropping a durable engine without closing
+    /// loses nothing either: the log is flushed and replayed on open.)
+    pub fn close(&mut self) -> Result<()> {
+        if self.storage.is_some() {
+            self.snapshot()?;
+            self.storage = None;
+        }
+        Ok(())
+    }
+
+    /// Flushes the log to stable storage now, whatever the policy.
+    pub fn sync(&self) -> Result<()> {
+        match &self.storage {
+            Some(s) => s.wal.sync_all(),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes a snapshot of the whole state and deletes the log files and
+    /// snapshots it makes obsolete. Blocks the engine while it encodes.
+    pub fn snapshot(&mut self) -> Result<SnapshotInfo> {
+        let started = Instant::now();
+        let Some(storage) = &mut self.storage else {
+            return Err(SegmintError::InvalidArgument {
+                message: "snapshot() needs a data directory (this engine is in memory only)".into(),
+            });
+        };
+        let generation = storage.wal.rotate()?;
+        let dir = storage.config.dir.clone();
+        let sections = self.encode_state(generation);
+        let bytes = storage::write_snapshot(&dir, generation, &sections)?;
+        let listing = list_dir(&dir)?;
+        for g in listing.logs.into_iter().filter(|&g| g < generation) {
+            let path = wal_path(&dir, g);
+            std::fs::remove_file(&path).map_err(|e| io_error(&path, e))?;
+        }
+        for g in listing.snapshots.into_iter().filter(|&g| g < generation) {
+            let path = snapshot_path(&dir, g);
+            std::fs::remove_file(&path).map_err(|e| io_error(&path, e))?;
+        }
+        storage::sync_dir(&dir)?;
+        Ok(SnapshotInfo {
+            generation,
+            bytes,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// The state as snapshot sections: metadata, then one per shard.
+    fn encode_state(&self, generation: u64) -> Vec<Vec<u8>> {
+        let meta = SnapshotMeta {
+            generation,
+            now: self.now,
+            granularity: self.config.granularity,
+            shard_count: self.shards.len() as u32,
+            last_seq: self.last_seq,
+            log_first_seq: self.log_first_seq,
+            definitions: self.definitions.clone(),
+            user_ids: (0..self.interner.len() as u32)
+                .map(|uid| Arc::from(self.interner.name(uid)))
+                .collect(),
+            seen_messages: self
+                .seen_messages
+                .iter()
+                .map(|(k, &t)| (k.clone(), t))
+                .collect(),
+            log: self.log.iter().copied().collect(),
+        };
+        let mut sections = vec![encode(&meta)];
+        let shards: Vec<Vec<u8>> = self.pool.install(|| {
+            self.shards
+                .par_iter()
+                .map(|shard| {
+                    encode(&ShardSnapshot {
+                        users: shard.users.clone(),
+                        bitmaps: shard
+                            .members
+                            .bitmaps
+                            .iter()
+                            .map(|b| {
+                                let mut out = Vec::with_capacity(b.serialized_size());
+                                b.serialize_into(&mut out)
+                                    .expect("writing to memory cannot fail");
+                                out
+                            })
+                            .collect(),
+                        counters: shard.counters,
+                    })
+                })
+                .collect()
+        });
+        sections.extend(shards);
+        sections
+    }
+
+    /// Replaces this (fresh) engine's state with a snapshot's.
+    fn load_snapshot(&mut self, path: &Path) -> Result<()> {
+        let sections = read_snapshot(path)?;
+        let Some((meta_offset, meta_bytes)) = sections.first() else {
+            return Err(corrupt(path, 8, "a snapshot needs a metadata section"));
+        };
+        let meta: SnapshotMeta = postcard::from_bytes(meta_bytes)
+            .map_err(|e| corrupt(path, *meta_offset, format!("metadata does not decode: {e}")))?;
+        if meta.granularity != self.config.granularity {
+            return Err(SegmintError::Storage {
+                path: path.display().to_string(),
+                message: format!(
+                    "the data was written with granularity {} ms, the engine is configured with {} ms",
+                    meta.granularity, self.config.granularity
+                ),
+            });
+        }
+        if sections.len() != meta.shard_count as usize + 1 {
+            return Err(corrupt(
+                path,
+                *meta_offset,
+                format!(
+                    "expected {} shard sections, found {}",
+                    meta.shard_count,
+                    sections.len() - 1
+                ),
+            ));
+        }
+        for def in meta.definitions {
+            let (catalog, slots) = self.catalog_after(&def).map_err(|(_, e)| {
+                corrupt(
+                    path,
+                    *meta_offset,
+                    format!("a stored definition fails: {e}"),
+                )
+            })?;
+            self.install_catalog(def, catalog, &slots);
+        }
+        for id in &meta.user_ids {
+            self.interner.intern(id);
+        }
+        let count = meta.shard_count;
+        let shards: Result<Vec<Shard>> = self.pool.install(|| {
+            sections[1..]
+                .par_iter()
+                .enumerate()
+                .map(|(i, (offset, bytes))| {
+                    let snap: ShardSnapshot = postcard::from_bytes(bytes).map_err(|e| {
+                        corrupt(path, *offset, format!("shard {i} does not decode: {e}"))
+                    })?;
+                    let mut bitmaps = Vec::with_capacity(snap.bitmaps.len());
+                    for b in &snap.bitmaps {
+                        bitmaps.push(RoaringBitmap::deserialize_from(&b[..]).map_err(|e| {
+                            corrupt(
+                                path,
+                                *offset,
+                                format!("shard {i}: a bitmap does not decode: {e}"),
+                            )
+                        })?);
+                    }
+                    Ok(Shard::restore(
+                        i as u32,
+                        count,
+                        snap.users,
+                        Memberships { bitmaps },
+                        snap.counters,
+                    ))
+                })
+                .collect()
+        });
+        self.shards = shards?;
+        self.now = meta.now;
+        self.last_seq = meta.last_seq;
+        self.log_first_seq = meta.log_first_seq;
+        self.log = meta.log.into();
+        self.seen_messages = meta.seen_messages.into_iter().collect();
+        Ok(())
+    }
+}

@@ -1,0 +1,353 @@
+//! Durability: a durable engine, reopened at random points (with and without
+//! snapshots), must be indistinguishable from an in-memory engine fed the
+//! same operations.
+
+use std::path::Path;
+
+use segmint_core::time::format_timestamp;
+use segmint_core::{Clock, Engine, EngineConfig, FsyncPolicy, SegmintError, StorageConfig};
+
+const H: i64 = 3_600_000;
+const D: i64 = 24 * H;
+const START: i64 = 1_000 * D;
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        clock: Clock::Manual(START),
+        shards: 3,
+        threads: 2,
+        ..Default::default()
+    }
+}
+
+fn storage(dir: &Path, snapshot_log_bytes: u64) -> StorageConfig {
+    StorageConfig {
+        dir: dir.to_path_buf(),
+        fsync: FsyncPolicy::Never,
+        snapshot_log_bytes,
+    }
+}
+
+/// A small deterministic generator (no extra dependency for tests).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+const RULES: &[(&str, &str)] = &[
+    (
+        "cart_abandoners",
+        r#"since("Checkout Started") between 2h and 24h and count("Order Completed", since "Checkout Started") == 0"#,
+    ),
+    (
+        "vip",
+        r#"trait.ltv > 300 or sum("Order Completed", revenue, 30d) >= 200"#,
+    ),
+    (
+        "viewers",
+        r#"count("Product Viewed" where category == "shoes", 2h) >= 2"#,
+    ),
+    (
+        "loyal_vip",
+        r#"in_audience("vip") and member_for("vip") >= 3h"#,
+    ),
+    (
+        "pro_de",
+        r#"trait.plan == "pro" and trait.country in ["DE", "FR"]"#,
+    ),
+];
+
+/// One operation of a generated history.
+#[derive(Debug, Clone)]
+enum Op {
+    Batch(String),
+    Advance(i64),
+    Define(usize),
+    Static(Vec<String>),
+    Remove(usize),
+}
+
+fn history(seed: u64, len: usize) -> Vec<Op> {
+    let mut rng = Lcg(seed);
+    let mut now = START;
+    let mut ops = vec![Op::Define(0), Op::Define(1), Op::Define(2)];
+    let names = ["Checkout Started", "Order Completed", "Product Viewed"];
+    for _ in 0..len {
+        match rng.next(10) {
+            0..=5 => {
+                let mut items = Vec::new();
+                for _ in 0..1 + rng.next(6) {
+                    let user = format!("u{}", rng.next(12));
+                    let ts = format_timestamp(now - rng.next(3) as i64 * H / 2);
+                    let mid = if rng.next(4) == 0 {
+                        format!(r#","messageId":"m{}""#, rng.next(20))
+                    } else {
+                        String::new()
+                    };
+                    if rng.next(4) == 0 {
+                        let plan = ["pro", "free"][rng.next(2) as usize];
+                        let country = ["DE", "US", "FR"][rng.next(3) as usize];
+                        let ltv = rng.next(500);
+                        items.push(format!(
+                            r#"{{"type":"identify","userId":"{user}","traits":{{"plan":"{plan}","country":"{country}","ltv":{ltv}}}{mid}}}"#
+                        ));
+                    } else {
+                        let name = names[rng.next(3) as usize];
+                        let cat = ["shoes", "hats"][rng.next(2) as usize];
+                        let rev = rng.next(150);
+                        items.push(format!(
+                            r#"{{"type":"track","userId":"{user}","event":"{name}","timestamp":"{ts}","properties":{{"category":"{cat}","revenue":{rev}}}{mid}}}"#
+                        ));
+                    }
+                }
+                ops.push(Op::Batch(format!("[{}]", items.join(","))));
+            }
+            6 | 7 => {
+                now += rng.next(4) as i64 * H + rng.next(60) as i64 * 60_000;
+                ops.push(Op::Advance(now));
+            }
+            8 => ops.push(Op::Define(rng.next(RULES.len() as u64) as usize)),
+            _ => {
+                if rng.next(2) == 0 {
+                    ops.push(Op::Static(
+                        (0..rng.next(5))
+                            .map(|_| format!("u{}", rng.next(15)))
+                            .collect(),
+                    ));
+                } else {
+                    ops.push(Op::Remove(rng.next(RULES.len() as u64) as usize));
+                }
+            }
+        }
+    }
+    ops
+}
+
+fn run(e: &mut Engine, op: &Op) {
+    match op {
+        Op::Batch(json) => {
+            e.ingest_json(json.as_bytes()).unwrap();
+        }
+        Op::Advance(to) => {
+            e.advance(*to).unwrap();
+        }
+        Op::Define(i) => {
+            // Only a rule that references a removed audience may fail (the
+            // same way in both engines).
+            if let Err(err) = e.define_audience(RULES[*i].0, RULES[*i].1) {
+                assert!(
+                    matches!(
+                        err,
+                        SegmintError::RuleType(_) | SegmintError::UnknownAudience { .. }
+                    ),
+                    "{err}"
+                );
+            }
+        }
+        Op::Static(ids) => {
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            e.define_static_audience("uploaded", &ids).unwrap();
+        }
+        Op::Remove(i) => {
+            let _ = e.remove_audience(RULES[*i].0);
+        }
+    }
+}
+
+/// Everything observable, as text (so a mismatch prints readably).
+fn digest(e: &Engine) -> String {
+    let mut out = format!(
+        "now={} last_seq={} timers={}\n",
+        e.now(),
+        e.last_seq(),
+        e.pending_timers()
+    );
+    for key in e.audiences() {
+        out += &format!("{key} = {}:", e.rule(&key).unwrap());
+        for m in e.members(&key).unwrap() {
+            out += &format!(" {m}@{:?}", e.entered_at(&m, &key).unwrap());
+        }
+        out += "\n";
+    }
+    for uid in 0..e.user_count() as u32 {
+        let id = e.user_id(uid).unwrap();
+        out += &format!("{id} {:?}\n", e.traits(id));
+    }
+    for c in e.changes(0, usize::MAX).unwrap() {
+        out += &format!("{c:?}\n");
+    }
+    out
+}
+
+fn check_history(seed: u64, snapshot_log_bytes: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let ops = history(seed, 120);
+    let mut reference = Engine::new(config()).unwrap();
+    let mut durable = Engine::open(config(), storage(dir.path(), snapshot_log_bytes))
+        .unwrap()
+        .0;
+    let mut rng = Lcg(seed ^ 0xabcdef);
+    for (i, op) in ops.iter().enumerate() {
+        run(&mut reference, op);
+        run(&mut durable, op);
+        match rng.next(12) {
+            0 => {
+                durable.snapshot().unwrap();
+            }
+            1 | 2 => {
+                drop(durable);
+                durable = Engine::open(config(), storage(dir.path(), snapshot_log_bytes))
+                    .unwrap()
+                    .0;
+                assert_eq!(
+                    digest(&durable),
+                    digest(&reference),
+                    "seed {seed}, after op {i}"
+                );
+            }
+            _ => {}
+        }
+    }
+    drop(durable);
+    let durable = Engine::open(config(), storage(dir.path(), snapshot_log_bytes))
+        .unwrap()
+        .0;
+    assert_eq!(
+        digest(&durable),
+        digest(&reference),
+        "seed {seed}, at the end"
+    );
+}
+
+#[test]
+fn reopened_engine_equals_one_fed_the_same_operations() {
+    for seed in 1..=6 {
+        check_history(seed, 0);
+    }
+}
+
+#[test]
+fn automatic_snapshots_by_log_size_keep_the_state() {
+    for seed in 7..=9 {
+        check_history(seed, 4_000);
+    }
+}
+
+#[test]
+fn retried_message_ids_are_applied_once_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let batch = br#"[{"type":"track","userId":"a","event":"Order Completed","messageId":"m1","properties":{"revenue":250}}]"#;
+    {
+        let (mut e, _) = Engine::open(config(), storage(dir.path(), 0)).unwrap();
+        e.define_audience("vip", RULES[1].1).unwrap();
+        e.ingest_json(batch).unwrap();
+        e.snapshot().unwrap();
+    }
+    let (mut e, _) = Engine::open(config(), storage(dir.path(), 0)).unwrap();
+    let report = e.ingest_json(batch).unwrap();
+    assert_eq!(report.duplicates, 1);
+    assert!(e.is_member("a", "vip").unwrap());
+    let report = e
+        .ingest_json(br#"[{"type":"track","userId":"a","event":"Order Completed","messageId":"m2","properties":{"revenue":1}}]"#)
+        .unwrap();
+    assert_eq!(report.duplicates, 0);
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_damage_elsewhere_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut e, _) = Engine::open(config(), storage(dir.path(), 0)).unwrap();
+        e.define_audience("vip", RULES[1].1).unwrap();
+        for i in 0..5 {
+            let json = format!(
+                r#"[{{"type":"identify","userId":"u{i}","traits":{{"ltv":{}}}}}]"#,
+                100 * i
+            );
+            e.ingest_json(json.as_bytes()).unwrap();
+        }
+    }
+    let log = dir.path().join("wal-000000000001.log");
+    let full = std::fs::read(&log).unwrap();
+    // A crash mid-write: half of the last record is missing.
+    std::fs::write(&log, &full[..full.len() - 20]).unwrap();
+    let (e, info) = Engine::open(config(), storage(dir.path(), 0)).unwrap();
+    assert!(info.torn_bytes > 0);
+    // The cut record was u4's identify (ltv 400), the only vip.
+    assert!(e.members("vip").unwrap().is_empty());
+    assert_eq!(e.user_count(), 4);
+    drop(e);
+    // A flipped byte inside the first record is corruption, not a torn tail.
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes[30] ^= 0x10;
+    std::fs::write(&log, &bytes).unwrap();
+    match Engine::open(config(), storage(dir.path(), 0)) {
+        Err(SegmintError::Corrupt { path, offset, .. }) => {
+            assert!(path.ends_with("wal-000000000001.log"), "{path}");
+            assert_eq!(offset, 16);
+        }
+        other => panic!("expected a corrupt-data error, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn a_corrupt_snapshot_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut e, _) = Engine::open(config(), storage(dir.path(), 0)).unwrap();
+        e.define_audience("vip", RULES[1].1).unwrap();
+        e.ingest_json(br#"[{"type":"identify","userId":"a","traits":{"ltv":500}}]"#)
+            .unwrap();
+        e.snapshot().unwrap();
+    }
+    let snap = dir.path().join("snapshot-000000000002.snap");
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&snap, &bytes).unwrap();
+    let err = Engine::open(config(), storage(dir.path(), 0))
+        .map(|_| ())
+        .unwrap_err();
+    assert!(matches!(err, SegmintError::Corrupt { .. }), "{err}");
+    assert!(
+        err.to_string().contains("snapshot-000000000002.snap"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_second_engine_cannot_open_a_directory_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_e, _) = Engine::open(config(), storage(dir.path(), 0)).unwrap();
+    let err = Engine::open(config(), storage(dir.path(), 0))
+        .map(|_| ())
+        .unwrap_err();
+    assert!(err.to_string().contains("in use"), "{err}");
+}
+
+#[test]
+fn changes_wait_for_the_fsync_when_it_is_deferred() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = storage(dir.path(), 0);
+    cfg.fsync = FsyncPolicy::Always;
+    let (mut e, _) = Engine::open(config(), cfg).unwrap();
+    e.define_audience("vip", RULES[1].1).unwrap();
+    e.defer_sync(true);
+    let report = e
+        .ingest_json(br#"[{"type":"identify","userId":"a","traits":{"ltv":500}}]"#)
+        .unwrap();
+    assert_eq!(report.last_seq, 1);
+    assert!(e.changes(0, 10).unwrap().is_empty());
+    e.sync_handle()
+        .unwrap()
+        .sync_to(report.wal_position)
+        .unwrap();
+    assert_eq!(e.changes(0, 10).unwrap().len(), 1);
+}
