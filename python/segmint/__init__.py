@@ -41,10 +41,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AudienceCycleError",
-    "CorruptDataError",
     "Batch",
     "BatchError",
     "Change",
+    "CorruptDataError",
     "Engine",
     "ExplainNode",
     "Explanation",

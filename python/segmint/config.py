@@ -40,6 +40,18 @@ class EngineSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     shards: int = 0
     threads: int = 0
     tick: str = "1s"
+    dedup_window: str = "24h"
+
+
+class StorageSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``[storage]``: persistence. Without ``data_dir`` the engine is in memory
+    only and a restart forgets everything."""
+
+    data_dir: str | None = None
+    fsync: Literal["always", "interval", "never"] = "always"
+    fsync_interval: str = "100ms"
+    snapshot_interval: str = "5m"
+    snapshot_log_mb: int = 256
 
 
 class ServerSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -63,6 +75,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     server: ServerSection = msgspec.field(default_factory=ServerSection)
     engine: EngineSection = msgspec.field(default_factory=EngineSection)
+    storage: StorageSection = msgspec.field(default_factory=StorageSection)
     audiences: list[AudienceConfig] = msgspec.field(default_factory=list)
     examples: bool = True
 
@@ -122,6 +135,8 @@ def validate(config: Config) -> None:
     if not is_loopback_host(s.metrics_host):
         raise ConfigError(f"server.metrics_host {s.metrics_host!r}: metrics are loopback-only")
     parse_listen(s.listen)
+    if config.storage.snapshot_log_mb < 0:
+        raise ConfigError("storage.snapshot_log_mb must not be negative")
 
 
 def parse_listen(listen: str) -> tuple[str, bool]:
@@ -154,6 +169,7 @@ __all__ = [
     "ConfigError",
     "EngineSection",
     "ServerSection",
+    "StorageSection",
     "load_config",
     "parse_listen",
 ]

@@ -132,6 +132,17 @@ class Engine:
         return self._core.durable
 
     @property
+    def visible_seq(self) -> int:
+        """The last seq :meth:`changes` shows: with ``fsync="always"``, changes
+        become visible once their log record is on stable storage."""
+        return self._core.visible_seq
+
+    @property
+    def log_bytes(self) -> int:
+        """Bytes of write-ahead log written since the last snapshot."""
+        return self._core.log_bytes
+
+    @property
     def recovery(self) -> Recovery:
         """What opening the data directory found and replayed."""
         gen, records, events, torn, snap_s, replay_s = self._core.recovery

@@ -24,13 +24,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from segmint._time import duration_ms
 from segmint.config import Config, parse_listen
 from segmint.engine import Engine
 from segmint.errors import (
+    CorruptDataError,
     InvalidArgumentError,
     LimitExceededError,
     RuleError,
     SegmintError,
+    StorageError,
     UnknownAudienceError,
     UnknownComputedTraitError,
     UnknownUserError,
@@ -68,6 +71,11 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.RESOURCE_EXHAUSTED, message
     if isinstance(exc, InvalidArgumentError):
         return grpc.StatusCode.INVALID_ARGUMENT, message
+    if isinstance(exc, CorruptDataError):
+        return grpc.StatusCode.DATA_LOSS, message
+    if isinstance(exc, StorageError):
+        # The data directory failed (disk full, I/O error): not acknowledged.
+        return grpc.StatusCode.UNAVAILABLE, message
     if isinstance(exc, SegmintError):
         code = getattr(exc, "code", "")
         if code in ("audience_cycle", "in_use"):
@@ -194,7 +202,7 @@ class ChangeFeed:
 
     def notify(self, seq: int | None = None) -> None:
         """Records that the log reached ``seq`` (default: read it) and wakes waiters."""
-        seq = self._engine.last_seq if seq is None else seq
+        seq = self._engine.visible_seq if seq is None else seq
         with self._cond:
             if seq > self._seq or self._closed:
                 self._seq = max(seq, self._seq)
@@ -757,6 +765,7 @@ class Sidecar:
                 "SEGMINT_TOKEN)"
             )
         e = config.engine
+        st = config.storage
         self.engine = Engine(
             clock=e.clock,
             now=e.now,
@@ -765,10 +774,32 @@ class Sidecar:
             shards=e.shards or None,
             threads=e.threads or None,
             tick=e.tick,
+            dedup_window=e.dedup_window,
+            data_dir=st.data_dir,
+            fsync=st.fsync,
+            fsync_interval=st.fsync_interval,
+            snapshot_log_bytes=st.snapshot_log_mb << 20,
         )
-        audiences = config.startup_audiences()
+        if self.engine.durable:
+            r = self.engine.recovery
+            log.info(
+                "recovered %s: snapshot %d, %d log records (%d events) replayed, "
+                "%d torn bytes cut, now at seq %d",
+                st.data_dir,
+                r.snapshot_generation,
+                r.records_replayed,
+                r.events_replayed,
+                r.torn_bytes,
+                self.engine.last_seq,
+            )
+        # Audiences recovered from the data directory keep their members and
+        # entry times: only missing or changed start-up audiences are defined.
+        existing = {key: self.engine.rule(key) for key in self.engine.audiences()}
+        audiences = [(k, r) for k, r in config.startup_audiences() if existing.get(k) != r]
         if audiences:
             self.engine.define_audiences(audiences)
+        self._snapshots_stop = threading.Event()
+        self._snapshotter: threading.Thread | None = None
         self.metrics = Metrics()
         self.service = SegmintService(self.engine, config, self.metrics)
         self.metrics.registry.register(_EngineCollector(self.service))
@@ -811,6 +842,12 @@ class Sidecar:
                 port, addr=self.config.server.metrics_host, registry=self.metrics.registry
             )
         self.server.start()
+        period = duration_ms(self.config.storage.snapshot_interval, "storage.snapshot_interval")
+        if self.engine.durable and period > 0:
+            self._snapshotter = threading.Thread(
+                target=self._snapshot_loop, args=(period / 1000,), name="segmint-snapshot"
+            )
+            self._snapshotter.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -823,8 +860,29 @@ class Sidecar:
         self.health.enter_graceful_shutdown()
         self.service.feed.close()
         self.server.stop(grace).wait()
+        self._snapshots_stop.set()
+        if self._snapshotter is not None:
+            self._snapshotter.join()
         if self._metrics_httpd is not None:
             self._metrics_httpd.shutdown()
+        # With a data directory: the final snapshot, so the next start loads it
+        # instead of replaying the log.
+        self.engine.close()
+
+    def _snapshot_loop(self, period: float) -> None:
+        """Periodic snapshots, taken only when the log has grown since the last."""
+        while not self._snapshots_stop.wait(period):
+            try:
+                if self.engine.log_bytes > 0:
+                    info = self.engine.snapshot()
+                    log.info(
+                        "snapshot %d written (%d bytes, %.2fs)",
+                        info.generation,
+                        info.bytes,
+                        info.seconds,
+                    )
+            except SegmintError:
+                log.exception("periodic snapshot failed; the log keeps every change")
 
 
 def serve(config: Config, *, token: str | None = None, metrics_port: int | None = None) -> int:

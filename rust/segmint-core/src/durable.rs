@@ -300,9 +300,16 @@ impl Engine {
         self.storage.as_ref().map(|s| s.wal.handle())
     }
 
-    /// Changes up to this seq may be shown: they come from records that are
-    /// durable under the fsync policy.
-    pub(crate) fn visible_seq(&self) -> u64 {
+    /// Bytes of log written since the last snapshot (0 in memory).
+    pub fn log_bytes(&self) -> u64 {
+        self.storage.as_ref().map_or(0, |s| {
+            s.wal.file_len.saturating_sub(storage::WAL_HEADER_LEN)
+        })
+    }
+
+    /// The last seq that [`Engine::changes`] shows: changes of log records
+    /// not yet durable (fsync `always`, deferred) stay hidden until they are.
+    pub fn visible_seq(&self) -> u64 {
         match &self.storage {
             Some(s) => s.wal.durable_seq().min(self.last_seq),
             None => self.last_seq,

@@ -326,6 +326,18 @@ impl Engine {
         self.recovery
     }
 
+    /// The last change seq that `changes` shows (durable under the policy).
+    #[getter]
+    fn visible_seq(&self) -> u64 {
+        self.lock().visible_seq()
+    }
+
+    /// Bytes of write-ahead log since the last snapshot (0 in memory).
+    #[getter]
+    fn log_bytes(&self) -> u64 {
+        self.lock().log_bytes()
+    }
+
     /// Whether the engine has a data directory.
     #[getter]
     fn durable(&self) -> bool {
