@@ -4,7 +4,7 @@
 //!
 //! Usage: `segmint-bench EVENTS.ndjson AUDIENCES.json [--threads N]
 //! [--shards N] [--chunk N] [--latency-samples N] [--hot K]
-//! [--data-dir DIR --fsync always|interval|never]`
+//! [--max-events N] [--data-dir DIR --fsync always|interval|never]`
 //!
 //! With `--data-dir` the engine is durable: ingest figures include the
 //! write-ahead log, and the run ends by measuring recovery (log replay),
@@ -70,10 +70,12 @@ fn main() {
         max_batch_bytes: usize::MAX,
         ..Limits::default()
     };
+    let max_events = arg(&args, "--max-events", usize::MAX);
     let raw = std::fs::read(&args[1]).expect("read events");
     let events: Vec<Event> = decode_json_batch(&raw, &limits)
         .expect("decode events")
         .into_iter()
+        .take(max_events)
         .map(|e| e.expect("valid event"))
         .collect();
     drop(raw);
