@@ -25,7 +25,7 @@ from segmint.errors import (
     UnknownUserError,
 )
 from segmint.events import BatchError, Change, IdentifyEvent, IngestResult, TrackEvent
-from segmint.inspect import ExplainNode, Explanation, Overlap, Preview, Profile
+from segmint.inspect import ComputedTrait, ExplainNode, Explanation, Overlap, Preview, Profile
 
 __version__ = "0.1.0"
 
@@ -34,6 +34,7 @@ __all__ = [
     "Batch",
     "BatchError",
     "Change",
+    "ComputedTrait",
     "Engine",
     "ExplainNode",
     "Explanation",
