@@ -448,9 +448,9 @@ def test_computed_traits_define_list_profile_changes_remove(server: Server) -> N
     )
     assert resp.key == "ct_spend" and resp.type == "number" and resp.with_value == 0
     listed = stub.ListComputedTraits(pb.ListComputedTraitsRequest(), timeout=CALL_TIMEOUT)
-    assert pb.ComputedTrait(key="ct_spend", expression='sum("Buy", price)', type="number") in (
-        listed.computed_traits
-    )
+    assert list(listed.computed_traits) == [
+        pb.ComputedTrait(key="ct_spend", expression='sum("Buy", price)', type="number"),
+    ]
     stub.DefineAudience(
         pb.DefineAudienceRequest(key="ct_big", rule="computed.ct_spend > 10"), timeout=CALL_TIMEOUT
     )
@@ -480,6 +480,37 @@ def test_computed_traits_define_list_profile_changes_remove(server: Server) -> N
     stub.RemoveComputedTrait(pb.RemoveComputedTraitRequest(key="ct_spend"), timeout=CALL_TIMEOUT)
     listed = stub.ListComputedTraits(pb.ListComputedTraitsRequest(), timeout=CALL_TIMEOUT)
     assert all(c.key != "ct_spend" for c in listed.computed_traits)
+
+
+def test_computed_traits_from_the_config_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "segmint.toml"
+    cfg.write_text(
+        """
+examples = false
+
+[engine]
+clock = "manual"
+
+[[computed_traits]]
+key = "buys_7d"
+expression = 'count("Buy", 7d)'
+
+[[audiences]]
+key = "repeat_buyers"
+rule = "computed.buys_7d >= 2"
+"""
+    )
+    srv = start_server("127.0.0.1:0", config=cfg)
+    try:
+        stub = srv.stub()
+        listed = stub.ListComputedTraits(pb.ListComputedTraitsRequest(), timeout=CALL_TIMEOUT)
+        assert [(c.key, c.type) for c in listed.computed_traits] == [("buys_7d", "number")]
+        ingest(stub, [encode_batch([track("cfg_u"), track("cfg_u")])])
+        profile = stub.Profile(pb.ProfileRequest(user_id="cfg_u"), timeout=CALL_TIMEOUT)
+        assert profile.computed["buys_7d"] == 2.0
+        assert list(profile.audiences) == ["repeat_buyers"]
+    finally:
+        srv.stop()
 
 
 def test_auth_rejects_calls_without_the_token() -> None:

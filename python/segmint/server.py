@@ -824,6 +824,8 @@ class Sidecar:
             threads=e.threads or None,
             tick=e.tick,
         )
+        for ct in config.computed_traits:
+            self.engine.define_computed_trait(ct.key, ct.expression)
         audiences = config.startup_audiences()
         if audiences:
             self.engine.define_audiences(audiences)
