@@ -57,6 +57,10 @@ class AudienceCycle(RefError):
     """Defining the audience would make references circular."""
 
 
+class UnknownComputed(RefError, KeyError):
+    pass
+
+
 class InUse(RefError):
     """The audience is referenced by another audience."""
 
@@ -739,6 +743,7 @@ class _Env:
     now: int
     g: int
     event: TrackedEvent | None = None  # inside a `where` filter
+    computed: Mapping[str, Expr] = field(default_factory=dict)  # computed trait expressions
 
 
 def _truthy(v: Value) -> bool:
@@ -807,7 +812,7 @@ def _matches(sel: Selector, ev: TrackedEvent, env: _Env) -> bool:
         return False
     if sel.filter is None:
         return True
-    sub = _Env(env.user, env.now, env.g, ev)
+    sub = _Env(env.user, env.now, env.g, ev, env.computed)
     return _truthy(evaluate(sel.filter, sub))
 
 
@@ -887,7 +892,8 @@ def evaluate(e: Expr, env: _Env) -> Value:
         case Trait(key):
             return env.user.traits.get(key)
         case Computed(key):
-            raise NotImplementedError("computed traits are not modelled by the reference")
+            # A computed trait is its value expression, evaluated at the same instant.
+            return evaluate(env.computed[key], env)
         case Prop(path):
             if env.event is None:
                 raise TypeError(f"property {path!r} outside a where filter")
@@ -1052,6 +1058,7 @@ class Reference:
         self._arrival = 0
         self._message_ids: set[str] = set()
         self._changes: list[RefChange] = []
+        self.computed: dict[str, Expr] = {}  # computed trait key -> value expression
 
     # ---- helpers
     def _floor(self, t: int) -> int:
@@ -1090,7 +1097,7 @@ class Reference:
         """Re-evaluates ``keys`` (in topological order) for one user at ``at``."""
         out: list[RefChange] = []
         for k in keys:
-            env = _Env(u, at, self.g)
+            env = _Env(u, at, self.g, computed=self.computed)
             val = _truthy(evaluate(self.auds[k].expr, env))
             was = k in u.entered
             if val and not was:
@@ -1105,7 +1112,24 @@ class Reference:
         ds: set[int] = {0}
         for a in self.auds.values():
             ds |= rule_durations(a.expr)
+        for x in self.computed.values():
+            ds |= rule_durations(x)
         return ds
+
+    def define_computed_trait(self, key: str, expr: str) -> None:
+        """Defines (or replaces) a computed trait: rules read ``computed.KEY``
+        as ``expr`` evaluated at the same instant. (Values are not logged:
+        the reference models memberships; tests compare values directly.)"""
+        self.computed[key] = parse_rule(expr)
+        users = sorted(self.users.values(), key=lambda x: x.index)
+        for k in self.topo_order():
+            if any(isinstance(n, Computed) and n.key == key for n in walk(self.auds[k].expr)):
+                for u in users:
+                    self._changes.extend(self._eval_user(u, self.now, "definition", [k]))
+
+    def computed_value(self, user: str, key: str) -> Value:
+        """A user's value of a computed trait now (full history)."""
+        return self.value(user, self.computed[key])
 
     def _user_points(self, u: UserState) -> set[int]:
         pts = {e.t for e in u.events}
@@ -1177,8 +1201,9 @@ class Reference:
                 raise UnknownAudience(d)
         if key in deps or any(key in self._closure(d) for d in deps):
             raise AudienceCycle(key)
-        if any(isinstance(n, Computed) for n in walk(expr)):
-            raise NotImplementedError("computed traits are not modelled by the reference")
+        for n in walk(expr):
+            if isinstance(n, Computed) and n.key not in self.computed:
+                raise UnknownComputed(n.key)
         old = self.auds.get(key)
         order = old.order if old else self._def_counter
         if old is None:
@@ -1291,4 +1316,4 @@ class Reference:
         e = parse_rule(expr) if isinstance(expr, str) else expr
         u = self.users.get(user) or UserState(user, -1)
         t = self.now if at is None else self._floor(to_ms(at))
-        return evaluate(e, _Env(u, t, self.g))
+        return evaluate(e, _Env(u, t, self.g, computed=self.computed))

@@ -70,7 +70,7 @@ def test_smoke_run_writes_the_report(tmp_path: Path) -> None:
     for needle in (
         "## DESIGN §7 figures",
         "recovery after kill -9",
-        "not yet possible",
+        "## Durability",
         "event → subscriber over gRPC",
         "gRPC ingest, one server process",
         "time-based exit, manual clock",

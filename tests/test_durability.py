@@ -31,6 +31,19 @@ def make_engine(data_dir: Path | None = None, **kw: Any) -> Engine:
     return Engine(clock="manual", now=NOW, shards=SHARDS, threads=2, data_dir=data_dir, **kw)
 
 
+COMPUTED = [
+    ("revenue_30d", 'sum("Order Completed", revenue, 30d)'),
+    ("categories", 'unique("Product Viewed", category)'),
+]
+
+
+def define_all(e: Engine) -> None:
+    """The computed traits, then the bundled audiences (as the server does)."""
+    for key, expr in COMPUTED:
+        e.define_computed_trait(key, expr)
+    e.define_audiences(EXAMPLE_AUDIENCES)
+
+
 def events(rng: random.Random, n: int, users: int = 40) -> list[dict[str, Any]]:
     """Seed-taxonomy events with explicit timestamps in the last 30 days."""
     out: list[dict[str, Any]] = []
@@ -84,8 +97,10 @@ def digest(e: Engine, users: list[str]) -> dict[str, Any]:
         out[f"rule {key}"] = e.rule(key)
         out[f"size {key}"] = e.size(key)
         out[f"members {key}"] = [(m, e.entered_at(m, key)) for m in e.members(key)]
+    out["computed traits"] = e.computed_traits()
     for u in users:
         out[f"traits {u}"] = e.traits(u)
+        out[f"computed {u}"] = {c.key: e.computed_value(u, c.key) for c in e.computed_traits()}
         out[f"audiences {u}"] = e.audiences_of(u)
     out["changes"] = e.changes(0)
     return out
@@ -101,7 +116,7 @@ def test_close_and_reopen_keeps_everything(tmp_path: Path) -> None:
     with make_engine(tmp_path) as eng:
         assert eng.durable and not ref.durable
         for e in (ref, eng):
-            e.define_audiences(EXAMPLE_AUDIENCES)
+            define_all(e)
             e.define_static_audience("uploaded", users[:5])
         for _ in range(10):
             batch = events(rng, 30)
@@ -124,7 +139,7 @@ def test_reopen_without_close_replays_the_log(tmp_path: Path) -> None:
     ref = make_engine()
     eng = make_engine(tmp_path, fsync="never")
     for e in (ref, eng):
-        e.define_audiences(EXAMPLE_AUDIENCES)
+        define_all(e)
     for _ in range(5):
         batch = events(rng, 20)
         ref.ingest(batch)
@@ -283,6 +298,9 @@ fsync = "always"
 snapshot_interval = "2s"
 snapshot_log_mb = 1
 """
+        + "".join(
+            f"\n[[computed_traits]]\nkey = \"{k}\"\nexpression = '{x}'\n" for k, x in COMPUTED
+        )
     )
     return path
 
@@ -328,7 +346,7 @@ def test_kill_9_mid_stream_loses_no_acknowledged_batch(tmp_path: Path) -> None:
     rng = random.Random(int(os.environ.get("SEGMINT_CRASH_SEED", "7")))
     plan = [events(rng, 40) for _ in range(400)]
     ref = make_engine()
-    ref.define_audiences(EXAMPLE_AUDIENCES)
+    define_all(ref)
     applied = 0  # batches of `plan` the reference has
     users = [f"user-{i}" for i in range(40)]
     keys = [k for k, _ in EXAMPLE_AUDIENCES]

@@ -387,8 +387,15 @@ def test_bad_requests_get_the_right_codes_and_the_server_keeps_serving(server: S
     big = encode_batch([track(f"big{i}", pad="x" * 1000) for i in range(1100)])
     code, _ = _code(raw_ingest(server), iter([big]))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    code, _ = _code(stub.DefineComputedTrait, pb.DefineComputedTraitRequest())
-    assert code == grpc.StatusCode.UNIMPLEMENTED
+    code, details = _code(stub.DefineComputedTrait, pb.DefineComputedTraitRequest())
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "computed trait key" in details
+    code, details = _code(
+        stub.DefineComputedTrait,
+        pb.DefineComputedTraitRequest(key="bad_ct", expression='sum("Buy", price, 30x)'),
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "1:" in details
+    code, _ = _code(stub.RemoveComputedTrait, pb.RemoveComputedTraitRequest(key="nope"))
+    assert code == grpc.StatusCode.NOT_FOUND
     code, details = _code(stub.Preview, pb.PreviewRequest(rule='did("Buy", 1d'))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "1:" in details
     code, _ = _code(stub.Explain, pb.ExplainRequest(user_id="nobody-at-all", audience="buyers"))
@@ -428,6 +435,82 @@ def test_define_and_remove_audience_stream_changes(server: Server) -> None:
     sub.cancel()
     reasons = [c.reason for c in sub.changes]
     assert reasons == ["definition"] * resp.size + ["delete"] * resp.size
+
+
+def test_computed_traits_define_list_profile_changes_remove(server: Server) -> None:
+    stub = server.stub()
+    start = current_seq(stub)
+    sub = Subscriber(stub, start)
+    # Defined before the events: a state no earlier rule kept starts empty.
+    resp = stub.DefineComputedTrait(
+        pb.DefineComputedTraitRequest(key="ct_spend", expression='sum("Buy", price)'),
+        timeout=CALL_TIMEOUT,
+    )
+    assert resp.key == "ct_spend" and resp.type == "number" and resp.with_value == 0
+    listed = stub.ListComputedTraits(pb.ListComputedTraitsRequest(), timeout=CALL_TIMEOUT)
+    assert list(listed.computed_traits) == [
+        pb.ComputedTrait(key="ct_spend", expression='sum("Buy", price)', type="number"),
+    ]
+    stub.DefineAudience(
+        pb.DefineAudienceRequest(key="ct_big", rule="computed.ct_spend > 10"), timeout=CALL_TIMEOUT
+    )
+    acks = ingest(stub, [encode_batch([track("ct_u1", price=5), track("ct_u1", price=7)])])
+    sub.wait_for_seq(acks[-1].seq)
+    sub.call.cancel()
+    mine = [c for c in sub.changes if c.user_id == "ct_u1"]
+    computed = [c for c in mine if c.kind == pb.Change.COMPUTED]
+    assert [
+        (
+            c.computed_trait,
+            c.HasField("old_value"),
+            c.old_value.number_value,
+            c.new_value.number_value,
+        )
+        for c in computed
+    ] == [("ct_spend", False, 0.0, 5.0), ("ct_spend", True, 5.0, 12.0)]
+    assert all(c.reason == "event" and not c.audience for c in computed)
+    entered = [c for c in mine if c.kind == pb.Change.ENTERED and c.audience == "ct_big"]
+    assert [c.seq > computed[-1].seq for c in entered] == [True]
+    profile = stub.Profile(pb.ProfileRequest(user_id="ct_u1"), timeout=CALL_TIMEOUT)
+    assert profile.computed["ct_spend"] == 12.0
+    assert "ct_big" in profile.audiences
+    code, details = _code(stub.RemoveComputedTrait, pb.RemoveComputedTraitRequest(key="ct_spend"))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "ct_big" in details
+    stub.RemoveAudience(pb.RemoveAudienceRequest(key="ct_big"), timeout=CALL_TIMEOUT)
+    stub.RemoveComputedTrait(pb.RemoveComputedTraitRequest(key="ct_spend"), timeout=CALL_TIMEOUT)
+    listed = stub.ListComputedTraits(pb.ListComputedTraitsRequest(), timeout=CALL_TIMEOUT)
+    assert all(c.key != "ct_spend" for c in listed.computed_traits)
+
+
+def test_computed_traits_from_the_config_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "segmint.toml"
+    cfg.write_text(
+        """
+examples = false
+
+[engine]
+clock = "manual"
+
+[[computed_traits]]
+key = "buys_7d"
+expression = 'count("Buy", 7d)'
+
+[[audiences]]
+key = "repeat_buyers"
+rule = "computed.buys_7d >= 2"
+"""
+    )
+    srv = start_server("127.0.0.1:0", config=cfg)
+    try:
+        stub = srv.stub()
+        listed = stub.ListComputedTraits(pb.ListComputedTraitsRequest(), timeout=CALL_TIMEOUT)
+        assert [(c.key, c.type) for c in listed.computed_traits] == [("buys_7d", "number")]
+        ingest(stub, [encode_batch([track("cfg_u"), track("cfg_u")])])
+        profile = stub.Profile(pb.ProfileRequest(user_id="cfg_u"), timeout=CALL_TIMEOUT)
+        assert profile.computed["buys_7d"] == 2.0
+        assert list(profile.audiences) == ["repeat_buyers"]
+    finally:
+        srv.stop()
 
 
 def test_auth_rejects_calls_without_the_token() -> None:

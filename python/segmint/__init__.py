@@ -35,7 +35,7 @@ from segmint.events import (
     SnapshotInfo,
     TrackEvent,
 )
-from segmint.inspect import ExplainNode, Explanation, Overlap, Preview, Profile
+from segmint.inspect import ComputedTrait, ExplainNode, Explanation, Overlap, Preview, Profile
 
 __version__ = "0.1.0"
 
@@ -44,6 +44,7 @@ __all__ = [
     "Batch",
     "BatchError",
     "Change",
+    "ComputedTrait",
     "CorruptDataError",
     "Engine",
     "ExplainNode",

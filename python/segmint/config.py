@@ -30,6 +30,14 @@ class AudienceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     rule: str
 
 
+class ComputedTraitConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One computed trait defined at start-up (before the audiences, which may
+    read it as ``computed.KEY``)."""
+
+    key: str
+    expression: str
+
+
 class EngineSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """``[engine]``: arguments of :class:`segmint.Engine`."""
 
@@ -77,6 +85,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     engine: EngineSection = msgspec.field(default_factory=EngineSection)
     storage: StorageSection = msgspec.field(default_factory=StorageSection)
     audiences: list[AudienceConfig] = msgspec.field(default_factory=list)
+    computed_traits: list[ComputedTraitConfig] = msgspec.field(default_factory=list)
     examples: bool = True
 
     def startup_audiences(self) -> list[tuple[str, str]]:

@@ -22,7 +22,15 @@ from segmint.events import (
     SnapshotInfo,
     TrackEvent,
 )
-from segmint.inspect import Explanation, Overlap, Preview, Profile, explanation, profile
+from segmint.inspect import (
+    ComputedTrait,
+    Explanation,
+    Overlap,
+    Preview,
+    Profile,
+    explanation,
+    profile,
+)
 
 if typing.TYPE_CHECKING:
     from pyroaring import BitMap
@@ -247,6 +255,43 @@ class Engine:
         """Removes an audience; its members exit with reason ``delete``."""
         self._core.remove_audience(key)
 
+    def define_computed_trait(self, key: str, expr: str) -> int:
+        """Defines (or replaces) a computed trait: ``expr`` is a value expression
+        over the user's events, such as ``sum("Order Completed", revenue, 90d)``
+        or ``unique("Product Viewed", category)`` (docs/rules.md). It is
+        evaluated over every profile (each value that differs from the current
+        one, null for a new trait, is a change with reason ``definition``),
+        kept up to date by events and by time, readable on :meth:`profile` and
+        in rules as ``computed.KEY``. Replacing it re-evaluates the rules that
+        read it. Returns how many profiles have a (non-null) value.
+
+        Raises:
+            RuleSyntaxError, RuleTypeError: the expression is invalid (with
+                line and column), or a replacement would change its type so
+                that a rule reading it no longer type-checks (the rule is named).
+            InvalidArgumentError: the key is not a name usable as ``computed.KEY``.
+        """
+        return self._core.define_computed_trait(key, expr)
+
+    def remove_computed_trait(self, key: str) -> None:
+        """Removes a computed trait; every non-null value is logged as a change
+        to ``None`` with reason ``delete``.
+
+        Raises:
+            InUseError: a rule reads it (the message names the audiences).
+            UnknownComputedTraitError: no such computed trait.
+        """
+        self._core.remove_computed_trait(key)
+
+    def computed_traits(self) -> list[ComputedTrait]:
+        """Defined computed traits (key, expression, type), in definition order."""
+        return [ComputedTrait(k, x, t) for k, x, t in self._core.computed_traits()]
+
+    def computed_value(self, user_id: str, key: str) -> Any:
+        """A user's value of a computed trait (``None`` when null or for an
+        unknown user); ``UnknownComputedTraitError`` for an unknown key."""
+        return msgspec.json.decode(self._core.computed_value_json(user_id, key))
+
     def audiences(self) -> list[str]:
         """Defined audience keys, in definition order."""
         return self._core.audiences()
@@ -286,18 +331,39 @@ class Engine:
         return None if raw is None else cast(dict[str, Any], msgspec.json.decode(raw))
 
     def changes(self, since_seq: int = 0, limit: int | None = None) -> list[Change]:
-        """Changes with ``seq > since_seq`` in order (at most ``limit``)."""
-        return [
-            Change(
-                seq=seq,
-                audience=audience,
-                user_id=user,
-                kind="entered" if entered else "exited",
-                at=from_ms(at),
-                reason=cast(Any, reason),
-            )
-            for seq, audience, user, entered, at, reason in self._core.changes(since_seq, limit)
-        ]
+        """Changes with ``seq > since_seq`` in order (at most ``limit``):
+        membership changes and computed-trait value changes (see :class:`Change`)."""
+        out = []
+        for seq, audience, user, entered, at, reason, computed in self._core.changes(
+            since_seq, limit
+        ):
+            if computed is None:
+                out.append(
+                    Change(
+                        seq=seq,
+                        audience=audience,
+                        user_id=user,
+                        kind="entered" if entered else "exited",
+                        at=from_ms(at),
+                        reason=cast(Any, reason),
+                    )
+                )
+            else:
+                key, old, new = computed
+                out.append(
+                    Change(
+                        seq=seq,
+                        audience="",
+                        user_id=user,
+                        kind="computed",
+                        at=from_ms(at),
+                        reason=cast(Any, reason),
+                        computed_trait=key,
+                        old=None if old is None else msgspec.json.decode(old),
+                        new=None if new is None else msgspec.json.decode(new),
+                    )
+                )
+        return out
 
     def explain(self, user_id: str, audience: str) -> Explanation:
         """The audience's rule as a tree with each node's value for the user now,
@@ -317,8 +383,9 @@ class Engine:
         return msgspec.json.decode(self._core.overlap_json(list(audiences)), type=Overlap)
 
     def profile(self, user_id: str) -> Profile:
-        """Traits and audiences (with entry instants) of a user;
-        ``UnknownUserError`` if the user was never seen."""
+        """Traits, computed traits (``computed``: those with a non-null value)
+        and audiences (with entry instants) of a user; ``UnknownUserError`` if
+        the user was never seen."""
         return profile(self._core.profile_json(user_id))
 
     def advance(self, now: Instant) -> int:

@@ -51,14 +51,21 @@ class IngestResult(msgspec.Struct, frozen=True):
 
 
 class Change(msgspec.Struct, frozen=True):
-    """A membership change with its gap-free sequence number."""
+    """A change with its gap-free sequence number: a membership change
+    (``kind`` ``"entered"`` / ``"exited"``, ``audience`` set) or a change of a
+    computed trait's value (``kind`` ``"computed"``, ``audience`` empty,
+    ``computed_trait`` the key, ``old`` / ``new`` the values, ``None`` for
+    null)."""
 
     seq: int
     audience: str
     user_id: str
-    kind: Literal["entered", "exited"]
+    kind: Literal["entered", "exited", "computed"]
     at: datetime
     reason: Literal["event", "time", "definition", "merge", "delete"]
+    computed_trait: str | None = None
+    old: Any = None
+    new: Any = None
 
 
 class SnapshotInfo(msgspec.Struct, frozen=True):

@@ -1,5 +1,5 @@
 """Result types of :meth:`Engine.explain`, :meth:`Engine.preview`,
-:meth:`Engine.overlap` and :meth:`Engine.profile`."""
+:meth:`Engine.overlap`, :meth:`Engine.profile` and :meth:`Engine.computed_traits`."""
 
 from __future__ import annotations
 
@@ -66,11 +66,22 @@ class Overlap(msgspec.Struct, frozen=True):
 
 
 class Profile(msgspec.Struct, frozen=True):
-    """Traits and audiences (with entry instants) of one user."""
+    """Traits, computed traits (those with a non-null value) and audiences
+    (with entry instants) of one user."""
 
     user_id: str
     traits: dict[str, Any]
     audiences: dict[str, datetime]
+    computed: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ComputedTrait(msgspec.Struct, frozen=True):
+    """A defined computed trait: its key, value expression and type
+    (``"number"``, ``"list"`` or ``"any"``)."""
+
+    key: str
+    expression: str
+    type: str
 
 
 def _maybe(ms: int | None) -> datetime | None:
@@ -100,4 +111,5 @@ def profile(raw: bytes) -> Profile:
         user_id=d["user_id"],
         traits=dict(d["traits"]),
         audiences={k: from_ms(at) for k, at in d["audiences"]},
+        computed=dict(d.get("computed", [])),
     )

@@ -49,6 +49,7 @@ HEALTH_SERVICE_PREFIX = "/grpc.health.v1.Health/"
 log = logging.getLogger("segmint.server")
 
 _Report = tuple[int, int, list[tuple[int, str, str]], int, int]
+_ChangeRow = tuple[int, str, str, bool, int, str, tuple[str, str | None, str | None] | None]
 _T = TypeVar("_T")
 _Req = TypeVar("_Req")
 
@@ -254,6 +255,40 @@ def _batch_id(data: bytes) -> int:
     return int(pb.EventBatchHeader.FromString(data).batch_id)
 
 
+def _json_value(text: str | None) -> struct_pb2.Value | None:
+    """A JSON value (from the engine) as a protobuf Value; None stays unset."""
+    if text is None:
+        return None
+    holder = struct_pb2.Struct()
+    holder.update({"v": json.loads(text)})
+    return holder.fields["v"]
+
+
+def _change(row: _ChangeRow) -> pb.Change:
+    """One row of the engine's change log as a protobuf Change."""
+    seq, audience, user, entered, at, reason, computed = row
+    if computed is None:
+        return pb.Change(
+            seq=seq,
+            audience=audience,
+            user_id=user,
+            kind=pb.Change.ENTERED if entered else pb.Change.EXITED,
+            at=_timestamp(at),
+            reason=reason,
+        )
+    key, old, new = computed
+    return pb.Change(
+        seq=seq,
+        user_id=user,
+        kind=pb.Change.COMPUTED,
+        at=_timestamp(at),
+        reason=reason,
+        computed_trait=key,
+        old_value=_json_value(old),
+        new_value=_json_value(new),
+    )
+
+
 def _ack(batch_id: int, report: _Report) -> pb.IngestAck:
     accepted, duplicates, errors, last_seq, changes = report
     return pb.IngestAck(
@@ -328,14 +363,6 @@ class SegmintService:
                     raise
                 self._fail(context, method, exc)
                 raise
-
-        return handler
-
-    def _unimplemented(self, method: str) -> Callable[[Any, grpc.ServicerContext], Any]:
-        def handler(request: Any, context: grpc.ServicerContext) -> Any:
-            self._abort(
-                context, method, grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet"
-            )
 
         return handler
 
@@ -414,6 +441,40 @@ class SegmintService:
         log.info("removed audience %s", request.key)
         return pb.RemoveAudienceResponse(seq=seq)
 
+    def define_computed_trait(
+        self, request: pb.DefineComputedTraitRequest, context: grpc.ServicerContext
+    ) -> pb.DefineComputedTraitResponse:
+        """Defines or replaces a computed trait; backfills it over every profile."""
+        with_value = self.engine.define_computed_trait(request.key, request.expression)
+        seq = self.engine.last_seq
+        self.feed.notify(seq)
+        ty = next((c.type for c in self.engine.computed_traits() if c.key == request.key), "")
+        log.info("defined computed trait %s (%d with a value)", request.key, with_value)
+        return pb.DefineComputedTraitResponse(
+            key=request.key, with_value=with_value, seq=seq, type=ty
+        )
+
+    def remove_computed_trait(
+        self, request: pb.RemoveComputedTraitRequest, context: grpc.ServicerContext
+    ) -> pb.RemoveComputedTraitResponse:
+        """Removes a computed trait (FAILED_PRECONDITION while a rule reads it)."""
+        self.engine.remove_computed_trait(request.key)
+        seq = self.engine.last_seq
+        self.feed.notify(seq)
+        log.info("removed computed trait %s", request.key)
+        return pb.RemoveComputedTraitResponse(seq=seq)
+
+    def list_computed_traits(
+        self, request: pb.ListComputedTraitsRequest, context: grpc.ServicerContext
+    ) -> pb.ListComputedTraitsResponse:
+        """Every computed trait with its expression and type, in definition order."""
+        return pb.ListComputedTraitsResponse(
+            computed_traits=[
+                pb.ComputedTrait(key=c.key, expression=c.expression, type=c.type)
+                for c in self.engine.computed_traits()
+            ]
+        )
+
     def _audience(self, key: str) -> pb.Audience:
         return pb.Audience(key=key, rule=self.engine.rule(key), size=self.engine.size(key))
 
@@ -482,15 +543,13 @@ class SegmintService:
     def profile(
         self, request: pb.ProfileRequest, context: grpc.ServicerContext
     ) -> pb.ProfileResponse:
-        """A user's traits and audiences."""
-        traits = self.engine.traits(request.user_id)
-        if traits is None:
-            raise UnknownUserError(f"unknown user {request.user_id!r}")
-        struct = struct_pb2.Struct()
-        struct.update(traits)
-        return pb.ProfileResponse(
-            traits=struct, audiences=self.engine.audiences_of(request.user_id)
-        )
+        """A user's traits, computed traits and audiences."""
+        p = self.engine.profile(request.user_id)
+        traits = struct_pb2.Struct()
+        traits.update(p.traits)
+        computed = struct_pb2.Struct()
+        computed.update(p.computed)
+        return pb.ProfileResponse(traits=traits, audiences=sorted(p.audiences), computed=computed)
 
     def preview(
         self, request: pb.PreviewRequest, context: grpc.ServicerContext
@@ -567,16 +626,7 @@ class SegmintService:
                 if rows:
                     seq = rows[-1][0]
                     changes = [
-                        pb.Change(
-                            seq=s,
-                            audience=audience,
-                            user_id=user,
-                            kind=pb.Change.ENTERED if entered else pb.Change.EXITED,
-                            at=_timestamp(at),
-                            reason=reason,
-                        )
-                        for s, audience, user, entered, at, reason in rows
-                        if not wanted or audience in wanted
+                        _change(row) for row in rows if not wanted or (row[1] and row[1] in wanted)
                     ]
                     with self._subs_lock:
                         self._subs[sub] = seq
@@ -609,13 +659,6 @@ class SegmintService:
         def stream(name: str, fn: Callable[[Any, Any], Any], req: Any, resp: Any) -> Any:
             return s(
                 self._streaming(name, fn),
-                request_deserializer=req.FromString,
-                response_serializer=resp.SerializeToString,
-            )
-
-        def later(name: str, req: Any, resp: Any) -> Any:
-            return u(
-                self._unimplemented(name),
                 request_deserializer=req.FromString,
                 response_serializer=resp.SerializeToString,
             )
@@ -668,8 +711,23 @@ class SegmintService:
                 pb.SubscribeChangesRequest,
                 pb.ChangeBatch,
             ),
-            "DefineComputedTrait": later(
-                "DefineComputedTrait", pb.DefineComputedTraitRequest, pb.DefineComputedTraitResponse
+            "DefineComputedTrait": unary(
+                "DefineComputedTrait",
+                self.define_computed_trait,
+                pb.DefineComputedTraitRequest,
+                pb.DefineComputedTraitResponse,
+            ),
+            "RemoveComputedTrait": unary(
+                "RemoveComputedTrait",
+                self.remove_computed_trait,
+                pb.RemoveComputedTraitRequest,
+                pb.RemoveComputedTraitResponse,
+            ),
+            "ListComputedTraits": unary(
+                "ListComputedTraits",
+                self.list_computed_traits,
+                pb.ListComputedTraitsRequest,
+                pb.ListComputedTraitsResponse,
             ),
             "Preview": unary("Preview", self.preview, pb.PreviewRequest, pb.PreviewResponse),
             "Explain": unary("Explain", self.explain, pb.ExplainRequest, pb.ExplainResponse),
@@ -792,8 +850,12 @@ class Sidecar:
                 r.torn_bytes,
                 self.engine.last_seq,
             )
-        # Audiences recovered from the data directory keep their members and
-        # entry times: only missing or changed start-up audiences are defined.
+        # Definitions recovered from the data directory keep their state (members,
+        # entry times, values): only missing or changed start-up ones are defined.
+        defined = {c.key: c.expression for c in self.engine.computed_traits()}
+        for ct in config.computed_traits:
+            if defined.get(ct.key) != ct.expression:
+                self.engine.define_computed_trait(ct.key, ct.expression)
         existing = {key: self.engine.rule(key) for key in self.engine.audiences()}
         audiences = [(k, r) for k, r in config.startup_audiences() if existing.get(k) != r]
         if audiences:

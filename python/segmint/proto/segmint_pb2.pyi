@@ -162,10 +162,48 @@ class DefineComputedTraitRequest(_message.Message):
     def __init__(self, key: _Optional[str] = ..., expression: _Optional[str] = ...) -> None: ...
 
 class DefineComputedTraitResponse(_message.Message):
+    __slots__ = ("key", "with_value", "seq", "type")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    WITH_VALUE_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    with_value: int
+    seq: int
+    type: str
+    def __init__(self, key: _Optional[str] = ..., with_value: _Optional[int] = ..., seq: _Optional[int] = ..., type: _Optional[str] = ...) -> None: ...
+
+class RemoveComputedTraitRequest(_message.Message):
     __slots__ = ("key",)
     KEY_FIELD_NUMBER: _ClassVar[int]
     key: str
     def __init__(self, key: _Optional[str] = ...) -> None: ...
+
+class RemoveComputedTraitResponse(_message.Message):
+    __slots__ = ("seq",)
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    def __init__(self, seq: _Optional[int] = ...) -> None: ...
+
+class ListComputedTraitsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ComputedTrait(_message.Message):
+    __slots__ = ("key", "expression", "type")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    EXPRESSION_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    expression: str
+    type: str
+    def __init__(self, key: _Optional[str] = ..., expression: _Optional[str] = ..., type: _Optional[str] = ...) -> None: ...
+
+class ListComputedTraitsResponse(_message.Message):
+    __slots__ = ("computed_traits",)
+    COMPUTED_TRAITS_FIELD_NUMBER: _ClassVar[int]
+    computed_traits: _containers.RepeatedCompositeFieldContainer[ComputedTrait]
+    def __init__(self, computed_traits: _Optional[_Iterable[_Union[ComputedTrait, _Mapping]]] = ...) -> None: ...
 
 class PreviewRequest(_message.Message):
     __slots__ = ("rule", "sample", "replacing")
@@ -266,12 +304,14 @@ class ProfileRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ...) -> None: ...
 
 class ProfileResponse(_message.Message):
-    __slots__ = ("traits", "audiences")
+    __slots__ = ("traits", "audiences", "computed")
     TRAITS_FIELD_NUMBER: _ClassVar[int]
     AUDIENCES_FIELD_NUMBER: _ClassVar[int]
+    COMPUTED_FIELD_NUMBER: _ClassVar[int]
     traits: _struct_pb2.Struct
     audiences: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, traits: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., audiences: _Optional[_Iterable[str]] = ...) -> None: ...
+    computed: _struct_pb2.Struct
+    def __init__(self, traits: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., audiences: _Optional[_Iterable[str]] = ..., computed: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
     __slots__ = ("user_id", "audience")
@@ -336,28 +376,36 @@ class SubscribeChangesRequest(_message.Message):
     def __init__(self, from_seq: _Optional[int] = ..., audiences: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Change(_message.Message):
-    __slots__ = ("seq", "audience", "user_id", "kind", "at", "reason")
+    __slots__ = ("seq", "audience", "user_id", "kind", "at", "reason", "computed_trait", "old_value", "new_value")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[Change.Kind]
         ENTERED: _ClassVar[Change.Kind]
         EXITED: _ClassVar[Change.Kind]
+        COMPUTED: _ClassVar[Change.Kind]
     KIND_UNSPECIFIED: Change.Kind
     ENTERED: Change.Kind
     EXITED: Change.Kind
+    COMPUTED: Change.Kind
     SEQ_FIELD_NUMBER: _ClassVar[int]
     AUDIENCE_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    COMPUTED_TRAIT_FIELD_NUMBER: _ClassVar[int]
+    OLD_VALUE_FIELD_NUMBER: _ClassVar[int]
+    NEW_VALUE_FIELD_NUMBER: _ClassVar[int]
     seq: int
     audience: str
     user_id: str
     kind: Change.Kind
     at: _timestamp_pb2.Timestamp
     reason: str
-    def __init__(self, seq: _Optional[int] = ..., audience: _Optional[str] = ..., user_id: _Optional[str] = ..., kind: _Optional[_Union[Change.Kind, str]] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+    computed_trait: str
+    old_value: _struct_pb2.Value
+    new_value: _struct_pb2.Value
+    def __init__(self, seq: _Optional[int] = ..., audience: _Optional[str] = ..., user_id: _Optional[str] = ..., kind: _Optional[_Union[Change.Kind, str]] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., computed_trait: _Optional[str] = ..., old_value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., new_value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ...) -> None: ...
 
 class ChangeBatch(_message.Message):
     __slots__ = ("changes", "seq")

@@ -106,6 +106,16 @@ class SegmintStub:
                 request_serializer=segmint_dot_v1_dot_segmint__pb2.DefineComputedTraitRequest.SerializeToString,
                 response_deserializer=segmint_dot_v1_dot_segmint__pb2.DefineComputedTraitResponse.FromString,
                 _registered_method=True)
+        self.RemoveComputedTrait = channel.unary_unary(
+                '/segmint.v1.Segmint/RemoveComputedTrait',
+                request_serializer=segmint_dot_v1_dot_segmint__pb2.RemoveComputedTraitRequest.SerializeToString,
+                response_deserializer=segmint_dot_v1_dot_segmint__pb2.RemoveComputedTraitResponse.FromString,
+                _registered_method=True)
+        self.ListComputedTraits = channel.unary_unary(
+                '/segmint.v1.Segmint/ListComputedTraits',
+                request_serializer=segmint_dot_v1_dot_segmint__pb2.ListComputedTraitsRequest.SerializeToString,
+                response_deserializer=segmint_dot_v1_dot_segmint__pb2.ListComputedTraitsResponse.FromString,
+                _registered_method=True)
         self.Preview = channel.unary_unary(
                 '/segmint.v1.Segmint/Preview',
                 request_serializer=segmint_dot_v1_dot_segmint__pb2.PreviewRequest.SerializeToString,
@@ -221,6 +231,18 @@ class SegmintServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveComputedTrait(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListComputedTraits(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Preview(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -317,6 +339,16 @@ def add_SegmintServicer_to_server(servicer, server):
                     servicer.DefineComputedTrait,
                     request_deserializer=segmint_dot_v1_dot_segmint__pb2.DefineComputedTraitRequest.FromString,
                     response_serializer=segmint_dot_v1_dot_segmint__pb2.DefineComputedTraitResponse.SerializeToString,
+            ),
+            'RemoveComputedTrait': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveComputedTrait,
+                    request_deserializer=segmint_dot_v1_dot_segmint__pb2.RemoveComputedTraitRequest.FromString,
+                    response_serializer=segmint_dot_v1_dot_segmint__pb2.RemoveComputedTraitResponse.SerializeToString,
+            ),
+            'ListComputedTraits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListComputedTraits,
+                    request_deserializer=segmint_dot_v1_dot_segmint__pb2.ListComputedTraitsRequest.FromString,
+                    response_serializer=segmint_dot_v1_dot_segmint__pb2.ListComputedTraitsResponse.SerializeToString,
             ),
             'Preview': grpc.unary_unary_rpc_method_handler(
                     servicer.Preview,
@@ -719,6 +751,60 @@ class Segmint:
             '/segmint.v1.Segmint/DefineComputedTrait',
             segmint_dot_v1_dot_segmint__pb2.DefineComputedTraitRequest.SerializeToString,
             segmint_dot_v1_dot_segmint__pb2.DefineComputedTraitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveComputedTrait(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/segmint.v1.Segmint/RemoveComputedTrait',
+            segmint_dot_v1_dot_segmint__pb2.RemoveComputedTraitRequest.SerializeToString,
+            segmint_dot_v1_dot_segmint__pb2.RemoveComputedTraitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListComputedTraits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/segmint.v1.Segmint/ListComputedTraits',
+            segmint_dot_v1_dot_segmint__pb2.ListComputedTraitsRequest.SerializeToString,
+            segmint_dot_v1_dot_segmint__pb2.ListComputedTraitsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -9,6 +9,7 @@ use hashbrown::HashMap;
 
 use crate::error::{Result, RuleError, SegmintError};
 use crate::rules::ast::{self, AggFunc, BinaryOp, ExprKind, Literal, SinceTarget, UnaryOp, Window};
+use crate::rules::Type;
 use crate::time::Millis;
 use crate::value::Value;
 
@@ -18,6 +19,8 @@ pub type StateId = u32;
 pub type ViewId = u32;
 /// Stable slot of an audience; never reused while the engine lives.
 pub type AudId = u32;
+/// Stable slot of a computed trait; never reused while the engine lives.
+pub type CtId = u32;
 
 /// Comparison operators of compiled expressions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -117,6 +120,8 @@ pub enum CExpr {
     MemberFor(AudId),
     /// Membership of an audience.
     InAudience(AudId),
+    /// The current value of a computed trait (kept per user).
+    Computed(CtId),
     /// Presence test.
     Exists(Box<CExpr>),
     /// Boolean negation.
@@ -236,6 +241,8 @@ pub struct AtomDef {
     pub traits: Vec<Arc<str>>,
     /// Audiences whose membership it reads.
     pub audiences: Vec<AudId>,
+    /// Computed traits whose value it reads.
+    pub computed: Vec<CtId>,
     /// Whether time alone can change it (windows, `since`, `member_for`).
     pub timed: bool,
     /// Set when it is `count(E, W) op k` with a monotone `op`: a +1 flips it
@@ -285,8 +292,29 @@ pub struct AudienceDef {
     pub references: Vec<AudId>,
     /// Trait keys it reads.
     pub traits: Vec<Arc<str>>,
+    /// Computed traits it reads (`computed.KEY`).
+    pub computed: Vec<CtId>,
     /// A static audience: members are uploaded, never computed.
     pub is_static: bool,
+}
+
+/// A defined computed trait: a value expression kept per user.
+#[derive(Debug, Clone)]
+pub struct ComputedDef {
+    /// The key (`computed.KEY` in rules).
+    pub key: Arc<str>,
+    /// The expression text.
+    pub source: Arc<str>,
+    /// The parsed expression.
+    pub ast: ast::Expr,
+    /// The value's static type (what `computed.KEY` type-checks as).
+    pub ty: Type,
+    /// The compiled expression (views over shared states).
+    pub expr: CExpr,
+    /// States it reads.
+    pub states: Vec<StateId>,
+    /// Whether time alone can change it (a window lapsing, a future event).
+    pub timed: bool,
 }
 
 /// Everything compiled, shared read-only by the shards during a batch.
@@ -323,6 +351,17 @@ pub struct Catalog {
     /// Rules true on an empty profile, in rank order: a new profile starts
     /// as their member.
     pub empty_true: Vec<AudId>,
+    /// Computed trait slots (`None` once removed).
+    pub computed: Vec<Option<ComputedDef>>,
+    /// Computed trait slot by key.
+    pub computed_by_key: HashMap<Arc<str>, CtId>,
+    /// Per state: the live computed traits that read it.
+    pub computed_by_state: Vec<Vec<CtId>>,
+    /// Per computed trait: the live rules that read it.
+    pub computed_rules: Vec<Vec<AudId>>,
+    /// Values of the computed traits on an empty profile (`count` is 0), by
+    /// slot: a new profile starts with them.
+    pub empty_computed: Vec<(CtId, Value)>,
 }
 
 fn type_error(source: &str, span: ast::Span, message: String) -> SegmintError {
@@ -383,6 +422,7 @@ impl Catalog {
             source,
             references: BTreeSet::new(),
             traits: BTreeSet::new(),
+            computed: BTreeSet::new(),
         };
         // Compile against a scratch copy of the state/view tables so a
         // failure leaves no orphan states behind.
@@ -391,6 +431,7 @@ impl Catalog {
         let compiled = compiler.compile(&ast);
         let references: Vec<AudId> = compiler.references.iter().copied().collect();
         let traits: Vec<Arc<str>> = compiler.traits.iter().cloned().collect();
+        let computed: Vec<CtId> = compiler.computed.iter().copied().collect();
         let expr = match compiled {
             Ok(expr) => expr,
             Err(e) => {
@@ -415,6 +456,7 @@ impl Catalog {
             atoms,
             references,
             traits,
+            computed,
             is_static: false,
         };
         let slot = match existing {
@@ -449,6 +491,7 @@ impl Catalog {
             atoms: Vec::new(),
             references: Vec::new(),
             traits: Vec::new(),
+            computed: Vec::new(),
             is_static: true,
         };
         let slot = match self.by_key.get(key) {
@@ -483,6 +526,169 @@ impl Catalog {
         self.by_key.remove(key);
         self.rebuild_indexes();
         Ok(slot)
+    }
+
+    /// Live computed traits in definition (slot) order.
+    pub fn computed_traits(&self) -> impl Iterator<Item = (CtId, &ComputedDef)> {
+        self.computed
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_ref().map(|c| (i as CtId, c)))
+    }
+
+    /// Looks a computed trait up by key.
+    pub fn computed_trait(&self, key: &str) -> Result<CtId> {
+        self.computed_by_key
+            .get(key)
+            .copied()
+            .ok_or_else(|| SegmintError::UnknownComputedTrait {
+                key: key.to_owned(),
+            })
+    }
+
+    /// The key of a computed trait slot (also of a removed one).
+    pub fn computed_key_of(&self, ct: CtId) -> &str {
+        self.computed
+            .get(ct as usize)
+            .and_then(|c| c.as_ref())
+            .map_or("?", |c| &c.key)
+    }
+
+    /// What `computed.KEY` type-checks as in a rule, or why it cannot be used:
+    /// the resolver given to [`crate::rules::check_rule_in`].
+    pub fn computed_type(&self, key: &str) -> std::result::Result<Type, String> {
+        match self.computed_by_key.get(key) {
+            Some(&ct) => Ok(self.computed[ct as usize]
+                .as_ref()
+                .map_or(Type::Any, |c| c.ty)),
+            None => {
+                let mut known: Vec<&str> = self.computed_traits().map(|(_, c)| &*c.key).collect();
+                known.sort_unstable();
+                Err(if known.is_empty() {
+                    format!(
+                        "unknown computed trait '{key}': no computed trait is defined; define it first with define_computed_trait"
+                    )
+                } else {
+                    format!(
+                        "unknown computed trait '{key}'; expected one of: {}",
+                        known.join(", ")
+                    )
+                })
+            }
+        }
+    }
+
+    /// Adds or replaces a computed trait from a checked value expression (see
+    /// [`crate::rules::compile_value`]). Returns its slot and whether it
+    /// replaced an existing one. On error nothing changes.
+    ///
+    /// Replacing re-checks every rule that reads `computed.KEY` against the
+    /// new type; a rule that no longer type-checks is an error naming it.
+    pub fn define_computed(
+        &mut self,
+        key: &str,
+        source: &str,
+        ast: ast::Expr,
+        ty: Type,
+    ) -> Result<(CtId, bool)> {
+        let existing = self.computed_by_key.get(key).copied();
+        let states_before = self.states.len();
+        let views_before = self.views.len();
+        let mut compiler = Compiler {
+            catalog: self,
+            source,
+            references: BTreeSet::new(),
+            traits: BTreeSet::new(),
+            computed: BTreeSet::new(),
+        };
+        let expr = match compiler.compile(&ast) {
+            Ok(expr) => expr,
+            Err(e) => {
+                self.truncate_tables(states_before, views_before);
+                return Err(e);
+            }
+        };
+        if let Some(e) = existing.and_then(|ct| self.recheck_readers(ct, key, source, ty)) {
+            self.truncate_tables(states_before, views_before);
+            return Err(e);
+        }
+        let mut reads = Reads::default();
+        reads.collect(self, &expr);
+        let def = ComputedDef {
+            key: Arc::from(key),
+            source: Arc::from(source),
+            ast,
+            ty,
+            expr,
+            states: reads.states,
+            timed: reads.timed,
+        };
+        let ct = match existing {
+            Some(ct) => {
+                self.computed[ct as usize] = Some(def);
+                ct
+            }
+            None => {
+                let ct = self.computed.len() as CtId;
+                self.computed.push(Some(def));
+                self.computed_by_key.insert(Arc::from(key), ct);
+                ct
+            }
+        };
+        self.rebuild_indexes();
+        Ok((ct, existing.is_some()))
+    }
+
+    /// The first rule reading computed trait `ct` that no longer type-checks
+    /// once `computed.KEY` has type `ty`, as an error naming the audience.
+    fn recheck_readers(&self, ct: CtId, key: &str, source: &str, ty: Type) -> Option<SegmintError> {
+        if self.computed[ct as usize].as_ref().map(|c| c.ty) == Some(ty) {
+            return None;
+        }
+        let resolve = |k: &str| {
+            if k == key {
+                Ok(ty)
+            } else {
+                self.computed_type(k)
+            }
+        };
+        self.keys()
+            .filter(|(_, aud)| aud.computed.contains(&ct))
+            .find_map(|(_, aud)| {
+                let err = crate::rules::check_rule_in(&aud.source, &aud.ast, &resolve).err()?;
+                Some(match err {
+                    SegmintError::RuleType(mut r) | SegmintError::RuleSyntax(mut r) => {
+                        r.message = format!(
+                            "audience '{}' uses computed.{key}, which would become {} ({source}): {}",
+                            aud.key,
+                            type_article(ty),
+                            r.message
+                        );
+                        SegmintError::RuleType(r)
+                    }
+                    other => other,
+                })
+            })
+    }
+
+    /// Removes a computed trait; an error naming the rules that read it.
+    pub fn remove_computed(&mut self, key: &str) -> Result<CtId> {
+        let ct = self.computed_trait(key)?;
+        let used_by: Vec<String> = self
+            .keys()
+            .filter(|(_, a)| a.computed.contains(&ct))
+            .map(|(_, a)| a.key.to_string())
+            .collect();
+        if !used_by.is_empty() {
+            return Err(SegmintError::InUse {
+                key: format!("computed.{key}"),
+                used_by,
+            });
+        }
+        self.computed[ct as usize] = None;
+        self.computed_by_key.remove(key);
+        self.rebuild_indexes();
+        Ok(ct)
     }
 
     fn truncate_tables(&mut self, states: usize, views: usize) {
@@ -566,11 +772,16 @@ impl Catalog {
                 .or_default()
                 .push(id as StateId);
         }
+        self.computed_by_state = vec![Vec::new(); self.states.len()];
+        self.computed_rules = vec![Vec::new(); self.computed.len()];
         for (slot, def) in self.audiences.iter().enumerate() {
             let Some(def) = def else { continue };
             let slot = slot as AudId;
             for &r in &def.references {
                 self.dependents[r as usize].push(slot);
+            }
+            for &c in &def.computed {
+                self.computed_rules[c as usize].push(slot);
             }
             for &a in &def.atoms {
                 self.atom_rules[a as usize].push((slot, polarity(&def.rule, a)));
@@ -607,6 +818,15 @@ impl Catalog {
                 }
             }
         }
+        for ct in 0..self.computed.len() {
+            let Some(def) = self.computed[ct].clone() else {
+                continue;
+            };
+            self.mark_states(&def.expr);
+            for &s in &def.states {
+                self.computed_by_state[s as usize].push(ct as CtId);
+            }
+        }
         for idx in &mut self.state_index {
             for (_, atoms) in &mut idx.thresholds {
                 atoms.sort_by(|a, b| a.k.total_cmp(&b.k));
@@ -616,6 +836,7 @@ impl Catalog {
                 list.dedup();
             }
         }
+        self.empty_computed = crate::eval::computed_on_empty_profile(self);
         self.empty_true = crate::eval::rules_true_on_empty_profile(self);
     }
 
@@ -688,6 +909,7 @@ impl Catalog {
             states: reads.states,
             traits: reads.traits,
             audiences: reads.audiences,
+            computed: reads.computed,
             timed: reads.timed,
             threshold,
         });
@@ -754,6 +976,7 @@ struct Compiler<'a> {
     source: &'a str,
     references: BTreeSet<AudId>,
     traits: BTreeSet<Arc<str>>,
+    computed: BTreeSet<CtId>,
 }
 
 impl Compiler<'_> {
@@ -772,9 +995,20 @@ impl Compiler<'_> {
                 self.traits.insert(key.clone());
                 CExpr::Trait(key)
             }
-            ExprKind::Computed(k) => {
-                return Err(SegmintError::UnknownComputedTrait { key: k.clone() })
-            }
+            ExprKind::Computed(k) => match self.catalog.computed_by_key.get(k.as_str()) {
+                Some(&ct) => {
+                    self.computed.insert(ct);
+                    CExpr::Computed(ct)
+                }
+                None => {
+                    let message = self
+                        .catalog
+                        .computed_type(k)
+                        .err()
+                        .unwrap_or_else(|| format!("unknown computed trait '{k}'"));
+                    return Err(type_error(self.source, e.span, message));
+                }
+            },
             ExprKind::Property(p) => CExpr::Property(Arc::from(p.as_str())),
             ExprKind::Aggregate {
                 func,
@@ -927,6 +1161,17 @@ impl Compiler<'_> {
     }
 }
 
+fn type_article(t: Type) -> &'static str {
+    match t {
+        Type::Bool => "a condition",
+        Type::Number => "a number",
+        Type::String => "a string",
+        Type::Duration => "a duration",
+        Type::List => "a list",
+        Type::Any => "a dynamic value",
+    }
+}
+
 fn flatten(a: CExpr, b: CExpr, and: bool) -> CExpr {
     let mut items = Vec::new();
     for e in [a, b] {
@@ -1010,7 +1255,8 @@ pub fn children(expr: &CExpr) -> smallvec::SmallVec<[&CExpr; 3]> {
         | CExpr::SinceEvent(_)
         | CExpr::SinceTrait(_)
         | CExpr::MemberFor(_)
-        | CExpr::InAudience(_) => {}
+        | CExpr::InAudience(_)
+        | CExpr::Computed(_) => {}
         CExpr::Exists(x) | CExpr::Not(x) | CExpr::Neg(x) | CExpr::In(x, _, _) => out.push(&**x),
         CExpr::And(xs) | CExpr::Or(xs) => out.extend(xs.iter()),
         CExpr::Arith(_, a, b) | CExpr::Cmp(_, a, b) | CExpr::Str(_, a, b) => {
@@ -1032,6 +1278,7 @@ struct Reads {
     states: Vec<StateId>,
     traits: Vec<Arc<str>>,
     audiences: Vec<AudId>,
+    computed: Vec<CtId>,
     timed: bool,
 }
 
@@ -1068,6 +1315,13 @@ impl Reads {
                     self.audiences.push(*a);
                 }
                 self.timed |= matches!(expr, CExpr::MemberFor(_));
+            }
+            // The value is kept per user and changed by the computed trait's
+            // own updates and timers, which re-evaluate the rules reading it.
+            CExpr::Computed(c) => {
+                if !self.computed.contains(c) {
+                    self.computed.push(*c);
+                }
             }
             _ => for_each_child(expr, |c| self.collect(cat, c)),
         }

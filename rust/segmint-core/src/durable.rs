@@ -36,6 +36,10 @@ pub enum Definition {
     Static(String),
     /// An audience removed.
     Remove(String),
+    /// A computed trait defined or replaced: (key, expression).
+    Computed(String, String),
+    /// A computed trait removed.
+    RemoveComputed(String),
 }
 
 /// One write-ahead-log record. `E` is `&Event` when writing (no copy of the
@@ -72,6 +76,22 @@ pub(crate) enum Record<E> {
     },
     /// `remove_audience`.
     RemoveAudience {
+        /// The instant.
+        now: Millis,
+        /// The key.
+        key: String,
+    },
+    /// `define_computed_trait`.
+    DefineComputed {
+        /// The instant.
+        now: Millis,
+        /// The key.
+        key: String,
+        /// The value expression.
+        expr: String,
+    },
+    /// `remove_computed_trait`.
+    RemoveComputed {
         /// The instant.
         now: Millis,
         /// The key.
@@ -247,6 +267,19 @@ impl Engine {
                 self.remove_audience_with(def, catalog, slots[0]);
                 Ok(0)
             }
+            Record::DefineComputed { now, key, expr } => {
+                let def = Definition::Computed(key, expr);
+                let (catalog, ids) = self.catalog_after(&def).map_err(|(_, e)| e)?;
+                self.define_computed_with(now, def, catalog, ids[0]);
+                Ok(0)
+            }
+            Record::RemoveComputed { now, key } => {
+                self.catch_up(now);
+                let def = Definition::RemoveComputed(key);
+                let (catalog, ids) = self.catalog_after(&def).map_err(|(_, e)| e)?;
+                self.remove_computed_with(def, catalog, ids[0]);
+                Ok(0)
+            }
         }
     }
 
@@ -383,7 +416,7 @@ impl Engine {
                 .iter()
                 .map(|(k, &t)| (k.clone(), t))
                 .collect(),
-            log: self.log.iter().copied().collect(),
+            log: self.log.iter().cloned().collect(),
         };
         let mut sections = vec![encode(&meta)];
         let shards: Vec<Vec<u8>> = self.pool.install(|| {

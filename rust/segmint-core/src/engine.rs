@@ -7,14 +7,15 @@ use hashbrown::HashMap;
 use rayon::prelude::*;
 use roaring::RoaringBitmap;
 
-use crate::catalog::{AudId, Catalog};
+use crate::catalog::{AudId, Catalog, CtId};
 use crate::durable::{Definition, Record};
 use crate::error::{Result, SegmintError};
 use crate::event::{decode_json_batch, Event, EventBody};
 use crate::limits::Limits;
 use crate::rules;
-use crate::shard::{Reason, Shard, ShardChange, Step, Work};
+use crate::shard::{ChangeKind, Reason, Shard, ShardChange, Step, Work};
 use crate::time::{floor_to, format_timestamp, wall_now, Millis, SECOND};
+use crate::value::Value;
 
 /// Which clock the engine follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,28 +62,42 @@ impl Default for EngineConfig {
     }
 }
 
-/// A membership change with its global sequence number.
+/// A change with its global sequence number: a membership change, or (when
+/// `computed` is set) a change of a computed trait's value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
     /// Gap-free sequence number, from 1.
     pub seq: u64,
-    /// Audience key.
+    /// Audience key (empty for a computed-trait change).
     pub audience: Arc<str>,
     /// External user id.
     pub user_id: Arc<str>,
-    /// Entered (true) or exited (false).
+    /// Entered (true) or exited (false); false for a computed-trait change.
     pub entered: bool,
     /// When the change took effect.
     pub at: Millis,
     /// Why.
     pub reason: Reason,
+    /// For a computed-trait change: the key and the old and new values.
+    pub computed: Option<ComputedChange>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+/// A change of a computed trait's value for one user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComputedChange {
+    /// The computed trait's key.
+    pub key: Arc<str>,
+    /// The value before (`None`: null, or no value yet).
+    pub old: Option<Value>,
+    /// The value after (`None`: null).
+    pub new: Option<Value>,
+}
+
+/// One entry of the in-memory change log: plain data (slots, ids, values).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct LoggedChange {
-    aud: AudId,
     uid: u32,
-    entered: bool,
+    kind: ChangeKind,
     at: Millis,
     reason: Reason,
 }
@@ -118,6 +133,7 @@ pub struct Engine {
     pub(crate) log_first_seq: u64,
     pub(crate) last_seq: u64,
     pub(crate) slot_keys: Vec<Arc<str>>,
+    pub(crate) computed_keys: Vec<Arc<str>>,
     pub(crate) seen_messages: HashMap<Arc<str>, Millis>,
     /// Every successful catalog operation in order: the catalog is a pure
     /// function of it, which is how a snapshot restores it.
@@ -177,6 +193,7 @@ impl Engine {
             log_first_seq: 1,
             last_seq: 0,
             slot_keys: Vec::new(),
+            computed_keys: Vec::new(),
             seen_messages: HashMap::new(),
             definitions: Vec::new(),
             storage: None,
@@ -321,9 +338,8 @@ impl Engine {
         for c in changes {
             self.last_seq += 1;
             self.log.push_back(LoggedChange {
-                aud: c.aud,
                 uid: c.uid,
-                entered: c.entered,
+                kind: c.kind,
                 at: c.at,
                 reason: c.reason,
             });
@@ -471,6 +487,134 @@ impl Engine {
         self.config.limits.check_key("audience key", key)
     }
 
+    /// Parses and type-checks a rule, resolving `computed.KEY` against the
+    /// defined computed traits.
+    pub(crate) fn compile_rule(&self, rule: &str) -> Result<crate::rules::ast::Expr> {
+        let ast = rules::parse_rule(rule)?;
+        let cat = &*self.catalog;
+        rules::check_rule_in(rule, &ast, &|k| cat.computed_type(k))?;
+        Ok(ast)
+    }
+
+    /// Defines (or replaces) a computed trait: `expr` is a value expression
+    /// such as `sum("Order Completed", revenue, 90d)` (see docs/rules.md).
+    /// It is evaluated over every profile; each value that differs from the
+    /// user's current one (null for a new trait) is a change with reason
+    /// `definition`. Replacing re-evaluates the rules reading `computed.KEY`.
+    /// Returns how many profiles have a (non-null) value.
+    pub fn define_computed_trait(&mut self, key: &str, expr: &str) -> Result<u64> {
+        if key.is_empty() || key.chars().any(|c| c.is_control()) {
+            return Err(SegmintError::InvalidArgument {
+                message: format!("invalid computed trait key {key:?}: expected a non-empty name without control characters"),
+            });
+        }
+        let name_ok = key.split('.').all(|p| {
+            p.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        });
+        if !name_ok {
+            return Err(SegmintError::InvalidArgument {
+                message: format!("invalid computed trait key {key:?}: expected letters, digits and '_' (dotted parts allowed, each starting with a letter or '_') so that rules can read it as computed.{key}"),
+            });
+        }
+        self.config.limits.check_key("computed trait key", key)?;
+        if expr.len() > self.config.limits.max_rule_bytes {
+            return Err(SegmintError::LimitExceeded {
+                what: "computed trait expression".into(),
+                limit: self.config.limits.max_rule_bytes,
+                actual: expr.len(),
+            });
+        }
+        let now = self.op_now();
+        let def = Definition::Computed(key.to_owned(), expr.to_owned());
+        let (catalog, ids) = self.catalog_after(&def).map_err(|(_, e)| e)?;
+        let position = self.log_record(&Record::<Event>::DefineComputed {
+            now,
+            key: key.to_owned(),
+            expr: expr.to_owned(),
+        })?;
+        self.define_computed_with(now, def, catalog, ids[0]);
+        self.finish_record(position, true)?;
+        Ok(self.computed_count(ids[0]))
+    }
+
+    /// Installs a computed trait compiled by [`Engine::catalog_after`] and
+    /// backfills its values at `now` (also replay).
+    pub(crate) fn define_computed_with(
+        &mut self,
+        now: Millis,
+        def: Definition,
+        catalog: Catalog,
+        ct: CtId,
+    ) {
+        self.catch_up(now);
+        self.install_catalog(def, catalog, &[ct]);
+        let g = self.config.granularity;
+        let changes = self.on_shards(|_, shard, cat, out| {
+            shard.backfill_computed(
+                Step {
+                    cat,
+                    now,
+                    granularity: g,
+                },
+                ct,
+                out,
+            );
+        });
+        self.commit(changes);
+    }
+
+    fn computed_count(&self, ct: CtId) -> u64 {
+        self.shards
+            .iter()
+            .flat_map(|s| s.users.iter())
+            .filter(|u| u.computed_value(ct).is_some())
+            .count() as u64
+    }
+
+    /// Removes a computed trait; an [`SegmintError::InUse`] error naming the
+    /// audiences whose rules read it. Every non-null value is logged as a
+    /// change to null with reason `delete`.
+    pub fn remove_computed_trait(&mut self, key: &str) -> Result<()> {
+        let def = Definition::RemoveComputed(key.to_owned());
+        let (catalog, ids) = self.catalog_after(&def).map_err(|(_, e)| e)?;
+        let position = self.log_record(&Record::<Event>::RemoveComputed {
+            now: self.now,
+            key: key.to_owned(),
+        })?;
+        self.remove_computed_with(def, catalog, ids[0]);
+        self.finish_record(position, true)?;
+        Ok(())
+    }
+
+    /// Installs a catalog without the computed trait `ct` and logs its
+    /// values going to null (also replay).
+    pub(crate) fn remove_computed_with(&mut self, def: Definition, catalog: Catalog, ct: CtId) {
+        self.install_catalog(def, catalog, &[]);
+        let now = self.now;
+        let changes = self.on_shards(|_, shard, _, out| shard.remove_computed(ct, now, out));
+        self.commit(changes);
+    }
+
+    /// Defined computed traits as (key, expression, type name), in definition order.
+    pub fn computed_traits(&self) -> Vec<(String, String, &'static str)> {
+        self.catalog
+            .computed_traits()
+            .map(|(_, c)| (c.key.to_string(), c.source.to_string(), c.ty.name()))
+            .collect()
+    }
+
+    /// A user's value of a computed trait (`None`: null or unknown user).
+    pub fn computed_value(&self, user_id: &str, key: &str) -> Result<Option<Value>> {
+        let ct = self.catalog.computed_trait(key)?;
+        Ok(self
+            .interner
+            .get(user_id)
+            .and_then(|uid| self.shard_of(uid).user(uid)?.computed_value(ct).cloned()))
+    }
+
     /// Defines (or replaces) an audience, evaluates it over every profile
     /// and returns its size. Entries and exits get reason `definition`.
     pub fn define_audience(&mut self, key: &str, rule: &str) -> Result<u64> {
@@ -550,25 +694,53 @@ impl Engine {
             Definition::Audiences(items) => {
                 let mut parsed = Vec::with_capacity(items.len());
                 for (i, (key, rule)) in items.iter().enumerate() {
-                    let ast = rules::compile_rule(rule).map_err(|e| (i, e))?;
+                    let ast = self.compile_rule(rule).map_err(|e| (i, e))?;
                     parsed.push((key.clone(), rule.clone(), ast));
                 }
                 catalog.define_many(parsed)?
             }
             Definition::Static(key) => vec![catalog.define_static(key)],
             Definition::Remove(key) => vec![catalog.remove(key).map_err(|e| (0, e))?],
+            Definition::Computed(key, expr) => {
+                let (ast, ty) = rules::compile_value(expr).map_err(|e| (0, e))?;
+                vec![
+                    catalog
+                        .define_computed(key, expr, ast, ty)
+                        .map_err(|e| (0, e))?
+                        .0,
+                ]
+            }
+            Definition::RemoveComputed(key) => {
+                vec![catalog.remove_computed(key).map_err(|e| (0, e))?]
+            }
         };
         Ok((catalog, slots))
     }
 
     /// Makes `catalog` (from [`Engine::catalog_after`]) current.
-    pub(crate) fn install_catalog(&mut self, def: Definition, catalog: Catalog, slots: &[AudId]) {
-        for &slot in slots {
-            if self.slot_keys.len() <= slot as usize {
-                self.slot_keys.resize(slot as usize + 1, Arc::from(""));
+    /// `ids` are the audience slots (or the computed trait) it defined.
+    pub(crate) fn install_catalog(&mut self, def: Definition, catalog: Catalog, ids: &[u32]) {
+        let (keys, names): (&mut Vec<Arc<str>>, Vec<Option<Arc<str>>>) = match &def {
+            Definition::Computed(key, _) => {
+                (&mut self.computed_keys, vec![Some(Arc::from(key.as_str()))])
             }
-            if let Some(a) = &catalog.audiences[slot as usize] {
-                self.slot_keys[slot as usize] = a.key.clone();
+            _ => (
+                &mut self.slot_keys,
+                ids.iter()
+                    .map(|&slot| {
+                        catalog.audiences[slot as usize]
+                            .as_ref()
+                            .map(|a| a.key.clone())
+                    })
+                    .collect(),
+            ),
+        };
+        for (&id, name) in ids.iter().zip(names) {
+            if keys.len() <= id as usize {
+                keys.resize(id as usize + 1, Arc::from(""));
+            }
+            if let Some(name) = name {
+                keys[id as usize] = name;
             }
         }
         self.catalog = Arc::new(catalog);
@@ -782,13 +954,30 @@ impl Engine {
             .range(start..end)
             .enumerate()
             .take(limit)
-            .map(|(i, c)| Change {
-                seq: self.log_first_seq + (start + i) as u64,
-                audience: self.slot_keys[c.aud as usize].clone(),
-                user_id: Arc::from(self.interner.name(c.uid)),
-                entered: c.entered,
-                at: c.at,
-                reason: c.reason,
+            .map(|(i, c)| {
+                let (audience, entered, computed) = match &c.kind {
+                    ChangeKind::Membership { aud, entered } => {
+                        (self.slot_keys[*aud as usize].clone(), *entered, None)
+                    }
+                    ChangeKind::Computed { ct, old, new } => (
+                        Arc::from(""),
+                        false,
+                        Some(ComputedChange {
+                            key: self.computed_keys[*ct as usize].clone(),
+                            old: old.clone(),
+                            new: new.clone(),
+                        }),
+                    ),
+                };
+                Change {
+                    seq: self.log_first_seq + (start + i) as u64,
+                    audience,
+                    user_id: Arc::from(self.interner.name(c.uid)),
+                    entered,
+                    at: c.at,
+                    reason: c.reason,
+                    computed,
+                }
             })
             .collect())
     }
@@ -822,5 +1011,361 @@ impl Engine {
     /// Number of pending timers.
     pub fn pending_timers(&self) -> usize {
         self.shards.iter().map(Shard::pending_timers).sum()
+    }
+}
+
+#[cfg(test)]
+mod computed_tests {
+    //! Computed traits: incremental values equal a full recomputation, time
+    //! changes happen at the exact instant, rules follow the values.
+    use super::*;
+    use crate::eval::{computed_value, UserEnv};
+    use proptest::prelude::*;
+
+    const H: i64 = 3_600_000;
+    const D: i64 = 24 * H;
+    const T0: i64 = 1_000 * D;
+
+    fn engine(shards: usize) -> Engine {
+        Engine::new(EngineConfig {
+            clock: Clock::Manual(T0),
+            shards,
+            threads: shards,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn track(e: &mut Engine, user: &str, event: &str, props: &str, at: i64) {
+        let ts = format_timestamp(at);
+        let json = format!(
+            r#"[{{"type":"track","userId":"{user}","event":"{event}","properties":{props},"timestamp":"{ts}"}}]"#
+        );
+        let report = e.ingest_json(json.as_bytes()).unwrap();
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+    }
+
+    fn value(e: &Engine, user: &str, key: &str) -> Option<Value> {
+        e.computed_value(user, key).unwrap()
+    }
+
+    /// (key, user, old, new, at, reason) of each computed-trait change.
+    type Row = (String, String, Option<Value>, Option<Value>, Millis, Reason);
+
+    fn computed_changes(e: &Engine, since: u64) -> Vec<Row> {
+        e.changes(since, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .filter_map(|c| {
+                let cc = c.computed?;
+                Some((
+                    cc.key.to_string(),
+                    c.user_id.to_string(),
+                    cc.old,
+                    cc.new,
+                    c.at,
+                    c.reason,
+                ))
+            })
+            .collect()
+    }
+
+    /// Every kept value equals the expression evaluated afresh from the states.
+    fn assert_kept_equals_recomputed(e: &Engine) {
+        let cat = e.catalog();
+        for shard in &e.shards {
+            for user in &shard.users {
+                let env = UserEnv {
+                    cat,
+                    user,
+                    now: e.now(),
+                    granularity: e.config.granularity,
+                };
+                for (ct, _) in cat.computed_traits() {
+                    assert_eq!(
+                        user.computed_value(ct).cloned(),
+                        computed_value(cat, ct, &env),
+                        "computed.{} at {}",
+                        cat.computed_key_of(ct),
+                        e.now()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn window_lapse_changes_the_value_at_the_exact_instant() {
+        let mut e = engine(2);
+        e.define_computed_trait("orders_1h", r#"count("Order Completed", 1h)"#)
+            .unwrap();
+        track(&mut e, "u", "Order Completed", "{}", T0 - 10 * 60_000);
+        assert_eq!(value(&e, "u", "orders_1h"), Some(Value::Num(1.0)));
+        let seq = e.last_seq();
+        e.advance(T0 + 5 * H).unwrap();
+        assert_eq!(value(&e, "u", "orders_1h"), Some(Value::Num(0.0)));
+        assert_eq!(
+            computed_changes(&e, seq),
+            vec![(
+                "orders_1h".into(),
+                "u".into(),
+                Some(Value::Num(1.0)),
+                Some(Value::Num(0.0)),
+                T0 + 50 * 60_000,
+                Reason::Time
+            )]
+        );
+    }
+
+    #[test]
+    fn a_new_profile_logs_its_values_from_null_and_rules_follow() {
+        let mut e = engine(1);
+        e.define_computed_trait("spend", r#"sum("Order Completed", revenue, 2h)"#)
+            .unwrap();
+        e.define_audience("big", "computed.spend > 100").unwrap();
+        track(&mut e, "u", "Order Completed", r#"{"revenue": 150}"#, T0);
+        let changes = e.changes(0, 10).unwrap();
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        let cc = changes[0].computed.clone().unwrap();
+        assert_eq!((cc.old, cc.new), (None, Some(Value::Num(150.0))));
+        assert_eq!(
+            (changes[1].audience.as_ref(), changes[1].entered),
+            ("big", true)
+        );
+        e.advance(T0 + 3 * H).unwrap();
+        let changes = e.changes(2, 10).unwrap();
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert_eq!(
+            changes[0].computed.as_ref().unwrap().new,
+            None,
+            "sum of nothing is null"
+        );
+        assert_eq!(
+            (changes[0].at, changes[0].reason),
+            (T0 + 2 * H, Reason::Time)
+        );
+        assert_eq!(
+            (changes[1].audience.as_ref(), changes[1].entered),
+            ("big", false)
+        );
+        assert_eq!(
+            changes[1].at,
+            T0 + 2 * H,
+            "the rule follows at the same instant"
+        );
+    }
+
+    #[test]
+    fn backfill_replace_and_remove() {
+        let mut e = engine(3);
+        for u in ["a", "b", "c"] {
+            track(&mut e, u, "Product Viewed", r#"{"category": "shoes"}"#, T0);
+        }
+        track(&mut e, "a", "Identify Me", "{}", T0);
+        // The state of "Product Viewed" with category did not exist: a new
+        // state starts empty, so the views are counted from now on.
+        assert_eq!(
+            e.define_computed_trait("views", r#"count("Product Viewed")"#)
+                .unwrap(),
+            3
+        );
+        let defs = computed_changes(&e, 0);
+        assert_eq!(defs.len(), 3);
+        assert!(defs
+            .iter()
+            .all(|c| c.5 == Reason::Definition && c.2.is_none()));
+        track(&mut e, "a", "Product Viewed", r#"{"category": "bags"}"#, T0);
+        assert_eq!(value(&e, "a", "views"), Some(Value::Num(1.0)));
+        e.define_audience("viewers", "computed.views >= 1").unwrap();
+        assert_eq!(e.members("viewers").unwrap(), vec!["a"]);
+        // Remove while in use: an error naming the rule.
+        let err = e.remove_computed_trait("views").unwrap_err();
+        assert!(
+            matches!(&err, SegmintError::InUse { used_by, .. } if used_by == &vec!["viewers".to_string()]),
+            "{err}"
+        );
+        // Replace: the rule is re-evaluated with reason definition.
+        let seq = e.last_seq();
+        e.define_computed_trait(
+            "views",
+            r#"count("Product Viewed" where category == "shoes")"#,
+        )
+        .unwrap();
+        assert_eq!(value(&e, "a", "views"), Some(Value::Num(0.0)));
+        let after = e.changes(seq, 10).unwrap();
+        assert_eq!(after.len(), 2, "{after:?}");
+        assert_eq!(
+            (
+                after[1].audience.as_ref(),
+                after[1].entered,
+                after[1].reason
+            ),
+            ("viewers", false, Reason::Definition)
+        );
+        // A replacement changing the type breaks the rule: an error naming it.
+        let err = e
+            .define_computed_trait("views", r#"unique("Product Viewed", category)"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("audience 'viewers'"), "{err}");
+        assert_eq!(
+            e.computed_traits()[0].2,
+            "number",
+            "unchanged after the error"
+        );
+        e.remove_audience("viewers").unwrap();
+        let seq = e.last_seq();
+        e.remove_computed_trait("views").unwrap();
+        let gone = computed_changes(&e, seq);
+        assert_eq!(gone.len(), 3);
+        assert!(gone.iter().all(|c| c.3.is_none() && c.5 == Reason::Delete));
+        assert!(e.computed_traits().is_empty());
+        assert!(matches!(
+            e.computed_value("a", "views"),
+            Err(SegmintError::UnknownComputedTrait { .. })
+        ));
+    }
+
+    #[test]
+    fn rules_type_check_against_the_computed_type() {
+        let mut e = engine(1);
+        let err = e
+            .define_audience("x", "trait.a == 1 and\n computed.nope > 3")
+            .unwrap_err();
+        let SegmintError::RuleType(r) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!((r.line, r.column), (2, 2), "{err}");
+        assert!(r.message.contains("unknown computed trait 'nope'"), "{err}");
+        e.define_computed_trait("ltv", r#"sum("Order Completed", revenue)"#)
+            .unwrap();
+        e.define_computed_trait("cats", r#"unique("Product Viewed", category)"#)
+            .unwrap();
+        let err = e
+            .define_audience("x", r#"computed.ltv == "gold""#)
+            .unwrap_err();
+        assert!(matches!(err, SegmintError::RuleType(_)), "{err}");
+        let err = e
+            .define_audience("x", r#"computed.cats == "shoes""#)
+            .unwrap_err();
+        assert!(matches!(err, SegmintError::RuleType(_)), "{err}");
+        e.define_audience("shoes", r#"computed.cats contains "shoes""#)
+            .unwrap();
+        e.define_audience("shoes_or_bags", r#"computed.cats in ["shoes", "bags"]"#)
+            .unwrap();
+        track(
+            &mut e,
+            "u",
+            "Product Viewed",
+            r#"{"category": "shoes"}"#,
+            T0,
+        );
+        assert_eq!(
+            value(&e, "u", "cats"),
+            Some(Value::List(vec![Arc::<str>::from("shoes")].into()))
+        );
+        assert!(e.is_member("u", "shoes").unwrap());
+        assert!(e.is_member("u", "shoes_or_bags").unwrap());
+        let err = e.define_computed_trait("bad", "trait.x == 1").unwrap_err();
+        assert!(matches!(err, SegmintError::RuleType(_)), "{err}");
+        let err = e
+            .define_computed_trait("bad key", r#"count("X")"#)
+            .unwrap_err();
+        assert!(matches!(err, SegmintError::InvalidArgument { .. }), "{err}");
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Track {
+            user: u8,
+            name: u8,
+            rev: Option<i8>,
+            cat: u8,
+            ago: i64,
+        },
+        Advance(i64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0u8..4, 0u8..2, proptest::option::of(-3i8..10), 0u8..3, -100i64..7_200)
+                .prop_map(|(user, name, rev, cat, ago)| Op::Track { user, name, rev, cat, ago }),
+            1 => (1i64..5_000).prop_map(Op::Advance),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// After any stream of events (late, future-dated) and clock moves,
+        /// every kept value equals a full recomputation, and the last change
+        /// logged per (user, key) carries the current value.
+        #[test]
+        fn incremental_equals_full_recomputation(
+            ops in proptest::collection::vec(op(), 1..60),
+            shards in 1usize..3,
+        ) {
+            let mut e = engine(shards);
+            let exprs = [
+                ("n", r#"count("A", 30m)"#),
+                ("n_all", r#"count("A")"#),
+                ("rev", r#"sum("A", revenue, 1h)"#),
+                ("avg", r#"avg("A", revenue)"#),
+                ("lo", r#"min("B", revenue, 20m)"#),
+                ("hi", r#"max("A", revenue, 2h)"#),
+                ("d", r#"distinct("A", category, 45m)"#),
+                ("mf", r#"most_frequent("B", category)"#),
+                ("f", r#"first("A", category, 1h)"#),
+                ("l", r#"last("A", category)"#),
+                ("u", r#"unique("B", category, 30m)"#),
+                ("since_b", r#"count("A", since "B")"#),
+                ("mix", r#"sum("A", revenue) / count("A", 1h)"#),
+            ];
+            // Half defined before the events, half after some of them.
+            for (k, x) in &exprs[..6] {
+                e.define_computed_trait(k, x).unwrap();
+            }
+            e.define_audience("r", "computed.n >= 2 or computed.rev > 5").unwrap();
+            let half = ops.len() / 2;
+            let mut now = T0;
+            for (i, op) in ops.iter().enumerate() {
+                if i == half {
+                    for (k, x) in &exprs[6..] {
+                        e.define_computed_trait(k, x).unwrap();
+                    }
+                }
+                match op {
+                    Op::Track { user, name, rev, cat, ago } => {
+                        let props = match rev {
+                            Some(r) => format!(r#"{{"revenue": {r}, "category": "c{cat}"}}"#),
+                            None => format!(r#"{{"category": "c{cat}"}}"#),
+                        };
+                        let name = ["A", "B"][*name as usize];
+                        track(&mut e, &format!("u{user}"), name, &props, now - ago * 1000);
+                    }
+                    Op::Advance(s) => {
+                        now += s * 1000;
+                        e.advance(now).unwrap();
+                    }
+                }
+                assert_kept_equals_recomputed(&e);
+            }
+            let mut last: HashMap<(String, String), Option<Value>> = HashMap::new();
+            for (k, u, _, new, _, _) in computed_changes(&e, 0) {
+                last.insert((k, u), new);
+            }
+            for ((k, u), v) in last {
+                prop_assert_eq!(v, value(&e, &u, &k), "computed.{} of {}", k, u);
+            }
+            // The rule reading computed values agrees with a fresh evaluation.
+            for u in 0..4 {
+                let user = format!("u{u}");
+                if e.interner.get(&user).is_none() {
+                    continue;
+                }
+                let n = value(&e, &user, "n").and_then(|v| v.as_num()).unwrap_or(0.0);
+                let rev = value(&e, &user, "rev").and_then(|v| v.as_num());
+                let want = n >= 2.0 || rev.is_some_and(|r| r > 5.0);
+                prop_assert_eq!(e.is_member(&user, "r").unwrap(), want);
+            }
+        }
     }
 }

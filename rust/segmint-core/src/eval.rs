@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::catalog::{
-    ArithOp, AtomId, AudId, CExpr, Catalog, CmpOp, RuleExpr, StateId, StrOp, WindowDef,
+    ArithOp, AtomId, AudId, CExpr, Catalog, CmpOp, CtId, RuleExpr, StateId, StrOp, WindowDef,
 };
 use crate::profile::UserData;
 use crate::state::{aggregate, window_range};
@@ -76,6 +76,7 @@ impl Env for UserEnv<'_> {
                 self.duration_base(e).map(|b| Value::Dur(self.now - b))
             }
             CExpr::InAudience(a) => Some(Value::Bool(self.user.is_member(*a))),
+            CExpr::Computed(c) => self.user.computed_value(*c).cloned(),
             _ => None,
         }
     }
@@ -211,6 +212,9 @@ impl UserEnv<'_> {
     fn raw_next_change(&self, e: &CExpr) -> Option<Millis> {
         match e {
             CExpr::Lit(_) | CExpr::Trait(_) | CExpr::Property(_) | CExpr::InAudience(_) => None,
+            // A kept computed value changes through the computed trait's own
+            // timer, which then re-evaluates the rules reading it.
+            CExpr::Computed(_) => None,
             CExpr::MemberFor(_) | CExpr::SinceTrait(_) => None,
             CExpr::SinceEvent(s) => self.future(*s),
             CExpr::View(v) => self.view_next_change(*v),
@@ -354,7 +358,10 @@ pub fn member(cat: &Catalog, aud: AudId, env: &UserEnv<'_>) -> bool {
 /// satisfies (such as `not did("X")`), in rank order. On an empty profile
 /// every value is constant in time, so this is a property of the rule.
 pub fn rules_true_on_empty_profile(cat: &Catalog) -> Vec<AudId> {
-    let mut user = UserData::default();
+    let mut user = UserData {
+        computed: cat.empty_computed.clone(),
+        ..Default::default()
+    };
     let mut order: Vec<AudId> = cat.keys().map(|(slot, _)| slot).collect();
     order.sort_by_key(|&a| cat.rank[a as usize]);
     let mut out = Vec::new();
@@ -371,4 +378,27 @@ pub fn rules_true_on_empty_profile(cat: &Catalog) -> Vec<AudId> {
         }
     }
     out
+}
+
+/// The values of the live computed traits on a profile with no events, by
+/// slot, leaving out nulls (`count(...)` is 0, `sum(...)` is null). They are
+/// constant in time.
+pub fn computed_on_empty_profile(cat: &Catalog) -> Vec<(CtId, Value)> {
+    let user = UserData::default();
+    let env = UserEnv {
+        cat,
+        user: &user,
+        now: 0,
+        granularity: 1,
+    };
+    cat.computed_traits()
+        .filter_map(|(ct, def)| eval_value(&def.expr, &env).map(|v| (ct, v)))
+        .collect()
+}
+
+/// The value of computed trait `ct` for the user at the env's instant
+/// (evaluated from the aggregation states, not the kept value).
+pub fn computed_value(cat: &Catalog, ct: CtId, env: &UserEnv<'_>) -> Option<Value> {
+    let def = cat.computed.get(ct as usize)?.as_ref()?;
+    eval_value(&def.expr, env)
 }

@@ -93,6 +93,8 @@ pub struct Profile {
     pub traits: Vec<(String, serde_json::Value)>,
     /// Audiences the user is in, with the instant of entry, sorted by key.
     pub audiences: Vec<(String, Millis)>,
+    /// Computed traits with a (non-null) value, sorted by key.
+    pub computed: Vec<(String, serde_json::Value)>,
 }
 
 /// Renders a compiled expression back as rule text.
@@ -158,6 +160,9 @@ fn write_expr(cat: &Catalog, e: &CExpr, out: &mut String) {
         }
         CExpr::InAudience(a) => {
             let _ = write!(out, "in_audience({:?})", aud_key(a));
+        }
+        CExpr::Computed(c) => {
+            let _ = write!(out, "computed.{}", cat.computed_key_of(*c));
         }
         CExpr::Exists(x) => {
             out.push_str("exists(");
@@ -416,7 +421,7 @@ impl Engine {
     /// enter and exit that audience. Sample and lists hold at most `limit`
     /// ids each.
     pub fn preview(&self, rule: &str, replacing: Option<&str>, limit: usize) -> Result<Preview> {
-        let ast = crate::rules::compile_rule(rule)?;
+        let ast = self.compile_rule(rule)?;
         let mut cat = (*self.catalog).clone();
         let old: Option<AudId> = replacing.map(|k| cat.audience(k)).transpose()?;
         let key = replacing.unwrap_or("\u{0}preview");
@@ -539,6 +544,15 @@ impl Engine {
             })
             .collect();
         audiences.sort();
+        let mut computed: Vec<(String, serde_json::Value)> = user
+            .computed
+            .iter()
+            .filter_map(|(ct, v)| {
+                let def = self.catalog.computed.get(*ct as usize)?.as_ref()?;
+                Some((def.key.to_string(), v.to_json()))
+            })
+            .collect();
+        computed.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(Profile {
             user_id: user_id.to_owned(),
             traits: user
@@ -547,6 +561,7 @@ impl Engine {
                 .map(|(k, v)| (k.to_string(), v.to_json()))
                 .collect(),
             audiences,
+            computed,
         })
     }
 }

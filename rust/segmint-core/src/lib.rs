@@ -38,7 +38,7 @@ pub mod value;
 pub mod wire;
 
 pub use durable::{RecoveryInfo, SnapshotInfo};
-pub use engine::{Change, Clock, Engine, EngineConfig, IngestReport};
+pub use engine::{Change, Clock, ComputedChange, Engine, EngineConfig, IngestReport};
 pub use error::{Result, RuleError, SegmintError};
 pub use event::{Event, EventBody};
 pub use shard::Reason;

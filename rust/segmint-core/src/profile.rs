@@ -5,7 +5,7 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 use roaring::RoaringBitmap;
 
-use crate::catalog::{AtomId, AudId, StateId};
+use crate::catalog::{AtomId, AudId, CtId, StateId};
 use crate::state::UserState;
 use crate::time::Millis;
 use crate::value::{Flat, Value};
@@ -69,6 +69,9 @@ pub struct UserData {
     /// Audiences the user is in, with the instant of entry, sorted by slot.
     /// (The shard's bitmaps hold the same memberships for queries.)
     pub memberships: Vec<(AudId, Millis)>,
+    /// Current values of the computed traits, sorted by slot; a null value
+    /// is absent. Kept so that a change of value is detected and logged.
+    pub computed: Vec<(CtId, Value)>,
 }
 
 impl UserData {
@@ -106,6 +109,28 @@ impl UserData {
             (Ok(i), false) => {
                 self.memberships.remove(i);
             }
+        }
+    }
+
+    /// The kept value of a computed trait (`None`: null).
+    pub fn computed_value(&self, ct: CtId) -> Option<&Value> {
+        self.computed
+            .binary_search_by_key(&ct, |(c, _)| *c)
+            .ok()
+            .map(|i| &self.computed[i].1)
+    }
+
+    /// Sets (or, with `None`, clears) a computed trait's kept value; returns
+    /// the previous one.
+    pub fn set_computed(&mut self, ct: CtId, value: Option<Value>) -> Option<Value> {
+        match (self.computed.binary_search_by_key(&ct, |(c, _)| *c), value) {
+            (Ok(i), Some(v)) => Some(std::mem::replace(&mut self.computed[i].1, v)),
+            (Ok(i), None) => Some(self.computed.remove(i).1),
+            (Err(i), Some(v)) => {
+                self.computed.insert(i, (ct, v));
+                None
+            }
+            (Err(_), None) => None,
         }
     }
 
@@ -185,6 +210,7 @@ impl UserData {
             + self.states.capacity() * std::mem::size_of::<(StateId, UserState)>()
             + self.timers.capacity() * std::mem::size_of::<(AtomId, Millis)>()
             + self.memberships.capacity() * std::mem::size_of::<(AudId, Millis)>()
+            + self.computed.capacity() * std::mem::size_of::<(CtId, Value)>()
     }
 }
 

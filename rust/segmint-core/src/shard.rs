@@ -9,8 +9,8 @@ use std::sync::Arc;
 use roaring::RoaringBitmap;
 use smallvec::SmallVec;
 
-use crate::catalog::{AtomId, AudId, Catalog, StateId, WindowDef};
-use crate::eval::{compare, eval_bool, eval_rule, PropsEnv, UserEnv};
+use crate::catalog::{AtomId, AudId, Catalog, CtId, StateId, WindowDef};
+use crate::eval::{compare, eval_bool, eval_rule, eval_value, PropsEnv, UserEnv};
 use crate::profile::{Memberships, UserData};
 use crate::state::{aggregate, window_range};
 use crate::time::Millis;
@@ -44,18 +44,43 @@ impl Reason {
     }
 }
 
+/// Timer ids with this bit set are computed-trait timers (`COMPUTED_TIMER |
+/// slot`); the others are atom ids. Both share the per-shard heap, so that
+/// the instants of both kinds are processed in one order.
+pub const COMPUTED_TIMER: AtomId = 1 << 31;
+
+/// What a change is about. Plain data (slots and values) so that it can be
+/// stored in the change log.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum ChangeKind {
+    /// The user entered (`entered`) or exited an audience.
+    Membership {
+        /// The audience slot.
+        aud: AudId,
+        /// Entered (true) or exited.
+        entered: bool,
+    },
+    /// The value of a computed trait changed.
+    Computed {
+        /// The computed trait slot.
+        ct: CtId,
+        /// The value before (`None`: null or none yet).
+        old: Option<Value>,
+        /// The value after (`None`: null).
+        new: Option<Value>,
+    },
+}
+
 /// A change produced by a shard, before it gets its global sequence number.
 /// `order` sorts changes from all shards into one deterministic sequence.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShardChange {
     /// Sort key across shards.
     pub order: (i64, u64, u64),
-    /// The audience slot.
-    pub aud: AudId,
     /// The user's dense id.
     pub uid: u32,
-    /// Entered (true) or exited.
-    pub entered: bool,
+    /// What changed.
+    pub kind: ChangeKind,
     /// The instant.
     pub at: Millis,
     /// Why.
@@ -329,9 +354,8 @@ impl Shard {
             if let Some(entered) = self.evaluate(step, local, uid, aud) {
                 out.push(ShardChange {
                     order: (order.0, order.1, counter),
-                    aud,
                     uid,
-                    entered,
+                    kind: ChangeKind::Membership { aud, entered },
                     at: step.now,
                     reason,
                 });
@@ -396,6 +420,7 @@ impl Shard {
     /// incrementally like any other.
     fn materialize(&mut self, step: Step<'_>, local: usize) {
         let uid = local as u32 * self.count + self.index;
+        self.users[local].computed = step.cat.empty_computed.clone();
         for &aud in &step.cat.empty_true {
             self.set_member(local, uid, aud, true, step.now);
             for &atom in &step.cat.timed_by_audience[aud as usize] {
@@ -405,7 +430,8 @@ impl Shard {
     }
 
     /// Replaces the changes logged for a new profile's first event by its net
-    /// effect: one entry per audience it ends up in, in rank order.
+    /// effect: the values of its computed traits (from null), then one entry
+    /// per audience it ends up in, in rank order.
     fn log_new_profile(
         &mut self,
         step: Step<'_>,
@@ -416,25 +442,79 @@ impl Shard {
         out: &mut Vec<ShardChange>,
     ) {
         let cat = step.cat;
-        let mut auds: Vec<AudId> = cat
-            .empty_true
-            .iter()
-            .copied()
-            .chain(out[mark..].iter().map(|c| c.aud))
-            .collect();
+        let mut auds: Vec<AudId> = cat.empty_true.clone();
+        auds.extend(out[mark..].iter().filter_map(|c| match c.kind {
+            ChangeKind::Membership { aud, .. } => Some(aud),
+            ChangeKind::Computed { .. } => None,
+        }));
         out.truncate(mark);
+        for (counter, (ct, value)) in self.users[local].computed.iter().enumerate() {
+            out.push(ShardChange {
+                order: (index as i64, 0, counter as u64),
+                uid,
+                kind: ChangeKind::Computed {
+                    ct: *ct,
+                    old: None,
+                    new: Some(value.clone()),
+                },
+                at: step.now,
+                reason: Reason::Event,
+            });
+        }
         auds.sort_unstable_by_key(|&a| (cat.rank[a as usize], a));
         auds.dedup();
         let entered = auds.into_iter().filter(|&a| self.users[local].is_member(a));
         for (counter, aud) in entered.enumerate() {
             out.push(ShardChange {
-                order: (index as i64, 0, counter as u64),
-                aud,
+                order: (index as i64, 1, counter as u64),
                 uid,
-                entered: true,
+                kind: ChangeKind::Membership { aud, entered: true },
                 at: step.now,
                 reason: Reason::Event,
             });
+        }
+    }
+
+    /// Recomputes computed trait `ct` for a user from the aggregation states,
+    /// reschedules its timer, and on a change of value stores it and logs the
+    /// change. Returns whether the value changed.
+    #[allow(clippy::too_many_arguments)]
+    fn refresh_computed(
+        &mut self,
+        step: Step<'_>,
+        local: usize,
+        uid: u32,
+        ct: CtId,
+        reason: Reason,
+        order: (i64, u64, u64),
+        out: &mut Vec<ShardChange>,
+    ) -> bool {
+        let Some(def) = step.cat.computed.get(ct as usize).and_then(Option::as_ref) else {
+            return false;
+        };
+        let (new, next) = {
+            let env = self.env(step, local);
+            (eval_value(&def.expr, &env), env.next_change(&def.expr))
+        };
+        self.set_timer(local, uid, COMPUTED_TIMER | ct, next);
+        if self.users[local].computed_value(ct) == new.as_ref() {
+            return false;
+        }
+        let old = self.users[local].set_computed(ct, new.clone());
+        out.push(ShardChange {
+            order,
+            uid,
+            kind: ChangeKind::Computed { ct, old, new },
+            at: step.now,
+            reason,
+        });
+        true
+    }
+
+    /// Queues every live rule that reads computed trait `ct`.
+    fn add_computed_rules(step: Step<'_>, pending: &mut BTreeSet<(u32, AudId)>, ct: CtId) {
+        for &aud in &step.cat.computed_rules[ct as usize] {
+            pending.insert((step.cat.rank[aud as usize], aud));
         }
     }
 
@@ -490,7 +570,7 @@ impl Shard {
                 self.reschedule(step, local, uid, atom);
             }
         }
-        self.process(step, uid, pending, Reason::Event, (index as i64, 0), out);
+        self.process(step, uid, pending, Reason::Event, (index as i64, 1), out);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -533,8 +613,11 @@ impl Shard {
                 for &atom in &cat.state_index[s as usize].all {
                     self.timer_no_later_than(local, uid, atom, t);
                 }
+                for &ct in &cat.computed_by_state[s as usize] {
+                    self.timer_no_later_than(local, uid, COMPUTED_TIMER | ct, t);
+                }
             }
-            self.process(step, uid, pending, Reason::Event, (index as i64, 0), out);
+            self.process(step, uid, pending, Reason::Event, (index as i64, 1), out);
             return;
         }
         let mut general: SmallVec<[AtomId; 16]> = matched
@@ -579,6 +662,20 @@ impl Shard {
                 }
             }
         }
+        // Computed traits reading the updated states: a change of value is
+        // logged first, then re-evaluates every rule reading it.
+        let mut computed: SmallVec<[CtId; 8]> = matched
+            .iter()
+            .flat_map(|(s, _)| cat.computed_by_state[*s as usize].iter().copied())
+            .collect();
+        computed.sort_unstable();
+        computed.dedup();
+        for (i, &ct) in computed.iter().enumerate() {
+            let order = (index as i64, 0, i as u64);
+            if self.refresh_computed(step, local, uid, ct, Reason::Event, order, out) {
+                Self::add_computed_rules(step, &mut pending, ct);
+            }
+        }
         for (i, &atom) in general.iter().enumerate() {
             let after = self.atom_truth(step, local, atom);
             if after != before[i] {
@@ -607,7 +704,7 @@ impl Shard {
             }
             self.users[local].state_mut(*s).evict(horizon, def);
         }
-        self.process(step, uid, pending, Reason::Event, (index as i64, 0), out);
+        self.process(step, uid, pending, Reason::Event, (index as i64, 1), out);
     }
 
     /// Fires every timer due at or before `to`, instant by instant: an atom
@@ -646,6 +743,17 @@ impl Shard {
                     }
                     _ => continue,
                 }
+                if atom & COMPUTED_TIMER != 0 {
+                    let ct = atom & !COMPUTED_TIMER;
+                    self.counters.timers_fired += 1;
+                    let order = (instant, ct as u64, uid as u64);
+                    if self.refresh_computed(step, local, uid, ct, Reason::Time, order, out) {
+                        for &r in &cat.computed_rules[ct as usize] {
+                            due.insert((cat.rank[r as usize], uid, r));
+                        }
+                    }
+                    continue;
+                }
                 if cat.atom_rules.get(atom as usize).is_none_or(Vec::is_empty) {
                     continue;
                 }
@@ -665,11 +773,11 @@ impl Shard {
             while let Some((rank, uid, aud)) = due.pop_first() {
                 let local = self.local(uid);
                 if let Some(entered) = self.evaluate(step, local, uid, aud) {
+                    // After the computed-trait changes of the same instant.
                     out.push(ShardChange {
-                        order: (instant, rank as u64, uid as u64),
-                        aud,
+                        order: (instant, (1 << 32) + rank as u64, uid as u64),
                         uid,
-                        entered,
+                        kind: ChangeKind::Membership { aud, entered },
                         at: instant,
                         reason: Reason::Time,
                     });
@@ -739,9 +847,11 @@ impl Shard {
                 self.set_member(local, uid, aud, member, step.now);
                 out.push(ShardChange {
                     order: (uid as i64, 0, 0),
-                    aud,
                     uid,
-                    entered: member,
+                    kind: ChangeKind::Membership {
+                        aud,
+                        entered: member,
+                    },
                     at: step.now,
                     reason: Reason::Definition,
                 });
@@ -775,14 +885,57 @@ impl Shard {
             for uid in bitmap.iter() {
                 out.push(ShardChange {
                     order: (uid as i64, 0, 0),
-                    aud,
                     uid,
-                    entered: false,
+                    kind: ChangeKind::Membership {
+                        aud,
+                        entered: false,
+                    },
                     at,
                     reason: Reason::Delete,
                 });
             }
         }
         self.members.clear(aud);
+    }
+
+    /// Evaluates a newly defined (or replaced) computed trait for every user
+    /// of the shard: a change of value is logged with reason `definition`,
+    /// and, when `replaced`, re-evaluates the rules reading it.
+    pub fn backfill_computed(&mut self, step: Step<'_>, ct: CtId, out: &mut Vec<ShardChange>) {
+        self.members.ensure(step.cat.audiences.len());
+        let mut rules = BTreeSet::new();
+        Self::add_computed_rules(step, &mut rules, ct);
+        for local in 0..self.users.len() {
+            let uid = local as u32 * self.count + self.index;
+            let order = (uid as i64, 0, 0);
+            if self.refresh_computed(step, local, uid, ct, Reason::Definition, order, out)
+                && !rules.is_empty()
+            {
+                let pending = rules.clone();
+                self.process(step, uid, pending, Reason::Definition, (uid as i64, 1), out);
+            }
+        }
+    }
+
+    /// Drops a removed computed trait's values and timers; every non-null
+    /// value is logged as a change to null with reason `delete`.
+    pub fn remove_computed(&mut self, ct: CtId, at: Millis, out: &mut Vec<ShardChange>) {
+        for local in 0..self.users.len() {
+            let uid = local as u32 * self.count + self.index;
+            self.set_timer(local, uid, COMPUTED_TIMER | ct, None);
+            if let Some(old) = self.users[local].set_computed(ct, None) {
+                out.push(ShardChange {
+                    order: (uid as i64, 0, 0),
+                    uid,
+                    kind: ChangeKind::Computed {
+                        ct,
+                        old: Some(old),
+                        new: None,
+                    },
+                    at,
+                    reason: Reason::Delete,
+                });
+            }
+        }
     }
 }

@@ -62,6 +62,13 @@ const RULES: &[(&str, &str)] = &[
         "pro_de",
         r#"trait.plan == "pro" and trait.country in ["DE", "FR"]"#,
     ),
+    ("big_spenders", r#"computed.revenue_6h >= 150"#),
+];
+
+/// Computed traits of the history: (key, expression).
+const COMPUTED: &[(&str, &str)] = &[
+    ("revenue_6h", r#"sum("Order Completed", revenue, 6h)"#),
+    ("categories", r#"unique("Product Viewed", category)"#),
 ];
 
 /// One operation of a generated history.
@@ -72,12 +79,20 @@ enum Op {
     Define(usize),
     Static(Vec<String>),
     Remove(usize),
+    Computed(usize),
+    RemoveComputed(usize),
 }
 
 fn history(seed: u64, len: usize) -> Vec<Op> {
     let mut rng = Lcg(seed);
     let mut now = START;
-    let mut ops = vec![Op::Define(0), Op::Define(1), Op::Define(2)];
+    let mut ops = vec![
+        Op::Computed(0),
+        Op::Define(0),
+        Op::Define(1),
+        Op::Define(2),
+        Op::Define(5),
+    ];
     let names = ["Checkout Started", "Order Completed", "Product Viewed"];
     for _ in 0..len {
         match rng.next(10) {
@@ -115,7 +130,12 @@ fn history(seed: u64, len: usize) -> Vec<Op> {
             }
             8 => ops.push(Op::Define(rng.next(RULES.len() as u64) as usize)),
             _ => {
-                if rng.next(2) == 0 {
+                let pick = rng.next(6);
+                if pick == 0 {
+                    ops.push(Op::Computed(rng.next(COMPUTED.len() as u64) as usize));
+                } else if pick == 1 {
+                    ops.push(Op::RemoveComputed(rng.next(COMPUTED.len() as u64) as usize));
+                } else if rng.next(2) == 0 {
                     ops.push(Op::Static(
                         (0..rng.next(5))
                             .map(|_| format!("u{}", rng.next(15)))
@@ -145,7 +165,9 @@ fn run(e: &mut Engine, op: &Op) {
                 assert!(
                     matches!(
                         err,
-                        SegmintError::RuleType(_) | SegmintError::UnknownAudience { .. }
+                        SegmintError::RuleType(_)
+                            | SegmintError::UnknownAudience { .. }
+                            | SegmintError::UnknownComputedTrait { .. }
                     ),
                     "{err}"
                 );
@@ -157,6 +179,14 @@ fn run(e: &mut Engine, op: &Op) {
         }
         Op::Remove(i) => {
             let _ = e.remove_audience(RULES[*i].0);
+        }
+        Op::Computed(i) => {
+            e.define_computed_trait(COMPUTED[*i].0, COMPUTED[*i].1)
+                .unwrap();
+        }
+        Op::RemoveComputed(i) => {
+            // In use by a rule, or not defined: the same error in both engines.
+            let _ = e.remove_computed_trait(COMPUTED[*i].0);
         }
     }
 }
@@ -179,6 +209,9 @@ fn digest(e: &Engine) -> String {
     for uid in 0..e.user_count() as u32 {
         let id = e.user_id(uid).unwrap();
         out += &format!("{id} {:?}\n", e.traits(id));
+        for (key, _, _) in e.computed_traits() {
+            out += &format!("  {key} = {:?}\n", e.computed_value(id, &key).unwrap());
+        }
     }
     for c in e.changes(0, usize::MAX).unwrap() {
         out += &format!("{c:?}\n");

@@ -68,7 +68,7 @@ create_exception!(
     _core,
     InUseError,
     PySegmintError,
-    "The audience is referenced by other rules."
+    "The audience or computed trait is referenced by other rules."
 );
 create_exception!(
     _core,
@@ -157,8 +157,23 @@ fn to_py(e: SegmintError) -> PyErr {
 
 type Report = (usize, usize, Vec<(usize, &'static str, String)>, u64, usize);
 
-/// (seq, audience, user_id, entered, at_ms, reason)
-type ChangeRow = (u64, String, String, bool, i64, &'static str);
+/// (key, old value as JSON text, new value as JSON text) of a computed-trait change.
+type ComputedRow = (String, Option<String>, Option<String>);
+
+/// (seq, audience, user_id, entered, at_ms, reason, computed)
+type ChangeRow = (
+    u64,
+    String,
+    String,
+    bool,
+    i64,
+    &'static str,
+    Option<ComputedRow>,
+);
+
+fn value_json(v: Option<&segmint_core::Value>) -> Option<String> {
+    v.map(|v| v.to_json().to_string())
+}
 
 fn report(r: IngestReport) -> Report {
     let errors = r
@@ -486,6 +501,27 @@ impl Engine {
         self.with(py, move |e| e.remove_audience(&key))
     }
 
+    /// Defines (or replaces) a computed trait; returns how many profiles have a value.
+    fn define_computed_trait(&self, py: Python<'_>, key: String, expr: String) -> PyResult<u64> {
+        self.with(py, move |e| e.define_computed_trait(&key, &expr))
+    }
+
+    /// Removes a computed trait (an error naming the rules that read it).
+    fn remove_computed_trait(&self, py: Python<'_>, key: String) -> PyResult<()> {
+        self.with(py, move |e| e.remove_computed_trait(&key))
+    }
+
+    /// Defined computed traits as (key, expression, type name), in definition order.
+    fn computed_traits(&self) -> Vec<(String, String, &'static str)> {
+        self.lock().computed_traits()
+    }
+
+    /// A user's value of a computed trait as JSON text (`null` when absent).
+    fn computed_value_json(&self, user_id: &str, key: &str) -> PyResult<String> {
+        let v = self.lock().computed_value(user_id, key).map_err(to_py)?;
+        Ok(value_json(v.as_ref()).unwrap_or_else(|| "null".into()))
+    }
+
     fn audiences(&self) -> Vec<String> {
         self.lock().audiences()
     }
@@ -549,7 +585,9 @@ impl Engine {
         Ok((PyBytes::new(py, &bytes), ids))
     }
 
-    /// Changes after `since_seq`: (seq, audience, user_id, entered, at_ms, reason).
+    /// Changes after `since_seq`: (seq, audience, user_id, entered, at_ms,
+    /// reason, computed); `computed` is (key, old JSON, new JSON) for a
+    /// computed-trait change (then audience is empty), else None.
     #[pyo3(signature = (since_seq=0, limit=None))]
     fn changes(
         &self,
@@ -568,6 +606,13 @@ impl Engine {
                         c.entered,
                         c.at,
                         c.reason.as_str(),
+                        c.computed.map(|cc| {
+                            (
+                                cc.key.to_string(),
+                                value_json(cc.old.as_ref()),
+                                value_json(cc.new.as_ref()),
+                            )
+                        }),
                     )
                 })
                 .collect())

@@ -69,6 +69,19 @@ pub fn check_rule(src: &str, expr: &ast::Expr) -> Result<()> {
     typecheck::check_rule(src, expr)
 }
 
+/// Type-checks a parsed audience rule like [`check_rule`], resolving every
+/// `computed.KEY` through `computed`: its type is the computed trait's type
+/// (so `computed.ltv > "x"` is an error when `ltv` is a number), and a key it
+/// rejects is a [`SegmintError::RuleType`](crate::SegmintError::RuleType)
+/// error at that key's line and column, with the resolver's message.
+pub fn check_rule_in(
+    src: &str,
+    expr: &ast::Expr,
+    computed: &dyn Fn(&str) -> std::result::Result<Type, String>,
+) -> Result<()> {
+    typecheck::check_rule_in(src, expr, Some(computed))
+}
+
 /// Type-checks a parsed computed-trait value expression: an aggregate such
 /// as `sum("Order Completed", revenue, 30d)` or `unique("Product Viewed",
 /// category)`, or arithmetic over aggregates and number literals. Returns

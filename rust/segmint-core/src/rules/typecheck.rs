@@ -17,13 +17,27 @@ struct Ctx {
     allow_unique: bool,
 }
 
+/// Resolves `computed.KEY` to the computed trait's type, or says why not.
+pub(crate) type ComputedTypes<'a> = &'a dyn Fn(&str) -> std::result::Result<Type, String>;
+
 struct Checker<'s> {
     src: &'s str,
+    /// When set, `computed.KEY` must resolve (and takes its type).
+    computed: Option<ComputedTypes<'s>>,
 }
 
 /// Checks an audience rule: it must be a condition.
 pub(crate) fn check_rule(src: &str, expr: &Expr) -> Result<()> {
-    let c = Checker { src };
+    check_rule_in(src, expr, None)
+}
+
+/// Checks an audience rule, resolving `computed.KEY` with `computed`.
+pub(crate) fn check_rule_in<'s>(
+    src: &'s str,
+    expr: &Expr,
+    computed: Option<ComputedTypes<'s>>,
+) -> Result<()> {
+    let c = Checker { src, computed };
     let t = c.infer(
         expr,
         Ctx {
@@ -45,7 +59,10 @@ pub(crate) fn check_rule(src: &str, expr: &Expr) -> Result<()> {
 
 /// Checks a computed-trait value expression and returns its type.
 pub(crate) fn check_value(src: &str, expr: &Expr) -> Result<Type> {
-    let c = Checker { src };
+    let c = Checker {
+        src,
+        computed: None,
+    };
     c.value_shape(expr, true)?;
     c.infer(
         expr,
@@ -254,7 +271,10 @@ impl Checker<'_> {
                 if cx.in_where {
                     return Err(self.where_forbidden(e, &format!("computed.{k}")));
                 }
-                Ok(Type::Any)
+                match self.computed {
+                    Some(resolve) => resolve(k).map_err(|msg| self.err(e.span, msg)),
+                    None => Ok(Type::Any),
+                }
             }
             ExprKind::Property(k) => {
                 if !cx.in_where {
@@ -431,6 +451,10 @@ impl Checker<'_> {
                         ),
                     ));
                 };
+                // A list value (a list-typed computed trait) tests any element;
+                // a list literal on the left is an error.
+                let list_value = lt == Type::List && !matches!(lhs.kind, ExprKind::List(_));
+                let lt = if list_value { Type::Any } else { lt };
                 match lt {
                     Type::Duration | Type::List => {
                         return Err(self.err(
@@ -471,7 +495,9 @@ impl Checker<'_> {
             }
             B::Contains | B::StartsWith | B::EndsWith => {
                 let lt = self.infer(lhs, cx)?;
-                if !matches!(lt, Type::String | Type::Any) {
+                let list_ok =
+                    op == B::Contains && lt == Type::List && !matches!(lhs.kind, ExprKind::List(_));
+                if !matches!(lt, Type::String | Type::Any) && !list_ok {
                     return Err(self.err(
                         lhs.span,
                         format!(
