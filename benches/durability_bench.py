@@ -118,6 +118,8 @@ def section(d: dict[str, Any]) -> list[str]:
         ]
     elif "whole" in d.get("errors", {}):
         lines += ["", f"Whole-workload durable run failed: {d['errors']['whole']}"]
+    if d.get("note"):
+        lines += ["", d["note"]]
     lines += [
         "",
         "No acknowledged event is lost after `kill -9`: `tests/test_durability.py` kills the "
