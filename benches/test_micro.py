@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -117,8 +116,7 @@ def test_is_member_many(
 def test_bitmap_export(
     benchmark: Any, loaded: tuple[segmint.Engine, list[str], list[str]], key_index: int
 ) -> None:
-    """Roaring bitmap export (portable serialization + id table) of one audience."""
+    """Roaring bitmap export (portable serialization + lazy id map) of one audience."""
     engine, _, keys = loaded
-    export: Callable[[str], tuple[bytes, list[str]]] = engine._core.bitmap
-    _bitmap, ids = benchmark(export, keys[key_index])
-    assert len(ids) == engine.size(keys[key_index])
+    bm, ids = benchmark(engine.bitmap_with_ids, keys[key_index])
+    assert len(ids) == len(bm) == engine.size(keys[key_index])

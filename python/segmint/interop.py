@@ -80,23 +80,19 @@ class IdMap:
     Dense ids are engine-wide and stable for the engine's lifetime, so bitmaps
     of different audiences can be combined with pyroaring (``a & b``, ``a - b``)
     and the result named with the map of any audience that holds those ids.
-    A map only knows the ids of the bitmap it came with.
+    A map only knows the ids of the bitmap it came with. It is lazy: external
+    ids are fetched from the engine when asked for, so making one costs no
+    Python work per member.
     """
 
-    __slots__ = ("_by_external", "_dense", "_external", "_external_obj")
+    __slots__ = ("_core", "_dense")
 
-    def __init__(self, dense_ids: npt.NDArray[np.uint32], external_ids: list[str]) -> None:
-        if len(dense_ids) != len(external_ids):
-            raise InvalidArgumentError(
-                f"IdMap: {len(dense_ids)} dense ids but {len(external_ids)} external ids"
-            )
+    def __init__(self, core: _core.Engine, dense_ids: npt.NDArray[np.uint32]) -> None:
+        self._core = core
         self._dense = dense_ids
-        self._external = external_ids
-        self._external_obj: npt.NDArray[np.object_] | None = None
-        self._by_external: dict[str, int] | None = None
 
     def __len__(self) -> int:
-        return len(self._external)
+        return len(self._dense)
 
     def __contains__(self, dense_id: object) -> bool:
         if not isinstance(dense_id, int | np.integer):
@@ -119,22 +115,21 @@ class IdMap:
 
     @property
     def external_ids(self) -> list[str]:
-        """The external ids, in the order of :attr:`dense_ids` (a copy)."""
-        return list(self._external)
+        """The external ids, in the order of :attr:`dense_ids` (built on each call)."""
+        return self._core.user_ids(self._dense.astype("<u4").tobytes())
 
     def external_id(self, dense_id: int) -> str:
         """The external id of one dense id; ``KeyError`` if this map lacks it."""
-        i = int(np.searchsorted(self._dense, dense_id))
-        if i >= len(self._dense) or int(self._dense[i]) != dense_id:
+        if dense_id not in self:
             raise KeyError(dense_id)
-        return self._external[i]
+        return self._core.user_ids(np.array([dense_id], dtype="<u4").tobytes())[0]
 
     def lookup(self, dense_ids: BitMap | Iterable[int]) -> list[str]:
         """External ids of many dense ids (e.g. a bitmap from ``a & b``), in the
         order given (ascending for a bitmap); ``KeyError`` names the first
         dense id this map lacks."""
         if isinstance(dense_ids, BitMap):
-            wanted = np.frombuffer(dense_ids.to_array(), dtype=np.uint32)
+            wanted = np.frombuffer(dense_ids.to_array(), dtype=np.uint32).astype(np.int64)
         else:
             wanted = np.fromiter(dense_ids, dtype=np.int64)
         pos = np.searchsorted(self._dense, wanted)
@@ -142,30 +137,27 @@ class IdMap:
         found[found] = self._dense[pos[found]] == wanted[found]
         if not bool(found.all()):
             raise KeyError(int(wanted[int(np.argmin(found))]))
-        if self._external_obj is None:
-            self._external_obj = np.array(self._external, dtype=object)
-        return cast(list[str], self._external_obj[pos].tolist())
+        return self._core.user_ids(wanted.astype("<u4").tobytes())
 
     def dense_id(self, external_id: str) -> int:
         """The dense id of an external id; ``KeyError`` if this map lacks it."""
-        if self._by_external is None:
-            self._by_external = dict(zip(self._external, self._dense.tolist(), strict=True))
-        return self._by_external[external_id]
+        dense = self._core.dense_id(external_id)
+        if dense is None or dense not in self:
+            raise KeyError(external_id)
+        return dense
 
 
 def bitmap_with_ids(core: _core.Engine, audience: str) -> tuple[BitMap, IdMap]:
-    """Members as a ``pyroaring.BitMap`` of dense ids and the :class:`IdMap`
-    naming them."""
-    raw, ids = core.bitmap(audience)
-    bm = BitMap.deserialize(raw)
+    """Members as a ``pyroaring.BitMap`` of dense ids and the (lazy)
+    :class:`IdMap` naming them."""
+    bm = BitMap.deserialize(core.bitmap(audience))
     dense = np.frombuffer(bm.to_array(), dtype=np.uint32)
-    return bm, IdMap(dense, ids)
+    return bm, IdMap(core, dense)
 
 
 def bitmap(core: _core.Engine, audience: str) -> BitMap:
     """Members as a ``pyroaring.BitMap`` of dense ids."""
-    raw, _ = core.bitmap(audience)
-    return BitMap.deserialize(raw)
+    return BitMap.deserialize(core.bitmap(audience))
 
 
 # --------------------------------------------------------------------------- lookups

@@ -537,7 +537,7 @@ class SegmintService:
         self, request: pb.MembersBitmapRequest, context: grpc.ServicerContext
     ) -> pb.MembersBitmapResponse:
         """Members as a portable roaring bitmap plus the id table."""
-        bitmap, ids = self._core.bitmap(request.audience)
+        bitmap, ids = self._core.bitmap_with_ids(request.audience)
         return pb.MembersBitmapResponse(bitmap=bitmap, user_ids=ids)
 
     def profile(

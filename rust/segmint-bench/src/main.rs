@@ -164,6 +164,30 @@ fn main() {
     }
     lat_us.sort_by(f64::total_cmp);
 
+    // Inspect (issue 3): preview of a replacement rule over every profile,
+    // and explain of sampled (user, audience) pairs.
+    let (first_key, first_rule) = &audiences[0];
+    let t = Instant::now();
+    let preview = engine
+        .preview(
+            &format!("{first_rule} or trait.ltv > 900"),
+            Some(first_key),
+            10,
+        )
+        .expect("preview");
+    let preview_s = t.elapsed().as_secs_f64();
+    let mut explain_us = Vec::new();
+    let user_count = engine.user_count() as u32;
+    for i in 0..1_000u32.min(user_count) {
+        let uid = (i.wrapping_mul(7919)) % user_count;
+        let user = engine.user_id(uid).expect("dense id").to_owned();
+        let (key, _) = &audiences[(i as usize * 104_729) % audiences.len()];
+        let t = Instant::now();
+        engine.explain(&user, key).expect("explain");
+        explain_us.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    explain_us.sort_by(f64::total_cmp);
+
     // Backfill: a new audience over every live profile.
     let users = engine.user_count();
     let rule = r#"trait.country == "US" and count("Product Viewed", 30d) >= 2"#;
@@ -202,6 +226,10 @@ fn main() {
         "backfill_s": backfill_s,
         "backfill_profiles_per_s": users as f64 / backfill_s,
         "backfill_size": size,
+        "preview_s": preview_s,
+        "preview_size": preview.size,
+        "explain_us_p50": percentile(&explain_us, 0.50),
+        "explain_us_p99": percentile(&explain_us, 0.99),
     });
     let durability = storage.map(|st| {
         let last_seq = engine.last_seq();

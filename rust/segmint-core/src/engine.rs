@@ -908,6 +908,11 @@ impl Engine {
         Ok(all)
     }
 
+    /// The dense id of an external id, if the user was ever seen.
+    pub fn dense_id(&self, user_id: &str) -> Option<u32> {
+        self.interner.get(user_id)
+    }
+
     /// The external id of a dense id.
     pub fn user_id(&self, uid: u32) -> Option<&str> {
         ((uid as usize) < self.interner.len()).then(|| self.interner.name(uid))

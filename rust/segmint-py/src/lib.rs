@@ -563,7 +563,23 @@ impl Engine {
 
     /// Members as a roaring bitmap in the portable format, and the external
     /// ids of the dense ids it holds (in ascending id order).
-    fn bitmap<'py>(
+    fn bitmap<'py>(&self, py: Python<'py>, key: String) -> PyResult<Bound<'py, PyBytes>> {
+        let bytes = self.with(py, move |e| {
+            let bitmap = e.bitmap(&key)?;
+            let mut bytes = Vec::with_capacity(bitmap.serialized_size());
+            bitmap
+                .serialize_into(&mut bytes)
+                .map_err(|err| SegmintError::InvalidArgument {
+                    message: err.to_string(),
+                })?;
+            Ok(bytes)
+        })?;
+        Ok(PyBytes::new(py, &bytes))
+    }
+
+    /// The portable bitmap and every member's external id in dense-id
+    /// order (for the gRPC response, which carries the id table).
+    fn bitmap_with_ids<'py>(
         &self,
         py: Python<'py>,
         key: String,
@@ -583,6 +599,28 @@ impl Engine {
             Ok((bytes, ids))
         })?;
         Ok((PyBytes::new(py, &bytes), ids))
+    }
+
+    /// External ids of dense ids given as little-endian u32 bytes, in order.
+    fn user_ids(&self, py: Python<'_>, dense_le_u32: Vec<u8>) -> PyResult<Vec<String>> {
+        self.with(py, move |e| {
+            dense_le_u32
+                .chunks_exact(4)
+                .map(|b| {
+                    let uid = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    e.user_id(uid)
+                        .map(str::to_owned)
+                        .ok_or_else(|| SegmintError::InvalidArgument {
+                            message: format!("dense id {uid} was never assigned"),
+                        })
+                })
+                .collect()
+        })
+    }
+
+    /// The dense id of an external id, or None if never seen.
+    fn dense_id(&self, user_id: &str) -> Option<u32> {
+        self.lock().dense_id(user_id)
     }
 
     /// Changes after `since_seq`: (seq, audience, user_id, entered, at_ms,
