@@ -825,6 +825,28 @@ def figures(res: Results, size: Size) -> list[Figure]:
     return out
 
 
+INSPECT_START = "<!-- inspect:start -->"
+INSPECT_END = "<!-- inspect:end -->"
+
+
+def inspect_engine_section(r: dict[str, Any]) -> list[str]:
+    """Issue 3's preview and explain latency inside the engine, on the engine
+    benchmark's state (every profile of the workload), from ``segmint-bench``."""
+    if "preview_s" not in r:
+        return ["Not measured in this run."]
+    return [
+        f"In the Rust engine after the whole workload ({r['users']:,} profiles, "
+        f"{r['audiences']:,} audiences, {r['threads']} threads), by `segmint-bench`:",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| preview of a replacement rule over every profile | {r['preview_s'] * 1e3:,.0f} ms "
+        f"({r['preview_size']:,} would match) |",
+        f"| explain, 1,000 (user, audience) pairs | p50 {_us(r['explain_us_p50'])}, "
+        f"p99 {_us(r['explain_us_p99'])} |",
+    ]
+
+
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
@@ -868,6 +890,10 @@ def report(res: Results, size: Size, plots: dict[str, Path], md_path: Path) -> s
     lines += ["", "## Scaling", ""]
     lines += scaling_section(res, size)
     from benches.durability_bench import END, START, section
+
+    engine_run = next((v for k, v in res.rust.items() if k.startswith("std1k_")), {})
+    lines += ["", "## Inspect in the engine (issue 3)", "", INSPECT_START]
+    lines += [*inspect_engine_section(engine_run), INSPECT_END]
 
     lines += ["", "## Durability", "", START, *section(res.durability), END]
     if plots:
