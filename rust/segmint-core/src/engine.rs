@@ -374,11 +374,16 @@ impl Engine {
     /// log it (then nothing was applied).
     pub fn ingest(&mut self, events: Vec<Result<Event>>) -> Result<IngestReport> {
         let now = self.op_now();
-        let valid: Vec<&Event> = events.iter().filter_map(|e| e.as_ref().ok()).collect();
-        let position = if valid.is_empty() {
+        let position = if self.storage.is_none() {
             None
         } else {
-            self.log_record(&Record::Batch { now, events: valid })?
+            // Only the events that decoded: the rest change nothing on replay.
+            let valid: Vec<&Event> = events.iter().filter_map(|e| e.as_ref().ok()).collect();
+            if valid.is_empty() {
+                None
+            } else {
+                self.log_record(&Record::Batch { now, events: valid })?
+            }
         };
         let mut report = self.ingest_at(now, events);
         let inline = !self.defer_sync;
@@ -408,7 +413,14 @@ impl Engine {
                 Ok((e, t)) => {
                     report.accepted += 1;
                     if let Some(id) = &e.message_id {
-                        if self.seen_messages.contains_key(id.as_str()) {
+                        // The sweep of old ids is amortised, so an id still
+                        // in the set may be past the window: then it is new.
+                        let cutoff = self.now - self.config.dedup_window;
+                        if self
+                            .seen_messages
+                            .get(id.as_str())
+                            .is_some_and(|&seen| seen > cutoff)
+                        {
                             report.duplicates += 1;
                             continue;
                         }
@@ -720,27 +732,22 @@ impl Engine {
     /// Makes `catalog` (from [`Engine::catalog_after`]) current.
     /// `ids` are the audience slots (or the computed trait) it defined.
     pub(crate) fn install_catalog(&mut self, def: Definition, catalog: Catalog, ids: &[u32]) {
-        let (keys, names): (&mut Vec<Arc<str>>, Vec<Option<Arc<str>>>) = match &def {
-            Definition::Computed(key, _) => {
-                (&mut self.computed_keys, vec![Some(Arc::from(key.as_str()))])
-            }
-            _ => (
-                &mut self.slot_keys,
-                ids.iter()
-                    .map(|&slot| {
-                        catalog.audiences[slot as usize]
-                            .as_ref()
-                            .map(|a| a.key.clone())
-                    })
-                    .collect(),
-            ),
-        };
-        for (&id, name) in ids.iter().zip(names) {
+        fn name(keys: &mut Vec<Arc<str>>, id: u32, key: Arc<str>) {
             if keys.len() <= id as usize {
                 keys.resize(id as usize + 1, Arc::from(""));
             }
-            if let Some(name) = name {
-                keys[id as usize] = name;
+            keys[id as usize] = key;
+        }
+        for &id in ids {
+            match &def {
+                Definition::Computed(key, _) => {
+                    name(&mut self.computed_keys, id, Arc::from(key.as_str()))
+                }
+                _ => {
+                    if let Some(a) = &catalog.audiences[id as usize] {
+                        name(&mut self.slot_keys, id, a.key.clone());
+                    }
+                }
             }
         }
         self.catalog = Arc::new(catalog);

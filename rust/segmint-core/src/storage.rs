@@ -212,36 +212,32 @@ pub(crate) fn read_wal(
     let mut records = Vec::new();
     let mut at = WAL_HEADER_LEN as usize;
     while at < bytes.len() {
-        let torn = |why: &str| -> Result<()> {
-            let rest_is_zero = bytes[at..].iter().all(|&b| b == 0);
-            if tail_may_tear && (rest_is_zero || why == "tail") {
-                Ok(())
+        // `None`: a valid record ending at `Some(end)`; otherwise why it is bad
+        // and whether the damage reaches the end of the file (a torn write).
+        let (problem, reaches_end) = if bytes.len() - at < FRAME_LEN {
+            ("the file ends inside a record header", true)
+        } else {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+            let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
+            let end = at + FRAME_LEN + len as usize;
+            if len as usize > MAX_RECORD || end > bytes.len() {
+                ("the file ends inside a record", true)
+            } else if frame_crc(len, &bytes[at + FRAME_LEN..end]) != crc {
+                (
+                    "record checksum mismatch (expected CRC-32C of the record to match)",
+                    end == bytes.len(),
+                )
             } else {
-                Err(corrupt(path, at as u64, why.to_string()))
+                records.push((at as u64, bytes[at + FRAME_LEN..end].to_vec()));
+                at = end;
+                continue;
             }
         };
-        if bytes.len() - at < FRAME_LEN {
-            torn("tail")?;
+        let torn = reaches_end || bytes[at..].iter().all(|&b| b == 0);
+        if tail_may_tear && torn {
             break;
         }
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
-        let end = at + FRAME_LEN + len as usize;
-        if len as usize > MAX_RECORD || end > bytes.len() {
-            torn("tail")?;
-            break;
-        }
-        let payload = &bytes[at + FRAME_LEN..end];
-        if frame_crc(len, payload) != crc {
-            if end == bytes.len() {
-                torn("tail")?;
-            } else {
-                torn("record checksum mismatch (expected CRC-32C of the record to match)")?;
-            }
-            break;
-        }
-        records.push((at as u64, payload.to_vec()));
-        at = end;
+        return Err(corrupt(path, at as u64, problem));
     }
     let valid = records
         .last()

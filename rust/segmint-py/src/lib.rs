@@ -201,6 +201,17 @@ fn json_object(
     }
 }
 
+/// A bitmap in roaring's portable serialization.
+fn portable(bitmap: &roaring::RoaringBitmap) -> Result<Vec<u8>, SegmintError> {
+    let mut bytes = Vec::with_capacity(bitmap.serialized_size());
+    bitmap
+        .serialize_into(&mut bytes)
+        .map_err(|err| SegmintError::InvalidArgument {
+            message: err.to_string(),
+        })?;
+    Ok(bytes)
+}
+
 fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
     // Serialising plain structs of strings and numbers cannot fail.
     serde_json::to_vec(value).unwrap_or_default()
@@ -564,16 +575,7 @@ impl Engine {
     /// Members as a roaring bitmap in the portable format, and the external
     /// ids of the dense ids it holds (in ascending id order).
     fn bitmap<'py>(&self, py: Python<'py>, key: String) -> PyResult<Bound<'py, PyBytes>> {
-        let bytes = self.with(py, move |e| {
-            let bitmap = e.bitmap(&key)?;
-            let mut bytes = Vec::with_capacity(bitmap.serialized_size());
-            bitmap
-                .serialize_into(&mut bytes)
-                .map_err(|err| SegmintError::InvalidArgument {
-                    message: err.to_string(),
-                })?;
-            Ok(bytes)
-        })?;
+        let bytes = self.with(py, move |e| portable(&e.bitmap(&key)?))?;
         Ok(PyBytes::new(py, &bytes))
     }
 
@@ -586,12 +588,7 @@ impl Engine {
     ) -> PyResult<(Bound<'py, PyBytes>, Vec<String>)> {
         let (bytes, ids) = self.with(py, move |e| {
             let bitmap = e.bitmap(&key)?;
-            let mut bytes = Vec::with_capacity(bitmap.serialized_size());
-            bitmap
-                .serialize_into(&mut bytes)
-                .map_err(|err| SegmintError::InvalidArgument {
-                    message: err.to_string(),
-                })?;
+            let bytes = portable(&bitmap)?;
             let ids = bitmap
                 .iter()
                 .map(|uid| e.user_id(uid).unwrap_or_default().to_owned())
