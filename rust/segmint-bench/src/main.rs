@@ -12,6 +12,11 @@
 
 use std::time::Instant;
 
+/// mimalloc: the engine allocates many small objects (profiles, states,
+/// change entries); glibc malloc spent ~12% of ingest in its free lists.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use segmint_core::event::decode_json_batch;
 use segmint_core::limits::Limits;
 use segmint_core::{Clock, Engine, EngineConfig, Event, FsyncPolicy, StorageConfig};

@@ -335,6 +335,8 @@ pub struct Catalog {
     pub by_key: HashMap<Arc<str>, AudId>,
     /// Evaluation order: rank by slot (dependencies first).
     pub rank: Vec<u32>,
+    /// Slot by rank (the inverse of `rank`).
+    pub by_rank: Vec<AudId>,
     /// States by event name.
     pub by_event: HashMap<Arc<str>, Vec<StateId>>,
     /// Per state: affected atoms.
@@ -752,6 +754,10 @@ impl Catalog {
         }
         for a in 0..n {
             visit(self, a, &mut rank, &mut next);
+        }
+        self.by_rank = vec![0; n];
+        for (slot, &r) in rank.iter().enumerate() {
+            self.by_rank[r as usize] = slot as AudId;
         }
         self.rank = rank;
         self.dependents = vec![Vec::new(); n];

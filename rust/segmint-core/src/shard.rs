@@ -4,6 +4,8 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
+
+use crate::queue::{AtomMemo, RankQueue};
 use std::sync::Arc;
 
 use roaring::RoaringBitmap;
@@ -131,6 +133,10 @@ pub struct Shard {
     live_timers: usize,
     /// Work counters, for benchmarks and metrics.
     pub counters: Counters,
+    /// Scratch: the rules queued for the user being processed.
+    queue: RankQueue,
+    /// Scratch: atom truths within one evaluation pass.
+    memo: AtomMemo,
 }
 
 /// How much evaluation work a shard has done.
@@ -237,6 +243,7 @@ impl Shard {
             timers,
             live_timers,
             counters,
+            ..Default::default()
         }
     }
 
@@ -322,9 +329,24 @@ impl Shard {
             .filter(|d| !d.is_static)?;
         self.counters.rule_evaluations += 1;
         let now_member = {
-            let env = self.env(step, local);
+            let Shard { users, memo, .. } = self;
+            let env = UserEnv {
+                cat,
+                user: &users[local],
+                now: step.now,
+                granularity: step.granularity,
+            };
             eval_rule(&def.rule, &mut |a| {
-                eval_bool(&cat.atoms[a as usize].expr, &env)
+                let atom = &cat.atoms[a as usize];
+                if !atom.audiences.is_empty() {
+                    // Memberships change within a pass.
+                    return eval_bool(&atom.expr, &env);
+                }
+                memo.get(a).unwrap_or_else(|| {
+                    let truth = eval_bool(&atom.expr, &env);
+                    memo.set(a, truth);
+                    truth
+                })
             })
         };
         if now_member == self.users[local].is_member(aud) {
@@ -337,20 +359,27 @@ impl Shard {
         Some(now_member)
     }
 
-    /// Re-evaluates `pending` rules (and, on a flip, their dependents) for
-    /// `uid` in rank order.
+    /// Re-evaluates the queued rules (and, on a flip, their dependents) for
+    /// `uid` in rank order, leaving the queue empty.
     fn process(
         &mut self,
         step: Step<'_>,
         uid: u32,
-        mut pending: BTreeSet<(u32, AudId)>,
+        mut pending: RankQueue,
         reason: Reason,
         order: (i64, u64),
         out: &mut Vec<ShardChange>,
     ) {
         let (local, _) = self.ensure_user(uid);
+        if pending.is_empty() {
+            self.queue = pending;
+            return;
+        }
+        // The user's states are fixed for the pass; only memberships move.
+        self.memo.begin(step.cat.atoms.len());
         let mut counter = 0u64;
-        while let Some((_, aud)) = pending.pop_first() {
+        while let Some(rank) = pending.pop_first() {
+            let aud = step.cat.by_rank[rank as usize];
             if let Some(entered) = self.evaluate(step, local, uid, aud) {
                 out.push(ShardChange {
                     order: (order.0, order.1, counter),
@@ -361,10 +390,12 @@ impl Shard {
                 });
                 counter += 1;
                 for &d in &step.cat.dependents[aud as usize] {
-                    pending.insert((step.cat.rank[d as usize], d));
+                    pending.insert(step.cat.rank[d as usize]);
                 }
             }
         }
+        // Drained: kept for the next event, so that nothing is allocated.
+        self.queue = pending;
     }
 
     /// Queues the rules of an atom that flipped to `now_true`, skipping
@@ -372,14 +403,14 @@ impl Shard {
     fn add_flipped(
         &self,
         step: Step<'_>,
-        pending: &mut BTreeSet<(u32, AudId)>,
+        pending: &mut RankQueue,
         local: usize,
         atom: AtomId,
         now_true: bool,
     ) {
         for &(aud, polarity) in &step.cat.atom_rules[atom as usize] {
             if polarity.may_change(now_true, self.users[local].is_member(aud)) {
-                pending.insert((step.cat.rank[aud as usize], aud));
+                pending.insert(step.cat.rank[aud as usize]);
             }
         }
     }
@@ -512,9 +543,9 @@ impl Shard {
     }
 
     /// Queues every live rule that reads computed trait `ct`.
-    fn add_computed_rules(step: Step<'_>, pending: &mut BTreeSet<(u32, AudId)>, ct: CtId) {
+    fn add_computed_rules(step: Step<'_>, pending: &mut RankQueue, ct: CtId) {
         for &aud in &step.cat.computed_rules[ct as usize] {
-            pending.insert((step.cat.rank[aud as usize], aud));
+            pending.insert(step.cat.rank[aud as usize]);
         }
     }
 
@@ -530,7 +561,7 @@ impl Shard {
     ) {
         let cat = step.cat;
         let (local, _) = self.ensure_user(uid);
-        let mut pending = BTreeSet::new();
+        let mut pending = std::mem::take(&mut self.queue);
         // Keys an identify may change: the given ones and, for a deletion, those below it.
         let mut atoms: SmallVec<[AtomId; 32]> = SmallVec::new();
         for (key, value) in traits {
@@ -559,6 +590,7 @@ impl Shard {
             .map(|&a| self.atom_truth(step, local, a))
             .collect();
         if self.users[local].set_traits(traits).is_empty() {
+            self.queue = pending;
             return;
         }
         for (i, &atom) in atoms.iter().enumerate() {
@@ -587,7 +619,7 @@ impl Shard {
         let cat = step.cat;
         let now = step.now;
         let (local, _) = self.ensure_user(uid);
-        let mut pending = BTreeSet::new();
+        let mut pending = std::mem::take(&mut self.queue);
         let props = PropsEnv(properties);
         let mut matched: SmallVec<[(StateId, Option<Value>); 8]> = SmallVec::new();
         for &s in cat.by_event.get(name).map_or(&[][..], |v| v) {
@@ -770,8 +802,13 @@ impl Shard {
                     }
                 }
             }
+            let mut memo_user = None;
             while let Some((rank, uid, aud)) = due.pop_first() {
                 let local = self.local(uid);
+                if memo_user != Some(uid) {
+                    self.memo.begin(cat.atoms.len());
+                    memo_user = Some(uid);
+                }
                 if let Some(entered) = self.evaluate(step, local, uid, aud) {
                     // After the computed-trait changes of the same instant.
                     out.push(ShardChange {
@@ -793,10 +830,6 @@ impl Shard {
     /// shard, with reason `definition`, and sets their atoms' timers.
     pub fn backfill(&mut self, step: Step<'_>, auds: &[AudId], out: &mut Vec<ShardChange>) {
         self.members.ensure(step.cat.audiences.len());
-        let pending: BTreeSet<(u32, AudId)> = auds
-            .iter()
-            .map(|&a| (step.cat.rank[a as usize], a))
-            .collect();
         let mut timed: Vec<AtomId> = auds
             .iter()
             .filter_map(|&a| step.cat.audiences[a as usize].as_ref())
@@ -810,14 +843,11 @@ impl Shard {
             for &atom in &timed {
                 self.reschedule(step, local, uid, atom);
             }
-            self.process(
-                step,
-                uid,
-                pending.clone(),
-                Reason::Definition,
-                (uid as i64, 0),
-                out,
-            );
+            let mut pending = std::mem::take(&mut self.queue);
+            for &a in auds {
+                pending.insert(step.cat.rank[a as usize]);
+            }
+            self.process(step, uid, pending, Reason::Definition, (uid as i64, 0), out);
         }
     }
 
@@ -857,10 +887,10 @@ impl Shard {
                 });
                 counter = 1;
             }
-            let pending: BTreeSet<(u32, AudId)> = step.cat.dependents[aud as usize]
-                .iter()
-                .map(|&d| (step.cat.rank[d as usize], d))
-                .collect();
+            let mut pending = std::mem::take(&mut self.queue);
+            for &d in &step.cat.dependents[aud as usize] {
+                pending.insert(step.cat.rank[d as usize]);
+            }
             self.process(
                 step,
                 uid,
@@ -903,15 +933,14 @@ impl Shard {
     /// and, when `replaced`, re-evaluates the rules reading it.
     pub fn backfill_computed(&mut self, step: Step<'_>, ct: CtId, out: &mut Vec<ShardChange>) {
         self.members.ensure(step.cat.audiences.len());
-        let mut rules = BTreeSet::new();
-        Self::add_computed_rules(step, &mut rules, ct);
         for local in 0..self.users.len() {
             let uid = local as u32 * self.count + self.index;
             let order = (uid as i64, 0, 0);
             if self.refresh_computed(step, local, uid, ct, Reason::Definition, order, out)
-                && !rules.is_empty()
+                && !step.cat.computed_rules[ct as usize].is_empty()
             {
-                let pending = rules.clone();
+                let mut pending = std::mem::take(&mut self.queue);
+                Self::add_computed_rules(step, &mut pending, ct);
                 self.process(step, uid, pending, Reason::Definition, (uid as i64, 1), out);
             }
         }
