@@ -66,11 +66,29 @@ pub enum ChangeKind {
     Computed {
         /// The computed trait slot.
         ct: CtId,
-        /// The value before (`None`: null or none yet).
-        old: Option<Value>,
-        /// The value after (`None`: null).
-        new: Option<Value>,
+        /// The values, boxed: membership changes are the common case and
+        /// keep the change log's entries small.
+        values: Box<ValueChange>,
     },
+}
+
+impl ChangeKind {
+    /// A computed trait's change of value.
+    pub fn computed(ct: CtId, old: Option<Value>, new: Option<Value>) -> ChangeKind {
+        ChangeKind::Computed {
+            ct,
+            values: Box::new(ValueChange { old, new }),
+        }
+    }
+}
+
+/// A computed trait's value before and after a change.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ValueChange {
+    /// The value before (`None`: null or none yet).
+    pub old: Option<Value>,
+    /// The value after (`None`: null).
+    pub new: Option<Value>,
 }
 
 /// A change produced by a shard, before it gets its global sequence number.
@@ -137,6 +155,8 @@ pub struct Shard {
     queue: RankQueue,
     /// Scratch: atom truths within one evaluation pass.
     memo: AtomMemo,
+    /// Scratch: this shard's changes of one batch (see `Engine::on_shards`).
+    pub(crate) change_buffer: Vec<ShardChange>,
 }
 
 /// How much evaluation work a shard has done.
@@ -483,11 +503,7 @@ impl Shard {
             out.push(ShardChange {
                 order: (index as i64, 0, counter as u64),
                 uid,
-                kind: ChangeKind::Computed {
-                    ct: *ct,
-                    old: None,
-                    new: Some(value.clone()),
-                },
+                kind: ChangeKind::computed(*ct, None, Some(value.clone())),
                 at: step.now,
                 reason: Reason::Event,
             });
@@ -535,7 +551,7 @@ impl Shard {
         out.push(ShardChange {
             order,
             uid,
-            kind: ChangeKind::Computed { ct, old, new },
+            kind: ChangeKind::computed(ct, old, new),
             at: step.now,
             reason,
         });
@@ -956,11 +972,7 @@ impl Shard {
                 out.push(ShardChange {
                     order: (uid as i64, 0, 0),
                     uid,
-                    kind: ChangeKind::Computed {
-                        ct,
-                        old: Some(old),
-                        new: None,
-                    },
+                    kind: ChangeKind::computed(ct, Some(old), None),
                     at,
                     reason: Reason::Delete,
                 });
