@@ -353,6 +353,10 @@ pub struct Catalog {
     /// Rules true on an empty profile, in rank order: a new profile starts
     /// as their member.
     pub empty_true: Vec<AudId>,
+    /// Per atom: its truth on a new profile (no traits, no events), or
+    /// `None` when it reads memberships. A new user's first event needs no
+    /// "before" evaluation of the others.
+    pub empty_atom_truth: Vec<Option<bool>>,
     /// Computed trait slots (`None` once removed).
     pub computed: Vec<Option<ComputedDef>>,
     /// Computed trait slot by key.
@@ -844,6 +848,7 @@ impl Catalog {
         }
         self.empty_computed = crate::eval::computed_on_empty_profile(self);
         self.empty_true = crate::eval::rules_true_on_empty_profile(self);
+        self.empty_atom_truth = crate::eval::atoms_on_empty_profile(self);
     }
 
     /// Sets retention and summary needs of the states an expression reads.

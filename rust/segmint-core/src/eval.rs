@@ -411,6 +411,30 @@ pub fn computed_on_empty_profile(cat: &Catalog) -> Vec<(CtId, Value)> {
         .collect()
 }
 
+/// Each atom's truth on a profile with no traits and no events (only the
+/// computed traits' empty values); `None` for atoms reading memberships.
+/// Like [`rules_true_on_empty_profile`], constant in time.
+pub fn atoms_on_empty_profile(cat: &Catalog) -> Vec<Option<bool>> {
+    let user = UserData {
+        computed: cat.empty_computed.clone(),
+        ..Default::default()
+    };
+    let env = UserEnv {
+        cat,
+        user: &user,
+        now: 0,
+        granularity: 1,
+    };
+    cat.atoms
+        .iter()
+        .map(|atom| {
+            atom.audiences
+                .is_empty()
+                .then(|| eval_bool(&atom.expr, &env))
+        })
+        .collect()
+}
+
 /// The value of computed trait `ct` for the user at the env's instant
 /// (evaluated from the aggregation states, not the kept value).
 pub fn computed_value(cat: &Catalog, ct: CtId, env: &UserEnv<'_>) -> Option<Value> {

@@ -294,6 +294,25 @@ impl Shard {
         self.members.set(aud, uid, member);
     }
 
+    /// An atom's truth before an event; for a new profile, its known truth
+    /// on an empty one.
+    fn atom_truth_before(&mut self, step: Step<'_>, local: usize, atom: AtomId, new: bool) -> bool {
+        match step.cat.empty_atom_truth.get(atom as usize) {
+            Some(&Some(truth)) if new => truth,
+            _ => self.atom_truth(step, local, atom),
+        }
+    }
+
+    /// An atom's truth now, recorded in the pass's memo for the rules that
+    /// contain it (the caller has begun the pass).
+    fn atom_truth_memo(&mut self, step: Step<'_>, local: usize, atom: AtomId) -> bool {
+        let truth = self.atom_truth(step, local, atom);
+        if step.cat.atoms[atom as usize].audiences.is_empty() {
+            self.memo.set(atom, truth);
+        }
+        truth
+    }
+
     fn atom_truth(&mut self, step: Step<'_>, local: usize, atom: AtomId) -> bool {
         self.counters.atom_evaluations += 1;
         eval_bool(&step.cat.atoms[atom as usize].expr, &self.env(step, local))
@@ -385,9 +404,26 @@ impl Shard {
         &mut self,
         step: Step<'_>,
         uid: u32,
+        pending: RankQueue,
+        reason: Reason,
+        order: (i64, u64),
+        out: &mut Vec<ShardChange>,
+    ) {
+        self.process_pass(step, uid, pending, reason, order, false, out)
+    }
+
+    /// [`Shard::process`]; with `primed`, the caller has begun the memo's
+    /// pass after its last change to the user's state and recorded the
+    /// truths it already knows.
+    #[allow(clippy::too_many_arguments)]
+    fn process_pass(
+        &mut self,
+        step: Step<'_>,
+        uid: u32,
         mut pending: RankQueue,
         reason: Reason,
         order: (i64, u64),
+        primed: bool,
         out: &mut Vec<ShardChange>,
     ) {
         let (local, _) = self.ensure_user(uid);
@@ -396,7 +432,9 @@ impl Shard {
             return;
         }
         // The user's states are fixed for the pass; only memberships move.
-        self.memo.begin(step.cat.atoms.len());
+        if !primed {
+            self.memo.begin(step.cat.atoms.len());
+        }
         let mut counter = 0u64;
         while let Some(rank) = pending.pop_first() {
             let aud = step.cat.by_rank[rank as usize];
@@ -454,10 +492,10 @@ impl Shard {
                     name,
                     properties,
                 } => {
-                    self.track(step, uid, t, name, properties, index, out);
+                    self.track(step, uid, t, name, properties, index, new, out);
                 }
                 Work::Identify { index, uid, traits } => {
-                    self.identify(step, uid, traits, index, out)
+                    self.identify(step, uid, traits, index, new, out)
                 }
             }
             if new {
@@ -567,12 +605,14 @@ impl Shard {
 
     /// Sets traits; only atoms reading a changed key are probed before and
     /// after, and only rules of atoms that flipped are re-evaluated.
+    #[allow(clippy::too_many_arguments)]
     fn identify(
         &mut self,
         step: Step<'_>,
         uid: u32,
         traits: &Flat,
         index: usize,
+        new: bool,
         out: &mut Vec<ShardChange>,
     ) {
         let cat = step.cat;
@@ -603,14 +643,15 @@ impl Shard {
         atoms.dedup();
         let before: SmallVec<[bool; 32]> = atoms
             .iter()
-            .map(|&a| self.atom_truth(step, local, a))
+            .map(|&a| self.atom_truth_before(step, local, a, new))
             .collect();
         if self.users[local].set_traits(traits).is_empty() {
             self.queue = pending;
             return;
         }
+        self.memo.begin(cat.atoms.len());
         for (i, &atom) in atoms.iter().enumerate() {
-            let after = self.atom_truth(step, local, atom);
+            let after = self.atom_truth_memo(step, local, atom);
             if after != before[i] {
                 self.add_flipped(step, &mut pending, local, atom, after);
             }
@@ -618,7 +659,8 @@ impl Shard {
                 self.reschedule(step, local, uid, atom);
             }
         }
-        self.process(step, uid, pending, Reason::Event, (index as i64, 1), out);
+        let order = (index as i64, 1);
+        self.process_pass(step, uid, pending, Reason::Event, order, true, out);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -630,6 +672,7 @@ impl Shard {
         name: &str,
         properties: &[(Arc<str>, Value)],
         index: usize,
+        new: bool,
         out: &mut Vec<ShardChange>,
     ) {
         let cat = step.cat;
@@ -676,7 +719,7 @@ impl Shard {
         general.dedup();
         let before: SmallVec<[bool; 16]> = general
             .iter()
-            .map(|&a| self.atom_truth(step, local, a))
+            .map(|&a| self.atom_truth_before(step, local, a, new))
             .collect();
         let mut flipped: SmallVec<[(AtomId, bool); 8]> = SmallVec::new();
         for (s, v) in &matched {
@@ -724,8 +767,11 @@ impl Shard {
                 Self::add_computed_rules(step, &mut pending, ct);
             }
         }
+        // From here to the rules' pass the user's state stays as it is
+        // (eviction below keeps every value at `now`).
+        self.memo.begin(cat.atoms.len());
         for (i, &atom) in general.iter().enumerate() {
-            let after = self.atom_truth(step, local, atom);
+            let after = self.atom_truth_memo(step, local, atom);
             if after != before[i] {
                 flipped.push((atom, after));
             } else if cat.atoms[atom as usize].timed {
@@ -733,6 +779,9 @@ impl Shard {
             }
         }
         for &(atom, now_true) in &flipped {
+            if cat.atoms[atom as usize].audiences.is_empty() {
+                self.memo.set(atom, now_true);
+            }
             self.add_flipped(step, &mut pending, local, atom, now_true);
             if cat.atoms[atom as usize].timed {
                 self.reschedule(step, local, uid, atom);
@@ -752,7 +801,8 @@ impl Shard {
             }
             self.users[local].state_mut(*s).evict(horizon, def);
         }
-        self.process(step, uid, pending, Reason::Event, (index as i64, 1), out);
+        let order = (index as i64, 1);
+        self.process_pass(step, uid, pending, Reason::Event, order, true, out);
     }
 
     /// Fires every timer due at or before `to`, instant by instant: an atom
