@@ -368,7 +368,10 @@ class Engine:
     def explain(self, user_id: str, audience: str) -> Explanation:
         """The audience's rule as a tree with each node's value for the user now,
         whether the user is a member, and the next instant at which time alone
-        changes the result (``None`` if none within a year)."""
+        changes the result (``None`` if none within a year). A ``computed.KEY``
+        node has the computed trait's own expression as its one child,
+        explained the same way, and the next instant at which time alone
+        changes the computed value (``ExplainNode.next_change``)."""
         return explanation(self._core.explain_json(user_id, audience))
 
     def preview(self, rule: str, *, replacing: str | None = None, limit: int = 100) -> Preview:
