@@ -17,13 +17,17 @@ audiences (decoding dominates) and with the standard generated audiences:
 
     python benches/ingest_paths.py --users 20000 --events 200000 --audiences 0 1000
 
-Prints one JSON object per (audiences, path, repeat) and a summary table.
+Each (audiences, path) pair runs in a fresh Python process (``--in-process``
+runs them all in this one): one path's heap left behind slows the next by up
+to 2x on the development box. Prints one JSON object per (audiences, path,
+repeat) and a summary table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -132,8 +136,51 @@ def lookups_per_s(eng: Any, table: pa.Table, audience: str, n: int) -> tuple[int
     return len(arr), len(arr) / (time.perf_counter() - t)
 
 
+def _measure(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Runs the asked paths in this process; one record per run."""
+    spec = WorkloadSpec(users=args.users, events=args.events, audiences=max(args.audiences))
+    table = generate_events(spec)
+    end_ms = int(pc.max(table.column("timestamp")).as_py())
+    inputs: dict[str, Any] = {"arrow": table}
+    if "json" in args.paths:
+        inputs["json"] = list(iter_segment_json(table, args.chunk_rows))
+    if "msgspec" in args.paths:
+        inputs["msgspec"] = msgspec_events(table)
+    if "arrow_struct" in args.paths:
+        inputs["arrow_struct"] = struct_table(table)
+    all_audiences = [(k, text) for k, text, _ in generate_audiences(spec)]
+    records = []
+    eng, auds = None, []
+    for n_aud in args.audiences:
+        auds = all_audiences[:n_aud]
+        for how in args.paths:
+            for r in range(args.repeat):
+                secs, eng = run_once(how, inputs, auds, end_ms, args.chunk_rows)
+                rec = {
+                    "audiences": n_aud,
+                    "path": how,
+                    "repeat": r,
+                    "rows": table.num_rows,
+                    "seconds": round(secs, 4),
+                    "events_per_s": round(table.num_rows / secs),
+                }
+                print(json.dumps(rec), flush=True)
+                records.append(rec)
+    if args.lookups and eng is not None:
+        key = auds[0][0] if auds else None
+        if key is None:
+            eng.define_audience("any_order", 'did("Order Completed")')
+            key = "any_order"
+        for r in range(args.repeat):
+            n, rate = lookups_per_s(eng, table, key, args.lookups)
+            rec = {"lookups": n, "repeat": r, "lookups_per_s": round(rate)}
+            print(json.dumps(rec), flush=True)
+            records.append(rec)
+    return records
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--users", type=int, default=20_000)
     p.add_argument("--events", type=int, default=200_000)
     p.add_argument("--audiences", type=int, nargs="+", default=[0, 1000])
@@ -141,60 +188,52 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
     p.add_argument("--lookups", type=int, default=100_000)
+    p.add_argument("--in-process", action="store_true", help="run every path in this process")
     args = p.parse_args(argv)
 
-    spec = WorkloadSpec(users=args.users, events=args.events, audiences=max(args.audiences))
-    table = generate_events(spec)
-    end_ms = int(pc.max(table.column("timestamp")).as_py())
-    inputs: dict[str, Any] = {
-        "json": list(iter_segment_json(table, args.chunk_rows)),
-        "arrow": table,
-    }
-    if "msgspec" in args.paths:
-        inputs["msgspec"] = msgspec_events(table)
-    if "arrow_struct" in args.paths:
-        inputs["arrow_struct"] = struct_table(table)
-    all_audiences = [(k, text) for k, text, _ in generate_audiences(spec)]
-    rows = table.num_rows
-    summary: dict[tuple[int, str], list[float]] = {}
-    last_engine = None
-    for n_aud in args.audiences:
-        auds = all_audiences[:n_aud]
-        for how in args.paths:
-            for r in range(args.repeat):
-                secs, eng = run_once(how, inputs, auds, end_ms, args.chunk_rows)
-                rate = rows / secs
-                summary.setdefault((n_aud, how), []).append(rate)
-                print(
-                    json.dumps(
-                        {
-                            "audiences": n_aud,
-                            "path": how,
-                            "repeat": r,
-                            "rows": rows,
-                            "seconds": round(secs, 4),
-                            "events_per_s": round(rate),
-                        }
-                    ),
-                    flush=True,
-                )
-                last_engine = (eng, auds)
+    if args.in_process:
+        records = _measure(args)
+    else:
+        records = []
+        common = [
+            f"--users={args.users}",
+            f"--events={args.events}",
+            f"--chunk-rows={args.chunk_rows}",
+            f"--repeat={args.repeat}",
+            "--in-process",
+        ]
+        runs = [([n], [how], 0) for n in args.audiences for how in args.paths]
+        runs.append(([max(args.audiences)], ["arrow"], args.lookups))
+        for auds, paths, lookups in runs:
+            cmd = [sys.executable, __file__, *common, "--audiences", *map(str, auds)]
+            cmd += ["--paths", *paths, f"--lookups={lookups}"]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            for line in out.splitlines():
+                if line.startswith("{"):
+                    rec = json.loads(line)
+                    if lookups and "lookups" not in rec:
+                        continue  # the engine for the lookups, not a figure
+                    print(line, flush=True)
+                    records.append(rec)
+
+    rows = next((r["rows"] for r in records if "rows" in r), 0)
     print(
         f"\n{rows} rows ({args.events} track + identify), {args.users} users, "
         f"chunk_rows={args.chunk_rows}"
     )
     print(f"{'audiences':>9} {'path':>13}  events/s (each run)")
+    summary: dict[tuple[int, str], list[float]] = {}
+    for r in records:
+        if "path" in r:
+            summary.setdefault((r["audiences"], r["path"]), []).append(r["events_per_s"])
     for (n_aud, how), rates in summary.items():
-        print(f"{n_aud:>9} {how:>13}  " + ", ".join(f"{r / 1e3:,.0f}k" for r in rates))
-    if args.lookups and last_engine is not None:
-        eng, auds = last_engine
-        key = auds[0][0] if auds else None
-        if key is None:
-            eng.define_audience("any_order", 'did("Order Completed")')
-            key = "any_order"
-        for r in range(args.repeat):
-            n, rate = lookups_per_s(eng, table, key, args.lookups)
-            print(f"is_member_array: {n} ids, run {r}: {rate / 1e6:.2f} M lookups/s")
+        print(f"{n_aud:>9} {how:>13}  " + ", ".join(f"{x / 1e3:,.0f}k" for x in rates))
+    for r in records:
+        if "lookups" in r:
+            print(
+                f"is_member_array: {r['lookups']} ids, run {r['repeat']}: "
+                f"{r['lookups_per_s'] / 1e6:.2f} M lookups/s"
+            )
 
 
 if __name__ == "__main__":

@@ -447,11 +447,13 @@ class Engine:
 
     def ingest_arrow(self, data: ArrowEvents, *, chunk_rows: int = 100_000) -> IngestResult:
         """Applies events from a pyarrow ``Table``, ``RecordBatch`` or
-        ``RecordBatchReader`` (columns ``type``, ``user_id``, ``event``,
-        ``timestamp``, ``message_id``, ``properties``, ``context``, ``traits``,
-        ``anonymous_id``; see docs/interop.md), converted to Segment JSON with
-        Arrow kernels, ``chunk_rows`` rows at a time. Bad rows are reported by
-        row index in ``errors``; the others are applied.
+        ``RecordBatchReader``, or any object with ``__arrow_c_stream__``
+        (columns ``type``, ``user_id``, ``event``, ``timestamp``,
+        ``message_id``, ``properties``, ``context``, ``traits``,
+        ``anonymous_id``; see docs/interop.md). The engine reads the columns
+        through the Arrow C stream interface with the GIL released,
+        ``chunk_rows`` rows at a time. Bad rows are reported by row index in
+        ``errors``; the others are applied.
 
         Raises:
             InvalidArgumentError: the schema is malformed (a missing ``user_id``
