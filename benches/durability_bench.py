@@ -24,10 +24,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benches.run import ROOT, SIZES, Size, build_bench, run_engine_bench
+from benches.sections import markers, patch_section
 from benches.workload import WorkloadSpec
 
-START = "<!-- durability:start -->"
-END = "<!-- durability:end -->"
+START, END = markers("durability")
 MODES = ("memory", "always", "interval", "never")
 # Small batches, so that the fsync per batch shows (50k-event batches hide it).
 POLICY_CHUNK = 1_000
@@ -132,15 +132,7 @@ def section(d: dict[str, Any]) -> list[str]:
 
 def patch_report(md: Path, lines: list[str]) -> None:
     """Replaces the durability section of an existing BENCHMARKS.md."""
-    text = md.read_text()
-    block = "\n".join([START, *lines, END])
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + "\n\n## Durability\n\n" + block + "\n"
-    md.write_text(text)
+    patch_section(md, "durability", "Durability", lines)
 
 
 def main(argv: list[str] | None = None) -> int:

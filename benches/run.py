@@ -36,6 +36,7 @@ if str(ROOT / "python") not in sys.path:
     sys.path.insert(1, str(ROOT / "python"))
 
 from benches import peers  # noqa: E402
+from benches.sections import markers, read_section  # noqa: E402
 from benches.workload import (  # noqa: E402
     WorkloadSpec,
     generate_audiences,
@@ -839,6 +840,9 @@ def figures(res: Results, size: Size) -> list[Figure]:
     return out
 
 
+#: Title of the section benches/hotpath.py writes.
+HOTPATH_TITLE = "Hot path: one build against another"
+
 INSPECT_START = "<!-- inspect:start -->"
 INSPECT_END = "<!-- inspect:end -->"
 
@@ -910,6 +914,10 @@ def report(res: Results, size: Size, plots: dict[str, Path], md_path: Path) -> s
     lines += [*inspect_engine_section(engine_run), INSPECT_END]
 
     lines += ["", "## Durability", "", START, *section(res.durability), END]
+    # Written by benches/hotpath.py, not by this run: carried over as it is.
+    hot = read_section(md_path, "hotpath")
+    if hot is not None:
+        lines += ["", f"## {HOTPATH_TITLE}", "", markers("hotpath")[0], *hot, markers("hotpath")[1]]
     if plots:
         lines += ["", "## Plots", ""]
         for title, p in plots.items():

@@ -335,6 +335,8 @@ pub struct Catalog {
     pub by_key: HashMap<Arc<str>, AudId>,
     /// Evaluation order: rank by slot (dependencies first).
     pub rank: Vec<u32>,
+    /// Slot by rank (the inverse of `rank`).
+    pub by_rank: Vec<AudId>,
     /// States by event name.
     pub by_event: HashMap<Arc<str>, Vec<StateId>>,
     /// Per state: affected atoms.
@@ -351,6 +353,10 @@ pub struct Catalog {
     /// Rules true on an empty profile, in rank order: a new profile starts
     /// as their member.
     pub empty_true: Vec<AudId>,
+    /// Per atom: its truth on a new profile (no traits, no events), or
+    /// `None` when it reads memberships. A new user's first event needs no
+    /// "before" evaluation of the others.
+    pub empty_atom_truth: Vec<Option<bool>>,
     /// Computed trait slots (`None` once removed).
     pub computed: Vec<Option<ComputedDef>>,
     /// Computed trait slot by key.
@@ -753,6 +759,10 @@ impl Catalog {
         for a in 0..n {
             visit(self, a, &mut rank, &mut next);
         }
+        self.by_rank = vec![0; n];
+        for (slot, &r) in rank.iter().enumerate() {
+            self.by_rank[r as usize] = slot as AudId;
+        }
         self.rank = rank;
         self.dependents = vec![Vec::new(); n];
         self.timed_by_audience = vec![Vec::new(); n];
@@ -838,6 +848,7 @@ impl Catalog {
         }
         self.empty_computed = crate::eval::computed_on_empty_profile(self);
         self.empty_true = crate::eval::rules_true_on_empty_profile(self);
+        self.empty_atom_truth = crate::eval::atoms_on_empty_profile(self);
     }
 
     /// Sets retention and summary needs of the states an expression reads.

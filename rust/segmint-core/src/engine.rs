@@ -130,6 +130,8 @@ pub struct Engine {
     pub(crate) now: Millis,
     /// In-memory change log; a deque so that trimming the oldest is O(trimmed).
     pub(crate) log: std::collections::VecDeque<LoggedChange>,
+    /// Scratch for a batch's changes (see [`Engine::on_shards`]).
+    change_buffer: Vec<ShardChange>,
     pub(crate) log_first_seq: u64,
     pub(crate) last_seq: u64,
     pub(crate) slot_keys: Vec<Arc<str>>,
@@ -190,6 +192,7 @@ impl Engine {
             pool,
             now,
             log: std::collections::VecDeque::new(),
+            change_buffer: Vec::new(),
             log_first_seq: 1,
             last_seq: 0,
             slot_keys: Vec::new(),
@@ -305,37 +308,42 @@ impl Engine {
     }
 
     /// Runs `f` on every shard (in parallel when there are several) and
-    /// returns their changes in global order.
+    /// returns their changes in global order. The buffers are the engine's
+    /// and the shards' own, reused from call to call: a batch's changes
+    /// (tens of MB for a large batch) are not allocated and page-faulted
+    /// afresh every time.
     fn on_shards<F>(&mut self, f: F) -> Vec<ShardChange>
     where
         F: Fn(usize, &mut Shard, &Catalog, &mut Vec<ShardChange>) + Sync,
     {
         let cat = &*self.catalog;
-        let mut all = if self.shards.len() == 1 {
-            let mut out = Vec::new();
-            f(0, &mut self.shards[0], cat, &mut out);
-            out
+        let mut all = std::mem::take(&mut self.change_buffer);
+        all.clear();
+        if self.shards.len() == 1 {
+            f(0, &mut self.shards[0], cat, &mut all);
         } else {
             let shards = &mut self.shards;
             self.pool.install(|| {
-                shards
-                    .par_iter_mut()
-                    .enumerate()
-                    .map(|(i, shard)| {
-                        let mut out = Vec::new();
-                        f(i, shard, cat, &mut out);
-                        out
-                    })
-                    .flatten()
-                    .collect::<Vec<_>>()
-            })
-        };
+                shards.par_iter_mut().enumerate().for_each(|(i, shard)| {
+                    let mut out = std::mem::take(&mut shard.change_buffer);
+                    out.clear();
+                    f(i, shard, cat, &mut out);
+                    shard.change_buffer = out;
+                })
+            });
+            for shard in &mut self.shards {
+                all.append(&mut shard.change_buffer);
+            }
+        }
+        // Stable, and each shard's run is nearly sorted already.
         all.sort_by_key(|c| (c.order, c.uid));
         all
     }
 
-    fn commit(&mut self, changes: Vec<ShardChange>) {
-        for c in changes {
+    /// Appends changes to the log with the next sequence numbers; the
+    /// emptied buffer goes back to [`Engine::on_shards`].
+    fn commit(&mut self, mut changes: Vec<ShardChange>) {
+        for c in changes.drain(..) {
             self.last_seq += 1;
             self.log.push_back(LoggedChange {
                 uid: c.uid,
@@ -344,6 +352,7 @@ impl Engine {
                 reason: c.reason,
             });
         }
+        self.change_buffer = changes;
         let cap = self.config.change_log_capacity.max(1);
         if self.log.len() > cap {
             let drop = self.log.len() - cap;
@@ -971,13 +980,13 @@ impl Engine {
                     ChangeKind::Membership { aud, entered } => {
                         (self.slot_keys[*aud as usize].clone(), *entered, None)
                     }
-                    ChangeKind::Computed { ct, old, new } => (
+                    ChangeKind::Computed { ct, values } => (
                         Arc::from(""),
                         false,
                         Some(ComputedChange {
                             key: self.computed_keys[*ct as usize].clone(),
-                            old: old.clone(),
-                            new: new.clone(),
+                            old: values.old.clone(),
+                            new: values.new.clone(),
                         }),
                     ),
                 };

@@ -1,6 +1,7 @@
 //! Evaluation of compiled expressions for one user at one instant, and the
 //! next instant at which time alone can change a value.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::catalog::{
@@ -11,10 +12,12 @@ use crate::state::{aggregate, window_range};
 use crate::time::{ceil_to, floor_to, parse_timestamp, Millis};
 use crate::value::Value;
 
-/// Where leaf values come from.
+/// Where leaf values come from. A leaf is borrowed where the value is
+/// stored (traits, properties) and owned where it is computed (views,
+/// durations), so that evaluation clones no strings.
 pub trait Env {
     /// The value of a leaf node (trait, property, view, since, membership).
-    fn leaf(&self, e: &CExpr) -> Option<Value>;
+    fn leaf(&self, e: &CExpr) -> Option<Cow<'_, Value>>;
 }
 
 /// A user at an instant.
@@ -68,15 +71,15 @@ impl UserEnv<'_> {
 }
 
 impl Env for UserEnv<'_> {
-    fn leaf(&self, e: &CExpr) -> Option<Value> {
+    fn leaf(&self, e: &CExpr) -> Option<Cow<'_, Value>> {
         match e {
-            CExpr::Trait(k) => self.user.trait_value(k).cloned(),
-            CExpr::View(v) => self.view(*v),
-            CExpr::SinceEvent(_) | CExpr::SinceTrait(_) | CExpr::MemberFor(_) => {
-                self.duration_base(e).map(|b| Value::Dur(self.now - b))
-            }
-            CExpr::InAudience(a) => Some(Value::Bool(self.user.is_member(*a))),
-            CExpr::Computed(c) => self.user.computed_value(*c).cloned(),
+            CExpr::Trait(k) => self.user.trait_value(k).map(Cow::Borrowed),
+            CExpr::View(v) => self.view(*v).map(Cow::Owned),
+            CExpr::SinceEvent(_) | CExpr::SinceTrait(_) | CExpr::MemberFor(_) => self
+                .duration_base(e)
+                .map(|b| Cow::Owned(Value::Dur(self.now - b))),
+            CExpr::InAudience(a) => Some(Cow::Owned(Value::Bool(self.user.is_member(*a)))),
+            CExpr::Computed(c) => self.user.computed_value(*c).map(Cow::Borrowed),
             _ => None,
         }
     }
@@ -86,9 +89,13 @@ impl Env for UserEnv<'_> {
 pub struct PropsEnv<'a>(pub &'a [(Arc<str>, Value)]);
 
 impl Env for PropsEnv<'_> {
-    fn leaf(&self, e: &CExpr) -> Option<Value> {
+    fn leaf(&self, e: &CExpr) -> Option<Cow<'_, Value>> {
         match e {
-            CExpr::Property(p) => self.0.iter().find(|(k, _)| k == p).map(|(_, v)| v.clone()),
+            CExpr::Property(p) => self
+                .0
+                .iter()
+                .find(|(k, _)| k == p)
+                .map(|(_, v)| Cow::Borrowed(v)),
             _ => None,
         }
     }
@@ -100,14 +107,14 @@ pub fn eval_bool<E: Env>(e: &CExpr, env: &E) -> bool {
         CExpr::Not(x) => !eval_bool(x, env),
         CExpr::And(xs) => xs.iter().all(|x| eval_bool(x, env)),
         CExpr::Or(xs) => xs.iter().any(|x| eval_bool(x, env)),
-        CExpr::Cmp(op, a, b) => match (eval_value(a, env), eval_value(b, env)) {
+        CExpr::Cmp(op, a, b) => match (eval_ref(a, env), eval_ref(b, env)) {
             (Some(a), Some(b)) => compare(&a, &b, *op),
             _ => false,
         },
-        CExpr::In(x, list, negated) => match eval_value(x, env) {
+        CExpr::In(x, list, negated) => match eval_ref(x, env) {
             None => false,
             Some(v) => {
-                let found = match &v {
+                let found = match &*v {
                     Value::List(items) => items
                         .iter()
                         .any(|s| list.iter().any(|l| l.as_str() == Some(s))),
@@ -117,7 +124,7 @@ pub fn eval_bool<E: Env>(e: &CExpr, env: &E) -> bool {
             }
         },
         CExpr::Between(x, lo, hi, negated) => {
-            match (eval_value(x, env), eval_value(lo, env), eval_value(hi, env)) {
+            match (eval_ref(x, env), eval_ref(lo, env), eval_ref(hi, env)) {
                 (Some(x), Some(lo), Some(hi)) if comparable(&x, &lo) && comparable(&x, &hi) => {
                     let inside = compare(&x, &lo, CmpOp::Ge) && compare(&x, &hi, CmpOp::Le);
                     inside != *negated
@@ -125,30 +132,38 @@ pub fn eval_bool<E: Env>(e: &CExpr, env: &E) -> bool {
                 _ => false,
             }
         }
-        CExpr::Str(op, a, b) => match (eval_value(a, env), eval_value(b, env)) {
-            (Some(Value::Str(a)), Some(Value::Str(b))) => match op {
-                StrOp::Contains => a.contains(&*b),
-                StrOp::StartsWith => a.starts_with(&*b),
-                StrOp::EndsWith => a.ends_with(&*b),
+        CExpr::Str(op, a, b) => match (eval_ref(a, env), eval_ref(b, env)) {
+            (Some(a), Some(b)) => match (&*a, &*b) {
+                (Value::Str(a), Value::Str(b)) => match op {
+                    StrOp::Contains => a.contains(&**b),
+                    StrOp::StartsWith => a.starts_with(&**b),
+                    StrOp::EndsWith => a.ends_with(&**b),
+                },
+                (Value::List(items), Value::Str(b)) if *op == StrOp::Contains => items.contains(b),
+                _ => false,
             },
-            (Some(Value::List(items)), Some(Value::Str(b))) if *op == StrOp::Contains => {
-                items.contains(&b)
-            }
             _ => false,
         },
-        CExpr::Exists(x) => eval_value(x, env).is_some(),
-        other => matches!(eval_value(other, env), Some(Value::Bool(true))),
+        CExpr::Exists(x) => eval_ref(x, env).is_some(),
+        other => matches!(eval_ref(other, env).as_deref(), Some(Value::Bool(true))),
     }
 }
 
 /// Evaluates a value; `None` is null.
 pub fn eval_value<E: Env>(e: &CExpr, env: &E) -> Option<Value> {
+    eval_ref(e, env).map(Cow::into_owned)
+}
+
+/// [`eval_value`], borrowing literals and stored values instead of cloning.
+fn eval_ref<'a, E: Env>(e: &'a CExpr, env: &'a E) -> Option<Cow<'a, Value>> {
     match e {
-        CExpr::Lit(v) => Some(v.clone()),
-        CExpr::Neg(x) => eval_value(x, env)?.as_num().map(|n| Value::Num(-n)),
+        CExpr::Lit(v) => Some(Cow::Borrowed(v)),
+        CExpr::Neg(x) => eval_ref(x, env)?
+            .as_num()
+            .map(|n| Cow::Owned(Value::Num(-n))),
         CExpr::Arith(op, a, b) => {
-            let a = eval_value(a, env)?.as_num()?;
-            let b = eval_value(b, env)?.as_num()?;
+            let a = eval_ref(a, env)?.as_num()?;
+            let b = eval_ref(b, env)?.as_num()?;
             let r = match op {
                 ArithOp::Add => a + b,
                 ArithOp::Sub => a - b,
@@ -160,9 +175,9 @@ pub fn eval_value<E: Env>(e: &CExpr, env: &E) -> Option<Value> {
                     a / b
                 }
             };
-            Some(Value::Num(r))
+            Some(Cow::Owned(Value::Num(r)))
         }
-        op if op.is_boolean_operator() => Some(Value::Bool(eval_bool(e, env))),
+        op if op.is_boolean_operator() => Some(Cow::Owned(Value::Bool(eval_bool(e, env)))),
         leaf => env.leaf(leaf),
     }
 }
@@ -393,6 +408,30 @@ pub fn computed_on_empty_profile(cat: &Catalog) -> Vec<(CtId, Value)> {
     };
     cat.computed_traits()
         .filter_map(|(ct, def)| eval_value(&def.expr, &env).map(|v| (ct, v)))
+        .collect()
+}
+
+/// Each atom's truth on a profile with no traits and no events (only the
+/// computed traits' empty values); `None` for atoms reading memberships.
+/// Like [`rules_true_on_empty_profile`], constant in time.
+pub fn atoms_on_empty_profile(cat: &Catalog) -> Vec<Option<bool>> {
+    let user = UserData {
+        computed: cat.empty_computed.clone(),
+        ..Default::default()
+    };
+    let env = UserEnv {
+        cat,
+        user: &user,
+        now: 0,
+        granularity: 1,
+    };
+    cat.atoms
+        .iter()
+        .map(|atom| {
+            atom.audiences
+                .is_empty()
+                .then(|| eval_bool(&atom.expr, &env))
+        })
         .collect()
 }
 

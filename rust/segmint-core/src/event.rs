@@ -1,8 +1,11 @@
 //! Input events (Segment's spec: track, identify, alias) and their decoding
 //! from JSON, one error per bad event.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use serde_json::value::RawValue;
 use serde_json::Value as Json;
 
 use crate::error::{Result, SegmintError};
@@ -190,6 +193,77 @@ fn unsupported_type(kind: &str) -> SegmintError {
     invalid(format!(
         "unsupported event type {kind:?}; expected \"track\" or \"identify\""
     ))
+}
+
+/// An event parsed straight into its fields. Any surprise (a field of the
+/// wrong type, a duplicate key, no `type`) fails this parse, and the event
+/// is decoded again through [`event_from_json`], which names the problem.
+#[derive(serde::Deserialize)]
+struct TypedEvent<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(rename = "userId", default, borrow)]
+    user_id: Option<Cow<'a, str>>,
+    #[serde(rename = "anonymousId", default, borrow)]
+    anonymous_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    event: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    timestamp: Option<Cow<'a, str>>,
+    #[serde(rename = "messageId", default, borrow)]
+    message_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    properties: Option<serde_json::Map<String, Json>>,
+    #[serde(default)]
+    context: Option<serde_json::Map<String, Json>>,
+    #[serde(default)]
+    traits: Option<serde_json::Map<String, Json>>,
+}
+
+/// Decodes one event from its JSON text (the fast path, with the generic
+/// one as fallback; both give the same event).
+pub fn event_from_slice(text: &[u8], limits: &Limits) -> Result<Event> {
+    if text.len() > limits.max_event_bytes {
+        return Err(SegmintError::LimitExceeded {
+            what: "event".into(),
+            limit: limits.max_event_bytes,
+            actual: text.len(),
+        });
+    }
+    if let Ok(typed) = serde_json::from_slice::<TypedEvent<'_>>(text) {
+        return event_from_typed(&typed, limits);
+    }
+    let json: Json =
+        serde_json::from_slice(text).map_err(|e| invalid(format!("malformed JSON: {e}")))?;
+    event_from_json(&json, limits)
+}
+
+/// The fast path's event, with the rules (and messages) of
+/// [`event_from_json`].
+fn event_from_typed(t: &TypedEvent<'_>, limits: &Limits) -> Result<Event> {
+    let user_id = choose_user_id(
+        t.user_id.as_deref(),
+        t.anonymous_id.as_deref(),
+        "'userId' or 'anonymousId'",
+        limits,
+    )?;
+    let timestamp = t.timestamp.as_deref().map(event_timestamp).transpose()?;
+    let body = match &*t.kind {
+        "track" => track_body(
+            t.event.as_deref(),
+            t.properties.as_ref(),
+            t.context.as_ref(),
+            limits,
+        )?,
+        "identify" => identify_body(t.traits.as_ref(), limits)?,
+        other => return Err(unsupported_type(other)),
+    };
+    Ok(Event {
+        user_id: user_id.to_owned(),
+        timestamp,
+        message_id: t.message_id.as_deref().map(str::to_owned),
+        body,
+    })
 }
 
 /// Decodes one Segment-spec event object.
@@ -395,7 +469,8 @@ fn strip_prefix(e: &SegmintError) -> String {
 
 /// Decodes a batch: a JSON array of events, Segment's `{"batch": [...]}`, or
 /// newline-delimited JSON. A batch that is not JSON at all is an error; a
-/// bad item is an error at its index and does not stop the others.
+/// bad item is an error at its index and does not stop the others. An
+/// event's size is the length of its JSON text as received.
 pub fn decode_json_batch(bytes: &[u8], limits: &Limits) -> Result<Vec<Result<Event>>> {
     if bytes.len() > limits.max_batch_bytes {
         return Err(SegmintError::LimitExceeded {
@@ -404,62 +479,36 @@ pub fn decode_json_batch(bytes: &[u8], limits: &Limits) -> Result<Vec<Result<Eve
             actual: bytes.len(),
         });
     }
+    let decode = |raw: &RawValue| event_from_slice(raw.get().as_bytes(), limits);
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
-    let items: Vec<Result<Json>> = match first {
+    Ok(match first {
         None => Vec::new(),
-        Some(b'[') => parse_array(bytes)?,
-        Some(b'{') => match serde_json::from_slice::<Json>(bytes) {
-            Ok(Json::Object(mut obj)) if obj.contains_key("batch") => match obj.remove("batch") {
-                Some(Json::Array(items)) => items.into_iter().map(Ok).collect(),
-                _ => return Err(invalid("'batch' must be a list of events")),
+        Some(b'[') => parse_array(bytes)?.into_iter().map(decode).collect(),
+        Some(b'{') => match serde_json::from_slice::<BTreeMap<Cow<'_, str>, &RawValue>>(bytes) {
+            Ok(obj) => match obj.get("batch") {
+                Some(batch) => parse_array(batch.get().as_bytes())
+                    .map_err(|_| invalid("'batch' must be a list of events"))?
+                    .into_iter()
+                    .map(decode)
+                    .collect(),
+                None => vec![event_from_slice(bytes.trim_ascii(), limits)],
             },
-            Ok(single) => vec![Ok(single)],
-            // Not a single object: newline-delimited JSON, one event a line.
+            // Not a single object: newline-delimited JSON, one event a line;
+            // each line is decoded and dropped before the next, so memory
+            // stays hot.
             Err(_) => bytes
                 .split(|&b| b == b'\n')
-                .filter(|line| line.iter().any(|b| !b.is_ascii_whitespace()))
-                .map(|line| serde_json::from_slice::<Json>(line).map_err(|e| invalid(format!("malformed JSON: {e}"))))
+                .map(<[u8]>::trim_ascii)
+                .filter(|line| !line.is_empty())
+                .map(|line| event_from_slice(line, limits))
                 .collect(),
         },
         Some(_) => return Err(invalid("a batch must be a JSON list of events, {\"batch\": [...]}, or one JSON object per line")),
-    };
-    Ok(items
-        .into_iter()
-        .map(|item| {
-            let json = item?;
-            if let Some(size) = approx_size(&json, limits.max_event_bytes) {
-                return Err(SegmintError::LimitExceeded {
-                    what: "event".into(),
-                    limit: limits.max_event_bytes,
-                    actual: size,
-                });
-            }
-            event_from_json(&json, limits)
-        })
-        .collect())
+    })
 }
 
-fn parse_array(bytes: &[u8]) -> Result<Vec<Result<Json>>> {
-    let items: Vec<Json> =
-        serde_json::from_slice(bytes).map_err(|e| invalid(format!("malformed JSON batch: {e}")))?;
-    Ok(items.into_iter().map(Ok).collect())
-}
-
-/// Returns the serialized size when it exceeds `limit`, else `None`.
-fn approx_size(json: &Json, limit: usize) -> Option<usize> {
-    struct Counter(usize);
-    impl std::io::Write for Counter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut counter = Counter(0);
-    serde_json::to_writer(&mut counter, json).ok()?;
-    (counter.0 > limit).then_some(counter.0)
+fn parse_array(bytes: &[u8]) -> Result<Vec<&RawValue>> {
+    serde_json::from_slice(bytes).map_err(|e| invalid(format!("malformed JSON batch: {e}")))
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ pub mod event;
 pub mod inspect;
 pub mod limits;
 pub mod profile;
+pub mod queue;
 pub mod rules;
 pub mod shard;
 pub mod state;

@@ -4,6 +4,8 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
+
+use crate::queue::{AtomMemo, RankQueue};
 use std::sync::Arc;
 
 use roaring::RoaringBitmap;
@@ -64,11 +66,29 @@ pub enum ChangeKind {
     Computed {
         /// The computed trait slot.
         ct: CtId,
-        /// The value before (`None`: null or none yet).
-        old: Option<Value>,
-        /// The value after (`None`: null).
-        new: Option<Value>,
+        /// The values, boxed: membership changes are the common case and
+        /// keep the change log's entries small.
+        values: Box<ValueChange>,
     },
+}
+
+impl ChangeKind {
+    /// A computed trait's change of value.
+    pub fn computed(ct: CtId, old: Option<Value>, new: Option<Value>) -> ChangeKind {
+        ChangeKind::Computed {
+            ct,
+            values: Box::new(ValueChange { old, new }),
+        }
+    }
+}
+
+/// A computed trait's value before and after a change.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ValueChange {
+    /// The value before (`None`: null or none yet).
+    pub old: Option<Value>,
+    /// The value after (`None`: null).
+    pub new: Option<Value>,
 }
 
 /// A change produced by a shard, before it gets its global sequence number.
@@ -131,6 +151,12 @@ pub struct Shard {
     live_timers: usize,
     /// Work counters, for benchmarks and metrics.
     pub counters: Counters,
+    /// Scratch: the rules queued for the user being processed.
+    queue: RankQueue,
+    /// Scratch: atom truths within one evaluation pass.
+    memo: AtomMemo,
+    /// Scratch: this shard's changes of one batch (see `Engine::on_shards`).
+    pub(crate) change_buffer: Vec<ShardChange>,
 }
 
 /// How much evaluation work a shard has done.
@@ -237,6 +263,7 @@ impl Shard {
             timers,
             live_timers,
             counters,
+            ..Default::default()
         }
     }
 
@@ -265,6 +292,25 @@ impl Shard {
     fn set_member(&mut self, local: usize, uid: u32, aud: AudId, member: bool, at: Millis) {
         self.users[local].set_member(aud, member, at);
         self.members.set(aud, uid, member);
+    }
+
+    /// An atom's truth before an event; for a new profile, its known truth
+    /// on an empty one.
+    fn atom_truth_before(&mut self, step: Step<'_>, local: usize, atom: AtomId, new: bool) -> bool {
+        match step.cat.empty_atom_truth.get(atom as usize) {
+            Some(&Some(truth)) if new => truth,
+            _ => self.atom_truth(step, local, atom),
+        }
+    }
+
+    /// An atom's truth now, recorded in the pass's memo for the rules that
+    /// contain it (the caller has begun the pass).
+    fn atom_truth_memo(&mut self, step: Step<'_>, local: usize, atom: AtomId) -> bool {
+        let truth = self.atom_truth(step, local, atom);
+        if step.cat.atoms[atom as usize].audiences.is_empty() {
+            self.memo.set(atom, truth);
+        }
+        truth
     }
 
     fn atom_truth(&mut self, step: Step<'_>, local: usize, atom: AtomId) -> bool {
@@ -322,9 +368,24 @@ impl Shard {
             .filter(|d| !d.is_static)?;
         self.counters.rule_evaluations += 1;
         let now_member = {
-            let env = self.env(step, local);
+            let Shard { users, memo, .. } = self;
+            let env = UserEnv {
+                cat,
+                user: &users[local],
+                now: step.now,
+                granularity: step.granularity,
+            };
             eval_rule(&def.rule, &mut |a| {
-                eval_bool(&cat.atoms[a as usize].expr, &env)
+                let atom = &cat.atoms[a as usize];
+                if !atom.audiences.is_empty() {
+                    // Memberships change within a pass.
+                    return eval_bool(&atom.expr, &env);
+                }
+                memo.get(a).unwrap_or_else(|| {
+                    let truth = eval_bool(&atom.expr, &env);
+                    memo.set(a, truth);
+                    truth
+                })
             })
         };
         if now_member == self.users[local].is_member(aud) {
@@ -337,20 +398,46 @@ impl Shard {
         Some(now_member)
     }
 
-    /// Re-evaluates `pending` rules (and, on a flip, their dependents) for
-    /// `uid` in rank order.
+    /// Re-evaluates the queued rules (and, on a flip, their dependents) for
+    /// `uid` in rank order, leaving the queue empty.
     fn process(
         &mut self,
         step: Step<'_>,
         uid: u32,
-        mut pending: BTreeSet<(u32, AudId)>,
+        pending: RankQueue,
         reason: Reason,
         order: (i64, u64),
         out: &mut Vec<ShardChange>,
     ) {
+        self.process_pass(step, uid, pending, reason, order, false, out)
+    }
+
+    /// [`Shard::process`]; with `primed`, the caller has begun the memo's
+    /// pass after its last change to the user's state and recorded the
+    /// truths it already knows.
+    #[allow(clippy::too_many_arguments)]
+    fn process_pass(
+        &mut self,
+        step: Step<'_>,
+        uid: u32,
+        mut pending: RankQueue,
+        reason: Reason,
+        order: (i64, u64),
+        primed: bool,
+        out: &mut Vec<ShardChange>,
+    ) {
         let (local, _) = self.ensure_user(uid);
+        if pending.is_empty() {
+            self.queue = pending;
+            return;
+        }
+        // The user's states are fixed for the pass; only memberships move.
+        if !primed {
+            self.memo.begin(step.cat.atoms.len());
+        }
         let mut counter = 0u64;
-        while let Some((_, aud)) = pending.pop_first() {
+        while let Some(rank) = pending.pop_first() {
+            let aud = step.cat.by_rank[rank as usize];
             if let Some(entered) = self.evaluate(step, local, uid, aud) {
                 out.push(ShardChange {
                     order: (order.0, order.1, counter),
@@ -361,10 +448,12 @@ impl Shard {
                 });
                 counter += 1;
                 for &d in &step.cat.dependents[aud as usize] {
-                    pending.insert((step.cat.rank[d as usize], d));
+                    pending.insert(step.cat.rank[d as usize]);
                 }
             }
         }
+        // Drained: kept for the next event, so that nothing is allocated.
+        self.queue = pending;
     }
 
     /// Queues the rules of an atom that flipped to `now_true`, skipping
@@ -372,14 +461,14 @@ impl Shard {
     fn add_flipped(
         &self,
         step: Step<'_>,
-        pending: &mut BTreeSet<(u32, AudId)>,
+        pending: &mut RankQueue,
         local: usize,
         atom: AtomId,
         now_true: bool,
     ) {
         for &(aud, polarity) in &step.cat.atom_rules[atom as usize] {
             if polarity.may_change(now_true, self.users[local].is_member(aud)) {
-                pending.insert((step.cat.rank[aud as usize], aud));
+                pending.insert(step.cat.rank[aud as usize]);
             }
         }
     }
@@ -403,10 +492,10 @@ impl Shard {
                     name,
                     properties,
                 } => {
-                    self.track(step, uid, t, name, properties, index, out);
+                    self.track(step, uid, t, name, properties, index, new, out);
                 }
                 Work::Identify { index, uid, traits } => {
-                    self.identify(step, uid, traits, index, out)
+                    self.identify(step, uid, traits, index, new, out)
                 }
             }
             if new {
@@ -452,11 +541,7 @@ impl Shard {
             out.push(ShardChange {
                 order: (index as i64, 0, counter as u64),
                 uid,
-                kind: ChangeKind::Computed {
-                    ct: *ct,
-                    old: None,
-                    new: Some(value.clone()),
-                },
+                kind: ChangeKind::computed(*ct, None, Some(value.clone())),
                 at: step.now,
                 reason: Reason::Event,
             });
@@ -504,7 +589,7 @@ impl Shard {
         out.push(ShardChange {
             order,
             uid,
-            kind: ChangeKind::Computed { ct, old, new },
+            kind: ChangeKind::computed(ct, old, new),
             at: step.now,
             reason,
         });
@@ -512,25 +597,27 @@ impl Shard {
     }
 
     /// Queues every live rule that reads computed trait `ct`.
-    fn add_computed_rules(step: Step<'_>, pending: &mut BTreeSet<(u32, AudId)>, ct: CtId) {
+    fn add_computed_rules(step: Step<'_>, pending: &mut RankQueue, ct: CtId) {
         for &aud in &step.cat.computed_rules[ct as usize] {
-            pending.insert((step.cat.rank[aud as usize], aud));
+            pending.insert(step.cat.rank[aud as usize]);
         }
     }
 
     /// Sets traits; only atoms reading a changed key are probed before and
     /// after, and only rules of atoms that flipped are re-evaluated.
+    #[allow(clippy::too_many_arguments)]
     fn identify(
         &mut self,
         step: Step<'_>,
         uid: u32,
         traits: &Flat,
         index: usize,
+        new: bool,
         out: &mut Vec<ShardChange>,
     ) {
         let cat = step.cat;
         let (local, _) = self.ensure_user(uid);
-        let mut pending = BTreeSet::new();
+        let mut pending = std::mem::take(&mut self.queue);
         // Keys an identify may change: the given ones and, for a deletion, those below it.
         let mut atoms: SmallVec<[AtomId; 32]> = SmallVec::new();
         for (key, value) in traits {
@@ -556,13 +643,15 @@ impl Shard {
         atoms.dedup();
         let before: SmallVec<[bool; 32]> = atoms
             .iter()
-            .map(|&a| self.atom_truth(step, local, a))
+            .map(|&a| self.atom_truth_before(step, local, a, new))
             .collect();
         if self.users[local].set_traits(traits).is_empty() {
+            self.queue = pending;
             return;
         }
+        self.memo.begin(cat.atoms.len());
         for (i, &atom) in atoms.iter().enumerate() {
-            let after = self.atom_truth(step, local, atom);
+            let after = self.atom_truth_memo(step, local, atom);
             if after != before[i] {
                 self.add_flipped(step, &mut pending, local, atom, after);
             }
@@ -570,7 +659,8 @@ impl Shard {
                 self.reschedule(step, local, uid, atom);
             }
         }
-        self.process(step, uid, pending, Reason::Event, (index as i64, 1), out);
+        let order = (index as i64, 1);
+        self.process_pass(step, uid, pending, Reason::Event, order, true, out);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -582,12 +672,13 @@ impl Shard {
         name: &str,
         properties: &[(Arc<str>, Value)],
         index: usize,
+        new: bool,
         out: &mut Vec<ShardChange>,
     ) {
         let cat = step.cat;
         let now = step.now;
         let (local, _) = self.ensure_user(uid);
-        let mut pending = BTreeSet::new();
+        let mut pending = std::mem::take(&mut self.queue);
         let props = PropsEnv(properties);
         let mut matched: SmallVec<[(StateId, Option<Value>); 8]> = SmallVec::new();
         for &s in cat.by_event.get(name).map_or(&[][..], |v| v) {
@@ -628,7 +719,7 @@ impl Shard {
         general.dedup();
         let before: SmallVec<[bool; 16]> = general
             .iter()
-            .map(|&a| self.atom_truth(step, local, a))
+            .map(|&a| self.atom_truth_before(step, local, a, new))
             .collect();
         let mut flipped: SmallVec<[(AtomId, bool); 8]> = SmallVec::new();
         for (s, v) in &matched {
@@ -676,8 +767,11 @@ impl Shard {
                 Self::add_computed_rules(step, &mut pending, ct);
             }
         }
+        // From here to the rules' pass the user's state stays as it is
+        // (eviction below keeps every value at `now`).
+        self.memo.begin(cat.atoms.len());
         for (i, &atom) in general.iter().enumerate() {
-            let after = self.atom_truth(step, local, atom);
+            let after = self.atom_truth_memo(step, local, atom);
             if after != before[i] {
                 flipped.push((atom, after));
             } else if cat.atoms[atom as usize].timed {
@@ -685,6 +779,9 @@ impl Shard {
             }
         }
         for &(atom, now_true) in &flipped {
+            if cat.atoms[atom as usize].audiences.is_empty() {
+                self.memo.set(atom, now_true);
+            }
             self.add_flipped(step, &mut pending, local, atom, now_true);
             if cat.atoms[atom as usize].timed {
                 self.reschedule(step, local, uid, atom);
@@ -704,7 +801,8 @@ impl Shard {
             }
             self.users[local].state_mut(*s).evict(horizon, def);
         }
-        self.process(step, uid, pending, Reason::Event, (index as i64, 1), out);
+        let order = (index as i64, 1);
+        self.process_pass(step, uid, pending, Reason::Event, order, true, out);
     }
 
     /// Fires every timer due at or before `to`, instant by instant: an atom
@@ -770,8 +868,13 @@ impl Shard {
                     }
                 }
             }
+            let mut memo_user = None;
             while let Some((rank, uid, aud)) = due.pop_first() {
                 let local = self.local(uid);
+                if memo_user != Some(uid) {
+                    self.memo.begin(cat.atoms.len());
+                    memo_user = Some(uid);
+                }
                 if let Some(entered) = self.evaluate(step, local, uid, aud) {
                     // After the computed-trait changes of the same instant.
                     out.push(ShardChange {
@@ -793,10 +896,6 @@ impl Shard {
     /// shard, with reason `definition`, and sets their atoms' timers.
     pub fn backfill(&mut self, step: Step<'_>, auds: &[AudId], out: &mut Vec<ShardChange>) {
         self.members.ensure(step.cat.audiences.len());
-        let pending: BTreeSet<(u32, AudId)> = auds
-            .iter()
-            .map(|&a| (step.cat.rank[a as usize], a))
-            .collect();
         let mut timed: Vec<AtomId> = auds
             .iter()
             .filter_map(|&a| step.cat.audiences[a as usize].as_ref())
@@ -810,14 +909,11 @@ impl Shard {
             for &atom in &timed {
                 self.reschedule(step, local, uid, atom);
             }
-            self.process(
-                step,
-                uid,
-                pending.clone(),
-                Reason::Definition,
-                (uid as i64, 0),
-                out,
-            );
+            let mut pending = std::mem::take(&mut self.queue);
+            for &a in auds {
+                pending.insert(step.cat.rank[a as usize]);
+            }
+            self.process(step, uid, pending, Reason::Definition, (uid as i64, 0), out);
         }
     }
 
@@ -857,10 +953,10 @@ impl Shard {
                 });
                 counter = 1;
             }
-            let pending: BTreeSet<(u32, AudId)> = step.cat.dependents[aud as usize]
-                .iter()
-                .map(|&d| (step.cat.rank[d as usize], d))
-                .collect();
+            let mut pending = std::mem::take(&mut self.queue);
+            for &d in &step.cat.dependents[aud as usize] {
+                pending.insert(step.cat.rank[d as usize]);
+            }
             self.process(
                 step,
                 uid,
@@ -903,15 +999,14 @@ impl Shard {
     /// and, when `replaced`, re-evaluates the rules reading it.
     pub fn backfill_computed(&mut self, step: Step<'_>, ct: CtId, out: &mut Vec<ShardChange>) {
         self.members.ensure(step.cat.audiences.len());
-        let mut rules = BTreeSet::new();
-        Self::add_computed_rules(step, &mut rules, ct);
         for local in 0..self.users.len() {
             let uid = local as u32 * self.count + self.index;
             let order = (uid as i64, 0, 0);
             if self.refresh_computed(step, local, uid, ct, Reason::Definition, order, out)
-                && !rules.is_empty()
+                && !step.cat.computed_rules[ct as usize].is_empty()
             {
-                let pending = rules.clone();
+                let mut pending = std::mem::take(&mut self.queue);
+                Self::add_computed_rules(step, &mut pending, ct);
                 self.process(step, uid, pending, Reason::Definition, (uid as i64, 1), out);
             }
         }
@@ -927,11 +1022,7 @@ impl Shard {
                 out.push(ShardChange {
                     order: (uid as i64, 0, 0),
                     uid,
-                    kind: ChangeKind::Computed {
-                        ct,
-                        old: Some(old),
-                        new: None,
-                    },
+                    kind: ChangeKind::computed(ct, Some(old), None),
                     at,
                     reason: Reason::Delete,
                 });

@@ -6,6 +6,10 @@ mod arrow;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+/// mimalloc for the engine's many small allocations (see segmint-bench).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;

@@ -1,0 +1,106 @@
+"""Hot path, one build against another: runs two ``segmint-bench`` binaries
+alternately on the same events and audiences, in memory, and writes the
+"hotpath" section of BENCHMARKS.md (the full run keeps it as it is).
+
+    git worktree add /tmp/before <commit>
+    CARGO_TARGET_DIR=/tmp/before-target cargo build --release -p segmint-bench \\
+        --manifest-path /tmp/before/Cargo.toml
+    python benches/hotpath.py --before /tmp/before-target/release/segmint-bench \\
+        --before-label <commit> --after-label HEAD \\
+        --events ev500k.ndjson --audiences benches/out/bench/audiences-1000-None-42.json
+
+Alternating runs spread any drift of a shared machine over both builds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benches.run import BIN, HOTPATH_TITLE, ROOT
+from benches.sections import patch_section
+
+FIELDS = (
+    ("events/s", "events_per_s", "{:,.0f}"),
+    ("latency p50 µs", "latency_us_p50", "{:.1f}"),
+    ("latency p99 µs", "latency_us_p99", "{:.1f}"),
+    ("heap B/user", "heap_bytes_per_user", "{:,.0f}"),
+    ("JSON decode events/s", "decode_events_per_s", "{:,.0f}"),
+)
+
+
+def run_once(binary: Path, events: Path, audiences: Path, threads: int) -> dict[str, Any]:
+    """One segmint-bench run; its JSON result."""
+    cmd = [
+        str(binary),
+        str(events),
+        str(audiences),
+        "--threads",
+        str(threads),
+        "--latency-samples",
+        "2000",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=3600)
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def section(
+    runs: dict[str, list[dict[str, Any]]], events: Path, audiences: Path, threads: int
+) -> list[str]:
+    """The section's lines: one row per build, runs separated by ``/``."""
+    first_build = next(iter(runs.values()))
+    first = first_build[0]
+    lines = [
+        f"`python benches/hotpath.py` ran `segmint-bench {events.name} {audiences.name} "
+        f"--threads {threads} --latency-samples 2000` with each build, alternately, "
+        f"{len(first_build)} runs each: {first['events']:,} events, "
+        f"{first['users']:,} users, {first['audiences']:,} audiences, in memory. "
+        "Events/s counts ingest of decoded events; JSON decoding is timed apart.",
+        "",
+        "| build | " + " | ".join(name for name, _, _ in FIELDS) + " |",
+        "|---|" + "---|" * len(FIELDS),
+    ]
+    for label, results in runs.items():
+        cells = [
+            " / ".join(fmt.format(r[key]) if key in r else "—" for r in results)
+            for _, key, fmt in FIELDS
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measures both builds and patches BENCHMARKS.md."""
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--before", type=Path, required=True, help="segmint-bench of the old build")
+    ap.add_argument("--after", type=Path, default=BIN, help="segmint-bench of the new build")
+    ap.add_argument("--before-label", required=True)
+    ap.add_argument("--after-label", required=True)
+    ap.add_argument("--events", type=Path, required=True)
+    ap.add_argument("--audiences", type=Path, required=True)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--report", type=Path, default=ROOT / "BENCHMARKS.md")
+    ap.add_argument("--note", default="", help="a sentence appended under the table")
+    args = ap.parse_args(argv)
+    runs: dict[str, list[dict[str, Any]]] = {args.before_label: [], args.after_label: []}
+    for _ in range(args.runs):
+        for label, binary in ((args.before_label, args.before), (args.after_label, args.after)):
+            runs[label].append(run_once(binary, args.events, args.audiences, args.threads))
+    lines = section(runs, args.events, args.audiences, args.threads)
+    if args.note:
+        lines += ["", args.note]
+    print("\n".join(lines))
+    patch_section(args.report, "hotpath", HOTPATH_TITLE, lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
