@@ -3,6 +3,7 @@
 //! who would a new rule select, how do audiences overlap, what do we know
 //! about a user.
 
+use std::borrow::Cow;
 use std::fmt::Write;
 
 use rayon::prelude::*;
@@ -362,9 +363,9 @@ fn computed_next_change(expr: &CExpr, env: &UserEnv<'_>) -> Option<Millis> {
 struct FreshEnv<'a, 'b>(&'b UserEnv<'a>);
 
 impl Env for FreshEnv<'_, '_> {
-    fn leaf(&self, e: &CExpr) -> Option<Value> {
+    fn leaf(&self, e: &CExpr) -> Option<Cow<'_, Value>> {
         match e {
-            CExpr::Computed(ct) => computed_value(self.0.cat, *ct, self.0),
+            CExpr::Computed(ct) => computed_value(self.0.cat, *ct, self.0).map(Cow::Owned),
             other => self.0.leaf(other),
         }
     }
