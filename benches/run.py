@@ -709,6 +709,20 @@ def figures(res: Results, size: Size) -> list[Figure]:
                 "measured",
                 f"same {i['ingest_rows']:,} events into a fresh engine with the same audiences",
             ),
+        ]
+        if "arrow_events_per_s_no_audiences" in i:
+            out.append(
+                Figure(
+                    "Arrow ingest vs JSON bytes, no audiences (issue 3)",
+                    "as fast as the fastest batch path",
+                    f"{_si(i['arrow_events_per_s_no_audiences'], 'events/s')} vs "
+                    f"{_si(i['json_events_per_s_no_audiences'], 'events/s')}",
+                    "measured",
+                    f"same {i['ingest_rows']:,} events into a fresh engine without "
+                    "audiences: decoding dominates",
+                )
+            )
+        out += [
             Figure(
                 "batched is_member lookups (issue 3)",
                 "(no goal)",

@@ -572,6 +572,314 @@ def test_escaping_matches_ingest(rows: list[tuple[str, str, dict[str, Any]]]) ->
         assert eng.traits(u) == ref.traits(u)
 
 
+# --------------------------------------------------------------------------- native Arrow path
+# The Rust glue reads the Arrow C stream into the core's events; these check it
+# against the JSON path on the same events, row errors by index across record
+# batches and pieces, and the engine's own schema check (without the facade's).
+
+
+def changes(eng: Engine) -> list[tuple[Any, ...]]:
+    return [
+        (c.seq, c.audience, c.user_id, c.kind, c.at, c.reason, c.computed_trait, c.old, c.new)
+        for c in eng.changes(0)
+    ]
+
+
+def _nested_events() -> list[dict[str, Any]]:
+    """Track and identify events whose payloads exercise every JSON kind."""
+    return [
+        {
+            "type": "identify",
+            "userId": f"u{i}",
+            "traits": {
+                "plan": ["free", "pro", "enterprise"][i % 3],
+                "ltv": 100 * i + 0.5,
+                "vip": i % 2 == 0,
+                "address": {"city": f"c{i % 4}", "zip": 1000 + i},
+                "tags": ["a", "b"] if i % 2 else [],
+            },
+            "timestamp": f"2025-12-31T2{i % 4}:00:00.000Z",
+        }
+        for i in range(12)
+    ] + [
+        {
+            "type": "track",
+            "userId": f"u{i}",
+            "event": ["Order Completed", "Product Viewed"][i % 2],
+            "properties": {
+                "category": ["shoes", "hats", "bags"][i % 3],
+                "revenue": 10.0 * i,
+                "gift": i % 3 == 0,
+                "count": i,
+                "item": {"sku": f"s{i}", "size": {"eu": 40 + i % 3}},
+            },
+            "context": {"device": {"type": ["ios", "web"][i % 2]}},
+            "timestamp": f"2025-12-31T23:{i:02d}:00.000Z",
+            "messageId": f"m{i}",
+        }
+        for i in range(24)
+    ]
+
+
+NESTED_RULES = {
+    "shoes": 'count("Order Completed" where category == "shoes", 30d) >= 1',
+    "big": 'sum("Order Completed", revenue, 30d) > 100',
+    "ios_gift": 'did("Order Completed" where context.device.type == "ios" and gift == true, 7d)',
+    "sized": 'did("Product Viewed" where item.size.eu == 41, 7d)',
+    "pro_city": 'trait.plan == "pro" and trait.address.city == "c1" or trait.vip == true',
+    "tagged": 'trait.tags contains "a" and trait.ltv > 300',
+}
+
+
+def _nested_engine() -> Engine:
+    eng = engine()
+    for k, r in NESTED_RULES.items():
+        eng.define_audience(k, r)
+    eng.define_computed_trait("spend", 'sum("Order Completed", revenue, 30d)')
+    eng.define_computed_trait("sizes", 'unique("Product Viewed", item.size.eu)')
+    return eng
+
+
+def _structs(events: list[dict[str, Any]]) -> Any:
+    """The events as a table with struct payload columns and a timestamp column."""
+    return pa.table(
+        {
+            "type": [e["type"] for e in events],
+            "user_id": [e["userId"] for e in events],
+            "event": pa.array([e.get("event") for e in events], pa.string()),
+            "timestamp": pa.array(
+                [datetime.fromisoformat(e["timestamp"]) for e in events],
+                pa.timestamp("ms", tz="UTC"),
+            ),
+            "message_id": pa.array([e.get("messageId") for e in events], pa.string()),
+            "properties": pa.array([e.get("properties") for e in events]),
+            "context": pa.array([e.get("context") for e in events]),
+            "traits": pa.array([e.get("traits") for e in events]),
+        }
+    )
+
+
+def _final(eng: Engine) -> dict[str, Any]:
+    users = [f"u{i}" for i in range(24)]
+    return {
+        "members": {k: eng.members(k) for k in NESTED_RULES},
+        "traits": {u: eng.traits(u) for u in users},
+        "computed": {
+            u: (eng.computed_value(u, "spend"), eng.computed_value(u, "sizes")) for u in users
+        },
+        "changes": changes(eng),
+    }
+
+
+@pytest.mark.parametrize("chunk_rows", [100_000, 7, 1])
+def test_struct_and_json_text_payloads_give_the_same_results(chunk_rows: int) -> None:
+    events = _nested_events()
+    by_json = _nested_engine()
+    assert by_json.ingest(json.dumps(events).encode()).errors == []
+    by_text = _nested_engine()
+    assert by_text.ingest_arrow(events_table(events), chunk_rows=chunk_rows).errors == []
+    by_struct = _nested_engine()
+    assert by_struct.ingest_arrow(_structs(events), chunk_rows=chunk_rows).errors == []
+    want = _final(by_json)
+    assert any(want["members"].values()) and want["changes"]
+    assert _final(by_text) == want
+    assert _final(by_struct) == want
+    for eng in (by_json, by_text, by_struct):
+        eng.advance("2026-01-20T00:00:00Z")
+    assert changes(by_struct) == changes(by_text) == changes(by_json)
+
+
+def test_workload_table_equals_its_json() -> None:
+    """The generated standard workload through ingest_arrow (JSON-text payloads,
+    int64 timestamps; and struct payloads) and through ingest(bytes): the same
+    memberships and the same change log, also after time passes."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benches.ingest_paths import struct_table
+    from benches.workload import (
+        WorkloadSpec,
+        generate_audiences,
+        generate_events,
+        iter_segment_json,
+    )
+
+    spec = WorkloadSpec(users=400, events=4_000, audiences=60, days=30)
+    table = generate_events(spec)
+    audiences = [(k, text) for k, text, _ in generate_audiences(spec)]
+    end = datetime.fromtimestamp(spec.end_ms / 1000, UTC)
+
+    def fresh() -> Engine:
+        eng = Engine(clock="manual", now=end, shards=3)
+        eng.define_audiences(audiences)
+        eng.define_computed_trait("views", 'count("Product Viewed", 7d)')
+        return eng
+
+    by_json = fresh()
+    for chunk in iter_segment_json(table, 1_000):
+        assert by_json.ingest(chunk).errors == []
+    by_arrow = fresh()
+    assert by_arrow.ingest_arrow(table, chunk_rows=1_000).errors == []
+    by_struct = fresh()
+    assert by_struct.ingest_arrow(struct_table(table), chunk_rows=1_000).errors == []
+    assert len(changes(by_json)) > 100
+    keys = [k for k, _ in audiences]
+    for eng in (by_arrow, by_struct):
+        assert changes(eng) == changes(by_json)
+        assert {k: eng.members(k) for k in keys} == {k: by_json.members(k) for k in keys}
+    for eng in (by_json, by_arrow, by_struct):
+        eng.advance(datetime.fromtimestamp(spec.end_ms / 1000 + 40 * 86_400, UTC))
+    assert changes(by_arrow) == changes(by_struct) == changes(by_json)
+
+
+def test_row_errors_by_index_across_record_batches() -> None:
+    """Errors carry the row index in the whole stream, whatever the record
+    batches and the pieces; each bad row fails alone with a clear message."""
+    rows = [
+        ("track", "u0", "X", None, None),
+        ("track", "u1", "X", '{"bad": ', None),  # malformed JSON text
+        ("track", "u2", "", None, None),  # empty event name
+        ("identify", "u3", None, None, '{"tags": [1, 2]}'),  # traits: list of numbers
+        ("track", "u4", "X", "[1]", None),  # not an object
+        ("track", "u5", "X", None, None),
+        ("alias", "u6", None, None, None),  # unsupported type
+        ("track", "u7", "X", '{"k": "' + "x" * 40_000 + '"}', None),  # too large
+        ("track", "u8", "X", '{"ok": 1}', None),
+        ("track", "u9", None, None, None),  # track without a name
+    ]
+    table = pa.table(
+        {
+            "type": [r[0] for r in rows],
+            "user_id": [r[1] for r in rows],
+            "event": pa.array([r[2] for r in rows], pa.string()),
+            "properties": pa.array([r[3] for r in rows], pa.string()),
+            "traits": pa.array([r[4] for r in rows], pa.string()),
+        }
+    )
+    expected = {
+        1: "'properties' is not valid JSON",
+        2: "'event' name is empty",
+        3: "'tags' is a list holding a number",
+        4: "'properties' must be an object",
+        6: 'unsupported event type "alias"',
+        7: "event is too large",
+        9: "needs an 'event' name",
+    }
+    for sizes, chunk_rows in [((10,), 100), ((3, 3, 4), 100), ((4, 6), 3), ((1,) * 10, 1)]:
+        batches, start = [], 0
+        for n in sizes:
+            batches.append(table.slice(start, n).to_batches()[0])
+            start += n
+        reader = pa.RecordBatchReader.from_batches(table.schema, batches)
+        eng = engine()
+        eng.define_audience("x", 'did("X", 1d)')
+        result = eng.ingest_arrow(reader, chunk_rows=chunk_rows)
+        got = {e.index: e for e in result.errors}
+        assert sorted(got) == sorted(expected), (sizes, chunk_rows)
+        for i, fragment in expected.items():
+            assert fragment in got[i].message, (i, got[i].message)
+            code = "limit_exceeded" if i == 7 else "invalid_event"
+            assert got[i].code == code
+        assert result.accepted == 3
+        assert eng.members("x") == ["u0", "u5", "u8"]
+
+
+@pytest.mark.parametrize(
+    ("columns", "fragments"),
+    [
+        ({"userId": ["a"]}, ["'user_id'"]),
+        ({"user_id": [1]}, ["'user_id'", "Int64"]),
+        ({"user_id": ["a"], "timestamp": [1.5]}, ["'timestamp'", "Float64"]),
+        ({"user_id": ["a"], "timestamp": pa.array([0], pa.timestamp("ms"))}, ["timezone"]),
+        ({"user_id": ["a"], "properties": [1]}, ["'properties'", "Int64"]),
+        ({"user_id": ["a"], "properties": pa.array([{"b": b"x"}])}, ["'properties.b'"]),
+        (
+            {"user_id": ["a"], "traits": pa.array([[(1, "x")]], pa.map_(pa.int64(), pa.string()))},
+            ["'traits'", "string keys"],
+        ),
+        (
+            {
+                "user_id": ["a"],
+                "traits": pa.array([{"t": [0]}], pa.struct([("t", pa.list_(pa.timestamp("s")))])),
+            },
+            ["'traits.t[]'", "timezone"],
+        ),
+    ],
+)
+def test_engine_checks_the_schema_itself(columns: dict[str, Any], fragments: list[str]) -> None:
+    """The engine refuses a bad schema before applying anything, also when
+    called without the facade's check (its messages use Arrow's type names)."""
+    eng = engine()
+    with pytest.raises(InvalidArgumentError) as err:
+        eng._core.ingest_arrow(pa.table(columns).to_reader())
+    for f in fragments:
+        assert f in str(err.value), str(err.value)
+    assert eng.user_count == 0
+
+
+def test_not_a_stream_and_stream_errors() -> None:
+    eng = engine()
+    with pytest.raises(InvalidArgumentError, match="Arrow stream"):
+        eng._core.ingest_arrow({"user_id": ["a"]})
+    with pytest.raises(InvalidArgumentError, match="chunk_rows"):
+        eng._core.ingest_arrow(pa.table({"user_id": ["a"]}), 0)
+    schema = pa.schema([("user_id", pa.string()), ("event", pa.string())])
+
+    def failing() -> Any:
+        yield pa.record_batch([pa.array(["a"]), pa.array(["X"])], schema=schema)
+        raise ValueError("the source broke")
+
+    reader = pa.RecordBatchReader.from_batches(schema, failing())
+    with pytest.raises(InvalidArgumentError, match="the source broke"):
+        eng.ingest_arrow(reader)
+    assert eng.user_count == 1  # the first batch stays applied
+
+
+def test_more_value_types() -> None:
+    """Dictionary, decimal, date, float32, nested lists and maps with null
+    values, big record batches: as their JSON forms."""
+    import decimal
+
+    props = pa.array(
+        [
+            {
+                "category": "shoes",
+                "price": decimal.Decimal("12.50"),
+                "day": datetime(2025, 12, 30).date(),
+                "ratio": 0.5,
+                "sizes": [[40, 41]],
+            },
+            None,
+        ],
+        pa.struct(
+            [
+                ("category", pa.dictionary(pa.int8(), pa.string())),
+                ("price", pa.decimal128(6, 2)),
+                ("day", pa.date32()),
+                ("ratio", pa.float32()),
+                ("sizes", pa.list_(pa.list_(pa.int64()))),
+            ]
+        ),
+    )
+    traits = pa.array([None, [("plan", "pro"), ("old", None)]], pa.map_(pa.string(), pa.string()))
+    eng = engine()
+    eng.identify("b", {"old": "x", "keep": "y"})
+    eng.define_audience("pricey", 'sum("Buy", price, 1d) > 12 and last("Buy", day) == "2025-12-30"')
+    eng.define_audience("half", 'avg("Buy", ratio) == 0.5')
+    t = pa.table(
+        {
+            "user_id": pa.array(["a", "b"]).dictionary_encode(),
+            "event": ["Buy", None],
+            "properties": props,
+            "traits": traits,
+        }
+    )
+    assert eng.ingest_arrow(t).errors == []
+    assert eng.members("pricey") == eng.members("half") == ["a"]
+    # A map's null value deletes (as JSON null does); a struct's null field does not.
+    assert eng.traits("b") == {"plan": "pro", "keep": "y"}
+
+
 # --------------------------------------------------------------------------- Parquet
 
 

@@ -368,7 +368,10 @@ class Engine:
     def explain(self, user_id: str, audience: str) -> Explanation:
         """The audience's rule as a tree with each node's value for the user now,
         whether the user is a member, and the next instant at which time alone
-        changes the result (``None`` if none within a year)."""
+        changes the result (``None`` if none within a year). A ``computed.KEY``
+        node has the computed trait's own expression as its one child,
+        explained the same way, and the next instant at which time alone
+        changes the computed value (``ExplainNode.next_change``)."""
         return explanation(self._core.explain_json(user_id, audience))
 
     def preview(self, rule: str, *, replacing: str | None = None, limit: int = 100) -> Preview:
@@ -444,11 +447,13 @@ class Engine:
 
     def ingest_arrow(self, data: ArrowEvents, *, chunk_rows: int = 100_000) -> IngestResult:
         """Applies events from a pyarrow ``Table``, ``RecordBatch`` or
-        ``RecordBatchReader`` (columns ``type``, ``user_id``, ``event``,
-        ``timestamp``, ``message_id``, ``properties``, ``context``, ``traits``,
-        ``anonymous_id``; see docs/interop.md), converted to Segment JSON with
-        Arrow kernels, ``chunk_rows`` rows at a time. Bad rows are reported by
-        row index in ``errors``; the others are applied.
+        ``RecordBatchReader``, or any object with ``__arrow_c_stream__``
+        (columns ``type``, ``user_id``, ``event``, ``timestamp``,
+        ``message_id``, ``properties``, ``context``, ``traits``,
+        ``anonymous_id``; see docs/interop.md). The engine reads the columns
+        through the Arrow C stream interface with the GIL released,
+        ``chunk_rows`` rows at a time. Bad rows are reported by row index in
+        ``errors``; the others are applied.
 
         Raises:
             InvalidArgumentError: the schema is malformed (a missing ``user_id``

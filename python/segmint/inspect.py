@@ -16,19 +16,26 @@ class ExplainNode(msgspec.Struct, frozen=True):
 
     ``holds`` is set for conditions; ``needs`` for comparisons with a constant
     (``">= 3"``), so that ``count("Order Completed", 30d) = 2, needs >= 3`` reads
-    as ``f"{node.expr} = {node.value}, needs {node.needs}"``."""
+    as ``f"{node.expr} = {node.value}, needs {node.needs}"``.
+
+    A ``computed.KEY`` node has one child, the computed trait's value
+    expression explained the same way, and ``next_change``: the next instant
+    at which time alone changes the computed trait's value (``None`` if none
+    within a year, and on every other node)."""
 
     expr: str
     value: str
     holds: bool | None
     needs: str | None
     children: list[ExplainNode]
+    next_change: datetime | None = None
 
     def render(self, indent: int = 0) -> str:
         """The tree as indented text, one node a line."""
         mark = {True: "✓", False: "✗", None: "·"}[self.holds]
         needs = f", needs {self.needs}" if self.needs else ""
-        lines = [f"{'  ' * indent}{mark} {self.expr} = {self.value}{needs}"]
+        changes = f", changes at {self.next_change.isoformat()}" if self.next_change else ""
+        lines = [f"{'  ' * indent}{mark} {self.expr} = {self.value}{needs}{changes}"]
         lines += [c.render(indent + 1) for c in self.children]
         return "\n".join(lines)
 
@@ -88,10 +95,21 @@ def _maybe(ms: int | None) -> datetime | None:
     return None if ms is None else from_ms(ms)
 
 
+def _node(d: dict[str, Any]) -> ExplainNode:
+    return ExplainNode(
+        expr=d["expr"],
+        value=d["value"],
+        holds=d["holds"],
+        needs=d["needs"],
+        children=[_node(c) for c in d["children"]],
+        next_change=_maybe(d.get("next_change")),
+    )
+
+
 def explanation(raw: bytes) -> Explanation:
     """Decodes the core's JSON explanation."""
     d = msgspec.json.decode(raw)
-    tree = msgspec.convert(d["tree"], ExplainNode)
+    tree = _node(d["tree"])
     return Explanation(
         audience=d["audience"],
         user_id=d["user_id"],

@@ -6,24 +6,22 @@ The functions here back the ``Engine`` methods ``bitmap``, ``bitmap_with_ids``,
 need the ``data`` extra (numpy, pyarrow, pyroaring); ``import segmint`` does
 not import them.
 
-Arrow events become Segment-spec JSON with pyarrow.compute string kernels (one
-pass per column, no Python object per row) and go to the engine as
-newline-delimited JSON, so a malformed row is an error at its own index and
-never affects its neighbours.
+Arrow events go to the engine through the Arrow C stream interface: the Rust
+glue reads the columns directly into the core's events, with the GIL
+released (no JSON rendering, no Python object per row), so a malformed row is
+an error at its own index and never affects its neighbours.
 """
 
 from __future__ import annotations
 
-import json
+import itertools
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from typing import Any, TypeAlias, cast
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa  # type: ignore[import-untyped]
-import pyarrow.compute as pc  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 from pyroaring import BitMap
 
@@ -59,12 +57,6 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "traits",
 )
 
-#: Largest JSON payload handed to the engine in one call (its limit is 64 MiB).
-MAX_CHUNK_BYTES = 32 * 1024 * 1024
-
-_DAY_MS = 86_400_000
-_NEEDS_ESCAPE = r'["\\\x00-\x1f]'
-_CONTROL = r"[\x00-\x1f]"
 _JSON_COLUMNS = ("properties", "context", "traits")
 _TEXT_COLUMNS = ("type", "user_id", "anonymous_id", "event", "message_id")
 _TEXT_HELP = "string (or large_string, string_view, dictionary<string>)"
@@ -210,7 +202,7 @@ def members_arrow(core: _core.Engine, audience: str) -> Any:
     return pa.array(core.members(audience), pa.string())
 
 
-# --------------------------------------------------------------------------- Arrow -> JSON
+# --------------------------------------------------------------------------- Arrow ingest
 
 
 def _is_text(t: Any) -> bool:
@@ -219,201 +211,49 @@ def _is_text(t: Any) -> bool:
     return bool(pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t))
 
 
-def _to_string(arr: Any) -> Any:
-    """A text array as ``pa.string()`` (dictionaries decoded)."""
-    if pa.types.is_dictionary(arr.type):
-        arr = arr.dictionary_decode()
-    if not pa.types.is_string(arr.type):
-        arr = arr.cast(pa.string())
-    return arr
-
-
-def _concat(*parts: Any) -> Any:
-    """Element-wise concatenation; null if any part is null."""
-    return pc.binary_join_element_wise(*parts, "")
-
-
-def _any(mask: Any) -> bool:
-    return bool(pc.any(mask).as_py())
-
-
-def _escape(arr: Any) -> Any:
-    """JSON string escaping of a ``pa.string()`` array (without the quotes)."""
-    if not _any(pc.match_substring_regex(arr, _NEEDS_ESCAPE)):
-        return arr
-    arr = pc.replace_substring(arr, "\\", "\\\\")
-    arr = pc.replace_substring(arr, '"', '\\"')
-    if _any(pc.match_substring_regex(arr, _CONTROL)):
-        for code in range(32):
-            ch = chr(code)
-            if _any(pc.match_substring(arr, ch)):
-                arr = pc.replace_substring(arr, ch, f"\\u{code:04x}")
-    return arr
-
-
-def _quoted(arr: Any) -> Any:
-    """``"text"`` with JSON escaping; null stays null."""
-    return _concat('"', _escape(_to_string(arr)), '"')
-
-
-_HMS: Any = None
-_MILLIS: Any = None
-
-
-def _iso_ms(ms: Any) -> Any:
-    """ISO-8601 UTC text with milliseconds (``2026-05-31T12:00:05.123Z``) of an
-    int64 array of epoch milliseconds; null stays null.
-
-    Vectorised through lookup tables (one strftime per distinct day), about
-    10x faster than ``pc.strftime``.
-    """
-    global _HMS, _MILLIS
-    valid = pc.is_valid(ms)
-    values = pc.fill_null(ms, 0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-    n = len(values)
-    if n == 0:
-        return pa.array([], pa.string())
-    day = np.floor_divide(values, _DAY_MS)
-    d0, d1 = int(day.min()), int(day.max())
-    if d1 - d0 + 1 > max(4096, n):
-        # Widely spread instants: the day table would be larger than the data.
-        ts = pa.array(values, pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
-        text = pc.strftime(ts, format="%Y-%m-%dT%H:%M:%SZ")
-    else:
-        if _HMS is None:
-            _HMS = pa.array(
-                [
-                    f"{h:02d}:{m:02d}:{s:02d}"
-                    for h in range(24)
-                    for m in range(60)
-                    for s in range(60)
-                ],
-                pa.string(),
-            )
-            _MILLIS = pa.array([f".{i:03d}Z" for i in range(1000)], pa.string())
-        day_ms = (np.arange(d1 - d0 + 1, dtype=np.int64) + d0) * _DAY_MS
-        dates = pc.strftime(
-            pa.array(day_ms, pa.int64()).cast(pa.timestamp("ms", tz="UTC")), format="%Y-%m-%dT"
-        )
-        in_day = values - day * _DAY_MS
-        text = _concat(
-            dates.take(pa.array(day - d0)),
-            _HMS.take(pa.array(in_day // 1000)),
-            _MILLIS.take(pa.array(in_day % 1000)),
-        )
-    return pc.if_else(valid, text, pa.scalar(None, pa.string()))
-
-
-def _timestamp_ms(arr: Any, what: str) -> Any:
-    """Epoch milliseconds (int64) of a timezone-aware timestamp array."""
-    if arr.type.tz is None:
-        raise InvalidArgumentError(
-            f"{what} has type {arr.type} without a timezone, which is ambiguous; "
-            "expected timestamp[ms, tz=UTC] (cast with .cast(pa.timestamp('ms', tz='UTC')))"
-        )
-    if arr.type.unit != "ms":
-        arr = arr.cast(pa.timestamp("ms", tz=arr.type.tz), safe=False)
-    return arr.view(pa.int64()) if isinstance(arr, pa.Array) else arr.cast(pa.int64())
-
-
-Issues: TypeAlias = list[tuple[str, npt.NDArray[np.bool_]]]
-
-
-def _mask(arr: Any) -> npt.NDArray[np.bool_]:
-    return cast(npt.NDArray[np.bool_], pc.fill_null(arr, False).to_numpy(zero_copy_only=False))
-
-
-def _list_json(arr: Any, items: Any, issues: Issues, open_: str, close: str) -> tuple[Any, Issues]:
-    """Joins per-element JSON texts ``items`` (aligned with ``arr.flatten()``)
-    back into one ``open_ ... close`` text per list of ``arr``."""
-    items = pc.fill_null(items, "null")
-    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
-    offsets = np.zeros(len(arr) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    lists = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), items)
-    text = _concat(open_, pc.binary_join(lists, ","), close)
-    text = pc.if_else(pc.is_valid(arr), text, pa.scalar(None, pa.string()))
-    row_issues: Issues = []
-    if issues:
-        parents = pc.list_parent_indices(arr).to_numpy(zero_copy_only=False)
-        for path, m in issues:
-            rows = np.zeros(len(arr), dtype=np.bool_)
-            rows[parents[m]] = True
-            row_issues.append((path, rows))
-    return text, row_issues
-
-
-def _json_value(arr: Any, path: str) -> tuple[Any, Issues]:
-    """JSON text of each value of ``arr`` (null stays null), and the rows that
-    cannot be JSON (non-finite floats) as ``(path, mask)`` pairs.
-
-    Struct fields that are null are left out of their object.
-    """
-    t = arr.type
-    n = len(arr)
+def _check_value_type(t: Any, path: str) -> None:
+    """Raises ``InvalidArgumentError`` when values of type ``t`` (a struct or
+    map payload's field at ``path``) have no JSON form."""
     if pa.types.is_dictionary(t):
-        return _json_value(arr.dictionary_decode(), path)
-    if pa.types.is_null(t):
-        return pa.nulls(n, pa.string()), []
-    if pa.types.is_boolean(t):
-        return pc.if_else(arr, "true", "false"), []
-    if pa.types.is_integer(t) or pa.types.is_decimal(t):
-        return arr.cast(pa.string()), []
-    if pa.types.is_floating(t):
-        arr = arr.cast(pa.float64())
-        bad = _mask(pc.invert(pc.is_finite(arr)))
-        return arr.cast(pa.string()), ([(path, bad)] if bad.any() else [])
-    if _is_text(t):
-        return _quoted(arr), []
-    if pa.types.is_timestamp(t):
-        return _concat('"', _iso_ms(_timestamp_ms(arr, f"'{path}'")), '"'), []
-    if pa.types.is_date(t):
-        text = pc.strftime(arr.cast(pa.date32()).cast(pa.timestamp("s")), format="%Y-%m-%d")
-        return _concat('"', text, '"'), []
-    if pa.types.is_struct(t):
-        if t.num_fields == 0:
-            return pc.if_else(pc.is_valid(arr), "{}", pa.scalar(None, pa.string())), []
-        issues: Issues = []
-        parts = []
-        for f, child in zip(t, arr.flatten(), strict=True):
-            text, sub = _json_value(child, f"{path}.{f.name}")
-            issues += sub
-            parts.append(_concat(json.dumps(f.name) + ":", text, ","))
-        # Null fields become "" (null_handling="skip" drops all-null rows in
-        # pyarrow 26), then the trailing "," goes.
-        body = pc.binary_join_element_wise(*parts, "", null_handling="replace", null_replacement="")
-        body = pc.ascii_rtrim(body, characters=",")
-        text = pc.if_else(pc.is_valid(arr), _concat("{", body, "}"), pa.scalar(None, pa.string()))
-        return text, issues
-    if pa.types.is_map(t):
+        _check_value_type(t.value_type, path)
+    elif (
+        pa.types.is_null(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_decimal(t)
+        or pa.types.is_date(t)
+        or _is_text(t)
+    ):
+        return
+    elif pa.types.is_timestamp(t):
+        if t.tz is None:
+            raise InvalidArgumentError(
+                f"'{path}' has type {t} without a timezone, which is ambiguous; "
+                "expected timestamp[ms, tz=UTC] (cast with .cast(pa.timestamp('ms', tz='UTC')))"
+            )
+    elif pa.types.is_struct(t):
+        for f in t:
+            _check_value_type(f.type, f"{path}.{f.name}")
+    elif pa.types.is_map(t):
         if not _is_text(t.key_type):
             raise InvalidArgumentError(
                 f"'{path}' is a map with {t.key_type} keys; JSON objects need string keys"
             )
-        entries = arr.cast(pa.list_(pa.struct([t.key_field, t.item_field])))
-        keys, values = entries.flatten().flatten()
-        text, sub = _json_value(values, f"{path}.<value>")
-        pairs = _concat(_quoted(keys), ":", pc.fill_null(text, "null"))
-        return _list_json(entries, pairs, sub, "{", "}")
-    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
-        text, sub = _json_value(arr.flatten(), f"{path}[]")
-        return _list_json(arr, text, sub, "[", "]")
-    raise InvalidArgumentError(
-        f"'{path}' has type {t}, which has no JSON form; supported: string, bool, "
-        "integer, float, decimal, timestamp with a timezone, date, struct, map, list"
-    )
-
-
-def _column(batch: Any, name: str) -> Any:
-    col = batch.column(name)
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    return col
+        _check_value_type(t.item_type, f"{path}.<value>")
+    elif pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        _check_value_type(t.value_type, f"{path}[]")
+    else:
+        raise InvalidArgumentError(
+            f"'{path}' has type {t}, which has no JSON form; supported: string, bool, "
+            "integer, float, decimal, timestamp with a timezone, date, struct, map, list"
+        )
 
 
 def check_schema(schema: Any) -> None:
-    """Raises ``InvalidArgumentError`` naming the column and the expected type
-    when ``schema`` is not a valid events schema (see docs/interop.md)."""
+    """Raises ``InvalidArgumentError`` naming the column (or nested field) and
+    the expected type when ``schema`` is not a valid events schema (see
+    docs/interop.md). The engine checks the schema again."""
     names = set(schema.names)
     if "user_id" not in names:
         hint = ""
@@ -454,207 +294,39 @@ def check_schema(schema: Any) -> None:
     for name in _JSON_COLUMNS:
         if name in names:
             t = schema.field(name).type
-            if not (
-                _is_text(t) or pa.types.is_struct(t) or pa.types.is_map(t) or pa.types.is_null(t)
-            ):
+            if pa.types.is_struct(t) or pa.types.is_map(t):
+                _check_value_type(t, name)
+            elif not (_is_text(t) or pa.types.is_null(t)):
                 raise InvalidArgumentError(
                     f"column {name!r} has type {t}; expected JSON object text ({_TEXT_HELP}), "
                     "a struct or a map<string, ...>"
                 )
 
 
-def _json_column(batch: Any, name: str) -> tuple[Any, Issues]:
-    col = _column(batch, name)
-    if pa.types.is_null(col.type):
-        return None, []
-    if _is_text(col.type):
-        col = _to_string(col)
-        # One row, one line: raw line breaks are only valid JSON as whitespace.
-        if _any(pc.match_substring_regex(col, r"[\r\n]")):
-            col = pc.replace_substring_regex(col, r"[\r\n]", " ")
-        empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0)
-        return pc.if_else(empty, pa.scalar(None, pa.string()), col), []
-    return _json_value(col, name)
-
-
-@dataclass
-class _Chunk:
-    """One engine call: NDJSON bytes and the input row of each line."""
-
-    data: bytes
-    rows: npt.NDArray[np.int64]
-
-
-@dataclass
-class _Encoded:
-    chunks: list[_Chunk]
-    errors: list[BatchError] = field(default_factory=list)
-
-
-def encode_batch(batch: Any, first_row: int = 0) -> _Encoded:
-    """Renders an Arrow table or record batch (schema already checked) as
-    newline-delimited Segment-spec JSON, split into engine-sized chunks.
-
-    Rows that cannot become JSON (non-finite numbers in struct columns) are
-    left out and reported as errors, by row index plus ``first_row``.
-    """
-    n = batch.num_rows
-    names = set(batch.schema.names)
-    # One '"key":value,' text per field, null (left out) when the value is
-    # null. The JSON-text columns come first and the user id last, so a key
-    # that malformed JSON text might repeat is overridden by the named columns.
-    pairs: list[Any] = []
-    issues: Issues = []
-    for name in _JSON_COLUMNS:
-        if name in names:
-            text, sub = _json_column(batch, name)
-            issues += sub
-            if text is not None:
-                pairs.append(_concat(f'"{name}":', text, ","))
-
-    def text_col(name: str) -> Any:
-        col = _column(batch, name) if name in names else None
-        return None if col is None or pa.types.is_null(col.type) else col
-
-    kind: Any = text_col("type")
-    event = text_col("event")
-    if kind is None:
-        # Without a type column, a row with an event name is a track call.
-        kind = (
-            pc.if_else(pc.is_valid(event), "track", "identify") if event is not None else "identify"
-        )
-    for key, col in (
-        ("type", kind),
-        ("anonymousId", text_col("anonymous_id")),
-        ("event", event),
-        ("messageId", text_col("message_id")),
-    ):
-        if isinstance(col, str):
-            pairs.append(f'"{key}":"{col}",')
-        elif col is not None:
-            pairs.append(_concat(f'"{key}":', _quoted(col), ","))
-    if "timestamp" in names:
-        ts = _column(batch, "timestamp")
-        t = ts.type
-        if pa.types.is_timestamp(t):
-            ts = _iso_ms(_timestamp_ms(ts, "column 'timestamp'"))
-        elif pa.types.is_integer(t):
-            ts = _iso_ms(ts.cast(pa.int64()))
-        elif not pa.types.is_null(t):
-            ts = _escape(_to_string(ts))
-        if not pa.types.is_null(t):
-            pairs.append(_concat('"timestamp":"', ts, '",'))
-    uid = text_col("user_id")
-    uid = "null" if uid is None else pc.fill_null(_quoted(uid), "null")
-    if isinstance(uid, str) and not any(not isinstance(p, str) for p in pairs):
-        lines = pa.array(["{" + "".join(pairs) + '"userId":null}\n'] * n, pa.string())
-    else:
-        lines = pc.binary_join_element_wise(
-            "{", *pairs, '"userId":', uid, "}\n", "", null_handling="replace", null_replacement=""
-        )
-    if isinstance(lines, pa.ChunkedArray):
-        lines = lines.combine_chunks()
-
-    rows = np.arange(first_row, first_row + n, dtype=np.int64)
-    errors: list[BatchError] = []
-    if issues:
-        bad = np.zeros(n, dtype=np.bool_)
-        for path, m in issues:
-            for i in np.flatnonzero(m & ~bad):
-                errors.append(
-                    BatchError(
-                        index=first_row + int(i),
-                        code="invalid_event",
-                        message=f"invalid event: '{path}' is not a finite number "
-                        "(NaN or infinity); numbers must be finite",
-                    )
-                )
-            bad |= m
-        keep = ~bad
-        lines = lines.filter(pa.array(keep))
-        rows = rows[keep]
-    return _Encoded(_split(lines, rows), errors)
-
-
-def _split(lines: Any, rows: npt.NDArray[np.int64]) -> list[_Chunk]:
-    """Cuts the NDJSON lines into chunks of at most :data:`MAX_CHUNK_BYTES`."""
-    n = len(lines)
-    if n == 0:
-        return []
-    _, offsets_buf, data = lines.buffers()
-    offsets = np.frombuffer(offsets_buf, dtype=np.int32)[lines.offset : lines.offset + n + 1]
-    offsets = offsets.astype(np.int64)
-    chunks: list[_Chunk] = []
-    start = 0
-    while start < n:
-        limit = offsets[start] + MAX_CHUNK_BYTES
-        stop = int(np.searchsorted(offsets, limit, side="right")) - 1
-        stop = max(min(stop, n), start + 1)
-        body = data[int(offsets[start]) : int(offsets[stop])].to_pybytes()
-        chunks.append(_Chunk(body, rows[start:stop]))
-        start = stop
-    return chunks
-
-
-def _batches(data: ArrowEvents, chunk_rows: int) -> tuple[Any, Iterator[Any]]:
-    """The schema and the record batches (at most ``chunk_rows`` rows) of ``data``."""
-    if isinstance(data, pa.Table):
-        return data.schema, iter(data.to_batches(max_chunksize=chunk_rows))
-    if isinstance(data, pa.RecordBatch):
-        return data.schema, (data.slice(i, chunk_rows) for i in range(0, data.num_rows, chunk_rows))
+def _reader(data: ArrowEvents) -> Any:
+    """``data`` as a ``pyarrow.RecordBatchReader`` (zero-copy)."""
     if isinstance(data, pa.RecordBatchReader):
-        reader = data
-    elif hasattr(data, "__arrow_c_stream__"):
-        reader = pa.RecordBatchReader.from_stream(data)
-    else:
-        raise InvalidArgumentError(
-            "expected a pyarrow Table, RecordBatch or RecordBatchReader (or an object "
-            f"with __arrow_c_stream__), got {type(data).__name__}"
-        )
-
-    def rebatch() -> Iterator[Any]:
-        for b in reader:
-            for i in range(0, b.num_rows, chunk_rows):
-                yield b.slice(i, chunk_rows)
-
-    return reader.schema, rebatch()
+        return data
+    if isinstance(data, pa.Table):
+        return data.to_reader()
+    if isinstance(data, pa.RecordBatch):
+        return pa.RecordBatchReader.from_batches(data.schema, [data])
+    if hasattr(data, "__arrow_c_stream__"):
+        return pa.RecordBatchReader.from_stream(data)
+    raise InvalidArgumentError(
+        "expected a pyarrow Table, RecordBatch or RecordBatchReader (or an object "
+        f"with __arrow_c_stream__), got {type(data).__name__}"
+    )
 
 
-def _select(batch: Any) -> Any:
-    """Only the event columns (others are ignored)."""
-    keep = [n for n in batch.schema.names if n in EVENT_COLUMNS]
-    return batch.select(keep)
-
-
-def ingest_batches(core: _core.Engine, schema: Any, batches: Iterable[Any]) -> IngestResult:
-    """Checks ``schema``, then encodes and applies each batch in turn.
-
-    Encoding runs on the calling thread between engine calls: overlapping it
-    with the engine's work measured slower (it competes with the engine's own
-    worker threads), and it is about a tenth of the engine's time.
-    """
-    check_schema(schema)
-    accepted = duplicates = changes = 0
-    errors: list[BatchError] = []
-    first_row = 0
-    for batch in batches:
-        encoded = encode_batch(_select(batch), first_row)
-        first_row += batch.num_rows
-        errors.extend(encoded.errors)
-        for chunk in encoded.chunks:
-            acc, dup, errs, _, ch = core.ingest_json(chunk.data)
-            accepted += acc
-            duplicates += dup
-            changes += ch
-            errors.extend(
-                BatchError(index=int(chunk.rows[i]), code=c, message=m) for i, c, m in errs
-            )
-    errors.sort(key=lambda e: e.index)
+def _apply(core: _core.Engine, reader: Any, chunk_rows: int) -> IngestResult:
+    check_schema(reader.schema)
+    accepted, duplicates, errs, last_seq, changes = core.ingest_arrow(reader, chunk_rows)
     return IngestResult(
         accepted=accepted,
         duplicates=duplicates,
-        errors=errors,
-        last_seq=core.last_seq,
+        errors=[BatchError(index=i, code=c, message=m) for i, c, m in errs],
+        last_seq=last_seq,
         changes=changes,
     )
 
@@ -665,8 +337,7 @@ def ingest_arrow(
     """Applies Arrow events (schema in docs/interop.md); errors by row index."""
     if chunk_rows < 1:
         raise InvalidArgumentError(f"chunk_rows must be positive, got {chunk_rows}")
-    schema, batches = _batches(data, chunk_rows)
-    return ingest_batches(core, schema, batches)
+    return _apply(core, _reader(data), chunk_rows)
 
 
 # --------------------------------------------------------------------------- Parquet
@@ -678,11 +349,14 @@ def import_parquet(core: _core.Engine, path: StrPath, batch_rows: int = 100_000)
     if batch_rows < 1:
         raise InvalidArgumentError(f"batch_rows must be positive, got {batch_rows}")
     pf = pq.ParquetFile(os.fspath(path))
-    schema = pf.schema_arrow
-    check_schema(schema)
-    columns = [n for n in schema.names if n in EVENT_COLUMNS]
+    check_schema(pf.schema_arrow)
+    columns = [n for n in pf.schema_arrow.names if n in EVENT_COLUMNS]
     batches = pf.iter_batches(batch_size=batch_rows, columns=columns)
-    return ingest_batches(core, schema, batches)
+    first = next(batches, None)
+    if first is None:
+        return IngestResult(accepted=0, duplicates=0, errors=[], last_seq=core.last_seq, changes=0)
+    reader = pa.RecordBatchReader.from_batches(first.schema, itertools.chain([first], batches))
+    return _apply(core, reader, batch_rows)
 
 
 def export_parquet(

@@ -139,18 +139,60 @@ pub fn flatten_traits(traits: &serde_json::Map<String, Json>, limits: &Limits) -
     Ok(flat)
 }
 
-/// The fields of an event object that decoding reads, borrowed from either
-/// a typed parse (the fast path) or a generic JSON object (the fallback).
-struct EventFields<'a> {
+/// The user id of an event: `user_id` unless it is empty, else
+/// `anonymous_id`; `names` says which fields to set in the error.
+fn choose_user_id<'a>(
     user_id: Option<&'a str>,
     anonymous_id: Option<&'a str>,
-    timestamp: Option<&'a str>,
-    message_id: Option<&'a str>,
-    kind: &'a str,
-    event: Option<&'a str>,
-    properties: Option<&'a serde_json::Map<String, Json>>,
-    context: Option<&'a serde_json::Map<String, Json>>,
-    traits: Option<&'a serde_json::Map<String, Json>>,
+    names: &str,
+    limits: &Limits,
+) -> Result<&'a str> {
+    let id = match (user_id, anonymous_id) {
+        (Some(u), _) if !u.is_empty() => u,
+        (_, Some(a)) if !a.is_empty() => a,
+        _ => return Err(invalid(format!("the event has no user id: set {names}"))),
+    };
+    limits.check_key("user id", id)?;
+    Ok(id)
+}
+
+fn event_timestamp(text: &str) -> Result<Millis> {
+    parse_timestamp(text).map_err(|e| invalid(format!("'timestamp': {}", strip_prefix(&e))))
+}
+
+fn track_body(
+    name: Option<&str>,
+    properties: Option<&serde_json::Map<String, Json>>,
+    context: Option<&serde_json::Map<String, Json>>,
+    limits: &Limits,
+) -> Result<EventBody> {
+    let name = name.ok_or_else(|| invalid("a track event needs an 'event' name"))?;
+    if name.is_empty() {
+        return Err(invalid("the 'event' name is empty"));
+    }
+    limits.check_key("event name", name)?;
+    let properties = flatten_properties(properties, context, limits)?;
+    Ok(EventBody::Track {
+        name: Arc::from(name),
+        properties,
+    })
+}
+
+fn identify_body(
+    traits: Option<&serde_json::Map<String, Json>>,
+    limits: &Limits,
+) -> Result<EventBody> {
+    let traits = match traits {
+        Some(t) => flatten_traits(t, limits)?,
+        None => Flat::new(),
+    };
+    Ok(EventBody::Identify { traits })
+}
+
+fn unsupported_type(kind: &str) -> SegmintError {
+    invalid(format!(
+        "unsupported event type {kind:?}; expected \"track\" or \"identify\""
+    ))
 }
 
 /// An event parsed straight into its fields. Any surprise (a field of the
@@ -189,24 +231,39 @@ pub fn event_from_slice(text: &[u8], limits: &Limits) -> Result<Event> {
         });
     }
     if let Ok(typed) = serde_json::from_slice::<TypedEvent<'_>>(text) {
-        return event_from_fields(
-            EventFields {
-                user_id: typed.user_id.as_deref(),
-                anonymous_id: typed.anonymous_id.as_deref(),
-                timestamp: typed.timestamp.as_deref(),
-                message_id: typed.message_id.as_deref(),
-                kind: &typed.kind,
-                event: typed.event.as_deref(),
-                properties: typed.properties.as_ref(),
-                context: typed.context.as_ref(),
-                traits: typed.traits.as_ref(),
-            },
-            limits,
-        );
+        return event_from_typed(&typed, limits);
     }
     let json: Json =
         serde_json::from_slice(text).map_err(|e| invalid(format!("malformed JSON: {e}")))?;
     event_from_json(&json, limits)
+}
+
+/// The fast path's event, with the rules (and messages) of
+/// [`event_from_json`].
+fn event_from_typed(t: &TypedEvent<'_>, limits: &Limits) -> Result<Event> {
+    let user_id = choose_user_id(
+        t.user_id.as_deref(),
+        t.anonymous_id.as_deref(),
+        "'userId' or 'anonymousId'",
+        limits,
+    )?;
+    let timestamp = t.timestamp.as_deref().map(event_timestamp).transpose()?;
+    let body = match &*t.kind {
+        "track" => track_body(
+            t.event.as_deref(),
+            t.properties.as_ref(),
+            t.context.as_ref(),
+            limits,
+        )?,
+        "identify" => identify_body(t.traits.as_ref(), limits)?,
+        other => return Err(unsupported_type(other)),
+    };
+    Ok(Event {
+        user_id: user_id.to_owned(),
+        timestamp,
+        message_id: t.message_id.as_deref().map(str::to_owned),
+        body,
+    })
 }
 
 /// Decodes one Segment-spec event object.
@@ -217,90 +274,188 @@ pub fn event_from_json(json: &Json, limits: &Limits) -> Result<Event> {
             json_kind(json)
         ))
     })?;
+    let user_id = choose_user_id(
+        string_field(obj, "userId")?,
+        string_field(obj, "anonymousId")?,
+        "'userId' or 'anonymousId'",
+        limits,
+    )?;
+    let timestamp = string_field(obj, "timestamp")?
+        .map(event_timestamp)
+        .transpose()?;
+    let message_id = string_field(obj, "messageId")?.map(str::to_owned);
     let kind = string_field(obj, "type")?.unwrap_or(if obj.contains_key("event") {
         "track"
     } else {
         "identify"
     });
-    let fields = EventFields {
-        user_id: string_field(obj, "userId")?,
-        anonymous_id: string_field(obj, "anonymousId")?,
-        timestamp: string_field(obj, "timestamp")?,
-        message_id: string_field(obj, "messageId")?,
-        kind,
-        event: if kind == "track" {
-            string_field(obj, "event")?
-        } else {
-            None
-        },
-        properties: if kind == "track" {
-            object_field(obj, "properties")?
-        } else {
-            None
-        },
-        context: if kind == "track" {
-            object_field(obj, "context")?
-        } else {
-            None
-        },
-        traits: if kind == "identify" {
-            object_field(obj, "traits")?
-        } else {
-            None
-        },
-    };
-    event_from_fields(fields, limits)
-}
-
-fn event_from_fields(f: EventFields<'_>, limits: &Limits) -> Result<Event> {
-    let user_id = match (f.user_id, f.anonymous_id) {
-        (Some(u), _) if !u.is_empty() => u,
-        (_, Some(a)) if !a.is_empty() => a,
-        _ => {
-            return Err(invalid(
-                "the event has no user id: set 'userId' or 'anonymousId'",
-            ))
-        }
-    };
-    limits.check_key("user id", user_id)?;
-    let timestamp = f
-        .timestamp
-        .map(|t| {
-            parse_timestamp(t).map_err(|e| invalid(format!("'timestamp': {}", strip_prefix(&e))))
-        })
-        .transpose()?;
-    let body = match f.kind {
-        "track" => {
-            let name = f
-                .event
-                .ok_or_else(|| invalid("a track event needs an 'event' name"))?;
-            if name.is_empty() {
-                return Err(invalid("the 'event' name is empty"));
-            }
-            limits.check_key("event name", name)?;
-            let properties = flatten_properties(f.properties, f.context, limits)?;
-            EventBody::Track {
-                name: Arc::from(name),
-                properties,
-            }
-        }
-        "identify" => {
-            let traits = match f.traits {
-                Some(t) => flatten_traits(t, limits)?,
-                None => Flat::new(),
-            };
-            EventBody::Identify { traits }
-        }
-        other => {
-            return Err(invalid(format!(
-                "unsupported event type {other:?}; expected \"track\" or \"identify\""
-            )))
-        }
+    let body = match kind {
+        "track" => track_body(
+            string_field(obj, "event")?,
+            object_field(obj, "properties")?,
+            object_field(obj, "context")?,
+            limits,
+        )?,
+        "identify" => identify_body(object_field(obj, "traits")?, limits)?,
+        other => return Err(unsupported_type(other)),
     };
     Ok(Event {
         user_id: user_id.to_owned(),
         timestamp,
-        message_id: f.message_id.map(str::to_owned),
+        message_id,
+        body,
+    })
+}
+
+/// An event's timestamp as a columnar source (an Arrow column) holds it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TimestampField<'a> {
+    /// Milliseconds since the Unix epoch.
+    Millis(Millis),
+    /// ISO-8601 text with an offset, as in Segment's JSON.
+    Text(&'a str),
+}
+
+/// A `properties`, `context` or `traits` payload as a columnar source holds it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ObjectField<'a> {
+    /// JSON object text. Blank text or `null` means none; malformed text or
+    /// a value that is not an object is an error for the event.
+    Text(&'a str),
+    /// An object already built (from a struct or map column).
+    Object(&'a serde_json::Map<String, Json>),
+}
+
+/// The fields of one event as a columnar source (a row of an Arrow table)
+/// gives them, each `None` when absent or null. [`event_from_fields`] turns
+/// them into an [`Event`] with the rules of [`event_from_json`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EventFields<'a> {
+    /// `"track"` or `"identify"`; `None`: a track call if `event` is set,
+    /// otherwise an identify call.
+    pub kind: Option<&'a str>,
+    /// The user id (wins over `anonymous_id` unless empty).
+    pub user_id: Option<&'a str>,
+    /// The anonymous id.
+    pub anonymous_id: Option<&'a str>,
+    /// The event name (track).
+    pub event: Option<&'a str>,
+    /// Event time; `None` means the engine's now.
+    pub timestamp: Option<TimestampField<'a>>,
+    /// De-duplication id.
+    pub message_id: Option<&'a str>,
+    /// Track properties.
+    pub properties: Option<ObjectField<'a>>,
+    /// Track context (rules read it as `context.…`).
+    pub context: Option<ObjectField<'a>>,
+    /// Identify traits (a `null` value deletes the trait).
+    pub traits: Option<ObjectField<'a>>,
+}
+
+/// The JSON text of a payload parsed to an object (`None` for blank text or
+/// `null`), or the object given.
+fn object_of<'a>(
+    field: Option<ObjectField<'a>>,
+    what: &str,
+    parsed: &'a mut Option<serde_json::Map<String, Json>>,
+) -> Result<Option<&'a serde_json::Map<String, Json>>> {
+    match field {
+        None => Ok(None),
+        Some(ObjectField::Object(o)) => Ok(Some(o)),
+        Some(ObjectField::Text(text)) if text.trim().is_empty() => Ok(None),
+        Some(ObjectField::Text(text)) => match serde_json::from_str::<Json>(text) {
+            Ok(Json::Object(o)) => Ok(Some(parsed.insert(o))),
+            Ok(Json::Null) => Ok(None),
+            Ok(other) => Err(invalid(format!(
+                "'{what}' must be an object, found {}",
+                json_kind(&other)
+            ))),
+            Err(e) => Err(invalid(format!("'{what}' is not valid JSON: {e}"))),
+        },
+    }
+}
+
+/// About the serialized size of a JSON value (string escapes not counted).
+fn json_size(v: &Json) -> usize {
+    match v {
+        Json::Null | Json::Bool(_) => 5,
+        Json::Number(_) => 24,
+        Json::String(s) => s.len() + 2,
+        Json::Array(items) => 2 + items.iter().map(|x| json_size(x) + 1).sum::<usize>(),
+        Json::Object(o) => object_size(o),
+    }
+}
+
+fn object_size(o: &serde_json::Map<String, Json>) -> usize {
+    2 + o
+        .iter()
+        .map(|(k, v)| k.len() + 4 + json_size(v))
+        .sum::<usize>()
+}
+
+/// Decodes one event from its fields (see [`EventFields`]) with the rules and
+/// errors of a JSON event: the user id, the timestamp, the type, the event
+/// name, the limits (an event larger than `max_event_bytes` as JSON is
+/// refused), and the flattening of properties, context and traits. Only the
+/// payloads of the event's type are read.
+pub fn event_from_fields(fields: &EventFields<'_>, limits: &Limits) -> Result<Event> {
+    let user_id = choose_user_id(
+        fields.user_id,
+        fields.anonymous_id,
+        "'user_id' or 'anonymous_id'",
+        limits,
+    )?;
+    let size = [
+        fields.user_id,
+        fields.anonymous_id,
+        fields.event,
+        fields.message_id,
+    ]
+    .iter()
+    .map(|s| s.map_or(0, |s| s.len() + 16))
+    .sum::<usize>()
+        + [fields.properties, fields.context, fields.traits]
+            .iter()
+            .map(|p| match p {
+                None => 0,
+                Some(ObjectField::Text(t)) => t.len() + 16,
+                Some(ObjectField::Object(o)) => object_size(o) + 16,
+            })
+            .sum::<usize>();
+    if size > limits.max_event_bytes {
+        return Err(SegmintError::LimitExceeded {
+            what: "event".into(),
+            limit: limits.max_event_bytes,
+            actual: size,
+        });
+    }
+    let timestamp = match fields.timestamp {
+        None => None,
+        Some(TimestampField::Millis(ms)) => Some(ms),
+        Some(TimestampField::Text(text)) => Some(event_timestamp(text)?),
+    };
+    let kind = fields.kind.unwrap_or(if fields.event.is_some() {
+        "track"
+    } else {
+        "identify"
+    });
+    let body = match kind {
+        "track" => {
+            let (mut p, mut c) = (None, None);
+            let properties = object_of(fields.properties, "properties", &mut p)?;
+            let context = object_of(fields.context, "context", &mut c)?;
+            track_body(fields.event, properties, context, limits)?
+        }
+        "identify" => {
+            let mut t = None;
+            identify_body(object_of(fields.traits, "traits", &mut t)?, limits)?
+        }
+        other => return Err(unsupported_type(other)),
+    };
+    Ok(Event {
+        user_id: user_id.to_owned(),
+        timestamp,
+        message_id: fields.message_id.map(str::to_owned),
         body,
     })
 }
@@ -401,6 +556,120 @@ mod tests {
         assert!(msgs[2].contains("'event' must be a string"), "{}", msgs[2]);
         assert!(msgs[3].contains("unsupported event type"), "{}", msgs[3]);
         assert!(events[4].is_ok());
+    }
+
+    #[test]
+    fn fields_decode_like_json() {
+        let limits = Limits::default();
+        let props: serde_json::Map<String, Json> =
+            serde_json::from_str(r#"{"revenue": 10, "device": {"type": "ios"}}"#).unwrap();
+        let from_object = event_from_fields(
+            &EventFields {
+                user_id: Some(""),
+                anonymous_id: Some("a1"),
+                event: Some("Order Completed"),
+                timestamp: Some(TimestampField::Millis(2000)),
+                message_id: Some("m"),
+                properties: Some(ObjectField::Object(&props)),
+                traits: Some(ObjectField::Text("not even JSON")), // not read for a track call
+                ..Default::default()
+            },
+            &limits,
+        )
+        .unwrap();
+        let from_text = event_from_fields(
+            &EventFields {
+                kind: Some("track"),
+                anonymous_id: Some("a1"),
+                event: Some("Order Completed"),
+                timestamp: Some(TimestampField::Text("1970-01-01T00:00:02Z")),
+                message_id: Some("m"),
+                properties: Some(ObjectField::Text(
+                    r#"{"revenue": 10, "device": {"type": "ios"}}"#,
+                )),
+                ..Default::default()
+            },
+            &limits,
+        )
+        .unwrap();
+        let from_json = decode(
+            r#"[{"type":"track","anonymousId":"a1","event":"Order Completed","messageId":"m",
+                "properties":{"revenue":10,"device":{"type":"ios"}},"timestamp":"1970-01-01T00:00:02Z"}]"#,
+        )
+        .remove(0)
+        .unwrap();
+        assert_eq!(from_object, from_json);
+        assert_eq!(from_text, from_json);
+        // Without a kind and an event name: an identify call; blank text is none.
+        let identify = event_from_fields(
+            &EventFields {
+                user_id: Some("u"),
+                traits: Some(ObjectField::Text("  ")),
+                ..Default::default()
+            },
+            &limits,
+        )
+        .unwrap();
+        assert_eq!(
+            identify.body,
+            EventBody::Identify {
+                traits: Flat::new()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_fields_fail_with_json_messages() {
+        let limits = Limits::default();
+        let err = |f: EventFields<'_>| event_from_fields(&f, &limits).unwrap_err().to_string();
+        let track = EventFields {
+            user_id: Some("u"),
+            event: Some("X"),
+            ..Default::default()
+        };
+        assert!(err(EventFields {
+            user_id: None,
+            ..track
+        })
+        .contains("no user id: set 'user_id' or 'anonymous_id'"));
+        assert!(err(EventFields {
+            timestamp: Some(TimestampField::Text("soon")),
+            ..track
+        })
+        .contains("'timestamp'"));
+        assert!(err(EventFields {
+            kind: Some("page"),
+            ..track
+        })
+        .contains("unsupported event type"));
+        assert!(err(EventFields {
+            properties: Some(ObjectField::Text("[1]")),
+            ..track
+        })
+        .contains("'properties' must be an object, found a list"));
+        assert!(err(EventFields {
+            context: Some(ObjectField::Text("{oops")),
+            ..track
+        })
+        .contains("'context' is not valid JSON"));
+        assert!(err(EventFields {
+            kind: Some("track"),
+            event: None,
+            ..track
+        })
+        .contains("needs an 'event' name"));
+        let big = format!(r#"{{"k": "{}"}}"#, "x".repeat(40_000));
+        assert!(err(EventFields {
+            properties: Some(ObjectField::Text(&big)),
+            ..track
+        })
+        .contains("event"));
+        assert!(err(EventFields {
+            kind: Some("identify"),
+            traits: Some(ObjectField::Text(r#"{"tags": [1]}"#)),
+            ..track
+        })
+        .contains("'tags' is a list holding a number"));
     }
 
     #[test]

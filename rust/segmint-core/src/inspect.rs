@@ -3,6 +3,7 @@
 //! who would a new rule select, how do audiences overlap, what do we know
 //! about a user.
 
+use std::borrow::Cow;
 use std::fmt::Write;
 
 use rayon::prelude::*;
@@ -11,7 +12,7 @@ use serde::Serialize;
 use crate::catalog::{AudId, CExpr, Catalog, CmpOp, RuleExpr, StrOp, WindowDef};
 use crate::engine::Engine;
 use crate::error::{Result, SegmintError};
-use crate::eval::{eval_bool, eval_rule, eval_value, UserEnv};
+use crate::eval::{computed_value, eval_bool, eval_rule, eval_value, Env, UserEnv};
 use crate::profile::UserData;
 use crate::state::render;
 use crate::time::{format_duration, Millis};
@@ -29,8 +30,13 @@ pub struct ExplainNode {
     pub holds: Option<bool>,
     /// For comparisons of a value with a constant: what it needs (`>= 3`).
     pub needs: Option<String>,
-    /// Sub-expressions.
+    /// Sub-expressions. A `computed.KEY` node has one child: the computed
+    /// trait's value expression, explained the same way.
     pub children: Vec<ExplainNode>,
+    /// For a `computed.KEY` node: the next instant at which time alone (a
+    /// window lapsing, a future event becoming visible) changes the computed
+    /// trait's value, if any within a year. `None` on other nodes.
+    pub next_change: Option<Millis>,
 }
 
 /// Why a user is (or is not) in an audience.
@@ -298,17 +304,70 @@ fn explain_node(cat: &Catalog, e: &CExpr, env: &UserEnv<'_>) -> ExplainNode {
     } else {
         (render_value(&eval_value(e, env)), None)
     };
-    let children = children
+    let mut children: Vec<ExplainNode> = children
         .into_iter()
         .filter(|c| !matches!(c, CExpr::Lit(_)))
         .map(|c| explain_node(cat, c, env))
         .collect();
+    let mut next_change = None;
+    if let CExpr::Computed(ct) = e {
+        if let Some(def) = cat.computed.get(*ct as usize).and_then(Option::as_ref) {
+            children.push(explain_node(cat, &def.expr, env));
+            next_change = computed_next_change(&def.expr, env);
+        }
+    }
     ExplainNode {
         expr: render_expr(cat, e),
         value,
         holds,
         needs,
         children,
+        next_change,
+    }
+}
+
+/// How far ahead explain looks for a change by time alone.
+const HORIZON: Millis = 366 * 86_400_000;
+/// At most this many candidate instants are tried.
+const MAX_STEPS: usize = 10_000;
+
+/// The user at another instant.
+fn at<'a>(env: &UserEnv<'a>, now: Millis) -> UserEnv<'a> {
+    UserEnv {
+        cat: env.cat,
+        user: env.user,
+        now,
+        granularity: env.granularity,
+    }
+}
+
+/// The first instant after now at which the value of a computed trait's
+/// expression differs from its value now: steps through the instants at
+/// which it may change (the instants the engine's computed-trait timer fires).
+fn computed_next_change(expr: &CExpr, env: &UserEnv<'_>) -> Option<Millis> {
+    let now_value = eval_value(expr, env);
+    let horizon = env.now + HORIZON;
+    let mut t = env.now;
+    for _ in 0..MAX_STEPS {
+        t = at(env, t).next_change(expr).filter(|&n| n <= horizon)?;
+        if eval_value(expr, &at(env, t)) != now_value {
+            return Some(t);
+        }
+    }
+    None
+}
+
+/// A user at an instant, with every `computed.KEY` read as its expression
+/// evaluated at that instant: the value the engine's computed-trait timers
+/// keep by then (at the current instant it equals the kept value).
+struct FreshEnv<'a, 'b>(&'b UserEnv<'a>);
+
+impl Env for FreshEnv<'_, '_> {
+    fn leaf(&self, e: &CExpr) -> Option<Cow<'_, Value>> {
+        match e {
+            CExpr::Computed(ct) => computed_value(self.0.cat, *ct, self.0).map(Cow::Owned),
+            other => self.0.leaf(other),
+        }
     }
 }
 
@@ -331,7 +390,7 @@ struct ShardPreview {
     exiting: Vec<u32>,
 }
 
-fn rule_holds(cat: &Catalog, rule: &RuleExpr, env: &UserEnv<'_>) -> bool {
+fn rule_holds<E: Env>(cat: &Catalog, rule: &RuleExpr, env: &E) -> bool {
     eval_rule(rule, &mut |a| eval_bool(&cat.atoms[a as usize].expr, env))
 }
 
@@ -365,42 +424,37 @@ impl Engine {
             granularity: g,
         };
         let tree = explain_node(cat, &def.expr, &env);
-        let holds = rule_holds(cat, &def.rule, &env);
-        // Step through the instants at which an atom may flip until the rule does.
-        let horizon = self.now + 366 * 86_400_000;
-        let mut at = self.now;
+        // Step through the instants at which an atom (or a computed trait the
+        // rule reads) may change until the rule flips; computed traits are
+        // read as their timers would keep them at each instant.
+        let holds = rule_holds(cat, &def.rule, &FreshEnv(&env));
+        let computed: Vec<&CExpr> = def
+            .computed
+            .iter()
+            .filter_map(|&ct| cat.computed.get(ct as usize)?.as_ref())
+            .map(|c| &c.expr)
+            .collect();
+        let horizon = self.now + HORIZON;
+        let mut t = self.now;
         let mut next_change = None;
-        for _ in 0..10_000 {
-            let env = UserEnv {
-                cat,
-                user,
-                now: at,
-                granularity: g,
-            };
-            let Some(t) = def
+        for _ in 0..MAX_STEPS {
+            let env = at(&env, t);
+            let Some(n) = def
                 .atoms
                 .iter()
-                .filter_map(|&a| env.next_change(&cat.atoms[a as usize].expr))
+                .map(|&a| &cat.atoms[a as usize].expr)
+                .chain(computed.iter().copied())
+                .filter_map(|e| env.next_change(e))
                 .min()
             else {
                 break;
             };
-            if t > horizon {
+            if n > horizon {
                 break;
             }
-            at = t;
-            if rule_holds(
-                cat,
-                &def.rule,
-                &UserEnv {
-                    cat,
-                    user,
-                    now: at,
-                    granularity: g,
-                },
-            ) != holds
-            {
-                next_change = Some(at);
+            t = n;
+            if rule_holds(cat, &def.rule, &FreshEnv(&at(&env, t))) != holds {
+                next_change = Some(t);
                 break;
             }
         }

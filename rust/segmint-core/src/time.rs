@@ -43,6 +43,15 @@ pub fn format_timestamp(ms: Millis) -> String {
     }
 }
 
+/// Formats the UTC calendar date of an instant as `YYYY-MM-DD` (how a
+/// date-typed value becomes a trait or property).
+pub fn format_date(ms: Millis) -> String {
+    match chrono::DateTime::from_timestamp_millis(ms) {
+        Some(dt) => dt.date_naive().format("%Y-%m-%d").to_string(),
+        None => format!("{ms}ms"),
+    }
+}
+
 /// Floors an instant to a multiple of the granularity `g` (> 0).
 pub fn floor_to(t: Millis, g: Millis) -> Millis {
     t.div_euclid(g) * g
@@ -130,6 +139,13 @@ mod tests {
             .to_string();
         assert!(err.contains("no timezone offset"), "{err}");
         assert!(parse_timestamp("yesterday").is_err());
+    }
+
+    #[test]
+    fn formats_timestamps_and_dates() {
+        assert_eq!(format_timestamp(1250), "1970-01-01T00:00:01.250Z");
+        assert_eq!(format_date(86_400_000 + 5), "1970-01-02");
+        assert_eq!(format_date(-1), "1969-12-31");
     }
 
     #[test]

@@ -232,6 +232,42 @@ fn explain_shows_values_needs_and_next_change() {
 }
 
 #[test]
+fn explain_expands_computed_traits() {
+    let mut e = engine(2);
+    e.define_computed_trait("views_1h", r#"count("Product Viewed", 1h)"#)
+        .unwrap();
+    e.define_audience("active", "computed.views_1h >= 2")
+        .unwrap();
+    let t0 = e.now();
+    for i in 0..3 {
+        track(
+            &mut e,
+            "u",
+            "Product Viewed",
+            "{}",
+            t0 - 50 * 60_000 + i * 60_000,
+        );
+    }
+    let x = e.explain("u", "active").unwrap();
+    assert!(x.member);
+    let computed = &x.tree.children[0];
+    assert_eq!(computed.expr, "computed.views_1h");
+    assert_eq!(computed.value, "3");
+    // The first view lapses in 10 minutes: the value drops to 2.
+    assert_eq!(computed.next_change, Some(t0 + 10 * 60_000));
+    assert_eq!(computed.children.len(), 1);
+    assert_eq!(computed.children[0].expr, r#"count("Product Viewed", 1h)"#);
+    assert_eq!(computed.children[0].value, "3");
+    assert_eq!(x.tree.next_change, None);
+    // The rule flips when the second view lapses, through the computed trait.
+    assert_eq!(x.next_change, Some(t0 + 11 * 60_000));
+    e.advance(t0 + 11 * 60_000 - 1_000).unwrap();
+    assert!(e.is_member("u", "active").unwrap());
+    e.advance(t0 + 11 * 60_000).unwrap();
+    assert!(!e.is_member("u", "active").unwrap());
+}
+
+#[test]
 fn preview_matches_an_actual_replace() {
     let mut e = engine(3);
     e.define_audience("big", r#"sum("Order Completed", revenue) > 100"#)

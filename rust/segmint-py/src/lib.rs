@@ -1,6 +1,8 @@
 //! `segmint._core`: PyO3 glue over segmint-core. It converts types,
 //! releases the GIL around engine work and maps errors; nothing else.
 
+mod arrow;
+
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -12,6 +14,10 @@ use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+
+use arrow_array::ffi_stream::RecordBatchStreamReader;
+use arrow_array::RecordBatchReader;
+use arrow_pyarrow::FromPyArrow;
 
 use segmint_core::event::{flatten_properties, flatten_traits};
 use segmint_core::ticker::Ticker;
@@ -256,6 +262,22 @@ impl Engine {
         .map_err(to_py)
     }
 
+    /// Applies decoded events without the GIL (call inside `py.detach`):
+    /// under the lock, then waits for the log record to be durable without it.
+    fn ingest_detached(
+        &self,
+        events: Vec<Result<Event, SegmintError>>,
+    ) -> Result<IngestReport, SegmintError> {
+        let r = {
+            let mut engine = self.lock();
+            engine.ingest(events)?
+        };
+        if let (Some(sync), true) = (&self.sync, r.wal_position > 0) {
+            sync.sync_to(r.wal_position)?;
+        }
+        Ok(r)
+    }
+
     /// Runs an ingest under the lock, then waits for its log record to be
     /// durable without the lock, so concurrent batches share an fsync.
     fn ingest_with(
@@ -467,6 +489,71 @@ impl Engine {
     /// Decodes and applies a JSON batch; per-event errors by index.
     fn ingest_json(&self, py: Python<'_>, data: Vec<u8>) -> PyResult<Report> {
         self.ingest_with(py, move |e| e.ingest_json(&data))
+    }
+
+    /// Applies the events of an Arrow stream (an object with
+    /// `__arrow_c_stream__`, such as a pyarrow Table or RecordBatchReader) in
+    /// pieces of at most `chunk_rows` rows, each converted outside the engine
+    /// lock, all with the GIL released; per-row errors by row index in the
+    /// stream. An engine error stops there (earlier pieces stay applied).
+    #[pyo3(signature = (stream, chunk_rows=100_000))]
+    fn ingest_arrow(
+        &self,
+        py: Python<'_>,
+        stream: &Bound<'_, PyAny>,
+        chunk_rows: usize,
+    ) -> PyResult<Report> {
+        if chunk_rows == 0 {
+            return Err(to_py(SegmintError::InvalidArgument {
+                message: "chunk_rows must be positive".into(),
+            }));
+        }
+        let reader = RecordBatchStreamReader::from_pyarrow_bound(stream).map_err(|e| {
+            InvalidArgumentError::new_err(format!(
+                "invalid argument: expected an Arrow stream (__arrow_c_stream__): {e}"
+            ))
+        })?;
+        arrow::check_schema(&reader.schema()).map_err(to_py)?;
+        let limits = self.lock().config().limits.clone();
+        let run = || -> Result<IngestReport, SegmintError> {
+            let mut total = IngestReport::default();
+            let mut first_row = 0usize;
+            let mut applied = false;
+            for batch in reader {
+                let batch = batch.map_err(|e| SegmintError::InvalidArgument {
+                    message: format!("reading the Arrow stream: {e}"),
+                })?;
+                let mut start = 0;
+                while start < batch.num_rows() {
+                    let len = chunk_rows.min(batch.num_rows() - start);
+                    let events = arrow::batch_events(&batch.slice(start, len), &limits)?;
+                    let r = self.ingest_detached(events)?;
+                    applied = true;
+                    total.accepted += r.accepted;
+                    total.duplicates += r.duplicates;
+                    total.changes += r.changes;
+                    total.last_seq = r.last_seq;
+                    total.errors.extend(
+                        r.errors
+                            .into_iter()
+                            .map(|(i, e)| (first_row + start + i, e)),
+                    );
+                    start += len;
+                }
+                first_row += batch.num_rows();
+            }
+            if !applied {
+                total.last_seq = self.lock().last_seq();
+            }
+            Ok(total)
+        };
+        let r = py
+            .detach(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)))
+            .map_err(|_| {
+                PySegmintError::new_err("internal error: the engine panicked; please report this")
+            })?
+            .map_err(to_py)?;
+        Ok(report(r))
     }
 
     /// Decodes (outside the engine lock) and applies a serialized protobuf
