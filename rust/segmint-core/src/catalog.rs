@@ -357,6 +357,9 @@ pub struct Catalog {
     /// `None` when it reads memberships. A new user's first event needs no
     /// "before" evaluation of the others.
     pub empty_atom_truth: Vec<Option<bool>>,
+    /// Per audience slot: its rule is false on every profile without events
+    /// (see [`crate::eval::rules_false_without_events`]).
+    pub false_without_events: Vec<bool>,
     /// Computed trait slots (`None` once removed).
     pub computed: Vec<Option<ComputedDef>>,
     /// Computed trait slot by key.
@@ -849,6 +852,7 @@ impl Catalog {
         self.empty_computed = crate::eval::computed_on_empty_profile(self);
         self.empty_true = crate::eval::rules_true_on_empty_profile(self);
         self.empty_atom_truth = crate::eval::atoms_on_empty_profile(self);
+        self.false_without_events = crate::eval::rules_false_without_events(self);
     }
 
     /// Sets retention and summary needs of the states an expression reads.

@@ -435,9 +435,93 @@ pub fn atoms_on_empty_profile(cat: &Catalog) -> Vec<Option<bool>> {
         .collect()
 }
 
+/// Per audience slot: whether its rule is false on every profile without
+/// events, whatever its traits and memberships (such as `trait.plan == "pro"
+/// and did("Order Completed", 30d)`). An identify on such a profile then
+/// need not evaluate it. Decided in three-valued logic: atoms reading
+/// traits or memberships are unknown, the others take their truth on an
+/// empty profile.
+pub fn rules_false_without_events(cat: &Catalog) -> Vec<bool> {
+    fn eval3(rule: &RuleExpr, atom: &impl Fn(AtomId) -> Option<bool>) -> Option<bool> {
+        match rule {
+            RuleExpr::Const(b) => Some(*b),
+            RuleExpr::Atom(a) => atom(*a),
+            RuleExpr::Not(x) => eval3(x, atom).map(|b| !b),
+            RuleExpr::And(xs) => xs
+                .iter()
+                .try_fold(Some(true), |acc, x| match eval3(x, atom) {
+                    Some(false) => Err(()),
+                    v => Ok(if v.is_none() { None } else { acc }),
+                })
+                .unwrap_or(Some(false)),
+            RuleExpr::Or(xs) => xs
+                .iter()
+                .try_fold(Some(false), |acc, x| match eval3(x, atom) {
+                    Some(true) => Err(()),
+                    v => Ok(if v.is_none() { None } else { acc }),
+                })
+                .unwrap_or(Some(true)),
+        }
+    }
+    let atom = |a: AtomId| {
+        let def = &cat.atoms[a as usize];
+        if def.traits.is_empty() && def.audiences.is_empty() {
+            cat.empty_atom_truth.get(a as usize).copied().flatten()
+        } else {
+            None
+        }
+    };
+    cat.audiences
+        .iter()
+        .map(|def| {
+            def.as_ref()
+                .is_some_and(|d| !d.is_static && eval3(&d.rule, &atom) == Some(false))
+        })
+        .collect()
+}
+
 /// The value of computed trait `ct` for the user at the env's instant
 /// (evaluated from the aggregation states, not the kept value).
 pub fn computed_value(cat: &Catalog, ct: CtId, env: &UserEnv<'_>) -> Option<Value> {
     let def = cat.computed.get(ct as usize)?.as_ref()?;
     eval_value(&def.expr, env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::parse_rule;
+
+    fn false_without_events(rules: &[(&str, &str)]) -> Vec<bool> {
+        let mut cat = Catalog::default();
+        for (key, src) in rules {
+            cat.define(key, src, parse_rule(src).unwrap()).unwrap();
+        }
+        rules
+            .iter()
+            .map(|(key, _)| cat.false_without_events[cat.audience(key).unwrap() as usize])
+            .collect()
+    }
+
+    #[test]
+    fn rules_needing_events_are_known() {
+        let got = false_without_events(&[
+            (
+                "a",
+                r#"trait.plan == "pro" and did("Order Completed", 30d)"#,
+            ),
+            ("b", r#"trait.plan == "pro""#),
+            ("c", r#"not did("Order Completed", 30d)"#),
+            ("d", r#"did("Order Completed", 30d) or trait.ltv > 300"#),
+            ("e", r#"count("Order Completed") == 0 and trait.ltv > 1"#),
+            ("f", r#"in_audience("b") and count("X", 7d) >= 2"#),
+            ("g", r#"in_audience("b") or count("X", 7d) >= 2"#),
+            ("h", r#"since("Checkout Started") between 2h and 24h"#),
+            ("i", r#"not (trait.plan == "pro" or not did("X"))"#),
+        ]);
+        assert_eq!(
+            got,
+            [true, false, false, false, false, true, false, true, true]
+        );
+    }
 }

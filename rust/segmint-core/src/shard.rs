@@ -457,7 +457,8 @@ impl Shard {
     }
 
     /// Queues the rules of an atom that flipped to `now_true`, skipping
-    /// those its flip cannot move (see [`crate::catalog::Polarity`]).
+    /// those its flip cannot move (see [`crate::catalog::Polarity`]) and, for
+    /// a profile without events, those false on every such profile.
     fn add_flipped(
         &self,
         step: Step<'_>,
@@ -466,8 +467,14 @@ impl Shard {
         atom: AtomId,
         now_true: bool,
     ) {
+        let user = &self.users[local];
+        let without_events = user.states.is_empty();
         for &(aud, polarity) in &step.cat.atom_rules[atom as usize] {
-            if polarity.may_change(now_true, self.users[local].is_member(aud)) {
+            let member = user.is_member(aud);
+            if without_events && !member && step.cat.false_without_events[aud as usize] {
+                continue;
+            }
+            if polarity.may_change(now_true, member) {
                 pending.insert(step.cat.rank[aud as usize]);
             }
         }
