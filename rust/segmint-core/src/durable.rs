@@ -519,7 +519,7 @@ impl Engine {
         self.now = meta.now;
         self.last_seq = meta.last_seq;
         self.log_first_seq = meta.log_first_seq;
-        self.log = meta.log.into();
+        self.log = meta.log.into_iter().collect();
         self.seen_messages = meta.seen_messages.into_iter().collect();
         Ok(())
     }

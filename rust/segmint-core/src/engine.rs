@@ -128,8 +128,9 @@ pub struct Engine {
     pub(crate) shards: Vec<Shard>,
     pub(crate) pool: rayon::ThreadPool,
     pub(crate) now: Millis,
-    /// In-memory change log; a deque so that trimming the oldest is O(trimmed).
-    pub(crate) log: std::collections::VecDeque<LoggedChange>,
+    /// In-memory change log, in chunks: appending never copies, trimming
+    /// the oldest frees whole chunks.
+    pub(crate) log: crate::queue::ChunkedDeque<LoggedChange>,
     /// Scratch for a batch's changes (see [`Engine::on_shards`]).
     change_buffer: Vec<ShardChange>,
     pub(crate) log_first_seq: u64,
@@ -191,7 +192,7 @@ impl Engine {
             interner: Default::default(),
             pool,
             now,
-            log: std::collections::VecDeque::new(),
+            log: Default::default(),
             change_buffer: Vec::new(),
             log_first_seq: 1,
             last_seq: 0,
@@ -356,7 +357,7 @@ impl Engine {
         let cap = self.config.change_log_capacity.max(1);
         if self.log.len() > cap {
             let drop = self.log.len() - cap;
-            self.log.drain(..drop);
+            self.log.drop_front(drop);
             self.log_first_seq += drop as u64;
         }
     }
@@ -972,7 +973,7 @@ impl Engine {
             .clamp(start, self.log.len());
         Ok(self
             .log
-            .range(start..end)
+            .range(start, end)
             .enumerate()
             .take(limit)
             .map(|(i, c)| {
