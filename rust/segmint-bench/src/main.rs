@@ -76,6 +76,10 @@ fn main() {
         ..Limits::default()
     };
     let max_events = arg(&args, "--max-events", usize::MAX);
+    // The process before any input: at the end every event has been
+    // consumed and dropped, so the growth is the engine's (with what the
+    // allocator keeps).
+    let rss_before = rss_bytes();
     let raw = std::fs::read(&args[1]).expect("read events");
     // JSON decoding is timed on its own (ingest figures start from decoded
     // events, as the msgspec and Arrow paths do).
@@ -93,7 +97,6 @@ fn main() {
         serde_json::from_slice(&std::fs::read(&args[2]).expect("read audiences"))
             .expect("audiences json");
     let first_ts = events.iter().find_map(|e| e.timestamp).unwrap_or(0);
-    let rss_before = rss_bytes();
 
     let config = EngineConfig {
         clock: Clock::Manual(first_ts),
