@@ -26,6 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benches.run import BIN, HOTPATH_TITLE, ROOT
 from benches.sections import patch_section
 
+#: Single-event ingest calls per run (the latency columns).
+LATENCY_SAMPLES = 2000
+
 FIELDS = (
     ("events/s", "events_per_s", "{:,.0f}"),
     ("latency p50 µs", "latency_us_p50", "{:.1f}"),
@@ -44,7 +47,7 @@ def run_once(binary: Path, events: Path, audiences: Path, threads: int) -> dict[
         "--threads",
         str(threads),
         "--latency-samples",
-        "2000",
+        str(LATENCY_SAMPLES),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=3600)
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -59,7 +62,7 @@ def section(
     first = first_build[0]
     lines = [
         f"`python benches/hotpath.py` ran `segmint-bench {events.name} {audiences.name} "
-        f"--threads {threads} --latency-samples 2000` with each build, alternately, "
+        f"--threads {threads} --latency-samples {LATENCY_SAMPLES}` with each build, alternately, "
         f"{len(first_build)} runs each: {first['events']:,} events, "
         f"{first['users']:,} users, {first['audiences']:,} audiences, in memory. "
         "Events/s counts ingest of decoded events; JSON decoding is timed apart.",

@@ -917,7 +917,8 @@ def report(res: Results, size: Size, plots: dict[str, Path], md_path: Path) -> s
     # Written by benches/hotpath.py, not by this run: carried over as it is.
     hot = read_section(md_path, "hotpath")
     if hot is not None:
-        lines += ["", f"## {HOTPATH_TITLE}", "", markers("hotpath")[0], *hot, markers("hotpath")[1]]
+        hot_start, hot_end = markers("hotpath")
+        lines += ["", f"## {HOTPATH_TITLE}", "", hot_start, *hot, hot_end]
     if plots:
         lines += ["", "## Plots", ""]
         for title, p in plots.items():

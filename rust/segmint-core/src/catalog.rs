@@ -250,6 +250,15 @@ pub struct AtomDef {
     pub threshold: Option<(ViewId, CmpOp, f64)>,
 }
 
+impl AtomDef {
+    /// Whether its truth depends on memberships (`in_audience`,
+    /// `member_for`): those change within an evaluation pass, so such an atom
+    /// is never remembered across rules, nor known on an empty profile.
+    pub fn reads_memberships(&self) -> bool {
+        !self.audiences.is_empty()
+    }
+}
+
 /// A monotone `count(...) op k` atom, indexed so that a +1 finds the atoms
 /// it flips without evaluating the others.
 #[derive(Debug, Clone)]

@@ -369,14 +369,20 @@ pub fn member(cat: &Catalog, aud: AudId, env: &UserEnv<'_>) -> bool {
     }
 }
 
+/// A profile with no traits, no events and no memberships: only the
+/// computed traits' values on no events.
+fn empty_profile(cat: &Catalog) -> UserData {
+    UserData {
+        computed: cat.empty_computed.clone(),
+        ..Default::default()
+    }
+}
+
 /// The rules a profile with no traits, no events and no memberships
 /// satisfies (such as `not did("X")`), in rank order. On an empty profile
 /// every value is constant in time, so this is a property of the rule.
 pub fn rules_true_on_empty_profile(cat: &Catalog) -> Vec<AudId> {
-    let mut user = UserData {
-        computed: cat.empty_computed.clone(),
-        ..Default::default()
-    };
+    let mut user = empty_profile(cat);
     let mut order: Vec<AudId> = cat.keys().map(|(slot, _)| slot).collect();
     order.sort_by_key(|&a| cat.rank[a as usize]);
     let mut out = Vec::new();
@@ -415,10 +421,7 @@ pub fn computed_on_empty_profile(cat: &Catalog) -> Vec<(CtId, Value)> {
 /// computed traits' empty values); `None` for atoms reading memberships.
 /// Like [`rules_true_on_empty_profile`], constant in time.
 pub fn atoms_on_empty_profile(cat: &Catalog) -> Vec<Option<bool>> {
-    let user = UserData {
-        computed: cat.empty_computed.clone(),
-        ..Default::default()
-    };
+    let user = empty_profile(cat);
     let env = UserEnv {
         cat,
         user: &user,
@@ -427,11 +430,7 @@ pub fn atoms_on_empty_profile(cat: &Catalog) -> Vec<Option<bool>> {
     };
     cat.atoms
         .iter()
-        .map(|atom| {
-            atom.audiences
-                .is_empty()
-                .then(|| eval_bool(&atom.expr, &env))
-        })
+        .map(|atom| (!atom.reads_memberships()).then(|| eval_bool(&atom.expr, &env)))
         .collect()
 }
 
@@ -465,7 +464,7 @@ pub fn rules_false_without_events(cat: &Catalog) -> Vec<bool> {
     }
     let atom = |a: AtomId| {
         let def = &cat.atoms[a as usize];
-        if def.traits.is_empty() && def.audiences.is_empty() {
+        if def.traits.is_empty() && !def.reads_memberships() {
             cat.empty_atom_truth.get(a as usize).copied().flatten()
         } else {
             None

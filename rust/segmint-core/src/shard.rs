@@ -4,8 +4,6 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
-
-use crate::queue::{AtomMemo, RankQueue};
 use std::sync::Arc;
 
 use roaring::RoaringBitmap;
@@ -14,6 +12,7 @@ use smallvec::SmallVec;
 use crate::catalog::{AtomId, AudId, Catalog, CtId, StateId, WindowDef};
 use crate::eval::{compare, eval_bool, eval_rule, eval_value, PropsEnv, UserEnv};
 use crate::profile::{Memberships, UserData};
+use crate::queue::{AtomMemo, RankQueue};
 use crate::state::{aggregate, window_range};
 use crate::time::Millis;
 use crate::value::{Flat, Value};
@@ -303,14 +302,20 @@ impl Shard {
         }
     }
 
-    /// An atom's truth now, recorded in the pass's memo for the rules that
-    /// contain it (the caller has begun the pass).
+    /// An atom's truth now, remembered for the rules of the pass (the
+    /// caller has begun it).
     fn atom_truth_memo(&mut self, step: Step<'_>, local: usize, atom: AtomId) -> bool {
         let truth = self.atom_truth(step, local, atom);
-        if step.cat.atoms[atom as usize].audiences.is_empty() {
+        self.remember(step, atom, truth);
+        truth
+    }
+
+    /// Records an atom's truth for the rest of the pass, unless it reads
+    /// memberships (which the pass changes).
+    fn remember(&mut self, step: Step<'_>, atom: AtomId, truth: bool) {
+        if !step.cat.atoms[atom as usize].reads_memberships() {
             self.memo.set(atom, truth);
         }
-        truth
     }
 
     fn atom_truth(&mut self, step: Step<'_>, local: usize, atom: AtomId) -> bool {
@@ -377,8 +382,7 @@ impl Shard {
             };
             eval_rule(&def.rule, &mut |a| {
                 let atom = &cat.atoms[a as usize];
-                if !atom.audiences.is_empty() {
-                    // Memberships change within a pass.
+                if atom.reads_memberships() {
                     return eval_bool(&atom.expr, &env);
                 }
                 memo.get(a).unwrap_or_else(|| {
@@ -786,9 +790,7 @@ impl Shard {
             }
         }
         for &(atom, now_true) in &flipped {
-            if cat.atoms[atom as usize].audiences.is_empty() {
-                self.memo.set(atom, now_true);
-            }
+            self.remember(step, atom, now_true);
             self.add_flipped(step, &mut pending, local, atom, now_true);
             if cat.atoms[atom as usize].timed {
                 self.reschedule(step, local, uid, atom);
