@@ -8,6 +8,7 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 
 use crate::error::{Result, RuleError, SegmintError};
+use crate::profile::Interner;
 use crate::rules::ast::{self, AggFunc, BinaryOp, ExprKind, Literal, SinceTarget, UnaryOp, Window};
 use crate::rules::Type;
 use crate::time::Millis;
@@ -21,6 +22,8 @@ pub type ViewId = u32;
 pub type AudId = u32;
 /// Stable slot of a computed trait; never reused while the engine lives.
 pub type CtId = u32;
+/// Dense id of a trait key (see [`Catalog::trait_keys`]).
+pub type TraitKey = u32;
 
 /// Comparison operators of compiled expressions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -107,7 +110,7 @@ pub enum CExpr {
     /// A literal.
     Lit(Value),
     /// A trait by dotted key.
-    Trait(Arc<str>),
+    Trait(TraitKey),
     /// An event property (inside selector filters only).
     Property(Arc<str>),
     /// An aggregate value.
@@ -115,7 +118,7 @@ pub enum CExpr {
     /// Time since the latest visible event of a state.
     SinceEvent(StateId),
     /// Time since a timestamp trait.
-    SinceTrait(Arc<str>),
+    SinceTrait(TraitKey),
     /// Time since the user entered an audience.
     MemberFor(AudId),
     /// Membership of an audience.
@@ -238,7 +241,7 @@ pub struct AtomDef {
     /// States it reads (views, `since`, `since "X"` anchors).
     pub states: Vec<StateId>,
     /// Trait keys it reads.
-    pub traits: Vec<Arc<str>>,
+    pub traits: Vec<TraitKey>,
     /// Audiences whose membership it reads.
     pub audiences: Vec<AudId>,
     /// Computed traits whose value it reads.
@@ -300,7 +303,7 @@ pub struct AudienceDef {
     /// Audiences it references.
     pub references: Vec<AudId>,
     /// Trait keys it reads.
-    pub traits: Vec<Arc<str>>,
+    pub traits: Vec<TraitKey>,
     /// Computed traits it reads (`computed.KEY`).
     pub computed: Vec<CtId>,
     /// A static audience: members are uploaded, never computed.
@@ -353,8 +356,12 @@ pub struct Catalog {
     /// Per atom: the live rules containing it, with how each rule moves
     /// when the atom becomes true.
     pub atom_rules: Vec<Vec<(AudId, Polarity)>>,
-    /// Atoms by trait key they read.
-    pub by_trait: HashMap<Arc<str>, Vec<AtomId>>,
+    /// Atoms by the trait key they read (indexed by key; keys that no
+    /// atom reads may be past the end).
+    pub by_trait: Vec<Vec<AtomId>>,
+    /// Every trait key seen, in rules or in events. Users store traits by
+    /// these ids: one copy of each key, and integer lookups in rules.
+    pub trait_keys: Interner,
     /// Per audience: rules that reference it.
     pub dependents: Vec<Vec<AudId>>,
     /// Per audience: timed atoms that read its membership (`member_for`).
@@ -448,7 +455,7 @@ impl Catalog {
         let views_before = compiler.catalog.views.len();
         let compiled = compiler.compile(&ast);
         let references: Vec<AudId> = compiler.references.iter().copied().collect();
-        let traits: Vec<Arc<str>> = compiler.traits.iter().cloned().collect();
+        let traits: Vec<TraitKey> = compiler.traits.iter().copied().collect();
         let computed: Vec<CtId> = compiler.computed.iter().copied().collect();
         let expr = match compiled {
             Ok(expr) => expr,
@@ -831,8 +838,11 @@ impl Catalog {
                     _ => idx.general.push(id),
                 }
             }
-            for t in &atom.traits {
-                self.by_trait.entry(t.clone()).or_default().push(id);
+            for &t in &atom.traits {
+                if self.by_trait.len() <= t as usize {
+                    self.by_trait.resize_with(t as usize + 1, Vec::new);
+                }
+                self.by_trait[t as usize].push(id);
             }
             if atom.timed {
                 for &aud in &atom.audiences {
@@ -999,7 +1009,7 @@ struct Compiler<'a> {
     catalog: &'a mut Catalog,
     source: &'a str,
     references: BTreeSet<AudId>,
-    traits: BTreeSet<Arc<str>>,
+    traits: BTreeSet<TraitKey>,
     computed: BTreeSet<CtId>,
 }
 
@@ -1015,8 +1025,8 @@ impl Compiler<'_> {
                 ))
             }
             ExprKind::Trait(k) => {
-                let key: Arc<str> = Arc::from(k.as_str());
-                self.traits.insert(key.clone());
+                let key = self.catalog.trait_keys.intern(k);
+                self.traits.insert(key);
                 CExpr::Trait(key)
             }
             ExprKind::Computed(k) => match self.catalog.computed_by_key.get(k.as_str()) {
@@ -1081,8 +1091,8 @@ impl Compiler<'_> {
                 CExpr::SinceEvent(self.selector_state(sel, None)?)
             }
             ExprKind::Since(SinceTarget::Trait(k)) => {
-                let key: Arc<str> = Arc::from(k.as_str());
-                self.traits.insert(key.clone());
+                let key = self.catalog.trait_keys.intern(k);
+                self.traits.insert(key);
                 CExpr::SinceTrait(key)
             }
             ExprKind::MemberFor(key) => CExpr::MemberFor(self.audience_ref(key)?),
@@ -1300,7 +1310,7 @@ pub fn for_each_child(expr: &CExpr, f: impl FnMut(&CExpr)) {
 #[derive(Default)]
 struct Reads {
     states: Vec<StateId>,
-    traits: Vec<Arc<str>>,
+    traits: Vec<TraitKey>,
     audiences: Vec<AudId>,
     computed: Vec<CtId>,
     timed: bool,
@@ -1330,7 +1340,7 @@ impl Reads {
             }
             CExpr::Trait(k) | CExpr::SinceTrait(k) => {
                 if !self.traits.contains(k) {
-                    self.traits.push(k.clone());
+                    self.traits.push(*k);
                 }
                 self.timed |= matches!(expr, CExpr::SinceTrait(_));
             }

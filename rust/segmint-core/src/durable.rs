@@ -144,6 +144,8 @@ struct SnapshotMeta {
     last_seq: u64,
     log_first_seq: u64,
     definitions: Vec<Definition>,
+    /// The catalog's trait keys in id order, which the users' traits use.
+    trait_keys: Vec<Arc<str>>,
     user_ids: Vec<Arc<str>>,
     seen_messages: Vec<(Arc<str>, Millis)>,
     log: Vec<LoggedChange>,
@@ -408,6 +410,7 @@ impl Engine {
             last_seq: self.last_seq,
             log_first_seq: self.log_first_seq,
             definitions: self.definitions.clone(),
+            trait_keys: self.catalog.trait_keys.names().to_vec(),
             user_ids: (0..self.interner.len() as u32)
                 .map(|uid| Arc::from(self.interner.name(uid)))
                 .collect(),
@@ -472,6 +475,10 @@ impl Engine {
                     sections.len() - 1
                 ),
             ));
+        }
+        // Keys first, so that the definitions compile to the same ids.
+        for key in &meta.trait_keys {
+            crate::engine::intern_trait_key(&mut self.catalog, key);
         }
         for def in meta.definitions {
             let (catalog, slots) = self.catalog_after(&def).map_err(|(_, e)| {

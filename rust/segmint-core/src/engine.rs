@@ -7,7 +7,7 @@ use hashbrown::HashMap;
 use rayon::prelude::*;
 use roaring::RoaringBitmap;
 
-use crate::catalog::{AudId, Catalog, CtId};
+use crate::catalog::{AudId, Catalog, CtId, TraitKey};
 use crate::durable::{Definition, Record};
 use crate::error::{Result, SegmintError};
 use crate::event::{decode_json_batch, Event, EventBody};
@@ -118,6 +118,15 @@ pub struct IngestReport {
     /// Write-ahead-log position that must be durable for the batch to be
     /// (0 without a data directory); see [`Engine::defer_sync`].
     pub wal_position: u64,
+}
+
+/// The id of a trait key, interned on first sight. Only the engine holds
+/// the catalog's `Arc` between calls, so `make_mut` does not copy it.
+pub(crate) fn intern_trait_key(catalog: &mut Arc<Catalog>, key: &str) -> TraitKey {
+    match catalog.trait_keys.get(key) {
+        Some(id) => id,
+        None => Arc::make_mut(catalog).trait_keys.intern(key),
+    }
 }
 
 /// A real-time audience segmentation engine.
@@ -451,7 +460,15 @@ impl Engine {
                     name,
                     properties,
                 },
-                EventBody::Identify { traits } => Work::Identify { index, uid, traits },
+                EventBody::Identify { traits } => Work::Identify {
+                    index,
+                    uid,
+                    traits,
+                    keys: traits
+                        .iter()
+                        .map(|(key, _)| intern_trait_key(&mut self.catalog, key))
+                        .collect(),
+                },
             };
             work[uid as usize % n].push(item);
         }
@@ -1009,9 +1026,9 @@ impl Engine {
         let uid = self.interner.get(user_id)?;
         let user = self.shard_of(uid).user(uid)?;
         Some(
-            user.traits
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
+            user.named_traits(&self.catalog.trait_keys)
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.clone()))
                 .collect(),
         )
     }

@@ -41,7 +41,7 @@ impl UserEnv<'_> {
     fn duration_base(&self, e: &CExpr) -> Option<Millis> {
         match e {
             CExpr::SinceEvent(s) => self.latest(*s),
-            CExpr::SinceTrait(k) => match self.user.trait_value(k)? {
+            CExpr::SinceTrait(k) => match self.user.trait_value(*k)? {
                 Value::Str(s) => parse_timestamp(s)
                     .ok()
                     .map(|t| floor_to(t, self.granularity)),
@@ -73,7 +73,7 @@ impl UserEnv<'_> {
 impl Env for UserEnv<'_> {
     fn leaf(&self, e: &CExpr) -> Option<Cow<'_, Value>> {
         match e {
-            CExpr::Trait(k) => self.user.trait_value(k).map(Cow::Borrowed),
+            CExpr::Trait(k) => self.user.trait_value(*k).map(Cow::Borrowed),
             CExpr::View(v) => self.view(*v).map(Cow::Owned),
             CExpr::SinceEvent(_) | CExpr::SinceTrait(_) | CExpr::MemberFor(_) => self
                 .duration_base(e)

@@ -131,7 +131,7 @@ fn write_expr(cat: &Catalog, e: &CExpr, out: &mut String) {
     match e {
         CExpr::Lit(v) => write_literal(v, out),
         CExpr::Trait(k) => {
-            let _ = write!(out, "trait.{k}");
+            let _ = write!(out, "trait.{}", cat.trait_keys.name(*k));
         }
         CExpr::Property(p) => out.push_str(p),
         CExpr::View(v) => {
@@ -159,7 +159,7 @@ fn write_expr(cat: &Catalog, e: &CExpr, out: &mut String) {
             out.push(')');
         }
         CExpr::SinceTrait(k) => {
-            let _ = write!(out, "since(trait.{k})");
+            let _ = write!(out, "since(trait.{})", cat.trait_keys.name(*k));
         }
         CExpr::MemberFor(a) => {
             let _ = write!(out, "member_for({:?})", aud_key(a));
@@ -610,9 +610,9 @@ impl Engine {
         Ok(Profile {
             user_id: user_id.to_owned(),
             traits: user
-                .traits
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_json()))
+                .named_traits(&self.catalog.trait_keys)
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_json()))
                 .collect(),
             audiences,
             computed,

@@ -5,12 +5,13 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 use roaring::RoaringBitmap;
 
-use crate::catalog::{AtomId, AudId, CtId, StateId};
+use crate::catalog::{AtomId, AudId, CtId, StateId, TraitKey};
 use crate::state::UserState;
 use crate::time::Millis;
 use crate::value::{Flat, Value};
 
-/// Maps external user ids to dense `u32` ids (so audiences are bitmaps).
+/// Maps names (external user ids, trait keys) to dense `u32` ids, so
+/// audiences are bitmaps and profiles store each trait key as an integer.
 #[derive(Debug, Clone, Default)]
 pub struct Interner {
     ids: HashMap<Arc<str>, u32>,
@@ -40,6 +41,11 @@ impl Interner {
         &self.names[id as usize]
     }
 
+    /// Every name, in id order.
+    pub fn names(&self) -> &[Arc<str>] {
+        &self.names
+    }
+
     /// Number of ids assigned.
     pub fn len(&self) -> usize {
         self.names.len()
@@ -57,11 +63,27 @@ impl Interner {
     }
 }
 
+/// Whether trait `name` is `key` or below it (`key.…`): what deleting
+/// `key` deletes.
+pub fn key_at_or_below(name: &str, key: &str) -> bool {
+    name.strip_prefix(key)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+}
+
+/// Makes room for one more element, growing by a quarter instead of
+/// doubling: a profile is a handful of short lists, and doubling's slack
+/// (up to half of each) would be a large share of its memory.
+pub(crate) fn grow_one<T>(list: &mut Vec<T>) {
+    if list.len() == list.capacity() {
+        list.reserve_exact((list.len() / 4).max(1));
+    }
+}
+
 /// One user's traits and aggregation states.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UserData {
-    /// Traits sorted by key.
-    pub traits: Vec<(Arc<str>, Value)>,
+    /// Traits sorted by key id (names in [`crate::catalog::Catalog::trait_keys`]).
+    pub traits: Vec<(TraitKey, Value)>,
     /// States sorted by id.
     pub states: Vec<(StateId, UserState)>,
     /// Pending timers of this user's atoms, sorted by atom.
@@ -76,11 +98,30 @@ pub struct UserData {
 
 impl UserData {
     /// A trait's value.
-    pub fn trait_value(&self, key: &str) -> Option<&Value> {
+    pub fn trait_value(&self, key: TraitKey) -> Option<&Value> {
         self.traits
-            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .binary_search_by_key(&key, |(k, _)| *k)
             .ok()
             .map(|i| &self.traits[i].1)
+    }
+
+    /// The traits with their key names, sorted by name.
+    pub fn named_traits<'a>(&'a self, keys: &'a Interner) -> Vec<(&'a str, &'a Value)> {
+        let mut named: Vec<(&str, &Value)> = self
+            .traits
+            .iter()
+            .map(|(k, v)| (keys.name(*k), v))
+            .collect();
+        named.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        named
+    }
+
+    /// The instant of the user's pending timer for `atom`, if any.
+    pub fn timer(&self, atom: AtomId) -> Option<Millis> {
+        self.timers
+            .binary_search_by_key(&atom, |(a, _)| *a)
+            .ok()
+            .map(|i| self.timers[i].1)
     }
 
     /// Whether the user is in audience `aud`.
@@ -105,7 +146,10 @@ impl UserData {
             member,
         ) {
             (Ok(_), true) | (Err(_), false) => {}
-            (Err(i), true) => self.memberships.insert(i, (aud, at)),
+            (Err(i), true) => {
+                grow_one(&mut self.memberships);
+                self.memberships.insert(i, (aud, at));
+            }
             (Ok(i), false) => {
                 self.memberships.remove(i);
             }
@@ -127,6 +171,7 @@ impl UserData {
             (Ok(i), Some(v)) => Some(std::mem::replace(&mut self.computed[i].1, v)),
             (Ok(i), None) => Some(self.computed.remove(i).1),
             (Err(i), Some(v)) => {
+                grow_one(&mut self.computed);
                 self.computed.insert(i, (ct, v));
                 None
             }
@@ -147,6 +192,7 @@ impl UserData {
         let i = match self.states.binary_search_by_key(&id, |(s, _)| *s) {
             Ok(i) => i,
             Err(i) => {
+                grow_one(&mut self.states);
                 self.states.insert(i, (id, UserState::default()));
                 i
             }
@@ -154,38 +200,29 @@ impl UserData {
         &mut self.states[i].1
     }
 
-    /// Applies identify traits in order; returns the keys that changed.
+    /// Applies identify traits in order (`ids` are the interned keys of
+    /// `traits`, in the same order); returns whether any trait changed.
     /// A deletion of `a` also deletes `a.*`.
-    pub fn set_traits(&mut self, traits: &Flat) -> Vec<Arc<str>> {
-        let mut changed = Vec::new();
-        for (key, value) in traits {
-            match value {
-                Some(v) => {
-                    let existing = self
-                        .traits
-                        .binary_search_by(|(k, _)| (**k).cmp(key.as_str()));
-                    match existing {
-                        Ok(i) if self.traits[i].1 == *v => {}
-                        Ok(i) => {
-                            self.traits[i].1 = v.clone();
-                            changed.push(self.traits[i].0.clone());
-                        }
-                        Err(i) => {
-                            let k: Arc<str> = Arc::from(key.as_str());
-                            self.traits.insert(i, (k.clone(), v.clone()));
-                            changed.push(k);
-                        }
-                    }
+    pub fn set_traits(&mut self, traits: &Flat, ids: &[TraitKey], keys: &Interner) -> bool {
+        let mut changed = false;
+        for ((key, value), &id) in traits.iter().zip(ids) {
+            let existing = self.traits.binary_search_by_key(&id, |(k, _)| *k);
+            match (value, existing) {
+                (Some(v), Ok(i)) if self.traits[i].1 == *v => {}
+                (Some(v), Ok(i)) => {
+                    self.traits[i].1 = v.clone();
+                    changed = true;
                 }
-                None => {
-                    let prefix = format!("{key}.");
-                    self.traits.retain(|(k, _)| {
-                        let gone = **k == **key || k.starts_with(&prefix);
-                        if gone {
-                            changed.push(k.clone());
-                        }
-                        !gone
-                    });
+                (Some(v), Err(i)) => {
+                    grow_one(&mut self.traits);
+                    self.traits.insert(i, (id, v.clone()));
+                    changed = true;
+                }
+                (None, _) => {
+                    let before = self.traits.len();
+                    self.traits
+                        .retain(|(k, _)| !key_at_or_below(keys.name(*k), key));
+                    changed |= self.traits.len() != before;
                 }
             }
         }
@@ -194,7 +231,7 @@ impl UserData {
 
     /// Approximate heap bytes.
     pub fn heap_bytes(&self) -> usize {
-        let traits = self.traits.capacity() * std::mem::size_of::<(Arc<str>, Value)>();
+        let traits = self.traits.capacity() * std::mem::size_of::<(TraitKey, Value)>();
         let states: usize = self
             .states
             .iter()
@@ -252,5 +289,44 @@ impl Memberships {
         if let Some(b) = self.bitmaps.get_mut(aud as usize) {
             b.clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deleting_a_key_reaches_its_children_only() {
+        assert!(key_at_or_below("address", "address"));
+        assert!(key_at_or_below("address.city", "address"));
+        assert!(!key_at_or_below("addresses", "address"));
+        assert!(!key_at_or_below("addr", "address"));
+    }
+
+    #[test]
+    fn traits_are_kept_by_id_and_listed_by_name() {
+        let mut keys = Interner::default();
+        let mut user = UserData::default();
+        let set: Flat = vec![
+            ("plan".into(), Some(Value::Str("pro".into()))),
+            ("address.city".into(), Some(Value::Str("Oslo".into()))),
+            ("address.zip".into(), Some(Value::Num(150.0))),
+            ("age".into(), Some(Value::Num(40.0))),
+        ];
+        let ids: Vec<TraitKey> = set.iter().map(|(k, _)| keys.intern(k)).collect();
+        assert!(user.set_traits(&set, &ids, &keys));
+        assert!(
+            !user.set_traits(&set, &ids, &keys),
+            "same values: no change"
+        );
+        assert_eq!(user.trait_value(ids[0]), Some(&Value::Str("pro".into())));
+        let names: Vec<&str> = user.named_traits(&keys).iter().map(|(k, _)| *k).collect();
+        assert_eq!(names, ["address.city", "address.zip", "age", "plan"]);
+        let delete: Flat = vec![("address".into(), None)];
+        let id = [keys.intern("address")];
+        assert!(user.set_traits(&delete, &id, &keys));
+        let names: Vec<&str> = user.named_traits(&keys).iter().map(|(k, _)| *k).collect();
+        assert_eq!(names, ["age", "plan"]);
     }
 }

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use roaring::RoaringBitmap;
 use smallvec::SmallVec;
 
-use crate::catalog::{AtomId, AudId, Catalog, CtId, StateId, WindowDef};
+use crate::catalog::{AtomId, AudId, Catalog, CtId, StateId, TraitKey, WindowDef};
 use crate::eval::{compare, eval_bool, eval_rule, eval_value, PropsEnv, UserEnv};
-use crate::profile::{Memberships, UserData};
+use crate::profile::{key_at_or_below, Memberships, UserData};
 use crate::queue::{AtomMemo, RankQueue};
 use crate::state::{aggregate, window_range};
 use crate::time::Millis;
@@ -130,6 +130,8 @@ pub enum Work<'a> {
         uid: u32,
         /// Traits to set or delete.
         traits: &'a Flat,
+        /// The interned keys of `traits`, in the same order.
+        keys: SmallVec<[TraitKey; 6]>,
     },
 }
 
@@ -329,7 +331,7 @@ impl Shard {
             (Ok(i), Some(t)) => {
                 if timers[i].1 != t {
                     timers[i].1 = t;
-                    self.timers.push(Reverse((t, uid, atom)));
+                    self.push_timer(t, uid, atom);
                 }
             }
             (Ok(i), None) => {
@@ -337,20 +339,36 @@ impl Shard {
                 self.live_timers -= 1;
             }
             (Err(i), Some(t)) => {
+                crate::profile::grow_one(timers);
                 timers.insert(i, (atom, t));
-                self.timers.push(Reverse((t, uid, atom)));
+                self.push_timer(t, uid, atom);
                 self.live_timers += 1;
             }
             (Err(_), None) => {}
         }
     }
 
+    /// Adds a heap entry. A re-set timer leaves its old entry behind (it
+    /// is skipped when it comes due); once such entries outnumber the live
+    /// ones, they are dropped so the heap stays near the live count.
+    fn push_timer(&mut self, t: Millis, uid: u32, atom: AtomId) {
+        if self.timers.len() == self.timers.capacity() {
+            if self.timers.len() > 2 * self.live_timers + 1024 {
+                let (users, count) = (&self.users, self.count);
+                self.timers.retain(|&Reverse((t, uid, atom))| {
+                    users
+                        .get((uid / count) as usize)
+                        .is_some_and(|user| user.timer(atom) == Some(t))
+                });
+            }
+            // Grow by a quarter: the heap holds an entry per live timer.
+            self.timers.reserve_exact(self.timers.len() / 4 + 16);
+        }
+        self.timers.push(Reverse((t, uid, atom)));
+    }
+
     fn timer_no_later_than(&mut self, local: usize, uid: u32, atom: AtomId, t: Millis) {
-        let timers = &self.users[local].timers;
-        let current = timers
-            .binary_search_by_key(&atom, |(a, _)| *a)
-            .ok()
-            .map(|i| timers[i].1);
+        let current = self.users[local].timer(atom);
         if current.is_none_or(|c| c > t) {
             self.set_timer(local, uid, atom, Some(t));
         }
@@ -495,8 +513,8 @@ impl Shard {
             if new {
                 self.materialize(step, local);
             }
-            match *w {
-                Work::Track {
+            match w {
+                &Work::Track {
                     index,
                     uid,
                     t,
@@ -505,8 +523,8 @@ impl Shard {
                 } => {
                     self.track(step, uid, t, name, properties, index, new, out);
                 }
-                Work::Identify { index, uid, traits } => {
-                    self.identify(step, uid, traits, index, new, out)
+                Work::Identify { traits, keys, .. } => {
+                    self.identify(step, uid, (traits, keys), index, new, out)
                 }
             }
             if new {
@@ -621,7 +639,7 @@ impl Shard {
         &mut self,
         step: Step<'_>,
         uid: u32,
-        traits: &Flat,
+        (traits, keys): (&Flat, &[TraitKey]),
         index: usize,
         new: bool,
         out: &mut Vec<ShardChange>,
@@ -631,19 +649,18 @@ impl Shard {
         let mut pending = std::mem::take(&mut self.queue);
         // Keys an identify may change: the given ones and, for a deletion, those below it.
         let mut atoms: SmallVec<[AtomId; 32]> = SmallVec::new();
-        for (key, value) in traits {
+        for ((name, value), &key) in traits.iter().zip(keys) {
             match value {
                 Some(_) => atoms.extend(
                     cat.by_trait
-                        .get(key.as_str())
+                        .get(key as usize)
                         .into_iter()
                         .flatten()
                         .copied(),
                 ),
                 None => {
-                    let prefix = format!("{key}.");
-                    for (k, list) in &cat.by_trait {
-                        if **k == **key || k.starts_with(&prefix) {
+                    for (k, list) in cat.by_trait.iter().enumerate() {
+                        if key_at_or_below(cat.trait_keys.name(k as TraitKey), name) {
                             atoms.extend(list.iter().copied());
                         }
                     }
@@ -656,7 +673,7 @@ impl Shard {
             .iter()
             .map(|&a| self.atom_truth_before(step, local, a, new))
             .collect();
-        if self.users[local].set_traits(traits).is_empty() {
+        if !self.users[local].set_traits(traits, keys, &cat.trait_keys) {
             self.queue = pending;
             return;
         }

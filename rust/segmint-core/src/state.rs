@@ -91,6 +91,7 @@ impl UserState {
     /// Adds an entry after any entry with the same instant (arrival order).
     pub fn insert(&mut self, t: Millis, v: Option<Value>) {
         let at = self.buffer.partition_point(|e| e.t <= t);
+        crate::profile::grow_one(&mut self.buffer);
         self.buffer.insert(at, Entry { t, v });
     }
 

@@ -77,7 +77,9 @@ impl StorageConfig {
 }
 
 const WAL_MAGIC: &[u8; 8] = b"SEGMWAL1";
-const SNAPSHOT_MAGIC: &[u8; 8] = b"SEGMSNP1";
+/// Format 2 stores users' traits by key id, with the key table.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"SEGMSNP2";
+const SNAPSHOT_MAGIC_V1: &[u8; 8] = b"SEGMSNP1";
 /// Magic plus generation.
 pub(crate) const WAL_HEADER_LEN: u64 = 16;
 /// Frame: payload length (u32) and CRC-32C of length and payload (u32).
@@ -524,6 +526,13 @@ pub(crate) fn write_snapshot(dir: &Path, generation: u64, sections: &[Vec<u8>]) 
 /// checksum.
 pub(crate) fn read_snapshot(path: &Path) -> Result<Vec<Framed>> {
     let bytes = fs::read(path).map_err(|e| io_error(path, e))?;
+    if bytes.len() >= 16 && &bytes[..8] == SNAPSHOT_MAGIC_V1 {
+        return Err(corrupt(
+            path,
+            0,
+            "snapshot format 1 (an earlier segmint) is not readable by this build, which reads format 2; recover with the build that wrote it and take a new snapshot",
+        ));
+    }
     if bytes.len() < 16 || &bytes[..8] != SNAPSHOT_MAGIC {
         return Err(corrupt(path, 0, "expected a segmint snapshot header"));
     }
@@ -669,5 +678,17 @@ mod tests {
         w.handle().sync_to(a).unwrap();
         // The fsync for `a` covered `b` too.
         assert_eq!(w.durable_seq(), 5);
+    }
+
+    #[test]
+    fn a_format_1_snapshot_is_named_not_misread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.snap");
+        let mut bytes = SNAPSHOT_MAGIC_V1.to_vec();
+        bytes.extend_from_slice(&0u64.to_le_bytes());
+        fs::write(&path, &bytes).unwrap();
+        let message = read_snapshot(&path).unwrap_err().to_string();
+        assert!(message.contains("snapshot format 1"), "{message}");
+        assert!(message.contains("reads format 2"), "{message}");
     }
 }
