@@ -198,6 +198,12 @@ pub fn compare(a: &Value, b: &Value, op: CmpOp) -> bool {
             Some(o) => o,
             None => return false,
         },
+        // Equality (the common case: `trait.country == "US"`) needs no
+        // ordering: `Arc`'s `==` matches shared strings by pointer, and
+        // most others differ in length.
+        (Value::Str(x), Value::Str(y)) if matches!(op, CmpOp::Eq | CmpOp::Ne) => {
+            return (x == y) == matches!(op, CmpOp::Eq);
+        }
         (Value::Str(x), Value::Str(y)) => x.as_bytes().cmp(y.as_bytes()),
         (Value::Dur(x), Value::Dur(y)) => x.cmp(y),
         (Value::Bool(x), Value::Bool(y)) if matches!(op, CmpOp::Eq | CmpOp::Ne) => x.cmp(y),

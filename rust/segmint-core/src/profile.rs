@@ -63,6 +63,54 @@ impl Interner {
     }
 }
 
+/// Distinct string values a trait key may share before it is taken for
+/// an identifier-like key (an email, a timestamp) and no longer pooled.
+const SHARED_VALUES_PER_KEY: usize = 1024;
+
+/// Shares the string values of low-cardinality trait keys (country, plan,
+/// ...) between the profiles of a shard: one allocation per distinct value
+/// instead of one per user, and equal values compare by pointer.
+#[derive(Debug, Clone, Default)]
+pub struct TraitValuePool {
+    /// Per key: its distinct values, or `None` once it had too many.
+    by_key: Vec<Option<hashbrown::HashSet<Arc<str>>>>,
+}
+
+impl TraitValuePool {
+    /// `value`, with a string replaced by the pool's copy when it has one.
+    pub fn share(&mut self, key: TraitKey, value: &Value) -> Value {
+        let Value::Str(s) = value else {
+            return value.clone();
+        };
+        if self.by_key.len() <= key as usize {
+            self.by_key
+                .resize_with(key as usize + 1, || Some(Default::default()));
+        }
+        let slot = &mut self.by_key[key as usize];
+        let Some(pool) = slot else {
+            return value.clone();
+        };
+        if let Some(shared) = pool.get(&**s) {
+            return Value::Str(shared.clone());
+        }
+        if pool.len() >= SHARED_VALUES_PER_KEY {
+            *slot = None;
+        } else {
+            pool.insert(s.clone());
+        }
+        value.clone()
+    }
+
+    /// Approximate heap bytes.
+    pub fn heap_bytes(&self) -> usize {
+        self.by_key
+            .iter()
+            .flatten()
+            .map(|pool| pool.capacity() * 17 + pool.iter().map(|s| s.len() + 16).sum::<usize>())
+            .sum()
+    }
+}
+
 /// Whether trait `name` is `key` or below it (`key.…`): what deleting
 /// `key` deletes.
 pub fn key_at_or_below(name: &str, key: &str) -> bool {
@@ -203,19 +251,25 @@ impl UserData {
     /// Applies identify traits in order (`ids` are the interned keys of
     /// `traits`, in the same order); returns whether any trait changed.
     /// A deletion of `a` also deletes `a.*`.
-    pub fn set_traits(&mut self, traits: &Flat, ids: &[TraitKey], keys: &Interner) -> bool {
+    pub fn set_traits(
+        &mut self,
+        traits: &Flat,
+        ids: &[TraitKey],
+        keys: &Interner,
+        pool: &mut TraitValuePool,
+    ) -> bool {
         let mut changed = false;
         for ((key, value), &id) in traits.iter().zip(ids) {
             let existing = self.traits.binary_search_by_key(&id, |(k, _)| *k);
             match (value, existing) {
                 (Some(v), Ok(i)) if self.traits[i].1 == *v => {}
                 (Some(v), Ok(i)) => {
-                    self.traits[i].1 = v.clone();
+                    self.traits[i].1 = pool.share(id, v);
                     changed = true;
                 }
                 (Some(v), Err(i)) => {
                     grow_one(&mut self.traits);
-                    self.traits.insert(i, (id, v.clone()));
+                    self.traits.insert(i, (id, pool.share(id, v)));
                     changed = true;
                 }
                 (None, _) => {
@@ -231,12 +285,22 @@ impl UserData {
 
     /// Approximate heap bytes.
     pub fn heap_bytes(&self) -> usize {
-        let traits = self.traits.capacity() * std::mem::size_of::<(TraitKey, Value)>();
+        let traits = self.traits.capacity() * std::mem::size_of::<(TraitKey, Value)>()
+            + self
+                .traits
+                .iter()
+                .map(|(_, v)| v.unshared_heap_bytes())
+                .sum::<usize>();
         let states: usize = self
             .states
             .iter()
             .map(|(_, s)| {
                 s.buffer.capacity() * std::mem::size_of::<crate::state::Entry>()
+                    + s.buffer
+                        .iter()
+                        .filter_map(|e| e.v.as_ref())
+                        .map(Value::unshared_heap_bytes)
+                        .sum::<usize>()
                     + s.summary
                         .as_ref()
                         .map_or(0, |_| std::mem::size_of::<crate::state::Summary>())
@@ -315,9 +379,10 @@ mod tests {
             ("age".into(), Some(Value::Num(40.0))),
         ];
         let ids: Vec<TraitKey> = set.iter().map(|(k, _)| keys.intern(k)).collect();
-        assert!(user.set_traits(&set, &ids, &keys));
+        let mut pool = TraitValuePool::default();
+        assert!(user.set_traits(&set, &ids, &keys, &mut pool));
         assert!(
-            !user.set_traits(&set, &ids, &keys),
+            !user.set_traits(&set, &ids, &keys, &mut pool),
             "same values: no change"
         );
         assert_eq!(user.trait_value(ids[0]), Some(&Value::Str("pro".into())));
@@ -325,8 +390,32 @@ mod tests {
         assert_eq!(names, ["address.city", "address.zip", "age", "plan"]);
         let delete: Flat = vec![("address".into(), None)];
         let id = [keys.intern("address")];
-        assert!(user.set_traits(&delete, &id, &keys));
+        assert!(user.set_traits(&delete, &id, &keys, &mut pool));
         let names: Vec<&str> = user.named_traits(&keys).iter().map(|(k, _)| *k).collect();
         assert_eq!(names, ["age", "plan"]);
+    }
+
+    #[test]
+    fn low_cardinality_values_are_shared_and_identifiers_are_not() {
+        let mut pool = TraitValuePool::default();
+        let us = |_: usize| Value::Str(Arc::from("US"));
+        let (Value::Str(a), Value::Str(b)) = (pool.share(0, &us(0)), pool.share(0, &us(1))) else {
+            unreachable!()
+        };
+        assert!(Arc::ptr_eq(&a, &b), "equal values share one string");
+        // An identifier-like key stops being pooled once it has too many values.
+        for i in 0..=SHARED_VALUES_PER_KEY {
+            pool.share(1, &Value::Str(Arc::from(format!("user{i}@example.com"))));
+        }
+        let fresh = Value::Str(Arc::from("user0@example.com"));
+        let Value::Str(kept) = pool.share(1, &fresh) else {
+            unreachable!()
+        };
+        assert_eq!(
+            Arc::strong_count(&kept),
+            2,
+            "not pooled: only the caller's copy and this one"
+        );
+        assert_eq!(pool.share(2, &Value::Num(1.0)), Value::Num(1.0));
     }
 }

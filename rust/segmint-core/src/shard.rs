@@ -11,7 +11,7 @@ use smallvec::SmallVec;
 
 use crate::catalog::{AtomId, AudId, Catalog, CtId, StateId, TraitKey, WindowDef};
 use crate::eval::{compare, eval_bool, eval_rule, eval_value, PropsEnv, UserEnv};
-use crate::profile::{key_at_or_below, Memberships, UserData};
+use crate::profile::{key_at_or_below, Memberships, TraitValuePool, UserData};
 use crate::queue::{AtomMemo, RankQueue};
 use crate::state::{aggregate, window_range};
 use crate::time::Millis;
@@ -152,6 +152,8 @@ pub struct Shard {
     live_timers: usize,
     /// Work counters, for benchmarks and metrics.
     pub counters: Counters,
+    /// Shared string values of the users' traits.
+    trait_values: TraitValuePool,
     /// Scratch: the rules queued for the user being processed.
     queue: RankQueue,
     /// Scratch: atom truths within one evaluation pass.
@@ -243,13 +245,17 @@ impl Shard {
     pub fn restore(
         index: u32,
         count: u32,
-        users: Vec<UserData>,
+        mut users: Vec<UserData>,
         members: Memberships,
         counters: Counters,
     ) -> Shard {
         let mut timers = BinaryHeap::new();
         let mut live_timers = 0;
-        for (local, user) in users.iter().enumerate() {
+        let mut trait_values = TraitValuePool::default();
+        for (local, user) in users.iter_mut().enumerate() {
+            for (key, value) in &mut user.traits {
+                *value = trait_values.share(*key, value);
+            }
             let uid = local as u32 * count + index;
             for &(atom, t) in &user.timers {
                 timers.push(Reverse((t, uid, atom)));
@@ -264,6 +270,7 @@ impl Shard {
             timers,
             live_timers,
             counters,
+            trait_values,
             ..Default::default()
         }
     }
@@ -278,7 +285,7 @@ impl Shard {
             .iter()
             .map(|b| b.serialized_size())
             .sum();
-        users + bitmaps + self.timers.capacity() * 16
+        users + bitmaps + self.timers.capacity() * 16 + self.trait_values.heap_bytes()
     }
 
     fn env<'a>(&'a self, step: Step<'a>, local: usize) -> UserEnv<'a> {
@@ -673,7 +680,7 @@ impl Shard {
             .iter()
             .map(|&a| self.atom_truth_before(step, local, a, new))
             .collect();
-        if !self.users[local].set_traits(traits, keys, &cat.trait_keys) {
+        if !self.users[local].set_traits(traits, keys, &cat.trait_keys, &mut self.trait_values) {
             self.queue = pending;
             return;
         }

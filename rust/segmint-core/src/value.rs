@@ -22,6 +22,19 @@ pub enum Value {
 }
 
 impl Value {
+    /// Heap bytes of a string or list that only this value holds (a shared
+    /// one is counted where it is pooled), rounded as the allocator does.
+    pub fn unshared_heap_bytes(&self) -> usize {
+        let round = |n: usize| n.div_ceil(16) * 16;
+        match self {
+            Value::Str(s) if Arc::strong_count(s) == 1 => round(s.len() + 16),
+            Value::List(l) if Arc::strong_count(l) == 1 => {
+                round(l.len() * 16 + 16) + l.iter().map(|s| round(s.len() + 16)).sum::<usize>()
+            }
+            _ => 0,
+        }
+    }
+
     /// The value as a number, if it is one (booleans are not numbers).
     pub fn as_num(&self) -> Option<f64> {
         match self {
