@@ -35,6 +35,7 @@ FIELDS = (
     ("latency p99 µs", "latency_us_p99", "{:.1f}"),
     ("heap B/user", "heap_bytes_per_user", "{:,.0f}"),
     ("JSON decode events/s", "decode_events_per_s", "{:,.0f}"),
+    ("backfill profiles/s", "backfill_profiles_per_s", "{:,.0f}"),
 )
 
 

@@ -530,7 +530,7 @@ pub(crate) fn read_snapshot(path: &Path) -> Result<Vec<Framed>> {
         return Err(corrupt(
             path,
             0,
-            "snapshot format 1 (an earlier segmint) is not readable by this build, which reads format 2; recover with the build that wrote it and take a new snapshot",
+            "snapshot format 1 (an earlier segmint) is not readable by this build, which reads format 2; re-create the data directory by ingesting the events again (docs/durability.md)",
         ));
     }
     if bytes.len() < 16 || &bytes[..8] != SNAPSHOT_MAGIC {
