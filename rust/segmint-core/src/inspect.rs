@@ -589,12 +589,12 @@ impl Engine {
         let mut audiences: Vec<(String, Millis)> = user
             .memberships
             .iter()
-            .filter_map(|&(a, at)| {
+            .filter_map(|m| {
                 self.catalog
                     .audiences
-                    .get(a as usize)?
+                    .get(m.id as usize)?
                     .as_ref()
-                    .map(|d| (d.key.to_string(), at))
+                    .map(|d| (d.key.to_string(), m.at()))
             })
             .collect();
         audiences.sort();

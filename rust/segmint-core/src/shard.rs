@@ -11,7 +11,9 @@ use smallvec::SmallVec;
 
 use crate::catalog::{AtomId, AudId, Catalog, CtId, StateId, TraitKey, WindowDef};
 use crate::eval::{compare, eval_bool, eval_rule, eval_value, PropsEnv, UserEnv};
-use crate::profile::{key_at_or_below, Memberships, TraitValuePool, UserData};
+use crate::profile::{
+    find_stamped, key_at_or_below, Memberships, Stamped, TraitValuePool, UserData,
+};
 use crate::queue::{AtomMemo, RankQueue};
 use crate::state::{aggregate, window_range};
 use crate::time::Millis;
@@ -257,8 +259,8 @@ impl Shard {
                 *value = trait_values.share(*key, value);
             }
             let uid = local as u32 * count + index;
-            for &(atom, t) in &user.timers {
-                timers.push(Reverse((t, uid, atom)));
+            for timer in &user.timers {
+                timers.push(Reverse((timer.at(), uid, timer.id)));
                 live_timers += 1;
             }
         }
@@ -334,10 +336,10 @@ impl Shard {
 
     fn set_timer(&mut self, local: usize, uid: u32, atom: AtomId, at: Option<Millis>) {
         let timers = &mut self.users[local].timers;
-        match (timers.binary_search_by_key(&atom, |(a, _)| *a), at) {
+        match (find_stamped(timers, atom), at) {
             (Ok(i), Some(t)) => {
-                if timers[i].1 != t {
-                    timers[i].1 = t;
+                if timers[i].at() != t {
+                    timers[i] = Stamped::new(atom, t);
                     self.push_timer(t, uid, atom);
                 }
             }
@@ -347,7 +349,7 @@ impl Shard {
             }
             (Err(i), Some(t)) => {
                 crate::profile::grow_one(timers);
-                timers.insert(i, (atom, t));
+                timers.insert(i, Stamped::new(atom, t));
                 self.push_timer(t, uid, atom);
                 self.live_timers += 1;
             }
@@ -867,8 +869,8 @@ impl Shard {
                 let Some(user) = self.users.get_mut(local) else {
                     continue;
                 };
-                match user.timers.binary_search_by_key(&atom, |(a, _)| *a) {
-                    Ok(i) if user.timers[i].1 == instant => {
+                match find_stamped(&user.timers, atom) {
+                    Ok(i) if user.timers[i].at() == instant => {
                         user.timers.remove(i);
                         self.live_timers -= 1;
                     }
