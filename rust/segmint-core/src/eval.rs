@@ -8,7 +8,7 @@ use crate::catalog::{
     ArithOp, AtomId, AudId, CExpr, Catalog, CmpOp, CtId, RuleExpr, StateId, StrOp, WindowDef,
 };
 use crate::profile::UserData;
-use crate::state::{aggregate, window_range};
+use crate::state::{aggregate, window_range, Entries};
 use crate::time::{ceil_to, floor_to, parse_timestamp, Millis};
 use crate::value::Value;
 
@@ -65,7 +65,7 @@ impl UserEnv<'_> {
             Some((entries, with_summary)) => {
                 aggregate(def.func, entries, state.summary.as_deref(), with_summary)
             }
-            None => aggregate(def.func, &[], None, false),
+            None => aggregate(def.func, Entries::EMPTY, None, false),
         }
     }
 }
@@ -307,7 +307,7 @@ impl UserEnv<'_> {
             WindowDef::Last(w) => {
                 if let Some(state) = self.user.state(def.state) {
                     if let Some((entries, _)) = window_range(state, def.window, self.now, None) {
-                        next = earliest(next, entries.first().map(|e| e.t + w));
+                        next = earliest(next, entries.times.first().map(|t| t + w));
                     }
                 }
             }
@@ -335,7 +335,7 @@ impl UserEnv<'_> {
         let now_truth = truth(c);
         let flip = (1..=c)
             .find(|&j| truth(c - j) != now_truth)
-            .map(|j| entries[j - 1].t + w);
+            .map(|j| entries.times[j - 1] + w);
         Some(earliest(flip, future))
     }
 }

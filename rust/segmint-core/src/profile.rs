@@ -315,21 +315,7 @@ impl UserData {
                 .iter()
                 .map(|(_, v)| v.unshared_heap_bytes())
                 .sum::<usize>();
-        let states: usize = self
-            .states
-            .iter()
-            .map(|(_, s)| {
-                s.buffer.capacity() * std::mem::size_of::<crate::state::Entry>()
-                    + s.buffer
-                        .iter()
-                        .filter_map(|e| e.v.as_ref())
-                        .map(Value::unshared_heap_bytes)
-                        .sum::<usize>()
-                    + s.summary
-                        .as_ref()
-                        .map_or(0, |_| std::mem::size_of::<crate::state::Summary>())
-            })
-            .sum();
+        let states: usize = self.states.iter().map(|(_, s)| s.heap_bytes()).sum();
         traits
             + states
             + self.states.capacity() * std::mem::size_of::<(StateId, UserState)>()

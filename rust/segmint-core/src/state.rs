@@ -12,16 +12,6 @@ use crate::rules::ast::AggFunc;
 use crate::time::Millis;
 use crate::value::{Value, ValueKey};
 
-/// One kept event: its instant and the kept property value (none when the
-/// state only counts).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Entry {
-    /// Event time.
-    pub t: Millis,
-    /// The property value, for states that keep one.
-    pub v: Option<Value>,
-}
-
 /// What is known of entries that left the buffer (all older than any
 /// entry still in it).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -47,10 +37,10 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn absorb(&mut self, e: Entry, keep_freq: bool) {
+    fn absorb(&mut self, t: Millis, v: Option<Value>, keep_freq: bool) {
         self.count += 1;
-        self.latest = Some(self.latest.map_or(e.t, |l| l.max(e.t)));
-        let Some(v) = e.v else { return };
+        self.latest = Some(self.latest.map_or(t, |l| l.max(t)));
+        let Some(v) = v else { return };
         if let Some(n) = v.as_num() {
             if self.num_count == 0 {
                 self.min = n;
@@ -69,70 +59,157 @@ impl Summary {
                 .entry(v.key())
                 .or_default() += 1;
         }
-        if self.first.as_ref().is_none_or(|(t, _)| e.t < *t) {
-            self.first = Some((e.t, v.clone()));
+        if self.first.as_ref().is_none_or(|(first, _)| t < *first) {
+            self.first = Some((t, v.clone()));
         }
-        if self.last.as_ref().is_none_or(|(t, _)| e.t >= *t) {
-            self.last = Some((e.t, v));
+        if self.last.as_ref().is_none_or(|(last, _)| t >= *last) {
+            self.last = Some((t, v));
         }
     }
 }
 
-/// The state of one user for one [`StateDef`].
+/// The state of one user for one [`StateDef`]. The buffer is two
+/// columns: instants, and values only once some entry has one, so a state
+/// that only counts costs 8 bytes an entry.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UserState {
-    /// Entries sorted by time; equal times in arrival order.
-    pub buffer: Vec<Entry>,
+    /// Instants of the buffered entries, sorted; equal instants in arrival
+    /// order.
+    pub times: Vec<Millis>,
+    /// Their values, parallel to `times`; empty while no entry has one.
+    pub values: Vec<Option<Value>>,
     /// Entries that left the buffer, when the state needs them.
     pub summary: Option<Box<Summary>>,
+}
+
+/// A run of buffered entries (a window's view of the buffer).
+#[derive(Debug, Clone, Copy)]
+pub struct Entries<'a> {
+    /// Their instants.
+    pub times: &'a [Millis],
+    /// Their values: parallel to `times`, or empty when none has one.
+    values: &'a [Option<Value>],
+}
+
+impl<'a> Entries<'a> {
+    /// No entries.
+    pub const EMPTY: Entries<'static> = Entries {
+        times: &[],
+        values: &[],
+    };
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.times.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.times.is_empty()
+    }
+
+    /// The value of entry `i`, if it has one.
+    pub fn value(&self, i: usize) -> Option<&'a Value> {
+        self.values.get(i).and_then(Option::as_ref)
+    }
+
+    /// The entries with a value, in order, with their instants.
+    pub fn valued(&self) -> impl DoubleEndedIterator<Item = (Millis, &'a Value)> + 'a {
+        let times = self.times;
+        self.values
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, v)| v.as_ref().map(|v| (times[i], v)))
+    }
 }
 
 impl UserState {
     /// Adds an entry after any entry with the same instant (arrival order).
     pub fn insert(&mut self, t: Millis, v: Option<Value>) {
-        let at = self.buffer.partition_point(|e| e.t <= t);
-        crate::profile::grow_one(&mut self.buffer);
-        self.buffer.insert(at, Entry { t, v });
+        let at = self.times.partition_point(|&e| e <= t);
+        // The first value makes the column: the entries before it had none.
+        let keeps_values = v.is_some() || !self.values.is_empty();
+        if keeps_values {
+            self.values.resize(self.times.len(), None);
+            crate::profile::grow_one(&mut self.values);
+            self.values.insert(at, v);
+        }
+        crate::profile::grow_one(&mut self.times);
+        self.times.insert(at, t);
+    }
+
+    /// Buffered entries `range`.
+    fn entries(&self, range: std::ops::Range<usize>) -> Entries<'_> {
+        Entries {
+            times: &self.times[range.clone()],
+            values: self.values.get(range).unwrap_or(&[]),
+        }
     }
 
     /// Number of buffered entries with `t <= now`.
     fn visible_end(&self, now: Millis) -> usize {
-        self.buffer.partition_point(|e| e.t <= now)
+        self.times.partition_point(|&e| e <= now)
     }
 
     /// The latest visible instant, if any. (A late event can sit in the
     /// buffer older than entries already summarised, so both are consulted.)
     pub fn latest(&self, now: Millis) -> Option<Millis> {
         let end = self.visible_end(now);
-        let buffered = end.checked_sub(1).map(|i| self.buffer[i].t);
+        let buffered = end.checked_sub(1).map(|i| self.times[i]);
         let summarised = self.summary.as_ref().and_then(|s| s.latest);
         buffered.max(summarised)
     }
 
     /// The earliest entry still in the future (`t > now`).
     pub fn next_visible(&self, now: Millis) -> Option<Millis> {
-        self.buffer.get(self.visible_end(now)).map(|e| e.t)
+        self.times.get(self.visible_end(now)).copied()
     }
 
     /// Moves out of the buffer every entry at or before `horizon`.
     pub fn evict(&mut self, horizon: Millis, def: &StateDef) {
-        let cut = self.buffer.partition_point(|e| e.t <= horizon);
+        let cut = self.times.partition_point(|&e| e <= horizon);
         if cut == 0 {
             return;
         }
+        let times = self.times.drain(..cut);
         if def.archive {
             let summary = self.summary.get_or_insert_with(Default::default);
-            for e in self.buffer.drain(..cut) {
-                summary.absorb(e, def.archive_freq);
+            if self.values.is_empty() {
+                for t in times {
+                    summary.absorb(t, None, def.archive_freq);
+                }
+            } else {
+                for (t, v) in times.zip(self.values.drain(..cut)) {
+                    summary.absorb(t, v, def.archive_freq);
+                }
             }
         } else {
-            self.buffer.drain(..cut);
+            drop(times);
+            if !self.values.is_empty() {
+                self.values.drain(..cut);
+            }
         }
     }
 
     /// Whether nothing is kept.
     pub fn is_empty(&self) -> bool {
-        self.buffer.is_empty() && self.summary.is_none()
+        self.times.is_empty() && self.summary.is_none()
+    }
+
+    /// Approximate heap bytes.
+    pub fn heap_bytes(&self) -> usize {
+        self.times.capacity() * std::mem::size_of::<Millis>()
+            + self.values.capacity() * std::mem::size_of::<Option<Value>>()
+            + self
+                .values
+                .iter()
+                .flatten()
+                .map(Value::unshared_heap_bytes)
+                .sum::<usize>()
+            + self
+                .summary
+                .as_ref()
+                .map_or(0, |_| std::mem::size_of::<Summary>())
     }
 }
 
@@ -143,19 +220,13 @@ pub fn window_range(
     window: WindowDef,
     now: Millis,
     anchor: Option<Millis>,
-) -> Option<(&[Entry], bool)> {
+) -> Option<(Entries<'_>, bool)> {
     let end = state.visible_end(now);
+    let after = |bound: Millis| state.times.partition_point(|&e| e <= bound).min(end);
     match window {
-        WindowDef::All => Some((&state.buffer[..end], true)),
-        WindowDef::Last(w) => {
-            let start = state.buffer.partition_point(|e| e.t <= now - w);
-            Some((&state.buffer[start.min(end)..end], false))
-        }
-        WindowDef::Since(_) => {
-            let anchor = anchor?;
-            let start = state.buffer.partition_point(|e| e.t <= anchor);
-            Some((&state.buffer[start.min(end)..end], false))
-        }
+        WindowDef::All => Some((state.entries(0..end), true)),
+        WindowDef::Last(w) => Some((state.entries(after(now - w)..end), false)),
+        WindowDef::Since(_) => Some((state.entries(after(anchor?)..end), false)),
     }
 }
 
@@ -163,7 +234,7 @@ pub fn window_range(
 /// `with_summary`). `count` and `distinct` are never null.
 pub fn aggregate(
     func: AggFunc,
-    entries: &[Entry],
+    entries: Entries<'_>,
     summary: Option<&Summary>,
     with_summary: bool,
 ) -> Option<Value> {
@@ -181,10 +252,7 @@ pub fn aggregate(
                 min = s.min;
                 max = s.max;
             }
-            for x in entries
-                .iter()
-                .filter_map(|e| e.v.as_ref().and_then(Value::as_num))
-            {
+            for x in entries.valued().filter_map(|(_, v)| v.as_num()) {
                 n += 1;
                 sum += x;
                 min = min.min(x);
@@ -203,7 +271,7 @@ pub fn aggregate(
         AggFunc::Distinct | AggFunc::MostFrequent | AggFunc::Unique => {
             let mut freq: HashMap<ValueKey, u64> =
                 summary.and_then(|s| s.freq.clone()).unwrap_or_default();
-            for v in entries.iter().filter_map(|e| e.v.as_ref()) {
+            for (_, v) in entries.valued() {
                 *freq.entry(v.key()).or_default() += 1;
             }
             match func {
@@ -231,17 +299,14 @@ pub fn aggregate(
         // compare instants. On equal instants the summarised entry arrived
         // first (it was evicted before the buffered one came).
         AggFunc::First => {
-            let buffered = entries.iter().find_map(|e| e.v.clone().map(|v| (e.t, v)));
+            let buffered = entries.valued().next().map(|(t, v)| (t, v.clone()));
             match (summary.and_then(|s| s.first.clone()), buffered) {
                 (Some(s), Some(b)) => Some(if b.0 < s.0 { b.1 } else { s.1 }),
                 (s, b) => s.or(b).map(|(_, v)| v),
             }
         }
         AggFunc::Last => {
-            let buffered = entries
-                .iter()
-                .rev()
-                .find_map(|e| e.v.clone().map(|v| (e.t, v)));
+            let buffered = entries.valued().next_back().map(|(t, v)| (t, v.clone()));
             match (summary.and_then(|s| s.last.clone()), buffered) {
                 (Some(s), Some(b)) => Some(if s.0 > b.0 { s.1 } else { b.1 }),
                 (s, b) => s.or(b).map(|(_, v)| v),
@@ -304,16 +369,13 @@ mod tests {
 
     #[test]
     fn most_frequent_ties_go_to_smallest() {
-        let entries: Vec<Entry> = ["b", "a", "b", "a", "c"]
-            .iter()
-            .enumerate()
-            .map(|(i, v)| Entry {
-                t: i as i64,
-                v: Some(Value::Str((*v).into())),
-            })
-            .collect();
+        let mut s = UserState::default();
+        for (i, v) in ["b", "a", "b", "a", "c"].iter().enumerate() {
+            s.insert(i as i64, Some(Value::Str((*v).into())));
+        }
+        let (entries, _) = window_range(&s, WindowDef::Last(100), 10, None).unwrap();
         assert_eq!(
-            aggregate(AggFunc::MostFrequent, &entries, None, false),
+            aggregate(AggFunc::MostFrequent, entries, None, false),
             Some(Value::Str("a".into()))
         );
     }
@@ -325,7 +387,7 @@ mod tests {
         #[test]
         fn eviction_preserves_views(
             times in proptest::collection::vec(0i64..100, 1..60),
-            values in proptest::collection::vec(-5i64..5, 60),
+            values in proptest::collection::vec(proptest::option::of(-5i64..5), 60),
             horizon in 0i64..100,
             w in 1i64..50,
         ) {
@@ -333,21 +395,27 @@ mod tests {
             let d = def(w, true);
             let mut s = UserState::default();
             for (i, &t) in times.iter().enumerate() {
-                s.insert(t, Some(Value::Num(values[i] as f64)));
+                s.insert(t, values[i].map(|v| Value::Num(v as f64)));
             }
-            let raw = s.buffer.clone();
+            prop_assert!(s.values.is_empty() || s.values.len() == s.times.len());
+            let raw: Vec<(Millis, Option<Value>)> = s.times.iter().enumerate()
+                .map(|(i, &t)| (t, s.values.get(i).cloned().flatten()))
+                .collect();
             s.evict(horizon.min(now - w), &d);
             let all = count(&s, WindowDef::All, now);
             prop_assert_eq!(all, raw.len() as f64);
             let win = count(&s, WindowDef::Last(w), now);
-            prop_assert_eq!(win, raw.iter().filter(|e| e.t > now - w && e.t <= now).count() as f64);
+            prop_assert_eq!(win, raw.iter().filter(|e| e.0 > now - w && e.0 <= now).count() as f64);
             let (entries, with) = window_range(&s, WindowDef::All, now, None).unwrap();
-            let sum = aggregate(AggFunc::Sum, entries, s.summary.as_deref(), with).unwrap().as_num().unwrap();
-            prop_assert_eq!(sum, raw.iter().map(|e| e.v.as_ref().unwrap().as_num().unwrap()).sum::<f64>());
+            // Entries without a value (the event lacked the property) count
+            // but take no part in sum, first and last.
+            let sum = aggregate(AggFunc::Sum, entries, s.summary.as_deref(), with).and_then(|v| v.as_num());
+            let numbers: Vec<f64> = raw.iter().filter_map(|e| e.1.as_ref().and_then(Value::as_num)).collect();
+            prop_assert_eq!(sum, (!numbers.is_empty()).then(|| numbers.iter().sum::<f64>()));
             let last = aggregate(AggFunc::Last, entries, s.summary.as_deref(), with);
-            prop_assert_eq!(last, raw.last().and_then(|e| e.v.clone()));
+            prop_assert_eq!(last, raw.iter().rev().find_map(|e| e.1.clone()));
             let first = aggregate(AggFunc::First, entries, s.summary.as_deref(), with);
-            prop_assert_eq!(first, raw.first().and_then(|e| e.v.clone()));
+            prop_assert_eq!(first, raw.iter().find_map(|e| e.1.clone()));
         }
     }
 }
