@@ -108,11 +108,6 @@ impl<'a> Entries<'a> {
         self.times.is_empty()
     }
 
-    /// The value of entry `i`, if it has one.
-    pub fn value(&self, i: usize) -> Option<&'a Value> {
-        self.values.get(i).and_then(Option::as_ref)
-    }
-
     /// The entries with a value, in order, with their instants.
     pub fn valued(&self) -> impl DoubleEndedIterator<Item = (Millis, &'a Value)> + 'a {
         let times = self.times;
@@ -171,22 +166,14 @@ impl UserState {
         if cut == 0 {
             return;
         }
+        // Both drains remove their ranges when dropped, read or not.
         let times = self.times.drain(..cut);
+        let mut values = (!self.values.is_empty()).then(|| self.values.drain(..cut));
         if def.archive {
             let summary = self.summary.get_or_insert_with(Default::default);
-            if self.values.is_empty() {
-                for t in times {
-                    summary.absorb(t, None, def.archive_freq);
-                }
-            } else {
-                for (t, v) in times.zip(self.values.drain(..cut)) {
-                    summary.absorb(t, v, def.archive_freq);
-                }
-            }
-        } else {
-            drop(times);
-            if !self.values.is_empty() {
-                self.values.drain(..cut);
+            for t in times {
+                let v = values.as_mut().and_then(Iterator::next).flatten();
+                summary.absorb(t, v, def.archive_freq);
             }
         }
     }
@@ -398,9 +385,12 @@ mod tests {
                 s.insert(t, values[i].map(|v| Value::Num(v as f64)));
             }
             prop_assert!(s.values.is_empty() || s.values.len() == s.times.len());
-            let raw: Vec<(Millis, Option<Value>)> = s.times.iter().enumerate()
-                .map(|(i, &t)| (t, s.values.get(i).cloned().flatten()))
+            // What was inserted, in time order (a stable sort keeps arrival
+            // order on equal instants), so insertion is checked too.
+            let mut raw: Vec<(Millis, Option<Value>)> = times.iter().enumerate()
+                .map(|(i, &t)| (t, values[i].map(|v| Value::Num(v as f64))))
                 .collect();
+            raw.sort_by_key(|e| e.0);
             s.evict(horizon.min(now - w), &d);
             let all = count(&s, WindowDef::All, now);
             prop_assert_eq!(all, raw.len() as f64);

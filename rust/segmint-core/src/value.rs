@@ -22,8 +22,9 @@ pub enum Value {
 }
 
 impl Value {
-    /// Heap bytes of a string or list that only this value holds (a shared
-    /// one is counted where it is pooled), rounded as the allocator does.
+    /// Heap bytes of a string or list that only this value holds, rounded
+    /// as the allocator does. A shared one is not counted here (pooled trait
+    /// values are counted by their pool).
     pub fn unshared_heap_bytes(&self) -> usize {
         let round = |n: usize| n.div_ceil(16) * 16;
         match self {

@@ -196,6 +196,20 @@ fn message_ids_are_applied_once() {
     assert!(!e.is_member("u", "twice").unwrap());
 }
 
+/// Three "Product Viewed" for user `u`, a minute apart, the first 50
+/// minutes before `t0` (so a 1-hour count drops to 2 at `t0 + 10 min`).
+fn three_views_from_50_minutes_ago(e: &mut Engine, t0: i64) {
+    for i in 0..3 {
+        track(
+            e,
+            "u",
+            "Product Viewed",
+            "{}",
+            t0 - 50 * 60_000 + i * 60_000,
+        );
+    }
+}
+
 #[test]
 fn explain_shows_values_needs_and_next_change() {
     let mut e = engine(2);
@@ -207,15 +221,7 @@ fn explain_shows_values_needs_and_next_change() {
     e.ingest_json(br#"[{"type":"identify","userId":"u","traits":{"plan":"pro"}}]"#)
         .unwrap();
     let t0 = e.now();
-    for i in 0..3 {
-        track(
-            &mut e,
-            "u",
-            "Product Viewed",
-            "{}",
-            t0 - 50 * 60_000 + i * 60_000,
-        );
-    }
+    three_views_from_50_minutes_ago(&mut e, t0);
     let x = e.explain("u", "active").unwrap();
     assert!(x.member);
     let count = &x.tree.children[0];
@@ -239,15 +245,7 @@ fn explain_expands_computed_traits() {
     e.define_audience("active", "computed.views_1h >= 2")
         .unwrap();
     let t0 = e.now();
-    for i in 0..3 {
-        track(
-            &mut e,
-            "u",
-            "Product Viewed",
-            "{}",
-            t0 - 50 * 60_000 + i * 60_000,
-        );
-    }
+    three_views_from_50_minutes_ago(&mut e, t0);
     let x = e.explain("u", "active").unwrap();
     assert!(x.member);
     let computed = &x.tree.children[0];
