@@ -13,6 +13,9 @@ pub const SECOND: Millis = 1_000;
 /// A timestamp without an offset is refused: it would be a guess.
 pub fn parse_timestamp(text: &str) -> Result<Millis> {
     let text = text.trim();
+    if let Some(ms) = parse_utc_fast(text.as_bytes()) {
+        return Ok(ms);
+    }
     if let Ok(dt) = chrono::DateTime::parse_from_rfc3339(text) {
         return Ok(dt.timestamp_millis());
     }
@@ -33,6 +36,68 @@ pub fn parse_timestamp(text: &str) -> Result<Millis> {
     Err(SegmintError::InvalidArgument {
         message: format!("invalid timestamp {text:?}: {hint}"),
     })
+}
+
+/// The common shape `YYYY-MM-DDTHH:MM:SS[.f...]Z`, without chrono's general
+/// parser: `since(trait.created_at)` re-reads a stored string on every
+/// evaluation. Anything else (offsets, leap seconds, dates) returns `None`
+/// and goes to chrono, so both give the same instant.
+fn parse_utc_fast(b: &[u8]) -> Option<Millis> {
+    fn digits(b: &[u8]) -> Option<i64> {
+        b.iter().try_fold(0i64, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
+        })
+    }
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' || *b.last()? != b'Z' {
+        return None;
+    }
+    let (year, month, day) = (digits(&b[0..4])?, digits(&b[5..7])?, digits(&b[8..10])?);
+    let (hour, minute, second) = (
+        digits(&b[11..13])?,
+        digits(&b[14..16])?,
+        digits(&b[17..19])?,
+    );
+    let millis = match &b[19..b.len() - 1] {
+        [] => 0,
+        [b'.', fraction @ ..] if (1..=9).contains(&fraction.len()) => {
+            let head = &fraction[..fraction.len().min(3)];
+            digits(fraction)?;
+            digits(head)? * 10i64.pow(3 - head.len() as u32)
+        }
+        _ => return None,
+    };
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1..=12).contains(&month) || day < 1 || day > month_days[month as usize - 1] {
+        return None;
+    }
+    if hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    // Days from 1970-01-01 of a proleptic Gregorian date (civil-from-days inverted).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    Some(((days * 24 + hour) * 60 + minute) * 60_000 + second * 1_000 + millis)
 }
 
 /// Formats milliseconds as RFC 3339 UTC with millisecond precision.
@@ -139,6 +204,42 @@ mod tests {
             .to_string();
         assert!(err.contains("no timezone offset"), "{err}");
         assert!(parse_timestamp("yesterday").is_err());
+    }
+
+    proptest::proptest! {
+        /// The fast path gives chrono's instant, and leaves to chrono what
+        /// it does not take (impossible dates, leap seconds, odd fractions).
+        #[test]
+        fn fast_path_agrees_with_chrono(
+            year in 0i64..10_000, month in 0i64..14, day in 0i64..33,
+            hour in 0i64..25, minute in 0i64..61, second in 0i64..61,
+            fraction in proptest::option::of("[0-9]{0,10}"),
+        ) {
+            let mut text = format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}");
+            if let Some(f) = &fraction {
+                text.push('.');
+                text.push_str(f);
+            }
+            text.push('Z');
+            let general = chrono::DateTime::parse_from_rfc3339(&text).ok().map(|d| d.timestamp_millis());
+            let fast = parse_utc_fast(text.as_bytes());
+            if fast.is_some() {
+                proptest::prop_assert_eq!(fast, general, "{}", text);
+            }
+            proptest::prop_assert_eq!(parse_timestamp(&text).ok(), general, "{}", text);
+        }
+    }
+
+    #[test]
+    fn fast_path_takes_the_common_shapes() {
+        assert_eq!(parse_utc_fast(b"1970-01-01T00:00:01Z"), Some(1000));
+        assert_eq!(parse_utc_fast(b"1969-12-31T23:59:59.5Z"), Some(-500));
+        assert_eq!(
+            parse_utc_fast(b"2024-02-29T12:00:00.123456Z"),
+            Some(1_709_208_000_123)
+        );
+        assert_eq!(parse_utc_fast(b"2023-02-29T12:00:00Z"), None);
+        assert_eq!(parse_utc_fast(b"2023-01-01T00:00:00+00:00"), None);
     }
 
     #[test]
