@@ -16,7 +16,8 @@ use rayon::prelude::*;
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Engine, EngineConfig, LoggedChange};
+use crate::changelog::LoggedChange;
+use crate::engine::{Engine, EngineConfig};
 use crate::error::{Result, SegmintError};
 use crate::event::Event;
 use crate::profile::{Memberships, UserData};
@@ -419,7 +420,7 @@ impl Engine {
                 .iter()
                 .map(|(k, &t)| (k.clone(), t))
                 .collect(),
-            log: self.log.iter().cloned().collect(),
+            log: self.log.iter().collect(),
         };
         let mut sections = vec![encode(&meta)];
         let shards: Vec<Vec<u8>> = self.pool.install(|| {

@@ -8,6 +8,7 @@ use rayon::prelude::*;
 use roaring::RoaringBitmap;
 
 use crate::catalog::{AudId, Catalog, CtId, TraitKey};
+use crate::changelog::{ChangeLog, LoggedChange};
 use crate::durable::{Definition, Record};
 use crate::error::{Result, SegmintError};
 use crate::event::{decode_json_batch, Event, EventBody};
@@ -93,15 +94,6 @@ pub struct ComputedChange {
     pub new: Option<Value>,
 }
 
-/// One entry of the in-memory change log: plain data (slots, ids, values).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub(crate) struct LoggedChange {
-    uid: u32,
-    kind: ChangeKind,
-    at: Millis,
-    reason: Reason,
-}
-
 /// The outcome of a batch.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct IngestReport {
@@ -139,7 +131,7 @@ pub struct Engine {
     pub(crate) now: Millis,
     /// In-memory change log, in chunks: appending never copies, trimming
     /// the oldest frees whole chunks.
-    pub(crate) log: crate::queue::ChunkedDeque<LoggedChange>,
+    pub(crate) log: ChangeLog,
     /// Scratch for a batch's changes (see [`Engine::on_shards`]).
     change_buffer: Vec<ShardChange>,
     pub(crate) log_first_seq: u64,
@@ -355,7 +347,7 @@ impl Engine {
     fn commit(&mut self, mut changes: Vec<ShardChange>) {
         for c in changes.drain(..) {
             self.last_seq += 1;
-            self.log.push_back(LoggedChange {
+            self.log.push(LoggedChange {
                 uid: c.uid,
                 kind: c.kind,
                 at: c.at,

@@ -20,6 +20,7 @@
 //! assert_eq!(engine.last_seq(), 2);
 //! ```
 pub mod catalog;
+mod changelog;
 pub mod durable;
 pub mod engine;
 pub mod error;

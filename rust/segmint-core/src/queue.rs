@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use crate::catalog::AtomId;
 
-/// Entries per chunk of a [`ChunkedDeque`] (about 2 MiB of 32-byte entries).
+/// Entries per chunk of a [`ChunkedDeque`] (1 MiB of 16-byte change-log entries).
 const CHUNK: usize = 1 << 16;
 
 /// A FIFO sequence stored in fixed-size chunks: appending never moves what

@@ -1,0 +1,228 @@
+//! The in-memory change log. At its default capacity it holds 10 M
+//! changes, nearly all of them membership changes, so an entry is packed
+//! into 16 bytes; the rare computed-trait change keeps its values beside
+//! the entries.
+
+use hashbrown::HashMap;
+
+use crate::queue::ChunkedDeque;
+use crate::shard::{ChangeKind, Reason};
+use crate::time::Millis;
+
+/// One change as the engine logs it and a snapshot stores it: plain data
+/// (slots, ids, values).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct LoggedChange {
+    /// The user's dense id.
+    pub uid: u32,
+    /// What changed.
+    pub kind: ChangeKind,
+    /// When.
+    pub at: Millis,
+    /// Why.
+    pub reason: Reason,
+}
+
+/// The kind is kept beside the entry (a computed-trait change, or a slot
+/// too large for [`SLOT_BITS`]).
+const ASIDE: u32 = 1 << 31;
+/// The user entered the audience.
+const ENTERED: u32 = 1 << 30;
+const REASON_SHIFT: u32 = 27;
+/// Bits of the audience slot; slots are dense, so larger ones are
+/// theoretical, and then kept aside.
+const SLOT_BITS: u32 = 27;
+const SLOT_MASK: u32 = (1 << SLOT_BITS) - 1;
+
+const REASONS: [Reason; 5] = [
+    Reason::Event,
+    Reason::Time,
+    Reason::Definition,
+    Reason::Merge,
+    Reason::Delete,
+];
+
+/// A [`LoggedChange`] in 16 bytes: the user, the audience slot with the
+/// direction and reason in its high bits, and the instant as two `u32`s
+/// (which keeps the alignment at 4).
+#[derive(Debug, Clone, Copy)]
+struct Packed {
+    uid: u32,
+    code: u32,
+    at: [u32; 2],
+}
+
+/// The change log: entries in arrival order, the oldest dropped first.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ChangeLog {
+    entries: ChunkedDeque<Packed>,
+    /// Kinds kept aside, by absolute position (`dropped` + index).
+    aside: HashMap<u64, ChangeKind>,
+    /// Entries dropped from the front since the log was made.
+    dropped: u64,
+}
+
+impl ChangeLog {
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Appends a change.
+    pub fn push(&mut self, change: LoggedChange) {
+        let reason = REASONS
+            .iter()
+            .position(|&r| r == change.reason)
+            .unwrap_or(0) as u32;
+        let mut code = reason << REASON_SHIFT;
+        match change.kind {
+            ChangeKind::Membership { aud, entered } if aud <= SLOT_MASK => {
+                code |= aud | if entered { ENTERED } else { 0 };
+            }
+            kind => {
+                code |= ASIDE;
+                let position = self.dropped + self.entries.len() as u64;
+                self.aside.insert(position, kind);
+            }
+        }
+        let bits = change.at as u64;
+        self.entries.push_back(Packed {
+            uid: change.uid,
+            code,
+            at: [bits as u32, (bits >> 32) as u32],
+        });
+    }
+
+    /// Drops the `n` oldest entries (all of them if fewer).
+    pub fn drop_front(&mut self, n: usize) {
+        let n = n.min(self.entries.len());
+        if !self.aside.is_empty() {
+            for (i, p) in self.entries.range(0, n).enumerate() {
+                if p.code & ASIDE != 0 {
+                    self.aside.remove(&(self.dropped + i as u64));
+                }
+            }
+        }
+        self.entries.drop_front(n);
+        self.dropped += n as u64;
+    }
+
+    /// The entries with positions in `start..end` (clamped), oldest first.
+    pub fn range(&self, start: usize, end: usize) -> impl Iterator<Item = LoggedChange> + '_ {
+        let first = self.dropped + start.min(self.entries.len()) as u64;
+        self.entries
+            .range(start, end)
+            .enumerate()
+            .map(move |(i, p)| self.unpack(first + i as u64, p))
+    }
+
+    /// Every entry, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = LoggedChange> + '_ {
+        self.range(0, self.entries.len())
+    }
+
+    fn unpack(&self, position: u64, p: &Packed) -> LoggedChange {
+        let kind = if p.code & ASIDE != 0 {
+            // Present until the entry is dropped; the default is unreachable.
+            debug_assert!(self.aside.contains_key(&position));
+            self.aside
+                .get(&position)
+                .cloned()
+                .unwrap_or(ChangeKind::Membership {
+                    aud: 0,
+                    entered: false,
+                })
+        } else {
+            ChangeKind::Membership {
+                aud: p.code & SLOT_MASK,
+                entered: p.code & ENTERED != 0,
+            }
+        };
+        LoggedChange {
+            uid: p.uid,
+            kind,
+            at: (u64::from(p.at[0]) | (u64::from(p.at[1]) << 32)) as Millis,
+            reason: REASONS[((p.code >> REASON_SHIFT) & 0b111) as usize % REASONS.len()],
+        }
+    }
+}
+
+impl FromIterator<LoggedChange> for ChangeLog {
+    fn from_iter<I: IntoIterator<Item = LoggedChange>>(iter: I) -> Self {
+        let mut log = ChangeLog::default();
+        for change in iter {
+            log.push(change);
+        }
+        log
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::VecDeque;
+
+    fn change(uid: u32, kind: u8, slot: u32, at: Millis, reason: usize) -> LoggedChange {
+        let kind = match kind {
+            0 => ChangeKind::Membership {
+                aud: slot,
+                entered: true,
+            },
+            1 => ChangeKind::Membership {
+                aud: slot,
+                entered: false,
+            },
+            _ => ChangeKind::computed(slot, Some(crate::value::Value::Num(f64::from(uid))), None),
+        };
+        LoggedChange {
+            uid,
+            kind,
+            at,
+            reason: REASONS[reason],
+        }
+    }
+
+    #[test]
+    fn entry_is_16_bytes() {
+        assert_eq!(std::mem::size_of::<Packed>(), 16);
+    }
+
+    proptest! {
+        /// Pushes, front drops and ranges give back what a plain deque of
+        /// the unpacked changes holds: every kind and reason, slots that
+        /// need the side table, and instants at the extremes.
+        #[test]
+        fn packed_log_matches_plain_deque(
+            ops in proptest::collection::vec(
+                (0u8..3, any::<u32>(), 0u8..3, prop_oneof![0u32..50, Just(u32::MAX), Just(SLOT_MASK + 1)],
+                 prop_oneof![any::<i64>(), Just(i64::MIN), Just(i64::MAX), -5i64..5], 0usize..5, 0usize..40),
+                0..80,
+            ),
+        ) {
+            let mut log = ChangeLog::default();
+            let mut model: VecDeque<LoggedChange> = VecDeque::new();
+            for (op, uid, kind, slot, at, reason, n) in ops {
+                match op {
+                    0 | 1 => {
+                        let c = change(uid, kind, slot, at, reason);
+                        log.push(c.clone());
+                        model.push_back(c);
+                    }
+                    _ => {
+                        log.drop_front(n);
+                        model.drain(..n.min(model.len()));
+                        prop_assert!(log.aside.len() <= model.len());
+                    }
+                }
+                prop_assert_eq!(log.len(), model.len());
+                let (a, b) = (n % (model.len() + 1), (n * 7) % (model.len() + 2));
+                let got: Vec<LoggedChange> = log.range(a, b).collect();
+                let end = b.min(model.len()).max(a);
+                let want: Vec<LoggedChange> = model.range(a..end).cloned().collect();
+                prop_assert_eq!(got, want);
+            }
+            prop_assert!(log.iter().eq(model.iter().cloned()));
+        }
+    }
+}
