@@ -34,6 +34,7 @@ FIELDS = (
     ("latency p50 µs", "latency_us_p50", "{:.1f}"),
     ("latency p99 µs", "latency_us_p99", "{:.1f}"),
     ("heap B/user", "heap_bytes_per_user", "{:,.0f}"),
+    ("RSS growth B/user", "rss_bytes_per_user", "{:,.0f}"),
     ("JSON decode events/s", "decode_events_per_s", "{:,.0f}"),
     ("backfill profiles/s", "backfill_profiles_per_s", "{:,.0f}"),
 )
