@@ -3,7 +3,7 @@
 //! into 16 bytes; the rare computed-trait change keeps its values beside
 //! the entries.
 
-use hashbrown::HashMap;
+use std::collections::VecDeque;
 
 use crate::queue::ChunkedDeque;
 use crate::shard::{ChangeKind, Reason};
@@ -34,13 +34,25 @@ const REASON_SHIFT: u32 = 27;
 const SLOT_BITS: u32 = 27;
 const SLOT_MASK: u32 = (1 << SLOT_BITS) - 1;
 
-const REASONS: [Reason; 5] = [
-    Reason::Event,
-    Reason::Time,
-    Reason::Definition,
-    Reason::Merge,
-    Reason::Delete,
-];
+fn reason_bits(reason: Reason) -> u32 {
+    match reason {
+        Reason::Event => 0,
+        Reason::Time => 1,
+        Reason::Definition => 2,
+        Reason::Merge => 3,
+        Reason::Delete => 4,
+    }
+}
+
+fn reason_from_bits(bits: u32) -> Reason {
+    match bits {
+        1 => Reason::Time,
+        2 => Reason::Definition,
+        3 => Reason::Merge,
+        4 => Reason::Delete,
+        _ => Reason::Event,
+    }
+}
 
 /// A [`LoggedChange`] in 16 bytes: the user, the audience slot with the
 /// direction and reason in its high bits, and the instant as two `u32`s
@@ -56,8 +68,9 @@ struct Packed {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ChangeLog {
     entries: ChunkedDeque<Packed>,
-    /// Kinds kept aside, by absolute position (`dropped` + index).
-    aside: HashMap<u64, ChangeKind>,
+    /// Kinds kept aside with their absolute positions (`dropped` + index),
+    /// ascending: appended and dropped in step with the entries.
+    aside: VecDeque<(u64, ChangeKind)>,
     /// Entries dropped from the front since the log was made.
     dropped: u64,
 }
@@ -70,11 +83,7 @@ impl ChangeLog {
 
     /// Appends a change.
     pub fn push(&mut self, change: LoggedChange) {
-        let reason = REASONS
-            .iter()
-            .position(|&r| r == change.reason)
-            .unwrap_or(0) as u32;
-        let mut code = reason << REASON_SHIFT;
+        let mut code = reason_bits(change.reason) << REASON_SHIFT;
         match change.kind {
             ChangeKind::Membership { aud, entered } if aud <= SLOT_MASK => {
                 code |= aud | if entered { ENTERED } else { 0 };
@@ -82,7 +91,7 @@ impl ChangeLog {
             kind => {
                 code |= ASIDE;
                 let position = self.dropped + self.entries.len() as u64;
-                self.aside.insert(position, kind);
+                self.aside.push_back((position, kind));
             }
         }
         let bits = change.at as u64;
@@ -96,15 +105,11 @@ impl ChangeLog {
     /// Drops the `n` oldest entries (all of them if fewer).
     pub fn drop_front(&mut self, n: usize) {
         let n = n.min(self.entries.len());
-        if !self.aside.is_empty() {
-            for (i, p) in self.entries.range(0, n).enumerate() {
-                if p.code & ASIDE != 0 {
-                    self.aside.remove(&(self.dropped + i as u64));
-                }
-            }
-        }
         self.entries.drop_front(n);
         self.dropped += n as u64;
+        while self.aside.front().is_some_and(|(p, _)| *p < self.dropped) {
+            self.aside.pop_front();
+        }
     }
 
     /// The entries with positions in `start..end` (clamped), oldest first.
@@ -124,10 +129,10 @@ impl ChangeLog {
     fn unpack(&self, position: u64, p: &Packed) -> LoggedChange {
         let kind = if p.code & ASIDE != 0 {
             // Present until the entry is dropped; the default is unreachable.
-            debug_assert!(self.aside.contains_key(&position));
-            self.aside
-                .get(&position)
-                .cloned()
+            let found = self.aside.binary_search_by_key(&position, |(p, _)| *p);
+            debug_assert!(found.is_ok());
+            found
+                .map(|i| self.aside[i].1.clone())
                 .unwrap_or(ChangeKind::Membership {
                     aud: 0,
                     entered: false,
@@ -142,7 +147,7 @@ impl ChangeLog {
             uid: p.uid,
             kind,
             at: (u64::from(p.at[0]) | (u64::from(p.at[1]) << 32)) as Millis,
-            reason: REASONS[((p.code >> REASON_SHIFT) & 0b111) as usize % REASONS.len()],
+            reason: reason_from_bits((p.code >> REASON_SHIFT) & 0b111),
         }
     }
 }
@@ -162,6 +167,14 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::VecDeque;
+
+    const REASONS: [Reason; 5] = [
+        Reason::Event,
+        Reason::Time,
+        Reason::Definition,
+        Reason::Merge,
+        Reason::Delete,
+    ];
 
     fn change(uid: u32, kind: u8, slot: u32, at: Millis, reason: usize) -> LoggedChange {
         let kind = match kind {

@@ -986,17 +986,17 @@ impl Engine {
             .enumerate()
             .take(limit)
             .map(|(i, c)| {
-                let (audience, entered, computed) = match &c.kind {
+                let (audience, entered, computed) = match c.kind {
                     ChangeKind::Membership { aud, entered } => {
-                        (self.slot_keys[*aud as usize].clone(), *entered, None)
+                        (self.slot_keys[aud as usize].clone(), entered, None)
                     }
                     ChangeKind::Computed { ct, values } => (
                         Arc::from(""),
                         false,
                         Some(ComputedChange {
-                            key: self.computed_keys[*ct as usize].clone(),
-                            old: values.old.clone(),
-                            new: values.new.clone(),
+                            key: self.computed_keys[ct as usize].clone(),
+                            old: values.old,
+                            new: values.new,
                         }),
                     ),
                 };
