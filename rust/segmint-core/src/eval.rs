@@ -452,21 +452,23 @@ pub fn rules_false_without_events(cat: &Catalog) -> Vec<bool> {
             RuleExpr::Const(b) => Some(*b),
             RuleExpr::Atom(a) => atom(*a),
             RuleExpr::Not(x) => eval3(x, atom).map(|b| !b),
-            RuleExpr::And(xs) => xs
-                .iter()
-                .try_fold(Some(true), |acc, x| match eval3(x, atom) {
-                    Some(false) => Err(()),
-                    v => Ok(if v.is_none() { None } else { acc }),
-                })
-                .unwrap_or(Some(false)),
-            RuleExpr::Or(xs) => xs
-                .iter()
-                .try_fold(Some(false), |acc, x| match eval3(x, atom) {
-                    Some(true) => Err(()),
-                    v => Ok(if v.is_none() { None } else { acc }),
-                })
-                .unwrap_or(Some(true)),
+            RuleExpr::And(xs) => junction3(xs, false, atom),
+            RuleExpr::Or(xs) => junction3(xs, true, atom),
         }
+    }
+    /// `and` (absorbing `false`) or `or` (absorbing `true`): the absorbing
+    /// value wins even over unknowns; otherwise an unknown makes it unknown.
+    fn junction3(
+        xs: &[RuleExpr],
+        absorbing: bool,
+        atom: &impl Fn(AtomId) -> Option<bool>,
+    ) -> Option<bool> {
+        xs.iter()
+            .try_fold(Some(!absorbing), |acc, x| match eval3(x, atom) {
+                Some(b) if b == absorbing => Err(()),
+                v => Ok(if v.is_none() { None } else { acc }),
+            })
+            .unwrap_or(Some(absorbing))
     }
     let atom = |a: AtomId| {
         let def = &cat.atoms[a as usize];

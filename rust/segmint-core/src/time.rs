@@ -62,10 +62,9 @@ fn parse_utc_fast(b: &[u8]) -> Option<Millis> {
     );
     let millis = match &b[19..b.len() - 1] {
         [] => 0,
+        // Truncated to milliseconds, as chrono does.
         [b'.', fraction @ ..] if (1..=9).contains(&fraction.len()) => {
-            let head = &fraction[..fraction.len().min(3)];
-            digits(fraction)?;
-            digits(head)? * 10i64.pow(3 - head.len() as u32)
+            digits(fraction)? * 1_000 / 10i64.pow(fraction.len() as u32)
         }
         _ => return None,
     };
