@@ -431,7 +431,7 @@ impl Engine {
                         users: shard.users.clone(),
                         bitmaps: shard
                             .members
-                            .bitmaps
+                            .bitmaps()
                             .iter()
                             .map(|b| {
                                 let mut out = Vec::with_capacity(b.serialized_size());
@@ -517,7 +517,7 @@ impl Engine {
                         i as u32,
                         count,
                         snap.users,
-                        Memberships { bitmaps },
+                        Memberships::from_bitmaps(bitmaps),
                         snap.counters,
                     ))
                 })

@@ -309,8 +309,9 @@ impl Engine {
         self.commit(changes);
     }
 
-    /// Runs `f` on every shard (in parallel when there are several) and
-    /// returns their changes in global order. The buffers are the engine's
+    /// Runs `f` on every shard (in parallel when there are several), brings
+    /// each shard's audience bitmaps up to date, and returns their changes
+    /// in global order. The buffers are the engine's
     /// and the shards' own, reused from call to call: a batch's changes
     /// (tens of MB for a large batch) are not allocated and page-faulted
     /// afresh every time.
@@ -323,6 +324,7 @@ impl Engine {
         all.clear();
         if self.shards.len() == 1 {
             f(0, &mut self.shards[0], cat, &mut all);
+            self.shards[0].flush_members();
         } else {
             let shards = &mut self.shards;
             self.pool.install(|| {
@@ -330,6 +332,7 @@ impl Engine {
                     let mut out = std::mem::take(&mut shard.change_buffer);
                     out.clear();
                     f(i, shard, cat, &mut out);
+                    shard.flush_members();
                     shard.change_buffer = out;
                 })
             });
@@ -927,7 +930,7 @@ impl Engine {
         let slot = self.catalog.audience(key)?;
         let mut all = RoaringBitmap::new();
         for shard in &self.shards {
-            if let Some(b) = shard.members.bitmaps.get(slot as usize) {
+            if let Some(b) = shard.members.bitmap(slot) {
                 all |= b;
             }
         }
@@ -961,7 +964,7 @@ impl Engine {
         Ok(self
             .shards
             .iter()
-            .map(|s| s.members.bitmaps.get(slot as usize).map_or(0, |b| b.len()))
+            .map(|s| s.members.bitmap(slot).map_or(0, |b| b.len()))
             .sum())
     }
 

@@ -328,13 +328,43 @@ impl UserData {
 
 /// Members of every audience, for the users of one shard, as bitmaps of
 /// dense ids (for size, members and overlap queries).
+///
+/// The profiles' own lists are the truth during an operation; the bitmaps
+/// catch up once at its end ([`Memberships::flush`]). An event changes
+/// about fifteen memberships, and inserting one id into a roaring array
+/// container moves up to 8 KiB: merged per audience once a batch, the
+/// same changes cost a fraction of that.
 #[derive(Debug, Clone, Default)]
 pub struct Memberships {
     /// Members per audience slot (global dense ids).
-    pub bitmaps: Vec<RoaringBitmap>,
+    bitmaps: Vec<RoaringBitmap>,
+    /// Per slot, `uid << 1 | entered` of each change since the last flush
+    /// (kept, emptied, from flush to flush).
+    touched: Vec<Vec<u32>>,
+    /// The slots with changes since the last flush.
+    dirty: Vec<AudId>,
+}
+
+/// Below this many changes of one audience in a flush, ids are inserted
+/// one by one; from it on, merged as a bitmap (building one costs more
+/// than a few single inserts).
+const MERGE_FROM: usize = 16;
+
+/// A bitmap of ids ascending (as a flush's are); built in one pass.
+fn sorted_bitmap(uids: &[u32]) -> RoaringBitmap {
+    RoaringBitmap::from_sorted_iter(uids.iter().copied())
+        .unwrap_or_else(|_| uids.iter().copied().collect())
 }
 
 impl Memberships {
+    /// The bitmaps of a snapshot, one per audience slot.
+    pub fn from_bitmaps(bitmaps: Vec<RoaringBitmap>) -> Memberships {
+        Memberships {
+            bitmaps,
+            ..Default::default()
+        }
+    }
+
     /// Makes room for audience slots up to `n`.
     pub fn ensure(&mut self, n: usize) {
         if self.bitmaps.len() < n {
@@ -342,28 +372,99 @@ impl Memberships {
         }
     }
 
-    /// Whether `uid` is a member of `aud`.
-    pub fn contains(&self, aud: AudId, uid: u32) -> bool {
-        self.bitmaps
-            .get(aud as usize)
-            .is_some_and(|b| b.contains(uid))
+    /// The members of `aud`, if the slot was ever used.
+    pub fn bitmap(&self, aud: AudId) -> Option<&RoaringBitmap> {
+        debug_assert!(self.dirty.is_empty(), "read before flush");
+        self.bitmaps.get(aud as usize)
     }
 
-    /// Records a change of membership.
-    pub fn set(&mut self, aud: AudId, uid: u32, member: bool) {
-        self.ensure(aud as usize + 1);
-        if member {
-            self.bitmaps[aud as usize].insert(uid);
-        } else {
-            self.bitmaps[aud as usize].remove(uid);
+    /// Every slot's members, in slot order.
+    pub fn bitmaps(&self) -> &[RoaringBitmap] {
+        debug_assert!(self.dirty.is_empty(), "read before flush");
+        &self.bitmaps
+    }
+
+    /// Whether `uid` is a member of `aud`.
+    pub fn contains(&self, aud: AudId, uid: u32) -> bool {
+        self.bitmap(aud).is_some_and(|b| b.contains(uid))
+    }
+
+    /// Notes that `uid` entered or left `aud`; the bitmap follows at the
+    /// next [`Memberships::flush`]. (Ids from 2^31 on, which do not fit
+    /// the packed form, go to the bitmap at once.)
+    pub fn touch(&mut self, aud: AudId, uid: u32, entered: bool) {
+        let slot = aud as usize;
+        if uid > u32::MAX >> 1 {
+            self.ensure(slot + 1);
+            if entered {
+                self.bitmaps[slot].insert(uid);
+            } else {
+                self.bitmaps[slot].remove(uid);
+            }
+            return;
+        }
+        if self.touched.len() <= slot {
+            self.touched.resize_with(slot + 1, Vec::new);
+        }
+        let changes = &mut self.touched[slot];
+        if changes.is_empty() {
+            self.dirty.push(aud);
+        }
+        changes.push(uid << 1 | u32::from(entered));
+    }
+
+    /// Applies the changes since the last flush to the bitmaps. A user
+    /// changed once is where that change left them; one changed several
+    /// times is where `is_member(aud, uid)` (the profile's list) says.
+    pub fn flush(&mut self, is_member: impl Fn(AudId, u32) -> bool) {
+        let (mut entered, mut exited) = (Vec::new(), Vec::new());
+        for aud in std::mem::take(&mut self.dirty) {
+            let changes = &mut self.touched[aud as usize];
+            changes.sort_unstable();
+            entered.clear();
+            exited.clear();
+            for run in changes.chunk_by(|a, b| a >> 1 == b >> 1) {
+                let uid = run[0] >> 1;
+                let member = match run {
+                    [only] => only & 1 == 1,
+                    _ => is_member(aud, uid),
+                };
+                if member {
+                    entered.push(uid);
+                } else {
+                    exited.push(uid);
+                }
+            }
+            changes.clear();
+            self.ensure(aud as usize + 1);
+            let bitmap = &mut self.bitmaps[aud as usize];
+            if entered.len() + exited.len() < MERGE_FROM {
+                for &uid in &entered {
+                    bitmap.insert(uid);
+                }
+                for &uid in &exited {
+                    bitmap.remove(uid);
+                }
+            } else {
+                *bitmap |= sorted_bitmap(&entered);
+                *bitmap -= sorted_bitmap(&exited);
+            }
         }
     }
 
     /// Drops every member of `aud`.
     pub fn clear(&mut self, aud: AudId) {
+        debug_assert!(self.dirty.is_empty(), "clear before flush");
         if let Some(b) = self.bitmaps.get_mut(aud as usize) {
             b.clear();
         }
+    }
+
+    /// Approximate heap bytes.
+    pub fn heap_bytes(&self) -> usize {
+        let bitmaps: usize = self.bitmaps.iter().map(|b| b.serialized_size()).sum();
+        let touched: usize = self.touched.iter().map(|t| t.capacity() * 4 + 24).sum();
+        bitmaps + touched
     }
 }
 
@@ -441,6 +542,43 @@ mod tests {
         ] {
             let s = Stamped::new(7, at);
             assert_eq!((s.id, s.at()), (7, at));
+        }
+    }
+
+    proptest::proptest! {
+        /// Batched bitmaps, flushed at random points, hold what inserting
+        /// and removing at once would: for ids changed once or many times,
+        /// in few and in many (merged) per audience, and for ids too large
+        /// to pack.
+        #[test]
+        fn flushed_bitmaps_match_immediate_updates(
+            ops in proptest::collection::vec(
+                (0u32..3, proptest::prop_oneof![0u32..40, 70_000u32..70_100, (u32::MAX - 3)..=u32::MAX], proptest::bool::ANY, proptest::bool::weighted(0.02)),
+                0..400,
+            ),
+        ) {
+            let mut batched = Memberships::default();
+            let mut direct: Vec<RoaringBitmap> = vec![RoaringBitmap::new(); 3];
+            for (aud, uid, member, flush) in ops {
+                batched.touch(aud, uid, member);
+                if member {
+                    direct[aud as usize].insert(uid);
+                } else {
+                    direct[aud as usize].remove(uid);
+                }
+                if flush {
+                    batched.flush(|a, u| direct[a as usize].contains(u));
+                    for a in 0..3 {
+                        let got = batched.bitmap(a).cloned().unwrap_or_default();
+                        proptest::prop_assert_eq!(&got, &direct[a as usize]);
+                    }
+                }
+            }
+            batched.flush(|a, u| direct[a as usize].contains(u));
+            for a in 0..3 {
+                let got = batched.bitmap(a).cloned().unwrap_or_default();
+                proptest::prop_assert_eq!(&got, &direct[a as usize]);
+            }
         }
     }
 }

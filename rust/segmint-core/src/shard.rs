@@ -281,13 +281,21 @@ impl Shard {
     pub fn heap_bytes(&self) -> usize {
         let users: usize = self.users.iter().map(UserData::heap_bytes).sum::<usize>()
             + self.users.capacity() * std::mem::size_of::<UserData>();
-        let bitmaps: usize = self
-            .members
-            .bitmaps
-            .iter()
-            .map(|b| b.serialized_size())
-            .sum();
-        users + bitmaps + self.timers.capacity() * 16 + self.trait_values.heap_bytes()
+        users
+            + self.members.heap_bytes()
+            + self.timers.capacity() * 16
+            + self.trait_values.heap_bytes()
+    }
+
+    /// Brings the audience bitmaps up to the profiles' memberships; ends
+    /// every operation on the shard (see [`Memberships::flush`]).
+    pub fn flush_members(&mut self) {
+        let (users, count) = (&self.users, self.count);
+        self.members.flush(|aud, uid| {
+            users
+                .get((uid / count) as usize)
+                .is_some_and(|user| user.is_member(aud))
+        });
     }
 
     fn env<'a>(&'a self, step: Step<'a>, local: usize) -> UserEnv<'a> {
@@ -301,7 +309,7 @@ impl Shard {
 
     fn set_member(&mut self, local: usize, uid: u32, aud: AudId, member: bool, at: Millis) {
         self.users[local].set_member(aud, member, at);
-        self.members.set(aud, uid, member);
+        self.members.touch(aud, uid, member);
     }
 
     /// An atom's truth before an event; for a new profile, its known truth
@@ -963,7 +971,7 @@ impl Shard {
         out: &mut Vec<ShardChange>,
     ) {
         self.members.ensure(step.cat.audiences.len());
-        let current = self.members.bitmaps[aud as usize].clone();
+        let current = self.members.bitmap(aud).cloned().unwrap_or_default();
         let mut touched: Vec<u32> = (&current ^ wanted).iter().collect();
         touched.sort_unstable();
         for uid in touched {
@@ -1012,7 +1020,7 @@ impl Shard {
     /// Exits every member of a removed audience (reason `delete`). Timers of
     /// atoms no live rule uses any more lapse by themselves.
     pub fn remove_audience(&mut self, aud: AudId, at: Millis, out: &mut Vec<ShardChange>) {
-        if let Some(bitmap) = self.members.bitmaps.get(aud as usize) {
+        if let Some(bitmap) = self.members.bitmap(aud) {
             for uid in bitmap.iter() {
                 out.push(ShardChange {
                     order: (uid as i64, 0, 0),
