@@ -196,6 +196,11 @@ impl UserData {
         named
     }
 
+    /// The instant of the user's earliest pending timer.
+    pub fn earliest_timer(&self) -> Option<Millis> {
+        self.timers.iter().map(|s| s.at()).min()
+    }
+
     /// The instant of the user's pending timer for `atom`, if any.
     pub fn timer(&self, atom: AtomId) -> Option<Millis> {
         find_stamped(&self.timers, atom)

@@ -1,9 +1,11 @@
-//! Data structures of the hot path: the per-shard scratch of evaluation
-//! and the change log's storage.
+//! Data structures of the hot path: the per-shard scratch of evaluation,
+//! the timer queue and the change log's storage.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 
 use crate::catalog::AtomId;
+use crate::time::Millis;
 
 /// Entries per chunk of a [`ChunkedDeque`] (1 MiB of 16-byte change-log entries).
 const CHUNK: usize = 1 << 16;
@@ -153,6 +155,106 @@ impl RankQueue {
     }
 }
 
+/// `UserQueue::queued` of a user with no entry.
+const UNQUEUED: Millis = Millis::MAX;
+/// `UserQueue::queued` of a user whose timers are firing: offers wait for
+/// [`UserQueue::rearm`].
+const FIRING: Millis = Millis::MIN;
+
+/// When each user of a shard next needs waking: one heap entry per user at
+/// (or before) the earliest of its timers, not one per timer. A profile
+/// has about eight pending timers; the users' own lists hold their
+/// instants, so the heap is an eighth of the size, and setting a timer
+/// later than the user's earliest pushes nothing.
+///
+/// A user's entry is live while `queued` holds its instant; superseded
+/// entries stay in the heap until they come up (or a compaction) and are
+/// skipped.
+#[derive(Debug, Clone, Default)]
+pub struct UserQueue {
+    heap: BinaryHeap<Reverse<(Millis, u32)>>,
+    /// Per local index: the instant of the user's live entry, never later
+    /// than its earliest timer; `UNQUEUED` or `FIRING` otherwise.
+    queued: Vec<Millis>,
+    /// Shards (dense id `uid` is local index `uid / count`).
+    count: u32,
+}
+
+impl UserQueue {
+    /// An empty queue for a shard of `count`.
+    pub fn new(count: u32) -> UserQueue {
+        UserQueue {
+            count: count.max(1),
+            ..Default::default()
+        }
+    }
+
+    fn local(&self, uid: u32) -> usize {
+        (uid / self.count.max(1)) as usize
+    }
+
+    /// Notes that `uid` has a timer at `t`: queues the user at `t` unless
+    /// it is queued no later.
+    pub fn offer(&mut self, uid: u32, t: Millis) {
+        let local = self.local(uid);
+        if self.queued.len() <= local {
+            self.queued.resize(local + 1, UNQUEUED);
+        }
+        if t >= self.queued[local] {
+            return;
+        }
+        self.queued[local] = t;
+        if self.heap.len() == self.heap.capacity() {
+            if self.heap.len() > 2 * self.queued.len() + 1024 {
+                let (queued, count) = (&self.queued, self.count.max(1));
+                self.heap
+                    .retain(|&Reverse((t, uid))| queued.get((uid / count) as usize) == Some(&t));
+            }
+            // Grow by a quarter: there is at most one live entry per user.
+            self.heap.reserve_exact(self.heap.len() / 4 + 16);
+        }
+        self.heap.push(Reverse((t, uid)));
+    }
+
+    /// The earliest instant queued (possibly a superseded entry's).
+    pub fn peek(&self) -> Option<Millis> {
+        self.heap.peek().map(|&Reverse((t, _))| t)
+    }
+
+    /// The next user queued at `instant`, marked firing (offers for it
+    /// wait until [`UserQueue::rearm`]); `None` once there is none.
+    pub fn pop_at(&mut self, instant: Millis) -> Option<u32> {
+        while let Some(&Reverse((t, uid))) = self.heap.peek() {
+            if t != instant {
+                return None;
+            }
+            self.heap.pop();
+            let local = self.local(uid);
+            if self.queued.get(local) == Some(&t) {
+                self.queued[local] = FIRING;
+                return Some(uid);
+            }
+        }
+        None
+    }
+
+    /// Ends the firing of `uid`: queues it at its earliest timer, if any.
+    pub fn rearm(&mut self, uid: u32, earliest: Option<Millis>) {
+        let local = self.local(uid);
+        if let Some(q) = self.queued.get_mut(local) {
+            *q = UNQUEUED;
+        }
+        if let Some(t) = earliest {
+            self.offer(uid, t);
+        }
+    }
+
+    /// Approximate heap bytes.
+    pub fn heap_bytes(&self) -> usize {
+        self.heap.capacity() * 16 + self.queued.capacity() * 8
+    }
+}
+
 /// Truths of atoms already evaluated for one user in one evaluation pass.
 /// Rules share atoms, and a pass changes only memberships, so an atom that
 /// reads no membership keeps its truth for the whole pass. Entries are
@@ -195,7 +297,7 @@ impl AtomMemo {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::collections::BTreeSet;
+    use std::collections::{BTreeMap, BTreeSet};
 
     proptest! {
         /// Interleaved inserts and pops give the same order as a BTreeSet.
@@ -252,6 +354,87 @@ mod tests {
                 prop_assert!(d.iter().copied().eq(model.iter().copied()));
             }
         }
+    }
+
+    proptest! {
+        /// Users wake at each instant their timers hold, in instant then
+        /// user order, with timers set, moved (earlier, later, into the
+        /// past) and cancelled in between; as a plain scan of every timer.
+        #[test]
+        fn user_queue_wakes_users_at_their_timers(
+            ops in proptest::collection::vec(
+                (0u32..12, 0u32..4, proptest::option::of(-50i64..400), proptest::bool::weighted(0.1)),
+                0..400,
+            ),
+            count in 1u32..3,
+        ) {
+            let mut q = UserQueue::new(count);
+            let mut timers: BTreeMap<(u32, u32), Millis> = BTreeMap::new();
+            let mut clock = 0;
+            let drain = |q: &mut UserQueue, timers: &mut BTreeMap<(u32, u32), Millis>, to: Millis| -> Vec<(Millis, u32, Vec<u32>)> {
+                let mut woke = Vec::new();
+                while let Some(instant) = q.peek().filter(|&t| t <= to) {
+                    while let Some(uid) = q.pop_at(instant) {
+                        let atoms: Vec<u32> = timers.iter()
+                            .filter(|(&(u, _), &t)| u == uid && t == instant)
+                            .map(|(&(_, a), _)| a)
+                            .collect();
+                        for a in &atoms {
+                            timers.remove(&(uid, *a));
+                        }
+                        woke.push((instant, uid, atoms));
+                        let earliest = timers.iter().filter(|(&(u, _), _)| u == uid).map(|(_, &t)| t).min();
+                        q.rearm(uid, earliest);
+                    }
+                }
+                woke.retain(|(_, _, atoms)| !atoms.is_empty());
+                woke
+            };
+            for (user, atom, at, advance) in ops {
+                let uid = user * count + user % count;
+                match at {
+                    Some(t) => {
+                        timers.insert((uid, atom), t);
+                        q.offer(uid, t);
+                    }
+                    None => {
+                        timers.remove(&(uid, atom));
+                    }
+                }
+                if advance {
+                    clock += 40;
+                    let mut want: Vec<(Millis, u32, Vec<u32>)> = Vec::new();
+                    let mut due: Vec<((u32, u32), Millis)> = timers.iter()
+                        .filter(|(_, &t)| t <= clock)
+                        .map(|(&k, &t)| (k, t))
+                        .collect();
+                    due.sort_by_key(|&((u, a), t)| (t, u, a));
+                    for ((u, a), t) in due {
+                        match want.last_mut() {
+                            Some((wt, wu, atoms)) if *wt == t && *wu == u => atoms.push(a),
+                            _ => want.push((t, u, vec![a])),
+                        }
+                    }
+                    let got = drain(&mut q, &mut timers, clock);
+                    prop_assert_eq!(got, want);
+                }
+            }
+            let got = drain(&mut q, &mut timers, Millis::MAX - 1);
+            prop_assert!(timers.is_empty(), "every timer woke its user: {:?} left, woke {:?}", timers, got);
+        }
+    }
+
+    #[test]
+    fn user_queue_drops_superseded_entries() {
+        let mut q = UserQueue::new(1);
+        for t in (0..10_000).rev() {
+            q.offer(0, t);
+        }
+        assert!(q.heap.len() < 2_000, "compacted: {}", q.heap.len());
+        assert_eq!(q.peek(), Some(0));
+        assert_eq!(q.pop_at(0), Some(0));
+        q.rearm(0, None);
+        assert_eq!(q.pop_at(1), None, "the rest were superseded");
     }
 
     #[test]

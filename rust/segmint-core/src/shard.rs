@@ -2,8 +2,7 @@
 //! memberships and their timers. Shards share nothing mutable, so a batch
 //! runs on all of them at once.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use roaring::RoaringBitmap;
@@ -14,7 +13,7 @@ use crate::eval::{compare, eval_bool, eval_rule, eval_value, PropsEnv, UserEnv};
 use crate::profile::{
     find_stamped, key_at_or_below, Memberships, Stamped, TraitValuePool, UserData,
 };
-use crate::queue::{AtomMemo, RankQueue};
+use crate::queue::{AtomMemo, RankQueue, UserQueue};
 use crate::state::{aggregate, window_range};
 use crate::time::Millis;
 use crate::value::{Flat, Value};
@@ -148,9 +147,9 @@ pub struct Shard {
     pub users: Vec<UserData>,
     /// Memberships of these users.
     pub members: Memberships,
-    /// Timers as (instant, user, atom); an entry is live only while the
-    /// user's own timer list still holds that instant for that atom.
-    timers: BinaryHeap<Reverse<(Millis, u32, AtomId)>>,
+    /// When each user's earliest timer is due (the instants of the timers
+    /// themselves are in the users' lists).
+    timers: UserQueue,
     live_timers: usize,
     /// Work counters, for benchmarks and metrics.
     pub counters: Counters,
@@ -162,6 +161,8 @@ pub struct Shard {
     memo: AtomMemo,
     /// Scratch: this shard's changes of one batch (see `Engine::on_shards`).
     pub(crate) change_buffer: Vec<ShardChange>,
+    /// Scratch: the atoms of a user whose timers are firing.
+    firing: Vec<AtomId>,
 }
 
 /// How much evaluation work a shard has done.
@@ -206,6 +207,7 @@ impl Shard {
         Shard {
             index,
             count,
+            timers: UserQueue::new(count),
             ..Default::default()
         }
     }
@@ -237,9 +239,7 @@ impl Shard {
     /// Whether a timer may fire at or before `to` (a stale heap entry can
     /// answer yes; it is dropped when timers run).
     pub fn has_timer_due(&self, to: Millis) -> bool {
-        self.timers
-            .peek()
-            .is_some_and(|Reverse((t, _, _))| *t <= to)
+        self.timers.peek().is_some_and(|t| t <= to)
     }
 
     /// A shard rebuilt from a snapshot: its users, their memberships and its
@@ -251,7 +251,7 @@ impl Shard {
         members: Memberships,
         counters: Counters,
     ) -> Shard {
-        let mut timers = BinaryHeap::new();
+        let mut timers = UserQueue::new(count);
         let mut live_timers = 0;
         let mut trait_values = TraitValuePool::default();
         for (local, user) in users.iter_mut().enumerate() {
@@ -259,9 +259,9 @@ impl Shard {
                 *value = trait_values.share(*key, value);
             }
             let uid = local as u32 * count + index;
-            for timer in &user.timers {
-                timers.push(Reverse((timer.at(), uid, timer.id)));
-                live_timers += 1;
+            live_timers += user.timers.len();
+            if let Some(t) = user.earliest_timer() {
+                timers.offer(uid, t);
             }
         }
         Shard {
@@ -283,7 +283,7 @@ impl Shard {
             + self.users.capacity() * std::mem::size_of::<UserData>();
         users
             + self.members.heap_bytes()
-            + self.timers.capacity() * 16
+            + self.timers.heap_bytes()
             + self.trait_values.heap_bytes()
     }
 
@@ -348,7 +348,7 @@ impl Shard {
             (Ok(i), Some(t)) => {
                 if timers[i].at() != t {
                     timers[i] = Stamped::new(atom, t);
-                    self.push_timer(t, uid, atom);
+                    self.timers.offer(uid, t);
                 }
             }
             (Ok(i), None) => {
@@ -358,30 +358,11 @@ impl Shard {
             (Err(i), Some(t)) => {
                 crate::profile::grow_one(timers);
                 timers.insert(i, Stamped::new(atom, t));
-                self.push_timer(t, uid, atom);
+                self.timers.offer(uid, t);
                 self.live_timers += 1;
             }
             (Err(_), None) => {}
         }
-    }
-
-    /// Adds a heap entry. A re-set timer leaves its old entry behind (it
-    /// is skipped when it comes due); once such entries outnumber the live
-    /// ones, they are dropped so the heap stays near the live count.
-    fn push_timer(&mut self, t: Millis, uid: u32, atom: AtomId) {
-        if self.timers.len() == self.timers.capacity() {
-            if self.timers.len() > 2 * self.live_timers + 1024 {
-                let (users, count) = (&self.users, self.count);
-                self.timers.retain(|&Reverse((t, uid, atom))| {
-                    users
-                        .get((uid / count) as usize)
-                        .is_some_and(|user| user.timer(atom) == Some(t))
-                });
-            }
-            // Grow by a quarter: the heap holds an entry per live timer.
-            self.timers.reserve_exact(self.timers.len() / 4 + 16);
-        }
-        self.timers.push(Reverse((t, uid, atom)));
     }
 
     fn timer_no_later_than(&mut self, local: usize, uid: u32, atom: AtomId, t: Millis) {
@@ -848,6 +829,55 @@ impl Shard {
         self.process_pass(step, uid, pending, Reason::Event, order, true, out);
     }
 
+    /// Fires one of a user's timers due at `step.now` (unless handling an
+    /// earlier one moved it): queues in `due` the rules whose atom flipped
+    /// (or whose computed trait changed value).
+    fn fire(
+        &mut self,
+        step: Step<'_>,
+        local: usize,
+        uid: u32,
+        atom: AtomId,
+        due: &mut BTreeSet<(u32, u32, AudId)>,
+        out: &mut Vec<ShardChange>,
+    ) {
+        let (cat, instant) = (step.cat, step.now);
+        let user = &mut self.users[local];
+        match find_stamped(&user.timers, atom) {
+            Ok(i) if user.timers[i].at() == instant => {
+                user.timers.remove(i);
+                self.live_timers -= 1;
+            }
+            _ => return,
+        }
+        if atom & COMPUTED_TIMER != 0 {
+            let ct = atom & !COMPUTED_TIMER;
+            self.counters.timers_fired += 1;
+            let order = (instant, ct as u64, uid as u64);
+            if self.refresh_computed(step, local, uid, ct, Reason::Time, order, out) {
+                for &r in &cat.computed_rules[ct as usize] {
+                    due.insert((cat.rank[r as usize], uid, r));
+                }
+            }
+            return;
+        }
+        if cat.atom_rules.get(atom as usize).is_none_or(Vec::is_empty) {
+            return;
+        }
+        self.counters.timers_fired += 1;
+        // Instants are multiples of G: the previous observable instant is T - G.
+        let before = self.atom_truth(step.at(instant - step.granularity), local, atom);
+        let after = self.atom_truth(step, local, atom);
+        self.reschedule(step, local, uid, atom);
+        if before != after {
+            for &(r, polarity) in &cat.atom_rules[atom as usize] {
+                if polarity.may_change(after, self.users[local].is_member(r)) {
+                    due.insert((cat.rank[r as usize], uid, r));
+                }
+            }
+        }
+    }
+
     /// Fires every timer due at or before `to`, instant by instant: an atom
     /// whose truth differs just before and at the instant re-evaluates its
     /// rules at that exact instant.
@@ -858,7 +888,7 @@ impl Shard {
         granularity: Millis,
         out: &mut Vec<ShardChange>,
     ) {
-        while let Some(&Reverse((instant, _, _))) = self.timers.peek() {
+        while let Some(instant) = self.timers.peek() {
             if instant > to {
                 break;
             }
@@ -868,48 +898,25 @@ impl Shard {
                 granularity,
             };
             let mut due: BTreeSet<(u32, u32, AudId)> = BTreeSet::new();
-            while let Some(&Reverse((t, uid, atom))) = self.timers.peek() {
-                if t != instant {
-                    break;
-                }
-                self.timers.pop();
+            while let Some(uid) = self.timers.pop_at(instant) {
                 let local = self.local(uid);
-                let Some(user) = self.users.get_mut(local) else {
-                    continue;
-                };
-                match find_stamped(&user.timers, atom) {
-                    Ok(i) if user.timers[i].at() == instant => {
-                        user.timers.remove(i);
-                        self.live_timers -= 1;
-                    }
-                    _ => continue,
+                let mut firing = std::mem::take(&mut self.firing);
+                firing.clear();
+                if let Some(user) = self.users.get(local) {
+                    firing.extend(
+                        user.timers
+                            .iter()
+                            .filter(|s| s.at() == instant)
+                            .map(|s| s.id),
+                    );
                 }
-                if atom & COMPUTED_TIMER != 0 {
-                    let ct = atom & !COMPUTED_TIMER;
-                    self.counters.timers_fired += 1;
-                    let order = (instant, ct as u64, uid as u64);
-                    if self.refresh_computed(step, local, uid, ct, Reason::Time, order, out) {
-                        for &r in &cat.computed_rules[ct as usize] {
-                            due.insert((cat.rank[r as usize], uid, r));
-                        }
-                    }
-                    continue;
+                // In atom order, as the list is; computed-trait timers last.
+                for &atom in &firing {
+                    self.fire(step, local, uid, atom, &mut due, out);
                 }
-                if cat.atom_rules.get(atom as usize).is_none_or(Vec::is_empty) {
-                    continue;
-                }
-                self.counters.timers_fired += 1;
-                // Instants are multiples of G: the previous observable instant is T - G.
-                let before = self.atom_truth(step.at(instant - granularity), local, atom);
-                let after = self.atom_truth(step, local, atom);
-                self.reschedule(step, local, uid, atom);
-                if before != after {
-                    for &(r, polarity) in &cat.atom_rules[atom as usize] {
-                        if polarity.may_change(after, self.users[local].is_member(r)) {
-                            due.insert((cat.rank[r as usize], uid, r));
-                        }
-                    }
-                }
+                self.firing = firing;
+                let earliest = self.users.get(local).and_then(UserData::earliest_timer);
+                self.timers.rearm(uid, earliest);
             }
             let mut memo_user = None;
             while let Some((rank, uid, aud)) = due.pop_first() {
