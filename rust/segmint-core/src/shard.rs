@@ -2,7 +2,6 @@
 //! memberships and their timers. Shards share nothing mutable, so a batch
 //! runs on all of them at once.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use roaring::RoaringBitmap;
@@ -838,7 +837,7 @@ impl Shard {
         local: usize,
         uid: u32,
         atom: AtomId,
-        due: &mut BTreeSet<(u32, u32, AudId)>,
+        due: &mut RankQueue,
         out: &mut Vec<ShardChange>,
     ) {
         let (cat, instant) = (step.cat, step.now);
@@ -856,7 +855,7 @@ impl Shard {
             let order = (instant, ct as u64, uid as u64);
             if self.refresh_computed(step, local, uid, ct, Reason::Time, order, out) {
                 for &r in &cat.computed_rules[ct as usize] {
-                    due.insert((cat.rank[r as usize], uid, r));
+                    due.insert(cat.rank[r as usize]);
                 }
             }
             return;
@@ -872,7 +871,7 @@ impl Shard {
         if before != after {
             for &(r, polarity) in &cat.atom_rules[atom as usize] {
                 if polarity.may_change(after, self.users[local].is_member(r)) {
-                    due.insert((cat.rank[r as usize], uid, r));
+                    due.insert(cat.rank[r as usize]);
                 }
             }
         }
@@ -897,49 +896,56 @@ impl Shard {
                 now: instant,
                 granularity,
             };
-            let mut due: BTreeSet<(u32, u32, AudId)> = BTreeSet::new();
             while let Some(uid) = self.timers.pop_at(instant) {
-                let local = self.local(uid);
-                let mut firing = std::mem::take(&mut self.firing);
-                firing.clear();
-                if let Some(user) = self.users.get(local) {
-                    firing.extend(
-                        user.timers
-                            .iter()
-                            .filter(|s| s.at() == instant)
-                            .map(|s| s.id),
-                    );
-                }
-                // In atom order, as the list is; computed-trait timers last.
-                for &atom in &firing {
-                    self.fire(step, local, uid, atom, &mut due, out);
-                }
-                self.firing = firing;
-                let earliest = self.users.get(local).and_then(UserData::earliest_timer);
-                self.timers.rearm(uid, earliest);
+                self.wake(step, uid, out);
             }
-            let mut memo_user = None;
-            while let Some((rank, uid, aud)) = due.pop_first() {
-                let local = self.local(uid);
-                if memo_user != Some(uid) {
-                    self.memo.begin(cat.atoms.len());
-                    memo_user = Some(uid);
-                }
-                if let Some(entered) = self.evaluate(step, local, uid, aud) {
-                    // After the computed-trait changes of the same instant.
-                    out.push(ShardChange {
-                        order: (instant, (1 << 32) + rank as u64, uid as u64),
-                        uid,
-                        kind: ChangeKind::Membership { aud, entered },
-                        at: instant,
-                        reason: Reason::Time,
-                    });
-                    for &d in &cat.dependents[aud as usize] {
-                        due.insert((cat.rank[d as usize], uid, d));
-                    }
+        }
+    }
+
+    /// Fires a user's timers due at `step.now`, in atom order (computed-
+    /// trait timers last), re-evaluates the rules they may move, in rank
+    /// order, and queues the user at its next timer.
+    fn wake(&mut self, step: Step<'_>, uid: u32, out: &mut Vec<ShardChange>) {
+        let (cat, instant) = (step.cat, step.now);
+        let local = self.local(uid);
+        let mut firing = std::mem::take(&mut self.firing);
+        firing.clear();
+        if let Some(user) = self.users.get(local) {
+            firing.extend(
+                user.timers
+                    .iter()
+                    .filter(|s| s.at() == instant)
+                    .map(|s| s.id),
+            );
+        }
+        let mut due = std::mem::take(&mut self.queue);
+        for &atom in &firing {
+            self.fire(step, local, uid, atom, &mut due, out);
+        }
+        self.firing = firing;
+        if !due.is_empty() {
+            self.memo.begin(cat.atoms.len());
+        }
+        while let Some(rank) = due.pop_first() {
+            let aud = cat.by_rank[rank as usize];
+            if let Some(entered) = self.evaluate(step, local, uid, aud) {
+                // After the computed-trait changes of the same instant.
+                out.push(ShardChange {
+                    order: (instant, (1 << 32) + rank as u64, uid as u64),
+                    uid,
+                    kind: ChangeKind::Membership { aud, entered },
+                    at: instant,
+                    reason: Reason::Time,
+                });
+                for &d in &cat.dependents[aud as usize] {
+                    due.insert(cat.rank[d as usize]);
                 }
             }
         }
+        // Drained: kept for the next user, so that nothing is allocated.
+        self.queue = due;
+        let earliest = self.users.get(local).and_then(UserData::earliest_timer);
+        self.timers.rearm(uid, earliest);
     }
 
     /// Evaluates `auds` (and what depends on them) for every user of the
