@@ -289,12 +289,7 @@ impl Shard {
     /// Brings the audience bitmaps up to the profiles' memberships; ends
     /// every operation on the shard (see [`Memberships::flush`]).
     pub fn flush_members(&mut self) {
-        let (users, count) = (&self.users, self.count);
-        self.members.flush(|aud, uid| {
-            users
-                .get((uid / count) as usize)
-                .is_some_and(|user| user.is_member(aud))
-        });
+        self.members.flush();
     }
 
     fn env<'a>(&'a self, step: Step<'a>, local: usize) -> UserEnv<'a> {
@@ -307,8 +302,9 @@ impl Shard {
     }
 
     fn set_member(&mut self, local: usize, uid: u32, aud: AudId, member: bool, at: Millis) {
-        self.users[local].set_member(aud, member, at);
-        self.members.touch(aud, uid, member);
+        if self.users[local].set_member(aud, member, at) {
+            self.members.touch(aud, uid, member);
+        }
     }
 
     /// An atom's truth before an event; for a new profile, its known truth
