@@ -161,36 +161,62 @@ const UNQUEUED: Millis = Millis::MAX;
 /// [`UserQueue::rearm`].
 const FIRING: Millis = Millis::MIN;
 
-/// When each user of a shard next needs waking: one heap entry per user at
-/// (or before) the earliest of its timers, not one per timer. A profile
-/// has about eight pending timers; the users' own lists hold their
-/// instants, so the heap is an eighth of the size, and setting a timer
-/// later than the user's earliest pushes nothing.
+/// Entries [`UserQueue`] keeps in its heap; the rest wait unsorted. A heap
+/// this size (256 KiB) stays in cache, where one over every user of a
+/// large shard misses it at each level of every pop.
+const NEAR: usize = 16 * 1024;
+
+/// When each user of a shard next needs waking: one entry per user at (or
+/// before) the earliest of its timers, not one per timer. A profile has
+/// about eight pending timers; the users' own lists hold their instants,
+/// so the queue is an eighth of the size, and setting a timer later than
+/// the user's earliest pushes nothing.
 ///
 /// A user's entry is live while `queued` holds its instant; superseded
-/// entries stay in the heap until they come up (or a compaction) and are
-/// skipped.
+/// entries stay until they come up (or a compaction) and are skipped.
+///
+/// The earliest entries (before `split`) are in a small heap; the later
+/// ones in an unsorted list, appended to in O(1). When the heap runs dry,
+/// the next `NEAR` entries are selected from the list in linear time.
 #[derive(Debug, Clone, Default)]
 pub struct UserQueue {
-    heap: BinaryHeap<Reverse<(Millis, u32)>>,
+    /// Entries before `split`.
+    near: BinaryHeap<Reverse<(Millis, u32)>>,
+    /// Entries at or after `split`, in no order.
+    far: Vec<(Millis, u32)>,
+    /// Instants before it are in `near`; empty `near` means empty `far`.
+    split: Millis,
     /// Per local index: the instant of the user's live entry, never later
     /// than its earliest timer; `UNQUEUED` or `FIRING` otherwise.
     queued: Vec<Millis>,
+    /// Entries (live or superseded) at which to drop the superseded.
+    compact_at: usize,
     /// Shards (dense id `uid` is local index `uid / count`).
     count: u32,
+    /// Entries a refill moves into `near` (`NEAR`; less in tests).
+    near_size: usize,
 }
 
 impl UserQueue {
     /// An empty queue for a shard of `count`.
     pub fn new(count: u32) -> UserQueue {
+        UserQueue::with_near_size(count, NEAR)
+    }
+
+    fn with_near_size(count: u32, near_size: usize) -> UserQueue {
         UserQueue {
             count: count.max(1),
+            near_size: near_size.max(1),
             ..Default::default()
         }
     }
 
     fn local(&self, uid: u32) -> usize {
         (uid / self.count.max(1)) as usize
+    }
+
+    fn len(&self) -> usize {
+        self.near.len() + self.far.len()
     }
 
     /// Notes that `uid` has a timer at `t`: queues the user at `t` unless
@@ -204,31 +230,88 @@ impl UserQueue {
             return;
         }
         self.queued[local] = t;
-        if self.heap.len() == self.heap.capacity() {
-            if self.heap.len() > 2 * self.queued.len() + 1024 {
-                let (queued, count) = (&self.queued, self.count.max(1));
-                self.heap
-                    .retain(|&Reverse((t, uid))| queued.get((uid / count) as usize) == Some(&t));
-            }
-            // Grow by a quarter: there is at most one live entry per user.
-            self.heap.reserve_exact(self.heap.len() / 4 + 16);
+        if self.near.is_empty() {
+            // Then `far` is empty too: start a new near range.
+            self.split = t.saturating_add(1);
         }
-        self.heap.push(Reverse((t, uid)));
+        if t < self.split {
+            self.near.push(Reverse((t, uid)));
+            if self.near.len() > 4 * self.near_size {
+                // The near range filled up: select it again from everything.
+                self.far.extend(self.near.drain().map(|Reverse(e)| e));
+                self.refill();
+            }
+        } else {
+            if self.far.len() == self.far.capacity() {
+                // Grow by a quarter: the queue holds an entry per user.
+                self.far.reserve_exact(self.far.len() / 4 + 16);
+            }
+            self.far.push((t, uid));
+        }
+        if self.len() > self.compact_at {
+            self.compact();
+        }
+    }
+
+    /// Drops superseded entries; runs once the queue has doubled since
+    /// the last time, so its cost per offer is constant.
+    fn compact(&mut self) {
+        let (queued, count) = (&self.queued, self.count.max(1));
+        let live = |&(t, uid): &(Millis, u32)| queued.get((uid / count) as usize) == Some(&t);
+        self.near.retain(|Reverse(e)| live(e));
+        self.far.retain(live);
+        if self.near.is_empty() {
+            self.refill();
+        }
+        self.compact_at = (2 * self.len()).max(2 * self.queued.len() + 1024);
+    }
+
+    /// Moves the earliest `near_size` or so entries of `far` into `near`
+    /// (which is empty).
+    fn refill(&mut self) {
+        if self.far.is_empty() {
+            return;
+        }
+        let n = self.near_size.max(1);
+        let pivot = if self.far.len() > n {
+            self.far.select_nth_unstable_by_key(n, |e| e.0).1 .0
+        } else {
+            self.far.iter().map(|e| e.0).max().unwrap_or(Millis::MAX)
+        };
+        // Everything before the pivot, or, when that is nothing, the
+        // entries at it.
+        let earliest = self.far.iter().map(|e| e.0).min().unwrap_or(pivot);
+        self.split = if earliest < pivot {
+            pivot
+        } else {
+            pivot.saturating_add(1)
+        };
+        let (near, split) = (&mut self.near, self.split);
+        self.far.retain(|&e| {
+            let is_near = e.0 < split;
+            if is_near {
+                near.push(Reverse(e));
+            }
+            !is_near
+        });
     }
 
     /// The earliest instant queued (possibly a superseded entry's).
     pub fn peek(&self) -> Option<Millis> {
-        self.heap.peek().map(|&Reverse((t, _))| t)
+        self.near.peek().map(|&Reverse((t, _))| t)
     }
 
     /// The next user queued at `instant`, marked firing (offers for it
     /// wait until [`UserQueue::rearm`]); `None` once there is none.
     pub fn pop_at(&mut self, instant: Millis) -> Option<u32> {
-        while let Some(&Reverse((t, uid))) = self.heap.peek() {
+        while let Some(&Reverse((t, uid))) = self.near.peek() {
             if t != instant {
                 return None;
             }
-            self.heap.pop();
+            self.near.pop();
+            if self.near.is_empty() {
+                self.refill();
+            }
             let local = self.local(uid);
             if self.queued.get(local) == Some(&t) {
                 self.queued[local] = FIRING;
@@ -251,7 +334,7 @@ impl UserQueue {
 
     /// Approximate heap bytes.
     pub fn heap_bytes(&self) -> usize {
-        self.heap.capacity() * 16 + self.queued.capacity() * 8
+        (self.near.capacity() + self.far.capacity()) * 16 + self.queued.capacity() * 8
     }
 }
 
@@ -360,6 +443,7 @@ mod tests {
         /// Users wake at each instant their timers hold, in instant then
         /// user order, with timers set, moved (earlier, later, into the
         /// past) and cancelled in between; as a plain scan of every timer.
+        /// A tiny near heap makes refills and near-range resets frequent.
         #[test]
         fn user_queue_wakes_users_at_their_timers(
             ops in proptest::collection::vec(
@@ -367,8 +451,9 @@ mod tests {
                 0..400,
             ),
             count in 1u32..3,
+            near_size in 1usize..6,
         ) {
-            let mut q = UserQueue::new(count);
+            let mut q = UserQueue::with_near_size(count, near_size);
             let mut timers: BTreeMap<(u32, u32), Millis> = BTreeMap::new();
             let mut clock = 0;
             let drain = |q: &mut UserQueue, timers: &mut BTreeMap<(u32, u32), Millis>, to: Millis| -> Vec<(Millis, u32, Vec<u32>)> {
@@ -430,7 +515,7 @@ mod tests {
         for t in (0..10_000).rev() {
             q.offer(0, t);
         }
-        assert!(q.heap.len() < 2_000, "compacted: {}", q.heap.len());
+        assert!(q.len() < 2_000, "compacted: {}", q.len());
         assert_eq!(q.peek(), Some(0));
         assert_eq!(q.pop_at(0), Some(0));
         q.rearm(0, None);
