@@ -1307,6 +1307,55 @@ mod computed_tests {
         assert!(matches!(err, SegmintError::InvalidArgument { .. }), "{err}");
     }
 
+    #[test]
+    fn since_bounds_fire_once_per_flip_at_the_exact_instant() {
+        let s = 1_000;
+        // (rule, its membership changes after one event at T0: instant
+        // and direction; the first entry is the event's own, if any).
+        let cases: [(&str, &[(i64, bool)]); 10] = [
+            (r#"since("A") > 1h"#, &[(T0 + H + s, true)]),
+            (r#"since("A") >= 1h"#, &[(T0 + H, true)]),
+            (r#"since("A") < 1h"#, &[(T0, true), (T0 + H, false)]),
+            (r#"since("A") <= 1h"#, &[(T0, true), (T0 + H + s, false)]),
+            (
+                r#"since("A") == 1h"#,
+                &[(T0 + H, true), (T0 + H + s, false)],
+            ),
+            (
+                r#"since("A") != 1h"#,
+                &[(T0, true), (T0 + H, false), (T0 + H + s, true)],
+            ),
+            (r#"1h < since("A")"#, &[(T0 + H + s, true)]),
+            (
+                r#"since("A") between 1h and 2h"#,
+                &[(T0 + H, true), (T0 + 2 * H + s, false)],
+            ),
+            (
+                r#"since("A") not between 1h and 2h"#,
+                &[(T0, true), (T0 + H, false), (T0 + 2 * H + s, true)],
+            ),
+            (r#"member_for("a") >= 30m"#, &[(T0 + H / 2, true)]),
+        ];
+        for (rule, want) in cases {
+            let mut e = engine(1);
+            e.define_audience("a", r#"since("A") >= 0s"#).unwrap();
+            e.define_audience("r", rule).unwrap();
+            track(&mut e, "u", "A", "{}", T0);
+            e.advance(T0 + 3 * H).unwrap();
+            let got: Vec<(i64, bool)> = e
+                .changes(0, usize::MAX)
+                .unwrap()
+                .into_iter()
+                .filter(|c| &*c.audience == "r")
+                .map(|c| (c.at, c.entered))
+                .collect();
+            assert_eq!(got, want, "{rule}");
+            // Every timer found a flip: none fired early to find nothing.
+            let by_time = got.iter().filter(|(at, _)| *at > T0).count() as u64;
+            assert_eq!(e.counters().timers_fired, by_time, "{rule}");
+        }
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Track {

@@ -239,21 +239,29 @@ impl UserEnv<'_> {
             CExpr::MemberFor(_) | CExpr::SinceTrait(_) => None,
             CExpr::SinceEvent(s) => self.future(*s),
             CExpr::View(v) => self.view_next_change(*v),
-            CExpr::Cmp(_, a, b) => {
+            CExpr::Cmp(op, a, b) => {
                 if let Some(t) = self.threshold_next_change(e) {
                     return t;
                 }
-                let bound = |x: &CExpr, y: &CExpr| -> Option<Option<Millis>> {
+                // `x op c` with `x` a duration that grows with time.
+                let bound = |x: &CExpr, op: CmpOp, y: &CExpr| -> Option<Option<Millis>> {
                     let Some(Value::Dur(c)) = literal(y) else {
                         return None;
                     };
                     if !is_duration_source(x) {
                         return None;
                     }
-                    let crossing = self.duration_base(x).and_then(|b| self.crossing(b, c));
+                    let edge = match op {
+                        CmpOp::Ge | CmpOp::Lt => Edge::Reaches,
+                        CmpOp::Gt | CmpOp::Le => Edge::Passes,
+                        CmpOp::Eq | CmpOp::Ne => Edge::Both,
+                    };
+                    let crossing = self
+                        .duration_base(x)
+                        .and_then(|b| self.crossing(b, c, edge));
                     Some(earliest(crossing, self.next_change(x)))
                 };
-                if let Some(t) = bound(a, b).or_else(|| bound(b, a)) {
+                if let Some(t) = bound(a, *op, b).or_else(|| bound(b, op.flipped(), a)) {
                     return t;
                 }
                 earliest(self.next_change(a), self.next_change(b))
@@ -262,8 +270,13 @@ impl UserEnv<'_> {
                 if is_duration_source(x) {
                     if let (Some(Value::Dur(l)), Some(Value::Dur(h))) = (literal(lo), literal(hi)) {
                         let base = self.duration_base(x);
-                        let crossing =
-                            base.and_then(|b| earliest(self.crossing(b, l), self.crossing(b, h)));
+                        // Inside from reaching `l` until passing `h`.
+                        let crossing = base.and_then(|b| {
+                            earliest(
+                                self.crossing(b, l, Edge::Reaches),
+                                self.crossing(b, h, Edge::Passes),
+                            )
+                        });
                         return earliest(crossing, self.next_change(x));
                     }
                 }
@@ -285,11 +298,14 @@ impl UserEnv<'_> {
     }
 
     /// For a value `now - base` compared with `c`: the first instant after
-    /// now at which it reaches `c`, or passes it.
-    fn crossing(&self, base: Millis, c: Millis) -> Option<Millis> {
+    /// now at which it reaches `c` or passes it, as `edge` asks.
+    fn crossing(&self, base: Millis, c: Millis, edge: Edge) -> Option<Millis> {
         let g = self.granularity;
-        [ceil_to(base + c, g), ceil_to(base + c + 1, g)]
+        let reaches = matches!(edge, Edge::Reaches | Edge::Both).then(|| ceil_to(base + c, g));
+        let passes = matches!(edge, Edge::Passes | Edge::Both).then(|| ceil_to(base + c + 1, g));
+        [reaches, passes]
             .into_iter()
+            .flatten()
             .find(|&t| t > self.now)
     }
 
@@ -338,6 +354,17 @@ impl UserEnv<'_> {
             .map(|j| entries.times[j - 1] + w);
         Some(earliest(flip, future))
     }
+}
+
+/// Where a comparison of a growing duration `d` with a constant `c` can
+/// change: as `d` reaches `c` (`>=`, `<`), as it passes it (`>`, `<=`), or
+/// both (`==`, `!=`). Timers go only to those instants: a timer at the
+/// other one would fire and find nothing changed.
+#[derive(Debug, Clone, Copy)]
+enum Edge {
+    Reaches,
+    Passes,
+    Both,
 }
 
 fn literal(e: &CExpr) -> Option<Value> {
