@@ -235,8 +235,8 @@ impl Shard {
         self.live_timers
     }
 
-    /// Whether a timer may fire at or before `to` (a stale heap entry can
-    /// answer yes; it is dropped when timers run).
+    /// Whether a timer may fire at or before `to` (a superseded queue entry
+    /// can answer yes; it is skipped when timers run).
     pub fn has_timer_due(&self, to: Millis) -> bool {
         self.timers.peek().is_some_and(|t| t <= to)
     }
