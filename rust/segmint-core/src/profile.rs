@@ -220,7 +220,8 @@ impl UserData {
             .map(|i| self.memberships[i].at())
     }
 
-    /// Records entering (with the instant) or leaving `aud`.
+    /// Records entering (with the instant) or leaving `aud`; whether the
+    /// membership flipped (false when it already was as asked).
     pub fn set_member(&mut self, aud: AudId, member: bool, at: Millis) -> bool {
         match (find_stamped(&self.memberships, aud), member) {
             (Ok(_), true) | (Err(_), false) => false,
@@ -440,7 +441,13 @@ impl Memberships {
                     std::cmp::Ordering::Equal => {}
                 }
             }
+            // Kept for the next batch, but not at the size of a one-off
+            // (a backfill's) when batches are far smaller.
+            let used = changes.len();
             changes.clear();
+            if changes.capacity() > 1 << 16 && changes.capacity() > 4 * used {
+                changes.shrink_to(2 * used);
+            }
             self.ensure(aud as usize + 1);
             let bitmap = &mut self.bitmaps[aud as usize];
             if entered.len() + exited.len() < MERGE_FROM {

@@ -175,17 +175,20 @@ const NEAR: usize = 16 * 1024;
 /// A user's entry is live while `queued` holds its instant; superseded
 /// entries stay until they come up (or a compaction) and are skipped.
 ///
-/// The earliest entries (before `split`) are in a small heap; the later
-/// ones in an unsorted list, appended to in O(1). When the heap runs dry,
-/// the next `NEAR` entries are selected from the list in linear time.
+/// The earliest entries (before `split`, in instant then user order) are
+/// in a small heap; the later ones in an unsorted list, appended to in
+/// O(1). When the heap runs dry, the next `NEAR` entries are selected from
+/// the list in linear time. Splitting on the user as well as the instant
+/// keeps the heap small when very many users share an instant (a backfill
+/// of `member_for` over a large static audience).
 #[derive(Debug, Clone, Default)]
 pub struct UserQueue {
     /// Entries before `split`.
     near: BinaryHeap<Reverse<(Millis, u32)>>,
     /// Entries at or after `split`, in no order.
     far: Vec<(Millis, u32)>,
-    /// Instants before it are in `near`; empty `near` means empty `far`.
-    split: Millis,
+    /// Entries before it are in `near`; empty `near` means empty `far`.
+    split: (Millis, u32),
     /// Per local index: the instant of the user's live entry, never later
     /// than its earliest timer; `UNQUEUED` or `FIRING` otherwise.
     queued: Vec<Millis>,
@@ -195,6 +198,14 @@ pub struct UserQueue {
     count: u32,
     /// Entries a refill moves into `near` (`NEAR`; less in tests).
     near_size: usize,
+}
+
+/// The smallest (instant, user) key after `key`.
+fn after((t, uid): (Millis, u32)) -> (Millis, u32) {
+    match uid.checked_add(1) {
+        Some(next) => (t, next),
+        None => (t.saturating_add(1), 0),
+    }
 }
 
 impl UserQueue {
@@ -220,7 +231,8 @@ impl UserQueue {
     }
 
     /// Notes that `uid` has a timer at `t`: queues the user at `t` unless
-    /// it is queued no later.
+    /// it is queued no later. (A timer at `Millis::MAX`, which no clock
+    /// reaches, is not queued.)
     pub fn offer(&mut self, uid: u32, t: Millis) {
         let local = self.local(uid);
         if self.queued.len() <= local {
@@ -232,9 +244,9 @@ impl UserQueue {
         self.queued[local] = t;
         if self.near.is_empty() {
             // Then `far` is empty too: start a new near range.
-            self.split = t.saturating_add(1);
+            self.split = after((t, uid));
         }
-        if t < self.split {
+        if (t, uid) < self.split {
             self.near.push(Reverse((t, uid)));
             if self.near.len() > 4 * self.near_size {
                 // The near range filled up: select it again from everything.
@@ -274,21 +286,25 @@ impl UserQueue {
         }
         let n = self.near_size.max(1);
         let pivot = if self.far.len() > n {
-            self.far.select_nth_unstable_by_key(n, |e| e.0).1 .0
+            *self.far.select_nth_unstable(n).1
         } else {
-            self.far.iter().map(|e| e.0).max().unwrap_or(Millis::MAX)
+            self.far
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or((Millis::MAX, u32::MAX))
         };
-        // Everything before the pivot, or, when that is nothing, the
-        // entries at it.
-        let earliest = self.far.iter().map(|e| e.0).min().unwrap_or(pivot);
+        // Everything before the pivot, or, when that is nothing (copies of
+        // one entry), the entries equal to it.
+        let earliest = self.far.iter().copied().min().unwrap_or(pivot);
         self.split = if earliest < pivot {
             pivot
         } else {
-            pivot.saturating_add(1)
+            after(pivot)
         };
         let (near, split) = (&mut self.near, self.split);
         self.far.retain(|&e| {
-            let is_near = e.0 < split;
+            let is_near = e < split;
             if is_near {
                 near.push(Reverse(e));
             }
@@ -507,6 +523,22 @@ mod tests {
             let got = drain(&mut q, &mut timers, Millis::MAX - 1);
             prop_assert!(timers.is_empty(), "every timer woke its user: {:?} left, woke {:?}", timers, got);
         }
+    }
+
+    #[test]
+    fn user_queue_keeps_a_crowd_at_one_instant_out_of_the_heap() {
+        let mut q = UserQueue::with_near_size(1, 8);
+        for uid in 0..1_000 {
+            q.offer(uid, 5);
+        }
+        assert!(q.near.len() <= 4 * 8 + 1, "heap: {}", q.near.len());
+        let mut woke = Vec::new();
+        while let Some(uid) = q.pop_at(5) {
+            woke.push(uid);
+            q.rearm(uid, None);
+        }
+        assert_eq!(woke, (0..1_000).collect::<Vec<_>>(), "all, in user order");
+        assert_eq!(q.peek(), None);
     }
 
     #[test]
