@@ -294,14 +294,8 @@ impl UserQueue {
                 .max()
                 .unwrap_or((Millis::MAX, u32::MAX))
         };
-        // Everything before the pivot, or, when that is nothing (copies of
-        // one entry), the entries equal to it.
-        let earliest = self.far.iter().copied().min().unwrap_or(pivot);
-        self.split = if earliest < pivot {
-            pivot
-        } else {
-            after(pivot)
-        };
+        // The pivot and everything before it: at least one entry.
+        self.split = after(pivot);
         let (near, split) = (&mut self.near, self.split);
         self.far.retain(|&e| {
             let is_near = e < split;

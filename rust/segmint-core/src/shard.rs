@@ -450,12 +450,32 @@ impl Shard {
         if !primed {
             self.memo.begin(step.cat.atoms.len());
         }
+        let order_of = |_, counter| (order.0, order.1, counter);
+        self.evaluate_queued(step, local, uid, &mut pending, reason, order_of, out);
+        // Drained: kept for the next event, so that nothing is allocated.
+        self.queue = pending;
+    }
+
+    /// Evaluates the queued rules of one user in rank order, queueing the
+    /// dependents of each flip; a flip is logged at `order_of(rank, n)`, n
+    /// counting the flips before it.
+    #[allow(clippy::too_many_arguments)]
+    fn evaluate_queued(
+        &mut self,
+        step: Step<'_>,
+        local: usize,
+        uid: u32,
+        pending: &mut RankQueue,
+        reason: Reason,
+        order_of: impl Fn(u32, u64) -> (i64, u64, u64),
+        out: &mut Vec<ShardChange>,
+    ) {
         let mut counter = 0u64;
         while let Some(rank) = pending.pop_first() {
             let aud = step.cat.by_rank[rank as usize];
             if let Some(entered) = self.evaluate(step, local, uid, aud) {
                 out.push(ShardChange {
-                    order: (order.0, order.1, counter),
+                    order: order_of(rank, counter),
                     uid,
                     kind: ChangeKind::Membership { aud, entered },
                     at: step.now,
@@ -467,8 +487,6 @@ impl Shard {
                 }
             }
         }
-        // Drained: kept for the next event, so that nothing is allocated.
-        self.queue = pending;
     }
 
     /// Queues the rules of an atom that flipped to `now_true`, skipping
@@ -922,22 +940,9 @@ impl Shard {
         if !due.is_empty() {
             self.memo.begin(cat.atoms.len());
         }
-        while let Some(rank) = due.pop_first() {
-            let aud = cat.by_rank[rank as usize];
-            if let Some(entered) = self.evaluate(step, local, uid, aud) {
-                // After the computed-trait changes of the same instant.
-                out.push(ShardChange {
-                    order: (instant, (1 << 32) + rank as u64, uid as u64),
-                    uid,
-                    kind: ChangeKind::Membership { aud, entered },
-                    at: instant,
-                    reason: Reason::Time,
-                });
-                for &d in &cat.dependents[aud as usize] {
-                    due.insert(cat.rank[d as usize]);
-                }
-            }
-        }
+        // After the computed-trait changes of the same instant.
+        let order_of = |rank, _| (instant, (1 << 32) + u64::from(rank), u64::from(uid));
+        self.evaluate_queued(step, local, uid, &mut due, Reason::Time, order_of, out);
         // Drained: kept for the next user, so that nothing is allocated.
         self.queue = due;
         let earliest = self.users.get(local).and_then(UserData::earliest_timer);
