@@ -411,10 +411,8 @@ impl Engine {
             last_seq: self.last_seq,
             log_first_seq: self.log_first_seq,
             definitions: self.definitions.clone(),
-            trait_keys: self.catalog.trait_keys.names().to_vec(),
-            user_ids: (0..self.interner.len() as u32)
-                .map(|uid| Arc::from(self.interner.name(uid)))
-                .collect(),
+            trait_keys: self.catalog.trait_keys.names().map(Arc::from).collect(),
+            user_ids: self.interner.names().map(Arc::from).collect(),
             seen_messages: self
                 .seen_messages
                 .iter()

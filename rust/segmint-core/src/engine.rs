@@ -1109,12 +1109,7 @@ mod computed_tests {
         let cat = e.catalog();
         for shard in &e.shards {
             for user in &shard.users {
-                let env = UserEnv {
-                    cat,
-                    user,
-                    now: e.now(),
-                    granularity: e.config.granularity,
-                };
+                let env = UserEnv::new(cat, user, e.now(), e.config.granularity);
                 for (ct, _) in cat.computed_traits() {
                     assert_eq!(
                         user.computed_value(ct).cloned(),

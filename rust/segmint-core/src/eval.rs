@@ -2,6 +2,7 @@
 //! next instant at which time alone can change a value.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use crate::catalog::{
@@ -30,6 +31,74 @@ pub struct UserEnv<'a> {
     pub now: Millis,
     /// The granularity.
     pub granularity: Millis,
+    /// Where view values computed for this user at this instant are kept.
+    views: Option<&'a RefCell<ViewMemo>>,
+}
+
+/// The values of the views computed for one user at one instant, while its
+/// states stay as they are (a pass). A dozen rules compare the same
+/// `sum("Order Completed", revenue, 365d)` with different constants, and
+/// each comparison would otherwise walk the window's entries again.
+#[derive(Debug, Clone, Default)]
+pub struct ViewMemo {
+    pass: u32,
+    /// The user (by address) and instant of the pass: an environment for
+    /// another reads nothing from here.
+    key: (usize, Millis),
+    /// The pass in which each view's value was computed, by view id.
+    stamps: Vec<u32>,
+    values: Vec<Option<Value>>,
+}
+
+impl ViewMemo {
+    /// Forgets every value and opens a pass for `user` at `now` (the
+    /// caller begins a new one whenever the user's states change).
+    pub fn begin(&mut self, views: usize, user: &UserData, now: Millis) {
+        self.pass = self.pass.wrapping_add(1);
+        if self.pass == 0 {
+            self.stamps.fill(0);
+            self.pass = 1;
+        }
+        if self.stamps.len() < views {
+            self.stamps.resize(views, 0);
+            self.values.resize(views, None);
+        }
+        self.key = (std::ptr::from_ref(user) as usize, now);
+    }
+
+    fn get(&self, view: u32, key: (usize, Millis)) -> Option<&Option<Value>> {
+        let fresh = key == self.key && self.stamps.get(view as usize) == Some(&self.pass);
+        fresh.then(|| &self.values[view as usize])
+    }
+
+    fn set(&mut self, view: u32, key: (usize, Millis), value: Option<Value>) {
+        if key == self.key && (view as usize) < self.stamps.len() {
+            self.stamps[view as usize] = self.pass;
+            self.values[view as usize] = value;
+        }
+    }
+}
+
+impl<'a> UserEnv<'a> {
+    /// `user` at `now`.
+    pub fn new(cat: &'a Catalog, user: &'a UserData, now: Millis, granularity: Millis) -> Self {
+        UserEnv {
+            cat,
+            user,
+            now,
+            granularity,
+            views: None,
+        }
+    }
+
+    /// The same, keeping the views it computes in `memo` (whose pass the
+    /// caller has begun for this user, instant and states).
+    pub fn with_views(self, memo: &'a RefCell<ViewMemo>) -> Self {
+        UserEnv {
+            views: Some(memo),
+            ..self
+        }
+    }
 }
 
 impl UserEnv<'_> {
@@ -52,8 +121,29 @@ impl UserEnv<'_> {
         }
     }
 
-    /// Value of a view for this user.
+    /// Value of a view for this user (kept for the pass, with a memo).
     pub fn view(&self, view: u32) -> Option<Value> {
+        let Some(memo) = self.views else {
+            return self.compute_view(view);
+        };
+        let key = (std::ptr::from_ref(self.user) as usize, self.now);
+        // Nothing evaluated below reads views, so the memo is never borrowed
+        // twice; were it, the value would just be computed afresh.
+        if let Some(value) = memo
+            .try_borrow()
+            .ok()
+            .and_then(|m| m.get(view, key).cloned())
+        {
+            return value;
+        }
+        let value = self.compute_view(view);
+        if let Ok(mut m) = memo.try_borrow_mut() {
+            m.set(view, key, value.clone());
+        }
+        value
+    }
+
+    fn compute_view(&self, view: u32) -> Option<Value> {
         let def = self.cat.views[view as usize];
         let anchor = match def.window {
             WindowDef::Since(a) => self.latest(a),
@@ -420,12 +510,7 @@ pub fn rules_true_on_empty_profile(cat: &Catalog) -> Vec<AudId> {
     order.sort_by_key(|&a| cat.rank[a as usize]);
     let mut out = Vec::new();
     for aud in order {
-        let env = UserEnv {
-            cat,
-            user: &user,
-            now: 0,
-            granularity: 1,
-        };
+        let env = UserEnv::new(cat, &user, 0, 1);
         if member(cat, aud, &env) {
             user.set_member(aud, true, 0);
             out.push(aud);
@@ -439,12 +524,7 @@ pub fn rules_true_on_empty_profile(cat: &Catalog) -> Vec<AudId> {
 /// constant in time.
 pub fn computed_on_empty_profile(cat: &Catalog) -> Vec<(CtId, Value)> {
     let user = UserData::default();
-    let env = UserEnv {
-        cat,
-        user: &user,
-        now: 0,
-        granularity: 1,
-    };
+    let env = UserEnv::new(cat, &user, 0, 1);
     cat.computed_traits()
         .filter_map(|(ct, def)| eval_value(&def.expr, &env).map(|v| (ct, v)))
         .collect()
@@ -455,12 +535,7 @@ pub fn computed_on_empty_profile(cat: &Catalog) -> Vec<(CtId, Value)> {
 /// Like [`rules_true_on_empty_profile`], constant in time.
 pub fn atoms_on_empty_profile(cat: &Catalog) -> Vec<Option<bool>> {
     let user = empty_profile(cat);
-    let env = UserEnv {
-        cat,
-        user: &user,
-        now: 0,
-        granularity: 1,
-    };
+    let env = UserEnv::new(cat, &user, 0, 1);
     cat.atoms
         .iter()
         .map(|atom| (!atom.reads_memberships()).then(|| eval_bool(&atom.expr, &env)))
@@ -535,6 +610,35 @@ mod tests {
             .iter()
             .map(|(key, _)| cat.false_without_events[cat.audience(key).unwrap() as usize])
             .collect()
+    }
+
+    /// A view's value is kept for the pass of one user at one instant and
+    /// read by nothing else: another instant, another user, a new pass.
+    #[test]
+    fn view_memo_keeps_values_for_its_user_and_instant_only() {
+        let mut cat = Catalog::default();
+        let src = r#"sum("O", revenue, 30d) > 10"#;
+        cat.define("a", src, parse_rule(src).unwrap()).unwrap();
+        let view = 0u32;
+        let state = cat.views[view as usize].state;
+        let mut user = UserData::default();
+        user.state_mut(state).insert(100, Some(Value::Num(4.0)));
+        let mut other = UserData::default();
+        other.state_mut(state).insert(100, Some(Value::Num(7.0)));
+        let memo = RefCell::new(ViewMemo::default());
+        memo.borrow_mut().begin(cat.views.len(), &user, 200);
+        let at = |u: &UserData, now| UserEnv::new(&cat, u, now, 1).with_views(&memo).view(view);
+        assert_eq!(at(&user, 200), Some(Value::Num(4.0)));
+        user.state_mut(state).insert(150, Some(Value::Num(5.0)));
+        // Within the pass the kept value is read: the caller begins a new
+        // pass when the states change.
+        assert_eq!(at(&user, 200), Some(Value::Num(4.0)));
+        assert_eq!(at(&user, 201), Some(Value::Num(9.0)));
+        assert_eq!(at(&other, 200), Some(Value::Num(7.0)));
+        memo.borrow_mut().begin(cat.views.len(), &user, 200);
+        assert_eq!(at(&user, 200), Some(Value::Num(9.0)));
+        // An environment at another instant stored nothing either.
+        assert_eq!(at(&user, 201), Some(Value::Num(9.0)));
     }
 
     #[test]

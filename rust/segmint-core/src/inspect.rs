@@ -333,12 +333,7 @@ const MAX_STEPS: usize = 10_000;
 
 /// The user at another instant.
 fn at<'a>(env: &UserEnv<'a>, now: Millis) -> UserEnv<'a> {
-    UserEnv {
-        cat: env.cat,
-        user: env.user,
-        now,
-        granularity: env.granularity,
-    }
+    UserEnv::new(env.cat, env.user, now, env.granularity)
 }
 
 /// The first instant after now at which the value of a computed trait's
@@ -417,12 +412,7 @@ impl Engine {
                 })?;
         let (_, user) = self.user_data(user_id)?;
         let g = self.config.granularity;
-        let env = UserEnv {
-            cat,
-            user,
-            now: self.now,
-            granularity: g,
-        };
+        let env = UserEnv::new(cat, user, self.now, g);
         let tree = explain_node(cat, &def.expr, &env);
         // Step through the instants at which an atom (or a computed trait the
         // rule reads) may change until the rule flips; computed traits are
@@ -494,12 +484,7 @@ impl Engine {
                         let uid = local as u32 * shard.count + shard.index;
                         profiles += 1;
                         let def = cat.audiences[slot as usize].as_ref().expect("just defined");
-                        let env = UserEnv {
-                            cat,
-                            user,
-                            now,
-                            granularity: g,
-                        };
+                        let env = UserEnv::new(cat, user, now, g);
                         let would = rule_holds(cat, &def.rule, &env);
                         if would {
                             size += 1;

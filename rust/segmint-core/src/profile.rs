@@ -1,8 +1,8 @@
 //! Profiles: the id interner, per-user traits and states, and memberships.
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use hashbrown::HashMap;
 use roaring::RoaringBitmap;
 
 use crate::catalog::{AtomId, AudId, CtId, StateId, TraitKey};
@@ -12,55 +12,80 @@ use crate::value::{Flat, Value};
 
 /// Maps names (external user ids, trait keys) to dense `u32` ids, so
 /// audiences are bitmaps and profiles store each trait key as an integer.
+///
+/// The names sit end to end in one string and the table holds only ids:
+/// a million short ids cost their bytes plus about 20 bytes each, where a
+/// map of shared strings cost about 90.
 #[derive(Debug, Clone, Default)]
 pub struct Interner {
-    ids: HashMap<Arc<str>, u32>,
-    names: Vec<Arc<str>>,
+    /// Every name, concatenated in id order.
+    text: String,
+    /// Where each name ends in `text`, by id.
+    ends: Vec<u64>,
+    /// The ids, found by the hash of their name.
+    ids: hashbrown::HashTable<u32>,
+    hasher: hashbrown::DefaultHashBuilder,
 }
 
 impl Interner {
     /// The dense id of `name`, if known.
     pub fn get(&self, name: &str) -> Option<u32> {
-        self.ids.get(name).copied()
+        let hash = self.hasher.hash_one(name);
+        self.ids.find(hash, |&id| self.name(id) == name).copied()
     }
 
     /// The dense id of `name`, assigning the next one if new.
     pub fn intern(&mut self, name: &str) -> u32 {
-        if let Some(&id) = self.ids.get(name) {
+        let hash = self.hasher.hash_one(name);
+        if let Some(&id) = self.ids.find(hash, |&id| self.name(id) == name) {
             return id;
         }
-        let id = self.names.len() as u32;
-        let name: Arc<str> = Arc::from(name);
-        self.names.push(name.clone());
-        self.ids.insert(name, id);
+        let id = self.ends.len() as u32;
+        self.text.push_str(name);
+        self.ends.push(self.text.len() as u64);
+        let Interner {
+            text,
+            ends,
+            ids,
+            hasher,
+        } = self;
+        ids.insert_unique(hash, id, |&id| hasher.hash_one(slice(text, ends, id)));
         id
     }
 
     /// The external id of a dense id.
     pub fn name(&self, id: u32) -> &str {
-        &self.names[id as usize]
+        slice(&self.text, &self.ends, id)
     }
 
     /// Every name, in id order.
-    pub fn names(&self) -> &[Arc<str>] {
-        &self.names
+    pub fn names(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        (0..self.len() as u32).map(|id| self.name(id))
     }
 
     /// Number of ids assigned.
     pub fn len(&self) -> usize {
-        self.names.len()
+        self.ends.len()
     }
 
     /// Whether no id was assigned.
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.ends.is_empty()
     }
 
     /// Approximate heap bytes.
     pub fn heap_bytes(&self) -> usize {
-        let strings: usize = self.names.iter().map(|n| n.len() + 16).sum();
-        strings + self.names.capacity() * 16 + self.ids.capacity() * 24
+        // A table slot is the 4-byte id plus a control byte.
+        self.text.capacity() + self.ends.capacity() * 8 + self.ids.capacity() * 5
     }
+}
+
+/// Name `id` of an [`Interner`]'s text (a free function, so that the table
+/// can rehash while borrowed apart from it).
+fn slice<'a>(text: &'a str, ends: &[u64], id: u32) -> &'a str {
+    let id = id as usize;
+    let start = id.checked_sub(1).map_or(0, |i| ends[i] as usize);
+    &text[start..ends[id] as usize]
 }
 
 /// Distinct string values a trait key may share before it is taken for
@@ -159,6 +184,20 @@ pub(crate) fn grow_one<T>(list: &mut Vec<T>) {
     }
 }
 
+/// Removes element `i`, giving memory back once less than half of the
+/// list is used: a new profile enters a dozen audiences of empty profiles
+/// and leaves most of them at its first events, and a list never shrunk
+/// would keep that peak for good. Shrinking to a quarter above the length
+/// leaves room for [`grow_one`], so that a list moving around one length
+/// does not reallocate at every step.
+pub(crate) fn remove_shrinking<T>(list: &mut Vec<T>, i: usize) -> T {
+    let removed = list.remove(i);
+    if list.len() * 2 < list.capacity() {
+        list.shrink_to(list.len() + list.len() / 4);
+    }
+    removed
+}
+
 /// One user's traits and aggregation states.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UserData {
@@ -231,7 +270,7 @@ impl UserData {
                 true
             }
             (Ok(i), false) => {
-                self.memberships.remove(i);
+                remove_shrinking(&mut self.memberships, i);
                 true
             }
         }
@@ -483,6 +522,51 @@ impl Memberships {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interner_assigns_dense_ids_and_finds_them_again() {
+        let mut ids = Interner::default();
+        assert!(ids.is_empty());
+        let names: Vec<String> = (0..5000).map(|i| format!("u{i:07}")).collect();
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(ids.intern(name), i as u32);
+        }
+        // Again, after the table has grown many times: the same ids.
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(ids.intern(name), i as u32);
+            assert_eq!(ids.get(name), Some(i as u32));
+            assert_eq!(ids.name(i as u32), name);
+        }
+        assert_eq!(ids.len(), names.len());
+        assert_eq!(ids.get("u9999999"), None);
+        assert_eq!(ids.get(""), None);
+        assert_eq!(ids.intern(""), names.len() as u32);
+        assert_eq!(ids.name(names.len() as u32), "");
+        assert!(ids
+            .names()
+            .take(names.len())
+            .eq(names.iter().map(String::as_str)));
+        assert_eq!(ids.names().len(), names.len() + 1);
+    }
+
+    #[test]
+    fn removal_gives_memory_back_below_half_and_keeps_order() {
+        let mut list: Vec<u32> = (0..100).collect();
+        list.shrink_to_fit();
+        let mut kept: Vec<u32> = list.clone();
+        while !list.is_empty() {
+            let i = list.len() / 3;
+            assert_eq!(remove_shrinking(&mut list, i), kept.remove(i));
+            assert_eq!(list, kept);
+            assert!(list.capacity() <= (2 * list.len()).max(1), "{list:?}");
+        }
+        // Growing again one at a time from a shrunk list.
+        for x in 0..10 {
+            grow_one(&mut list);
+            list.push(x);
+        }
+        assert_eq!(list, (0..10).collect::<Vec<u32>>());
+    }
 
     #[test]
     fn deleting_a_key_reaches_its_children_only() {

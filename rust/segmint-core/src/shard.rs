@@ -2,13 +2,14 @@
 //! memberships and their timers. Shards share nothing mutable, so a batch
 //! runs on all of them at once.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use roaring::RoaringBitmap;
 use smallvec::SmallVec;
 
 use crate::catalog::{AtomId, AudId, Catalog, CtId, StateId, TraitKey, WindowDef};
-use crate::eval::{compare, eval_bool, eval_rule, eval_value, PropsEnv, UserEnv};
+use crate::eval::{compare, eval_bool, eval_rule, eval_value, PropsEnv, UserEnv, ViewMemo};
 use crate::profile::{
     find_stamped, key_at_or_below, Memberships, Stamped, TraitValuePool, UserData,
 };
@@ -158,6 +159,10 @@ pub struct Shard {
     queue: RankQueue,
     /// Scratch: atom truths within one evaluation pass.
     memo: AtomMemo,
+    /// Scratch: view values within one evaluation pass (or one probe of
+    /// atoms before an event). Lent to the evaluation in a `RefCell` (see
+    /// [`Shard::with_view_memo`]): kept in one, the shard would not be `Sync`.
+    views: ViewMemo,
     /// Scratch: this shard's changes of one batch (see `Engine::on_shards`).
     pub(crate) change_buffer: Vec<ShardChange>,
     /// Scratch: the atoms of a user whose timers are firing.
@@ -293,12 +298,28 @@ impl Shard {
     }
 
     fn env<'a>(&'a self, step: Step<'a>, local: usize) -> UserEnv<'a> {
-        UserEnv {
-            cat: step.cat,
-            user: &self.users[local],
-            now: step.now,
-            granularity: step.granularity,
-        }
+        UserEnv::new(step.cat, &self.users[local], step.now, step.granularity)
+    }
+
+    /// Runs `f` with the pass's view memo lent in a cell.
+    fn with_view_memo<R>(&mut self, f: impl FnOnce(&mut Self, &RefCell<ViewMemo>) -> R) -> R {
+        let memo = RefCell::new(std::mem::take(&mut self.views));
+        let result = f(self, &memo);
+        self.views = memo.into_inner();
+        result
+    }
+
+    /// Opens a pass of the view memo for the user as its states are now.
+    fn begin_views(&mut self, step: Step<'_>, local: usize) {
+        let views = step.cat.views.len();
+        self.views.begin(views, &self.users[local], step.now);
+    }
+
+    /// Opens an evaluation pass: the user's states stay as they are until
+    /// it ends, only memberships move.
+    fn begin_pass(&mut self, step: Step<'_>, local: usize) {
+        self.memo.begin(step.cat.atoms.len());
+        self.begin_views(step, local);
     }
 
     fn set_member(&mut self, local: usize, uid: u32, aud: AudId, member: bool, at: Millis) {
@@ -312,14 +333,14 @@ impl Shard {
     fn atom_truth_before(&mut self, step: Step<'_>, local: usize, atom: AtomId, new: bool) -> bool {
         match step.cat.empty_atom_truth.get(atom as usize) {
             Some(&Some(truth)) if new => truth,
-            _ => self.atom_truth(step, local, atom),
+            _ => self.atom_truth_in_pass(step, local, atom),
         }
     }
 
     /// An atom's truth now, remembered for the rules of the pass (the
     /// caller has begun it).
     fn atom_truth_memo(&mut self, step: Step<'_>, local: usize, atom: AtomId) -> bool {
-        let truth = self.atom_truth(step, local, atom);
+        let truth = self.atom_truth_in_pass(step, local, atom);
         self.remember(step, atom, truth);
         truth
     }
@@ -337,6 +358,16 @@ impl Shard {
         eval_bool(&step.cat.atoms[atom as usize].expr, &self.env(step, local))
     }
 
+    /// [`Shard::atom_truth`] within a pass begun by the caller (the views
+    /// it computes are kept for the pass).
+    fn atom_truth_in_pass(&mut self, step: Step<'_>, local: usize, atom: AtomId) -> bool {
+        self.counters.atom_evaluations += 1;
+        self.with_view_memo(|shard, views| {
+            let env = shard.env(step, local).with_views(views);
+            eval_bool(&step.cat.atoms[atom as usize].expr, &env)
+        })
+    }
+
     fn set_timer(&mut self, local: usize, uid: u32, atom: AtomId, at: Option<Millis>) {
         let timers = &mut self.users[local].timers;
         match (find_stamped(timers, atom), at) {
@@ -347,7 +378,7 @@ impl Shard {
                 }
             }
             (Ok(i), None) => {
-                timers.remove(i);
+                crate::profile::remove_shrinking(timers, i);
                 self.live_timers -= 1;
             }
             (Err(i), Some(t)) => {
@@ -383,14 +414,10 @@ impl Shard {
             .as_ref()
             .filter(|d| !d.is_static)?;
         self.counters.rule_evaluations += 1;
-        let now_member = {
-            let Shard { users, memo, .. } = self;
-            let env = UserEnv {
-                cat,
-                user: &users[local],
-                now: step.now,
-                granularity: step.granularity,
-            };
+        let now_member = self.with_view_memo(|shard, views| {
+            let Shard { users, memo, .. } = shard;
+            let env =
+                UserEnv::new(cat, &users[local], step.now, step.granularity).with_views(views);
             eval_rule(&def.rule, &mut |a| {
                 let atom = &cat.atoms[a as usize];
                 if atom.reads_memberships() {
@@ -402,7 +429,7 @@ impl Shard {
                     truth
                 })
             })
-        };
+        });
         if now_member == self.users[local].is_member(aud) {
             return None;
         }
@@ -448,7 +475,7 @@ impl Shard {
         }
         // The user's states are fixed for the pass; only memberships move.
         if !primed {
-            self.memo.begin(step.cat.atoms.len());
+            self.begin_pass(step, local);
         }
         let order_of = |_, counter| (order.0, order.1, counter);
         self.evaluate_queued(step, local, uid, &mut pending, reason, order_of, out);
@@ -550,6 +577,9 @@ impl Shard {
     fn materialize(&mut self, step: Step<'_>, local: usize) {
         let uid = local as u32 * self.count + self.index;
         self.users[local].computed = step.cat.empty_computed.clone();
+        // One allocation instead of a dozen small growths.
+        let memberships = &mut self.users[local].memberships;
+        memberships.reserve_exact(step.cat.empty_true.len().saturating_sub(memberships.len()));
         for &aud in &step.cat.empty_true {
             self.set_member(local, uid, aud, true, step.now);
             for &atom in &step.cat.timed_by_audience[aud as usize] {
@@ -680,6 +710,7 @@ impl Shard {
         }
         atoms.sort_unstable();
         atoms.dedup();
+        self.begin_views(step, local);
         let before: SmallVec<[bool; 32]> = atoms
             .iter()
             .map(|&a| self.atom_truth_before(step, local, a, new))
@@ -688,7 +719,7 @@ impl Shard {
             self.queue = pending;
             return;
         }
-        self.memo.begin(cat.atoms.len());
+        self.begin_pass(step, local);
         for (i, &atom) in atoms.iter().enumerate() {
             let after = self.atom_truth_memo(step, local, atom);
             if after != before[i] {
@@ -756,6 +787,7 @@ impl Shard {
             .collect();
         general.sort_unstable();
         general.dedup();
+        self.begin_views(step, local);
         let before: SmallVec<[bool; 16]> = general
             .iter()
             .map(|&a| self.atom_truth_before(step, local, a, new))
@@ -808,7 +840,7 @@ impl Shard {
         }
         // From here to the rules' pass the user's state stays as it is
         // (eviction below keeps every value at `now`).
-        self.memo.begin(cat.atoms.len());
+        self.begin_pass(step, local);
         for (i, &atom) in general.iter().enumerate() {
             let after = self.atom_truth_memo(step, local, atom);
             if after != before[i] {
@@ -858,7 +890,7 @@ impl Shard {
         let user = &mut self.users[local];
         match find_stamped(&user.timers, atom) {
             Ok(i) if user.timers[i].at() == instant => {
-                user.timers.remove(i);
+                crate::profile::remove_shrinking(&mut user.timers, i);
                 self.live_timers -= 1;
             }
             _ => return,
@@ -920,7 +952,7 @@ impl Shard {
     /// trait timers last), re-evaluates the rules they may move, in rank
     /// order, and queues the user at its next timer.
     fn wake(&mut self, step: Step<'_>, uid: u32, out: &mut Vec<ShardChange>) {
-        let (cat, instant) = (step.cat, step.now);
+        let instant = step.now;
         let local = self.local(uid);
         let mut firing = std::mem::take(&mut self.firing);
         firing.clear();
@@ -938,7 +970,7 @@ impl Shard {
         }
         self.firing = firing;
         if !due.is_empty() {
-            self.memo.begin(cat.atoms.len());
+            self.begin_pass(step, local);
         }
         // After the computed-trait changes of the same instant.
         let order_of = |rank, _| (instant, (1 << 32) + u64::from(rank), u64::from(uid));
