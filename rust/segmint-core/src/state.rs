@@ -108,6 +108,11 @@ impl<'a> Entries<'a> {
         self.times.is_empty()
     }
 
+    /// The numeric values, in order.
+    pub fn numbers(&self) -> impl Iterator<Item = f64> + 'a {
+        self.values.iter().filter_map(|v| v.as_ref()?.as_num())
+    }
+
     /// The entries with a value, in order, with their instants.
     pub fn valued(&self) -> impl DoubleEndedIterator<Item = (Millis, &'a Value)> + 'a {
         let times = self.times;
@@ -230,30 +235,42 @@ pub fn aggregate(
         AggFunc::Count | AggFunc::Did => Some(Value::Num(
             (entries.len() as u64 + summary.map_or(0, |s| s.count)) as f64,
         )),
+        // One fold per function, each over the values alone: the windows of
+        // heavy users hold hundreds of entries, walked at every evaluation.
         AggFunc::Sum | AggFunc::Avg | AggFunc::Min | AggFunc::Max => {
-            let (mut n, mut sum, mut min, mut max) =
-                (0u64, 0.0f64, f64::INFINITY, f64::NEG_INFINITY);
-            if let Some(s) = summary.filter(|s| s.num_count > 0) {
-                n = s.num_count;
-                sum = s.sum;
-                min = s.min;
-                max = s.max;
-            }
-            for x in entries.valued().filter_map(|(_, v)| v.as_num()) {
-                n += 1;
-                sum += x;
-                min = min.min(x);
-                max = max.max(x);
-            }
-            if n == 0 {
-                return None;
-            }
-            Some(Value::Num(match func {
-                AggFunc::Sum => sum,
-                AggFunc::Avg => sum / n as f64,
-                AggFunc::Min => min,
-                _ => max,
-            }))
+            let kept = summary.filter(|s| s.num_count > 0);
+            let mut n = kept.map_or(0, |s| s.num_count);
+            let folded = match func {
+                AggFunc::Sum | AggFunc::Avg => {
+                    let mut sum = kept.map_or(0.0, |s| s.sum);
+                    for x in entries.numbers() {
+                        n += 1;
+                        sum += x;
+                    }
+                    if func == AggFunc::Avg {
+                        sum / n as f64
+                    } else {
+                        sum
+                    }
+                }
+                AggFunc::Min => {
+                    let mut min = kept.map_or(f64::INFINITY, |s| s.min);
+                    for x in entries.numbers() {
+                        n += 1;
+                        min = min.min(x);
+                    }
+                    min
+                }
+                _ => {
+                    let mut max = kept.map_or(f64::NEG_INFINITY, |s| s.max);
+                    for x in entries.numbers() {
+                        n += 1;
+                        max = max.max(x);
+                    }
+                    max
+                }
+            };
+            (n > 0).then_some(Value::Num(folded))
         }
         AggFunc::Distinct | AggFunc::MostFrequent | AggFunc::Unique => {
             let mut freq: HashMap<ValueKey, u64> =
