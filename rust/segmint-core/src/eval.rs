@@ -52,7 +52,8 @@ pub struct ViewMemo {
 
 impl ViewMemo {
     /// Forgets every value and opens a pass for `user` at `now` (the
-    /// caller begins a new one whenever the user's states change).
+    /// caller begins a new one once the user's entries change in a way
+    /// that can move a view's value at `now`).
     pub fn begin(&mut self, views: usize, user: &UserData, now: Millis) {
         self.pass = self.pass.wrapping_add(1);
         if self.pass == 0 {

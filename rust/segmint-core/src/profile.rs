@@ -75,8 +75,10 @@ impl Interner {
 
     /// Approximate heap bytes.
     pub fn heap_bytes(&self) -> usize {
-        // A table slot is the 4-byte id plus a control byte.
-        self.text.capacity() + self.ends.capacity() * 8 + self.ids.capacity() * 5
+        // A bucket is the 4-byte id plus a control byte; a table holds up to
+        // 7/8 of its buckets (and a group of control bytes more).
+        let buckets = self.ids.capacity() * 8 / 7 + 16;
+        self.text.capacity() + self.ends.capacity() * 8 + buckets * 5
     }
 }
 
@@ -184,6 +186,9 @@ pub(crate) fn grow_one<T>(list: &mut Vec<T>) {
     }
 }
 
+/// The capacity below which [`remove_shrinking`] keeps a list as it is.
+const SHORT_LIST: usize = 4;
+
 /// Removes element `i`, giving memory back once less than half of the
 /// list is used: a new profile enters a dozen audiences of empty profiles
 /// and leaves most of them at its first events, and a list never shrunk
@@ -192,7 +197,9 @@ pub(crate) fn grow_one<T>(list: &mut Vec<T>) {
 /// does not reallocate at every step.
 pub(crate) fn remove_shrinking<T>(list: &mut Vec<T>, i: usize) -> T {
     let removed = list.remove(i);
-    if list.len() * 2 < list.capacity() {
+    // A short list is left alone: a timer fired and set again, or one
+    // membership toggling, would otherwise free and allocate every time.
+    if list.len() * 2 < list.capacity() && list.capacity() > SHORT_LIST {
         list.shrink_to(list.len() + list.len() / 4);
     }
     removed
@@ -558,7 +565,10 @@ mod tests {
             let i = list.len() / 3;
             assert_eq!(remove_shrinking(&mut list, i), kept.remove(i));
             assert_eq!(list, kept);
-            assert!(list.capacity() <= (2 * list.len()).max(1), "{list:?}");
+            assert!(
+                list.capacity() <= (2 * list.len()).max(SHORT_LIST),
+                "{list:?}"
+            );
         }
         // Growing again one at a time from a shrunk list.
         for x in 0..10 {
