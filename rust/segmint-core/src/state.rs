@@ -239,38 +239,24 @@ pub fn aggregate(
         // heavy users hold hundreds of entries, walked at every evaluation.
         AggFunc::Sum | AggFunc::Avg | AggFunc::Min | AggFunc::Max => {
             let kept = summary.filter(|s| s.num_count > 0);
-            let mut n = kept.map_or(0, |s| s.num_count);
-            let folded = match func {
-                AggFunc::Sum | AggFunc::Avg => {
-                    let mut sum = kept.map_or(0.0, |s| s.sum);
-                    for x in entries.numbers() {
-                        n += 1;
-                        sum += x;
-                    }
-                    if func == AggFunc::Avg {
-                        sum / n as f64
-                    } else {
-                        sum
-                    }
-                }
-                AggFunc::Min => {
-                    let mut min = kept.map_or(f64::INFINITY, |s| s.min);
-                    for x in entries.numbers() {
-                        n += 1;
-                        min = min.min(x);
-                    }
-                    min
-                }
-                _ => {
-                    let mut max = kept.map_or(f64::NEG_INFINITY, |s| s.max);
-                    for x in entries.numbers() {
-                        n += 1;
-                        max = max.max(x);
-                    }
-                    max
-                }
+            let fold = |start: f64, step: fn(f64, f64) -> f64| {
+                entries
+                    .numbers()
+                    .fold((kept.map_or(0, |s| s.num_count), start), |(n, acc), x| {
+                        (n + 1, step(acc, x))
+                    })
             };
-            (n > 0).then_some(Value::Num(folded))
+            let (n, folded) = match func {
+                AggFunc::Sum | AggFunc::Avg => fold(kept.map_or(0.0, |s| s.sum), |a, x| a + x),
+                AggFunc::Min => fold(kept.map_or(f64::INFINITY, |s| s.min), f64::min),
+                _ => fold(kept.map_or(f64::NEG_INFINITY, |s| s.max), f64::max),
+            };
+            let value = if func == AggFunc::Avg {
+                folded / n as f64
+            } else {
+                folded
+            };
+            (n > 0).then_some(Value::Num(value))
         }
         AggFunc::Distinct | AggFunc::MostFrequent | AggFunc::Unique => {
             let mut freq: HashMap<ValueKey, u64> =
