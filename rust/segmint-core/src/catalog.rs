@@ -8,7 +8,7 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 
 use crate::error::{Result, RuleError, SegmintError};
-use crate::profile::Interner;
+use crate::profile::{Interner, Stamped};
 use crate::rules::ast::{self, AggFunc, BinaryOp, ExprKind, Literal, SinceTarget, UnaryOp, Window};
 use crate::rules::Type;
 use crate::time::Millis;
@@ -354,7 +354,8 @@ pub struct Catalog {
     /// Per state: affected atoms.
     pub state_index: Vec<StateIndex>,
     /// Per atom: the live rules containing it, with how each rule moves
-    /// when the atom becomes true.
+    /// when the atom becomes true; sorted by slot, like a profile's
+    /// memberships (see [`Polarity::movable_rules`]).
     pub atom_rules: Vec<Vec<(AudId, Polarity)>>,
     /// Atoms by the trait key they read (indexed by key; keys that no
     /// atom reads may be past the end).
@@ -1225,7 +1226,7 @@ fn literal(l: &Literal) -> Value {
     match l {
         Literal::Bool(b) => Value::Bool(*b),
         Literal::Number(n) => Value::Num(*n),
-        Literal::String(s) => Value::Str(Arc::from(s.as_str())),
+        Literal::String(s) => Value::Str(s.as_str().into()),
         Literal::Duration(d) => Value::Dur(*d),
     }
 }
@@ -1251,6 +1252,29 @@ impl Polarity {
             Polarity::Negative => now_true == member,
             Polarity::Mixed => true,
         }
+    }
+
+    /// The rules of `rules` (an atom's, sorted by slot) that its flip to
+    /// `now_true` may move, each with whether the user is a member of it.
+    /// `memberships` is sorted by slot too, so one merge walk answers every
+    /// rule: an atom such as `did("Email Opened", 14d)` is in dozens of
+    /// rules, and a search per rule was a tenth of a timer's cost.
+    pub fn movable_rules<'a>(
+        rules: &'a [(AudId, Polarity)],
+        memberships: &'a [Stamped],
+        now_true: bool,
+    ) -> impl Iterator<Item = (AudId, bool)> + 'a {
+        debug_assert!(rules.is_sorted_by_key(|(aud, _)| *aud));
+        let mut next = 0;
+        rules.iter().filter_map(move |&(aud, polarity)| {
+            while memberships.get(next).is_some_and(|m| m.id < aud) {
+                next += 1;
+            }
+            let member = memberships.get(next).is_some_and(|m| m.id == aud);
+            polarity
+                .may_change(now_true, member)
+                .then_some((aud, member))
+        })
     }
 }
 

@@ -230,7 +230,9 @@ pub fn eval_bool<E: Env>(e: &CExpr, env: &E) -> bool {
                     StrOp::StartsWith => a.starts_with(&**b),
                     StrOp::EndsWith => a.ends_with(&**b),
                 },
-                (Value::List(items), Value::Str(b)) if *op == StrOp::Contains => items.contains(b),
+                (Value::List(items), Value::Str(b)) if *op == StrOp::Contains => {
+                    items.iter().any(|item| **item == **b)
+                }
                 _ => false,
             },
             _ => false,
@@ -290,8 +292,8 @@ pub fn compare(a: &Value, b: &Value, op: CmpOp) -> bool {
             None => return false,
         },
         // Equality (the common case: `trait.country == "US"`) needs no
-        // ordering: `Arc`'s `==` matches shared strings by pointer, and
-        // most others differ in length.
+        // ordering: short strings are compared inline, and most differ in
+        // length.
         (Value::Str(x), Value::Str(y)) if matches!(op, CmpOp::Eq | CmpOp::Ne) => {
             return (x == y) == matches!(op, CmpOp::Eq);
         }

@@ -1,9 +1,9 @@
 //! Profiles: the id interner, per-user traits and states, and memberships.
 
 use std::hash::BuildHasher;
-use std::sync::Arc;
 
 use roaring::RoaringBitmap;
+use smol_str::SmolStr;
 
 use crate::catalog::{AtomId, AudId, CtId, StateId, TraitKey};
 use crate::state::UserState;
@@ -94,21 +94,25 @@ fn slice<'a>(text: &'a str, ends: &[u64], id: u32) -> &'a str {
 /// an identifier-like key (an email, a timestamp) and no longer pooled.
 const SHARED_VALUES_PER_KEY: usize = 1024;
 
-/// Shares the string values of low-cardinality trait keys (country, plan,
-/// ...) between the profiles of a shard: one allocation per distinct value
-/// instead of one per user, and equal values compare by pointer.
+/// Shares the long string values (over 23 bytes, the ones not held
+/// inline) of low-cardinality trait keys between the profiles of a shard:
+/// one allocation per distinct value instead of one per user.
 #[derive(Debug, Clone, Default)]
 pub struct TraitValuePool {
     /// Per key: its distinct values, or `None` once it had too many.
-    by_key: Vec<Option<hashbrown::HashSet<Arc<str>>>>,
+    by_key: Vec<Option<hashbrown::HashSet<SmolStr>>>,
 }
 
 impl TraitValuePool {
     /// `value`, with a string replaced by the pool's copy when it has one.
     pub fn share(&mut self, key: TraitKey, value: &Value) -> Value {
+        // A short string is held inline: there is nothing to share.
         let Value::Str(s) = value else {
             return value.clone();
         };
+        if !s.is_heap_allocated() {
+            return value.clone();
+        }
         if self.by_key.len() <= key as usize {
             self.by_key
                 .resize_with(key as usize + 1, || Some(Default::default()));
@@ -117,7 +121,7 @@ impl TraitValuePool {
         let Some(pool) = slot else {
             return value.clone();
         };
-        if let Some(shared) = pool.get(&**s) {
+        if let Some(shared) = pool.get(s.as_str()) {
             return Value::Str(shared.clone());
         }
         if pool.len() >= SHARED_VALUES_PER_KEY {
@@ -133,8 +137,8 @@ impl TraitValuePool {
         self.by_key
             .iter()
             .flatten()
-            // A slot is the 16-byte `Arc` plus a control byte.
-            .map(|pool| pool.capacity() * 17 + pool.iter().map(|s| s.len() + 16).sum::<usize>())
+            // A slot is the 24-byte string plus a control byte.
+            .map(|pool| pool.capacity() * 25 + pool.iter().map(|s| s.len() + 16).sum::<usize>())
             .sum()
     }
 }
@@ -616,21 +620,27 @@ mod tests {
     #[test]
     fn low_cardinality_values_are_shared_and_identifiers_are_not() {
         let mut pool = TraitValuePool::default();
-        let us = || Value::Str(Arc::from("US"));
-        let (Value::Str(a), Value::Str(b)) = (pool.share(0, &us()), pool.share(0, &us())) else {
+        let long = || Value::Str(SmolStr::from("Enterprise (annual, invoiced)"));
+        let (Value::Str(a), Value::Str(b)) = (pool.share(0, &long()), pool.share(0, &long()))
+        else {
             unreachable!()
         };
-        assert!(Arc::ptr_eq(&a, &b), "equal values share one string");
+        assert_eq!(a.as_ptr(), b.as_ptr(), "equal values share one string");
+        let Value::Str(us) = pool.share(3, &Value::Str("US".into())) else {
+            unreachable!()
+        };
+        assert!(!us.is_heap_allocated(), "a short value is inline");
         // An identifier-like key stops being pooled once it has too many values.
+        let email = |i: usize| SmolStr::from(format!("customer{i:05}@mail.example.com"));
         for i in 0..=SHARED_VALUES_PER_KEY {
-            pool.share(1, &Value::Str(Arc::from(format!("user{i}@example.com"))));
+            pool.share(1, &Value::Str(email(i)));
         }
-        // "user0@…" was pooled first; now the caller's own string comes back.
-        let fresh: Arc<str> = Arc::from("user0@example.com");
+        // The first one was pooled; now the caller's own string comes back.
+        let fresh = email(0);
         let Value::Str(kept) = pool.share(1, &Value::Str(fresh.clone())) else {
             unreachable!()
         };
-        assert!(Arc::ptr_eq(&kept, &fresh), "no longer pooled");
+        assert_eq!(kept.as_ptr(), fresh.as_ptr(), "no longer pooled");
         assert_eq!(pool.share(2, &Value::Num(1.0)), Value::Num(1.0));
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use roaring::RoaringBitmap;
 use smallvec::SmallVec;
 
-use crate::catalog::{AtomId, AudId, Catalog, CtId, StateId, TraitKey, WindowDef};
+use crate::catalog::{AtomId, AudId, Catalog, CtId, Polarity, StateId, TraitKey, WindowDef};
 use crate::eval::{compare, eval_bool, eval_rule, eval_value, PropsEnv, UserEnv, ViewMemo};
 use crate::profile::{
     find_stamped, key_at_or_below, Memberships, Stamped, TraitValuePool, UserData,
@@ -527,16 +527,14 @@ impl Shard {
         atom: AtomId,
         now_true: bool,
     ) {
-        let user = &self.users[local];
+        let (cat, user) = (step.cat, &self.users[local]);
         let without_events = user.states.is_empty();
-        for &(aud, polarity) in &step.cat.atom_rules[atom as usize] {
-            let member = user.is_member(aud);
-            if without_events && !member && step.cat.false_without_events[aud as usize] {
+        let rules = &cat.atom_rules[atom as usize];
+        for (aud, member) in Polarity::movable_rules(rules, &user.memberships, now_true) {
+            if without_events && !member && cat.false_without_events[aud as usize] {
                 continue;
             }
-            if polarity.may_change(now_true, member) {
-                pending.insert(step.cat.rank[aud as usize]);
-            }
+            pending.insert(cat.rank[aud as usize]);
         }
     }
 
@@ -915,10 +913,9 @@ impl Shard {
         let after = self.atom_truth(step, local, atom);
         self.reschedule(step, local, uid, atom);
         if before != after {
-            for &(r, polarity) in &cat.atom_rules[atom as usize] {
-                if polarity.may_change(after, self.users[local].is_member(r)) {
-                    due.insert(cat.rank[r as usize]);
-                }
+            let (rules, user) = (&cat.atom_rules[atom as usize], &self.users[local]);
+            for (r, _) in Polarity::movable_rules(rules, &user.memberships, after) {
+                due.insert(cat.rank[r as usize]);
             }
         }
     }

@@ -12,6 +12,11 @@ pub const SECOND: Millis = 1_000;
 /// `2026-01-01T00:00:00.250+02:00`, or a date `2026-01-01`) to milliseconds.
 /// A timestamp without an offset is refused: it would be a guess.
 pub fn parse_timestamp(text: &str) -> Result<Millis> {
+    // The common shape first: trimming scans for Unicode whitespace, and
+    // the fast path fails on any surrounding space anyway.
+    if let Some(ms) = parse_utc_fast(text.as_bytes()) {
+        return Ok(ms);
+    }
     let text = text.trim();
     if let Some(ms) = parse_utc_fast(text.as_bytes()) {
         return Ok(ms);

@@ -3,6 +3,8 @@
 use std::cmp::Ordering;
 use std::sync::Arc;
 
+use smol_str::SmolStr;
+
 use crate::error::{Result, SegmintError};
 use crate::time::Millis;
 
@@ -13,8 +15,10 @@ pub enum Value {
     Bool(bool),
     /// A number (all JSON numbers are f64).
     Num(f64),
-    /// A string.
-    Str(Arc<str>),
+    /// A string: up to 23 bytes inline (a country, a plan, an ISO
+    /// timestamp, most emails), a shared `Arc<str>` beyond, so a value is
+    /// 24 bytes either way and short strings cost no allocation.
+    Str(SmolStr),
     /// A list of strings (traits and properties only).
     List(Arc<[Arc<str>]>),
     /// A duration in milliseconds (`since`, `member_for`, duration literals).
@@ -23,12 +27,13 @@ pub enum Value {
 
 impl Value {
     /// Heap bytes of a string or list that only this value holds, rounded
-    /// as the allocator does. A shared one is not counted here (pooled trait
-    /// values are counted by their pool).
+    /// as the allocator does. A shared list is not counted here; a long
+    /// string is counted by each holder (pooled trait values share it, so
+    /// this overstates them).
     pub fn unshared_heap_bytes(&self) -> usize {
         let round = |n: usize| n.div_ceil(16) * 16;
         match self {
-            Value::Str(s) if Arc::strong_count(s) == 1 => round(s.len() + 16),
+            Value::Str(s) if s.is_heap_allocated() => round(s.len() + 16),
             Value::List(l) if Arc::strong_count(l) == 1 => {
                 round(l.len() * 16 + 16) + l.iter().map(|s| round(s.len() + 16)).sum::<usize>()
             }
@@ -92,7 +97,7 @@ impl Value {
             Value::Num(n) => {
                 serde_json::Number::from_f64(*n).map_or(serde_json::Value::Null, Into::into)
             }
-            Value::Str(s) => s.as_ref().into(),
+            Value::Str(s) => s.as_str().into(),
             Value::List(l) => l
                 .iter()
                 .map(|s| serde_json::Value::from(s.as_ref()))
@@ -110,7 +115,7 @@ pub enum ValueKey {
     /// A number's bits (with -0 folded into 0).
     Num(u64),
     /// A string.
-    Str(Arc<str>),
+    Str(SmolStr),
     /// A list.
     List(Arc<[Arc<str>]>),
     /// A duration.
@@ -173,7 +178,7 @@ fn json_scalar(key: &str, v: &serde_json::Value) -> Result<Option<Value>> {
         serde_json::Value::Null => None,
         serde_json::Value::Bool(b) => Some(Value::Bool(*b)),
         serde_json::Value::Number(n) => Some(Value::Num(n.as_f64().unwrap_or(f64::NAN))),
-        serde_json::Value::String(s) => Some(Value::Str(Arc::from(s.as_str()))),
+        serde_json::Value::String(s) => Some(Value::Str(SmolStr::from(s.as_str()))),
         serde_json::Value::Array(items) => {
             let mut list = Vec::with_capacity(items.len());
             for item in items {
@@ -232,6 +237,21 @@ mod tests {
         assert!(err
             .to_string()
             .contains("'tags' is a list holding a number"));
+    }
+
+    #[test]
+    fn a_value_is_24_bytes_and_short_strings_are_inline() {
+        assert_eq!(std::mem::size_of::<Value>(), 24);
+        assert_eq!(std::mem::size_of::<Option<Value>>(), 24);
+        let Some(Value::Str(created_at)) =
+            json_scalar("k", &"2025-11-20T20:46:30Z".into()).unwrap()
+        else {
+            unreachable!()
+        };
+        assert!(!created_at.is_heap_allocated());
+        assert_eq!(Value::Str(created_at).unshared_heap_bytes(), 0);
+        let long = Value::Str("a value longer than twenty-three bytes".into());
+        assert_eq!(long.unshared_heap_bytes(), 64);
     }
 
     #[test]
