@@ -158,6 +158,9 @@ impl Column {
             }
         }
         if let Column::Mixed(values) = self {
+            // Parallel to the instants; a snapshot that says otherwise is
+            // repaired here rather than trusted.
+            values.resize(len, None);
             crate::profile::grow_one(values);
             values.insert(at, value);
         }
