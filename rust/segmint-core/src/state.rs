@@ -148,18 +148,16 @@ impl Column {
                     nums.insert(at, *n);
                     return;
                 }
+                // The entries before the first value had none: padded below.
                 _ => {
-                    // The entries before the first value had none.
-                    let mut values: Vec<Option<Value>> =
-                        nums.iter().map(|&n| Some(Value::Num(n))).collect();
-                    values.resize(len, None);
+                    let values = nums.iter().map(|&n| Some(Value::Num(n))).collect();
                     *self = Column::Mixed(Box::new(values));
                 }
             }
         }
         if let Column::Mixed(values) = self {
-            // Parallel to the instants; a snapshot that says otherwise is
-            // repaired here rather than trusted.
+            // Parallel to the instants (entries before the first value had
+            // none; a snapshot that says otherwise is repaired, not trusted).
             values.resize(len, None);
             crate::profile::grow_one(values);
             values.insert(at, value);

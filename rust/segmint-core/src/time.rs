@@ -203,6 +203,8 @@ mod tests {
             1250
         );
         assert_eq!(parse_timestamp("1970-01-02").unwrap(), 86_400_000);
+        // Surrounding whitespace misses the fast path and is trimmed.
+        assert_eq!(parse_timestamp(" 1970-01-01T00:00:01Z\n").unwrap(), 1000);
         let err = parse_timestamp("1970-01-01T00:00:01")
             .unwrap_err()
             .to_string();
