@@ -210,6 +210,10 @@ pub struct StateDef {
     pub archive_freq: bool,
 }
 
+/// The rule class of an audience whose result cannot be shared within an
+/// evaluation pass (see [`Catalog::rule_class`]).
+pub const NO_RULE_CLASS: u32 = u32::MAX;
+
 /// The rule text shown for a static audience.
 pub const STATIC_SOURCE: &str = "<static list>";
 
@@ -218,7 +222,7 @@ pub const STATIC_SOURCE: &str = "<static list>";
 pub type AtomId = u32;
 
 /// A rule as a boolean formula over atoms.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum RuleExpr {
     /// A constant.
     Const(bool),
@@ -367,6 +371,14 @@ pub struct Catalog {
     pub dependents: Vec<Vec<AudId>>,
     /// Per audience: timed atoms that read its membership (`member_for`).
     pub timed_by_audience: Vec<Vec<AtomId>>,
+    /// Per audience slot: its rule's class. Audiences with the same rule
+    /// over the same atoms share a class (generated and copied audiences
+    /// often repeat a rule), so a rule is evaluated once per pass however
+    /// many audiences hold it. [`NO_RULE_CLASS`] for a rule that reads
+    /// memberships (they move within a pass), a static or a removed slot.
+    pub rule_class: Vec<u32>,
+    /// Number of rule classes.
+    pub rule_classes: usize,
     /// Rules true on an empty profile, in rank order: a new profile starts
     /// as their member.
     pub empty_true: Vec<AudId>,
@@ -804,6 +816,7 @@ impl Catalog {
         }
         self.computed_by_state = vec![Vec::new(); self.states.len()];
         self.computed_rules = vec![Vec::new(); self.computed.len()];
+        (self.rule_class, self.rule_classes) = self.classify_rules();
         for (slot, def) in self.audiences.iter().enumerate() {
             let Some(def) = def else { continue };
             let slot = slot as AudId;
@@ -873,6 +886,25 @@ impl Catalog {
         self.empty_true = crate::eval::rules_true_on_empty_profile(self);
         self.empty_atom_truth = crate::eval::atoms_on_empty_profile(self);
         self.false_without_events = crate::eval::rules_false_without_events(self);
+    }
+
+    /// Each audience slot's rule class (see [`Catalog::rule_class`]) and
+    /// the number of classes.
+    fn classify_rules(&self) -> (Vec<u32>, usize) {
+        let mut classes: HashMap<&RuleExpr, u32> = HashMap::new();
+        let mut class_of = vec![NO_RULE_CLASS; self.audiences.len()];
+        for (slot, def) in self.audiences.iter().enumerate() {
+            let Some(def) = def else { continue };
+            let reads_memberships = def
+                .atoms
+                .iter()
+                .any(|&a| self.atoms[a as usize].reads_memberships());
+            if !def.is_static && !reads_memberships {
+                let next = classes.len() as u32;
+                class_of[slot] = *classes.entry(&def.rule).or_insert(next);
+            }
+        }
+        (class_of, classes.len())
     }
 
     /// Sets retention and summary needs of the states an expression reads.
@@ -1389,7 +1421,37 @@ impl Reads {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::parse_rule;
     use proptest::prelude::*;
+
+    /// Audiences with the same rule share a class, whatever their keys and
+    /// the order of definition; a rule reading memberships has none, and a
+    /// removed slot loses its class.
+    #[test]
+    fn identical_rules_share_a_class() {
+        let mut cat = Catalog::default();
+        let rules = [
+            ("a", r#"did("Order Completed", 30d)"#),
+            ("b", r#"trait.plan == "pro""#),
+            ("c", r#"did("Order Completed", 30d)"#),
+            ("d", r#"in_audience("b") and did("Order Completed", 30d)"#),
+            ("e", r#"in_audience("b") and did("Order Completed", 30d)"#),
+            ("f", r#"trait.plan == "pro""#),
+        ];
+        for (key, src) in rules {
+            cat.define(key, src, parse_rule(src).unwrap()).unwrap();
+        }
+        let class = |cat: &Catalog, key: &str| cat.rule_class[cat.audience(key).unwrap() as usize];
+        assert_eq!(class(&cat, "a"), class(&cat, "c"));
+        assert_eq!(class(&cat, "b"), class(&cat, "f"));
+        assert_ne!(class(&cat, "a"), class(&cat, "b"));
+        assert_eq!(class(&cat, "d"), NO_RULE_CLASS);
+        assert_eq!(class(&cat, "e"), NO_RULE_CLASS);
+        assert_eq!(cat.rule_classes, 2);
+        let slot = cat.remove("c").unwrap();
+        assert_eq!(cat.rule_class[slot as usize], NO_RULE_CLASS);
+        assert_eq!(class(&cat, "a"), class(&cat, "a"));
+    }
 
     proptest! {
         /// The merge walk gives every rule the answer a search of the

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use roaring::RoaringBitmap;
 use smallvec::SmallVec;
 
-use crate::catalog::{AtomId, AudId, Catalog, CtId, Polarity, StateId, TraitKey, WindowDef};
+use crate::catalog::{
+    AtomId, AudId, Catalog, CtId, Polarity, RuleExpr, StateId, TraitKey, WindowDef,
+};
 use crate::eval::{compare, eval_bool, eval_rule, eval_value, PropsEnv, UserEnv, ViewMemo};
 use crate::profile::{
     find_stamped, key_at_or_below, Memberships, Stamped, TraitValuePool, UserData,
@@ -159,6 +161,9 @@ pub struct Shard {
     queue: RankQueue,
     /// Scratch: atom truths within one evaluation pass.
     memo: AtomMemo,
+    /// Scratch: rule results within one evaluation pass, by rule class
+    /// (audiences sharing a rule evaluate it once).
+    rule_memo: AtomMemo,
     /// Scratch: view values within one evaluation pass (or one probe of
     /// atoms before an event). Lent to the evaluation in a `RefCell` (see
     /// [`Shard::with_view_memo`]): kept in one, the shard would not be `Sync`.
@@ -319,6 +324,7 @@ impl Shard {
     /// it ends, only memberships move.
     fn begin_pass(&mut self, step: Step<'_>, local: usize) {
         self.memo.begin(step.cat.atoms.len());
+        self.rule_memo.begin(step.cat.rule_classes);
         self.begin_views(step, local);
     }
 
@@ -413,12 +419,35 @@ impl Shard {
         let def = cat.audiences[aud as usize]
             .as_ref()
             .filter(|d| !d.is_static)?;
+        let class = cat.rule_class[aud as usize];
+        let remembered = self.rule_memo.get(class);
+        let now_member = match remembered {
+            Some(result) => result,
+            None => self.evaluate_rule(step, local, &def.rule),
+        };
+        if remembered.is_none() {
+            self.rule_memo.set(class, now_member);
+        }
+        if now_member == self.users[local].is_member(aud) {
+            return None;
+        }
+        self.set_member(local, uid, aud, now_member, step.now);
+        for &atom in &cat.timed_by_audience[aud as usize] {
+            self.reschedule(step, local, uid, atom);
+        }
+        Some(now_member)
+    }
+
+    /// A rule's result for the user at `step.now`, its atoms through the
+    /// pass's memo.
+    fn evaluate_rule(&mut self, step: Step<'_>, local: usize, rule: &RuleExpr) -> bool {
+        let cat = step.cat;
         self.counters.rule_evaluations += 1;
-        let now_member = self.with_view_memo(|shard, views| {
+        self.with_view_memo(|shard, views| {
             let Shard { users, memo, .. } = shard;
             let env =
                 UserEnv::new(cat, &users[local], step.now, step.granularity).with_views(views);
-            eval_rule(&def.rule, &mut |a| {
+            eval_rule(rule, &mut |a| {
                 let atom = &cat.atoms[a as usize];
                 if atom.reads_memberships() {
                     return eval_bool(&atom.expr, &env);
@@ -429,15 +458,7 @@ impl Shard {
                     truth
                 })
             })
-        });
-        if now_member == self.users[local].is_member(aud) {
-            return None;
-        }
-        self.set_member(local, uid, aud, now_member, step.now);
-        for &atom in &cat.timed_by_audience[aud as usize] {
-            self.reschedule(step, local, uid, atom);
-        }
-        Some(now_member)
+        })
     }
 
     /// Re-evaluates the queued rules (and, on a flip, their dependents) for

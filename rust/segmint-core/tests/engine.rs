@@ -385,3 +385,43 @@ fn change_log_trims_the_oldest_and_keeps_numbering() {
     assert!(e.changes(0, 10).is_err(), "seqs 1 and 2 were dropped");
     assert!(e.changes(5, 10).unwrap().is_empty());
 }
+
+/// Audiences with the same rule are evaluated once per event and still get
+/// one change each, in slot order, with the same memberships.
+#[test]
+fn duplicate_rules_evaluate_once_and_change_alike() {
+    for shards in [1, 2] {
+        let mut e = engine(shards);
+        for key in ["r1", "r2", "r3"] {
+            e.define_audience(key, r#"did("Order Completed", 7d)"#)
+                .unwrap();
+        }
+        e.define_audience("other", r#"count("Order Completed", 7d) >= 2"#)
+            .unwrap();
+        let t0 = e.now();
+        track(&mut e, "u1", "Order Completed", "{}", t0);
+        let before = e.counters().rule_evaluations;
+        track(&mut e, "u1", "Order Completed", "{}", t0);
+        assert_eq!(
+            e.counters().rule_evaluations - before,
+            1,
+            "only `other` can flip on the second order"
+        );
+        let before = e.counters().rule_evaluations;
+        track(&mut e, "u2", "Order Completed", "{}", t0);
+        assert_eq!(e.counters().rule_evaluations - before, 1, "one class");
+        let entered: Vec<String> = e
+            .changes(0, 100)
+            .unwrap()
+            .into_iter()
+            .filter(|c| &*c.user_id == "u2")
+            .map(|c| c.audience.to_string())
+            .collect();
+        assert_eq!(entered, ["r1", "r2", "r3"]);
+        e.advance(t0 + 8 * D).unwrap();
+        for key in ["r1", "r2", "r3"] {
+            assert!(!e.is_member("u1", key).unwrap());
+            assert_eq!(e.size(key).unwrap(), 0);
+        }
+    }
+}
