@@ -255,6 +255,107 @@ pub struct AtomDef {
     /// Set when it is `count(E, W) op k` with a monotone `op`: a +1 flips it
     /// only when it crosses `k`, and never moves its next flip earlier.
     pub threshold: Option<(ViewId, CmpOp, f64)>,
+    /// Set when it tests one leaf (a trait, a view, a `since`, a
+    /// `member_for`, a computed trait) against literals: its truth is then
+    /// the test applied to the leaf's value, without walking `expr` (see
+    /// [`crate::eval::eval_atom`]).
+    pub test: Option<(CExpr, LeafTest)>,
+}
+
+/// How an atom that compares one leaf with literals decides its truth
+/// (the same decisions as [`crate::eval::eval_bool`] on its expression).
+#[derive(Debug, Clone, PartialEq)]
+pub enum LeafTest {
+    /// `leaf op value`, or `value op leaf` when `!leaf_left`.
+    Cmp {
+        /// The operator as written.
+        op: CmpOp,
+        /// The literal.
+        value: Value,
+        /// Whether the leaf is the left operand.
+        leaf_left: bool,
+    },
+    /// `leaf between lo and hi` (`negated`: `not between`).
+    Between {
+        /// The lower bound.
+        lo: Value,
+        /// The upper bound.
+        hi: Value,
+        /// `not between`.
+        negated: bool,
+    },
+    /// `leaf in [...]` (`negated`: `not in`).
+    In {
+        /// The literals.
+        list: Vec<Value>,
+        /// `not in`.
+        negated: bool,
+    },
+    /// `exists(leaf)`.
+    Exists,
+}
+
+impl LeafTest {
+    /// The leaf and test of an atom expression, when it has that shape.
+    pub fn of(expr: &CExpr) -> Option<(CExpr, LeafTest)> {
+        fn leaf(e: &CExpr) -> Option<CExpr> {
+            matches!(
+                e,
+                CExpr::Trait(_)
+                    | CExpr::View(_)
+                    | CExpr::SinceEvent(_)
+                    | CExpr::SinceTrait(_)
+                    | CExpr::MemberFor(_)
+                    | CExpr::Computed(_)
+            )
+            .then(|| e.clone())
+        }
+        fn lit(e: &CExpr) -> Option<Value> {
+            match e {
+                CExpr::Lit(v) => Some(v.clone()),
+                _ => None,
+            }
+        }
+        match expr {
+            CExpr::Cmp(op, a, b) => {
+                let op = *op;
+                if let (Some(l), Some(value)) = (leaf(a), lit(b)) {
+                    let test = LeafTest::Cmp {
+                        op,
+                        value,
+                        leaf_left: true,
+                    };
+                    return Some((l, test));
+                }
+                let (value, l) = (lit(a)?, leaf(b)?);
+                Some((
+                    l,
+                    LeafTest::Cmp {
+                        op,
+                        value,
+                        leaf_left: false,
+                    },
+                ))
+            }
+            CExpr::Between(x, lo, hi, negated) => Some((
+                leaf(x)?,
+                LeafTest::Between {
+                    lo: lit(lo)?,
+                    hi: lit(hi)?,
+                    negated: *negated,
+                },
+            )),
+            CExpr::In(x, list, negated) => Some((
+                leaf(x)?,
+                LeafTest::In {
+                    list: list.clone(),
+                    negated: *negated,
+                },
+            )),
+            CExpr::Exists(x) => Some((leaf(x)?, LeafTest::Exists)),
+            _ => None,
+        }
+    }
 }
 
 impl AtomDef {
@@ -979,6 +1080,7 @@ impl Catalog {
             computed: reads.computed,
             timed: reads.timed,
             threshold,
+            test: LeafTest::of(expr),
         });
         self.atom_ids.insert(key, id);
         id

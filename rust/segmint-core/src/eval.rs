@@ -6,7 +6,8 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use crate::catalog::{
-    ArithOp, AtomId, AudId, CExpr, Catalog, CmpOp, CtId, RuleExpr, StateId, StrOp, WindowDef,
+    ArithOp, AtomDef, AtomId, AudId, CExpr, Catalog, CmpOp, CtId, LeafTest, RuleExpr, StateId,
+    StrOp, WindowDef,
 };
 use crate::profile::UserData;
 use crate::state::{aggregate, window_range, Entries};
@@ -48,6 +49,22 @@ pub struct ViewMemo {
     /// The pass in which each view's value was computed, by view id.
     stamps: Vec<u32>,
     values: Vec<Option<Value>>,
+    /// The instants `since(E)` counts from, by state id, with the pass
+    /// they were found in: sixty `since("Order Completed") between ...`
+    /// atoms read one.
+    event_bases: Vec<(u32, Option<Millis>)>,
+    /// The same for `since(trait.x)`, by trait key (the timestamp string
+    /// parsed once a pass, not once an atom).
+    trait_bases: Vec<(u32, Option<Millis>)>,
+}
+
+/// Which instant a duration leaf counts from.
+#[derive(Debug, Clone, Copy)]
+enum Base {
+    /// `since(E)`, by state.
+    Event(StateId),
+    /// `since(trait.x)`, by trait key.
+    Trait(u32),
 }
 
 impl ViewMemo {
@@ -58,6 +75,8 @@ impl ViewMemo {
         self.pass = self.pass.wrapping_add(1);
         if self.pass == 0 {
             self.stamps.fill(0);
+            self.event_bases.fill((0, None));
+            self.trait_bases.fill((0, None));
             self.pass = 1;
         }
         if self.stamps.len() < views {
@@ -77,6 +96,33 @@ impl ViewMemo {
             self.stamps[view as usize] = self.pass;
             self.values[view as usize] = value;
         }
+    }
+
+    fn bases(&self, base: Base) -> (&Vec<(u32, Option<Millis>)>, usize) {
+        match base {
+            Base::Event(s) => (&self.event_bases, s as usize),
+            Base::Trait(k) => (&self.trait_bases, k as usize),
+        }
+    }
+
+    fn get_base(&self, base: Base, key: (usize, Millis)) -> Option<Option<Millis>> {
+        let (list, i) = self.bases(base);
+        let &(stamp, at) = list.get(i)?;
+        (key == self.key && stamp == self.pass).then_some(at)
+    }
+
+    fn set_base(&mut self, base: Base, key: (usize, Millis), at: Option<Millis>) {
+        if key != self.key {
+            return;
+        }
+        let (list, i) = match base {
+            Base::Event(s) => (&mut self.event_bases, s as usize),
+            Base::Trait(k) => (&mut self.trait_bases, k as usize),
+        };
+        if list.len() <= i {
+            list.resize(i + 1, (0, None));
+        }
+        list[i] = (self.pass, at);
     }
 }
 
@@ -110,16 +156,35 @@ impl UserEnv<'_> {
     /// The instant a duration-valued leaf counts from.
     fn duration_base(&self, e: &CExpr) -> Option<Millis> {
         match e {
-            CExpr::SinceEvent(s) => self.latest(*s),
-            CExpr::SinceTrait(k) => match self.user.trait_value(*k)? {
-                Value::Str(s) => parse_timestamp(s)
-                    .ok()
-                    .map(|t| floor_to(t, self.granularity)),
-                _ => None,
-            },
+            CExpr::SinceEvent(s) => self.remembered_base(Base::Event(*s), || self.latest(*s)),
+            CExpr::SinceTrait(k) => {
+                self.remembered_base(Base::Trait(*k), || match self.user.trait_value(*k)? {
+                    Value::Str(s) => parse_timestamp(s)
+                        .ok()
+                        .map(|t| floor_to(t, self.granularity)),
+                    _ => None,
+                })
+            }
+            // Memberships move within a pass: never remembered.
             CExpr::MemberFor(a) => self.user.entered(*a),
             _ => None,
         }
+    }
+
+    /// A `since` base through the pass's memo, when there is one.
+    fn remembered_base(&self, base: Base, find: impl FnOnce() -> Option<Millis>) -> Option<Millis> {
+        let Some(memo) = self.views else {
+            return find();
+        };
+        let key = (std::ptr::from_ref(self.user) as usize, self.now);
+        if let Some(at) = memo.try_borrow().ok().and_then(|m| m.get_base(base, key)) {
+            return at;
+        }
+        let at = find();
+        if let Ok(mut m) = memo.try_borrow_mut() {
+            m.set_base(base, key, at);
+        }
+        at
     }
 
     /// Value of a view for this user (kept for the pass, with a memo).
@@ -202,24 +267,10 @@ pub fn eval_bool<E: Env>(e: &CExpr, env: &E) -> bool {
             (Some(a), Some(b)) => compare(&a, &b, *op),
             _ => false,
         },
-        CExpr::In(x, list, negated) => match eval_ref(x, env) {
-            None => false,
-            Some(v) => {
-                let found = match &*v {
-                    Value::List(items) => items
-                        .iter()
-                        .any(|s| list.iter().any(|l| l.as_str() == Some(s))),
-                    v => list.iter().any(|l| compare(v, l, CmpOp::Eq)),
-                };
-                found != *negated
-            }
-        },
+        CExpr::In(x, list, negated) => eval_ref(x, env).is_some_and(|v| is_in(&v, list, *negated)),
         CExpr::Between(x, lo, hi, negated) => {
             match (eval_ref(x, env), eval_ref(lo, env), eval_ref(hi, env)) {
-                (Some(x), Some(lo), Some(hi)) if comparable(&x, &lo) && comparable(&x, &hi) => {
-                    let inside = compare(&x, &lo, CmpOp::Ge) && compare(&x, &hi, CmpOp::Le);
-                    inside != *negated
-                }
+                (Some(x), Some(lo), Some(hi)) => is_between(&x, &lo, &hi, *negated),
                 _ => false,
             }
         }
@@ -239,6 +290,57 @@ pub fn eval_bool<E: Env>(e: &CExpr, env: &E) -> bool {
         },
         CExpr::Exists(x) => eval_ref(x, env).is_some(),
         other => matches!(eval_ref(other, env).as_deref(), Some(Value::Bool(true))),
+    }
+}
+
+/// `x in list` (`negated`: `not in`) for a present `x`.
+fn is_in(x: &Value, list: &[Value], negated: bool) -> bool {
+    let found = match x {
+        Value::List(items) => items
+            .iter()
+            .any(|s| list.iter().any(|l| l.as_str() == Some(s))),
+        v => list.iter().any(|l| compare(v, l, CmpOp::Eq)),
+    };
+    found != negated
+}
+
+/// `x between lo and hi` (`negated`: `not between`) for present values;
+/// false when they cannot be ordered together.
+fn is_between(x: &Value, lo: &Value, hi: &Value, negated: bool) -> bool {
+    if !(comparable(x, lo) && comparable(x, hi)) {
+        return false;
+    }
+    let inside = compare(x, lo, CmpOp::Ge) && compare(x, hi, CmpOp::Le);
+    inside != negated
+}
+
+impl LeafTest {
+    /// The test on a leaf's value (`None`: null, which fails every test but
+    /// `not` around it).
+    pub fn holds(&self, leaf: Option<&Value>) -> bool {
+        let Some(x) = leaf else {
+            return false;
+        };
+        match self {
+            LeafTest::Cmp {
+                op,
+                value,
+                leaf_left: true,
+            } => compare(x, value, *op),
+            LeafTest::Cmp { op, value, .. } => compare(value, x, *op),
+            LeafTest::Between { lo, hi, negated } => is_between(x, lo, hi, *negated),
+            LeafTest::In { list, negated } => is_in(x, list, *negated),
+            LeafTest::Exists => true,
+        }
+    }
+}
+
+/// An atom's truth: its leaf's value through its test when it has that
+/// shape (one leaf read, no expression walked), else its expression.
+pub fn eval_atom<E: Env>(atom: &AtomDef, env: &E) -> bool {
+    match &atom.test {
+        Some((leaf, test)) => test.holds(env.leaf(leaf).as_deref()),
+        None => eval_bool(&atom.expr, env),
     }
 }
 
@@ -603,6 +705,61 @@ pub fn computed_value(cat: &Catalog, ct: CtId, env: &UserEnv<'_>) -> Option<Valu
 mod tests {
     use super::*;
     use crate::rules::parse_rule;
+    use proptest::prelude::*;
+
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<bool>().prop_map(Value::Bool),
+            prop_oneof![Just(f64::NAN), Just(-0.0), -3.0..3.0f64].prop_map(Value::Num),
+            "[ab]{0,2}".prop_map(|s| Value::Str(s.into())),
+            proptest::collection::vec("[ab]{0,2}", 0..3).prop_map(|items| {
+                Value::List(items.into_iter().map(Arc::from).collect::<Vec<_>>().into())
+            }),
+            (-2i64..3).prop_map(Value::Dur),
+        ]
+    }
+
+    fn cmp_op() -> impl Strategy<Value = CmpOp> {
+        prop_oneof![
+            Just(CmpOp::Eq),
+            Just(CmpOp::Ne),
+            Just(CmpOp::Lt),
+            Just(CmpOp::Le),
+            Just(CmpOp::Gt),
+            Just(CmpOp::Ge),
+        ]
+    }
+
+    /// An atom of one of the shapes [`LeafTest::of`] takes, over trait 0.
+    fn leaf_atom() -> impl Strategy<Value = CExpr> {
+        let lit = || value().prop_map(|v| Box::new(CExpr::Lit(v)));
+        let leaf = || Box::new(CExpr::Trait(0));
+        prop_oneof![
+            (cmp_op(), lit()).prop_map(move |(op, v)| CExpr::Cmp(op, leaf(), v)),
+            (cmp_op(), lit()).prop_map(move |(op, v)| CExpr::Cmp(op, v, leaf())),
+            (lit(), lit(), any::<bool>())
+                .prop_map(move |(lo, hi, neg)| CExpr::Between(leaf(), lo, hi, neg)),
+            (proptest::collection::vec(value(), 0..3), any::<bool>())
+                .prop_map(move |(list, neg)| CExpr::In(leaf(), list, neg)),
+            Just(CExpr::Exists(leaf())),
+        ]
+    }
+
+    proptest! {
+        /// An atom's leaf test decides as its expression does, for every
+        /// value the leaf can take (missing included).
+        #[test]
+        fn leaf_tests_decide_as_the_expression(expr in leaf_atom(), v in proptest::option::of(value())) {
+            let cat = Catalog::default();
+            let mut user = UserData::default();
+            if let Some(v) = v {
+                user.traits.push((0, v));
+            }
+            let env = UserEnv::new(&cat, &user, 0, 1);
+            let (leaf, test) = LeafTest::of(&expr).expect("a leaf atom");
+            prop_assert_eq!(test.holds(env.leaf(&leaf).as_deref()), eval_bool(&expr, &env));
+        }
+    }
 
     fn false_without_events(rules: &[(&str, &str)]) -> Vec<bool> {
         let mut cat = Catalog::default();

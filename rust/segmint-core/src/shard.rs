@@ -11,7 +11,9 @@ use smallvec::SmallVec;
 use crate::catalog::{
     AtomId, AudId, Catalog, CtId, Polarity, RuleExpr, StateId, TraitKey, WindowDef,
 };
-use crate::eval::{compare, eval_bool, eval_rule, eval_value, PropsEnv, UserEnv, ViewMemo};
+use crate::eval::{
+    compare, eval_atom, eval_bool, eval_rule, eval_value, PropsEnv, UserEnv, ViewMemo,
+};
 use crate::profile::{
     find_stamped, key_at_or_below, Memberships, Stamped, TraitValuePool, UserData,
 };
@@ -334,21 +336,30 @@ impl Shard {
         }
     }
 
-    /// An atom's truth before an event; for a new profile, its known truth
-    /// on an empty one.
-    fn atom_truth_before(&mut self, step: Step<'_>, local: usize, atom: AtomId, new: bool) -> bool {
-        match step.cat.empty_atom_truth.get(atom as usize) {
-            Some(&Some(truth)) if new => truth,
-            _ => self.atom_truth_in_pass(step, local, atom),
-        }
-    }
-
-    /// An atom's truth now, remembered for the rules of the pass (the
-    /// caller has begun it).
-    fn atom_truth_memo(&mut self, step: Step<'_>, local: usize, atom: AtomId) -> bool {
-        let truth = self.atom_truth_in_pass(step, local, atom);
-        self.remember(step, atom, truth);
-        truth
+    /// The truths of `atoms` now, within a pass begun by the caller (the
+    /// views and `since` bases they read are kept for the pass); with
+    /// `new`, a new profile's "before" truths, known on an empty one.
+    fn atom_truths(
+        &mut self,
+        step: Step<'_>,
+        local: usize,
+        atoms: &[AtomId],
+        new: bool,
+    ) -> SmallVec<[bool; 32]> {
+        let cat = step.cat;
+        let known = |a: AtomId| match cat.empty_atom_truth.get(a as usize) {
+            Some(&Some(truth)) if new => Some(truth),
+            _ => None,
+        };
+        let evaluated = atoms.iter().filter(|&&a| known(a).is_none()).count();
+        self.counters.atom_evaluations += evaluated as u64;
+        self.with_view_memo(|shard, views| {
+            let env = shard.env(step, local).with_views(views);
+            atoms
+                .iter()
+                .map(|&a| known(a).unwrap_or_else(|| eval_atom(&cat.atoms[a as usize], &env)))
+                .collect()
+        })
     }
 
     /// Records an atom's truth for the rest of the pass, unless it reads
@@ -361,17 +372,7 @@ impl Shard {
 
     fn atom_truth(&mut self, step: Step<'_>, local: usize, atom: AtomId) -> bool {
         self.counters.atom_evaluations += 1;
-        eval_bool(&step.cat.atoms[atom as usize].expr, &self.env(step, local))
-    }
-
-    /// [`Shard::atom_truth`] within a pass begun by the caller (the views
-    /// it computes are kept for the pass).
-    fn atom_truth_in_pass(&mut self, step: Step<'_>, local: usize, atom: AtomId) -> bool {
-        self.counters.atom_evaluations += 1;
-        self.with_view_memo(|shard, views| {
-            let env = shard.env(step, local).with_views(views);
-            eval_bool(&step.cat.atoms[atom as usize].expr, &env)
-        })
+        eval_atom(&step.cat.atoms[atom as usize], &self.env(step, local))
     }
 
     fn set_timer(&mut self, local: usize, uid: u32, atom: AtomId, at: Option<Millis>) {
@@ -412,6 +413,21 @@ impl Shard {
         self.set_timer(local, uid, atom, next);
     }
 
+    /// [`Shard::reschedule`] for each of `atoms`, within a pass begun by
+    /// the caller (the `since` bases they count from are read once).
+    fn reschedule_in_pass(&mut self, step: Step<'_>, local: usize, uid: u32, atoms: &[AtomId]) {
+        let next: SmallVec<[Option<Millis>; 32]> = self.with_view_memo(|shard, views| {
+            let env = shard.env(step, local).with_views(views);
+            atoms
+                .iter()
+                .map(|&a| env.next_change(&step.cat.atoms[a as usize].expr))
+                .collect()
+        });
+        for (&atom, at) in atoms.iter().zip(next) {
+            self.set_timer(local, uid, atom, at);
+        }
+    }
+
     /// Evaluates one rule for one user and records a flip. Returns whether
     /// membership changed (the caller then re-evaluates the dependents).
     fn evaluate(&mut self, step: Step<'_>, local: usize, uid: u32, aud: AudId) -> Option<bool> {
@@ -450,10 +466,10 @@ impl Shard {
             eval_rule(rule, &mut |a| {
                 let atom = &cat.atoms[a as usize];
                 if atom.reads_memberships() {
-                    return eval_bool(&atom.expr, &env);
+                    return eval_atom(atom, &env);
                 }
                 memo.get(a).unwrap_or_else(|| {
-                    let truth = eval_bool(&atom.expr, &env);
+                    let truth = eval_atom(atom, &env);
                     memo.set(a, truth);
                     truth
                 })
@@ -730,24 +746,24 @@ impl Shard {
         atoms.sort_unstable();
         atoms.dedup();
         self.begin_views(step, local);
-        let before: SmallVec<[bool; 32]> = atoms
-            .iter()
-            .map(|&a| self.atom_truth_before(step, local, a, new))
-            .collect();
+        let before = self.atom_truths(step, local, &atoms, new);
         if !self.users[local].set_traits(traits, keys, &cat.trait_keys, &mut self.trait_values) {
             self.queue = pending;
             return;
         }
         self.begin_pass(step, local);
+        let after = self.atom_truths(step, local, &atoms, false);
+        let mut timed: SmallVec<[AtomId; 32]> = SmallVec::new();
         for (i, &atom) in atoms.iter().enumerate() {
-            let after = self.atom_truth_memo(step, local, atom);
-            if after != before[i] {
-                self.add_flipped(step, &mut pending, local, atom, after);
+            self.remember(step, atom, after[i]);
+            if after[i] != before[i] {
+                self.add_flipped(step, &mut pending, local, atom, after[i]);
             }
             if cat.atoms[atom as usize].timed {
-                self.reschedule(step, local, uid, atom);
+                timed.push(atom);
             }
         }
+        self.reschedule_in_pass(step, local, uid, &timed);
         let order = (index as i64, 1);
         self.process_pass(step, uid, pending, Reason::Event, order, true, out);
     }
@@ -807,10 +823,7 @@ impl Shard {
         general.sort_unstable();
         general.dedup();
         self.begin_views(step, local);
-        let before: SmallVec<[bool; 16]> = general
-            .iter()
-            .map(|&a| self.atom_truth_before(step, local, a, new))
-            .collect();
+        let before = self.atom_truths(step, local, &general, new);
         let mut flipped: SmallVec<[(AtomId, bool); 8]> = SmallVec::new();
         for (s, v) in &matched {
             let state = self.users[local].state_mut(*s);
@@ -860,21 +873,26 @@ impl Shard {
         // From here to the rules' pass the user's state stays as it is
         // (eviction below keeps every value at `now`).
         self.begin_pass(step, local);
+        let after = self.atom_truths(step, local, &general, false);
+        let mut timed: SmallVec<[AtomId; 32]> = SmallVec::new();
         for (i, &atom) in general.iter().enumerate() {
-            let after = self.atom_truth_memo(step, local, atom);
-            if after != before[i] {
-                flipped.push((atom, after));
-            } else if cat.atoms[atom as usize].timed {
-                self.reschedule(step, local, uid, atom);
+            if after[i] != before[i] {
+                flipped.push((atom, after[i]));
+            } else {
+                self.remember(step, atom, after[i]);
+                if cat.atoms[atom as usize].timed {
+                    timed.push(atom);
+                }
             }
         }
         for &(atom, now_true) in &flipped {
             self.remember(step, atom, now_true);
             self.add_flipped(step, &mut pending, local, atom, now_true);
             if cat.atoms[atom as usize].timed {
-                self.reschedule(step, local, uid, atom);
+                timed.push(atom);
             }
         }
+        self.reschedule_in_pass(step, local, uid, &timed);
         for (s, _) in &matched {
             let def = &cat.states[*s as usize];
             let user = &self.users[local];
