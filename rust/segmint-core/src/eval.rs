@@ -541,14 +541,37 @@ impl UserEnv<'_> {
             return Some(future);
         };
         let (entries, _) = window_range(state, def.window, self.now, None)?;
-        let c = entries.len();
-        let truth = |n: usize| compare(&Value::Num(n as f64), &Value::Num(k), op);
-        let now_truth = truth(c);
-        let flip = (1..=c)
-            .find(|&j| truth(c - j) != now_truth)
-            .map(|j| entries.times[j - 1] + w);
+        // The count falls by one as each entry lapses, oldest first: the
+        // flip is where the `j`-th lapse makes the comparison change.
+        let flip =
+            first_flip_as_count_falls(entries.len(), k, op).map(|j| entries.times[j - 1] + w);
         Some(earliest(flip, future))
     }
+}
+
+/// For a count `c` compared with `k`: the smallest `j` in `1..=c` at which
+/// `c - j` compares otherwise than `c` does, if any. A comparison of a
+/// whole count with `k` can only change between counts within one of
+/// `k`, so only those are tried (a heavy user's window holds thousands).
+fn first_flip_as_count_falls(c: usize, k: f64, op: CmpOp) -> Option<usize> {
+    let truth = |n: usize| compare(&Value::Num(n as f64), &Value::Num(k), op);
+    let now = truth(c);
+    if c == 0 || !k.is_finite() {
+        // A comparison with an infinite or NaN constant is the same for
+        // every count.
+        return None;
+    }
+    // Counts above `ceil(k) + 1` compare as `c` does; so do those below
+    // `floor(k) - 1` as `floor(k) - 1` does.
+    let top = (k.ceil() + 1.0).min((c - 1) as f64);
+    let bottom = (k.floor() - 1.0).max(0.0);
+    if top < bottom {
+        return None;
+    }
+    (bottom as usize..=top as usize)
+        .rev()
+        .find(|&n| truth(n) != now)
+        .map(|n| c - n)
 }
 
 /// Where a comparison of a growing duration `d` with a constant `c` can
@@ -737,8 +760,12 @@ mod tests {
         prop_oneof![
             (cmp_op(), lit()).prop_map(move |(op, v)| CExpr::Cmp(op, leaf(), v)),
             (cmp_op(), lit()).prop_map(move |(op, v)| CExpr::Cmp(op, v, leaf())),
-            (lit(), lit(), any::<bool>())
-                .prop_map(move |(lo, hi, neg)| CExpr::Between(leaf(), lo, hi, neg)),
+            (lit(), lit(), any::<bool>()).prop_map(move |(lo, hi, neg)| CExpr::Between(
+                leaf(),
+                lo,
+                hi,
+                neg
+            )),
             (proptest::collection::vec(value(), 0..3), any::<bool>())
                 .prop_map(move |(list, neg)| CExpr::In(leaf(), list, neg)),
             Just(CExpr::Exists(leaf())),
@@ -746,6 +773,19 @@ mod tests {
     }
 
     proptest! {
+        /// The first flip of a falling count is the one a scan of every
+        /// count finds.
+        #[test]
+        fn count_flips_where_a_scan_finds(
+            c in 0usize..40,
+            k in prop_oneof![(-3i32..45).prop_map(f64::from), -3.0..45.0f64, Just(f64::NAN), Just(f64::INFINITY)],
+            op in cmp_op(),
+        ) {
+            let truth = |n: usize| compare(&Value::Num(n as f64), &Value::Num(k), op);
+            let scanned = (1..=c).find(|&j| truth(c - j) != truth(c));
+            prop_assert_eq!(first_flip_as_count_falls(c, k, op), scanned);
+        }
+
         /// An atom's leaf test decides as its expression does, for every
         /// value the leaf can take (missing included).
         #[test]
