@@ -480,6 +480,10 @@ pub struct Catalog {
     pub rule_class: Vec<u32>,
     /// Number of rule classes.
     pub rule_classes: usize,
+    /// Changes whenever the indexes are rebuilt (a definition was added,
+    /// replaced or removed): what was derived from another generation's
+    /// rules is not reused (see [`crate::first_identify`]).
+    pub generation: u64,
     /// Rules true on an empty profile, in rank order: a new profile starts
     /// as their member.
     pub empty_true: Vec<AudId>,
@@ -918,6 +922,8 @@ impl Catalog {
         self.computed_by_state = vec![Vec::new(); self.states.len()];
         self.computed_rules = vec![Vec::new(); self.computed.len()];
         (self.rule_class, self.rule_classes) = self.classify_rules();
+        static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        self.generation = GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         for (slot, def) in self.audiences.iter().enumerate() {
             let Some(def) = def else { continue };
             let slot = slot as AudId;

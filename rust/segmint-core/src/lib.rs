@@ -26,6 +26,7 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod event;
+pub mod first_identify;
 pub mod inspect;
 pub mod limits;
 pub mod profile;

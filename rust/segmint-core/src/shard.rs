@@ -14,6 +14,7 @@ use crate::catalog::{
 use crate::eval::{
     compare, eval_atom, eval_bool, eval_rule, eval_value, PropsEnv, UserEnv, ViewMemo,
 };
+use crate::first_identify::FirstIdentifyMemo;
 use crate::profile::{
     find_stamped, key_at_or_below, Memberships, Stamped, TraitValuePool, UserData,
 };
@@ -174,6 +175,9 @@ pub struct Shard {
     pub(crate) change_buffer: Vec<ShardChange>,
     /// Scratch: the atoms of a user whose timers are firing.
     firing: Vec<AtomId>,
+    /// The membership flips of new profiles' first identifies, by the
+    /// truths of their trait atoms.
+    first_identify: FirstIdentifyMemo,
 }
 
 /// How much evaluation work a shard has done.
@@ -296,6 +300,7 @@ impl Shard {
             + self.members.heap_bytes()
             + self.timers.heap_bytes()
             + self.trait_values.heap_bytes()
+            + self.first_identify.heap_bytes()
     }
 
     /// Brings the audience bitmaps up to the profiles' memberships; ends
@@ -447,11 +452,17 @@ impl Shard {
         if now_member == self.users[local].is_member(aud) {
             return None;
         }
-        self.set_member(local, uid, aud, now_member, step.now);
-        for &atom in &cat.timed_by_audience[aud as usize] {
+        self.flip_member(step, local, uid, aud, now_member);
+        Some(now_member)
+    }
+
+    /// Records that the user entered or left `aud` now, and moves the
+    /// timers of the atoms reading that membership (`member_for`).
+    fn flip_member(&mut self, step: Step<'_>, local: usize, uid: u32, aud: AudId, member: bool) {
+        self.set_member(local, uid, aud, member, step.now);
+        for &atom in &step.cat.timed_by_audience[aud as usize] {
             self.reschedule(step, local, uid, atom);
         }
-        Some(now_member)
     }
 
     /// A rule's result for the user at `step.now`, its atoms through the
@@ -753,19 +764,48 @@ impl Shard {
         }
         self.begin_pass(step, local);
         let after = self.atom_truths(step, local, &atoms, false);
-        let mut timed: SmallVec<[AtomId; 32]> = SmallVec::new();
+        let timed: SmallVec<[AtomId; 32]> = atoms
+            .iter()
+            .copied()
+            .filter(|&a| cat.atoms[a as usize].timed)
+            .collect();
+        self.reschedule_in_pass(step, local, uid, &timed);
+        // A new profile given every trait (no deletion) ends where another
+        // with the same trait atom truths did (see `first_identify`).
+        let first = new && traits.iter().all(|(_, v)| v.is_some());
+        if first {
+            let known = self.first_identify.lookup(cat.generation, &atoms, &after);
+            if let Some(flips) = known.map(SmallVec::<[(AudId, bool); 16]>::from) {
+                for (counter, &(aud, entered)) in flips.iter().enumerate() {
+                    self.flip_member(step, local, uid, aud, entered);
+                    out.push(ShardChange {
+                        order: (index as i64, 1, counter as u64),
+                        uid,
+                        kind: ChangeKind::Membership { aud, entered },
+                        at: step.now,
+                        reason: Reason::Event,
+                    });
+                }
+                self.queue = pending;
+                return;
+            }
+        }
         for (i, &atom) in atoms.iter().enumerate() {
             self.remember(step, atom, after[i]);
             if after[i] != before[i] {
                 self.add_flipped(step, &mut pending, local, atom, after[i]);
             }
-            if cat.atoms[atom as usize].timed {
-                timed.push(atom);
-            }
         }
-        self.reschedule_in_pass(step, local, uid, &timed);
         let order = (index as i64, 1);
+        let mark = out.len();
         self.process_pass(step, uid, pending, Reason::Event, order, true, out);
+        if first {
+            self.first_identify
+                .record(out[mark..].iter().filter_map(|c| match c.kind {
+                    ChangeKind::Membership { aud, entered } => Some((aud, entered)),
+                    ChangeKind::Computed { .. } => None,
+                }));
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

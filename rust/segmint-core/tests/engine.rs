@@ -425,3 +425,86 @@ fn duplicate_rules_evaluate_once_and_change_alike() {
         }
     }
 }
+
+/// New profiles created by an identify with the same trait atom truths
+/// share the outcome of the first one's evaluation: each still ends where
+/// a fresh engine that sees only that user (under the final rules) puts
+/// it, also when a rule is replaced midway (a new catalog generation, so
+/// the later users' outcomes are not the old rule's) and for identifies
+/// that delete.
+#[test]
+fn first_identifies_end_as_if_evaluated_alone() {
+    let rules = [
+        ("us", r#"trait.country == "US""#),
+        (
+            "rich",
+            r#"trait.ltv > 300 or trait.plan in ["pro", "enterprise"]"#,
+        ),
+        (
+            "new",
+            r#"since(trait.created_at) < 14d and not did("Order Completed")"#,
+        ),
+        ("us_rich", r#"in_audience("us") and in_audience("rich")"#),
+        (
+            "not_rich",
+            r#"not in_audience("rich") and exists(trait.plan)"#,
+        ),
+        ("settled", r#"member_for("us") >= 1d"#),
+        (
+            "quiet",
+            r#"count("Email Opened", 7d) == 0 and trait.plan != "free""#,
+        ),
+    ];
+    let countries = ["US", "FR", "DE"];
+    let plans = ["free", "pro", "enterprise"];
+    let identify = |user: &str, i: usize, t0: i64| {
+        let created = segmint_core::time::format_timestamp(t0 - (i as i64 % 5) * 4 * D);
+        let plan = if i % 7 == 0 {
+            "null".to_owned()
+        } else {
+            format!("\"{}\"", plans[i % 3])
+        };
+        format!(
+            r#"[{{"type":"identify","userId":"{user}","traits":{{"country":"{}","plan":{plan},"ltv":{},"created_at":"{created}"}}}}]"#,
+            countries[i % 3],
+            (i * 37) % 500
+        )
+    };
+    let define = |e: &mut Engine, replaced: bool| {
+        for (key, rule) in rules {
+            e.define_audience(key, rule).unwrap();
+        }
+        if replaced {
+            // The same atoms in another formula: only the generation tells.
+            e.define_audience(
+                "rich",
+                r#"trait.ltv > 300 and trait.plan in ["pro", "enterprise"]"#,
+            )
+            .unwrap();
+        }
+    };
+    for replaced in [false, true] {
+        let mut shared = engine(1);
+        define(&mut shared, false);
+        let t0 = shared.now();
+        let users: Vec<String> = (0..90).map(|i| format!("u{i}")).collect();
+        for (i, user) in users.iter().enumerate() {
+            if replaced && i == 45 {
+                define(&mut shared, true);
+            }
+            shared
+                .ingest_json(identify(user, i, t0).as_bytes())
+                .unwrap();
+        }
+        for (i, user) in users.iter().enumerate() {
+            let mut alone = engine(1);
+            define(&mut alone, replaced);
+            alone.ingest_json(identify(user, i, t0).as_bytes()).unwrap();
+            assert_eq!(
+                shared.audiences_of(user),
+                alone.audiences_of(user),
+                "{user}"
+            );
+        }
+    }
+}

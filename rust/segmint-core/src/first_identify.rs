@@ -1,0 +1,151 @@
+//! What a new profile's first identify does to its memberships, kept by
+//! what decides it.
+//!
+//! A profile created by an identify has no events, the memberships of an
+//! empty profile (entered now) and the traits just given. Every rule then
+//! reads only atoms whose truth is fixed: the atoms of the given trait keys
+//! (their truths are computed anyway, to find which flipped) and atoms
+//! over empty states, missing traits and memberships entered now. So the
+//! membership flips its evaluation makes are a function of the catalog,
+//! the list of trait atoms and their truths. Sign-ups repeat a few trait
+//! combinations (a country, a plan, a band of lifetime value), so the
+//! flips are looked up instead of the rules being evaluated again; a
+//! quarter of the standard workload's events are such first identifies.
+
+use hashbrown::HashMap;
+
+use crate::catalog::{AtomId, AudId};
+
+/// Atom lists kept before the memo starts afresh (the lists differ only by
+/// the set of trait keys an identify gives).
+const MAX_ATOM_LISTS: usize = 1024;
+
+/// Outcomes kept before the memo starts afresh.
+const MAX_OUTCOMES: usize = 1 << 16;
+
+/// Membership flips in the order they were made: (audience, entered).
+type Flips = Box<[(AudId, bool)]>;
+
+/// The membership flips of first identifies, by catalog generation, trait
+/// atoms and their truths.
+#[derive(Debug, Clone, Default)]
+pub struct FirstIdentifyMemo {
+    /// The catalog generation the entries were made under.
+    generation: u64,
+    /// Ids of the atom lists seen.
+    lists: HashMap<Box<[AtomId]>, u64>,
+    /// `[list id, truth bits...]` to the flips, in the order they were made.
+    outcomes: HashMap<Box<[u64]>, Flips>,
+    /// The key of the last lookup (what [`FirstIdentifyMemo::record`] files under).
+    key: Vec<u64>,
+}
+
+impl FirstIdentifyMemo {
+    /// The flips remembered for `atoms` with `truths` under catalog
+    /// `generation`; a miss prepares [`FirstIdentifyMemo::record`].
+    pub fn lookup(
+        &mut self,
+        generation: u64,
+        atoms: &[AtomId],
+        truths: &[bool],
+    ) -> Option<&[(AudId, bool)]> {
+        if generation != self.generation {
+            self.lists.clear();
+            self.outcomes.clear();
+            self.generation = generation;
+        }
+        let list = match self.lists.get(atoms) {
+            Some(&id) => id,
+            None => {
+                if self.lists.len() >= MAX_ATOM_LISTS {
+                    self.lists.clear();
+                    self.outcomes.clear();
+                }
+                let id = self.lists.len() as u64;
+                self.lists.insert(atoms.into(), id);
+                id
+            }
+        };
+        self.key.clear();
+        self.key.push(list);
+        for chunk in truths.chunks(64) {
+            let bits = chunk
+                .iter()
+                .enumerate()
+                .fold(0u64, |acc, (i, &t)| acc | (u64::from(t) << i));
+            self.key.push(bits);
+        }
+        self.outcomes.get(&self.key[..]).map(|flips| &flips[..])
+    }
+
+    /// Remembers the flips of the identify whose lookup just missed.
+    pub fn record(&mut self, flips: impl IntoIterator<Item = (AudId, bool)>) {
+        if self.outcomes.len() >= MAX_OUTCOMES {
+            self.outcomes.clear();
+        }
+        let key = self.key.clone().into_boxed_slice();
+        self.outcomes.insert(key, flips.into_iter().collect());
+    }
+
+    /// Approximate heap bytes.
+    pub fn heap_bytes(&self) -> usize {
+        let lists: usize = self.lists.keys().map(|l| l.len() * 4 + 8 + 16).sum();
+        let outcomes: usize = self
+            .outcomes
+            .iter()
+            .map(|(k, f)| k.len() * 8 + f.len() * 8 + 32)
+            .sum();
+        lists + outcomes + self.key.capacity() * 8
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flips_are_found_by_atoms_truths_and_generation() {
+        let mut memo = FirstIdentifyMemo::default();
+        assert_eq!(memo.lookup(1, &[3, 5], &[true, false]), None);
+        memo.record([(7, true), (2, false)]);
+        assert_eq!(
+            memo.lookup(1, &[3, 5], &[true, false]),
+            Some(&[(7, true), (2, false)][..])
+        );
+        assert_eq!(memo.lookup(1, &[3, 5], &[true, true]), None);
+        assert_eq!(memo.lookup(1, &[3, 6], &[true, false]), None);
+        assert_eq!(memo.lookup(1, &[3], &[true]), None);
+        // Another catalog forgets everything.
+        assert_eq!(memo.lookup(2, &[3, 5], &[true, false]), None);
+        assert_eq!(memo.lookup(1, &[3, 5], &[true, false]), None);
+    }
+
+    #[test]
+    fn truths_beyond_one_word_are_told_apart() {
+        let atoms: Vec<AtomId> = (0..130).collect();
+        let mut truths = vec![false; 130];
+        let mut memo = FirstIdentifyMemo::default();
+        assert_eq!(memo.lookup(1, &atoms, &truths), None);
+        memo.record([(1, true)]);
+        truths[129] = true;
+        assert_eq!(memo.lookup(1, &atoms, &truths), None);
+        memo.record([(2, true)]);
+        assert_eq!(memo.lookup(1, &atoms, &truths), Some(&[(2, true)][..]));
+        truths[129] = false;
+        assert_eq!(memo.lookup(1, &atoms, &truths), Some(&[(1, true)][..]));
+    }
+
+    #[test]
+    fn a_full_memo_starts_afresh() {
+        let mut memo = FirstIdentifyMemo::default();
+        for i in 0..MAX_ATOM_LISTS as u32 + 1 {
+            assert_eq!(memo.lookup(1, &[i], &[true]), None);
+            memo.record([(i, true)]);
+        }
+        assert!(memo.lists.len() <= MAX_ATOM_LISTS);
+        assert_eq!(
+            memo.lookup(1, &[MAX_ATOM_LISTS as u32], &[true]),
+            Some(&[(MAX_ATOM_LISTS as u32, true)][..])
+        );
+    }
+}
