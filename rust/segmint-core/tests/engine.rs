@@ -459,7 +459,7 @@ fn first_identifies_end_as_if_evaluated_alone() {
     let plans = ["free", "pro", "enterprise"];
     let identify = |user: &str, i: usize, t0: i64| {
         let created = segmint_core::time::format_timestamp(t0 - (i as i64 % 5) * 4 * D);
-        let plan = if i % 7 == 0 {
+        let plan = if i.is_multiple_of(7) {
             "null".to_owned()
         } else {
             format!("\"{}\"", plans[i % 3])
