@@ -298,7 +298,7 @@ pub enum LeafTest {
 impl LeafTest {
     /// The leaf and test of an atom expression, when it has that shape.
     pub fn of(expr: &CExpr) -> Option<(CExpr, LeafTest)> {
-        fn leaf(e: &CExpr) -> Option<CExpr> {
+        LeafTest::split(expr, |e| {
             matches!(
                 e,
                 CExpr::Trait(_)
@@ -308,8 +308,13 @@ impl LeafTest {
                     | CExpr::MemberFor(_)
                     | CExpr::Computed(_)
             )
-            .then(|| e.clone())
-        }
+        })
+    }
+
+    /// The leaf (an expression `is_leaf` accepts) and test of a comparison
+    /// of one leaf with literals.
+    pub fn split(expr: &CExpr, is_leaf: impl Fn(&CExpr) -> bool) -> Option<(CExpr, LeafTest)> {
+        let leaf = |e: &CExpr| is_leaf(e).then(|| e.clone());
         fn lit(e: &CExpr) -> Option<Value> {
             match e {
                 CExpr::Lit(v) => Some(v.clone()),
@@ -390,6 +395,60 @@ pub struct StateIndex {
     pub all: Vec<AtomId>,
 }
 
+/// The states of one event name and how an event is matched against
+/// them: every property their filters and kept values read is looked up
+/// once per event, and a filter that is a conjunction of tests of
+/// properties against literals (`category == "shoes" and
+/// context.device.type == "ios"`) is decided on those values.
+#[derive(Debug, Clone, Default)]
+pub struct EventStates {
+    /// The states, by id.
+    pub states: Vec<StateId>,
+    /// The property names read, each once.
+    pub properties: Vec<Arc<str>>,
+    /// Per state: its filter as tests of `properties[i]`, when it has
+    /// that shape (`None`: no filter, or evaluate the filter itself).
+    pub tests: Vec<Option<Vec<(usize, LeafTest)>>>,
+    /// Per state: its kept property, as an index into `properties`.
+    pub kept: Vec<Option<usize>>,
+}
+
+impl EventStates {
+    fn property(&mut self, name: &Arc<str>) -> usize {
+        match self.properties.iter().position(|p| p == name) {
+            Some(i) => i,
+            None => {
+                self.properties.push(name.clone());
+                self.properties.len() - 1
+            }
+        }
+    }
+
+    fn add(&mut self, id: StateId, def: &StateDef) {
+        let tests = def.filter.as_ref().and_then(|filter| {
+            let parts = match filter {
+                CExpr::And(parts) => &parts[..],
+                one => std::slice::from_ref(one),
+            };
+            parts
+                .iter()
+                .map(|part| {
+                    let (CExpr::Property(name), test) =
+                        LeafTest::split(part, |leaf| matches!(leaf, CExpr::Property(_)))?
+                    else {
+                        return None;
+                    };
+                    Some((self.property(&name), test))
+                })
+                .collect()
+        });
+        let kept = def.property.as_ref().map(|p| self.property(p));
+        self.states.push(id);
+        self.tests.push(tests);
+        self.kept.push(kept);
+    }
+}
+
 /// A defined audience.
 #[derive(Debug, Clone)]
 pub struct AudienceDef {
@@ -454,8 +513,8 @@ pub struct Catalog {
     pub rank: Vec<u32>,
     /// Slot by rank (the inverse of `rank`).
     pub by_rank: Vec<AudId>,
-    /// States by event name.
-    pub by_event: HashMap<Arc<str>, Vec<StateId>>,
+    /// States by event name, with what matching an event against them reads.
+    pub by_event: HashMap<Arc<str>, EventStates>,
     /// Per state: affected atoms.
     pub state_index: Vec<StateIndex>,
     /// Per atom: the live rules containing it, with how each rule moves
@@ -917,7 +976,7 @@ impl Catalog {
             self.by_event
                 .entry(s.event.clone())
                 .or_default()
-                .push(id as StateId);
+                .add(id as StateId, s);
         }
         self.computed_by_state = vec![Vec::new(); self.states.len()];
         self.computed_rules = vec![Vec::new(); self.computed.len()];
@@ -1531,6 +1590,52 @@ mod tests {
     use super::*;
     use crate::rules::parse_rule;
     use proptest::prelude::*;
+
+    /// An event's states decide their filters on properties looked up once
+    /// as the filter expressions decide them; a filter of another shape
+    /// (an `or`) is left to its expression.
+    #[test]
+    fn compiled_filters_decide_as_the_filter() {
+        use crate::eval::{eval_bool, PropsEnv};
+        let mut cat = Catalog::default();
+        let src = r#"count("V" where category == "shoes" and context.device.type in ["ios", "web"], 7d) >= 1
+            or count("V" where price > 10, 7d) >= 1
+            or count("V" where category == "a" or price between 1 and 3, 7d) >= 1
+            or sum("V" where exists(category), price, 7d) > 1"#;
+        cat.define("a", src, parse_rule(src).unwrap()).unwrap();
+        let states = &cat.by_event["V"];
+        assert_eq!(states.states.len(), 4);
+        assert_eq!(states.tests.iter().filter(|t| t.is_some()).count(), 3);
+        let props = |category: Option<&str>, device: &str, price: f64| {
+            let mut p: Vec<(Arc<str>, Value)> = vec![
+                ("context.device.type".into(), Value::Str(device.into())),
+                ("price".into(), Value::Num(price)),
+            ];
+            if let Some(c) = category {
+                p.push(("category".into(), Value::Str(c.into())));
+            }
+            p
+        };
+        for category in [None, Some("shoes"), Some("a")] {
+            for device in ["ios", "android"] {
+                for price in [2.0, 11.0] {
+                    let p = props(category, device, price);
+                    let found: Vec<Option<&Value>> = states
+                        .properties
+                        .iter()
+                        .map(|name| p.iter().find(|(k, _)| k == name).map(|(_, v)| v))
+                        .collect();
+                    for (i, &state) in states.states.iter().enumerate() {
+                        let filter = cat.states[state as usize].filter.as_ref().unwrap();
+                        if let Some(tests) = &states.tests[i] {
+                            let compiled = tests.iter().all(|(at, t)| t.holds(found[*at]));
+                            assert_eq!(compiled, eval_bool(filter, &PropsEnv(&p)));
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     /// Audiences with the same rule share a class, whatever their keys and
     /// the order of definition; a rule reading memberships has none, and a

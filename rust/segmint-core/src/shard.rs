@@ -826,21 +826,31 @@ impl Shard {
         let mut pending = std::mem::take(&mut self.queue);
         let props = PropsEnv(properties);
         let mut matched: SmallVec<[(StateId, Option<Value>); 8]> = SmallVec::new();
-        for &s in cat.by_event.get(name).map_or(&[][..], |v| v) {
-            let def = &cat.states[s as usize];
-            if let Some(filter) = &def.filter {
-                if !eval_bool(filter, &props) {
+        if let Some(states) = cat.by_event.get(name) {
+            // Each property the filters and kept values read, found once.
+            let found: SmallVec<[Option<&Value>; 8]> = states
+                .properties
+                .iter()
+                .map(|p| properties.iter().find(|(k, _)| k == p).map(|(_, v)| v))
+                .collect();
+            for (i, &s) in states.states.iter().enumerate() {
+                let passes = match (&states.tests[i], &cat.states[s as usize].filter) {
+                    (Some(tests), _) => tests.iter().all(|(p, test)| test.holds(found[*p])),
+                    (None, Some(filter)) => eval_bool(filter, &props),
+                    (None, None) => true,
+                };
+                if !passes {
                     continue;
                 }
+                let value = match states.kept[i] {
+                    Some(p) => match found[p] {
+                        Some(v) => Some(v.clone()),
+                        None => continue,
+                    },
+                    None => None,
+                };
+                matched.push((s, value));
             }
-            let value = match &def.property {
-                Some(p) => match properties.iter().find(|(k, _)| k == p) {
-                    Some((_, v)) => Some(v.clone()),
-                    None => continue,
-                },
-                None => None,
-            };
-            matched.push((s, value));
         }
         if t > now {
             // Not visible yet: it becomes visible at `t`, when its atoms are re-checked.
@@ -989,8 +999,8 @@ impl Shard {
         self.counters.timers_fired += 1;
         // Instants are multiples of G: the previous observable instant is T - G.
         let before = self.atom_truth(step.at(instant - step.granularity), local, atom);
-        let after = self.atom_truth(step, local, atom);
-        self.reschedule(step, local, uid, atom);
+        let after = self.atom_truths(step, local, &[atom], false)[0];
+        self.reschedule_in_pass(step, local, uid, &[atom]);
         if before != after {
             let (rules, user) = (&cat.atom_rules[atom as usize], &self.users[local]);
             for (r, _) in Polarity::movable_rules(rules, &user.memberships, after) {
@@ -1041,12 +1051,20 @@ impl Shard {
             );
         }
         let mut due = std::mem::take(&mut self.queue);
+        if !firing.is_empty() {
+            // Timers leave the states as they are: the views and `since`
+            // bases the firing atoms read at this instant (several share
+            // one) are kept for the whole wake.
+            self.begin_views(step, local);
+        }
         for &atom in &firing {
             self.fire(step, local, uid, atom, &mut due, out);
         }
         self.firing = firing;
         if !due.is_empty() {
-            self.begin_pass(step, local);
+            // Computed traits may have changed: atoms and rules afresh.
+            self.memo.begin(step.cat.atoms.len());
+            self.rule_memo.begin(step.cat.rule_classes);
         }
         // After the computed-trait changes of the same instant.
         let order_of = |rank, _| (instant, (1 << 32) + u64::from(rank), u64::from(uid));
