@@ -437,18 +437,20 @@ impl Shard {
     /// membership changed (the caller then re-evaluates the dependents).
     fn evaluate(&mut self, step: Step<'_>, local: usize, uid: u32, aud: AudId) -> Option<bool> {
         let cat = step.cat;
-        let def = cat.audiences[aud as usize]
-            .as_ref()
-            .filter(|d| !d.is_static)?;
         let class = cat.rule_class[aud as usize];
-        let remembered = self.rule_memo.get(class);
-        let now_member = match remembered {
+        // A class is a live computed rule: its result, once known in the
+        // pass, needs nothing of the definition.
+        let now_member = match self.rule_memo.get(class) {
             Some(result) => result,
-            None => self.evaluate_rule(step, local, &def.rule),
+            None => {
+                let def = cat.audiences[aud as usize]
+                    .as_ref()
+                    .filter(|d| !d.is_static)?;
+                let result = self.evaluate_rule(step, local, &def.rule);
+                self.rule_memo.set(class, result);
+                result
+            }
         };
-        if remembered.is_none() {
-            self.rule_memo.set(class, now_member);
-        }
         if now_member == self.users[local].is_member(aud) {
             return None;
         }
@@ -985,7 +987,7 @@ impl Shard {
         if atom & COMPUTED_TIMER != 0 {
             let ct = atom & !COMPUTED_TIMER;
             self.counters.timers_fired += 1;
-            let order = (instant, ct as u64, uid as u64);
+            let order = (instant, u64::from(uid), u64::from(ct));
             if self.refresh_computed(step, local, uid, ct, Reason::Time, order, out) {
                 for &r in &cat.computed_rules[ct as usize] {
                     due.insert(cat.rank[r as usize]);
@@ -1066,8 +1068,10 @@ impl Shard {
             self.memo.begin(step.cat.atoms.len());
             self.rule_memo.begin(step.cat.rule_classes);
         }
-        // After the computed-trait changes of the same instant.
-        let order_of = |rank, _| (instant, (1 << 32) + u64::from(rank), u64::from(uid));
+        // Time changes at one instant go user by user (the order the queue
+        // wakes them in, so a shard's changes need no sorting): this
+        // user's computed-trait changes, then its audiences in rank order.
+        let order_of = |rank, _| (instant, u64::from(uid), (1 << 32) + u64::from(rank));
         self.evaluate_queued(step, local, uid, &mut due, Reason::Time, order_of, out);
         // Drained: kept for the next user, so that nothing is allocated.
         self.queue = due;
