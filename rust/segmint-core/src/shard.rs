@@ -178,6 +178,11 @@ pub struct Shard {
     /// The membership flips of new profiles' first identifies, by the
     /// truths of their trait atoms.
     first_identify: FirstIdentifyMemo,
+    /// Scratch: a batch's events in user order (indexes into the batch).
+    by_user: Vec<u32>,
+    /// Scratch: the counting sort of a batch's changes into event order.
+    sort_counts: Vec<u32>,
+    sort_slots: Vec<Option<ShardChange>>,
 }
 
 /// How much evaluation work a shard has done.
@@ -590,10 +595,21 @@ impl Shard {
 
     /// Applies this shard's events of a batch, in order.
     pub fn apply(&mut self, step: Step<'_>, work: &[Work<'_>], out: &mut Vec<ShardChange>) {
-        for w in work {
-            let (index, uid) = match *w {
-                Work::Track { index, uid, .. } | Work::Identify { index, uid, .. } => (index, uid),
-            };
+        let who = |w: &Work<'_>| match *w {
+            Work::Track { index, uid, .. } | Work::Identify { index, uid, .. } => (index, uid),
+        };
+        // A user's events of the batch one after the other (in arrival
+        // order): a session's events find its profile in cache. Users are
+        // independent, so only the order of the changes differs, and it is
+        // restored below.
+        let mut by_user = std::mem::take(&mut self.by_user);
+        by_user.clear();
+        by_user.extend(0..work.len() as u32);
+        by_user.sort_by_key(|&i| who(&work[i as usize]).1);
+        let start = out.len();
+        for &i in &by_user {
+            let w = &work[i as usize];
+            let (index, uid) = who(w);
             let (local, new) = self.ensure_user(uid);
             let mark = out.len();
             if new {
@@ -617,6 +633,38 @@ impl Shard {
                 self.log_new_profile(step, local, uid, index, mark, out);
             }
         }
+        self.by_user = by_user;
+        let batch = work.iter().map(|w| who(w).0 + 1).max().unwrap_or(0);
+        self.sort_by_event(out, start, batch);
+    }
+
+    /// Puts `out[start..]` in event order: a stable counting sort by the
+    /// event's index in the batch (below `batch`), so each event's changes
+    /// stay in the order they were made.
+    fn sort_by_event(&mut self, out: &mut Vec<ShardChange>, start: usize, batch: usize) {
+        let event = |c: &ShardChange| c.order.0 as usize;
+        if out[start..].is_sorted_by_key(event) {
+            return;
+        }
+        let counts = &mut self.sort_counts;
+        counts.clear();
+        counts.resize(batch + 1, 0);
+        for c in &out[start..] {
+            counts[event(c) + 1] += 1;
+        }
+        for i in 1..counts.len() {
+            counts[i] += counts[i - 1];
+        }
+        let mut slots: Vec<Option<ShardChange>> = std::mem::take(&mut self.sort_slots);
+        slots.clear();
+        slots.resize_with(out.len() - start, || None);
+        for c in out.drain(start..) {
+            let at = &mut counts[event(&c)];
+            slots[*at as usize] = Some(c);
+            *at += 1;
+        }
+        out.extend(slots.drain(..).flatten());
+        self.sort_slots = slots;
     }
 
     /// A new profile starts with the memberships of an empty profile (rules

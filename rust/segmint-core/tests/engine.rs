@@ -508,3 +508,64 @@ fn first_identifies_end_as_if_evaluated_alone() {
         }
     }
 }
+
+/// A batch applies each user's events together (for the cache) and puts
+/// the changes back in event order: the log equals that of the same
+/// events sent one per call.
+#[test]
+fn a_batch_logs_its_changes_in_event_order() {
+    let rules = [
+        ("buyers", r#"did("Order Completed", 7d)"#),
+        ("twice", r#"count("Order Completed", 7d) >= 2"#),
+        ("us", r#"trait.country == "US""#),
+        (
+            "us_buyers",
+            r#"in_audience("us") and in_audience("buyers")"#,
+        ),
+        ("ltv", r#"sum("Order Completed", revenue, 30d) > 10"#),
+    ];
+    let mut lines = Vec::new();
+    for i in 0..60usize {
+        let user = format!("u{}", (i * 7) % 9);
+        lines.push(if i % 5 == 0 {
+            let country = if i % 2 == 0 { "US" } else { "FR" };
+            format!(r#"{{"type":"identify","userId":"{user}","traits":{{"country":"{country}"}}}}"#)
+        } else {
+            format!(
+                r#"{{"type":"track","userId":"{user}","event":"Order Completed","properties":{{"revenue":{}}}}}"#,
+                i % 4 * 3
+            )
+        });
+    }
+    let run = |batched: bool, shards: usize| {
+        let mut e = engine(shards);
+        for (key, rule) in rules {
+            e.define_audience(key, rule).unwrap();
+        }
+        if batched {
+            e.ingest_json(format!("[{}]", lines.join(",")).as_bytes())
+                .unwrap();
+        } else {
+            for line in &lines {
+                e.ingest_json(format!("[{line}]").as_bytes()).unwrap();
+            }
+        }
+        e.changes(0, 10_000)
+            .unwrap()
+            .into_iter()
+            .map(|c| {
+                (
+                    c.seq,
+                    c.audience.to_string(),
+                    c.user_id.to_string(),
+                    c.entered,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let one_by_one = run(false, 1);
+    assert!(one_by_one.len() > 20);
+    for shards in [1, 3] {
+        assert_eq!(run(true, shards), one_by_one);
+    }
+}
