@@ -180,6 +180,8 @@ pub struct Shard {
     first_identify: FirstIdentifyMemo,
     /// Scratch: a batch's events in user order (indexes into the batch).
     by_user: Vec<u32>,
+    /// Scratch: the users with timers due in an `advance`.
+    due_users: Vec<u32>,
     /// Scratch: the counting sort of a batch's changes into event order.
     sort_counts: Vec<u32>,
     sort_slots: Vec<Option<ShardChange>>,
@@ -643,14 +645,24 @@ impl Shard {
     /// stay in the order they were made.
     fn sort_by_event(&mut self, out: &mut Vec<ShardChange>, start: usize, batch: usize) {
         let event = |c: &ShardChange| c.order.0 as usize;
-        if out[start..].is_sorted_by_key(event) {
-            return;
+        if !out[start..].is_sorted_by_key(event) {
+            self.counting_sort(out, start, batch, event);
         }
+    }
+
+    /// A stable counting sort of `out[start..]` by `bucket` (below `buckets`).
+    fn counting_sort(
+        &mut self,
+        out: &mut Vec<ShardChange>,
+        start: usize,
+        buckets: usize,
+        bucket: impl Fn(&ShardChange) -> usize,
+    ) {
         let counts = &mut self.sort_counts;
         counts.clear();
-        counts.resize(batch + 1, 0);
+        counts.resize(buckets + 1, 0);
         for c in &out[start..] {
-            counts[event(c) + 1] += 1;
+            counts[bucket(c) + 1] += 1;
         }
         for i in 1..counts.len() {
             counts[i] += counts[i - 1];
@@ -659,7 +671,7 @@ impl Shard {
         slots.clear();
         slots.resize_with(out.len() - start, || None);
         for c in out.drain(start..) {
-            let at = &mut counts[event(&c)];
+            let at = &mut counts[bucket(&c)];
             slots[*at as usize] = Some(c);
             *at += 1;
         }
@@ -1069,24 +1081,64 @@ impl Shard {
         granularity: Millis,
         out: &mut Vec<ShardChange>,
     ) {
-        while let Some(instant) = self.timers.peek() {
-            if instant > to {
-                break;
-            }
-            let step = Step {
-                cat,
-                now: instant,
-                granularity,
-            };
+        // Every user with a timer due by `to`, marked firing.
+        let mut due = std::mem::take(&mut self.due_users);
+        due.clear();
+        while let Some(instant) = self.timers.peek().filter(|&t| t <= to) {
             while let Some(uid) = self.timers.pop_at(instant) {
+                due.push(uid);
+            }
+        }
+        // User by user, each user's instants in order: users are
+        // independent, and a user's timers at several instants of the
+        // window (a session sets a handful) then find its profile in
+        // cache. The changes are put back in order of instant below.
+        due.sort_unstable();
+        let start = out.len();
+        for &uid in &due {
+            let local = self.local(uid);
+            let next = |shard: &Shard| shard.users.get(local).and_then(UserData::earliest_timer);
+            while let Some(instant) = next(self).filter(|&t| t <= to && t < Millis::MAX) {
+                let step = Step {
+                    cat,
+                    now: instant,
+                    granularity,
+                };
                 self.wake(step, uid, out);
             }
+            self.timers.rearm(uid, next(self));
+        }
+        self.due_users = due;
+        self.sort_by_instant(out, start, granularity);
+    }
+
+    /// Puts `out[start..]` (time changes, user by user, each user's in
+    /// order of instant) in order of instant, users ascending within one:
+    /// a stable counting sort over the window's instants when they are
+    /// few enough, else a stable sort.
+    fn sort_by_instant(&mut self, out: &mut Vec<ShardChange>, start: usize, granularity: Millis) {
+        let instant = |c: &ShardChange| c.order.0;
+        let changes = &out[start..];
+        if changes.is_sorted_by_key(instant) {
+            return;
+        }
+        let base = changes.iter().map(instant).min().unwrap_or(0);
+        let top = changes.iter().map(instant).max().unwrap_or(0);
+        let g = granularity.max(1);
+        let on_grid = changes.iter().all(|c| (instant(c) - base) % g == 0);
+        let buckets = (top - base) / g + 1;
+        if on_grid && buckets <= (4 * changes.len() as Millis).max(1 << 16) {
+            self.counting_sort(out, start, buckets as usize, |c| {
+                ((instant(c) - base) / g) as usize
+            });
+        } else {
+            out[start..].sort_by_key(instant);
         }
     }
 
     /// Fires a user's timers due at `step.now`, in atom order (computed-
-    /// trait timers last), re-evaluates the rules they may move, in rank
-    /// order, and queues the user at its next timer.
+    /// trait timers last), and re-evaluates the rules they may move, in
+    /// rank order (the caller queues the user at its next timer).
     fn wake(&mut self, step: Step<'_>, uid: u32, out: &mut Vec<ShardChange>) {
         let instant = step.now;
         let local = self.local(uid);
@@ -1123,8 +1175,6 @@ impl Shard {
         self.evaluate_queued(step, local, uid, &mut due, Reason::Time, order_of, out);
         // Drained: kept for the next user, so that nothing is allocated.
         self.queue = due;
-        let earliest = self.users.get(local).and_then(UserData::earliest_timer);
-        self.timers.rearm(uid, earliest);
     }
 
     /// Evaluates `auds` (and what depends on them) for every user of the

@@ -569,3 +569,63 @@ fn a_batch_logs_its_changes_in_event_order() {
         assert_eq!(run(true, shards), one_by_one);
     }
 }
+
+/// One `advance` over a window fires each user's timers user by user (for
+/// the cache) and logs the changes in order of instant, then user: the
+/// log equals that of advancing the clock in small steps.
+#[test]
+fn one_advance_logs_as_small_steps_do() {
+    let rules = [
+        ("day", r#"did("Checkout Started", 1d)"#),
+        (
+            "abandoned",
+            r#"since("Checkout Started") between 2h and 12h"#,
+        ),
+        ("twice", r#"count("Checkout Started", 6h) >= 2"#),
+        (
+            "day_not_twice",
+            r#"in_audience("day") and not in_audience("twice")"#,
+        ),
+        ("settled", r#"member_for("day") >= 3h"#),
+    ];
+    let run = |steps: i64, shards: usize| {
+        let mut e = engine(shards);
+        for (key, rule) in rules {
+            e.define_audience(key, rule).unwrap();
+        }
+        let t0 = e.now();
+        for i in 0..40i64 {
+            let user = format!("u{}", i % 11);
+            e.advance(t0 + i * 37 * 60_000).unwrap();
+            track(
+                &mut e,
+                &user,
+                "Checkout Started",
+                "{}",
+                t0 + i * 37 * 60_000,
+            );
+        }
+        let from = e.now();
+        for step in 1..=steps {
+            e.advance(from + 2 * D * step / steps).unwrap();
+        }
+        e.changes(0, 10_000)
+            .unwrap()
+            .into_iter()
+            .map(|c| {
+                (
+                    c.seq,
+                    c.audience.to_string(),
+                    c.user_id.to_string(),
+                    c.entered,
+                    c.at,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let stepped = run(2 * 24 * 60, 1);
+    assert!(stepped.len() > 100);
+    for shards in [1, 3] {
+        assert_eq!(run(1, shards), stepped);
+    }
+}
