@@ -15,6 +15,18 @@ fn engine(shards: usize) -> Engine {
     .unwrap()
 }
 
+/// The whole change log as (seq, audience, user, entered, at).
+fn logged(e: &Engine) -> Vec<(u64, String, String, bool, i64)> {
+    e.changes(0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|c| {
+            let (audience, user) = (c.audience.to_string(), c.user_id.to_string());
+            (c.seq, audience, user, c.entered, c.at)
+        })
+        .collect()
+}
+
 fn track(e: &mut Engine, user: &str, event: &str, props: &str, at: i64) {
     let ts = segmint_core::time::format_timestamp(at);
     let json = format!(
@@ -550,18 +562,7 @@ fn a_batch_logs_its_changes_in_event_order() {
                 e.ingest_json(format!("[{line}]").as_bytes()).unwrap();
             }
         }
-        e.changes(0, 10_000)
-            .unwrap()
-            .into_iter()
-            .map(|c| {
-                (
-                    c.seq,
-                    c.audience.to_string(),
-                    c.user_id.to_string(),
-                    c.entered,
-                )
-            })
-            .collect::<Vec<_>>()
+        logged(&e)
     };
     let one_by_one = run(false, 1);
     assert!(one_by_one.len() > 20);
@@ -609,19 +610,7 @@ fn one_advance_logs_as_small_steps_do() {
         for step in 1..=steps {
             e.advance(from + 2 * D * step / steps).unwrap();
         }
-        e.changes(0, 10_000)
-            .unwrap()
-            .into_iter()
-            .map(|c| {
-                (
-                    c.seq,
-                    c.audience.to_string(),
-                    c.user_id.to_string(),
-                    c.entered,
-                    c.at,
-                )
-            })
-            .collect::<Vec<_>>()
+        logged(&e)
     };
     let stepped = run(2 * 24 * 60, 1);
     assert!(stepped.len() > 100);
