@@ -1254,7 +1254,7 @@ class Reference:
                 instants: Iterable[int] = range(self.now + self.g, target + 1, self.g)
                 for c in instants:
                     for ch in self._eval_user(u, c, "time", order):
-                        found.append((c, pos[ch.audience], u.index, ch))
+                        found.append((c, u.index, pos[ch.audience], ch))
                 continue
             heap = sorted(c for c in self._candidates(self._user_points(u), durs) if c > self.now)
             heapq.heapify(heap)
@@ -1267,7 +1267,7 @@ class Reference:
                     break
                 last = c
                 for ch in self._eval_user(u, c, "time", order):
-                    found.append((c, pos[ch.audience], u.index, ch))
+                    found.append((c, u.index, pos[ch.audience], ch))
                     if ch.kind == "entered":
                         for x in self._candidates([c], durs):
                             if x > c:

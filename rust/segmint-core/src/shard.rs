@@ -833,8 +833,15 @@ impl Shard {
             .collect();
         self.reschedule_in_pass(step, local, uid, &timed);
         // A new profile given every trait (no deletion) ends where another
-        // with the same trait atom truths did (see `first_identify`).
-        let first = new && traits.iter().all(|(_, v)| v.is_some());
+        // with the same trait atom truths did (see `first_identify`),
+        // unless an atom reads a membership too (`in_audience("us") ==
+        // trait.flag`): its truth then changes as the rules run, with the
+        // trait's value rather than with its truth before them.
+        let first = new
+            && traits.iter().all(|(_, v)| v.is_some())
+            && !atoms
+                .iter()
+                .any(|&a| cat.atoms[a as usize].reads_memberships());
         if first {
             let known = self.first_identify.lookup(cat.generation, &atoms, &after);
             if let Some(flips) = known.map(SmallVec::<[(AudId, bool); 16]>::from) {
@@ -1168,9 +1175,8 @@ impl Shard {
             self.memo.begin(step.cat.atoms.len());
             self.rule_memo.begin(step.cat.rule_classes);
         }
-        // Time changes at one instant go user by user (the order the queue
-        // wakes them in, so a shard's changes need no sorting): this
-        // user's computed-trait changes, then its audiences in rank order.
+        // Time changes at one instant go user by user: this user's
+        // computed-trait changes, then its audiences in rank order.
         let order_of = |rank, _| (instant, u64::from(uid), (1 << 32) + u64::from(rank));
         self.evaluate_queued(step, local, uid, &mut due, Reason::Time, order_of, out);
         // Drained: kept for the next user, so that nothing is allocated.

@@ -466,9 +466,12 @@ fn first_identifies_end_as_if_evaluated_alone() {
             "quiet",
             r#"count("Email Opened", 7d) == 0 and trait.plan != "free""#,
         ),
+        // Reads a membership and a trait's value: never replayed.
+        ("flagged", r#"in_audience("us") == trait.flag"#),
     ];
     let countries = ["US", "FR", "DE"];
     let plans = ["free", "pro", "enterprise"];
+    let flags = ["true", "\"s\"", "false", "1"];
     let identify = |user: &str, i: usize, t0: i64| {
         let created = segmint_core::time::format_timestamp(t0 - (i as i64 % 5) * 4 * D);
         let plan = if i.is_multiple_of(7) {
@@ -476,8 +479,14 @@ fn first_identifies_end_as_if_evaluated_alone() {
         } else {
             format!("\"{}\"", plans[i % 3])
         };
+        // Half the users give a flag: their identifies are evaluated.
+        let flag = if i % 2 == 0 {
+            format!(r#","flag":{}"#, flags[(i / 2) % 4])
+        } else {
+            String::new()
+        };
         format!(
-            r#"[{{"type":"identify","userId":"{user}","traits":{{"country":"{}","plan":{plan},"ltv":{},"created_at":"{created}"}}}}]"#,
+            r#"[{{"type":"identify","userId":"{user}","traits":{{"country":"{}","plan":{plan},"ltv":{},"created_at":"{created}"{flag}}}}}]"#,
             countries[i % 3],
             (i * 37) % 500
         )
@@ -535,6 +544,7 @@ fn a_batch_logs_its_changes_in_event_order() {
             r#"in_audience("us") and in_audience("buyers")"#,
         ),
         ("ltv", r#"sum("Order Completed", revenue, 30d) > 10"#),
+        ("spender", r#"computed.spent > 5"#),
     ];
     let mut lines = Vec::new();
     for i in 0..60usize {
@@ -543,14 +553,18 @@ fn a_batch_logs_its_changes_in_event_order() {
             let country = if i % 2 == 0 { "US" } else { "FR" };
             format!(r#"{{"type":"identify","userId":"{user}","traits":{{"country":"{country}"}}}}"#)
         } else {
+            // Some a minute ahead of the clock (visible only later).
+            let at = segmint_core::time::format_timestamp(1_000 * D + (i % 3) as i64 * 30_000);
             format!(
-                r#"{{"type":"track","userId":"{user}","event":"Order Completed","properties":{{"revenue":{}}}}}"#,
+                r#"{{"type":"track","userId":"{user}","event":"Order Completed","timestamp":"{at}","properties":{{"revenue":{}}}}}"#,
                 i % 4 * 3
             )
         });
     }
     let run = |batched: bool, shards: usize| {
         let mut e = engine(shards);
+        e.define_computed_trait("spent", r#"sum("Order Completed", revenue, 7d)"#)
+            .unwrap();
         for (key, rule) in rules {
             e.define_audience(key, rule).unwrap();
         }
@@ -562,6 +576,7 @@ fn a_batch_logs_its_changes_in_event_order() {
                 e.ingest_json(format!("[{line}]").as_bytes()).unwrap();
             }
         }
+        e.advance(e.now() + 60_000).unwrap();
         logged(&e)
     };
     let one_by_one = run(false, 1);
@@ -588,9 +603,12 @@ fn one_advance_logs_as_small_steps_do() {
             r#"in_audience("day") and not in_audience("twice")"#,
         ),
         ("settled", r#"member_for("day") >= 3h"#),
+        ("busy", r#"computed.recent >= 2"#),
     ];
     let run = |steps: i64, shards: usize| {
         let mut e = engine(shards);
+        e.define_computed_trait("recent", r#"count("Checkout Started", 4h)"#)
+            .unwrap();
         for (key, rule) in rules {
             e.define_audience(key, rule).unwrap();
         }
