@@ -480,7 +480,7 @@ fn first_identifies_end_as_if_evaluated_alone() {
             format!("\"{}\"", plans[i % 3])
         };
         // Half the users give a flag: their identifies are evaluated.
-        let flag = if i % 2 == 0 {
+        let flag = if i.is_multiple_of(2) {
             format!(r#","flag":{}"#, flags[(i / 2) % 4])
         } else {
             String::new()
