@@ -182,9 +182,20 @@ pub struct Shard {
     by_user: Vec<u32>,
     /// Scratch: the users with timers due in an `advance`.
     due_users: Vec<u32>,
-    /// Scratch: the counting sort of a batch's changes into event order.
-    sort_counts: Vec<u32>,
-    sort_slots: Vec<Option<ShardChange>>,
+    /// Scratch: the runs of changes made in one operation, to be put in
+    /// order (see [`Shard::reorder_runs`]).
+    runs: Vec<Run>,
+    /// Scratch: the changes being reordered.
+    reorder_buffer: Vec<ShardChange>,
+}
+
+/// Changes made one after the other for one sort key (an event's index in
+/// the batch, or an instant): `out[start..end]`.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    key: i64,
+    start: usize,
+    end: usize,
 }
 
 /// How much evaluation work a shard has done.
@@ -634,49 +645,38 @@ impl Shard {
             if new {
                 self.log_new_profile(step, local, uid, index, mark, out);
             }
+            self.end_run(index as i64, mark, out.len());
         }
         self.by_user = by_user;
-        let batch = work.iter().map(|w| who(w).0 + 1).max().unwrap_or(0);
-        self.sort_by_event(out, start, batch);
+        self.reorder_runs(out, start);
     }
 
-    /// Puts `out[start..]` in event order: a stable counting sort by the
-    /// event's index in the batch (below `batch`), so each event's changes
-    /// stay in the order they were made.
-    fn sort_by_event(&mut self, out: &mut Vec<ShardChange>, start: usize, batch: usize) {
-        let event = |c: &ShardChange| c.order.0 as usize;
-        if !out[start..].is_sorted_by_key(event) {
-            self.counting_sort(out, start, batch, event);
+    /// Records that `out[start..end]` was made for `key`.
+    fn end_run(&mut self, key: i64, start: usize, end: usize) {
+        if end > start {
+            self.runs.push(Run { key, start, end });
         }
     }
 
-    /// A stable counting sort of `out[start..]` by `bucket` (below `buckets`).
-    fn counting_sort(
-        &mut self,
-        out: &mut Vec<ShardChange>,
-        start: usize,
-        buckets: usize,
-        bucket: impl Fn(&ShardChange) -> usize,
-    ) {
-        let counts = &mut self.sort_counts;
-        counts.clear();
-        counts.resize(buckets + 1, 0);
-        for c in &out[start..] {
-            counts[bucket(c) + 1] += 1;
+    /// Puts the runs recorded since `start` in order of key, each run's
+    /// changes in the order they were made (a stable sort of the runs, one
+    /// copy of the changes): a batch's events are applied user by user and
+    /// timers fire user by user, but the log is in event or instant order.
+    fn reorder_runs(&mut self, out: &mut Vec<ShardChange>, start: usize) {
+        let mut runs = std::mem::take(&mut self.runs);
+        if !runs.is_sorted_by_key(|r| r.key) {
+            runs.sort_by_key(|r| r.key);
+            let mut made = std::mem::take(&mut self.reorder_buffer);
+            made.clear();
+            made.extend(out.drain(start..));
+            for r in &runs {
+                out.extend_from_slice(&made[r.start - start..r.end - start]);
+            }
+            made.clear();
+            self.reorder_buffer = made;
         }
-        for i in 1..counts.len() {
-            counts[i] += counts[i - 1];
-        }
-        let mut slots: Vec<Option<ShardChange>> = std::mem::take(&mut self.sort_slots);
-        slots.clear();
-        slots.resize_with(out.len() - start, || None);
-        for c in out.drain(start..) {
-            let at = &mut counts[bucket(&c)];
-            slots[*at as usize] = Some(c);
-            *at += 1;
-        }
-        out.extend(slots.drain(..).flatten());
-        self.sort_slots = slots;
+        runs.clear();
+        self.runs = runs;
     }
 
     /// A new profile starts with the memberships of an empty profile (rules
@@ -1111,36 +1111,15 @@ impl Shard {
                     now: instant,
                     granularity,
                 };
+                let mark = out.len();
                 self.wake(step, uid, out);
+                self.end_run(instant, mark, out.len());
             }
             self.timers.rearm(uid, next(self));
         }
         self.due_users = due;
-        self.sort_by_instant(out, start, granularity);
-    }
-
-    /// Puts `out[start..]` (time changes, user by user, each user's in
-    /// order of instant) in order of instant, users ascending within one:
-    /// a stable counting sort over the window's instants when they are
-    /// few enough, else a stable sort.
-    fn sort_by_instant(&mut self, out: &mut Vec<ShardChange>, start: usize, granularity: Millis) {
-        let instant = |c: &ShardChange| c.order.0;
-        let changes = &out[start..];
-        if changes.is_sorted_by_key(instant) {
-            return;
-        }
-        let base = changes.iter().map(instant).min().unwrap_or(0);
-        let top = changes.iter().map(instant).max().unwrap_or(0);
-        let g = granularity.max(1);
-        let on_grid = changes.iter().all(|c| (instant(c) - base) % g == 0);
-        let buckets = (top - base) / g + 1;
-        if on_grid && buckets <= (4 * changes.len() as Millis).max(1 << 16) {
-            self.counting_sort(out, start, buckets as usize, |c| {
-                ((instant(c) - base) / g) as usize
-            });
-        } else {
-            out[start..].sort_by_key(instant);
-        }
+        // In order of instant, users ascending within one.
+        self.reorder_runs(out, start);
     }
 
     /// Fires a user's timers due at `step.now`, in atom order (computed-
