@@ -109,9 +109,19 @@ impl<T> FromIterator<T> for ChunkedDeque<T> {
 /// Rules waiting to be evaluated for one user, popped in rank order
 /// (dependencies first): a bitset over ranks, so that queueing is O(1) and
 /// nothing is allocated per event. Ranks are dense (`0..slots`).
+///
+/// A rule may be queued with the user's membership of it, when the caller
+/// has it at hand (an atom's rules are queued by a walk over the user's
+/// memberships): the evaluation then compares with it instead of searching
+/// the memberships again. Memberships change only when their own rule is
+/// evaluated, so the membership stays right while the rule waits.
 #[derive(Debug, Clone, Default)]
 pub struct RankQueue {
     words: Vec<u64>,
+    /// Queued ranks whose membership is known...
+    known: Vec<u64>,
+    /// ...and that membership.
+    member: Vec<u64>,
     /// No bit lies in a word below this one.
     low: usize,
     len: usize,
@@ -120,33 +130,59 @@ pub struct RankQueue {
 impl RankQueue {
     /// Queues `rank` (once).
     pub fn insert(&mut self, rank: u32) {
-        let w = rank as usize / 64;
-        if w >= self.words.len() {
-            self.words.resize(w + 1, 0);
-        }
-        let bit = 1u64 << (rank % 64);
-        if self.words[w] & bit == 0 {
-            self.words[w] |= bit;
-            if self.len == 0 || w < self.low {
-                self.low = w;
-            }
-            self.len += 1;
+        if let Some((w, bit)) = self.queue(rank) {
+            self.known[w] &= !bit;
         }
     }
 
-    /// Removes and returns the lowest queued rank.
-    pub fn pop_first(&mut self) -> Option<u32> {
+    /// Queues `rank` (once), with the user's current membership of its
+    /// rule.
+    pub fn insert_known(&mut self, rank: u32, member: bool) {
+        let (w, bit) = (rank as usize / 64, 1u64 << (rank % 64));
+        self.queue(rank);
+        self.known[w] |= bit;
+        if member {
+            self.member[w] |= bit;
+        } else {
+            self.member[w] &= !bit;
+        }
+    }
+
+    /// Sets `rank`'s bit; the word and bit when it was not queued yet.
+    fn queue(&mut self, rank: u32) -> Option<(usize, u64)> {
+        let w = rank as usize / 64;
+        if w >= self.words.len() {
+            self.words.resize(w + 1, 0);
+            self.known.resize(w + 1, 0);
+            self.member.resize(w + 1, 0);
+        }
+        let bit = 1u64 << (rank % 64);
+        if self.words[w] & bit != 0 {
+            return None;
+        }
+        self.words[w] |= bit;
+        if self.len == 0 || w < self.low {
+            self.low = w;
+        }
+        self.len += 1;
+        Some((w, bit))
+    }
+
+    /// Removes and returns the lowest queued rank, with the membership it
+    /// was queued with, if any.
+    pub fn pop_first(&mut self) -> Option<(u32, Option<bool>)> {
         if self.len == 0 {
             return None;
         }
         while self.words[self.low] == 0 {
             self.low += 1;
         }
-        let word = &mut self.words[self.low];
-        let bit = word.trailing_zeros();
-        *word &= *word - 1;
+        let w = self.low;
+        let bit = self.words[w] & self.words[w].wrapping_neg();
+        self.words[w] &= !bit;
         self.len -= 1;
-        Some((self.low * 64) as u32 + bit)
+        let member = (self.known[w] & bit != 0).then_some(self.member[w] & bit != 0);
+        Some(((w * 64) as u32 + bit.trailing_zeros(), member))
     }
 
     /// Whether nothing is queued.
@@ -390,25 +426,35 @@ impl AtomMemo {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeMap;
 
     proptest! {
-        /// Interleaved inserts and pops give the same order as a BTreeSet.
+        /// Interleaved inserts (with and without a membership) and pops
+        /// give the same order as a map from rank to the membership given
+        /// last since the rank was queued, if any.
         #[test]
-        fn rank_queue_matches_btreeset(ops in proptest::collection::vec((any::<bool>(), 0u32..700), 0..300)) {
+        fn rank_queue_matches_btreemap(
+            ops in proptest::collection::vec((0u8..4, 0u32..700), 0..300)
+        ) {
             let mut q = RankQueue::default();
-            let mut model = BTreeSet::new();
-            for (pop, rank) in ops {
-                if pop {
-                    prop_assert_eq!(q.pop_first(), model.pop_first());
-                } else {
-                    q.insert(rank);
-                    model.insert(rank);
+            let mut model: BTreeMap<u32, Option<bool>> = BTreeMap::new();
+            for (op, rank) in ops {
+                match op {
+                    0 => prop_assert_eq!(q.pop_first(), model.pop_first()),
+                    1 => {
+                        q.insert(rank);
+                        model.entry(rank).or_insert(None);
+                    }
+                    _ => {
+                        let member = op == 3;
+                        q.insert_known(rank, member);
+                        model.insert(rank, Some(member));
+                    }
                 }
                 prop_assert_eq!(q.is_empty(), model.is_empty());
             }
-            while let Some(r) = model.pop_first() {
-                prop_assert_eq!(q.pop_first(), Some(r));
+            while let Some(entry) = model.pop_first() {
+                prop_assert_eq!(q.pop_first(), Some(entry));
             }
             prop_assert_eq!(q.pop_first(), None);
         }

@@ -453,7 +453,15 @@ impl Shard {
 
     /// Evaluates one rule for one user and records a flip. Returns whether
     /// membership changed (the caller then re-evaluates the dependents).
-    fn evaluate(&mut self, step: Step<'_>, local: usize, uid: u32, aud: AudId) -> Option<bool> {
+    /// `member`: the user's membership, when the caller knows it.
+    fn evaluate(
+        &mut self,
+        step: Step<'_>,
+        local: usize,
+        uid: u32,
+        aud: AudId,
+        member: Option<bool>,
+    ) -> Option<bool> {
         let cat = step.cat;
         let class = cat.rule_class[aud as usize];
         // A class is a live computed rule: its result, once known in the
@@ -469,7 +477,9 @@ impl Shard {
                 result
             }
         };
-        if now_member == self.users[local].is_member(aud) {
+        let user = &self.users[local];
+        debug_assert!(member.is_none_or(|m| m == user.is_member(aud)));
+        if now_member == member.unwrap_or_else(|| user.is_member(aud)) {
             return None;
         }
         self.flip_member(step, local, uid, aud, now_member);
@@ -566,9 +576,9 @@ impl Shard {
         out: &mut Vec<ShardChange>,
     ) {
         let mut counter = 0u64;
-        while let Some(rank) = pending.pop_first() {
+        while let Some((rank, member)) = pending.pop_first() {
             let aud = step.cat.by_rank[rank as usize];
-            if let Some(entered) = self.evaluate(step, local, uid, aud) {
+            if let Some(entered) = self.evaluate(step, local, uid, aud, member) {
                 out.push(ShardChange {
                     order: order_of(rank, counter),
                     uid,
@@ -602,7 +612,7 @@ impl Shard {
             if without_events && !member && cat.false_without_events[aud as usize] {
                 continue;
             }
-            pending.insert(cat.rank[aud as usize]);
+            pending.insert_known(cat.rank[aud as usize], member);
         }
     }
 
@@ -1072,8 +1082,8 @@ impl Shard {
         self.reschedule_in_pass(step, local, uid, &[atom]);
         if before != after {
             let (rules, user) = (&cat.atom_rules[atom as usize], &self.users[local]);
-            for (r, _) in Polarity::movable_rules(rules, &user.memberships, after) {
-                due.insert(cat.rank[r as usize]);
+            for (r, member) in Polarity::movable_rules(rules, &user.memberships, after) {
+                due.insert_known(cat.rank[r as usize], member);
             }
         }
     }
