@@ -629,6 +629,8 @@ impl Shard {
         by_user.clear();
         by_user.extend(0..work.len() as u32);
         by_user.sort_by_key(|&i| who(&work[i as usize]).1);
+        // Runs left by a call cut short (a caught panic) are not this one's.
+        self.runs.clear();
         let start = out.len();
         for &i in &by_user {
             let w = &work[i as usize];
@@ -1111,6 +1113,7 @@ impl Shard {
         // window (a session sets a handful) then find its profile in
         // cache. The changes are put back in order of instant below.
         due.sort_unstable();
+        self.runs.clear();
         let start = out.len();
         for &uid in &due {
             let local = self.local(uid);
