@@ -9,10 +9,11 @@
 //! when no atom of the given keys also reads a membership (such an atom,
 //! `in_audience("us") == trait.flag`, changes as the rules run, with the
 //! trait's value), the membership flips its evaluation makes are a
-//! function of the catalog, the list of trait atoms and their truths. Sign-ups repeat a few trait
-//! combinations (a country, a plan, a band of lifetime value), so the
-//! flips are looked up instead of the rules being evaluated again; a
-//! quarter of the standard workload's events are such first identifies.
+//! function of the catalog, the list of trait atoms and their truths.
+//! Sign-ups repeat a few trait combinations (a country, a plan, a band of
+//! lifetime value), so the flips are looked up instead of the rules being
+//! evaluated again; a quarter of the standard workload's events are such
+//! first identifies.
 
 use hashbrown::HashMap;
 
