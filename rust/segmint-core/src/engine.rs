@@ -1023,7 +1023,7 @@ impl Engine {
         Some(
             user.named_traits(&self.catalog.trait_keys)
                 .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.clone()))
+                .map(|(k, v)| (k.to_owned(), v.into_owned()))
                 .collect(),
         )
     }

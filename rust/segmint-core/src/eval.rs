@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::catalog::{
     ArithOp, AtomDef, AtomId, AudId, CExpr, Catalog, CmpOp, CtId, LeafTest, RuleExpr, StateId,
-    StrOp, WindowDef,
+    StrOp, TraitKey, WindowDef,
 };
 use crate::profile::UserData;
 use crate::state::{aggregate, window_range, Entries};
@@ -34,6 +34,9 @@ pub struct UserEnv<'a> {
     pub granularity: Millis,
     /// Where view values computed for this user at this instant are kept.
     views: Option<&'a RefCell<ViewMemo>>,
+    /// The user's traits unpacked, sorted by key, when the caller has them
+    /// (see [`UserEnv::with_traits`]).
+    traits: Option<&'a [(TraitKey, Value)]>,
 }
 
 /// The values of the views computed for one user at one instant, while its
@@ -135,7 +138,15 @@ impl<'a> UserEnv<'a> {
             now,
             granularity,
             views: None,
+            traits: None,
         }
+    }
+
+    /// The same, reading traits from `traits` when given: the user's
+    /// traits unpacked (sorted by key), which a shard does once per event
+    /// rather than once per atom that reads one.
+    pub fn with_traits(self, traits: Option<&'a [(TraitKey, Value)]>) -> Self {
+        UserEnv { traits, ..self }
     }
 
     /// The same, keeping the views it computes in `memo` (whose pass the
@@ -149,6 +160,14 @@ impl<'a> UserEnv<'a> {
 }
 
 impl UserEnv<'_> {
+    fn trait_value(&self, key: TraitKey) -> Option<Cow<'_, Value>> {
+        let Some(traits) = self.traits else {
+            return self.user.trait_value(key);
+        };
+        let i = traits.binary_search_by_key(&key, |(k, _)| *k).ok()?;
+        Some(Cow::Borrowed(&traits[i].1))
+    }
+
     fn latest(&self, state: StateId) -> Option<Millis> {
         self.user.state(state).and_then(|s| s.latest(self.now))
     }
@@ -158,7 +177,7 @@ impl UserEnv<'_> {
         match e {
             CExpr::SinceEvent(s) => self.remembered_base(Base::Event(*s), || self.latest(*s)),
             CExpr::SinceTrait(k) => {
-                self.remembered_base(Base::Trait(*k), || match self.user.trait_value(*k)? {
+                self.remembered_base(Base::Trait(*k), || match self.trait_value(*k)?.as_ref() {
                     Value::Str(s) => parse_timestamp(s)
                         .ok()
                         .map(|t| floor_to(t, self.granularity)),
@@ -229,7 +248,7 @@ impl UserEnv<'_> {
 impl Env for UserEnv<'_> {
     fn leaf(&self, e: &CExpr) -> Option<Cow<'_, Value>> {
         match e {
-            CExpr::Trait(k) => self.user.trait_value(*k).map(Cow::Borrowed),
+            CExpr::Trait(k) => self.trait_value(*k),
             CExpr::View(v) => self.view(*v).map(Cow::Owned),
             CExpr::SinceEvent(_) | CExpr::SinceTrait(_) | CExpr::MemberFor(_) => self
                 .duration_base(e)
@@ -793,7 +812,7 @@ mod tests {
             let cat = Catalog::default();
             let mut user = UserData::default();
             if let Some(v) = v {
-                user.traits.push((0, v));
+                user.traits = [(0, v)].into_iter().collect();
             }
             let env = UserEnv::new(&cat, &user, 0, 1);
             let (leaf, test) = LeafTest::of(&expr).expect("a leaf atom");

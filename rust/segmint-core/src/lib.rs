@@ -37,6 +37,7 @@ pub mod state;
 pub mod storage;
 pub mod ticker;
 pub mod time;
+pub mod traits;
 pub mod value;
 pub mod wire;
 

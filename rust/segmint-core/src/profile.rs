@@ -1,5 +1,6 @@
 //! Profiles: the id interner, per-user traits and states, and memberships.
 
+use std::borrow::Cow;
 use std::hash::BuildHasher;
 
 use roaring::RoaringBitmap;
@@ -8,6 +9,7 @@ use smol_str::SmolStr;
 use crate::catalog::{AtomId, AudId, CtId, StateId, TraitKey};
 use crate::state::UserState;
 use crate::time::Millis;
+use crate::traits::Traits;
 use crate::value::{Flat, Value};
 
 /// Maps names (external user ids, trait keys) to dense `u32` ids, so
@@ -212,8 +214,8 @@ pub(crate) fn remove_shrinking<T>(list: &mut Vec<T>, i: usize) -> T {
 /// One user's traits and aggregation states.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UserData {
-    /// Traits sorted by key id (names in [`crate::catalog::Catalog::trait_keys`]).
-    pub traits: Vec<(TraitKey, Value)>,
+    /// Traits by key id (names in [`crate::catalog::Catalog::trait_keys`]).
+    pub traits: Traits,
     /// States sorted by id.
     pub states: Vec<(StateId, UserState)>,
     /// Pending timers of this user's atoms, sorted by atom.
@@ -228,20 +230,14 @@ pub struct UserData {
 
 impl UserData {
     /// A trait's value.
-    pub fn trait_value(&self, key: TraitKey) -> Option<&Value> {
-        self.traits
-            .binary_search_by_key(&key, |(k, _)| *k)
-            .ok()
-            .map(|i| &self.traits[i].1)
+    pub fn trait_value(&self, key: TraitKey) -> Option<Cow<'_, Value>> {
+        self.traits.get(key)
     }
 
     /// The traits with their key names, sorted by name.
-    pub fn named_traits<'a>(&'a self, keys: &'a Interner) -> Vec<(&'a str, &'a Value)> {
-        let mut named: Vec<(&str, &Value)> = self
-            .traits
-            .iter()
-            .map(|(k, v)| (keys.name(*k), v))
-            .collect();
+    pub fn named_traits<'a>(&'a self, keys: &'a Interner) -> Vec<(&'a str, Cow<'a, Value>)> {
+        let mut named: Vec<(&str, Cow<'_, Value>)> =
+            self.traits.iter().map(|(k, v)| (keys.name(k), v)).collect();
         named.sort_unstable_by(|a, b| a.0.cmp(b.0));
         named
     }
@@ -332,10 +328,13 @@ impl UserData {
     }
 
     /// Applies identify traits in order (`ids` are the interned keys of
-    /// `traits`, in the same order); returns whether any trait changed.
-    /// A deletion of `a` also deletes `a.*`.
+    /// `traits`, in the same order) to `unpacked`, which holds the user's
+    /// traits unpacked (sorted by key), and packs the result into the
+    /// profile; returns whether any trait changed. A deletion of `a` also
+    /// deletes `a.*`.
     pub fn set_traits(
         &mut self,
+        unpacked: &mut Vec<(TraitKey, Value)>,
         traits: &Flat,
         ids: &[TraitKey],
         keys: &Interner,
@@ -343,37 +342,41 @@ impl UserData {
     ) -> bool {
         let mut changed = false;
         for ((key, value), &id) in traits.iter().zip(ids) {
-            let existing = self.traits.binary_search_by_key(&id, |(k, _)| *k);
+            let existing = unpacked.binary_search_by_key(&id, |(k, _)| *k);
             match (value, existing) {
-                (Some(v), Ok(i)) if self.traits[i].1 == *v => {}
+                (Some(v), Ok(i)) if unpacked[i].1 == *v => {}
                 (Some(v), Ok(i)) => {
-                    self.traits[i].1 = pool.share(id, v);
+                    unpacked[i].1 = pool.share(id, v);
                     changed = true;
                 }
                 (Some(v), Err(i)) => {
-                    grow_one(&mut self.traits);
-                    self.traits.insert(i, (id, pool.share(id, v)));
+                    unpacked.insert(i, (id, pool.share(id, v)));
                     changed = true;
                 }
                 (None, _) => {
-                    let before = self.traits.len();
-                    self.traits
-                        .retain(|(k, _)| !key_at_or_below(keys.name(*k), key));
-                    changed |= self.traits.len() != before;
+                    let before = unpacked.len();
+                    unpacked.retain(|(k, _)| !key_at_or_below(keys.name(*k), key));
+                    changed |= unpacked.len() != before;
                 }
             }
+        }
+        if changed {
+            self.traits = Traits::from_sorted(unpacked);
         }
         changed
     }
 
+    /// The user's traits unpacked, sorted by key.
+    pub fn unpacked_traits(&self) -> Vec<(TraitKey, Value)> {
+        self.traits
+            .iter()
+            .map(|(k, v)| (k, v.into_owned()))
+            .collect()
+    }
+
     /// Approximate heap bytes.
     pub fn heap_bytes(&self) -> usize {
-        let traits = self.traits.capacity() * std::mem::size_of::<(TraitKey, Value)>()
-            + self
-                .traits
-                .iter()
-                .map(|(_, v)| v.unshared_heap_bytes())
-                .sum::<usize>();
+        let traits = self.traits.heap_bytes();
         let states: usize = self.states.iter().map(|(_, s)| s.heap_bytes()).sum();
         traits
             + states
@@ -602,17 +605,20 @@ mod tests {
         ];
         let ids: Vec<TraitKey> = set.iter().map(|(k, _)| keys.intern(k)).collect();
         let mut pool = TraitValuePool::default();
-        assert!(user.set_traits(&set, &ids, &keys, &mut pool));
+        assert!(user.set_traits(&mut user.unpacked_traits(), &set, &ids, &keys, &mut pool));
         assert!(
-            !user.set_traits(&set, &ids, &keys, &mut pool),
+            !user.set_traits(&mut user.unpacked_traits(), &set, &ids, &keys, &mut pool),
             "same values: no change"
         );
-        assert_eq!(user.trait_value(ids[0]), Some(&Value::Str("pro".into())));
+        assert_eq!(
+            user.trait_value(ids[0]).as_deref(),
+            Some(&Value::Str("pro".into()))
+        );
         let names: Vec<&str> = user.named_traits(&keys).iter().map(|(k, _)| *k).collect();
         assert_eq!(names, ["address.city", "address.zip", "age", "plan"]);
         let delete: Flat = vec![("address".into(), None)];
         let id = [keys.intern("address")];
-        assert!(user.set_traits(&delete, &id, &keys, &mut pool));
+        assert!(user.set_traits(&mut user.unpacked_traits(), &delete, &id, &keys, &mut pool));
         let names: Vec<&str> = user.named_traits(&keys).iter().map(|(k, _)| *k).collect();
         assert_eq!(names, ["age", "plan"]);
     }

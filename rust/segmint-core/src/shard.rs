@@ -16,7 +16,7 @@ use crate::eval::{
 };
 use crate::first_identify::FirstIdentifyMemo;
 use crate::profile::{
-    find_stamped, key_at_or_below, Memberships, Stamped, TraitValuePool, UserData,
+    find_stamped, key_at_or_below, Interner, Memberships, Stamped, TraitValuePool, UserData,
 };
 use crate::queue::{AtomMemo, RankQueue, UserQueue};
 use crate::state::{aggregate, window_range};
@@ -187,6 +187,35 @@ pub struct Shard {
     runs: Vec<Run>,
     /// Scratch: the changes being reordered.
     reorder_buffer: Vec<ShardChange>,
+    /// Scratch: the traits of the user whose event is being applied,
+    /// unpacked (elsewhere, as in a backfill reading one trait per
+    /// profile, atoms read them from the profile).
+    unpacked: UnpackedTraits,
+}
+
+/// The traits of one user (by local index), unpacked once for all the
+/// atoms of its events that read them: profiles keep traits packed.
+#[derive(Debug, Clone, Default)]
+struct UnpackedTraits {
+    user: Option<usize>,
+    traits: Vec<(TraitKey, Value)>,
+}
+
+impl UnpackedTraits {
+    /// The traits of `local`, if unpacked (and not changed since).
+    fn of(&self, local: usize) -> Option<&[(TraitKey, Value)]> {
+        (self.user == Some(local)).then_some(&self.traits[..])
+    }
+
+    /// Unpacks the traits of `local` unless they are already.
+    fn unpack(&mut self, local: usize, user: &UserData) {
+        if self.user != Some(local) {
+            self.traits.clear();
+            let traits = user.traits.iter().map(|(k, v)| (k, v.into_owned()));
+            self.traits.extend(traits);
+            self.user = Some(local);
+        }
+    }
 }
 
 /// Changes made one after the other for one sort key (an event's index in
@@ -255,6 +284,7 @@ impl Shard {
         let new = self.users.len() <= local;
         if new {
             self.users.resize_with(local + 1, UserData::default);
+            self.unpacked.user = None;
         }
         (local, new)
     }
@@ -288,9 +318,8 @@ impl Shard {
         let mut live_timers = 0;
         let mut trait_values = TraitValuePool::default();
         for (local, user) in users.iter_mut().enumerate() {
-            for (key, value) in &mut user.traits {
-                *value = trait_values.share(*key, value);
-            }
+            user.traits
+                .share_large(|key, value| trait_values.share(key, value));
             let uid = local as u32 * count + index;
             live_timers += user.timers.len();
             if let Some(t) = user.earliest_timer() {
@@ -329,6 +358,7 @@ impl Shard {
 
     fn env<'a>(&'a self, step: Step<'a>, local: usize) -> UserEnv<'a> {
         UserEnv::new(step.cat, &self.users[local], step.now, step.granularity)
+            .with_traits(self.unpacked.of(local))
     }
 
     /// Runs `f` with the pass's view memo lent in a cell.
@@ -378,10 +408,11 @@ impl Shard {
         self.counters.atom_evaluations += evaluated as u64;
         self.with_view_memo(|shard, views| {
             let env = shard.env(step, local).with_views(views);
-            atoms
-                .iter()
-                .map(|&a| known(a).unwrap_or_else(|| eval_atom(&cat.atoms[a as usize], &env)))
-                .collect()
+            let mut truths = SmallVec::with_capacity(atoms.len());
+            for &a in atoms {
+                truths.push(known(a).unwrap_or_else(|| eval_atom(&cat.atoms[a as usize], &env)));
+            }
+            truths
         })
     }
 
@@ -501,9 +532,15 @@ impl Shard {
         let cat = step.cat;
         self.counters.rule_evaluations += 1;
         self.with_view_memo(|shard, views| {
-            let Shard { users, memo, .. } = shard;
-            let env =
-                UserEnv::new(cat, &users[local], step.now, step.granularity).with_views(views);
+            let Shard {
+                users,
+                memo,
+                unpacked,
+                ..
+            } = shard;
+            let env = UserEnv::new(cat, &users[local], step.now, step.granularity)
+                .with_views(views)
+                .with_traits(unpacked.of(local));
             eval_rule(rule, &mut |a| {
                 let atom = &cat.atoms[a as usize];
                 if atom.reads_memberships() {
@@ -516,6 +553,31 @@ impl Shard {
                 })
             })
         })
+    }
+
+    /// Sets a user's traits (see [`UserData::set_traits`]) through the
+    /// unpacked copy, which stays that user's.
+    fn set_traits(
+        &mut self,
+        local: usize,
+        traits: &Flat,
+        ids: &[TraitKey],
+        keys: &Interner,
+    ) -> bool {
+        let Shard {
+            users,
+            unpacked,
+            trait_values,
+            ..
+        } = self;
+        unpacked.unpack(local, &users[local]);
+        // Not the user's while it is being changed (a caught panic would
+        // leave it half done).
+        unpacked.user = None;
+        let changed =
+            users[local].set_traits(&mut unpacked.traits, traits, ids, keys, trait_values);
+        unpacked.user = Some(local);
+        changed
     }
 
     /// Re-evaluates the queued rules (and, on a flip, their dependents) for
@@ -807,6 +869,7 @@ impl Shard {
     ) {
         let cat = step.cat;
         let (local, _) = self.ensure_user(uid);
+        self.unpacked.unpack(local, &self.users[local]);
         let mut pending = std::mem::take(&mut self.queue);
         // Keys an identify may change: the given ones and, for a deletion, those below it.
         let mut atoms: SmallVec<[AtomId; 32]> = SmallVec::new();
@@ -832,7 +895,7 @@ impl Shard {
         atoms.dedup();
         self.begin_views(step, local);
         let before = self.atom_truths(step, local, &atoms, new);
-        if !self.users[local].set_traits(traits, keys, &cat.trait_keys, &mut self.trait_values) {
+        if !self.set_traits(local, traits, keys, &cat.trait_keys) {
             self.queue = pending;
             return;
         }
@@ -904,6 +967,8 @@ impl Shard {
         let cat = step.cat;
         let now = step.now;
         let (local, _) = self.ensure_user(uid);
+        // An event's rules read traits atom by atom: unpacked once here.
+        self.unpacked.unpack(local, &self.users[local]);
         let mut pending = std::mem::take(&mut self.queue);
         let props = PropsEnv(properties);
         let mut matched: SmallVec<[(StateId, Option<Value>); 8]> = SmallVec::new();

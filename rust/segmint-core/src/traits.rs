@@ -1,0 +1,318 @@
+//! A user's traits, packed into one allocation.
+//!
+//! A profile holds a handful of traits, most of them numbers, booleans and
+//! short strings (a country, a plan, an ISO timestamp). As a list of
+//! `(key, Value)` each took 32 bytes whatever its value; packed as bytes
+//! (key, tag, payload) a two-letter country takes 8 and a number 13. Long
+//! strings (which a shard's [`crate::profile::TraitValuePool`] shares
+//! between profiles) and lists stay `Value`s, in a side list that most
+//! profiles never allocate.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use smol_str::SmolStr;
+
+use crate::catalog::TraitKey;
+use crate::value::Value;
+
+/// The longest string packed as bytes: what a `SmolStr` holds without an
+/// allocation, so that reading one back allocates nothing either.
+const PACKED_STR_MAX: usize = 23;
+
+/// Tags of packed entries.
+const TAG_FALSE: u8 = 0;
+const TAG_TRUE: u8 = 1;
+const TAG_NUM: u8 = 2;
+const TAG_STR: u8 = 3;
+const TAG_DUR: u8 = 4;
+
+/// Bytes of an entry's key and tag.
+const HEADER: usize = 5;
+
+/// A user's traits: each key at most once, in key order.
+#[derive(Clone, Default, PartialEq)]
+pub struct Traits {
+    /// Entries sorted by key, end to end: key (u32, little endian), tag,
+    /// then the payload (none for booleans, 8 bytes for a number or a
+    /// duration, a length byte and the bytes for a string).
+    packed: Box<[u8]>,
+    /// Values not packed (long strings, lists), sorted by key; `None` while
+    /// there are none.
+    #[allow(clippy::box_collection)] // 8 bytes in every profile instead of 24
+    large: Option<Box<Vec<(TraitKey, Value)>>>,
+}
+
+/// One packed entry, decoded in place.
+struct Packed<'a> {
+    key: TraitKey,
+    tag: u8,
+    payload: &'a [u8],
+}
+
+impl Packed<'_> {
+    fn value(&self) -> Value {
+        let num = || {
+            let bytes: [u8; 8] = self.payload.try_into().unwrap_or_default();
+            bytes
+        };
+        match self.tag {
+            TAG_FALSE => Value::Bool(false),
+            TAG_TRUE => Value::Bool(true),
+            TAG_NUM => Value::Num(f64::from_le_bytes(num())),
+            TAG_DUR => Value::Dur(i64::from_le_bytes(num())),
+            // Written from a `&str`: always UTF-8.
+            _ => Value::Str(
+                std::str::from_utf8(self.payload).map_or_else(|_| SmolStr::default(), SmolStr::new),
+            ),
+        }
+    }
+}
+
+/// The packed entries of `bytes`, in order, with each entry's byte range.
+fn entries(bytes: &[u8]) -> impl Iterator<Item = (Range<usize>, Packed<'_>)> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let start = at;
+        let head = bytes.get(start..start + HEADER)?;
+        let key = TraitKey::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        let tag = head[4];
+        let (skip, len) = match tag {
+            TAG_FALSE | TAG_TRUE => (0, 0),
+            TAG_NUM | TAG_DUR => (0, 8),
+            _ => (1, usize::from(*bytes.get(start + HEADER)?)),
+        };
+        let from = start + HEADER + skip;
+        let payload = bytes.get(from..from + len)?;
+        at = from + len;
+        Some((start..at, Packed { key, tag, payload }))
+    })
+}
+
+/// The packed form of `key: value`, or `None` when the value is kept as
+/// a `Value`.
+fn pack(key: TraitKey, value: &Value, out: &mut Vec<u8>) -> bool {
+    let payload: (u8, &[u8], [u8; 8]) = match value {
+        Value::Bool(b) => (if *b { TAG_TRUE } else { TAG_FALSE }, &[], [0; 8]),
+        Value::Num(n) => (TAG_NUM, &[], n.to_le_bytes()),
+        Value::Dur(d) => (TAG_DUR, &[], d.to_le_bytes()),
+        Value::Str(s) if s.len() <= PACKED_STR_MAX => (TAG_STR, s.as_bytes(), [0; 8]),
+        Value::Str(_) | Value::List(_) => return false,
+    };
+    out.extend_from_slice(&key.to_le_bytes());
+    out.push(payload.0);
+    match payload.0 {
+        TAG_STR => {
+            out.push(payload.1.len() as u8);
+            out.extend_from_slice(payload.1);
+        }
+        TAG_NUM | TAG_DUR => out.extend_from_slice(&payload.2),
+        _ => {}
+    }
+    true
+}
+
+impl Traits {
+    /// The value of `key`, if set.
+    pub fn get(&self, key: TraitKey) -> Option<Cow<'_, Value>> {
+        for (_, e) in entries(&self.packed) {
+            if e.key == key {
+                return Some(Cow::Owned(e.value()));
+            }
+            if e.key > key {
+                break;
+            }
+        }
+        let large = self.large.as_deref()?;
+        let i = large.binary_search_by_key(&key, |(k, _)| *k).ok()?;
+        Some(Cow::Borrowed(&large[i].1))
+    }
+
+    /// Number of traits.
+    pub fn len(&self) -> usize {
+        entries(&self.packed).count() + self.large.as_ref().map_or(0, |l| l.len())
+    }
+
+    /// Whether no trait is set.
+    pub fn is_empty(&self) -> bool {
+        self.packed.is_empty() && self.large.is_none()
+    }
+
+    /// Every trait, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (TraitKey, Cow<'_, Value>)> + '_ {
+        let mut packed = entries(&self.packed).map(|(_, e)| e).peekable();
+        let mut large = self.large.iter().flat_map(|l| l.iter()).peekable();
+        std::iter::from_fn(move || match (packed.peek(), large.peek()) {
+            (Some(p), Some((k, _))) if *k < p.key => {
+                large.next().map(|(k, v)| (*k, Cow::Borrowed(v)))
+            }
+            (Some(_), _) => packed.next().map(|e| (e.key, Cow::Owned(e.value()))),
+            (None, _) => large.next().map(|(k, v)| (*k, Cow::Borrowed(v))),
+        })
+    }
+
+    /// Traits from `(key, value)` pairs sorted by key, each key once.
+    pub fn from_sorted(pairs: &[(TraitKey, Value)]) -> Traits {
+        debug_assert!(pairs.windows(2).all(|w| w[0].0 < w[1].0));
+        let mut packed = Vec::new();
+        let mut large = Vec::new();
+        for (key, value) in pairs {
+            if !pack(*key, value, &mut packed) {
+                large.push((*key, value.clone()));
+            }
+        }
+        Traits {
+            packed: packed.into_boxed_slice(),
+            large: (!large.is_empty()).then(|| Box::new(large)),
+        }
+    }
+
+    /// Replaces each string kept as a `Value` with `share`'s copy of it
+    /// (after a restore, so that profiles share long strings again).
+    pub fn share_large(&mut self, mut share: impl FnMut(TraitKey, &Value) -> Value) {
+        for (key, value) in self.large.iter_mut().flat_map(|l| l.iter_mut()) {
+            *value = share(*key, value);
+        }
+    }
+
+    /// Approximate heap bytes.
+    pub fn heap_bytes(&self) -> usize {
+        self.packed.len()
+            + self.large.as_ref().map_or(0, |large| {
+                std::mem::size_of::<Vec<(TraitKey, Value)>>()
+                    + large.capacity() * std::mem::size_of::<(TraitKey, Value)>()
+                    + large
+                        .iter()
+                        .map(|(_, v)| v.unshared_heap_bytes())
+                        .sum::<usize>()
+            })
+    }
+}
+
+impl std::fmt::Debug for Traits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// Traits from pairs in any order; of pairs with the same key, the last.
+impl FromIterator<(TraitKey, Value)> for Traits {
+    fn from_iter<I: IntoIterator<Item = (TraitKey, Value)>>(iter: I) -> Self {
+        let mut pairs: Vec<(TraitKey, Value)> = iter.into_iter().collect();
+        // Stable: equal keys stay in order, and the last of each is kept.
+        pairs.sort_by_key(|(k, _)| *k);
+        let mut last: Vec<(TraitKey, Value)> = Vec::with_capacity(pairs.len());
+        for pair in pairs {
+            match last.last_mut() {
+                Some(prev) if prev.0 == pair.0 => *prev = pair,
+                _ => last.push(pair),
+            }
+        }
+        Traits::from_sorted(&last)
+    }
+}
+
+/// Stored in snapshots as the list of `(key, value)` pairs it stands for,
+/// so their format does not depend on how traits are kept.
+impl serde::Serialize for Traits {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.len()))?;
+        for (key, value) in self.iter() {
+            seq.serialize_element(&(key, value.as_ref()))?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Traits {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let pairs: Vec<(TraitKey, Value)> = serde::Deserialize::deserialize(d)?;
+        Ok(pairs.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<bool>().prop_map(Value::Bool),
+            prop_oneof![any::<f64>(), -5.0..5.0f64].prop_map(Value::Num),
+            any::<i64>().prop_map(Value::Dur),
+            "[a-zé]{0,30}".prop_map(|s| Value::Str(s.into())),
+            proptest::collection::vec("[a-z]{0,3}", 0..3)
+                .prop_map(|l| Value::List(l.into_iter().map(Arc::from).collect())),
+        ]
+    }
+
+    /// NaN compares unequal to itself; the model compares bits instead.
+    fn same(a: &Value, b: &Value) -> bool {
+        match (a, b) {
+            (Value::Num(x), Value::Num(y)) => x.to_bits() == y.to_bits(),
+            _ => a == b,
+        }
+    }
+
+    proptest! {
+        /// Packed traits hold what a sorted map holds (the last value of a
+        /// key), list it in key order, and survive a snapshot round trip in
+        /// the format of a list of pairs.
+        #[test]
+        fn packed_traits_hold_what_a_map_holds(
+            pairs in proptest::collection::vec((0u32..12, value()), 0..20),
+        ) {
+            let traits: Traits = pairs.iter().cloned().collect();
+            let model: BTreeMap<TraitKey, Value> = pairs.into_iter().collect();
+            prop_assert_eq!(traits.len(), model.len());
+            prop_assert_eq!(traits.is_empty(), model.is_empty());
+            let listed: Vec<(TraitKey, Value)> =
+                traits.iter().map(|(k, v)| (k, v.into_owned())).collect();
+            prop_assert_eq!(listed.len(), model.len());
+            for ((k, v), (mk, mv)) in listed.iter().zip(&model) {
+                prop_assert_eq!(k, mk);
+                prop_assert!(same(v, mv), "{:?} != {:?}", v, mv);
+            }
+            for k in 0..13 {
+                let got = traits.get(k).map(Cow::into_owned);
+                match (got, model.get(&k)) {
+                    (Some(g), Some(m)) => prop_assert!(same(&g, m)),
+                    (None, None) => {}
+                    (g, m) => prop_assert!(false, "key {}: {:?} vs {:?}", k, g, m),
+                }
+            }
+            let bytes = postcard::to_allocvec(&traits).expect("encode");
+            let as_list: Vec<(TraitKey, Value)> = model.into_iter().collect();
+            prop_assert_eq!(&bytes, &postcard::to_allocvec(&as_list).expect("encode"));
+            let back: Traits = postcard::from_bytes(&bytes).expect("decode");
+            prop_assert_eq!(back.len(), traits.len());
+            prop_assert_eq!(
+                postcard::to_allocvec(&back).expect("encode"),
+                bytes
+            );
+        }
+    }
+
+    #[test]
+    fn short_values_are_packed_and_long_ones_are_not() {
+        let short = [
+            (1, Value::Str("US".into())),
+            (2, Value::Num(617.74)),
+            (3, Value::Bool(true)),
+        ];
+        let traits = Traits::from_sorted(&short);
+        assert!(traits.large.is_none());
+        // key + tag + length + 2 bytes, key + tag + 8, key + tag
+        assert_eq!(traits.heap_bytes(), 8 + 13 + 5);
+        let long = Value::Str("Enterprise (annual, invoiced)".into());
+        let traits: Traits = short.into_iter().chain([(4, long.clone())]).collect();
+        assert_eq!(traits.large.as_ref().map(|l| l.len()), Some(1));
+        assert_eq!(traits.get(4).as_deref(), Some(&long));
+        assert_eq!(traits.get(1).as_deref(), Some(&Value::Str("US".into())));
+        assert_eq!(traits.get(5), None);
+    }
+}
