@@ -563,7 +563,7 @@ pub struct Catalog {
     pub computed_rules: Vec<Vec<AudId>>,
     /// Values of the computed traits on an empty profile (`count` is 0), by
     /// slot: a new profile starts with them.
-    pub empty_computed: Vec<(CtId, Value)>,
+    pub empty_computed: thin_vec::ThinVec<(CtId, Value)>,
 }
 
 fn type_error(source: &str, span: ast::Span, message: String) -> SegmintError {
@@ -1048,7 +1048,7 @@ impl Catalog {
                 list.dedup();
             }
         }
-        self.empty_computed = crate::eval::computed_on_empty_profile(self);
+        self.empty_computed = crate::eval::computed_on_empty_profile(self).into();
         self.empty_true = crate::eval::rules_true_on_empty_profile(self);
         self.empty_atom_truth = crate::eval::atoms_on_empty_profile(self);
         self.false_without_events = crate::eval::rules_false_without_events(self);

@@ -5,6 +5,7 @@ use std::hash::BuildHasher;
 
 use roaring::RoaringBitmap;
 use smol_str::SmolStr;
+use thin_vec::ThinVec;
 
 use crate::catalog::{AtomId, AudId, CtId, StateId, TraitKey};
 use crate::state::UserState;
@@ -186,9 +187,52 @@ pub(crate) fn find_stamped(list: &[Stamped], id: u32) -> Result<usize, usize> {
 /// Makes room for one more element, growing by a quarter instead of
 /// doubling: a profile is a handful of short lists, and doubling's slack
 /// (up to half of each) would be a large share of its memory.
-pub(crate) fn grow_one<T>(list: &mut Vec<T>) {
+pub(crate) fn grow_one<L: ShortList>(list: &mut L) {
     if list.len() == list.capacity() {
         list.reserve_exact((list.len() / 4).max(1));
+    }
+}
+
+/// The lists [`grow_one`] grows: `Vec`, and `ThinVec` where most profiles
+/// leave a list empty (8 bytes instead of 24; a non-empty one keeps its
+/// length and capacity in its allocation).
+pub(crate) trait ShortList {
+    fn len(&self) -> usize;
+    fn capacity(&self) -> usize;
+    fn reserve_exact(&mut self, additional: usize);
+}
+
+impl<T> ShortList for Vec<T> {
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+    fn capacity(&self) -> usize {
+        Vec::capacity(self)
+    }
+    fn reserve_exact(&mut self, additional: usize) {
+        Vec::reserve_exact(self, additional)
+    }
+}
+
+impl<T> ShortList for ThinVec<T> {
+    fn len(&self) -> usize {
+        ThinVec::len(self)
+    }
+    fn capacity(&self) -> usize {
+        ThinVec::capacity(self)
+    }
+    fn reserve_exact(&mut self, additional: usize) {
+        ThinVec::reserve_exact(self, additional)
+    }
+}
+
+/// Heap bytes of a `ThinVec`: its elements and, once allocated, the
+/// length and capacity kept in front of them.
+pub(crate) fn thin_heap_bytes<T>(list: &ThinVec<T>) -> usize {
+    if list.has_capacity() {
+        2 * std::mem::size_of::<usize>() + list.capacity() * std::mem::size_of::<T>()
+    } else {
+        0
     }
 }
 
@@ -216,8 +260,9 @@ pub(crate) fn remove_shrinking<T>(list: &mut Vec<T>, i: usize) -> T {
 pub struct UserData {
     /// Traits by key id (names in [`crate::catalog::Catalog::trait_keys`]).
     pub traits: Traits,
-    /// States sorted by id.
-    pub states: Vec<(StateId, UserState)>,
+    /// States sorted by id. (A `ThinVec`: 8 bytes where no state is kept,
+    /// as for the many profiles known only by their traits.)
+    pub states: ThinVec<(StateId, UserState)>,
     /// Pending timers of this user's atoms, sorted by atom.
     pub timers: Vec<Stamped>,
     /// Audiences the user is in, with the instant of entry, sorted by slot.
@@ -225,7 +270,8 @@ pub struct UserData {
     pub memberships: Vec<Stamped>,
     /// Current values of the computed traits, sorted by slot; a null value
     /// is absent. Kept so that a change of value is detected and logged.
-    pub computed: Vec<(CtId, Value)>,
+    /// (A `ThinVec`: 8 bytes in a catalog without computed traits.)
+    pub computed: ThinVec<(CtId, Value)>,
 }
 
 impl UserData {
@@ -380,10 +426,10 @@ impl UserData {
         let states: usize = self.states.iter().map(|(_, s)| s.heap_bytes()).sum();
         traits
             + states
-            + self.states.capacity() * std::mem::size_of::<(StateId, UserState)>()
+            + thin_heap_bytes(&self.states)
             + self.timers.capacity() * std::mem::size_of::<Stamped>()
             + self.memberships.capacity() * std::mem::size_of::<Stamped>()
-            + self.computed.capacity() * std::mem::size_of::<(CtId, Value)>()
+            + thin_heap_bytes(&self.computed)
     }
 }
 

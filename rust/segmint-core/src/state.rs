@@ -159,7 +159,7 @@ impl Column {
             // Parallel to the instants (entries before the first value had
             // none; a snapshot that says otherwise is repaired, not trusted).
             values.resize(len, None);
-            crate::profile::grow_one(values);
+            crate::profile::grow_one(values.as_mut());
             values.insert(at, value);
         }
     }
