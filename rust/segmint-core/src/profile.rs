@@ -378,7 +378,7 @@ impl UserData {
     /// traits unpacked (sorted by key), and packs the result into the
     /// profile; returns whether any trait changed. A deletion of `a` also
     /// deletes `a.*`.
-    pub fn set_traits(
+    pub(crate) fn set_traits(
         &mut self,
         unpacked: &mut Vec<(TraitKey, Value)>,
         traits: &Flat,

@@ -21,6 +21,7 @@ use crate::profile::{
 use crate::queue::{AtomMemo, RankQueue, UserQueue};
 use crate::state::{aggregate, window_range};
 use crate::time::Millis;
+use crate::traits::Traits;
 use crate::value::{Flat, Value};
 
 /// Why a membership changed.
@@ -187,14 +188,18 @@ pub struct Shard {
     runs: Vec<Run>,
     /// Scratch: the changes being reordered.
     reorder_buffer: Vec<ShardChange>,
-    /// Scratch: the traits of the user whose event is being applied,
-    /// unpacked (elsewhere, as in a backfill reading one trait per
-    /// profile, atoms read them from the profile).
+    /// Scratch: one user's traits, unpacked at the start of each of its
+    /// events and kept until another user's event (any evaluation of that
+    /// user reads them; for other users, as in a backfill reading one trait
+    /// per profile, atoms read the packed traits).
     unpacked: UnpackedTraits,
 }
 
 /// The traits of one user (by local index), unpacked once for all the
 /// atoms of its events that read them: profiles keep traits packed.
+/// Invariant: while `user` is `Some(local)`, `traits` equals the traits of
+/// profile `local`. Profiles' traits change only through
+/// [`Shard::set_traits`], which keeps it; a new profile slot resets it.
 #[derive(Debug, Clone, Default)]
 struct UnpackedTraits {
     user: Option<usize>,
@@ -210,6 +215,7 @@ impl UnpackedTraits {
     /// Unpacks the traits of `local` unless they are already.
     fn unpack(&mut self, local: usize, user: &UserData) {
         if self.user != Some(local) {
+            self.user = None;
             self.traits.clear();
             let traits = user.traits.iter().map(|(k, v)| (k, v.into_owned()));
             self.traits.extend(traits);
@@ -576,6 +582,8 @@ impl Shard {
         unpacked.user = None;
         let changed =
             users[local].set_traits(&mut unpacked.traits, traits, ids, keys, trait_values);
+        // (Compared packed: bit for bit, so a NaN equals itself.)
+        debug_assert!(Traits::from_sorted(&unpacked.traits) == users[local].traits);
         unpacked.user = Some(local);
         changed
     }

@@ -30,7 +30,9 @@ const TAG_DUR: u8 = 4;
 /// Bytes of an entry's key and tag.
 const HEADER: usize = 5;
 
-/// A user's traits: each key at most once, in key order.
+/// A user's traits: each key at most once, in key order. (Equality
+/// compares the packed bytes: numbers by their bits, so `0.0` and `-0.0`
+/// differ and a NaN equals itself; no caller compares profiles.)
 #[derive(Clone, Default, PartialEq)]
 pub struct Traits {
     /// Entries sorted by key, end to end: key (u32, little endian), tag,
@@ -89,8 +91,8 @@ fn entries(bytes: &[u8]) -> impl Iterator<Item = (Range<usize>, Packed<'_>)> {
     })
 }
 
-/// The packed form of `key: value`, or `None` when the value is kept as
-/// a `Value`.
+/// Appends the packed form of `key: value` to `out`; false (nothing
+/// appended) when the value is kept as a `Value` instead.
 fn pack(key: TraitKey, value: &Value, out: &mut Vec<u8>) -> bool {
     let payload: (u8, &[u8], [u8; 8]) = match value {
         Value::Bool(b) => (if *b { TAG_TRUE } else { TAG_FALSE }, &[], [0; 8]),
@@ -151,7 +153,8 @@ impl Traits {
         })
     }
 
-    /// Traits from `(key, value)` pairs sorted by key, each key once.
+    /// Traits from `(key, value)` pairs sorted by key, each key once (other
+    /// input: [`Traits::from_iter`]).
     pub fn from_sorted(pairs: &[(TraitKey, Value)]) -> Traits {
         debug_assert!(pairs.windows(2).all(|w| w[0].0 < w[1].0));
         let mut packed = Vec::new();
@@ -161,6 +164,8 @@ impl Traits {
                 large.push((*key, value.clone()));
             }
         }
+        // Kept for good, rarely changed: no room to grow.
+        large.shrink_to_fit();
         Traits {
             packed: packed.into_boxed_slice(),
             large: (!large.is_empty()).then(|| Box::new(large)),
@@ -228,7 +233,12 @@ impl serde::Serialize for Traits {
 impl<'de> serde::Deserialize<'de> for Traits {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let pairs: Vec<(TraitKey, Value)> = serde::Deserialize::deserialize(d)?;
-        Ok(pairs.into_iter().collect())
+        // Snapshots hold them sorted; anything else is repaired, not trusted.
+        if pairs.windows(2).all(|w| w[0].0 < w[1].0) {
+            Ok(Traits::from_sorted(&pairs))
+        } else {
+            Ok(pairs.into_iter().collect())
+        }
     }
 }
 
