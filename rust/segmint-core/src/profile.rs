@@ -414,10 +414,9 @@ impl UserData {
 
     /// The user's traits unpacked, sorted by key.
     pub fn unpacked_traits(&self) -> Vec<(TraitKey, Value)> {
-        self.traits
-            .iter()
-            .map(|(k, v)| (k, v.into_owned()))
-            .collect()
+        let mut unpacked = Vec::new();
+        self.traits.unpack_into(&mut unpacked);
+        unpacked
     }
 
     /// Approximate heap bytes.

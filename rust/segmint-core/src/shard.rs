@@ -217,8 +217,7 @@ impl UnpackedTraits {
         if self.user != Some(local) {
             self.user = None;
             self.traits.clear();
-            let traits = user.traits.iter().map(|(k, v)| (k, v.into_owned()));
-            self.traits.extend(traits);
+            user.traits.unpack_into(&mut self.traits);
             self.user = Some(local);
         }
     }

@@ -153,6 +153,11 @@ impl Traits {
         })
     }
 
+    /// Appends every trait to `out` as an owned value, in key order.
+    pub fn unpack_into(&self, out: &mut Vec<(TraitKey, Value)>) {
+        out.extend(self.iter().map(|(k, v)| (k, v.into_owned())));
+    }
+
     /// Traits from `(key, value)` pairs sorted by key, each key once (other
     /// input: [`Traits::from_iter`]).
     pub fn from_sorted(pairs: &[(TraitKey, Value)]) -> Traits {
