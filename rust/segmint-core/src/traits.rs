@@ -3,7 +3,8 @@
 //! A profile holds a handful of traits, most of them numbers, booleans and
 //! short strings (a country, a plan, an ISO timestamp). As a list of
 //! `(key, Value)` each took 32 bytes whatever its value; packed as bytes
-//! (key, tag, payload) a two-letter country takes 8 and a number 13. Long
+//! (key, tag, payload) a two-letter country takes 4 and a number 10 (with
+//! one of the first 128 keys of the catalog). Long
 //! strings (which a shard's [`crate::profile::TraitValuePool`] shares
 //! between profiles) and lists stay `Value`s, in a side list that most
 //! profiles never allocate.
@@ -20,24 +21,44 @@ use crate::value::Value;
 /// allocation, so that reading one back allocates nothing either.
 const PACKED_STR_MAX: usize = 23;
 
-/// Tags of packed entries.
+/// Tags of packed entries; a string's tag is `TAG_STR` plus its length.
 const TAG_FALSE: u8 = 0;
 const TAG_TRUE: u8 = 1;
 const TAG_NUM: u8 = 2;
-const TAG_STR: u8 = 3;
 const TAG_DUR: u8 = 4;
+const TAG_STR: u8 = 32;
 
-/// Bytes of an entry's key and tag.
-const HEADER: usize = 5;
+/// Appends `key` as LEB128: one byte for the first 128 keys of a catalog,
+/// which most workloads never pass.
+fn push_key(key: TraitKey, out: &mut Vec<u8>) {
+    let mut rest = key;
+    while rest >= 0x80 {
+        out.push((rest as u8 & 0x7f) | 0x80);
+        rest >>= 7;
+    }
+    out.push(rest as u8);
+}
+
+/// The key at the start of `bytes` and its length in bytes.
+fn read_key(bytes: &[u8]) -> Option<(TraitKey, usize)> {
+    let mut key: TraitKey = 0;
+    for (i, &byte) in bytes.iter().enumerate().take(5) {
+        key |= TraitKey::from(byte & 0x7f) << (7 * i);
+        if byte < 0x80 {
+            return Some((key, i + 1));
+        }
+    }
+    None
+}
 
 /// A user's traits: each key at most once, in key order. (Equality
 /// compares the packed bytes: numbers by their bits, so `0.0` and `-0.0`
 /// differ and a NaN equals itself; no caller compares profiles.)
 #[derive(Clone, Default, PartialEq)]
 pub struct Traits {
-    /// Entries sorted by key, end to end: key (u32, little endian), tag,
-    /// then the payload (none for booleans, 8 bytes for a number or a
-    /// duration, a length byte and the bytes for a string).
+    /// Entries sorted by key, end to end: key (LEB128), tag, then the
+    /// payload (none for booleans, 8 bytes for a number or a duration, the
+    /// bytes of a string, whose length is in its tag).
     packed: Box<[u8]>,
     /// Values not packed (long strings, lists), sorted by key; `None` while
     /// there are none.
@@ -76,15 +97,14 @@ fn entries(bytes: &[u8]) -> impl Iterator<Item = (Range<usize>, Packed<'_>)> {
     let mut at = 0;
     std::iter::from_fn(move || {
         let start = at;
-        let head = bytes.get(start..start + HEADER)?;
-        let key = TraitKey::from_le_bytes([head[0], head[1], head[2], head[3]]);
-        let tag = head[4];
-        let (skip, len) = match tag {
-            TAG_FALSE | TAG_TRUE => (0, 0),
-            TAG_NUM | TAG_DUR => (0, 8),
-            _ => (1, usize::from(*bytes.get(start + HEADER)?)),
+        let (key, key_len) = read_key(bytes.get(start..)?)?;
+        let tag = *bytes.get(start + key_len)?;
+        let len = match tag {
+            TAG_FALSE | TAG_TRUE => 0,
+            TAG_NUM | TAG_DUR => 8,
+            _ => usize::from(tag - TAG_STR),
         };
-        let from = start + HEADER + skip;
+        let from = start + key_len + 1;
         let payload = bytes.get(from..from + len)?;
         at = from + len;
         Some((start..at, Packed { key, tag, payload }))
@@ -101,15 +121,17 @@ fn pack(key: TraitKey, value: &Value, out: &mut Vec<u8>) -> bool {
         Value::Str(s) if s.len() <= PACKED_STR_MAX => (TAG_STR, s.as_bytes(), [0; 8]),
         Value::Str(_) | Value::List(_) => return false,
     };
-    out.extend_from_slice(&key.to_le_bytes());
-    out.push(payload.0);
+    push_key(key, out);
     match payload.0 {
         TAG_STR => {
-            out.push(payload.1.len() as u8);
+            out.push(TAG_STR + payload.1.len() as u8);
             out.extend_from_slice(payload.1);
         }
-        TAG_NUM | TAG_DUR => out.extend_from_slice(&payload.2),
-        _ => {}
+        TAG_NUM | TAG_DUR => {
+            out.push(payload.0);
+            out.extend_from_slice(&payload.2);
+        }
+        tag => out.push(tag),
     }
     true
 }
@@ -254,6 +276,11 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
+    /// Keys of one to five LEB128 bytes, few enough to repeat.
+    fn key() -> impl Strategy<Value = TraitKey> {
+        prop_oneof![0u32..12, 120u32..136, 16_380u32..16_390, Just(u32::MAX)]
+    }
+
     fn value() -> impl Strategy<Value = Value> {
         prop_oneof![
             any::<bool>().prop_map(Value::Bool),
@@ -279,7 +306,7 @@ mod tests {
         /// the format of a list of pairs.
         #[test]
         fn packed_traits_hold_what_a_map_holds(
-            pairs in proptest::collection::vec((0u32..12, value()), 0..20),
+            pairs in proptest::collection::vec((key(), value()), 0..20),
         ) {
             let traits: Traits = pairs.iter().cloned().collect();
             let model: BTreeMap<TraitKey, Value> = pairs.into_iter().collect();
@@ -321,8 +348,13 @@ mod tests {
         ];
         let traits = Traits::from_sorted(&short);
         assert!(traits.large.is_none());
-        // key + tag + length + 2 bytes, key + tag + 8, key + tag
-        assert_eq!(traits.heap_bytes(), 8 + 13 + 5);
+        // key + tag-and-length + 2 bytes, key + tag + 8, key + tag
+        assert_eq!(traits.heap_bytes(), 4 + 10 + 2);
+        // A key past the first 128 takes a second byte.
+        assert_eq!(
+            Traits::from_sorted(&[(200, Value::Bool(false))]).heap_bytes(),
+            3
+        );
         let long = Value::Str("Enterprise (annual, invoiced)".into());
         let traits: Traits = short.into_iter().chain([(4, long.clone())]).collect();
         assert_eq!(traits.large.as_ref().map(|l| l.len()), Some(1));
