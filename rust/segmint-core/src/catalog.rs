@@ -8,7 +8,7 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 
 use crate::error::{Result, RuleError, SegmintError};
-use crate::profile::{Interner, Stamped};
+use crate::profile::Interner;
 use crate::rules::ast::{self, AggFunc, BinaryOp, ExprKind, Literal, SinceTarget, UnaryOp, Window};
 use crate::rules::Type;
 use crate::time::Millis;
@@ -1460,16 +1460,16 @@ impl Polarity {
     /// rules, and a search per rule was about a quarter of a timer's cost.
     pub fn movable_rules<'a>(
         rules: &'a [(AudId, Polarity)],
-        memberships: &'a [Stamped],
+        memberships: &'a [AudId],
         now_true: bool,
     ) -> impl Iterator<Item = (AudId, bool)> + 'a {
         debug_assert!(rules.is_sorted_by_key(|(aud, _)| *aud));
         let mut next = 0;
         rules.iter().filter_map(move |&(aud, polarity)| {
-            while memberships.get(next).is_some_and(|m| m.id < aud) {
+            while memberships.get(next).is_some_and(|&m| m < aud) {
                 next += 1;
             }
-            let member = memberships.get(next).is_some_and(|m| m.id == aud);
+            let member = memberships.get(next) == Some(&aud);
             polarity
                 .may_change(now_true, member)
                 .then_some((aud, member))
@@ -1679,12 +1679,12 @@ mod tests {
                 .into_iter()
                 .map(|(aud, p)| (aud, [Polarity::Positive, Polarity::Negative, Polarity::Mixed][p as usize]))
                 .collect();
-            let memberships: Vec<Stamped> = memberships.into_iter().map(|id| Stamped::new(id, 7)).collect();
+            let memberships: Vec<AudId> = memberships.into_iter().collect();
             let walked: Vec<(AudId, bool)> =
                 Polarity::movable_rules(&rules, &memberships, now_true).collect();
             let searched: Vec<(AudId, bool)> = rules
                 .iter()
-                .map(|&(aud, p)| (aud, p, memberships.binary_search_by_key(&aud, |m| m.id).is_ok()))
+                .map(|&(aud, p)| (aud, p, memberships.binary_search(&aud).is_ok()))
                 .filter(|&(_, p, member)| p.may_change(now_true, member))
                 .map(|(aud, _, member)| (aud, member))
                 .collect();

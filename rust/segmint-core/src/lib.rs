@@ -19,6 +19,7 @@
 //! assert!(!engine.is_member("u1", "buyers").unwrap());
 //! assert_eq!(engine.last_seq(), 2);
 //! ```
+pub mod audience_list;
 pub mod catalog;
 mod changelog;
 pub mod durable;

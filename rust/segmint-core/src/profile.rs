@@ -7,6 +7,7 @@ use roaring::RoaringBitmap;
 use smol_str::SmolStr;
 use thin_vec::ThinVec;
 
+use crate::audience_list::AudienceList;
 use crate::catalog::{AtomId, AudId, CtId, StateId, TraitKey};
 use crate::state::UserState;
 use crate::time::Millis;
@@ -23,8 +24,9 @@ use crate::value::{Flat, Value};
 pub struct Interner {
     /// Every name, concatenated in id order.
     text: String,
-    /// Where each name ends in `text`, by id.
-    ends: Vec<u64>,
+    /// Where each name ends in `text`, by id, modulo 2^32: 4 bytes per id
+    /// instead of 8 (see [`Ends`]).
+    ends: Ends,
     /// The ids, found by the hash of their name.
     ids: hashbrown::HashTable<u32>,
     hasher: hashbrown::DefaultHashBuilder,
@@ -45,20 +47,20 @@ impl Interner {
         }
         let id = self.ends.len() as u32;
         self.text.push_str(name);
-        self.ends.push(self.text.len() as u64);
+        self.ends.push(self.text.len());
         let Interner {
             text,
             ends,
             ids,
             hasher,
         } = self;
-        ids.insert_unique(hash, id, |&id| hasher.hash_one(slice(text, ends, id)));
+        ids.insert_unique(hash, id, |&id| hasher.hash_one(ends.name(text, id)));
         id
     }
 
     /// The external id of a dense id.
     pub fn name(&self, id: u32) -> &str {
-        slice(&self.text, &self.ends, id)
+        self.ends.name(&self.text, id)
     }
 
     /// Every name, in id order.
@@ -81,16 +83,53 @@ impl Interner {
         // A bucket is the 4-byte id plus a control byte; a table holds up to
         // 7/8 of its buckets (and a group of control bytes more).
         let buckets = self.ids.capacity() * 8 / 7 + 16;
-        self.text.capacity() + self.ends.capacity() * 8 + buckets * 5
+        self.text.capacity() + self.ends.heap_bytes() + buckets * 5
     }
 }
 
-/// Name `id` of an [`Interner`]'s text (a free function, so that the table
-/// can rehash while borrowed apart from it).
-fn slice<'a>(text: &'a str, ends: &[u64], id: u32) -> &'a str {
-    let id = id as usize;
-    let start = id.checked_sub(1).map_or(0, |i| ends[i] as usize);
-    &text[start..ends[id] as usize]
+/// Where each name of an [`Interner`] ends in its text: the low 32 bits
+/// per id, and the ids at which the text passed each multiple of 4 GiB
+/// (none below that), which give the high bits.
+#[derive(Debug, Clone, Default)]
+struct Ends {
+    low: Vec<u32>,
+    /// Per multiple of 2^32 passed, the first id ending past it.
+    wraps: Vec<u32>,
+}
+
+impl Ends {
+    fn push(&mut self, end: usize) {
+        let id = self.low.len() as u32;
+        while (end as u64 >> 32) as usize > self.wraps.len() {
+            self.wraps.push(id);
+        }
+        self.low.push(end as u32);
+    }
+
+    fn end(&self, id: usize) -> usize {
+        let high = self.wraps.partition_point(|&w| w as usize <= id) as u64;
+        ((high << 32) | u64::from(self.low[id])) as usize
+    }
+
+    fn len(&self) -> usize {
+        self.low.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.low.is_empty()
+    }
+
+    fn heap_bytes(&self) -> usize {
+        (self.low.capacity() + self.wraps.capacity()) * std::mem::size_of::<u32>()
+    }
+
+    /// Name `id` of `text` (apart from the interner's table, so that the
+    /// table can rehash while borrowed).
+    fn name<'a>(&self, text: &'a str, id: u32) -> &'a str {
+        let id = id as usize;
+        let start = id.checked_sub(1).map_or(0, |i| self.end(i));
+        &text[start..self.end(id)]
+    }
 }
 
 /// Distinct string values a trait key may share before it is taken for
@@ -236,21 +275,24 @@ pub(crate) fn thin_heap_bytes<T>(list: &ThinVec<T>) -> usize {
     }
 }
 
-/// The capacity below which [`remove_shrinking`] keeps a list as it is.
-const SHORT_LIST: usize = 4;
+/// The room [`remove_shrinking`] leaves alone beyond half the length.
+const SHORT_LIST: usize = 2;
 
-/// Removes element `i`, giving memory back once less than half of the
-/// list is used: a new profile enters a dozen audiences of empty profiles
-/// and leaves most of them at its first events, and a list never shrunk
-/// would keep that peak for good. Shrinking to a quarter above the length
-/// leaves room for [`grow_one`], so that a list moving around one length
-/// does not reallocate at every step.
-pub(crate) fn remove_shrinking<T>(list: &mut Vec<T>, i: usize) -> T {
+/// Removes element `i`, giving memory back once the room left exceeds half
+/// the length plus [`SHORT_LIST`]: a profile's timers come and go, and a
+/// list never shrunk would keep its peak for good (a third of the timers'
+/// memory on the benchmark workload, when only lists over four were
+/// shrunk). Shrinking to a quarter above the length leaves room for
+/// [`grow_one`], so that a list moving around one length does not
+/// reallocate at every step.
+pub(crate) fn remove_shrinking<T>(list: &mut ThinVec<T>, i: usize) -> T {
     let removed = list.remove(i);
-    // A short list is left alone: a timer fired and set again, or one
-    // membership toggling, would otherwise free and allocate every time.
-    if list.len() * 2 < list.capacity() && list.capacity() > SHORT_LIST {
-        list.shrink_to(list.len() + list.len() / 4);
+    // Some room is left alone: a timer fired and set again would otherwise
+    // free and allocate every time.
+    if list.capacity() - list.len() > list.len() / 2 + SHORT_LIST {
+        let mut shrunk = ThinVec::with_capacity(list.len() + list.len() / 4 + 1);
+        shrunk.extend(list.drain(..));
+        *list = shrunk;
     }
     removed
 }
@@ -263,11 +305,13 @@ pub struct UserData {
     /// States sorted by id. (A `ThinVec`: 8 bytes where no state is kept,
     /// as for the many profiles known only by their traits.)
     pub states: ThinVec<(StateId, UserState)>,
-    /// Pending timers of this user's atoms, sorted by atom.
-    pub timers: Vec<Stamped>,
+    /// Pending timers of this user's atoms, sorted by atom. (A `ThinVec`:
+    /// 8 bytes where none is pending, as for most profiles known only by
+    /// their traits.)
+    pub timers: ThinVec<Stamped>,
     /// Audiences the user is in, with the instant of entry, sorted by slot.
     /// (The shard's bitmaps hold the same memberships for queries.)
-    pub memberships: Vec<Stamped>,
+    pub memberships: AudienceList,
     /// Current values of the computed traits, sorted by slot; a null value
     /// is absent. Kept so that a change of value is detected and logged.
     /// (A `ThinVec`: 8 bytes in a catalog without computed traits.)
@@ -302,30 +346,20 @@ impl UserData {
 
     /// Whether the user is in audience `aud`.
     pub fn is_member(&self, aud: AudId) -> bool {
-        find_stamped(&self.memberships, aud).is_ok()
+        self.memberships.contains(aud)
     }
 
     /// When the user entered `aud`, if a member.
     pub fn entered(&self, aud: AudId) -> Option<Millis> {
-        find_stamped(&self.memberships, aud)
-            .ok()
-            .map(|i| self.memberships[i].at())
+        self.memberships.entered(aud)
     }
 
     /// Records entering (with the instant) or leaving `aud`; whether the
     /// membership flipped (false when it already was as asked).
     pub fn set_member(&mut self, aud: AudId, member: bool, at: Millis) -> bool {
-        match (find_stamped(&self.memberships, aud), member) {
-            (Ok(_), true) | (Err(_), false) => false,
-            (Err(i), true) => {
-                grow_one(&mut self.memberships);
-                self.memberships.insert(i, Stamped::new(aud, at));
-                true
-            }
-            (Ok(i), false) => {
-                remove_shrinking(&mut self.memberships, i);
-                true
-            }
+        match member {
+            true => self.memberships.insert(aud, at),
+            false => self.memberships.remove(aud),
         }
     }
 
@@ -419,6 +453,17 @@ impl UserData {
         unpacked
     }
 
+    /// Gives back the room left in the memberships and timers (after an
+    /// event or a wake: within one, growth leaves room so that a dozen
+    /// changes do not reallocate a dozen times; between events, the room
+    /// would be a fifth of a profile's memory).
+    pub fn trim_lists(&mut self) {
+        self.memberships.trim();
+        if self.timers.capacity() > self.timers.len() {
+            self.timers.shrink_to_fit();
+        }
+    }
+
     /// Approximate heap bytes.
     pub fn heap_bytes(&self) -> usize {
         let traits = self.traits.heap_bytes();
@@ -426,8 +471,8 @@ impl UserData {
         traits
             + states
             + thin_heap_bytes(&self.states)
-            + self.timers.capacity() * std::mem::size_of::<Stamped>()
-            + self.memberships.capacity() * std::mem::size_of::<Stamped>()
+            + thin_heap_bytes(&self.timers)
+            + self.memberships.heap_bytes()
             + thin_heap_bytes(&self.computed)
     }
 }
@@ -608,17 +653,40 @@ mod tests {
         assert_eq!(ids.names().len(), names.len() + 1);
     }
 
+    /// Name ends past 4 GiB keep their high bits, without a 4 GiB text.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn name_ends_past_four_gib() {
+        let four_gib = 1usize << 32;
+        let ends = [
+            10,
+            four_gib - 1,
+            four_gib,
+            four_gib + 5,
+            3 * four_gib + 1,
+            3 * four_gib + 2,
+        ];
+        let mut kept = Ends::default();
+        for end in ends {
+            kept.push(end);
+        }
+        assert_eq!(kept.wraps, vec![2, 4, 4]);
+        for (id, end) in ends.into_iter().enumerate() {
+            assert_eq!(kept.end(id), end);
+        }
+    }
+
     #[test]
     fn removal_gives_memory_back_below_half_and_keeps_order() {
-        let mut list: Vec<u32> = (0..100).collect();
+        let mut list: ThinVec<u32> = (0..100).collect();
         list.shrink_to_fit();
-        let mut kept: Vec<u32> = list.clone();
+        let mut kept: Vec<u32> = list.to_vec();
         while !list.is_empty() {
             let i = list.len() / 3;
             assert_eq!(remove_shrinking(&mut list, i), kept.remove(i));
-            assert_eq!(list, kept);
+            assert_eq!(list.as_slice(), kept.as_slice());
             assert!(
-                list.capacity() <= (2 * list.len()).max(SHORT_LIST),
+                list.capacity() - list.len() <= list.len() / 2 + SHORT_LIST,
                 "{list:?}"
             );
         }
@@ -627,7 +695,7 @@ mod tests {
             grow_one(&mut list);
             list.push(x);
         }
-        assert_eq!(list, (0..10).collect::<Vec<u32>>());
+        assert_eq!(list.as_slice(), (0..10).collect::<Vec<u32>>().as_slice());
     }
 
     #[test]

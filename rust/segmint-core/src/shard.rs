@@ -677,7 +677,7 @@ impl Shard {
         let (cat, user) = (step.cat, &self.users[local]);
         let without_events = user.states.is_empty();
         let rules = &cat.atom_rules[atom as usize];
-        for (aud, member) in Polarity::movable_rules(rules, &user.memberships, now_true) {
+        for (aud, member) in Polarity::movable_rules(rules, user.memberships.slots(), now_true) {
             if without_events && !member && cat.false_without_events[aud as usize] {
                 continue;
             }
@@ -726,6 +726,7 @@ impl Shard {
             if new {
                 self.log_new_profile(step, local, uid, index, mark, out);
             }
+            self.users[local].trim_lists();
             self.end_run(index as i64, mark, out.len());
         }
         self.by_user = by_user;
@@ -767,8 +768,9 @@ impl Shard {
         let uid = local as u32 * self.count + self.index;
         self.users[local].computed = step.cat.empty_computed.clone();
         // One allocation instead of a dozen small growths.
-        let memberships = &mut self.users[local].memberships;
-        memberships.reserve_exact(step.cat.empty_true.len().saturating_sub(memberships.len()));
+        self.users[local]
+            .memberships
+            .reserve(step.cat.empty_true.len());
         for &aud in &step.cat.empty_true {
             self.set_member(local, uid, aud, true, step.now);
             for &atom in &step.cat.timed_by_audience[aud as usize] {
@@ -1156,7 +1158,7 @@ impl Shard {
         self.reschedule_in_pass(step, local, uid, &[atom]);
         if before != after {
             let (rules, user) = (&cat.atom_rules[atom as usize], &self.users[local]);
-            for (r, member) in Polarity::movable_rules(rules, &user.memberships, after) {
+            for (r, member) in Polarity::movable_rules(rules, user.memberships.slots(), after) {
                 due.insert_known(cat.rank[r as usize], member);
             }
         }
@@ -1201,6 +1203,10 @@ impl Shard {
                 self.end_run(instant, mark, out.len());
             }
             self.timers.rearm(uid, next(self));
+            let local = self.local(uid);
+            if let Some(user) = self.users.get_mut(local) {
+                user.trim_lists();
+            }
         }
         self.due_users = due;
         // In order of instant, users ascending within one.
