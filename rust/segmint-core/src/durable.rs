@@ -426,7 +426,7 @@ impl Engine {
                 .par_iter()
                 .map(|shard| {
                     encode(&ShardSnapshot {
-                        users: shard.users.clone(),
+                        users: shard.users.iter().cloned().collect(),
                         bitmaps: shard
                             .members
                             .bitmaps()

@@ -1108,7 +1108,7 @@ mod computed_tests {
     fn assert_kept_equals_recomputed(e: &Engine) {
         let cat = e.catalog();
         for shard in &e.shards {
-            for user in &shard.users {
+            for user in shard.users.iter() {
                 let env = UserEnv::new(cat, user, e.now(), e.config.granularity);
                 for (ct, _) in cat.computed_traits() {
                     assert_eq!(

@@ -30,6 +30,7 @@ pub mod event;
 pub mod first_identify;
 pub mod inspect;
 pub mod limits;
+pub mod pages;
 pub mod profile;
 pub mod queue;
 pub mod rules;

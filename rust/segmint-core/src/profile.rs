@@ -232,6 +232,17 @@ pub(crate) fn grow_one<L: ShortList>(list: &mut L) {
     }
 }
 
+/// Extends `list` to `len` with `fill`, growing its capacity by a quarter
+/// rather than doubling: for a list with an entry per user (the timer
+/// queue's instants), where doubling's room could be nearly half of it.
+/// (The profiles themselves are kept in [`crate::pages::Pages`].)
+pub(crate) fn extend_by_quarter<T>(list: &mut Vec<T>, len: usize, fill: impl FnMut() -> T) {
+    if list.capacity() < len {
+        list.reserve_exact(len - list.len() + list.len() / 4);
+    }
+    list.resize_with(len, fill);
+}
+
 /// The lists [`grow_one`] grows: `Vec`, and `ThinVec` where most profiles
 /// leave a list empty (8 bytes instead of 24; a non-empty one keeps its
 /// length and capacity in its allocation).

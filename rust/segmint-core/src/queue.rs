@@ -272,7 +272,7 @@ impl UserQueue {
     pub fn offer(&mut self, uid: u32, t: Millis) {
         let local = self.local(uid);
         if self.queued.len() <= local {
-            self.queued.resize(local + 1, UNQUEUED);
+            crate::profile::extend_by_quarter(&mut self.queued, local + 1, || UNQUEUED);
         }
         if t >= self.queued[local] {
             return;

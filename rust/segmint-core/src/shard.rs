@@ -15,6 +15,7 @@ use crate::eval::{
     compare, eval_atom, eval_bool, eval_rule, eval_value, PropsEnv, UserEnv, ViewMemo,
 };
 use crate::first_identify::FirstIdentifyMemo;
+use crate::pages::Pages;
 use crate::profile::{
     find_stamped, key_at_or_below, Interner, Memberships, Stamped, TraitValuePool, UserData,
 };
@@ -150,7 +151,7 @@ pub struct Shard {
     /// Number of shards.
     pub count: u32,
     /// Users by local index (`uid / count`).
-    pub users: Vec<UserData>,
+    pub users: Pages<UserData>,
     /// Memberships of these users.
     pub members: Memberships,
     /// When each user's earliest timer is due (the instants of the timers
@@ -288,7 +289,7 @@ impl Shard {
         let local = self.local(uid);
         let new = self.users.len() <= local;
         if new {
-            self.users.resize_with(local + 1, UserData::default);
+            self.users.extend_to(local + 1, UserData::default);
             self.unpacked.user = None;
         }
         (local, new)
@@ -334,7 +335,7 @@ impl Shard {
         Shard {
             index,
             count,
-            users,
+            users: users.into_iter().collect(),
             members,
             timers,
             live_timers,
@@ -346,8 +347,8 @@ impl Shard {
 
     /// Approximate heap bytes of this shard.
     pub fn heap_bytes(&self) -> usize {
-        let users: usize = self.users.iter().map(UserData::heap_bytes).sum::<usize>()
-            + self.users.capacity() * std::mem::size_of::<UserData>();
+        let users: usize =
+            self.users.iter().map(UserData::heap_bytes).sum::<usize>() + self.users.heap_bytes();
         users
             + self.members.heap_bytes()
             + self.timers.heap_bytes()
