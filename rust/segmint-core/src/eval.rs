@@ -238,7 +238,7 @@ impl UserEnv<'_> {
         let state = self.user.state(def.state).unwrap_or(&empty);
         match window_range(state, def.window, self.now, anchor) {
             Some((entries, with_summary)) => {
-                aggregate(def.func, entries, state.summary.as_deref(), with_summary)
+                aggregate(def.func, entries, state.summary(), with_summary)
             }
             None => aggregate(def.func, Entries::EMPTY, None, false),
         }

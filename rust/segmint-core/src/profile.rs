@@ -243,9 +243,10 @@ pub(crate) fn extend_by_quarter<T>(list: &mut Vec<T>, len: usize, fill: impl FnM
     list.resize_with(len, fill);
 }
 
-/// The lists [`grow_one`] grows: `Vec`, and `ThinVec` where most profiles
+/// The lists [`grow_one`] grows: `Vec`; `ThinVec` where most profiles
 /// leave a list empty (8 bytes instead of 24; a non-empty one keeps its
-/// length and capacity in its allocation).
+/// length and capacity in its allocation); `SmallVec` where most lists hold
+/// one entry (a state's instants).
 pub(crate) trait ShortList {
     fn len(&self) -> usize;
     fn capacity(&self) -> usize;
@@ -273,6 +274,18 @@ impl<T> ShortList for ThinVec<T> {
     }
     fn reserve_exact(&mut self, additional: usize) {
         ThinVec::reserve_exact(self, additional)
+    }
+}
+
+impl<A: smallvec::Array> ShortList for smallvec::SmallVec<A> {
+    fn len(&self) -> usize {
+        smallvec::SmallVec::len(self)
+    }
+    fn capacity(&self) -> usize {
+        smallvec::SmallVec::capacity(self)
+    }
+    fn reserve_exact(&mut self, additional: usize) {
+        smallvec::SmallVec::reserve_exact(self, additional)
     }
 }
 

@@ -1046,7 +1046,7 @@ impl Shard {
                 else {
                     continue;
                 };
-                let new = aggregate(vdef.func, entries, state.summary.as_deref(), with_summary)
+                let new = aggregate(vdef.func, entries, state.summary(), with_summary)
                     .and_then(|v| v.as_num())
                     .unwrap_or(0.0);
                 let old = new - 1.0;
