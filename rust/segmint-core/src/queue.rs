@@ -222,7 +222,7 @@ pub struct UserQueue {
     /// Entries before `split`.
     near: BinaryHeap<Reverse<(Millis, u32)>>,
     /// Entries at or after `split`, in no order.
-    far: Vec<(Millis, u32)>,
+    far: Vec<FarEntry>,
     /// Entries before it are in `near`; empty `near` means empty `far`.
     split: (Millis, u32),
     /// Per local index: the instant of the user's live entry, never later
@@ -234,6 +234,44 @@ pub struct UserQueue {
     count: u32,
     /// Entries a refill moves into `near` (`NEAR`; less in tests).
     near_size: usize,
+}
+
+/// An (instant, user) entry of [`UserQueue::far`] in 12 bytes instead of
+/// 16: the list holds one to two entries per user of the shard, where the
+/// heap's few thousand entries stay plain tuples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FarEntry {
+    /// The instant's bits, low word first (4-byte alignment).
+    at: [u32; 2],
+    uid: u32,
+}
+
+impl FarEntry {
+    fn new((t, uid): (Millis, u32)) -> FarEntry {
+        let bits = t as u64;
+        FarEntry {
+            at: [bits as u32, (bits >> 32) as u32],
+            uid,
+        }
+    }
+
+    fn key(self) -> (Millis, u32) {
+        let bits = u64::from(self.at[0]) | (u64::from(self.at[1]) << 32);
+        (bits as Millis, self.uid)
+    }
+}
+
+/// Ordered as its (instant, user) key.
+impl Ord for FarEntry {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+impl PartialOrd for FarEntry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// The smallest (instant, user) key after `key`.
@@ -286,7 +324,8 @@ impl UserQueue {
             self.near.push(Reverse((t, uid)));
             if self.near.len() > 4 * self.near_size {
                 // The near range filled up: select it again from everything.
-                self.far.extend(self.near.drain().map(|Reverse(e)| e));
+                let near = self.near.drain().map(|Reverse(e)| FarEntry::new(e));
+                self.far.extend(near);
                 self.refill();
             }
         } else {
@@ -294,7 +333,7 @@ impl UserQueue {
                 // Grow by a quarter: the queue holds an entry per user.
                 self.far.reserve_exact(self.far.len() / 4 + 16);
             }
-            self.far.push((t, uid));
+            self.far.push(FarEntry::new((t, uid)));
         }
         if self.len() > self.compact_at {
             self.compact();
@@ -307,7 +346,7 @@ impl UserQueue {
         let (queued, count) = (&self.queued, self.count.max(1));
         let live = |&(t, uid): &(Millis, u32)| queued.get((uid / count) as usize) == Some(&t);
         self.near.retain(|Reverse(e)| live(e));
-        self.far.retain(live);
+        self.far.retain(|e| live(&e.key()));
         if self.near.is_empty() {
             self.refill();
         }
@@ -322,18 +361,19 @@ impl UserQueue {
         }
         let n = self.near_size.max(1);
         let pivot = if self.far.len() > n {
-            *self.far.select_nth_unstable(n).1
+            self.far.select_nth_unstable(n).1.key()
         } else {
             self.far
                 .iter()
-                .copied()
+                .map(|e| e.key())
                 .max()
                 .unwrap_or((Millis::MAX, u32::MAX))
         };
         // The pivot and everything before it: at least one entry.
         self.split = after(pivot);
         let (near, split) = (&mut self.near, self.split);
-        self.far.retain(|&e| {
+        self.far.retain(|e| {
+            let e = e.key();
             let is_near = e < split;
             if is_near {
                 near.push(Reverse(e));
@@ -380,7 +420,9 @@ impl UserQueue {
 
     /// Approximate heap bytes.
     pub fn heap_bytes(&self) -> usize {
-        (self.near.capacity() + self.far.capacity()) * 16 + self.queued.capacity() * 8
+        self.near.capacity() * std::mem::size_of::<(Millis, u32)>()
+            + self.far.capacity() * std::mem::size_of::<FarEntry>()
+            + self.queued.capacity() * std::mem::size_of::<Millis>()
     }
 }
 
@@ -562,6 +604,20 @@ mod tests {
             }
             let got = drain(&mut q, &mut timers, Millis::MAX - 1);
             prop_assert!(timers.is_empty(), "every timer woke its user: {:?} left, woke {:?}", timers, got);
+        }
+    }
+
+    proptest! {
+        /// A packed far entry keeps its key and orders as the tuple does
+        /// (negative instants and the extremes included).
+        #[test]
+        fn far_entries_order_as_their_keys(
+            a in (prop_oneof![any::<i64>(), -3i64..3, Just(Millis::MIN), Just(Millis::MAX)], 0u32..4),
+            b in (prop_oneof![any::<i64>(), -3i64..3, Just(Millis::MIN), Just(Millis::MAX)], 0u32..4),
+        ) {
+            let (fa, fb) = (FarEntry::new(a), FarEntry::new(b));
+            prop_assert_eq!((fa.key(), fb.key()), (a, b));
+            prop_assert_eq!(fa.cmp(&fb), a.cmp(&b));
         }
     }
 
