@@ -20,6 +20,7 @@ use crate::changelog::LoggedChange;
 use crate::engine::{Engine, EngineConfig};
 use crate::error::{Result, SegmintError};
 use crate::event::Event;
+use crate::pages::Pages;
 use crate::profile::{Memberships, UserData};
 use crate::shard::{Counters, Shard};
 use crate::storage::{
@@ -152,10 +153,20 @@ struct SnapshotMeta {
     log: Vec<LoggedChange>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct ShardSnapshot {
     users: Vec<UserData>,
     /// Members per audience slot, each in the portable roaring format.
+    bitmaps: Vec<Vec<u8>>,
+    counters: Counters,
+}
+
+/// A [`ShardSnapshot`] as encoded: the same fields, the profiles borrowed
+/// from the shard rather than copied (a copy would double the profiles'
+/// memory while a snapshot is written).
+#[derive(Serialize)]
+struct ShardSnapshotRef<'a> {
+    users: &'a Pages<UserData>,
     bitmaps: Vec<Vec<u8>>,
     counters: Counters,
 }
@@ -425,8 +436,8 @@ impl Engine {
             self.shards
                 .par_iter()
                 .map(|shard| {
-                    encode(&ShardSnapshot {
-                        users: shard.users.iter().cloned().collect(),
+                    encode(&ShardSnapshotRef {
+                        users: &shard.users,
                         bitmaps: shard
                             .members
                             .bitmaps()

@@ -141,6 +141,20 @@ impl<T> std::ops::IndexMut<usize> for Pages<T> {
     }
 }
 
+/// Stored as the plain sequence of entries (the bytes of a `Vec`), so that
+/// the pages are no part of any format (a snapshot encodes a shard's
+/// profiles in place, without a copy).
+impl<T: serde::Serialize> serde::Serialize for Pages<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.len))?;
+        for entry in self.iter() {
+            seq.serialize_element(entry)?;
+        }
+        seq.end()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +173,16 @@ mod tests {
         assert_eq!(pages[0], 0);
         assert_eq!(pages[PAGE], 1);
         assert_eq!(pages.get(PAGE + 1), None);
+    }
+
+    #[test]
+    fn stored_as_the_plain_sequence() {
+        let entries: Vec<u64> = (0..(PAGE as u64 + 7)).collect();
+        let pages: Pages<u64> = entries.iter().copied().collect();
+        assert_eq!(
+            postcard::to_allocvec(&pages).unwrap(),
+            postcard::to_allocvec(&entries).unwrap()
+        );
     }
 
     proptest! {
