@@ -21,7 +21,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::catalog::AudId;
 use crate::profile::Stamped;
-use crate::time::Millis;
+use crate::time::{instant_from_words, instant_words, Millis};
 
 /// Words in front of the slots: their count, the exceptions' count and
 /// the common instant.
@@ -35,15 +35,6 @@ pub struct AudienceList {
     words: Box<[u32]>,
 }
 
-fn split(at: Millis) -> [u32; 2] {
-    let bits = at as u64;
-    [bits as u32, (bits >> 32) as u32]
-}
-
-fn join(low: u32, high: u32) -> Millis {
-    (u64::from(low) | (u64::from(high) << 32)) as Millis
-}
-
 impl AudienceList {
     /// A list of `entries`, sorted by slot without repeats; the most
     /// frequent instant becomes the common one.
@@ -54,11 +45,11 @@ impl AudienceList {
         };
         let exceptions = entries.iter().filter(|e| e.at() != common).count();
         let mut words = Vec::with_capacity(HEADER + entries.len() + EXCEPTION * exceptions);
-        let [low, high] = split(common);
+        let [low, high] = instant_words(common);
         words.extend([entries.len() as u32, exceptions as u32, low, high]);
         words.extend(entries.iter().map(|e| e.id));
         for entry in entries.iter().filter(|e| e.at() != common) {
-            let [low, high] = split(entry.at());
+            let [low, high] = instant_words(entry.at());
             words.extend([entry.id, low, high]);
         }
         AudienceList {
@@ -96,7 +87,9 @@ impl AudienceList {
         }
         let exceptions = self.exceptions();
         Some(match self.exception_index(aud) {
-            Ok(k) => join(exceptions[EXCEPTION * k + 1], exceptions[EXCEPTION * k + 2]),
+            Ok(k) => {
+                instant_from_words(exceptions[EXCEPTION * k + 1], exceptions[EXCEPTION * k + 2])
+            }
             Err(_) => self.common(),
         })
     }
@@ -111,7 +104,7 @@ impl AudienceList {
         let mut next = 0;
         self.slots().iter().map(move |&aud| {
             if exceptions.get(next) == Some(&aud) {
-                let at = join(exceptions[next + 1], exceptions[next + 2]);
+                let at = instant_from_words(exceptions[next + 1], exceptions[next + 2]);
                 next += EXCEPTION;
                 Stamped::new(aud, at)
             } else {
@@ -129,7 +122,7 @@ impl AudienceList {
 
     /// Adds `aud`, entered at `at`; false if the profile already is in it.
     pub fn insert(&mut self, aud: AudId, at: Millis) -> bool {
-        let [low, high] = split(at);
+        let [low, high] = instant_words(at);
         if self.is_empty() {
             self.grow_to(HEADER + 1, 0);
             self.words[..HEADER + 1].copy_from_slice(&[1, 0, low, high, aud]);
@@ -164,13 +157,14 @@ impl AudienceList {
             return false;
         };
         let mut used = self.used();
-        if self.exception_count() == 0 {
-            // The common case: no exception to look for.
-        } else if let Ok(k) = self.exception_index(aud) {
-            let start = HEADER + self.len() + EXCEPTION * k;
-            self.words.copy_within(start + EXCEPTION..used, start);
-            self.words[1] -= 1;
-            used -= EXCEPTION;
+        // Most lists have no exception: no search then.
+        if self.exception_count() > 0 {
+            if let Ok(k) = self.exception_index(aud) {
+                let start = HEADER + self.len() + EXCEPTION * k;
+                self.words.copy_within(start + EXCEPTION..used, start);
+                self.words[1] -= 1;
+                used -= EXCEPTION;
+            }
         }
         self.words
             .copy_within(HEADER + position + 1..used, HEADER + position);
@@ -215,7 +209,7 @@ impl AudienceList {
     }
 
     fn common(&self) -> Millis {
-        join(self.words[2], self.words[3])
+        instant_from_words(self.words[2], self.words[3])
     }
 
     fn exception_count(&self) -> usize {
@@ -417,8 +411,9 @@ mod tests {
             assert!(list.insert(aud, 1_000));
         }
         assert!(list.insert(5, 2_000));
-        // Header, five slots, one exception, and the spare room of growth.
+        // Header, five slots and one exception in use (growth left room).
         assert_eq!(list.used(), HEADER + 5 + EXCEPTION);
+        assert!(list.words.len() > list.used());
         assert_eq!(list.entered(5), Some(2_000));
         assert_eq!(list.entered(9), Some(1_000));
         let mut trimmed = list.clone();

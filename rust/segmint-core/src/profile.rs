@@ -205,16 +205,15 @@ pub struct Stamped {
 impl Stamped {
     /// `id` at instant `at`.
     pub fn new(id: u32, at: Millis) -> Stamped {
-        let bits = at as u64;
         Stamped {
             id,
-            at: [bits as u32, (bits >> 32) as u32],
+            at: crate::time::instant_words(at),
         }
     }
 
     /// The instant.
     pub fn at(self) -> Millis {
-        (u64::from(self.at[0]) | (u64::from(self.at[1]) << 32)) as Millis
+        crate::time::instant_from_words(self.at[0], self.at[1])
     }
 }
 

@@ -5,6 +5,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
 use crate::catalog::AtomId;
+use crate::profile::Stamped;
 use crate::time::Millis;
 
 /// Entries per chunk of a [`ChunkedDeque`] (1 MiB of 16-byte change-log entries).
@@ -237,27 +238,19 @@ pub struct UserQueue {
 }
 
 /// An (instant, user) entry of [`UserQueue::far`] in 12 bytes instead of
-/// 16: the list holds one to two entries per user of the shard, where the
-/// heap's few thousand entries stay plain tuples.
+/// 16 (a [`Stamped`] with the user as its id): the list holds one to two
+/// entries per user of the shard, where the heap's few thousand entries
+/// stay plain tuples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FarEntry {
-    /// The instant's bits, low word first (4-byte alignment).
-    at: [u32; 2],
-    uid: u32,
-}
+struct FarEntry(Stamped);
 
 impl FarEntry {
     fn new((t, uid): (Millis, u32)) -> FarEntry {
-        let bits = t as u64;
-        FarEntry {
-            at: [bits as u32, (bits >> 32) as u32],
-            uid,
-        }
+        FarEntry(Stamped::new(uid, t))
     }
 
     fn key(self) -> (Millis, u32) {
-        let bits = u64::from(self.at[0]) | (u64::from(self.at[1]) << 32);
-        (bits as Millis, self.uid)
+        (self.0.at(), self.0.id)
     }
 }
 

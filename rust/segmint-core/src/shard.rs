@@ -1204,7 +1204,6 @@ impl Shard {
                 self.end_run(instant, mark, out.len());
             }
             self.timers.rearm(uid, next(self));
-            let local = self.local(uid);
             if let Some(user) = self.users.get_mut(local) {
                 user.trim_lists();
             }

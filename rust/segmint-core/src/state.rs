@@ -134,7 +134,7 @@ impl serde::Serialize for UserState {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         StoredRef {
             times: &self.times,
-            values: self.extra.as_ref().map_or(&NO_VALUES, |e| &e.values),
+            values: self.values(),
             summary: self.summary(),
         }
         .serialize(s)

@@ -102,7 +102,7 @@ fn entries(bytes: &[u8]) -> impl Iterator<Item = (Range<usize>, Packed<'_>)> {
         let len = match tag {
             TAG_FALSE | TAG_TRUE => 0,
             TAG_NUM | TAG_DUR => 8,
-            _ => usize::from(tag - TAG_STR),
+            _ => usize::from(tag.checked_sub(TAG_STR)?),
         };
         let from = start + key_len + 1;
         let payload = bytes.get(from..from + len)?;
