@@ -595,7 +595,11 @@ impl Memberships {
         let (mut entered, mut exited) = (Vec::new(), Vec::new());
         for aud in std::mem::take(&mut self.dirty) {
             let changes = &mut self.touched[aud as usize];
-            changes.sort_unstable();
+            // Only each user's changes need to be together: a batch applied
+            // user by user leaves them so, in user order, and needs no sort.
+            if !changes.is_sorted_by_key(|c| c >> 1) {
+                changes.sort_unstable();
+            }
             entered.clear();
             exited.clear();
             for run in changes.chunk_by(|a, b| a >> 1 == b >> 1) {

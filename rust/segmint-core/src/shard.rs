@@ -180,8 +180,9 @@ pub struct Shard {
     /// The membership flips of new profiles' first identifies, by the
     /// truths of their trait atoms.
     first_identify: FirstIdentifyMemo,
-    /// Scratch: a batch's events in user order (indexes into the batch).
-    by_user: Vec<u32>,
+    /// Scratch: a batch's events in user order, each as its user (high
+    /// half) and its index into the batch (low half).
+    by_user: Vec<u64>,
     /// Scratch: the users with timers due in an `advance`.
     due_users: Vec<u32>,
     /// Scratch: the runs of changes made in one operation, to be put in
@@ -697,13 +698,20 @@ impl Shard {
         // restored below.
         let mut by_user = std::mem::take(&mut self.by_user);
         by_user.clear();
-        by_user.extend(0..work.len() as u32);
-        by_user.sort_by_key(|&i| who(&work[i as usize]).1);
+        // (user, position) in one word: an unstable sort of plain integers
+        // keeps each user's events in arrival order, without a comparison
+        // that looks the user up.
+        by_user.extend(
+            work.iter()
+                .enumerate()
+                .map(|(i, w)| (u64::from(who(w).1) << 32) | i as u64),
+        );
+        by_user.sort_unstable();
         // Runs left by a call cut short (a caught panic) are not this one's.
         self.runs.clear();
         let start = out.len();
-        for &i in &by_user {
-            let w = &work[i as usize];
+        for &key in &by_user {
+            let w = &work[key as u32 as usize];
             let (index, uid) = who(w);
             let (local, new) = self.ensure_user(uid);
             let mark = out.len();
@@ -793,11 +801,19 @@ impl Shard {
         out: &mut Vec<ShardChange>,
     ) {
         let cat = step.cat;
-        let mut auds: Vec<AudId> = cat.empty_true.clone();
-        auds.extend(out[mark..].iter().filter_map(|c| match c.kind {
+        // Ranks are distinct: sorting them as plain integers is the rank
+        // order, with no lookup per comparison.
+        let changed = out[mark..].iter().filter_map(|c| match c.kind {
             ChangeKind::Membership { aud, .. } => Some(aud),
             ChangeKind::Computed { .. } => None,
-        }));
+        });
+        let mut ranks: Vec<u32> = cat
+            .empty_true
+            .iter()
+            .copied()
+            .chain(changed)
+            .map(|a| cat.rank[a as usize])
+            .collect();
         out.truncate(mark);
         for (counter, (ct, value)) in self.users[local].computed.iter().enumerate() {
             out.push(ShardChange {
@@ -808,9 +824,12 @@ impl Shard {
                 reason: Reason::Event,
             });
         }
-        auds.sort_unstable_by_key(|&a| (cat.rank[a as usize], a));
-        auds.dedup();
-        let entered = auds.into_iter().filter(|&a| self.users[local].is_member(a));
+        ranks.sort_unstable();
+        ranks.dedup();
+        let entered = ranks
+            .into_iter()
+            .map(|r| cat.by_rank[r as usize])
+            .filter(|&a| self.users[local].is_member(a));
         for (counter, aud) in entered.enumerate() {
             out.push(ShardChange {
                 order: (index as i64, 1, counter as u64),
