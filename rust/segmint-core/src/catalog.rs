@@ -370,6 +370,13 @@ impl AtomDef {
     pub fn reads_memberships(&self) -> bool {
         !self.audiences.is_empty()
     }
+
+    /// Whether it reads nothing but aggregation states (no trait, membership
+    /// or computed trait): on a profile without states such an atom has its
+    /// empty-profile truth and time cannot change it.
+    pub fn reads_only_states(&self) -> bool {
+        self.traits.is_empty() && self.audiences.is_empty() && self.computed.is_empty()
+    }
 }
 
 /// A monotone `count(...) op k` atom, indexed so that a +1 finds the atoms

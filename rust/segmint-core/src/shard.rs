@@ -1284,14 +1284,38 @@ impl Shard {
             .collect();
         timed.sort_unstable();
         timed.dedup();
+        let cat = step.cat;
+        // Whether an audience had members before (a replaced rule): a new
+        // one's memberships need not be looked up profile by profile.
+        let had_members: SmallVec<[bool; 4]> = auds
+            .iter()
+            .map(|&a| self.members.bitmap(a).is_some_and(|b| !b.is_empty()))
+            .collect();
         for local in 0..self.users.len() {
             let uid = local as u32 * self.count + self.index;
+            // Most profiles hold no states (known only by their traits):
+            // atoms reading only states then have no next change, and rules
+            // false on every profile without events cannot take them in.
+            let without_events = self.users[local].states.is_empty();
             for &atom in &timed {
+                if without_events && cat.atoms[atom as usize].reads_only_states() {
+                    debug_assert_eq!(
+                        self.env(step, local)
+                            .next_change(&cat.atoms[atom as usize].expr),
+                        None
+                    );
+                    continue;
+                }
                 self.reschedule(step, local, uid, atom);
             }
             let mut pending = std::mem::take(&mut self.queue);
-            for &a in auds {
-                pending.insert(step.cat.rank[a as usize]);
+            for (&a, &had_members) in auds.iter().zip(&had_members) {
+                let skip = without_events
+                    && cat.false_without_events[a as usize]
+                    && !(had_members && self.users[local].is_member(a));
+                if !skip {
+                    pending.insert(cat.rank[a as usize]);
+                }
             }
             self.process(step, uid, pending, Reason::Definition, (uid as i64, 0), out);
         }

@@ -184,6 +184,66 @@ fn traits_and_backfill() {
     );
 }
 
+/// A backfill skips the rules that no profile without events can satisfy
+/// on such profiles, but not a replaced rule's members (they must leave),
+/// nor the timers of atoms reading traits.
+#[test]
+fn backfill_over_profiles_without_events() {
+    for shards in [1, 3] {
+        let mut e = engine(shards);
+        let t0 = 1_000 * D;
+        let signup = segmint_core::time::format_timestamp(t0 - 2 * D);
+        let identify = format!(
+            r#"[{{"type":"identify","userId":"a","traits":{{"plan":"pro","created_at":"{signup}"}}}},
+                {{"type":"identify","userId":"b","traits":{{"plan":"pro"}}}},
+                {{"type":"identify","userId":"c","traits":{{"plan":"free"}}}}]"#
+        );
+        assert!(e
+            .ingest_json(identify.as_bytes())
+            .unwrap()
+            .errors
+            .is_empty());
+        // (Events are kept only for states some rule reads.)
+        assert_eq!(
+            e.define_audience("buyers", r#"not did("Order Completed", 30d)"#)
+                .unwrap(),
+            3
+        );
+        track(&mut e, "b", "Order Completed", "{}", t0);
+        assert_eq!(e.size("buyers").unwrap(), 2);
+        assert_eq!(
+            e.define_audience("pro", r#"trait.plan == "pro""#).unwrap(),
+            2
+        );
+        // Now false on every profile without events: "a" leaves.
+        assert_eq!(
+            e.define_audience(
+                "pro",
+                r#"trait.plan == "pro" and did("Order Completed", 1d)"#
+            )
+            .unwrap(),
+            1
+        );
+        assert!(!e.is_member("a", "pro").unwrap());
+        assert!(e.is_member("b", "pro").unwrap());
+        // A trait's duration still gets its timer on a profile without
+        // events: "a" signed up two days ago and enters at three.
+        assert_eq!(
+            e.define_audience(
+                "settled",
+                r#"since(trait.created_at) >= 3d and not did("Order Completed", 1d)"#
+            )
+            .unwrap(),
+            0
+        );
+        e.advance(t0 + D).unwrap();
+        assert!(e.is_member("a", "settled").unwrap());
+        // And the window of "pro" lapses for "b".
+        assert!(!e.is_member("b", "pro").unwrap());
+        assert!(!e.is_member("b", "settled").unwrap());
+    }
+}
+
 #[test]
 fn cycles_and_in_use() {
     let mut e = engine(1);
