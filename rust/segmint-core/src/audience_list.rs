@@ -3,17 +3,20 @@
 //!
 //! Most memberships of a profile share their entry instant: an identify
 //! puts a new profile into all of its trait audiences at once. On the
-//! benchmark workload a profile is in about nine audiences with 0.96
-//! distinct entry instants on average. So the list keeps one instant, the
-//! *common* one, and each membership as just its audience slot; a
-//! membership entered at another instant is listed a second time, with
-//! its instant, as an *exception*. As `Vec<Stamped>` the same memberships
-//! took 12 bytes each plus growth slack and a 24-byte header.
+//! benchmark workload a profile is in about seven audiences with 1.26
+//! memberships entered at another instant on average. So the list keeps
+//! one instant, the *common* one, and each membership as just its audience
+//! slot; a membership entered at another instant is listed a second time,
+//! with its instant, as an *exception*. As `Vec<Stamped>` the same
+//! memberships took 12 bytes each plus growth slack and a 24-byte header.
 //!
-//! Layout of the `u32`s (the box's length is the capacity):
-//! `[slots, exceptions, common low, common high, slot…, (slot, low, high)…, spare…]`,
-//! slots ascending, exceptions ascending by slot. An empty list allocates
-//! nothing.
+//! The list is kept in 16-bit units, and a slot takes one unit while every
+//! slot in the list is below 2^16 (a *narrow* list: any catalog of fewer
+//! than 65,536 audience slots), two otherwise (*wide*: low, high). Layout
+//! (the box's length is the capacity):
+//! `[slots ×2, exceptions ×2 (top bit: wide), common instant ×4, slot…,
+//! (slot, instant ×4)…, spare…]`, slots ascending, exceptions ascending by
+//! slot. An empty list allocates nothing.
 
 use std::fmt;
 
@@ -23,43 +26,112 @@ use crate::catalog::AudId;
 use crate::profile::Stamped;
 use crate::time::{instant_from_words, instant_words, Millis};
 
-/// Words in front of the slots: their count, the exceptions' count and
-/// the common instant.
-const HEADER: usize = 4;
-/// Words per exception: slot and instant.
-const EXCEPTION: usize = 3;
+/// Units in front of the slots: their count, the exceptions' count (with
+/// the wide flag) and the common instant.
+const HEADER: usize = 8;
+/// Units of an instant.
+const INSTANT: usize = 4;
+/// The flag, in the exceptions' count, of a list whose slots take two units.
+const WIDE: u32 = 1 << 31;
+/// The largest slot a narrow list holds.
+const NARROW_MAX: AudId = u16::MAX as AudId;
 
 /// A profile's audiences (slots, ascending) and when it entered each.
 #[derive(Clone, Default)]
 pub struct AudienceList {
-    words: Box<[u32]>,
+    units: Box<[u16]>,
+}
+
+/// An instant as four units.
+fn instant_units(at: Millis) -> [u16; INSTANT] {
+    let [low, high] = instant_words(at);
+    [
+        low as u16,
+        (low >> 16) as u16,
+        high as u16,
+        (high >> 16) as u16,
+    ]
+}
+
+/// The instant of [`instant_units`].
+fn instant_from_units(units: &[u16]) -> Millis {
+    instant_from_words(word(units), word(&units[2..]))
 }
 
 impl AudienceList {
     /// A list of `entries`, sorted by slot without repeats; the most
     /// frequent instant becomes the common one.
     pub fn from_sorted(entries: &[Stamped]) -> AudienceList {
+        let wide = entries.last().is_some_and(|e| e.id > NARROW_MAX);
+        AudienceList::build(entries, wide)
+    }
+
+    /// [`AudienceList::from_sorted`] with the width chosen.
+    fn build(entries: &[Stamped], wide: bool) -> AudienceList {
         debug_assert!(entries.windows(2).all(|w| w[0].id < w[1].id));
         let Some(common) = most_frequent_instant(entries) else {
             return AudienceList::default();
         };
+        let width = if wide { 2 } else { 1 };
         let exceptions = entries.iter().filter(|e| e.at() != common).count();
-        let mut words = Vec::with_capacity(HEADER + entries.len() + EXCEPTION * exceptions);
-        let [low, high] = instant_words(common);
-        words.extend([entries.len() as u32, exceptions as u32, low, high]);
-        words.extend(entries.iter().map(|e| e.id));
+        let used = HEADER + width * entries.len() + (width + INSTANT) * exceptions;
+        let mut units = Vec::with_capacity(used);
+        let push_word = |units: &mut Vec<u16>, word: u32| {
+            units.extend([word as u16, (word >> 16) as u16]);
+        };
+        let push_slot = |units: &mut Vec<u16>, aud: AudId| match wide {
+            true => push_word(units, aud),
+            false => units.push(aud as u16),
+        };
+        push_word(&mut units, entries.len() as u32);
+        push_word(&mut units, exceptions as u32 | if wide { WIDE } else { 0 });
+        units.extend(instant_units(common));
+        for entry in entries {
+            push_slot(&mut units, entry.id);
+        }
         for entry in entries.iter().filter(|e| e.at() != common) {
-            let [low, high] = instant_words(entry.at());
-            words.extend([entry.id, low, high]);
+            push_slot(&mut units, entry.id);
+            units.extend(instant_units(entry.at()));
         }
         AudienceList {
-            words: words.into_boxed_slice(),
+            units: units.into_boxed_slice(),
+        }
+    }
+
+    /// The counts and the width, read once per operation.
+    #[inline]
+    fn shape(&self) -> Shape {
+        match self.units.first_chunk::<4>() {
+            None => Shape {
+                len: 0,
+                exceptions: 0,
+                width: 1,
+            },
+            Some(header) => {
+                let exceptions = word(&header[2..]);
+                Shape {
+                    len: word(header) as usize,
+                    exceptions: (exceptions & !WIDE) as usize,
+                    width: if exceptions & WIDE != 0 { 2 } else { 1 },
+                }
+            }
+        }
+    }
+
+    fn set_word(&mut self, i: usize, word: u32) {
+        self.units[i..i + 2].copy_from_slice(&[word as u16, (word >> 16) as u16]);
+    }
+
+    fn set_slot(&mut self, i: usize, width: usize, aud: AudId) {
+        match width {
+            2 => self.set_word(i, aud),
+            _ => self.units[i] = aud as u16,
         }
     }
 
     /// How many audiences.
     pub fn len(&self) -> usize {
-        self.words.first().map_or(0, |&n| n as usize)
+        self.shape().len
     }
 
     /// Whether the profile is in no audience.
@@ -68,45 +140,66 @@ impl AudienceList {
     }
 
     /// The audience slots, ascending.
-    pub fn slots(&self) -> &[AudId] {
-        match self.words.is_empty() {
-            true => &[],
-            false => &self.words[HEADER..HEADER + self.len()],
+    #[inline]
+    pub fn slots(&self) -> Slots<'_> {
+        self.slots_of(self.shape())
+    }
+
+    #[inline]
+    fn slots_of(&self, shape: Shape) -> Slots<'_> {
+        match shape.len {
+            0 => Slots {
+                units: &[],
+                wide: false,
+            },
+            n => Slots {
+                units: &self.units[HEADER..HEADER + shape.width * n],
+                wide: shape.width == 2,
+            },
+        }
+    }
+
+    /// The exceptions, `(slot, instant)` each.
+    fn exceptions_of(&self, shape: Shape) -> Exceptions<'_> {
+        let units = match shape.exceptions {
+            0 => &[],
+            _ => &self.units[shape.exceptions_start()..shape.used()],
+        };
+        Exceptions {
+            units,
+            width: shape.width,
         }
     }
 
     /// Whether the profile is in `aud`.
+    #[inline]
     pub fn contains(&self, aud: AudId) -> bool {
-        self.slots().binary_search(&aud).is_ok()
+        self.slots().position(aud).is_ok()
     }
 
     /// When the profile entered `aud`, if it is in it.
     pub fn entered(&self, aud: AudId) -> Option<Millis> {
-        if !self.contains(aud) {
-            return None;
-        }
-        let exceptions = self.exceptions();
-        Some(match self.exception_index(aud) {
-            Ok(k) => {
-                instant_from_words(exceptions[EXCEPTION * k + 1], exceptions[EXCEPTION * k + 2])
-            }
+        let shape = self.shape();
+        self.slots_of(shape).position(aud).ok()?;
+        Some(match self.exceptions_of(shape).position(aud) {
+            Ok(k) => self.exceptions_of(shape).instant(k),
             Err(_) => self.common(),
         })
     }
 
     /// The memberships with their entry instants, by slot.
     pub fn iter(&self) -> impl Iterator<Item = Stamped> + '_ {
-        let exceptions = self.exceptions();
-        let common = match self.words.is_empty() {
-            true => 0,
-            false => self.common(),
+        let shape = self.shape();
+        let common = match shape.len {
+            0 => 0,
+            _ => self.common(),
         };
+        let exceptions = self.exceptions_of(shape);
         let mut next = 0;
-        self.slots().iter().map(move |&aud| {
-            if exceptions.get(next) == Some(&aud) {
-                let at = instant_from_words(exceptions[next + 1], exceptions[next + 2]);
-                next += EXCEPTION;
-                Stamped::new(aud, at)
+        self.slots_of(shape).iter().map(move |aud| {
+            if next < shape.exceptions && exceptions.slot(next) == aud {
+                next += 1;
+                Stamped::new(aud, exceptions.instant(next - 1))
             } else {
                 Stamped::new(aud, common)
             }
@@ -116,73 +209,93 @@ impl AudienceList {
     /// Makes room for `additional` more memberships at the common instant
     /// in one allocation (a new profile enters a dozen audiences at once).
     pub fn reserve(&mut self, additional: usize) {
-        let used = self.used().max(HEADER);
-        self.grow_to(used + additional, 0);
+        let shape = self.shape();
+        self.grow_to(shape.used().max(HEADER) + shape.width * additional, 0);
     }
 
     /// Adds `aud`, entered at `at`; false if the profile already is in it.
     pub fn insert(&mut self, aud: AudId, at: Millis) -> bool {
-        let [low, high] = instant_words(at);
-        if self.is_empty() {
-            self.grow_to(HEADER + 1, 0);
-            self.words[..HEADER + 1].copy_from_slice(&[1, 0, low, high, aud]);
+        let mut shape = self.shape();
+        if shape.len == 0 {
+            let wide = aud > NARROW_MAX;
+            let width = if wide { 2 } else { 1 };
+            self.grow_to(HEADER + width, 0);
+            self.set_word(0, 1);
+            self.set_word(2, if wide { WIDE } else { 0 });
+            self.units[4..HEADER].copy_from_slice(&instant_units(at));
+            self.set_slot(HEADER, width, aud);
             return true;
         }
-        let position = match self.slots().binary_search(&aud) {
+        let position = match self.slots_of(shape).position(aud) {
             Ok(_) => return false,
             Err(position) => position,
         };
+        if aud > NARROW_MAX && shape.width == 1 {
+            // A slot past 2^16: every slot of the list takes two units now.
+            let entries: Vec<Stamped> = self.iter().collect();
+            *self = AudienceList::build(&entries, true);
+            shape = self.shape();
+        }
+        let width = shape.width;
         let exception = at != self.common();
-        let used = self.used();
-        let needed = used + 1 + if exception { EXCEPTION } else { 0 };
-        self.grow_to(needed, self.spare());
-        let slots = self.len();
-        self.words
-            .copy_within(HEADER + position..used, HEADER + position + 1);
-        self.words[HEADER + position] = aud;
-        self.words[0] += 1;
+        let used = shape.used();
+        let exception_units = width + INSTANT;
+        let needed = used + width + if exception { exception_units } else { 0 };
+        self.grow_to(needed, shape.spare());
+        let at_slot = HEADER + width * position;
+        self.units.copy_within(at_slot..used, at_slot + width);
+        self.set_slot(at_slot, width, aud);
+        shape.len += 1;
+        self.set_word(0, shape.len as u32);
         if exception {
-            let k = self.exception_index(aud).unwrap_err();
-            let start = HEADER + slots + 1 + EXCEPTION * k;
-            self.words.copy_within(start..used + 1, start + EXCEPTION);
-            self.words[start..start + EXCEPTION].copy_from_slice(&[aud, low, high]);
-            self.words[1] += 1;
+            let k = self.exceptions_of(shape).position(aud).unwrap_err();
+            let start = shape.exceptions_start() + exception_units * k;
+            self.units
+                .copy_within(start..used + width, start + exception_units);
+            self.set_slot(start, width, aud);
+            self.units[start + width..start + exception_units].copy_from_slice(&instant_units(at));
+            shape.exceptions += 1;
+            self.set_exceptions(shape);
         }
         true
     }
 
     /// Removes `aud`; false if the profile was not in it.
     pub fn remove(&mut self, aud: AudId) -> bool {
-        let Ok(position) = self.slots().binary_search(&aud) else {
+        let mut shape = self.shape();
+        let Ok(position) = self.slots_of(shape).position(aud) else {
             return false;
         };
-        let mut used = self.used();
+        let width = shape.width;
+        let exception_units = width + INSTANT;
+        let mut used = shape.used();
         // Most lists have no exception: no search then.
-        if self.exception_count() > 0 {
-            if let Ok(k) = self.exception_index(aud) {
-                let start = HEADER + self.len() + EXCEPTION * k;
-                self.words.copy_within(start + EXCEPTION..used, start);
-                self.words[1] -= 1;
-                used -= EXCEPTION;
+        if shape.exceptions > 0 {
+            if let Ok(k) = self.exceptions_of(shape).position(aud) {
+                let start = shape.exceptions_start() + exception_units * k;
+                self.units.copy_within(start + exception_units..used, start);
+                shape.exceptions -= 1;
+                self.set_exceptions(shape);
+                used -= exception_units;
             }
         }
-        self.words
-            .copy_within(HEADER + position + 1..used, HEADER + position);
-        self.words[0] -= 1;
-        used -= 1;
-        let (slots, exceptions) = (self.len(), self.exception_count());
-        if slots == 0 {
-            self.words = Box::default();
-        } else if slots == exceptions {
+        let at_slot = HEADER + width * position;
+        self.units.copy_within(at_slot + width..used, at_slot);
+        shape.len -= 1;
+        self.set_word(0, shape.len as u32);
+        used -= width;
+        if shape.len == 0 {
+            self.units = Box::default();
+        } else if shape.len == shape.exceptions {
             // No member is left at the common instant: choose it again, so
             // that the list does not keep every instant twice.
             let entries: Vec<Stamped> = self.iter().collect();
             *self = AudienceList::from_sorted(&entries);
-        } else if self.words.len() - used > 2 * (self.spare() + EXCEPTION) {
+        } else if self.units.len() - used > 2 * (shape.spare() + exception_units) {
             // Gives memory back once well over the room growth leaves, but
             // not for one exception coming and going: a membership toggling
             // at its own instants would reallocate at every step.
-            self.regrow(used + self.spare());
+            self.regrow(used + shape.spare());
         }
         true
     }
@@ -191,81 +304,182 @@ impl AudienceList {
     /// enters a dozen audiences of empty profiles at once and leaves most
     /// of them at its first event).
     pub fn trim(&mut self) {
-        if self.is_empty() {
-            self.words = Box::default();
-        } else if self.words.len() > self.used() {
-            self.regrow(self.used());
+        let used = self.used();
+        if used == 0 {
+            self.units = Box::default();
+        } else if self.units.len() > used {
+            self.regrow(used);
         }
-    }
-
-    /// The room growth leaves: a quarter of the length, one at least.
-    fn spare(&self) -> usize {
-        self.len() / 4 + 1
     }
 
     /// Heap bytes.
     pub fn heap_bytes(&self) -> usize {
-        self.words.len() * std::mem::size_of::<u32>()
+        self.units.len() * std::mem::size_of::<u16>()
     }
 
     fn common(&self) -> Millis {
-        instant_from_words(self.words[2], self.words[3])
+        instant_from_units(&self.units[4..HEADER])
     }
 
-    fn exception_count(&self) -> usize {
-        self.words.get(1).map_or(0, |&n| n as usize)
+    /// Writes the exceptions' count, with the width's flag.
+    fn set_exceptions(&mut self, shape: Shape) {
+        let wide = if shape.width == 2 { WIDE } else { 0 };
+        self.set_word(2, shape.exceptions as u32 | wide);
     }
 
-    /// The exceptions' words: `(slot, low, high)` each.
-    fn exceptions(&self) -> &[u32] {
-        if self.words.is_empty() {
-            return &[];
-        }
-        let start = HEADER + self.len();
-        &self.words[start..start + EXCEPTION * self.exception_count()]
-    }
-
-    /// Where `aud` is (or would go) among the exceptions.
-    fn exception_index(&self, aud: AudId) -> Result<usize, usize> {
-        let exceptions = self.exceptions();
-        let (mut low, mut high) = (0, exceptions.len() / EXCEPTION);
-        while low < high {
-            let middle = (low + high) / 2;
-            match exceptions[EXCEPTION * middle].cmp(&aud) {
-                std::cmp::Ordering::Less => low = middle + 1,
-                std::cmp::Ordering::Equal => return Ok(middle),
-                std::cmp::Ordering::Greater => high = middle,
-            }
-        }
-        Err(low)
-    }
-
-    /// Words in use.
+    /// Units in use (none for an empty list, whatever its room).
     fn used(&self) -> usize {
-        match self.words.is_empty() {
-            true => 0,
-            false => HEADER + self.len() + EXCEPTION * self.exception_count(),
-        }
+        self.shape().used()
     }
 
-    /// Grows the box to at least `needed` words, with `spare` more, when it
+    /// Grows the box to at least `needed` units, with `spare` more, when it
     /// is shorter.
     #[inline]
     fn grow_to(&mut self, needed: usize, spare: usize) {
-        if self.words.len() < needed {
+        if self.units.len() < needed {
             self.regrow(needed + spare);
         }
     }
 
-    /// Reallocates the box to `len` words (new ones zero, none in use cut).
+    /// Reallocates the box to `len` units (new ones zero, none in use cut).
     #[cold]
     fn regrow(&mut self, len: usize) {
         debug_assert!(len >= self.used());
-        let mut words = std::mem::take(&mut self.words).into_vec();
-        words.reserve_exact(len.saturating_sub(words.len()));
-        words.resize(len, 0);
-        self.words = words.into_boxed_slice();
+        let mut units = std::mem::take(&mut self.units).into_vec();
+        units.reserve_exact(len.saturating_sub(units.len()));
+        units.resize(len, 0);
+        self.units = units.into_boxed_slice();
     }
+}
+
+/// A list's counts and units per slot.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    len: usize,
+    exceptions: usize,
+    width: usize,
+}
+
+impl Shape {
+    fn exceptions_start(self) -> usize {
+        HEADER + self.width * self.len
+    }
+
+    /// Units in use: none for an empty list (the room a reserve left is
+    /// not in use).
+    fn used(self) -> usize {
+        match self.len {
+            0 => 0,
+            n => HEADER + self.width * n + (self.width + INSTANT) * self.exceptions,
+        }
+    }
+
+    /// The room growth leaves, in units: a quarter of the slots, one at
+    /// least.
+    fn spare(self) -> usize {
+        (self.len / 4 + 1) * self.width
+    }
+}
+
+/// A list's audience slots, ascending: one unit each, or two (low, high)
+/// in a wide list.
+#[derive(Clone, Copy)]
+pub struct Slots<'a> {
+    units: &'a [u16],
+    wide: bool,
+}
+
+impl<'a> Slots<'a> {
+    /// How many.
+    pub fn len(&self) -> usize {
+        match self.wide {
+            true => self.units.len() / 2,
+            false => self.units.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.units.is_empty()
+    }
+
+    /// The `k`-th slot.
+    #[inline]
+    pub fn get(&self, k: usize) -> Option<AudId> {
+        match self.wide {
+            true => Some(word(self.units.get(2 * k..2 * k + 2)?)),
+            false => self.units.get(k).map(|&unit| AudId::from(unit)),
+        }
+    }
+
+    /// The slots in order.
+    pub fn iter(self) -> impl Iterator<Item = AudId> + Clone + 'a {
+        (0..self.len()).map(move |k| match self.wide {
+            true => word(&self.units[2 * k..]),
+            false => AudId::from(self.units[k]),
+        })
+    }
+
+    /// Where `aud` is (or would go).
+    fn position(&self, aud: AudId) -> Result<usize, usize> {
+        match (self.wide, u16::try_from(aud)) {
+            (false, Ok(unit)) => self.units.binary_search(&unit),
+            // Past every slot of a narrow list.
+            (false, Err(_)) => Err(self.units.len()),
+            (true, _) => search(self.len(), |k| word(&self.units[2 * k..]), aud),
+        }
+    }
+}
+
+/// A list's exceptions: slot (one unit or two) and instant (four units)
+/// each, ascending by slot.
+struct Exceptions<'a> {
+    units: &'a [u16],
+    width: usize,
+}
+
+impl Exceptions<'_> {
+    fn slot(&self, k: usize) -> AudId {
+        let at = (self.width + INSTANT) * k;
+        match self.width {
+            2 => word(&self.units[at..]),
+            _ => AudId::from(self.units[at]),
+        }
+    }
+
+    fn instant(&self, k: usize) -> Millis {
+        let at = (self.width + INSTANT) * k + self.width;
+        instant_from_units(&self.units[at..at + INSTANT])
+    }
+
+    /// Where `aud` is (or would go).
+    fn position(&self, aud: AudId) -> Result<usize, usize> {
+        search(
+            self.units.len() / (self.width + INSTANT),
+            |k| self.slot(k),
+            aud,
+        )
+    }
+}
+
+/// The 32-bit value of two units (low, high).
+#[inline]
+fn word(units: &[u16]) -> u32 {
+    u32::from(units[0]) | (u32::from(units[1]) << 16)
+}
+
+/// Binary search of `aud` among `n` ascending slots, `slot(k)` the k-th.
+fn search(n: usize, slot: impl Fn(usize) -> AudId, aud: AudId) -> Result<usize, usize> {
+    let (mut low, mut high) = (0, n);
+    while low < high {
+        let middle = (low + high) / 2;
+        match slot(middle).cmp(&aud) {
+            std::cmp::Ordering::Less => low = middle + 1,
+            std::cmp::Ordering::Equal => return Ok(middle),
+            std::cmp::Ordering::Greater => high = middle,
+        }
+    }
+    Err(low)
 }
 
 /// The instant most entries share (the earliest of equals), if any.
@@ -330,12 +544,18 @@ mod tests {
         Remove(AudId),
     }
 
+    /// Few slots, so that inserts collide; now and then one past 2^16,
+    /// which makes the list wide.
+    fn slot() -> impl Strategy<Value = AudId> {
+        prop_oneof![8 => 0u32..24, 1 => 70_000u32..70_003]
+    }
+
     fn op() -> impl Strategy<Value = Op> {
-        // Few slots and instants, so that inserts collide, exceptions
-        // appear and the common instant is left behind.
+        // Few instants, so that exceptions appear and the common instant is
+        // left behind.
         prop_oneof![
             (
-                0u32..24,
+                slot(),
                 prop_oneof![
                     Just(5i64),
                     Just(-1),
@@ -345,7 +565,7 @@ mod tests {
                 ]
             )
                 .prop_map(|(aud, at)| Op::Insert(aud, at)),
-            (0u32..24).prop_map(Op::Remove),
+            slot().prop_map(Op::Remove),
         ]
     }
 
@@ -354,17 +574,27 @@ mod tests {
         assert_eq!(list.iter().collect::<Vec<_>>(), expected);
         assert_eq!(list.len(), model.len());
         assert_eq!(list.is_empty(), model.is_empty());
-        assert_eq!(list.slots(), model.keys().copied().collect::<Vec<_>>());
-        for aud in 0..26 {
+        assert_eq!(
+            list.slots().iter().collect::<Vec<_>>(),
+            model.keys().copied().collect::<Vec<_>>()
+        );
+        for aud in (0..26).chain(69_999..70_004) {
             assert_eq!(list.contains(aud), model.contains_key(&aud));
             assert_eq!(list.entered(aud), model.get(&aud).copied());
         }
-        assert!(list.used() <= list.words.len());
-        // Never more room than twice what growth leaves, plus an exception.
-        assert!(list.words.len() - list.used() <= 2 * (list.spare() + EXCEPTION) + EXCEPTION);
+        assert!(list.used() <= list.units.len());
+        // Never more room than twice what growth leaves, plus an exception
+        // (and a slot's second unit, had it been narrow).
+        let shape = list.shape();
+        let exception = shape.width + INSTANT;
+        assert!(list.units.len() - list.used() <= 2 * (shape.spare() + exception) + exception + 1);
+        // Wide only when a slot needs it, or one did.
+        if model.keys().any(|&a| a > NARROW_MAX) {
+            assert_eq!(shape.width, 2);
+        }
         // Exceptions exist only beside members at the common instant.
         if !list.is_empty() {
-            assert!(list.exception_count() < list.len());
+            assert!(list.shape().exceptions < list.len());
         }
         assert_eq!(list, &AudienceList::from_sorted(&expected));
     }
@@ -394,7 +624,7 @@ mod tests {
 
         /// Serialized as the list of `Stamped` it stands for, byte for byte.
         #[test]
-        fn serializes_as_the_stamped_list(entries in proptest::collection::btree_map(0u32..1000, 0i64..3, 0..30)) {
+        fn serializes_as_the_stamped_list(entries in proptest::collection::btree_map(prop_oneof![0u32..1000, 65_530u32..65_540], 0i64..3, 0..30)) {
             let stamped: Vec<Stamped> = entries.iter().map(|(&a, &t)| Stamped::new(a, t)).collect();
             let list = AudienceList::from_sorted(&stamped);
             let bytes = postcard::to_allocvec(&list).unwrap();
@@ -412,20 +642,20 @@ mod tests {
         }
         assert!(list.insert(5, 2_000));
         // Header, five slots and one exception in use (growth left room).
-        assert_eq!(list.used(), HEADER + 5 + EXCEPTION);
-        assert!(list.words.len() > list.used());
+        assert_eq!(list.used(), HEADER + 5 + 1 + INSTANT);
+        assert!(list.units.len() > list.used());
         assert_eq!(list.entered(5), Some(2_000));
         assert_eq!(list.entered(9), Some(1_000));
         let mut trimmed = list.clone();
         trimmed.reserve(12);
         trimmed.trim();
-        assert_eq!(trimmed.heap_bytes(), list.used() * 4);
+        assert_eq!(trimmed.heap_bytes(), list.used() * 2);
         assert_eq!(trimmed, list);
         for aud in [7, 3, 9, 1] {
             assert!(list.remove(aud));
         }
         // The exception became the common instant.
-        assert_eq!(list.exception_count(), 0);
+        assert_eq!(list.shape().exceptions, 0);
         assert_eq!(list.entered(5), Some(2_000));
         assert!(list.remove(5));
         assert_eq!(list.heap_bytes(), 0);

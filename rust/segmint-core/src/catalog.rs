@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use hashbrown::HashMap;
 
+use crate::audience_list::Slots;
 use crate::error::{Result, RuleError, SegmintError};
 use crate::profile::Interner;
 use crate::rules::ast::{self, AggFunc, BinaryOp, ExprKind, Literal, SinceTarget, UnaryOp, Window};
@@ -1467,16 +1468,16 @@ impl Polarity {
     /// rules, and a search per rule was about a quarter of a timer's cost.
     pub fn movable_rules<'a>(
         rules: &'a [(AudId, Polarity)],
-        memberships: &'a [AudId],
+        memberships: Slots<'a>,
         now_true: bool,
     ) -> impl Iterator<Item = (AudId, bool)> + 'a {
         debug_assert!(rules.is_sorted_by_key(|(aud, _)| *aud));
         let mut next = 0;
         rules.iter().filter_map(move |&(aud, polarity)| {
-            while memberships.get(next).is_some_and(|&m| m < aud) {
+            while memberships.get(next).is_some_and(|m| m < aud) {
                 next += 1;
             }
-            let member = memberships.get(next) == Some(&aud);
+            let member = memberships.get(next) == Some(aud);
             polarity
                 .may_change(now_true, member)
                 .then_some((aud, member))
@@ -1595,6 +1596,8 @@ impl Reads {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audience_list::AudienceList;
+    use crate::profile::Stamped;
     use crate::rules::parse_rule;
     use proptest::prelude::*;
 
@@ -1678,8 +1681,8 @@ mod tests {
         /// memberships per rule gives.
         #[test]
         fn movable_rules_match_a_search_per_rule(
-            rules in proptest::collection::btree_map(0u32..40, 0u8..3, 0..20),
-            memberships in proptest::collection::btree_set(0u32..40, 0..20),
+            rules in proptest::collection::btree_map(prop_oneof![0u32..40, 70_000u32..70_010], 0u8..3, 0..20),
+            memberships in proptest::collection::btree_set(prop_oneof![0u32..40, 70_000u32..70_010], 0..20),
             now_true: bool,
         ) {
             let rules: Vec<(AudId, Polarity)> = rules
@@ -1687,8 +1690,10 @@ mod tests {
                 .map(|(aud, p)| (aud, [Polarity::Positive, Polarity::Negative, Polarity::Mixed][p as usize]))
                 .collect();
             let memberships: Vec<AudId> = memberships.into_iter().collect();
+            let stamped: Vec<Stamped> = memberships.iter().map(|&a| Stamped::new(a, 0)).collect();
+            let list = AudienceList::from_sorted(&stamped);
             let walked: Vec<(AudId, bool)> =
-                Polarity::movable_rules(&rules, &memberships, now_true).collect();
+                Polarity::movable_rules(&rules, list.slots(), now_true).collect();
             let searched: Vec<(AudId, bool)> = rules
                 .iter()
                 .map(|&(aud, p)| (aud, p, memberships.binary_search(&aud).is_ok()))
