@@ -10,9 +10,10 @@
 //! with its instant, as an *exception*. As `Vec<Stamped>` the same
 //! memberships took 12 bytes each plus growth slack and a 24-byte header.
 //!
-//! The list is kept in 16-bit units, and a slot takes one unit while every
-//! slot in the list is below 2^16 (a *narrow* list: any catalog of fewer
-//! than 65,536 audience slots), two otherwise (*wide*: low, high). Layout
+//! The list is kept in 16-bit units, and a slot takes one unit (a *narrow*
+//! list: any catalog of fewer than 65,536 audience slots). Inserting a slot
+//! of 2^16 or more rebuilds the list *wide*, two units a slot (low, high);
+//! it stays wide until it is next rebuilt from its entries. Layout
 //! (the box's length is the capacity):
 //! `[slots ×2, exceptions ×2 (top bit: wide), common instant ×4, slot…,
 //! (slot, instant ×4)…, spare…]`, slots ascending, exceptions ascending by
@@ -406,10 +407,13 @@ impl<'a> Slots<'a> {
     /// The `k`-th slot.
     #[inline]
     pub fn get(&self, k: usize) -> Option<AudId> {
-        match self.wide {
-            true => Some(word(self.units.get(2 * k..2 * k + 2)?)),
-            false => self.units.get(k).map(|&unit| AudId::from(unit)),
+        if k >= self.len() {
+            return None;
         }
+        Some(match self.wide {
+            true => word(&self.units[2 * k..]),
+            false => AudId::from(self.units[k]),
+        })
     }
 
     /// The slots in order.
@@ -631,6 +635,18 @@ mod tests {
             prop_assert_eq!(&bytes, &postcard::to_allocvec(&stamped).unwrap());
             let back: AudienceList = postcard::from_bytes(&bytes).unwrap();
             prop_assert_eq!(back, list);
+        }
+    }
+
+    #[test]
+    fn slots_past_the_end_are_none() {
+        for slots in [[3, 9], [70_000, 70_001]] {
+            let entries: Vec<Stamped> = slots.iter().map(|&a| Stamped::new(a, 0)).collect();
+            let list = AudienceList::from_sorted(&entries);
+            let view = list.slots();
+            assert_eq!((view.get(0), view.get(1)), (Some(slots[0]), Some(slots[1])));
+            assert_eq!(view.get(2), None);
+            assert_eq!(view.get(1 << 63), None);
         }
     }
 

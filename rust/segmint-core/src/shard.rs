@@ -698,6 +698,8 @@ impl Shard {
         // restored below.
         let mut by_user = std::mem::take(&mut self.by_user);
         by_user.clear();
+        // An index into the batch takes the low 32 bits, as before.
+        debug_assert!(u32::try_from(work.len()).is_ok());
         // (user, position) in one word: an unstable sort of plain integers
         // keeps each user's events in arrival order, without a comparison
         // that looks the user up.
