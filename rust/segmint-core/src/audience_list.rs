@@ -407,13 +407,13 @@ impl<'a> Slots<'a> {
     /// The `k`-th slot.
     #[inline]
     pub fn get(&self, k: usize) -> Option<AudId> {
-        if k >= self.len() {
-            return None;
+        match self.wide {
+            true => {
+                let at = k.checked_mul(2)?;
+                Some(word(self.units.get(at..at.checked_add(2)?)?))
+            }
+            false => self.units.get(k).map(|&unit| AudId::from(unit)),
         }
-        Some(match self.wide {
-            true => word(&self.units[2 * k..]),
-            false => AudId::from(self.units[k]),
-        })
     }
 
     /// The slots in order.
