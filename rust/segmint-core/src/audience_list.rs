@@ -75,28 +75,28 @@ impl AudienceList {
         };
         let width = if wide { 2 } else { 1 };
         let exceptions = entries.iter().filter(|e| e.at() != common).count();
-        let used = HEADER + width * entries.len() + (width + INSTANT) * exceptions;
-        let mut units = Vec::with_capacity(used);
-        let push_word = |units: &mut Vec<u16>, word: u32| {
-            units.extend([word as u16, (word >> 16) as u16]);
+        let shape = Shape {
+            len: entries.len(),
+            exceptions,
+            width,
         };
-        let push_slot = |units: &mut Vec<u16>, aud: AudId| match wide {
-            true => push_word(units, aud),
-            false => units.push(aud as u16),
+        let mut list = AudienceList {
+            units: vec![0; shape.used()].into_boxed_slice(),
         };
-        push_word(&mut units, entries.len() as u32);
-        push_word(&mut units, exceptions as u32 | if wide { WIDE } else { 0 });
-        units.extend(instant_units(common));
-        for entry in entries {
-            push_slot(&mut units, entry.id);
+        list.set_word(0, shape.len as u32);
+        list.set_exceptions(shape);
+        list.units[4..HEADER].copy_from_slice(&instant_units(common));
+        for (k, entry) in entries.iter().enumerate() {
+            list.set_slot(HEADER + width * k, width, entry.id);
         }
-        for entry in entries.iter().filter(|e| e.at() != common) {
-            push_slot(&mut units, entry.id);
-            units.extend(instant_units(entry.at()));
+        let others = entries.iter().filter(|e| e.at() != common);
+        for (k, entry) in others.enumerate() {
+            let at = shape.exceptions_start() + (width + INSTANT) * k;
+            list.set_slot(at, width, entry.id);
+            list.units[at + width..at + width + INSTANT]
+                .copy_from_slice(&instant_units(entry.at()));
         }
-        AudienceList {
-            units: units.into_boxed_slice(),
-        }
+        list
     }
 
     /// The counts and the width, read once per operation.
@@ -182,8 +182,9 @@ impl AudienceList {
     pub fn entered(&self, aud: AudId) -> Option<Millis> {
         let shape = self.shape();
         self.slots_of(shape).position(aud).ok()?;
-        Some(match self.exceptions_of(shape).position(aud) {
-            Ok(k) => self.exceptions_of(shape).instant(k),
+        let exceptions = self.exceptions_of(shape);
+        Some(match exceptions.position(aud) {
+            Ok(k) => exceptions.instant(k),
             Err(_) => self.common(),
         })
     }
@@ -418,10 +419,16 @@ impl<'a> Slots<'a> {
 
     /// The slots in order.
     pub fn iter(self) -> impl Iterator<Item = AudId> + Clone + 'a {
-        (0..self.len()).map(move |k| match self.wide {
-            true => word(&self.units[2 * k..]),
-            false => AudId::from(self.units[k]),
-        })
+        let width = self.width();
+        (0..self.len()).map(move |k| slot_at(self.units, width * k, width))
+    }
+
+    fn width(&self) -> usize {
+        if self.wide {
+            2
+        } else {
+            1
+        }
     }
 
     /// Where `aud` is (or would go).
@@ -430,7 +437,7 @@ impl<'a> Slots<'a> {
             (false, Ok(unit)) => self.units.binary_search(&unit),
             // Past every slot of a narrow list.
             (false, Err(_)) => Err(self.units.len()),
-            (true, _) => search(self.len(), |k| word(&self.units[2 * k..]), aud),
+            (true, _) => search(self.len(), |k| slot_at(self.units, 2 * k, 2), aud),
         }
     }
 }
@@ -444,11 +451,7 @@ struct Exceptions<'a> {
 
 impl Exceptions<'_> {
     fn slot(&self, k: usize) -> AudId {
-        let at = (self.width + INSTANT) * k;
-        match self.width {
-            2 => word(&self.units[at..]),
-            _ => AudId::from(self.units[at]),
-        }
+        slot_at(self.units, (self.width + INSTANT) * k, self.width)
     }
 
     fn instant(&self, k: usize) -> Millis {
@@ -463,6 +466,15 @@ impl Exceptions<'_> {
             |k| self.slot(k),
             aud,
         )
+    }
+}
+
+/// The slot at unit `at`, `width` units long.
+#[inline]
+fn slot_at(units: &[u16], at: usize, width: usize) -> AudId {
+    match width {
+        2 => word(&units[at..]),
+        _ => AudId::from(units[at]),
     }
 }
 

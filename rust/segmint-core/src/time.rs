@@ -9,8 +9,9 @@ pub type Millis = i64;
 pub const SECOND: Millis = 1_000;
 
 /// An instant as its low and high 32-bit words: lists of many entries
-/// (memberships, timers, the timer queue) keep instants this way so that
-/// an entry beside a `u32` id takes 12 bytes, not 16.
+/// (timers, the timer queue) keep instants this way so that an entry
+/// beside a `u32` id takes 12 bytes, not 16 (membership lists split the
+/// words again, into 16-bit units).
 pub fn instant_words(at: Millis) -> [u32; 2] {
     let bits = at as u64;
     [bits as u32, (bits >> 32) as u32]
