@@ -314,6 +314,12 @@ impl AudienceList {
         }
     }
 
+    /// The first unit (0 when empty), read to bring the list into the
+    /// cache ahead of its use (see [`crate::profile::UserData::warm`]).
+    pub fn first_unit(&self) -> u16 {
+        self.units.first().copied().unwrap_or(0)
+    }
+
     /// Heap bytes.
     pub fn heap_bytes(&self) -> usize {
         self.units.len() * std::mem::size_of::<u16>()

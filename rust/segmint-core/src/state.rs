@@ -366,6 +366,13 @@ impl UserState {
         self.times.insert(at, t);
     }
 
+    /// The earliest buffered instant (0 when none), read to bring the
+    /// instants into the cache ahead of their use (see
+    /// [`crate::profile::UserData::warm`]).
+    pub fn first_instant(&self) -> Millis {
+        self.times.first().copied().unwrap_or(0)
+    }
+
     /// The summary of the entries that left the buffer, if any did and the
     /// state needs them.
     pub fn summary(&self) -> Option<&Summary> {

@@ -207,6 +207,13 @@ impl Traits {
         }
     }
 
+    /// The first packed byte (0 when none), read to bring the traits into
+    /// the cache ahead of their use (see
+    /// [`crate::profile::UserData::warm`]).
+    pub fn first_byte(&self) -> u8 {
+        self.packed.first().copied().unwrap_or(0)
+    }
+
     /// Approximate heap bytes.
     pub fn heap_bytes(&self) -> usize {
         self.packed.len()

@@ -244,6 +244,60 @@ fn backfill_over_profiles_without_events() {
     }
 }
 
+/// A backfill over more profiles than it warms at once (some with events,
+/// most without, across shards) takes in whom the same rule defined before
+/// the events holds, and sets the same timers.
+#[test]
+fn backfill_over_many_profiles_matches_a_rule_defined_before() {
+    const RULE: &str = r#"trait.country == "US" and count("Order Completed", 30d) >= 2"#;
+    const SIGNUP: &str = r#"since(trait.created_at) < 20d and not did("Order Completed", 7d)"#;
+    for shards in [1, 3] {
+        let mut e = engine(shards);
+        let t0 = 1_000 * D;
+        e.define_audience("early", RULE).unwrap();
+        e.define_audience("early_signup", SIGNUP).unwrap();
+        let mut batch = Vec::new();
+        for u in 0..203 {
+            let country = if u % 3 == 0 { "DE" } else { "US" };
+            let signup = segmint_core::time::format_timestamp(t0 - (u % 25) * D);
+            batch.push(format!(
+                r#"{{"type":"identify","userId":"u{u}","traits":{{"country":"{country}","created_at":"{signup}"}}}}"#
+            ));
+        }
+        let json = format!("[{}]", batch.join(","));
+        assert!(e.ingest_json(json.as_bytes()).unwrap().errors.is_empty());
+        for u in (0..203).filter(|u| u % 5 == 0) {
+            for k in 0..(u % 4) {
+                let at = t0 - (u % 40) * D + k * H;
+                track(&mut e, &format!("u{u}"), "Order Completed", "{}", at);
+            }
+        }
+        e.define_audience("late", RULE).unwrap();
+        e.define_audience("late_signup", SIGNUP).unwrap();
+        for step in 0..6 {
+            let members = |key: &str| {
+                let mut m = e.members(key).unwrap();
+                m.sort();
+                m
+            };
+            assert_eq!(
+                members("late"),
+                members("early"),
+                "{shards} shards, step {step}"
+            );
+            assert_eq!(
+                members("late_signup"),
+                members("early_signup"),
+                "{shards} shards, step {step}"
+            );
+            if step == 0 {
+                assert!(!members("late").is_empty() && !members("late_signup").is_empty());
+            }
+            e.advance(t0 + (step + 1) * 5 * D).unwrap();
+        }
+    }
+}
+
 #[test]
 fn cycles_and_in_use() {
     let mut e = engine(1);
