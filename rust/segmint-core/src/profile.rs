@@ -487,9 +487,10 @@ impl UserData {
         }
     }
 
-    /// Reads what evaluating this profile will reach first (the traits,
-    /// the memberships, every line of the timers and of the states, and
-    /// the instants of `states`) and returns a value folded from it, for
+    /// Reads what evaluating this profile will reach first (the start of
+    /// the traits and of the memberships, one element per 64 bytes of the
+    /// timers and of the states, and the first instant of each of
+    /// `states`) and returns a value folded from it, for
     /// the caller to pass to [`std::hint::black_box`]. A pass over many
     /// profiles warms a few dozen ahead this way: their loads miss the
     /// cache independently, so they wait out one memory latency together,

@@ -274,6 +274,11 @@ fn backfill_over_many_profiles_matches_a_rule_defined_before() {
         }
         e.define_audience("late", RULE).unwrap();
         e.define_audience("late_signup", SIGNUP).unwrap();
+        // Replaced while it has members (looked up profile by profile),
+        // then back.
+        let wider = RULE.replace(">= 2", ">= 1");
+        assert!(e.define_audience("late", &wider).unwrap() > e.size("early").unwrap());
+        e.define_audience("late", RULE).unwrap();
         for step in 0..6 {
             let members = |key: &str| {
                 let mut m = e.members(key).unwrap();
