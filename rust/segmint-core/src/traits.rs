@@ -3,8 +3,10 @@
 //! A profile holds a handful of traits, most of them numbers, booleans and
 //! short strings (a country, a plan, an ISO timestamp). As a list of
 //! `(key, Value)` each took 32 bytes whatever its value; packed as bytes
-//! (key, tag, payload) a two-letter country takes 4 and a number 10 (with
-//! one of the first 128 keys of the catalog). Long
+//! (key, tag, payload) a two-letter country takes 4, a number 10, and a
+//! UTC timestamp string in whole seconds (`2026-01-01T12:00:00Z`, as a
+//! `created_at` usually is) 10 instead of 22, kept as its seconds and
+//! written back exactly (with one of the first 128 keys of the catalog). Long
 //! strings (which a shard's [`crate::profile::TraitValuePool`] shares
 //! between profiles) and lists stay `Value`s, in a side list that most
 //! profiles never allocate.
@@ -26,7 +28,33 @@ const TAG_FALSE: u8 = 0;
 const TAG_TRUE: u8 = 1;
 const TAG_NUM: u8 = 2;
 const TAG_DUR: u8 = 4;
+/// A string that is a UTC timestamp in whole seconds, as [`utc_seconds`]
+/// reads it; the payload is the seconds.
+const TAG_UTC_SECONDS: u8 = 5;
 const TAG_STR: u8 = 32;
+
+/// The seconds since the epoch of `text` if it is a UTC timestamp in whole
+/// seconds that [`format_utc_seconds`] writes back byte for byte
+/// (`2026-01-01T12:00:00Z`); `None` for any other string.
+fn utc_seconds(text: &str) -> Option<i64> {
+    if text.len() != UTC_SECONDS_LEN || !text.ends_with('Z') {
+        return None;
+    }
+    let ms = crate::time::parse_timestamp(text).ok()?;
+    let seconds = (ms % 1000 == 0).then_some(ms / 1000)?;
+    (format_utc_seconds(seconds)? == text).then_some(seconds)
+}
+
+/// Length of `YYYY-MM-DDTHH:MM:SSZ`.
+const UTC_SECONDS_LEN: usize = 20;
+
+/// `seconds` since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (`None` outside
+/// the calendar's range).
+fn format_utc_seconds(seconds: i64) -> Option<SmolStr> {
+    let instant = chrono::DateTime::from_timestamp(seconds, 0)?;
+    let text = instant.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    Some(SmolStr::new(text))
+}
 
 /// Appends `key` as LEB128: one byte for the first 128 keys of a catalog,
 /// which most workloads never pass.
@@ -84,6 +112,10 @@ impl Packed<'_> {
             TAG_TRUE => Value::Bool(true),
             TAG_NUM => Value::Num(f64::from_le_bytes(num())),
             TAG_DUR => Value::Dur(i64::from_le_bytes(num())),
+            // Packed only when it formats back to the same text.
+            TAG_UTC_SECONDS => {
+                Value::Str(format_utc_seconds(i64::from_le_bytes(num())).unwrap_or_default())
+            }
             // Written from a `&str`: always UTF-8.
             _ => Value::Str(
                 std::str::from_utf8(self.payload).map_or_else(|_| SmolStr::default(), SmolStr::new),
@@ -101,7 +133,7 @@ fn entries(bytes: &[u8]) -> impl Iterator<Item = (Range<usize>, Packed<'_>)> {
         let tag = *bytes.get(start + key_len)?;
         let len = match tag {
             TAG_FALSE | TAG_TRUE => 0,
-            TAG_NUM | TAG_DUR => 8,
+            TAG_NUM | TAG_DUR | TAG_UTC_SECONDS => 8,
             _ => usize::from(tag.checked_sub(TAG_STR)?),
         };
         let from = start + key_len + 1;
@@ -118,8 +150,12 @@ fn pack(key: TraitKey, value: &Value, out: &mut Vec<u8>) -> bool {
         Value::Bool(b) => (if *b { TAG_TRUE } else { TAG_FALSE }, &[], [0; 8]),
         Value::Num(n) => (TAG_NUM, &[], n.to_le_bytes()),
         Value::Dur(d) => (TAG_DUR, &[], d.to_le_bytes()),
-        Value::Str(s) if s.len() <= PACKED_STR_MAX => (TAG_STR, s.as_bytes(), [0; 8]),
-        Value::Str(_) | Value::List(_) => return false,
+        Value::Str(s) => match utc_seconds(s) {
+            Some(seconds) => (TAG_UTC_SECONDS, &[], seconds.to_le_bytes()),
+            None if s.len() <= PACKED_STR_MAX => (TAG_STR, s.as_bytes(), [0; 8]),
+            None => return false,
+        },
+        Value::List(_) => return false,
     };
     push_key(key, out);
     match payload.0 {
@@ -127,7 +163,7 @@ fn pack(key: TraitKey, value: &Value, out: &mut Vec<u8>) -> bool {
             out.push(TAG_STR + payload.1.len() as u8);
             out.extend_from_slice(payload.1);
         }
-        TAG_NUM | TAG_DUR => {
+        TAG_NUM | TAG_DUR | TAG_UTC_SECONDS => {
             out.push(payload.0);
             out.extend_from_slice(&payload.2);
         }
@@ -288,12 +324,30 @@ mod tests {
         prop_oneof![0u32..12, 120u32..136, 16_380u32..16_390, Just(u32::MAX)]
     }
 
+    /// UTC timestamps in whole seconds (packed as seconds), and strings
+    /// that look like them but would not format back the same.
+    fn timestamp() -> impl Strategy<Value = String> {
+        let seconds = -100_000_000_000i64..100_000_000_000;
+        prop_oneof![
+            seconds
+                .clone()
+                .prop_map(|s| format_utc_seconds(s).unwrap().to_string()),
+            seconds.prop_map(|s| crate::time::format_timestamp(s * 1000 + 7)),
+            Just("2026-01-01T12:00:00+00:00".to_owned()),
+            Just("2026-01-01 12:00:00Z".to_owned()),
+            Just("2026-02-30T12:00:00Z".to_owned()),
+            Just("2026-01-01T24:00:00Z".to_owned()),
+            Just("aaaaaaaaaaaaaaaaaaaZ".to_owned()),
+        ]
+    }
+
     fn value() -> impl Strategy<Value = Value> {
         prop_oneof![
             any::<bool>().prop_map(Value::Bool),
             prop_oneof![any::<f64>(), -5.0..5.0f64].prop_map(Value::Num),
             any::<i64>().prop_map(Value::Dur),
             "[a-zé]{0,30}".prop_map(|s| Value::Str(s.into())),
+            timestamp().prop_map(|s| Value::Str(s.into())),
             proptest::collection::vec("[a-z]{0,3}", 0..3)
                 .prop_map(|l| Value::List(l.into_iter().map(Arc::from).collect())),
         ]
@@ -304,6 +358,31 @@ mod tests {
         match (a, b) {
             (Value::Num(x), Value::Num(y)) => x.to_bits() == y.to_bits(),
             _ => a == b,
+        }
+    }
+
+    #[test]
+    fn utc_timestamps_pack_as_seconds_and_read_back_the_same_text() {
+        let text = "2025-11-20T20:46:30Z";
+        let traits = Traits::from_sorted(&[(1, Value::Str(text.into()))]);
+        assert_eq!(traits.heap_bytes(), 10);
+        assert_eq!(
+            traits.get(1).map(Cow::into_owned),
+            Some(Value::Str(text.into()))
+        );
+        for other in [
+            "2025-11-20T20:46:30.000Z",
+            "2025-11-20T20:46:30+00:00",
+            "2025-11-20t20:46:30Z",
+        ] {
+            let traits = Traits::from_sorted(&[(1, Value::Str(other.into()))]);
+            if other.len() <= PACKED_STR_MAX {
+                assert_eq!(traits.heap_bytes(), 2 + other.len(), "{other}");
+            }
+            assert_eq!(
+                traits.get(1).map(Cow::into_owned),
+                Some(Value::Str(other.into()))
+            );
         }
     }
 
