@@ -1284,29 +1284,31 @@ impl Shard {
     /// shard, with reason `definition`, and sets their atoms' timers.
     pub fn backfill(&mut self, step: Step<'_>, auds: &[AudId], out: &mut Vec<ShardChange>) {
         self.members.ensure(step.cat.audiences.len());
-        let mut timed: Vec<AtomId> = auds
-            .iter()
-            .filter_map(|&a| step.cat.audiences[a as usize].as_ref())
-            .flat_map(|def| def.atoms.iter().copied())
-            .filter(|&a| step.cat.atoms[a as usize].timed)
-            .collect();
-        timed.sort_unstable();
-        timed.dedup();
         let cat = step.cat;
+        let mut atoms: Vec<AtomId> = auds
+            .iter()
+            .filter_map(|&a| cat.audiences[a as usize].as_ref())
+            .flat_map(|def| def.atoms.iter().copied())
+            .collect();
+        atoms.sort_unstable();
+        atoms.dedup();
+        let timed: Vec<AtomId> = atoms
+            .iter()
+            .copied()
+            .filter(|&a| cat.atoms[a as usize].timed)
+            .collect();
+        let mut read_states: Vec<StateId> = atoms
+            .iter()
+            .flat_map(|&a| cat.atoms[a as usize].states.iter().copied())
+            .collect();
+        read_states.sort_unstable();
+        read_states.dedup();
         // Whether an audience had members before (a replaced rule): a new
         // one's memberships need not be looked up profile by profile.
         let had_members: SmallVec<[bool; 4]> = auds
             .iter()
             .map(|&a| self.members.bitmap(a).is_some_and(|b| !b.is_empty()))
             .collect();
-        let mut read_states: Vec<StateId> = auds
-            .iter()
-            .filter_map(|&a| cat.audiences[a as usize].as_ref())
-            .flat_map(|def| def.atoms.iter())
-            .flat_map(|&atom| cat.atoms[atom as usize].states.iter().copied())
-            .collect();
-        read_states.sort_unstable();
-        read_states.dedup();
         let mut stateless = [false; BACKFILL_AHEAD];
         for local in 0..self.users.len() {
             if local % BACKFILL_AHEAD == 0 {

@@ -126,6 +126,15 @@ pub fn format_timestamp(ms: Millis) -> String {
     }
 }
 
+/// Formats `seconds` since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (`None`
+/// outside the calendar's range): how packed traits keep a timestamp in
+/// whole seconds (see [`crate::traits`]).
+pub fn format_utc_seconds(seconds: i64) -> Option<smol_str::SmolStr> {
+    let instant = chrono::DateTime::from_timestamp(seconds, 0)?;
+    let text = instant.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    Some(smol_str::SmolStr::new(text))
+}
+
 /// Formats the UTC calendar date of an instant as `YYYY-MM-DD` (how a
 /// date-typed value becomes a trait or property).
 pub fn format_date(ms: Millis) -> String {

@@ -17,6 +17,7 @@ use std::ops::Range;
 use smol_str::SmolStr;
 
 use crate::catalog::TraitKey;
+use crate::time::format_utc_seconds;
 use crate::value::Value;
 
 /// The longest string packed as bytes: what a `SmolStr` holds without an
@@ -47,14 +48,6 @@ fn utc_seconds(text: &str) -> Option<i64> {
 
 /// Length of `YYYY-MM-DDTHH:MM:SSZ`.
 const UTC_SECONDS_LEN: usize = 20;
-
-/// `seconds` since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (`None` outside
-/// the calendar's range).
-fn format_utc_seconds(seconds: i64) -> Option<SmolStr> {
-    let instant = chrono::DateTime::from_timestamp(seconds, 0)?;
-    let text = instant.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    Some(SmolStr::new(text))
-}
 
 /// Appends `key` as LEB128: one byte for the first 128 keys of a catalog,
 /// which most workloads never pass.
@@ -361,10 +354,16 @@ mod tests {
         }
     }
 
+    /// Whether some entry is packed as seconds.
+    fn has_seconds(traits: &Traits) -> bool {
+        entries(&traits.packed).any(|(_, e)| e.tag == TAG_UTC_SECONDS)
+    }
+
     #[test]
     fn utc_timestamps_pack_as_seconds_and_read_back_the_same_text() {
         let text = "2025-11-20T20:46:30Z";
         let traits = Traits::from_sorted(&[(1, Value::Str(text.into()))]);
+        assert!(has_seconds(&traits));
         assert_eq!(traits.heap_bytes(), 10);
         assert_eq!(
             traits.get(1).map(Cow::into_owned),
@@ -376,6 +375,7 @@ mod tests {
             "2025-11-20t20:46:30Z",
         ] {
             let traits = Traits::from_sorted(&[(1, Value::Str(other.into()))]);
+            assert!(!has_seconds(&traits), "{other}");
             if other.len() <= PACKED_STR_MAX {
                 assert_eq!(traits.heap_bytes(), 2 + other.len(), "{other}");
             }
