@@ -263,6 +263,28 @@ pub struct AtomDef {
     pub test: Option<(CExpr, LeafTest)>,
 }
 
+/// A leaf whose value grows with time alone, at one millisecond per
+/// millisecond: atoms testing the same one against literals change at
+/// instants a profile can find from one timer (see
+/// [`Catalog::timer_lead`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum TimeSource {
+    Trait(TraitKey),
+    Event(StateId),
+    Member(AudId),
+}
+
+/// The time source an atom tests against literals, if it is that kind of
+/// atom (a timed one reading nothing else).
+fn time_source(atom: &AtomDef) -> Option<TimeSource> {
+    match atom.test.as_ref().filter(|_| atom.timed)?.0 {
+        CExpr::SinceTrait(k) => Some(TimeSource::Trait(k)),
+        CExpr::SinceEvent(s) => Some(TimeSource::Event(s)),
+        CExpr::MemberFor(a) => Some(TimeSource::Member(a)),
+        _ => None,
+    }
+}
+
 /// How an atom that compares one leaf with literals decides its truth
 /// (the same decisions as [`crate::eval::eval_bool`] on its expression).
 #[derive(Debug, Clone, PartialEq)]
@@ -539,6 +561,19 @@ pub struct Catalog {
     pub dependents: Vec<Vec<AudId>>,
     /// Per audience: timed atoms that read its membership (`member_for`).
     pub timed_by_audience: Vec<Vec<AtomId>>,
+    /// Per atom: the atom under whose id a profile keeps the atom's timer.
+    /// Timed atoms that test the same `since` or `member_for` against
+    /// literals (`since(trait.created_at) < 14d`, `< 30d`, ...) share one
+    /// timer, at the earliest of their next changes: a profile then keeps
+    /// one timer per time source instead of one per threshold. The lead is
+    /// the first atom (lowest id) testing that source; atoms are never
+    /// removed, so an atom's lead never changes. Other atoms lead
+    /// themselves.
+    pub timer_lead: Vec<AtomId>,
+    /// Per atom: the atoms of live rules whose timer it leads, in id order
+    /// (empty where it leads none). A timer may stand for an atom that is
+    /// not timed: a future event's, due when the event becomes visible.
+    pub timer_group: Vec<Vec<AtomId>>,
     /// Per audience slot: its rule's class. Audiences with the same rule
     /// over the same atoms share a class (generated and copied audiences
     /// often repeat a rule), so a rule is evaluated once per pass however
@@ -571,7 +606,7 @@ pub struct Catalog {
     pub computed_rules: Vec<Vec<AudId>>,
     /// Values of the computed traits on an empty profile (`count` is 0), by
     /// slot: a new profile starts with them.
-    pub empty_computed: thin_vec::ThinVec<(CtId, Value)>,
+    pub empty_computed: Vec<(CtId, Value)>,
 }
 
 fn type_error(source: &str, span: ast::Span, message: String) -> SegmintError {
@@ -974,6 +1009,8 @@ impl Catalog {
         self.by_event.clear();
         self.state_index = vec![StateIndex::default(); self.states.len()];
         self.atom_rules = vec![Vec::new(); self.atoms.len()];
+        self.timer_lead = self.timer_leads();
+        self.timer_group = vec![Vec::new(); self.atoms.len()];
         for s in &mut self.states {
             s.retention = 0;
             s.since_anchors.clear();
@@ -1037,6 +1074,7 @@ impl Catalog {
                     self.timed_by_audience[aud as usize].push(id);
                 }
             }
+            self.timer_group[self.timer_lead[a] as usize].push(id);
         }
         for ct in 0..self.computed.len() {
             let Some(def) = self.computed[ct].clone() else {
@@ -1056,10 +1094,22 @@ impl Catalog {
                 list.dedup();
             }
         }
-        self.empty_computed = crate::eval::computed_on_empty_profile(self).into();
+        self.empty_computed = crate::eval::computed_on_empty_profile(self);
         self.empty_true = crate::eval::rules_true_on_empty_profile(self);
         self.empty_atom_truth = crate::eval::atoms_on_empty_profile(self);
         self.false_without_events = crate::eval::rules_false_without_events(self);
+    }
+
+    /// [`Catalog::timer_lead`] of every atom: atoms testing the same time
+    /// source against literals are led by the first of them.
+    fn timer_leads(&self) -> Vec<AtomId> {
+        let mut first: HashMap<TimeSource, AtomId> = HashMap::new();
+        (0..self.atoms.len() as AtomId)
+            .map(|id| match time_source(&self.atoms[id as usize]) {
+                Some(source) => *first.entry(source).or_insert(id),
+                None => id,
+            })
+            .collect()
     }
 
     /// Each audience slot's rule class (see [`Catalog::rule_class`]) and

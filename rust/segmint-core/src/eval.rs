@@ -642,10 +642,9 @@ pub fn member(cat: &Catalog, aud: AudId, env: &UserEnv<'_>) -> bool {
 /// A profile with no traits, no events and no memberships: only the
 /// computed traits' values on no events.
 fn empty_profile(cat: &Catalog) -> UserData {
-    UserData {
-        computed: cat.empty_computed.clone(),
-        ..Default::default()
-    }
+    let mut user = UserData::default();
+    user.traits.set_computed_list(cat.empty_computed.clone());
+    user
 }
 
 /// The rules a profile with no traits, no events and no memberships

@@ -584,7 +584,8 @@ impl Engine {
             .collect();
         audiences.sort();
         let mut computed: Vec<(String, serde_json::Value)> = user
-            .computed
+            .traits
+            .computed()
             .iter()
             .filter_map(|(ct, v)| {
                 let def = self.catalog.computed.get(*ct as usize)?.as_ref()?;

@@ -321,9 +321,11 @@ pub(crate) fn remove_shrinking<T>(list: &mut ThinVec<T>, i: usize) -> T {
 }
 
 /// One user's traits and aggregation states.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct UserData {
-    /// Traits by key id (names in [`crate::catalog::Catalog::trait_keys`]).
+    /// Traits by key id (names in [`crate::catalog::Catalog::trait_keys`]),
+    /// and the current values of the computed traits (see
+    /// [`UserData::computed_value`]).
     pub traits: Traits,
     /// States sorted by id. (A `ThinVec`: 8 bytes where no state is kept,
     /// as for the many profiles known only by their traits.)
@@ -335,10 +337,58 @@ pub struct UserData {
     /// Audiences the user is in, with the instant of entry, sorted by slot.
     /// (The shard's bitmaps hold the same memberships for queries.)
     pub memberships: AudienceList,
-    /// Current values of the computed traits, sorted by slot; a null value
-    /// is absent. Kept so that a change of value is detected and logged.
-    /// (A `ThinVec`: 8 bytes in a catalog without computed traits.)
-    pub computed: ThinVec<(CtId, Value)>,
+}
+
+/// [`UserData`] as snapshots store it: the computed traits' values as a
+/// list of their own, after the memberships.
+#[derive(serde::Serialize)]
+struct UserDataRef<'a> {
+    traits: &'a Traits,
+    states: &'a ThinVec<(StateId, UserState)>,
+    timers: &'a ThinVec<Stamped>,
+    memberships: &'a AudienceList,
+    computed: &'a [(CtId, Value)],
+}
+
+/// A [`UserDataRef`] read back.
+#[derive(serde::Deserialize)]
+struct UserDataOwned {
+    traits: Traits,
+    states: ThinVec<(StateId, UserState)>,
+    timers: ThinVec<Stamped>,
+    memberships: AudienceList,
+    computed: Vec<(CtId, Value)>,
+}
+
+impl serde::Serialize for UserData {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let stored = UserDataRef {
+            traits: &self.traits,
+            states: &self.states,
+            timers: &self.timers,
+            memberships: &self.memberships,
+            computed: self.traits.computed(),
+        };
+        serde::Serialize::serialize(&stored, s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for UserData {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let owned: UserDataOwned = serde::Deserialize::deserialize(d)?;
+        let mut computed = owned.computed;
+        // Snapshots hold them sorted; anything else is repaired, not trusted.
+        computed.sort_by_key(|(ct, _)| *ct);
+        computed.dedup_by_key(|(ct, _)| *ct);
+        let mut traits = owned.traits;
+        traits.set_computed_list(computed);
+        Ok(UserData {
+            traits,
+            states: owned.states,
+            timers: owned.timers,
+            memberships: owned.memberships,
+        })
+    }
 }
 
 impl UserData {
@@ -388,25 +438,13 @@ impl UserData {
 
     /// The kept value of a computed trait (`None`: null).
     pub fn computed_value(&self, ct: CtId) -> Option<&Value> {
-        self.computed
-            .binary_search_by_key(&ct, |(c, _)| *c)
-            .ok()
-            .map(|i| &self.computed[i].1)
+        self.traits.computed_value(ct)
     }
 
     /// Sets (or, with `None`, clears) a computed trait's kept value; returns
     /// the previous one.
     pub fn set_computed(&mut self, ct: CtId, value: Option<Value>) -> Option<Value> {
-        match (self.computed.binary_search_by_key(&ct, |(c, _)| *c), value) {
-            (Ok(i), Some(v)) => Some(std::mem::replace(&mut self.computed[i].1, v)),
-            (Ok(i), None) => Some(self.computed.remove(i).1),
-            (Err(i), Some(v)) => {
-                grow_one(&mut self.computed);
-                self.computed.insert(i, (ct, v));
-                None
-            }
-            (Err(_), None) => None,
-        }
+        self.traits.set_computed(ct, value)
     }
 
     /// A state, if the user has any entry in it.
@@ -464,7 +502,7 @@ impl UserData {
             }
         }
         if changed {
-            self.traits = Traits::from_sorted(unpacked);
+            self.traits.replace_sorted(unpacked);
         }
         changed
     }
@@ -527,7 +565,6 @@ impl UserData {
             + thin_heap_bytes(&self.states)
             + thin_heap_bytes(&self.timers)
             + self.memberships.heap_bytes()
-            + thin_heap_bytes(&self.computed)
     }
 }
 
@@ -689,6 +726,55 @@ impl Memberships {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The layout snapshots held while the computed traits' values were a
+    /// field of the profile.
+    #[derive(serde::Serialize)]
+    struct UserDataWithComputedField {
+        traits: Traits,
+        states: ThinVec<(StateId, UserState)>,
+        timers: ThinVec<Stamped>,
+        memberships: AudienceList,
+        computed: ThinVec<(CtId, Value)>,
+    }
+
+    #[test]
+    fn snapshots_keep_the_computed_traits_as_a_field_after_the_memberships() {
+        let mut user = UserData {
+            traits: [(3, Value::Num(2.0)), (7, Value::Str("x".into()))]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        user.state_mut(4).insert(1_000, None);
+        user.timers.push(Stamped::new(9, 5_000));
+        user.set_member(2, true, 1_000);
+        user.set_computed(5, Some(Value::Num(1.5)));
+        user.set_computed(1, Some(Value::Str("a".into())));
+        let old = UserDataWithComputedField {
+            traits: user.traits.clone(),
+            states: user.states.clone(),
+            timers: user.timers.clone(),
+            memberships: user.memberships.clone(),
+            computed: user.traits.computed().iter().cloned().collect(),
+        };
+        let bytes = postcard::to_allocvec(&user).unwrap();
+        assert_eq!(bytes, postcard::to_allocvec(&old).unwrap());
+        let back: UserData = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, user);
+        assert_eq!(back.computed_value(5), Some(&Value::Num(1.5)));
+        assert_eq!(back.computed_value(2), None);
+        // Setting traits keeps the computed values; clearing them all
+        // leaves no box behind.
+        let mut unpacked = back.unpacked_traits();
+        unpacked[0].1 = Value::Num(3.0);
+        let mut changed = back.clone();
+        changed.traits.replace_sorted(&unpacked);
+        assert_eq!(changed.computed_value(1), Some(&Value::Str("a".into())));
+        changed.set_computed(1, None);
+        changed.set_computed(5, None);
+        assert_eq!(changed.traits.heap_bytes(), changed.traits.packed_len());
+    }
 
     #[test]
     fn interner_assigns_dense_ids_and_finds_them_again() {

@@ -12,7 +12,7 @@ use crate::catalog::{
     AtomId, AudId, Catalog, CtId, Polarity, RuleExpr, StateId, TraitKey, WindowDef,
 };
 use crate::eval::{
-    compare, eval_atom, eval_bool, eval_rule, eval_value, PropsEnv, UserEnv, ViewMemo,
+    compare, eval_atom, eval_bool, eval_rule, eval_value, Env, PropsEnv, UserEnv, ViewMemo,
 };
 use crate::first_identify::FirstIdentifyMemo;
 use crate::pages::Pages;
@@ -437,11 +437,6 @@ impl Shard {
         }
     }
 
-    fn atom_truth(&mut self, step: Step<'_>, local: usize, atom: AtomId) -> bool {
-        self.counters.atom_evaluations += 1;
-        eval_atom(&step.cat.atoms[atom as usize], &self.env(step, local))
-    }
-
     fn set_timer(&mut self, local: usize, uid: u32, atom: AtomId, at: Option<Millis>) {
         let timers = &mut self.users[local].timers;
         match (find_stamped(timers, atom), at) {
@@ -465,33 +460,59 @@ impl Shard {
         }
     }
 
-    fn timer_no_later_than(&mut self, local: usize, uid: u32, atom: AtomId, t: Millis) {
-        let current = self.users[local].timer(atom);
+    /// Moves the timer standing for `atom` (its lead's, see
+    /// [`crate::catalog::Catalog::timer_lead`]; or a computed trait's)
+    /// to `t` unless it is due earlier.
+    fn timer_no_later_than(
+        &mut self,
+        step: Step<'_>,
+        local: usize,
+        uid: u32,
+        atom: AtomId,
+        t: Millis,
+    ) {
+        let id = match atom & COMPUTED_TIMER {
+            0 => step.cat.timer_lead[atom as usize],
+            _ => atom,
+        };
+        let current = self.users[local].timer(id);
         if current.is_none_or(|c| c > t) {
-            self.set_timer(local, uid, atom, Some(t));
+            self.set_timer(local, uid, id, Some(t));
         }
     }
 
-    /// Sets the atom's timer to the next instant time alone can flip it.
+    /// Sets the timer standing for `atom` to the next instant time alone can
+    /// flip it or another atom of its timer's group.
     fn reschedule(&mut self, step: Step<'_>, local: usize, uid: u32, atom: AtomId) {
-        let next = self
-            .env(step, local)
-            .next_change(&step.cat.atoms[atom as usize].expr);
-        self.set_timer(local, uid, atom, next);
+        self.reschedule_in_pass(step, local, uid, &[atom]);
     }
 
     /// [`Shard::reschedule`] for each of `atoms`, within a pass begun by
-    /// the caller (the `since` bases they count from are read once).
+    /// the caller (the `since` bases they count from are read once): each
+    /// timer standing for them is set to the earliest next change of its
+    /// group.
     fn reschedule_in_pass(&mut self, step: Step<'_>, local: usize, uid: u32, atoms: &[AtomId]) {
+        let cat = step.cat;
+        let mut leads: SmallVec<[AtomId; 32]> =
+            atoms.iter().map(|&a| cat.timer_lead[a as usize]).collect();
+        if leads.len() > 1 {
+            leads.sort_unstable();
+            leads.dedup();
+        }
         let next: SmallVec<[Option<Millis>; 32]> = self.with_view_memo(|shard, views| {
             let env = shard.env(step, local).with_views(views);
-            atoms
+            leads
                 .iter()
-                .map(|&a| env.next_change(&step.cat.atoms[a as usize].expr))
+                .map(|&lead| {
+                    cat.timer_group[lead as usize]
+                        .iter()
+                        .filter_map(|&a| env.next_change(&cat.atoms[a as usize].expr))
+                        .min()
+                })
                 .collect()
         });
-        for (&atom, at) in atoms.iter().zip(next) {
-            self.set_timer(local, uid, atom, at);
+        for (&lead, at) in leads.iter().zip(next) {
+            self.set_timer(local, uid, lead, at);
         }
     }
 
@@ -590,7 +611,7 @@ impl Shard {
         let changed =
             users[local].set_traits(&mut unpacked.traits, traits, ids, keys, trait_values);
         // (Compared packed: bit for bit, so a NaN equals itself.)
-        debug_assert!(Traits::from_sorted(&unpacked.traits) == users[local].traits);
+        debug_assert!(Traits::from_sorted(&unpacked.traits).same_set_traits(&users[local].traits));
         unpacked.user = Some(local);
         changed
     }
@@ -783,7 +804,9 @@ impl Shard {
     /// incrementally like any other.
     fn materialize(&mut self, step: Step<'_>, local: usize) {
         let uid = local as u32 * self.count + self.index;
-        self.users[local].computed = step.cat.empty_computed.clone();
+        self.users[local]
+            .traits
+            .set_computed_list(step.cat.empty_computed.clone());
         // One allocation instead of a dozen small growths.
         self.users[local]
             .memberships
@@ -823,7 +846,7 @@ impl Shard {
             .map(|a| cat.rank[a as usize])
             .collect();
         out.truncate(mark);
-        for (counter, (ct, value)) in self.users[local].computed.iter().enumerate() {
+        for (counter, (ct, value)) in self.users[local].traits.computed().iter().enumerate() {
             out.push(ShardChange {
                 order: (index as i64, 0, counter as u64),
                 uid,
@@ -1040,10 +1063,10 @@ impl Shard {
             for (s, v) in matched {
                 self.users[local].state_mut(s).insert(t, v);
                 for &atom in &cat.state_index[s as usize].all {
-                    self.timer_no_later_than(local, uid, atom, t);
+                    self.timer_no_later_than(step, local, uid, atom, t);
                 }
                 for &ct in &cat.computed_by_state[s as usize] {
-                    self.timer_no_later_than(local, uid, COMPUTED_TIMER | ct, t);
+                    self.timer_no_later_than(step, local, uid, COMPUTED_TIMER | ct, t);
                 }
             }
             self.process(step, uid, pending, Reason::Event, (index as i64, 1), out);
@@ -1176,18 +1199,57 @@ impl Shard {
             }
             return;
         }
-        if cat.atom_rules.get(atom as usize).is_none_or(Vec::is_empty) {
+        // An atom's timer stands for its whole group (see
+        // `Catalog::timer_lead`); a snapshot's may still be a member's own.
+        let lead = cat.timer_lead.get(atom as usize).copied().unwrap_or(atom);
+        let group = cat
+            .timer_group
+            .get(lead as usize)
+            .map_or(&[][..], Vec::as_slice);
+        if group.is_empty() {
             return;
         }
         self.counters.timers_fired += 1;
         // Instants are multiples of G: the previous observable instant is T - G.
-        let before = self.atom_truth(step.at(instant - step.granularity), local, atom);
-        let after = self.atom_truths(step, local, &[atom], false)[0];
-        self.reschedule_in_pass(step, local, uid, &[atom]);
-        if before != after {
-            let (rules, user) = (&cat.atom_rules[atom as usize], &self.users[local]);
-            for (r, member) in Polarity::movable_rules(rules, user.memberships.slots(), after) {
-                due.insert_known(cat.rank[r as usize], member);
+        let before = self.group_truths(step.at(instant - step.granularity), local, group);
+        let after = self.group_truths(step, local, group);
+        self.reschedule_in_pass(step, local, uid, &[lead]);
+        for (i, &a) in group.iter().enumerate() {
+            if before[i] != after[i] {
+                let (rules, user) = (&cat.atom_rules[a as usize], &self.users[local]);
+                for (r, member) in
+                    Polarity::movable_rules(rules, user.memberships.slots(), after[i])
+                {
+                    due.insert_known(cat.rank[r as usize], member);
+                }
+            }
+        }
+    }
+
+    /// The truths of a timer's group of atoms (see
+    /// [`crate::catalog::Catalog::timer_group`]) at `step.now`. A group of
+    /// several tests one time source: its value is read once.
+    fn group_truths(
+        &mut self,
+        step: Step<'_>,
+        local: usize,
+        group: &[AtomId],
+    ) -> SmallVec<[bool; 8]> {
+        let atoms = &step.cat.atoms;
+        self.counters.atom_evaluations += group.len() as u64;
+        let env = self.env(step, local);
+        match group {
+            [a] => SmallVec::from_elem(eval_atom(&atoms[*a as usize], &env), 1),
+            _ => {
+                let leaf = atoms[group[0] as usize].test.as_ref().map(|(leaf, _)| leaf);
+                let value = leaf.and_then(|leaf| env.leaf(leaf));
+                group
+                    .iter()
+                    .map(|&a| match &atoms[a as usize].test {
+                        Some((l, test)) if Some(l) == leaf => test.holds(value.as_deref()),
+                        _ => eval_atom(&atoms[a as usize], &env),
+                    })
+                    .collect()
             }
         }
     }

@@ -16,7 +16,7 @@ use std::ops::Range;
 
 use smol_str::SmolStr;
 
-use crate::catalog::TraitKey;
+use crate::catalog::{CtId, TraitKey};
 use crate::time::format_utc_seconds;
 use crate::value::Value;
 
@@ -81,10 +81,26 @@ pub struct Traits {
     /// payload (none for booleans, 8 bytes for a number or a duration, the
     /// bytes of a string, whose length is in its tag).
     packed: Box<[u8]>,
-    /// Values not packed (long strings, lists), sorted by key; `None` while
-    /// there are none.
-    #[allow(clippy::box_collection)] // 8 bytes in every profile instead of 24
-    large: Option<Box<Vec<(TraitKey, Value)>>>,
+    /// What most profiles never hold, in one box: 8 bytes in every
+    /// profile; `None` while it would be empty.
+    rare: Option<Box<RareTraits>>,
+}
+
+/// The rarely held parts of a user's traits.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct RareTraits {
+    /// Values not packed (long strings, lists), sorted by key.
+    large: Vec<(TraitKey, Value)>,
+    /// Current values of the computed traits, sorted by slot; a null value
+    /// is absent. (Kept here rather than in a list of their own, which
+    /// would cost every profile 8 bytes where a catalog has none.)
+    computed: Vec<(CtId, Value)>,
+}
+
+impl RareTraits {
+    fn is_empty(&self) -> bool {
+        self.large.is_empty() && self.computed.is_empty()
+    }
 }
 
 /// One packed entry, decoded in place.
@@ -176,25 +192,25 @@ impl Traits {
                 break;
             }
         }
-        let large = self.large.as_deref()?;
+        let large = self.large();
         let i = large.binary_search_by_key(&key, |(k, _)| *k).ok()?;
         Some(Cow::Borrowed(&large[i].1))
     }
 
     /// Number of traits.
     pub fn len(&self) -> usize {
-        entries(&self.packed).count() + self.large.as_ref().map_or(0, |l| l.len())
+        entries(&self.packed).count() + self.large().len()
     }
 
     /// Whether no trait is set.
     pub fn is_empty(&self) -> bool {
-        self.packed.is_empty() && self.large.is_none()
+        self.packed.is_empty() && self.large().is_empty()
     }
 
     /// Every trait, in key order.
     pub fn iter(&self) -> impl Iterator<Item = (TraitKey, Cow<'_, Value>)> + '_ {
         let mut packed = entries(&self.packed).map(|(_, e)| e).peekable();
-        let mut large = self.large.iter().flat_map(|l| l.iter()).peekable();
+        let mut large = self.large().iter().peekable();
         std::iter::from_fn(move || match (packed.peek(), large.peek()) {
             (Some(p), Some((k, _))) if *k < p.key => {
                 large.next().map(|(k, v)| (*k, Cow::Borrowed(v)))
@@ -224,14 +240,101 @@ impl Traits {
         large.shrink_to_fit();
         Traits {
             packed: packed.into_boxed_slice(),
-            large: (!large.is_empty()).then(|| Box::new(large)),
+            rare: (!large.is_empty()).then(|| {
+                Box::new(RareTraits {
+                    large,
+                    computed: Vec::new(),
+                })
+            }),
+        }
+    }
+
+    /// Replaces the traits set by identify with `pairs` (as
+    /// [`Traits::from_sorted`]), keeping the computed traits' values.
+    pub fn replace_sorted(&mut self, pairs: &[(TraitKey, Value)]) {
+        let computed = self
+            .rare
+            .take()
+            .map(|rare| rare.computed)
+            .unwrap_or_default();
+        *self = Traits::from_sorted(pairs);
+        self.set_computed_list(computed);
+    }
+
+    /// Whether the traits set by identify are the same as `other`'s, bit
+    /// for bit (a NaN equals itself); the computed traits are not compared.
+    pub fn same_set_traits(&self, other: &Traits) -> bool {
+        self.packed == other.packed && self.large() == other.large()
+    }
+
+    /// Values not packed, sorted by key.
+    fn large(&self) -> &[(TraitKey, Value)] {
+        self.rare.as_deref().map_or(&[], |rare| &rare.large)
+    }
+
+    /// The current values of the computed traits, sorted by slot (a null
+    /// value is absent).
+    pub fn computed(&self) -> &[(CtId, Value)] {
+        self.rare.as_deref().map_or(&[], |rare| &rare.computed)
+    }
+
+    /// The kept value of a computed trait (`None`: null).
+    pub fn computed_value(&self, ct: CtId) -> Option<&Value> {
+        let computed = self.computed();
+        computed
+            .binary_search_by_key(&ct, |(c, _)| *c)
+            .ok()
+            .map(|i| &computed[i].1)
+    }
+
+    /// Sets (or, with `None`, clears) a computed trait's kept value;
+    /// returns the previous one.
+    pub fn set_computed(&mut self, ct: CtId, value: Option<Value>) -> Option<Value> {
+        if value.is_none() && self.computed().is_empty() {
+            return None;
+        }
+        let list = &mut self.rare.get_or_insert_with(Box::default).computed;
+        let previous = match (list.binary_search_by_key(&ct, |(c, _)| *c), value) {
+            (Ok(i), Some(v)) => Some(std::mem::replace(&mut list[i].1, v)),
+            (Ok(i), None) => Some(list.remove(i).1),
+            (Err(i), Some(v)) => {
+                crate::profile::grow_one(list);
+                list.insert(i, (ct, v));
+                None
+            }
+            (Err(_), None) => None,
+        };
+        self.drop_empty_rare();
+        previous
+    }
+
+    /// Replaces every computed trait's kept value with `computed` (sorted
+    /// by slot, without nulls).
+    pub fn set_computed_list(&mut self, computed: Vec<(CtId, Value)>) {
+        debug_assert!(computed.windows(2).all(|w| w[0].0 < w[1].0));
+        match &mut self.rare {
+            Some(rare) => rare.computed = computed,
+            None if computed.is_empty() => {}
+            None => {
+                self.rare = Some(Box::new(RareTraits {
+                    large: Vec::new(),
+                    computed,
+                }))
+            }
+        }
+        self.drop_empty_rare();
+    }
+
+    fn drop_empty_rare(&mut self) {
+        if self.rare.as_deref().is_some_and(RareTraits::is_empty) {
+            self.rare = None;
         }
     }
 
     /// Replaces each string kept as a `Value` with `share`'s copy of it
     /// (after a restore, so that profiles share long strings again).
     pub fn share_large(&mut self, mut share: impl FnMut(TraitKey, &Value) -> Value) {
-        for (key, value) in self.large.iter_mut().flat_map(|l| l.iter_mut()) {
+        for (key, value) in self.rare.iter_mut().flat_map(|r| r.large.iter_mut()) {
             *value = share(*key, value);
         }
     }
@@ -243,14 +346,23 @@ impl Traits {
         self.packed.first().copied().unwrap_or(0)
     }
 
+    /// Bytes of the packed traits.
+    #[cfg(test)]
+    pub(crate) fn packed_len(&self) -> usize {
+        self.packed.len()
+    }
+
     /// Approximate heap bytes.
     pub fn heap_bytes(&self) -> usize {
         self.packed.len()
-            + self.large.as_ref().map_or(0, |large| {
-                std::mem::size_of::<Vec<(TraitKey, Value)>>()
-                    + large.capacity() * std::mem::size_of::<(TraitKey, Value)>()
-                    + large
+            + self.rare.as_deref().map_or(0, |rare| {
+                std::mem::size_of::<RareTraits>()
+                    + rare.large.capacity() * std::mem::size_of::<(TraitKey, Value)>()
+                    + rare.computed.capacity() * std::mem::size_of::<(CtId, Value)>()
+                    + rare
+                        .large
                         .iter()
+                        .chain(&rare.computed)
                         .map(|(_, v)| v.unshared_heap_bytes())
                         .sum::<usize>()
             })
@@ -259,7 +371,11 @@ impl Traits {
 
 impl std::fmt::Debug for Traits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map().entries(self.iter()).finish()
+        f.debug_map().entries(self.iter()).finish()?;
+        match self.computed() {
+            [] => Ok(()),
+            computed => write!(f, " computed {computed:?}"),
+        }
     }
 }
 
@@ -433,7 +549,7 @@ mod tests {
             (3, Value::Bool(true)),
         ];
         let traits = Traits::from_sorted(&short);
-        assert!(traits.large.is_none());
+        assert!(traits.large().is_empty());
         // key + tag-and-length + 2 bytes, key + tag + 8, key + tag
         assert_eq!(traits.heap_bytes(), 4 + 10 + 2);
         // A key past the first 128 takes a second byte.
@@ -443,7 +559,7 @@ mod tests {
         );
         let long = Value::Str("Enterprise (annual, invoiced)".into());
         let traits: Traits = short.into_iter().chain([(4, long.clone())]).collect();
-        assert_eq!(traits.large.as_ref().map(|l| l.len()), Some(1));
+        assert_eq!(traits.large().len(), 1);
         assert_eq!(traits.get(4).as_deref(), Some(&long));
         assert_eq!(traits.get(1).as_deref(), Some(&Value::Str("US".into())));
         assert_eq!(traits.get(5), None);
