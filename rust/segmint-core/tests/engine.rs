@@ -134,6 +134,70 @@ fn vip_sum_and_late_events() {
     assert_eq!(last.at, t0 + 265 * D);
 }
 
+/// Thresholds on one time source share one timer per profile, at the
+/// earliest of their next changes: each still flips at its own instant,
+/// defined before or after the profile exists, and a later event or
+/// trait moves the shared timer with it.
+#[test]
+fn thresholds_on_one_time_source_share_a_timer_and_flip_on_time() {
+    for shards in [1, 3] {
+        let mut e = engine(shards);
+        let t0 = e.now();
+        let created = segmint_core::time::format_timestamp(t0 - 5 * D);
+        for (key, rule) in [
+            ("new14", "since(trait.created_at) < 14d"),
+            ("new30", "since(trait.created_at) < 30d"),
+            ("mid", "since(trait.created_at) between 20d and 40d"),
+            ("bought_recently", r#"since("Order Completed") <= 3d"#),
+            (
+                "bought_lately",
+                r#"since("Order Completed") > 1d and since("Order Completed") < 10d"#,
+            ),
+        ] {
+            e.define_audience(key, rule).unwrap();
+        }
+        let json = format!(
+            r#"[{{"type":"identify","userId":"u","traits":{{"created_at":"{created}"}}}}]"#
+        );
+        assert!(e.ingest_json(json.as_bytes()).unwrap().errors.is_empty());
+        track(&mut e, "u", "Order Completed", "{}", t0);
+        // One timer for the four created_at atoms, one for the three
+        // atoms of since("Order Completed").
+        assert_eq!(e.pending_timers(), 2);
+        // A rule on the same source defined later joins the shared timer.
+        e.define_audience("new7", "since(trait.created_at) < 7d")
+            .unwrap();
+        assert_eq!(e.pending_timers(), 2);
+        // A later purchase moves the purchase group later, to 1d after it.
+        e.advance(t0 + H).unwrap();
+        track(&mut e, "u", "Order Completed", "{}", t0 + H);
+        e.advance(t0 + 60 * D).unwrap();
+        let flips: Vec<(String, bool, i64)> = logged(&e)
+            .into_iter()
+            .filter(|c| c.4 > t0 + H)
+            .map(|(_, aud, _, entered, at)| (aud, entered, at))
+            .collect();
+        let c = t0 - 5 * D;
+        let p = t0 + H;
+        // Passing a bound (`>`, `<=`, the end of `between`) is one
+        // granule (the default second) after reaching it.
+        let g = 1_000;
+        let mut expected = vec![
+            ("new7".to_owned(), false, c + 7 * D),
+            ("new14".to_owned(), false, c + 14 * D),
+            ("mid".to_owned(), true, c + 20 * D),
+            ("new30".to_owned(), false, c + 30 * D),
+            ("mid".to_owned(), false, c + 40 * D + g),
+            ("bought_lately".to_owned(), true, p + D + g),
+            ("bought_recently".to_owned(), false, p + 3 * D + g),
+            ("bought_lately".to_owned(), false, p + 10 * D),
+        ];
+        expected.sort_by_key(|x| x.2);
+        assert_eq!(flips, expected, "{shards} shards");
+        assert_eq!(e.pending_timers(), 0);
+    }
+}
+
 #[test]
 fn future_events_become_visible() {
     let mut e = engine(1);
