@@ -3,10 +3,12 @@
 //! A profile holds a handful of traits, most of them numbers, booleans and
 //! short strings (a country, a plan, an ISO timestamp). As a list of
 //! `(key, Value)` each took 32 bytes whatever its value; packed as bytes
-//! (key, tag, payload) a two-letter country takes 4, a number 10, and a
-//! UTC timestamp string in whole seconds (`2026-01-01T12:00:00Z`, as a
-//! `created_at` usually is) 10 instead of 22, kept as its seconds and
-//! written back exactly (with one of the first 128 keys of the catalog). Long
+//! (key, tag, payload) a two-letter country takes 4, a number 10 (5 for
+//! one written with up to three decimals, `617.74`, kept as the integer
+//! 61774 and read back bit for bit), and a UTC timestamp string in whole
+//! seconds (`2026-01-01T12:00:00Z`, as a `created_at` usually is) 7 instead
+//! of 22, kept as its seconds and written back exactly (with one of the
+//! first 128 keys of the catalog). Long
 //! strings (which a shard's [`crate::profile::TraitValuePool`] shares
 //! between profiles) and lists stay `Value`s, in a side list that most
 //! profiles never allocate.
@@ -30,9 +32,64 @@ const TAG_TRUE: u8 = 1;
 const TAG_NUM: u8 = 2;
 const TAG_DUR: u8 = 4;
 /// A string that is a UTC timestamp in whole seconds, as [`utc_seconds`]
-/// reads it; the payload is the seconds.
+/// reads it; the payload is the seconds, as a [`push_varint`].
 const TAG_UTC_SECONDS: u8 = 5;
+/// A number that is an integer `k` divided by 10^d, d from 0 to
+/// [`MAX_DECIMALS`] (`ltv: 617.74` is 61774 / 100): the tag is
+/// `TAG_DECIMAL + d`, the payload `k` as a [`push_varint`] (3 bytes
+/// instead of 8 for that one).
+const TAG_DECIMAL: u8 = 8;
+/// The most decimals a number packed as [`TAG_DECIMAL`] has.
+const MAX_DECIMALS: u8 = 3;
 const TAG_STR: u8 = 32;
+/// The tag of a [`TAG_DECIMAL`] with the most decimals.
+const DECIMAL_LAST: u8 = TAG_DECIMAL + MAX_DECIMALS;
+
+/// Powers of ten by decimals, for [`TAG_DECIMAL`].
+const SCALES: [f64; MAX_DECIMALS as usize + 1] = [1.0, 10.0, 100.0, 1000.0];
+
+/// The `(decimals, k)` of a number that reads back bit for bit as
+/// `k / 10^decimals` (with the fewest decimals); `None` for any other
+/// (-0.0, NaN, more decimals, beyond 2^53).
+fn decimal(n: f64) -> Option<(u8, i64)> {
+    const EXACT: f64 = (1u64 << 53) as f64;
+    (0..=MAX_DECIMALS).find_map(|d| {
+        let k = (n * SCALES[d as usize]).round();
+        // Read back from the integer itself: -0.0 becomes 0, and fails.
+        let exact =
+            k.abs() <= EXACT && ((k as i64) as f64 / SCALES[d as usize]).to_bits() == n.to_bits();
+        exact.then_some((d, k as i64))
+    })
+}
+
+/// Appends `n` zigzag-encoded as LEB128: small magnitudes of either sign
+/// take few bytes (61774 takes 3, a timestamp's seconds 5).
+fn push_varint(n: i64, out: &mut Vec<u8>) {
+    let mut rest = ((n << 1) ^ (n >> 63)) as u64;
+    while rest >= 0x80 {
+        out.push((rest as u8 & 0x7f) | 0x80);
+        rest >>= 7;
+    }
+    out.push(rest as u8);
+}
+
+/// The number [`push_varint`] wrote at the start of `bytes`, or `None`
+/// past the end.
+fn read_varint(bytes: &[u8]) -> Option<i64> {
+    let mut zigzag = 0u64;
+    for (i, &byte) in bytes.iter().enumerate().take(10) {
+        zigzag |= u64::from(byte & 0x7f) << (7 * i);
+        if byte < 0x80 {
+            return Some((zigzag >> 1) as i64 ^ -((zigzag & 1) as i64));
+        }
+    }
+    None
+}
+
+/// Bytes of the varint at the start of `bytes`, or `None` past the end.
+fn varint_len(bytes: &[u8]) -> Option<usize> {
+    Some(bytes.iter().take(10).position(|&b| b < 0x80)? + 1)
+}
 
 /// The seconds since the epoch of `text` if it is a UTC timestamp in whole
 /// seconds that [`format_utc_seconds`] writes back byte for byte
@@ -122,8 +179,14 @@ impl Packed<'_> {
             TAG_NUM => Value::Num(f64::from_le_bytes(num())),
             TAG_DUR => Value::Dur(i64::from_le_bytes(num())),
             // Packed only when it formats back to the same text.
-            TAG_UTC_SECONDS => {
-                Value::Str(format_utc_seconds(i64::from_le_bytes(num())).unwrap_or_default())
+            TAG_UTC_SECONDS => Value::Str(
+                read_varint(self.payload)
+                    .and_then(format_utc_seconds)
+                    .unwrap_or_default(),
+            ),
+            TAG_DECIMAL..=DECIMAL_LAST => {
+                let k = read_varint(self.payload).unwrap_or_default();
+                Value::Num(k as f64 / SCALES[usize::from(self.tag - TAG_DECIMAL)])
             }
             // Written from a `&str`: always UTF-8.
             _ => Value::Str(
@@ -140,12 +203,13 @@ fn entries(bytes: &[u8]) -> impl Iterator<Item = (Range<usize>, Packed<'_>)> {
         let start = at;
         let (key, key_len) = read_key(bytes.get(start..)?)?;
         let tag = *bytes.get(start + key_len)?;
+        let from = start + key_len + 1;
         let len = match tag {
             TAG_FALSE | TAG_TRUE => 0,
-            TAG_NUM | TAG_DUR | TAG_UTC_SECONDS => 8,
+            TAG_NUM | TAG_DUR => 8,
+            TAG_UTC_SECONDS | TAG_DECIMAL..=DECIMAL_LAST => varint_len(bytes.get(from..)?)?,
             _ => usize::from(tag.checked_sub(TAG_STR)?),
         };
-        let from = start + key_len + 1;
         let payload = bytes.get(from..from + len)?;
         at = from + len;
         Some((start..at, Packed { key, tag, payload }))
@@ -155,28 +219,42 @@ fn entries(bytes: &[u8]) -> impl Iterator<Item = (Range<usize>, Packed<'_>)> {
 /// Appends the packed form of `key: value` to `out`; false (nothing
 /// appended) when the value is kept as a `Value` instead.
 fn pack(key: TraitKey, value: &Value, out: &mut Vec<u8>) -> bool {
-    let payload: (u8, &[u8], [u8; 8]) = match value {
-        Value::Bool(b) => (if *b { TAG_TRUE } else { TAG_FALSE }, &[], [0; 8]),
-        Value::Num(n) => (TAG_NUM, &[], n.to_le_bytes()),
-        Value::Dur(d) => (TAG_DUR, &[], d.to_le_bytes()),
+    /// How a value is packed.
+    enum Payload<'a> {
+        Bare(u8),
+        Fixed(u8, [u8; 8]),
+        Varint(u8, i64),
+        Str(&'a [u8]),
+    }
+    let payload = match value {
+        Value::Bool(b) => Payload::Bare(if *b { TAG_TRUE } else { TAG_FALSE }),
+        Value::Num(n) => match decimal(*n) {
+            Some((d, k)) => Payload::Varint(TAG_DECIMAL + d, k),
+            None => Payload::Fixed(TAG_NUM, n.to_le_bytes()),
+        },
+        Value::Dur(d) => Payload::Fixed(TAG_DUR, d.to_le_bytes()),
         Value::Str(s) => match utc_seconds(s) {
-            Some(seconds) => (TAG_UTC_SECONDS, &[], seconds.to_le_bytes()),
-            None if s.len() <= PACKED_STR_MAX => (TAG_STR, s.as_bytes(), [0; 8]),
+            Some(seconds) => Payload::Varint(TAG_UTC_SECONDS, seconds),
+            None if s.len() <= PACKED_STR_MAX => Payload::Str(s.as_bytes()),
             None => return false,
         },
         Value::List(_) => return false,
     };
     push_key(key, out);
-    match payload.0 {
-        TAG_STR => {
-            out.push(TAG_STR + payload.1.len() as u8);
-            out.extend_from_slice(payload.1);
+    match payload {
+        Payload::Bare(tag) => out.push(tag),
+        Payload::Fixed(tag, bytes) => {
+            out.push(tag);
+            out.extend_from_slice(&bytes);
         }
-        TAG_NUM | TAG_DUR | TAG_UTC_SECONDS => {
-            out.push(payload.0);
-            out.extend_from_slice(&payload.2);
+        Payload::Varint(tag, n) => {
+            out.push(tag);
+            push_varint(n, out);
         }
-        tag => out.push(tag),
+        Payload::Str(bytes) => {
+            out.push(TAG_STR + bytes.len() as u8);
+            out.extend_from_slice(bytes);
+        }
     }
     true
 }
@@ -450,10 +528,25 @@ mod tests {
         ]
     }
 
+    /// Numbers written with a few decimals (`617.74`), packed as
+    /// [`TAG_DECIMAL`], and some with more than it takes.
+    fn decimal_number() -> impl Strategy<Value = f64> {
+        (-100_000_000_000i64..100_000_000_000, 0i32..6).prop_map(|(k, d)| k as f64 / 10f64.powi(d))
+    }
+
     fn value() -> impl Strategy<Value = Value> {
         prop_oneof![
             any::<bool>().prop_map(Value::Bool),
-            prop_oneof![any::<f64>(), -5.0..5.0f64].prop_map(Value::Num),
+            prop_oneof![
+                any::<f64>(),
+                -5.0..5.0f64,
+                decimal_number(),
+                Just(-0.0),
+                Just(9_007_199_254_740_993.0),
+                Just(-9_007_199_254_740_992.0),
+                Just(0.0001),
+            ]
+            .prop_map(Value::Num),
             any::<i64>().prop_map(Value::Dur),
             "[a-zé]{0,30}".prop_map(|s| Value::Str(s.into())),
             timestamp().prop_map(|s| Value::Str(s.into())),
@@ -480,7 +573,8 @@ mod tests {
         let text = "2025-11-20T20:46:30Z";
         let traits = Traits::from_sorted(&[(1, Value::Str(text.into()))]);
         assert!(has_seconds(&traits));
-        assert_eq!(traits.heap_bytes(), 10);
+        // key, tag, then the seconds in 5 bytes
+        assert_eq!(traits.heap_bytes(), 7);
         assert_eq!(
             traits.get(1).map(Cow::into_owned),
             Some(Value::Str(text.into()))
@@ -542,6 +636,41 @@ mod tests {
     }
 
     #[test]
+    fn numbers_with_few_decimals_pack_as_integers_and_read_back_bit_for_bit() {
+        for (n, tag, bytes) in [
+            (617.74, TAG_DECIMAL + 2, 5),
+            (3.0, TAG_DECIMAL, 3),
+            (-1.5, TAG_DECIMAL + 1, 3),
+            (0.0, TAG_DECIMAL, 3),
+            (0.001, TAG_DECIMAL + 3, 3),
+            (1e15, TAG_DECIMAL, 10),
+            (-0.0, TAG_NUM, 10),
+            (0.0001, TAG_NUM, 10),
+            (f64::NAN, TAG_NUM, 10),
+            (f64::INFINITY, TAG_NUM, 10),
+            (1e300, TAG_NUM, 10),
+            (9_007_199_254_740_992.0, TAG_DECIMAL, 10),
+        ] {
+            let traits = Traits::from_sorted(&[(1, Value::Num(n))]);
+            let (_, entry) = entries(&traits.packed).next().unwrap();
+            assert_eq!(entry.tag, tag, "{n}");
+            assert_eq!(traits.heap_bytes(), bytes, "{n}");
+            let back = traits.get(1).map(Cow::into_owned);
+            assert!(
+                matches!(back, Some(Value::Num(b)) if b.to_bits() == n.to_bits()),
+                "{n}"
+            );
+        }
+        for n in [0, 1, -1, 63, -64, 64, 8191, -8192, i64::MAX, i64::MIN] {
+            let mut out = Vec::new();
+            push_varint(n, &mut out);
+            assert_eq!(read_varint(&out), Some(n));
+            assert_eq!(varint_len(&out), Some(out.len()));
+            assert_eq!(read_varint(&out[..out.len() - 1]), None);
+        }
+    }
+
+    #[test]
     fn short_values_are_packed_and_long_ones_are_not() {
         let short = [
             (1, Value::Str("US".into())),
@@ -550,8 +679,8 @@ mod tests {
         ];
         let traits = Traits::from_sorted(&short);
         assert!(traits.large().is_empty());
-        // key + tag-and-length + 2 bytes, key + tag + 8, key + tag
-        assert_eq!(traits.heap_bytes(), 4 + 10 + 2);
+        // key + tag-and-length + 2 bytes, key + tag + 61774 in 3, key + tag
+        assert_eq!(traits.heap_bytes(), 4 + 5 + 2);
         // A key past the first 128 takes a second byte.
         assert_eq!(
             Traits::from_sorted(&[(200, Value::Bool(false))]).heap_bytes(),
