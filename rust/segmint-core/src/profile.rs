@@ -8,7 +8,7 @@ use smol_str::SmolStr;
 use thin_vec::ThinVec;
 
 use crate::audience_list::AudienceList;
-use crate::catalog::{AtomId, AudId, CtId, StateId, TraitKey};
+use crate::catalog::{AudId, CtId, StateId, TraitKey};
 use crate::state::UserState;
 use crate::time::Millis;
 use crate::traits::Traits;
@@ -330,9 +330,10 @@ pub struct UserData {
     /// States sorted by id. (A `ThinVec`: 8 bytes where no state is kept,
     /// as for the many profiles known only by their traits.)
     pub states: ThinVec<(StateId, UserState)>,
-    /// Pending timers of this user's atoms, sorted by atom. (A `ThinVec`:
-    /// 8 bytes where none is pending, as for most profiles known only by
-    /// their traits.)
+    /// Pending timers, sorted by id: an atom's (the lead of its group, see
+    /// [`crate::catalog::Catalog::timer_lead`]) or a computed trait's
+    /// (`COMPUTED_TIMER | slot`). (A `ThinVec`: 8 bytes where none is
+    /// pending, as for most profiles known only by their traits.)
     pub timers: ThinVec<Stamped>,
     /// Audiences the user is in, with the instant of entry, sorted by slot.
     /// (The shard's bitmaps hold the same memberships for queries.)
@@ -410,9 +411,10 @@ impl UserData {
         self.timers.iter().map(|s| s.at()).min()
     }
 
-    /// The instant of the user's pending timer for `atom`, if any.
-    pub fn timer(&self, atom: AtomId) -> Option<Millis> {
-        find_stamped(&self.timers, atom)
+    /// The instant of the user's pending timer `id` (a group's lead atom,
+    /// or a computed trait's), if any.
+    pub fn timer(&self, id: u32) -> Option<Millis> {
+        find_stamped(&self.timers, id)
             .ok()
             .map(|i| self.timers[i].at())
     }

@@ -493,22 +493,30 @@ impl Shard {
     /// group.
     fn reschedule_in_pass(&mut self, step: Step<'_>, local: usize, uid: u32, atoms: &[AtomId]) {
         let cat = step.cat;
-        let mut leads: SmallVec<[AtomId; 32]> =
-            atoms.iter().map(|&a| cat.timer_lead[a as usize]).collect();
-        if leads.len() > 1 {
+        let mapped: SmallVec<[AtomId; 16]>;
+        // Most atoms lead themselves: then the list is the leads.
+        let leads = if atoms.iter().all(|&a| cat.timer_lead[a as usize] == a) {
+            atoms
+        } else {
+            let mut leads: SmallVec<[AtomId; 16]> =
+                atoms.iter().map(|&a| cat.timer_lead[a as usize]).collect();
             leads.sort_unstable();
             leads.dedup();
+            mapped = leads;
+            &mapped
+        };
+        if let [lead] = leads {
+            let next = self.with_view_memo(|shard, views| {
+                group_next_change(cat, &shard.env(step, local).with_views(views), *lead)
+            });
+            self.set_timer(local, uid, *lead, next);
+            return;
         }
         let next: SmallVec<[Option<Millis>; 32]> = self.with_view_memo(|shard, views| {
             let env = shard.env(step, local).with_views(views);
             leads
                 .iter()
-                .map(|&lead| {
-                    cat.timer_group[lead as usize]
-                        .iter()
-                        .filter_map(|&a| env.next_change(&cat.atoms[a as usize].expr))
-                        .min()
-                })
+                .map(|&lead| group_next_change(cat, &env, lead))
                 .collect()
         });
         for (&lead, at) in leads.iter().zip(next) {
@@ -1211,8 +1219,8 @@ impl Shard {
         }
         self.counters.timers_fired += 1;
         // Instants are multiples of G: the previous observable instant is T - G.
-        let before = self.group_truths(step.at(instant - step.granularity), local, group);
-        let after = self.group_truths(step, local, group);
+        let before = self.group_truths(step.at(instant - step.granularity), local, group, false);
+        let after = self.group_truths(step, local, group, true);
         self.reschedule_in_pass(step, local, uid, &[lead]);
         for (i, &a) in group.iter().enumerate() {
             if before[i] != after[i] {
@@ -1227,30 +1235,23 @@ impl Shard {
     }
 
     /// The truths of a timer's group of atoms (see
-    /// [`crate::catalog::Catalog::timer_group`]) at `step.now`. A group of
-    /// several tests one time source: its value is read once.
+    /// [`crate::catalog::Catalog::timer_group`]) at `step.now`; with
+    /// `in_pass`, through the pass's view memo (the wake's instant). A
+    /// group of several tests one time source: its value is read once.
     fn group_truths(
         &mut self,
         step: Step<'_>,
         local: usize,
         group: &[AtomId],
+        in_pass: bool,
     ) -> SmallVec<[bool; 8]> {
-        let atoms = &step.cat.atoms;
         self.counters.atom_evaluations += group.len() as u64;
-        let env = self.env(step, local);
-        match group {
-            [a] => SmallVec::from_elem(eval_atom(&atoms[*a as usize], &env), 1),
-            _ => {
-                let leaf = atoms[group[0] as usize].test.as_ref().map(|(leaf, _)| leaf);
-                let value = leaf.and_then(|leaf| env.leaf(leaf));
-                group
-                    .iter()
-                    .map(|&a| match &atoms[a as usize].test {
-                        Some((l, test)) if Some(l) == leaf => test.holds(value.as_deref()),
-                        _ => eval_atom(&atoms[a as usize], &env),
-                    })
-                    .collect()
-            }
+        if in_pass {
+            self.with_view_memo(|shard, views| {
+                group_truths_in(step, &shard.env(step, local).with_views(views), group)
+            })
+        } else {
+            group_truths_in(step, &self.env(step, local), group)
         }
     }
 
@@ -1538,6 +1539,33 @@ impl Shard {
                     reason: Reason::Delete,
                 });
             }
+        }
+    }
+}
+
+/// The earliest next change of the atoms whose timer `lead` leads.
+fn group_next_change(cat: &Catalog, env: &UserEnv<'_>, lead: AtomId) -> Option<Millis> {
+    cat.timer_group[lead as usize]
+        .iter()
+        .filter_map(|&a| env.next_change(&cat.atoms[a as usize].expr))
+        .min()
+}
+
+/// [`Shard::group_truths`] in `env`.
+fn group_truths_in(step: Step<'_>, env: &UserEnv<'_>, group: &[AtomId]) -> SmallVec<[bool; 8]> {
+    let atoms = &step.cat.atoms;
+    match group {
+        [a] => SmallVec::from_elem(eval_atom(&atoms[*a as usize], env), 1),
+        _ => {
+            let leaf = atoms[group[0] as usize].test.as_ref().map(|(leaf, _)| leaf);
+            let value = leaf.and_then(|leaf| env.leaf(leaf));
+            group
+                .iter()
+                .map(|&a| match &atoms[a as usize].test {
+                    Some((l, test)) if Some(l) == leaf => test.holds(value.as_deref()),
+                    _ => eval_atom(&atoms[a as usize], env),
+                })
+                .collect()
         }
     }
 }

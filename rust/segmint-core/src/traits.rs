@@ -130,13 +130,16 @@ fn read_key(bytes: &[u8]) -> Option<(TraitKey, usize)> {
 }
 
 /// A user's traits: each key at most once, in key order. (Equality
-/// compares the packed bytes: numbers by their bits, so `0.0` and `-0.0`
-/// differ and a NaN equals itself; no caller compares profiles.)
+/// compares the packed bytes, numbers by their bits, so `0.0` and `-0.0`
+/// differ and a packed NaN equals itself; values kept as `Value`s, the
+/// computed traits' among them, compare as `Value`s. Only tests compare
+/// profiles.)
 #[derive(Clone, Default, PartialEq)]
 pub struct Traits {
     /// Entries sorted by key, end to end: key (LEB128), tag, then the
-    /// payload (none for booleans, 8 bytes for a number or a duration, the
-    /// bytes of a string, whose length is in its tag).
+    /// payload (none for booleans; a varint for a number with few
+    /// decimals and for a timestamp's seconds; 8 bytes for another number
+    /// or a duration; the bytes of a string, whose length is in its tag).
     packed: Box<[u8]>,
     /// What most profiles never hold, in one box: 8 bytes in every
     /// profile; `None` while it would be empty.

@@ -198,6 +198,32 @@ fn thresholds_on_one_time_source_share_a_timer_and_flip_on_time() {
     }
 }
 
+/// A timer stands for four atoms at most: six thresholds on one source
+/// take two timers, and each threshold still flips at its instant.
+#[test]
+fn a_shared_timer_stands_for_four_atoms_at_most() {
+    let mut e = engine(1);
+    let t0 = e.now();
+    for days in 1..=6 {
+        let rule = format!("since(trait.created_at) < {days}d");
+        e.define_audience(&format!("new{days}"), &rule).unwrap();
+    }
+    let created = segmint_core::time::format_timestamp(t0);
+    let json =
+        format!(r#"[{{"type":"identify","userId":"u","traits":{{"created_at":"{created}"}}}}]"#);
+    assert!(e.ingest_json(json.as_bytes()).unwrap().errors.is_empty());
+    assert_eq!(e.pending_timers(), 2);
+    e.advance(t0 + 10 * D).unwrap();
+    let left: Vec<(String, i64)> = logged(&e)
+        .into_iter()
+        .filter(|c| !c.3)
+        .map(|c| (c.1, c.4 - t0))
+        .collect();
+    let expected: Vec<(String, i64)> = (1..=6).map(|d| (format!("new{d}"), d * D)).collect();
+    assert_eq!(left, expected);
+    assert_eq!(e.pending_timers(), 0);
+}
+
 #[test]
 fn future_events_become_visible() {
     let mut e = engine(1);
