@@ -351,8 +351,10 @@ struct UserDataRef<'a> {
     computed: &'a [(CtId, Value)],
 }
 
-/// A [`UserDataRef`] read back.
+/// A [`UserDataRef`] read back. (Tests write it too: it is the layout
+/// from before the computed traits moved into the traits' box.)
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 struct UserDataOwned {
     traits: Traits,
     states: ThinVec<(StateId, UserState)>,
@@ -729,17 +731,6 @@ impl Memberships {
 mod tests {
     use super::*;
 
-    /// The layout snapshots held while the computed traits' values were a
-    /// field of the profile.
-    #[derive(serde::Serialize)]
-    struct UserDataWithComputedField {
-        traits: Traits,
-        states: ThinVec<(StateId, UserState)>,
-        timers: ThinVec<Stamped>,
-        memberships: AudienceList,
-        computed: ThinVec<(CtId, Value)>,
-    }
-
     #[test]
     fn snapshots_keep_the_computed_traits_as_a_field_after_the_memberships() {
         let mut user = UserData {
@@ -753,12 +744,14 @@ mod tests {
         user.set_member(2, true, 1_000);
         user.set_computed(5, Some(Value::Num(1.5)));
         user.set_computed(1, Some(Value::Str("a".into())));
-        let old = UserDataWithComputedField {
+        // The layout snapshots held while the computed traits' values were
+        // a field of the profile.
+        let old = UserDataOwned {
             traits: user.traits.clone(),
             states: user.states.clone(),
             timers: user.timers.clone(),
             memberships: user.memberships.clone(),
-            computed: user.traits.computed().iter().cloned().collect(),
+            computed: user.traits.computed().to_vec(),
         };
         let bytes = postcard::to_allocvec(&user).unwrap();
         assert_eq!(bytes, postcard::to_allocvec(&old).unwrap());

@@ -1559,13 +1559,18 @@ fn group_truths_in(step: Step<'_>, env: &UserEnv<'_>, group: &[AtomId]) -> Small
         _ => {
             let leaf = atoms[group[0] as usize].test.as_ref().map(|(leaf, _)| leaf);
             let value = leaf.and_then(|leaf| env.leaf(leaf));
-            group
+            let truths: SmallVec<[bool; 8]> = group
                 .iter()
                 .map(|&a| match &atoms[a as usize].test {
                     Some((l, test)) if Some(l) == leaf => test.holds(value.as_deref()),
                     _ => eval_atom(&atoms[a as usize], env),
                 })
-                .collect()
+                .collect();
+            debug_assert!(group
+                .iter()
+                .zip(&truths)
+                .all(|(&a, &t)| eval_atom(&atoms[a as usize], env) == t));
+            truths
         }
     }
 }

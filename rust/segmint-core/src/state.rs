@@ -64,8 +64,10 @@ struct SummaryRef<'a> {
     freq: Option<&'a HashMap<ValueKey, u64>>,
 }
 
-/// A [`SummaryRef`] read back.
+/// A [`SummaryRef`] read back. (Tests write it too: it is the layout
+/// from before the values had a box.)
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 struct SummaryOwned {
     count: u64,
     latest: Option<Millis>,
@@ -692,20 +694,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The layout snapshots held while a summary kept its values inline.
-    #[derive(serde::Serialize)]
-    struct SummaryWithAllFields {
-        count: u64,
-        latest: Option<Millis>,
-        num_count: u64,
-        sum: f64,
-        min: f64,
-        max: f64,
-        first: Option<(Millis, Value)>,
-        last: Option<(Millis, Value)>,
-        freq: Option<HashMap<ValueKey, u64>>,
-    }
-
     #[test]
     fn summaries_box_their_values_and_keep_the_snapshot_layout() {
         let mut counted = Summary::default();
@@ -721,7 +709,9 @@ mod tests {
         assert_eq!(valued.last(), Some(&(7, Value::Num(2.5))));
         assert_eq!(valued.freq().map(HashMap::len), Some(2));
         for summary in [counted, valued] {
-            let old = SummaryWithAllFields {
+            // The layout snapshots held while a summary kept its values
+            // inline, field by field.
+            let old = SummaryOwned {
                 count: summary.count,
                 latest: summary.latest,
                 num_count: summary.num_count,

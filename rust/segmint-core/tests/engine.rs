@@ -199,7 +199,8 @@ fn thresholds_on_one_time_source_share_a_timer_and_flip_on_time() {
 }
 
 /// A timer stands for four atoms at most: six thresholds on one source
-/// take two timers, and each threshold still flips at its instant.
+/// take two timers, and each threshold still flips at its instant, also
+/// once the rule of the atom whose id the timer has is removed.
 #[test]
 fn a_shared_timer_stands_for_four_atoms_at_most() {
     let mut e = engine(1);
@@ -213,15 +214,47 @@ fn a_shared_timer_stands_for_four_atoms_at_most() {
         format!(r#"[{{"type":"identify","userId":"u","traits":{{"created_at":"{created}"}}}}]"#);
     assert!(e.ingest_json(json.as_bytes()).unwrap().errors.is_empty());
     assert_eq!(e.pending_timers(), 2);
+    // The rule of the first group's lead atom goes; its timer still
+    // stands for the three others.
+    e.remove_audience("new1").unwrap();
     e.advance(t0 + 10 * D).unwrap();
     let left: Vec<(String, i64)> = logged(&e)
         .into_iter()
-        .filter(|c| !c.3)
+        .filter(|c| !c.3 && c.4 > t0)
         .map(|c| (c.1, c.4 - t0))
         .collect();
-    let expected: Vec<(String, i64)> = (1..=6).map(|d| (format!("new{d}"), d * D)).collect();
+    let expected: Vec<(String, i64)> = (2..=6).map(|d| (format!("new{d}"), d * D)).collect();
     assert_eq!(left, expected);
     assert_eq!(e.pending_timers(), 0);
+}
+
+/// A future-dated event reaches atoms that share a timer when it becomes
+/// visible, and each leaves at its own instant after it.
+#[test]
+fn a_future_event_reaches_atoms_sharing_a_timer() {
+    let mut e = engine(1);
+    e.define_audience("hour", r#"since("Visit") < 1h"#).unwrap();
+    e.define_audience("two_hours", r#"since("Visit") < 2h"#)
+        .unwrap();
+    let t0 = e.now();
+    track(&mut e, "u", "Visit", "{}", t0 + 60_000);
+    assert_eq!(e.pending_timers(), 1);
+    assert!(!e.is_member("u", "hour").unwrap());
+    e.advance(t0 + 3 * H).unwrap();
+    let flips: Vec<(String, bool, i64)> = logged(&e)
+        .into_iter()
+        .map(|c| (c.1, c.3, c.4 - t0))
+        .collect();
+    let visible = 60_000;
+    assert_eq!(
+        flips,
+        vec![
+            ("hour".to_owned(), true, visible),
+            ("two_hours".to_owned(), true, visible),
+            ("hour".to_owned(), false, visible + H),
+            ("two_hours".to_owned(), false, visible + 2 * H),
+        ]
+    );
 }
 
 #[test]
