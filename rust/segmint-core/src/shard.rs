@@ -505,22 +505,11 @@ impl Shard {
             mapped = leads;
             &mapped
         };
-        if let [lead] = leads {
+        for &lead in leads {
             let next = self.with_view_memo(|shard, views| {
-                group_next_change(cat, &shard.env(step, local).with_views(views), *lead)
+                group_next_change(cat, &shard.env(step, local).with_views(views), lead)
             });
-            self.set_timer(local, uid, *lead, next);
-            return;
-        }
-        let next: SmallVec<[Option<Millis>; 32]> = self.with_view_memo(|shard, views| {
-            let env = shard.env(step, local).with_views(views);
-            leads
-                .iter()
-                .map(|&lead| group_next_change(cat, &env, lead))
-                .collect()
-        });
-        for (&lead, at) in leads.iter().zip(next) {
-            self.set_timer(local, uid, lead, at);
+            self.set_timer(local, uid, lead, next);
         }
     }
 
@@ -1554,23 +1543,22 @@ fn group_next_change(cat: &Catalog, env: &UserEnv<'_>, lead: AtomId) -> Option<M
 /// [`Shard::group_truths`] in `env`.
 fn group_truths_in(step: Step<'_>, env: &UserEnv<'_>, group: &[AtomId]) -> SmallVec<[bool; 8]> {
     let atoms = &step.cat.atoms;
-    match group {
-        [a] => SmallVec::from_elem(eval_atom(&atoms[*a as usize], env), 1),
-        _ => {
-            let leaf = atoms[group[0] as usize].test.as_ref().map(|(leaf, _)| leaf);
-            let value = leaf.and_then(|leaf| env.leaf(leaf));
-            let truths: SmallVec<[bool; 8]> = group
-                .iter()
-                .map(|&a| match &atoms[a as usize].test {
-                    Some((l, test)) if Some(l) == leaf => test.holds(value.as_deref()),
-                    _ => eval_atom(&atoms[a as usize], env),
-                })
-                .collect();
-            debug_assert!(group
-                .iter()
-                .zip(&truths)
-                .all(|(&a, &t)| eval_atom(&atoms[a as usize], env) == t));
-            truths
-        }
-    }
+    // Atoms sharing a timer test one leaf (an atom alone may test none).
+    let leaf = group
+        .first()
+        .and_then(|&a| atoms[a as usize].test.as_ref())
+        .map(|(leaf, _)| leaf);
+    let value = leaf.and_then(|leaf| env.leaf(leaf));
+    let truths: SmallVec<[bool; 8]> = group
+        .iter()
+        .map(|&a| match &atoms[a as usize].test {
+            Some((l, test)) if Some(l) == leaf => test.holds(value.as_deref()),
+            _ => eval_atom(&atoms[a as usize], env),
+        })
+        .collect();
+    debug_assert!(group
+        .iter()
+        .zip(&truths)
+        .all(|(&a, &t)| eval_atom(&atoms[a as usize], env) == t));
+    truths
 }
