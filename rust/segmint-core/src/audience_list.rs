@@ -25,6 +25,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::catalog::AudId;
 use crate::profile::Stamped;
+use crate::thin_box::ThinBox;
 use crate::time::{instant_from_words, instant_words, Millis};
 
 /// Units in front of the slots: their count, the exceptions' count (with
@@ -40,7 +41,7 @@ const NARROW_MAX: AudId = u16::MAX as AudId;
 /// A profile's audiences (slots, ascending) and when it entered each.
 #[derive(Clone, Default)]
 pub struct AudienceList {
-    units: Box<[u16]>,
+    units: ThinBox<u16>,
 }
 
 /// An instant as four units.
@@ -80,54 +81,34 @@ impl AudienceList {
             exceptions,
             width,
         };
-        let mut list = AudienceList {
-            units: vec![0; shape.used()].into_boxed_slice(),
-        };
-        list.set_word(0, shape.len as u32);
-        list.set_exceptions(shape);
-        list.units[4..HEADER].copy_from_slice(&instant_units(common));
+        let mut units = vec![0; shape.used()];
+        set_word(&mut units, 0, shape.len as u32);
+        set_exceptions(&mut units, shape);
+        units[4..HEADER].copy_from_slice(&instant_units(common));
         for (k, entry) in entries.iter().enumerate() {
-            list.set_slot(HEADER + width * k, width, entry.id);
+            set_slot(&mut units, HEADER + width * k, width, entry.id);
         }
         let others = entries.iter().filter(|e| e.at() != common);
         for (k, entry) in others.enumerate() {
             let at = shape.exceptions_start() + (width + INSTANT) * k;
-            list.set_slot(at, width, entry.id);
-            list.units[at + width..at + width + INSTANT]
-                .copy_from_slice(&instant_units(entry.at()));
+            set_slot(&mut units, at, width, entry.id);
+            units[at + width..at + width + INSTANT].copy_from_slice(&instant_units(entry.at()));
         }
-        list
+        AudienceList {
+            units: ThinBox::from(units),
+        }
     }
 
-    /// The counts and the width, read once per operation.
+    /// The units, read once per operation (each read of the box decodes
+    /// its pointer), with the counts and the width.
     #[inline]
+    fn view(&self) -> View<'_> {
+        View::of(&self.units)
+    }
+
+    /// The counts and the width.
     fn shape(&self) -> Shape {
-        match self.units.first_chunk::<4>() {
-            None => Shape {
-                len: 0,
-                exceptions: 0,
-                width: 1,
-            },
-            Some(header) => {
-                let exceptions = word(&header[2..]);
-                Shape {
-                    len: word(header) as usize,
-                    exceptions: (exceptions & !WIDE) as usize,
-                    width: if exceptions & WIDE != 0 { 2 } else { 1 },
-                }
-            }
-        }
-    }
-
-    fn set_word(&mut self, i: usize, word: u32) {
-        self.units[i..i + 2].copy_from_slice(&[word as u16, (word >> 16) as u16]);
-    }
-
-    fn set_slot(&mut self, i: usize, width: usize, aud: AudId) {
-        match width {
-            2 => self.set_word(i, aud),
-            _ => self.units[i] = aud as u16,
-        }
+        self.view().shape
     }
 
     /// How many audiences.
@@ -143,33 +124,7 @@ impl AudienceList {
     /// The audience slots, ascending.
     #[inline]
     pub fn slots(&self) -> Slots<'_> {
-        self.slots_of(self.shape())
-    }
-
-    #[inline]
-    fn slots_of(&self, shape: Shape) -> Slots<'_> {
-        match shape.len {
-            0 => Slots {
-                units: &[],
-                wide: false,
-            },
-            n => Slots {
-                units: &self.units[HEADER..HEADER + shape.width * n],
-                wide: shape.width == 2,
-            },
-        }
-    }
-
-    /// The exceptions, `(slot, instant)` each.
-    fn exceptions_of(&self, shape: Shape) -> Exceptions<'_> {
-        let units = match shape.exceptions {
-            0 => &[],
-            _ => &self.units[shape.exceptions_start()..shape.used()],
-        };
-        Exceptions {
-            units,
-            width: shape.width,
-        }
+        self.view().slots()
     }
 
     /// Whether the profile is in `aud`.
@@ -180,25 +135,26 @@ impl AudienceList {
 
     /// When the profile entered `aud`, if it is in it.
     pub fn entered(&self, aud: AudId) -> Option<Millis> {
-        let shape = self.shape();
-        self.slots_of(shape).position(aud).ok()?;
-        let exceptions = self.exceptions_of(shape);
+        let view = self.view();
+        view.slots().position(aud).ok()?;
+        let exceptions = view.exceptions();
         Some(match exceptions.position(aud) {
             Ok(k) => exceptions.instant(k),
-            Err(_) => self.common(),
+            Err(_) => view.common(),
         })
     }
 
     /// The memberships with their entry instants, by slot.
     pub fn iter(&self) -> impl Iterator<Item = Stamped> + '_ {
-        let shape = self.shape();
+        let view = self.view();
+        let shape = view.shape;
         let common = match shape.len {
             0 => 0,
-            _ => self.common(),
+            _ => view.common(),
         };
-        let exceptions = self.exceptions_of(shape);
+        let exceptions = view.exceptions();
         let mut next = 0;
-        self.slots_of(shape).iter().map(move |aud| {
+        view.slots().iter().map(move |aud| {
             if next < shape.exceptions && exceptions.slot(next) == aud {
                 next += 1;
                 Stamped::new(aud, exceptions.instant(next - 1))
@@ -217,83 +173,93 @@ impl AudienceList {
 
     /// Adds `aud`, entered at `at`; false if the profile already is in it.
     pub fn insert(&mut self, aud: AudId, at: Millis) -> bool {
-        let mut shape = self.shape();
-        if shape.len == 0 {
+        let mut view = self.view();
+        if view.shape.len == 0 {
             let wide = aud > NARROW_MAX;
             let width = if wide { 2 } else { 1 };
             self.grow_to(HEADER + width, 0);
-            self.set_word(0, 1);
-            self.set_word(2, if wide { WIDE } else { 0 });
-            self.units[4..HEADER].copy_from_slice(&instant_units(at));
-            self.set_slot(HEADER, width, aud);
+            let units = self.units.as_mut_slice();
+            set_word(units, 0, 1);
+            set_word(units, 2, if wide { WIDE } else { 0 });
+            units[4..HEADER].copy_from_slice(&instant_units(at));
+            set_slot(units, HEADER, width, aud);
             return true;
         }
-        let position = match self.slots_of(shape).position(aud) {
+        let position = match view.slots().position(aud) {
             Ok(_) => return false,
             Err(position) => position,
         };
-        if aud > NARROW_MAX && shape.width == 1 {
+        if aud > NARROW_MAX && view.shape.width == 1 {
             // A slot past 2^16: every slot of the list takes two units now.
             let entries: Vec<Stamped> = self.iter().collect();
             *self = AudienceList::build(&entries, true);
-            shape = self.shape();
+            view = self.view();
         }
+        let mut shape = view.shape;
         let width = shape.width;
-        let exception = at != self.common();
+        // The exception's place, found before the slots move.
+        let exception = (at != view.common()).then(|| view.exceptions().position(aud).unwrap_err());
         let used = shape.used();
         let exception_units = width + INSTANT;
-        let needed = used + width + if exception { exception_units } else { 0 };
-        self.grow_to(needed, shape.spare());
+        let needed = used + width + exception.map_or(0, |_| exception_units);
+        if view.units.len() < needed {
+            self.regrow(needed + shape.spare());
+        }
+        // One slice for the edits: each read of the box decodes its pointer.
+        let units = self.units.as_mut_slice();
         let at_slot = HEADER + width * position;
-        self.units.copy_within(at_slot..used, at_slot + width);
-        self.set_slot(at_slot, width, aud);
+        units.copy_within(at_slot..used, at_slot + width);
+        set_slot(units, at_slot, width, aud);
         shape.len += 1;
-        self.set_word(0, shape.len as u32);
-        if exception {
-            let k = self.exceptions_of(shape).position(aud).unwrap_err();
+        set_word(units, 0, shape.len as u32);
+        if let Some(k) = exception {
             let start = shape.exceptions_start() + exception_units * k;
-            self.units
-                .copy_within(start..used + width, start + exception_units);
-            self.set_slot(start, width, aud);
-            self.units[start + width..start + exception_units].copy_from_slice(&instant_units(at));
+            units.copy_within(start..used + width, start + exception_units);
+            set_slot(units, start, width, aud);
+            units[start + width..start + exception_units].copy_from_slice(&instant_units(at));
             shape.exceptions += 1;
-            self.set_exceptions(shape);
+            set_exceptions(units, shape);
         }
         true
     }
 
     /// Removes `aud`; false if the profile was not in it.
     pub fn remove(&mut self, aud: AudId) -> bool {
-        let mut shape = self.shape();
-        let Ok(position) = self.slots_of(shape).position(aud) else {
+        let view = self.view();
+        let mut shape = view.shape;
+        let Ok(position) = view.slots().position(aud) else {
             return false;
+        };
+        // Most lists have no exception: no search then.
+        let exception = match shape.exceptions {
+            0 => None,
+            _ => view.exceptions().position(aud).ok(),
         };
         let width = shape.width;
         let exception_units = width + INSTANT;
         let mut used = shape.used();
-        // Most lists have no exception: no search then.
-        if shape.exceptions > 0 {
-            if let Ok(k) = self.exceptions_of(shape).position(aud) {
-                let start = shape.exceptions_start() + exception_units * k;
-                self.units.copy_within(start + exception_units..used, start);
-                shape.exceptions -= 1;
-                self.set_exceptions(shape);
-                used -= exception_units;
-            }
+        let units = self.units.as_mut_slice();
+        if let Some(k) = exception {
+            let start = shape.exceptions_start() + exception_units * k;
+            units.copy_within(start + exception_units..used, start);
+            shape.exceptions -= 1;
+            set_exceptions(units, shape);
+            used -= exception_units;
         }
         let at_slot = HEADER + width * position;
-        self.units.copy_within(at_slot + width..used, at_slot);
+        units.copy_within(at_slot + width..used, at_slot);
         shape.len -= 1;
-        self.set_word(0, shape.len as u32);
+        set_word(units, 0, shape.len as u32);
         used -= width;
+        let room = units.len() - used;
         if shape.len == 0 {
-            self.units = Box::default();
+            self.units = ThinBox::new();
         } else if shape.len == shape.exceptions {
             // No member is left at the common instant: choose it again, so
             // that the list does not keep every instant twice.
             let entries: Vec<Stamped> = self.iter().collect();
             *self = AudienceList::from_sorted(&entries);
-        } else if self.units.len() - used > 2 * (shape.spare() + exception_units) {
+        } else if room > 2 * (shape.spare() + exception_units) {
             // Gives memory back once well over the room growth leaves, but
             // not for one exception coming and going: a membership toggling
             // at its own instants would reallocate at every step.
@@ -308,7 +274,7 @@ impl AudienceList {
     pub fn trim(&mut self) {
         let used = self.used();
         if used == 0 {
-            self.units = Box::default();
+            self.units = ThinBox::new();
         } else if self.units.len() > used {
             self.regrow(used);
         }
@@ -322,17 +288,7 @@ impl AudienceList {
 
     /// Heap bytes.
     pub fn heap_bytes(&self) -> usize {
-        self.units.len() * std::mem::size_of::<u16>()
-    }
-
-    fn common(&self) -> Millis {
-        instant_from_units(&self.units[4..HEADER])
-    }
-
-    /// Writes the exceptions' count, with the width's flag.
-    fn set_exceptions(&mut self, shape: Shape) {
-        let wide = if shape.width == 2 { WIDE } else { 0 };
-        self.set_word(2, shape.exceptions as u32 | wide);
+        self.units.heap_bytes()
     }
 
     /// Units in use (none for an empty list, whatever its room).
@@ -356,7 +312,88 @@ impl AudienceList {
         let mut units = std::mem::take(&mut self.units).into_vec();
         units.reserve_exact(len.saturating_sub(units.len()));
         units.resize(len, 0);
-        self.units = units.into_boxed_slice();
+        self.units = ThinBox::from(units);
+    }
+}
+
+/// Writes `word` at unit `i` (low, high).
+fn set_word(units: &mut [u16], i: usize, word: u32) {
+    units[i..i + 2].copy_from_slice(&[word as u16, (word >> 16) as u16]);
+}
+
+/// Writes slot `aud` at unit `i`, `width` units long.
+fn set_slot(units: &mut [u16], i: usize, width: usize, aud: AudId) {
+    match width {
+        2 => set_word(units, i, aud),
+        _ => units[i] = aud as u16,
+    }
+}
+
+/// Writes the exceptions' count, with the width's flag.
+fn set_exceptions(units: &mut [u16], shape: Shape) {
+    let wide = if shape.width == 2 { WIDE } else { 0 };
+    set_word(units, 2, shape.exceptions as u32 | wide);
+}
+
+/// A list's units and their [`Shape`].
+#[derive(Clone, Copy)]
+struct View<'a> {
+    units: &'a [u16],
+    shape: Shape,
+}
+
+impl<'a> View<'a> {
+    /// Reads the header of `units`.
+    #[inline]
+    fn of(units: &'a [u16]) -> View<'a> {
+        let shape = match units.first_chunk::<4>() {
+            None => Shape {
+                len: 0,
+                exceptions: 0,
+                width: 1,
+            },
+            Some(header) => {
+                let exceptions = word(&header[2..]);
+                Shape {
+                    len: word(header) as usize,
+                    exceptions: (exceptions & !WIDE) as usize,
+                    width: if exceptions & WIDE != 0 { 2 } else { 1 },
+                }
+            }
+        };
+        View { units, shape }
+    }
+
+    /// The audience slots, ascending.
+    #[inline]
+    fn slots(self) -> Slots<'a> {
+        match self.shape.len {
+            0 => Slots {
+                units: &[],
+                wide: false,
+            },
+            n => Slots {
+                units: &self.units[HEADER..HEADER + self.shape.width * n],
+                wide: self.shape.width == 2,
+            },
+        }
+    }
+
+    /// The exceptions, `(slot, instant)` each.
+    fn exceptions(self) -> Exceptions<'a> {
+        let units = match self.shape.exceptions {
+            0 => &[],
+            _ => &self.units[self.shape.exceptions_start()..self.shape.used()],
+        };
+        Exceptions {
+            units,
+            width: self.shape.width,
+        }
+    }
+
+    /// The common instant (of a non-empty list).
+    fn common(self) -> Millis {
+        instant_from_units(&self.units[4..HEADER])
     }
 }
 

@@ -37,6 +37,7 @@ pub mod rules;
 pub mod shard;
 pub mod state;
 pub mod storage;
+mod thin_box;
 pub mod ticker;
 pub mod time;
 pub mod traits;

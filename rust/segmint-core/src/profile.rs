@@ -5,11 +5,11 @@ use std::hash::BuildHasher;
 
 use roaring::RoaringBitmap;
 use smol_str::SmolStr;
-use thin_vec::ThinVec;
 
 use crate::audience_list::AudienceList;
 use crate::catalog::{AudId, CtId, StateId, TraitKey};
 use crate::state::UserState;
+use crate::thin_box::ThinBox;
 use crate::time::Millis;
 use crate::traits::Traits;
 use crate::value::{Flat, Value};
@@ -225,7 +225,7 @@ pub(crate) fn find_stamped(list: &[Stamped], id: u32) -> Result<usize, usize> {
 /// Makes room for one more element, growing by a quarter instead of
 /// doubling: a profile is a handful of short lists, and doubling's slack
 /// (up to half of each) would be a large share of its memory.
-pub(crate) fn grow_one<L: ShortList>(list: &mut L) {
+pub(crate) fn grow_one<T>(list: &mut Vec<T>) {
     if list.len() == list.capacity() {
         list.reserve_exact((list.len() / 4).max(1));
     }
@@ -242,84 +242,6 @@ pub(crate) fn extend_by_quarter<T>(list: &mut Vec<T>, len: usize, fill: impl FnM
     list.resize_with(len, fill);
 }
 
-/// The lists [`grow_one`] grows: `Vec`; `ThinVec` where most profiles
-/// leave a list empty (8 bytes instead of 24; a non-empty one keeps its
-/// length and capacity in its allocation); `SmallVec` where most lists hold
-/// one entry (a state's instants).
-pub(crate) trait ShortList {
-    fn len(&self) -> usize;
-    fn capacity(&self) -> usize;
-    fn reserve_exact(&mut self, additional: usize);
-}
-
-impl<T> ShortList for Vec<T> {
-    fn len(&self) -> usize {
-        Vec::len(self)
-    }
-    fn capacity(&self) -> usize {
-        Vec::capacity(self)
-    }
-    fn reserve_exact(&mut self, additional: usize) {
-        Vec::reserve_exact(self, additional)
-    }
-}
-
-impl<T> ShortList for ThinVec<T> {
-    fn len(&self) -> usize {
-        ThinVec::len(self)
-    }
-    fn capacity(&self) -> usize {
-        ThinVec::capacity(self)
-    }
-    fn reserve_exact(&mut self, additional: usize) {
-        ThinVec::reserve_exact(self, additional)
-    }
-}
-
-impl<A: smallvec::Array> ShortList for smallvec::SmallVec<A> {
-    fn len(&self) -> usize {
-        smallvec::SmallVec::len(self)
-    }
-    fn capacity(&self) -> usize {
-        smallvec::SmallVec::capacity(self)
-    }
-    fn reserve_exact(&mut self, additional: usize) {
-        smallvec::SmallVec::reserve_exact(self, additional)
-    }
-}
-
-/// Heap bytes of a `ThinVec`: its elements and, once allocated, the
-/// length and capacity kept in front of them.
-pub(crate) fn thin_heap_bytes<T>(list: &ThinVec<T>) -> usize {
-    if list.has_capacity() {
-        2 * std::mem::size_of::<usize>() + list.capacity() * std::mem::size_of::<T>()
-    } else {
-        0
-    }
-}
-
-/// The room [`remove_shrinking`] leaves alone beyond half the length.
-const SHORT_LIST: usize = 2;
-
-/// Removes element `i`, giving memory back once the room left exceeds half
-/// the length plus [`SHORT_LIST`]: a profile's timers come and go, and a
-/// list never shrunk would keep its peak for good (a third of the timers'
-/// memory on the benchmark workload, when only lists over four were
-/// shrunk). Shrinking to a quarter above the length leaves room for
-/// [`grow_one`], so that a list moving around one length does not
-/// reallocate at every step.
-pub(crate) fn remove_shrinking<T>(list: &mut ThinVec<T>, i: usize) -> T {
-    let removed = list.remove(i);
-    // Some room is left alone: a timer fired and set again would otherwise
-    // free and allocate every time.
-    if list.capacity() - list.len() > list.len() / 2 + SHORT_LIST {
-        let mut shrunk = ThinVec::with_capacity(list.len() + list.len() / 4 + 1);
-        shrunk.extend(list.drain(..));
-        *list = shrunk;
-    }
-    removed
-}
-
 /// One user's traits and aggregation states.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UserData {
@@ -327,14 +249,18 @@ pub struct UserData {
     /// and the current values of the computed traits (see
     /// [`UserData::computed_value`]).
     pub traits: Traits,
-    /// States sorted by id. (A `ThinVec`: 8 bytes where no state is kept,
-    /// as for the many profiles known only by their traits.)
-    pub states: ThinVec<(StateId, UserState)>,
+    /// States sorted by id. (A [`ThinBox`] of the exact length: 8 bytes
+    /// where no state is kept, as for the many profiles known only by
+    /// their traits; a user gains a state at its first event of a kind
+    /// and keeps it, so the list is seldom reallocated.)
+    pub states: ThinBox<(StateId, UserState)>,
     /// Pending timers, sorted by id: an atom's (the lead of its group, see
     /// [`crate::catalog::Catalog::timer_lead`]) or a computed trait's
-    /// (`COMPUTED_TIMER | slot`). (A `ThinVec`: 8 bytes where none is
-    /// pending, as for most profiles known only by their traits.)
-    pub timers: ThinVec<Stamped>,
+    /// (`COMPUTED_TIMER | slot`). (A [`ThinBox`] of the exact length: a
+    /// profile holds about two, set far more often than added or removed,
+    /// and a `ThinVec`'s 16 bytes of length and capacity would be 40% of
+    /// them.)
+    pub timers: ThinBox<Stamped>,
     /// Audiences the user is in, with the instant of entry, sorted by slot.
     /// (The shard's bitmaps hold the same memberships for queries.)
     pub memberships: AudienceList,
@@ -345,8 +271,8 @@ pub struct UserData {
 #[derive(serde::Serialize)]
 struct UserDataRef<'a> {
     traits: &'a Traits,
-    states: &'a ThinVec<(StateId, UserState)>,
-    timers: &'a ThinVec<Stamped>,
+    states: &'a [(StateId, UserState)],
+    timers: &'a [Stamped],
     memberships: &'a AudienceList,
     computed: &'a [(CtId, Value)],
 }
@@ -357,8 +283,8 @@ struct UserDataRef<'a> {
 #[cfg_attr(test, derive(serde::Serialize))]
 struct UserDataOwned {
     traits: Traits,
-    states: ThinVec<(StateId, UserState)>,
-    timers: ThinVec<Stamped>,
+    states: Vec<(StateId, UserState)>,
+    timers: Vec<Stamped>,
     memberships: AudienceList,
     computed: Vec<(CtId, Value)>,
 }
@@ -387,8 +313,8 @@ impl<'de> serde::Deserialize<'de> for UserData {
         traits.set_computed_list(computed);
         Ok(UserData {
             traits,
-            states: owned.states,
-            timers: owned.timers,
+            states: ThinBox::from(owned.states),
+            timers: ThinBox::from(owned.timers),
             memberships: owned.memberships,
         })
     }
@@ -416,9 +342,8 @@ impl UserData {
     /// The instant of the user's pending timer `id` (a group's lead atom,
     /// or a computed trait's), if any.
     pub fn timer(&self, id: u32) -> Option<Millis> {
-        find_stamped(&self.timers, id)
-            .ok()
-            .map(|i| self.timers[i].at())
+        let timers = &self.timers[..];
+        find_stamped(timers, id).ok().map(|i| timers[i].at())
     }
 
     /// Whether the user is in audience `aud`.
@@ -453,10 +378,12 @@ impl UserData {
 
     /// A state, if the user has any entry in it.
     pub fn state(&self, id: StateId) -> Option<&UserState> {
-        self.states
+        // The list read once: each read of a `ThinBox` decodes its pointer.
+        let states = &self.states[..];
+        states
             .binary_search_by_key(&id, |(s, _)| *s)
             .ok()
-            .map(|i| &self.states[i].1)
+            .map(|i| &states[i].1)
     }
 
     /// A state, created empty if missing.
@@ -464,7 +391,6 @@ impl UserData {
         let i = match self.states.binary_search_by_key(&id, |(s, _)| *s) {
             Ok(i) => i,
             Err(i) => {
-                grow_one(&mut self.states);
                 self.states.insert(i, (id, UserState::default()));
                 i
             }
@@ -518,15 +444,12 @@ impl UserData {
         unpacked
     }
 
-    /// Gives back the room left in the memberships and timers (after an
-    /// event or a wake: within one, growth leaves room so that a dozen
-    /// changes do not reallocate a dozen times; between events, the room
-    /// would be a fifth of a profile's memory).
+    /// Gives back the room left in the memberships (after an event or a
+    /// wake: within one, growth leaves room so that a dozen changes do not
+    /// reallocate a dozen times; between events, the room would be a
+    /// tenth of a profile's memory).
     pub fn trim_lists(&mut self) {
         self.memberships.trim();
-        if self.timers.capacity() > self.timers.len() {
-            self.timers.shrink_to_fit();
-        }
     }
 
     /// Reads what evaluating this profile will reach first (the start of
@@ -566,8 +489,8 @@ impl UserData {
         let states: usize = self.states.iter().map(|(_, s)| s.heap_bytes()).sum();
         traits
             + states
-            + thin_heap_bytes(&self.states)
-            + thin_heap_bytes(&self.timers)
+            + self.states.heap_bytes()
+            + self.timers.heap_bytes()
             + self.memberships.heap_bytes()
     }
 }
@@ -740,7 +663,7 @@ mod tests {
             ..Default::default()
         };
         user.state_mut(4).insert(1_000, None);
-        user.timers.push(Stamped::new(9, 5_000));
+        user.timers.insert(0, Stamped::new(9, 5_000));
         user.set_member(2, true, 1_000);
         user.set_computed(5, Some(Value::Num(1.5)));
         user.set_computed(1, Some(Value::Str("a".into())));
@@ -748,8 +671,8 @@ mod tests {
         // a field of the profile.
         let old = UserDataOwned {
             traits: user.traits.clone(),
-            states: user.states.clone(),
-            timers: user.timers.clone(),
+            states: user.states.to_vec(),
+            timers: user.timers.to_vec(),
             memberships: user.memberships.clone(),
             computed: user.traits.computed().to_vec(),
         };
@@ -818,28 +741,6 @@ mod tests {
         for (id, end) in ends.into_iter().enumerate() {
             assert_eq!(kept.end(id), end);
         }
-    }
-
-    #[test]
-    fn removal_gives_memory_back_below_half_and_keeps_order() {
-        let mut list: ThinVec<u32> = (0..100).collect();
-        list.shrink_to_fit();
-        let mut kept: Vec<u32> = list.to_vec();
-        while !list.is_empty() {
-            let i = list.len() / 3;
-            assert_eq!(remove_shrinking(&mut list, i), kept.remove(i));
-            assert_eq!(list.as_slice(), kept.as_slice());
-            assert!(
-                list.capacity() - list.len() <= list.len() / 2 + SHORT_LIST,
-                "{list:?}"
-            );
-        }
-        // Growing again one at a time from a shrunk list.
-        for x in 0..10 {
-            grow_one(&mut list);
-            list.push(x);
-        }
-        assert_eq!(list.as_slice(), (0..10).collect::<Vec<u32>>().as_slice());
     }
 
     #[test]

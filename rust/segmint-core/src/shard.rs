@@ -447,11 +447,10 @@ impl Shard {
                 }
             }
             (Ok(i), None) => {
-                crate::profile::remove_shrinking(timers, i);
+                timers.remove(i);
                 self.live_timers -= 1;
             }
             (Err(i), Some(t)) => {
-                crate::profile::grow_one(timers);
                 timers.insert(i, Stamped::new(atom, t));
                 self.timers.offer(uid, t);
                 self.live_timers += 1;
@@ -1180,7 +1179,7 @@ impl Shard {
         let user = &mut self.users[local];
         match find_stamped(&user.timers, atom) {
             Ok(i) if user.timers[i].at() == instant => {
-                crate::profile::remove_shrinking(&mut user.timers, i);
+                user.timers.remove(i);
                 self.live_timers -= 1;
             }
             _ => return,

@@ -8,10 +8,10 @@
 use std::borrow::Cow;
 
 use hashbrown::HashMap;
-use smallvec::SmallVec;
 
 use crate::catalog::{StateDef, WindowDef};
 use crate::rules::ast::AggFunc;
+use crate::thin_box::ThinBox;
 use crate::time::Millis;
 use crate::value::{Value, ValueKey};
 
@@ -186,17 +186,89 @@ impl Summary {
 ///
 /// Most states hold a single entry and neither values nor a summary (on
 /// the benchmark workload, 64% of states hold one entry and 91% no
-/// values), so the instants keep one entry inline and the values and the
-/// summary sit behind one optional box: 32 bytes a state instead of 56,
-/// and no allocation for a state of one counted entry.
+/// values), so the instants keep one entry inline (see [`Times`]) and the
+/// values and the summary sit behind one optional box: 24 bytes a state
+/// instead of 56, and no allocation for a state of one counted entry.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UserState {
     /// Instants of the buffered entries, sorted; equal instants in arrival
     /// order.
-    times: SmallVec<[Millis; 1]>,
+    times: Times,
     /// Values and summary, for the states that have either (`None` while
     /// neither exists: never an empty box).
     extra: Option<Box<Extra>>,
+}
+
+/// A state's instants: one inline, more in a box of the exact length. 16
+/// bytes, where a `SmallVec` with one inline took 24 and its spilled
+/// lists kept room to grow: a state takes an entry per event of its kind,
+/// far less often than it is read, and the 8 bytes and the room were 8
+/// bytes a user on the full benchmark workload.
+#[derive(Debug, Clone, PartialEq)]
+enum Times {
+    /// One instant.
+    One(Millis),
+    /// None, or two and more.
+    Many(ThinBox<Millis>),
+}
+
+impl Default for Times {
+    fn default() -> Times {
+        Times::Many(ThinBox::new())
+    }
+}
+
+impl std::ops::Deref for Times {
+    type Target = [Millis];
+
+    fn deref(&self) -> &[Millis] {
+        match self {
+            Times::One(t) => std::slice::from_ref(t),
+            Times::Many(times) => times,
+        }
+    }
+}
+
+impl From<Vec<Millis>> for Times {
+    fn from(times: Vec<Millis>) -> Times {
+        match times[..] {
+            [t] => Times::One(t),
+            _ => Times::Many(ThinBox::from(times)),
+        }
+    }
+}
+
+impl Times {
+    /// Inserts `t` at `at`.
+    fn insert(&mut self, at: usize, t: Millis) {
+        match self {
+            Times::Many(times) if times.is_empty() => *self = Times::One(t),
+            Times::Many(times) => times.insert(at, t),
+            Times::One(one) => {
+                let mut both = vec![*one; 2];
+                both[at] = t;
+                *self = Times::Many(ThinBox::from(both));
+            }
+        }
+    }
+
+    /// Drops the first `cut` instants.
+    fn drop_front(&mut self, cut: usize) {
+        *self = match &self[cut..] {
+            [] => Times::default(),
+            [t] => Times::One(*t),
+            _ if cut == 0 => return,
+            rest => Times::Many(ThinBox::from(rest.to_vec())),
+        };
+    }
+
+    /// Bytes of the box.
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Times::One(_) => 0,
+            Times::Many(times) => times.heap_bytes(),
+        }
+    }
 }
 
 /// The parts of a [`UserState`] that few states have.
@@ -258,7 +330,7 @@ impl<'de> serde::Deserialize<'de> for UserState {
             summary: stored.summary,
         };
         Ok(UserState {
-            times: stored.times.into_iter().collect(),
+            times: Times::from(stored.times),
             extra: (!extra.is_empty()).then(|| Box::new(extra)),
         })
     }
@@ -471,7 +543,6 @@ impl UserState {
             let extra = self.extra.get_or_insert_with(Default::default);
             extra.values.insert(at, self.times.len(), v);
         }
-        crate::profile::grow_one(&mut self.times);
         self.times.insert(at, t);
     }
 
@@ -501,27 +572,19 @@ impl UserState {
         }
     }
 
-    /// Number of buffered entries with `t <= now`.
-    fn visible_end(&self, now: Millis) -> usize {
-        // Future-dated entries are rare: most often the whole buffer is visible.
-        if self.times.last().is_none_or(|&last| last <= now) {
-            return self.times.len();
-        }
-        self.times.partition_point(|&e| e <= now)
-    }
-
     /// The latest visible instant, if any. (A late event can sit in the
     /// buffer older than entries already summarised, so both are consulted.)
     pub fn latest(&self, now: Millis) -> Option<Millis> {
-        let end = self.visible_end(now);
-        let buffered = end.checked_sub(1).map(|i| self.times[i]);
+        let times = &self.times[..];
+        let buffered = visible_end(times, now).checked_sub(1).map(|i| times[i]);
         let summarised = self.summary().and_then(|s| s.latest);
         buffered.max(summarised)
     }
 
     /// The earliest entry still in the future (`t > now`).
     pub fn next_visible(&self, now: Millis) -> Option<Millis> {
-        self.times.get(self.visible_end(now)).copied()
+        let times = &self.times[..];
+        times.get(visible_end(times, now)).copied()
     }
 
     /// Moves out of the buffer every entry at or before `horizon`.
@@ -530,8 +593,7 @@ impl UserState {
         if cut == 0 {
             return;
         }
-        // Both drains remove their ranges when dropped, read or not.
-        let mut times = self.times.drain(..cut);
+        let mut times = self.times[..cut].iter().copied();
         if def.archive {
             let extra = self.extra.get_or_insert_with(Default::default);
             let summary = extra.summary.get_or_insert_with(Default::default);
@@ -542,13 +604,9 @@ impl UserState {
         } else if let Some(extra) = &mut self.extra {
             extra.values.drain_front(cut, drop);
         }
-        drop(times);
+        self.times.drop_front(cut);
         if self.extra.as_ref().is_some_and(|e| e.is_empty()) {
             self.extra = None;
-        }
-        // Back inline once one entry or none is left.
-        if self.times.spilled() && self.times.len() <= 1 {
-            self.times.shrink_to_fit();
         }
     }
 
@@ -559,12 +617,7 @@ impl UserState {
 
     /// Approximate heap bytes.
     pub fn heap_bytes(&self) -> usize {
-        let times = if self.times.spilled() {
-            self.times.capacity() * std::mem::size_of::<Millis>()
-        } else {
-            0
-        };
-        times
+        self.times.heap_bytes()
             + self.extra.as_ref().map_or(0, |extra| {
                 std::mem::size_of::<Extra>()
                     + extra.values.heap_bytes()
@@ -584,13 +637,24 @@ pub fn window_range(
     now: Millis,
     anchor: Option<Millis>,
 ) -> Option<(Entries<'_>, bool)> {
-    let end = state.visible_end(now);
-    let after = |bound: Millis| state.times.partition_point(|&e| e <= bound).min(end);
+    // The instants read once: each read of a boxed list decodes its pointer.
+    let times = &state.times[..];
+    let end = visible_end(times, now);
+    let after = |bound: Millis| times.partition_point(|&e| e <= bound).min(end);
     match window {
         WindowDef::All => Some((state.entries(0..end), true)),
         WindowDef::Last(w) => Some((state.entries(after(now - w)..end), false)),
         WindowDef::Since(_) => Some((state.entries(after(anchor?)..end), false)),
     }
+}
+
+/// Number of `times` (sorted) at or before `now`.
+fn visible_end(times: &[Millis], now: Millis) -> usize {
+    // Future-dated entries are rare: most often the whole buffer is visible.
+    if times.last().is_none_or(|&last| last <= now) {
+        return times.len();
+    }
+    times.partition_point(|&e| e <= now)
 }
 
 /// Computes an aggregate over a window's entries (and the summary when
@@ -749,18 +813,43 @@ mod tests {
             .unwrap()
     }
 
+    /// One instant stays inline; a second moves both into a box of two,
+    /// which grows and shrinks by the entry, and one left goes back inline.
+    #[test]
+    fn instants_move_between_inline_and_boxed() {
+        let mut times = Times::default();
+        assert_eq!((&times[..], times.heap_bytes()), (&[][..], 0));
+        times.insert(0, 30);
+        assert!(matches!(times, Times::One(30)));
+        times.insert(0, 10);
+        assert_eq!((&times[..], times.heap_bytes()), (&[10, 30][..], 16));
+        times.insert(1, 20);
+        assert_eq!((&times[..], times.heap_bytes()), (&[10, 20, 30][..], 24));
+        times.drop_front(0);
+        assert_eq!(&times[..], &[10, 20, 30]);
+        times.drop_front(1);
+        assert_eq!((&times[..], times.heap_bytes()), (&[20, 30][..], 16));
+        times.drop_front(1);
+        assert!(matches!(times, Times::One(30)));
+        times.insert(1, 40);
+        times.drop_front(2);
+        assert_eq!((&times[..], times.heap_bytes()), (&[][..], 0));
+        assert_eq!(Times::from(vec![5]), Times::One(5));
+        assert_eq!(&Times::from(vec![5, 6])[..], &[5, 6]);
+    }
+
     /// The layout the module's figures assume (64-bit).
     #[test]
     #[cfg(target_pointer_width = "64")]
-    fn a_state_is_32_bytes_and_one_counted_entry_allocates_nothing() {
-        assert_eq!(std::mem::size_of::<UserState>(), 32);
+    fn a_state_is_24_bytes_and_one_counted_entry_allocates_nothing() {
+        assert_eq!(std::mem::size_of::<UserState>(), 24);
         let mut s = UserState::default();
         s.insert(5, None);
         assert_eq!(s.heap_bytes(), 0);
         s.insert(6, None);
         assert_eq!(s.heap_bytes(), 16);
         s.evict(5, &def(10, false));
-        assert_eq!((s.heap_bytes(), s.times.as_slice()), (0, &[6][..]));
+        assert_eq!((s.heap_bytes(), &s.times[..]), (0, &[6][..]));
     }
 
     #[test]
@@ -879,7 +968,7 @@ mod tests {
             let valued = |state: &UserState| -> Vec<(Millis, Value)> {
                 state.entries(0..state.times.len()).valued().map(|(t, v)| (t, v.into_owned())).collect()
             };
-            prop_assert_eq!(back.times.as_slice(), s.times.as_slice());
+            prop_assert_eq!(&back.times[..], &s.times[..]);
             prop_assert_eq!(valued(&back), valued(&s));
             prop_assert_eq!(back.summary(), s.summary());
             let (kept, with) = window_range(&s, WindowDef::All, now, None).unwrap();

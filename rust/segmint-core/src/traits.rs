@@ -19,6 +19,7 @@ use std::ops::Range;
 use smol_str::SmolStr;
 
 use crate::catalog::{CtId, TraitKey};
+use crate::thin_box::ThinBox;
 use crate::time::format_utc_seconds;
 use crate::value::Value;
 
@@ -140,7 +141,7 @@ pub struct Traits {
     /// payload (none for booleans; a varint for a number with few
     /// decimals and for a timestamp's seconds; 8 bytes for another number
     /// or a duration; the bytes of a string, whose length is in its tag).
-    packed: Box<[u8]>,
+    packed: ThinBox<u8>,
     /// What most profiles never hold, in one box: 8 bytes in every
     /// profile; `None` while it would be empty.
     rare: Option<Box<RareTraits>>,
@@ -320,7 +321,7 @@ impl Traits {
         // Kept for good, rarely changed: no room to grow.
         large.shrink_to_fit();
         Traits {
-            packed: packed.into_boxed_slice(),
+            packed: ThinBox::from(packed),
             rare: (!large.is_empty()).then(|| {
                 Box::new(RareTraits {
                     large,
@@ -435,7 +436,7 @@ impl Traits {
 
     /// Approximate heap bytes.
     pub fn heap_bytes(&self) -> usize {
-        self.packed.len()
+        self.packed.heap_bytes()
             + self.rare.as_deref().map_or(0, |rare| {
                 std::mem::size_of::<RareTraits>()
                     + rare.large.capacity() * std::mem::size_of::<(TraitKey, Value)>()
