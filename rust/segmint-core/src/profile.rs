@@ -446,8 +446,8 @@ impl UserData {
 
     /// Gives back the room left in the memberships (after an event or a
     /// wake: within one, growth leaves room so that a dozen changes do not
-    /// reallocate a dozen times; between events, the room would be a
-    /// tenth of a profile's memory).
+    /// reallocate a dozen times; between events, the room would stay for
+    /// good).
     pub fn trim_lists(&mut self) {
         self.memberships.trim();
     }
