@@ -55,22 +55,36 @@ impl<T> ThinBox<T> {
     /// Inserts `value` at `i`, reallocating to the exact new length (the
     /// lists kept this way change far less often than they are read).
     pub fn insert(&mut self, i: usize, value: T) {
-        // Checked before the list is taken apart.
         assert!(i <= self.len(), "insertion index {i} past the end");
-        let mut elements = std::mem::take(self).into_vec();
-        elements.reserve_exact(1);
-        elements.insert(i, value);
-        *self = ThinBox::from(elements);
+        self.edit(|elements| {
+            elements.reserve_exact(1);
+            elements.insert(i, value);
+        });
     }
 
     /// Removes and returns the element at `i`, reallocating to the exact
     /// new length.
     pub fn remove(&mut self, i: usize) -> T {
         assert!(i < self.len(), "removal index {i} past the end");
+        self.edit(|elements| elements.remove(i))
+    }
+
+    /// Drops the first `n` elements, reallocating to the exact new length.
+    pub fn drop_front(&mut self, n: usize) {
+        assert!(n <= self.len(), "{n} elements dropped from a shorter list");
+        if n > 0 {
+            self.edit(|elements| drop(elements.drain(..n)));
+        }
+    }
+
+    /// Edits the elements as a vector (no copy) and keeps the result at
+    /// its exact length. Callers check their indices first: a panic inside
+    /// would leave the list empty.
+    fn edit<R>(&mut self, f: impl FnOnce(&mut Vec<T>) -> R) -> R {
         let mut elements = std::mem::take(self).into_vec();
-        let removed = elements.remove(i);
+        let result = f(&mut elements);
         *self = ThinBox::from(elements);
-        removed
+        result
     }
 
     /// Bytes of the allocation (and of the fat pointer's own box, for a
@@ -82,15 +96,6 @@ impl<T> ThinBox<T> {
             .and_then(ThinBoxedSlice::spilled_storage)
             .map_or(0, |_| std::mem::size_of::<Box<[T]>>());
         std::mem::size_of_val(self.as_slice()) + spilled
-    }
-
-    /// Drops the first `n` elements, reallocating to the exact new length.
-    pub fn drop_front(&mut self, n: usize) {
-        if n > 0 {
-            let mut elements = std::mem::take(self).into_vec();
-            elements.drain(..n);
-            *self = ThinBox::from(elements);
-        }
     }
 }
 
