@@ -168,14 +168,38 @@ fn main() {
     let work = engine.counters();
 
     // Latency: one event per call, as a request-at-a-time caller sees it.
+    // Also by kind (the event's name, or identify), with the changes each
+    // made: the tail is the events that move many audiences at once.
     let mut lat_us = Vec::with_capacity(probes.len());
+    let mut by_kind: std::collections::BTreeMap<String, (Vec<f64>, usize)> = Default::default();
     for mut e in probes {
         e.timestamp = Some(engine.now());
+        let kind = match &e.body {
+            segmint_core::EventBody::Track { name, .. } => name.to_string(),
+            segmint_core::EventBody::Identify { .. } => "identify".to_owned(),
+        };
         let t = Instant::now();
-        let _ = engine.ingest(vec![Ok(e)]);
-        lat_us.push(t.elapsed().as_secs_f64() * 1e6);
+        let report = engine.ingest(vec![Ok(e)]);
+        let us = t.elapsed().as_secs_f64() * 1e6;
+        lat_us.push(us);
+        let entry = by_kind.entry(kind).or_default();
+        entry.0.push(us);
+        entry.1 += report.map_or(0, |r| r.changes);
     }
     lat_us.sort_by(f64::total_cmp);
+    let latency_by_kind: serde_json::Map<String, serde_json::Value> = by_kind
+        .into_iter()
+        .map(|(kind, (mut us, changes))| {
+            us.sort_by(f64::total_cmp);
+            let figures = serde_json::json!({
+                "samples": us.len(),
+                "p50_us": percentile(&us, 0.50),
+                "p99_us": percentile(&us, 0.99),
+                "changes_per_event": changes as f64 / us.len() as f64,
+            });
+            (kind, figures)
+        })
+        .collect();
 
     // Inspect (issue 3): preview of a replacement rule over every profile,
     // and explain of sampled (user, audience) pairs.
@@ -237,6 +261,7 @@ fn main() {
         "latency_us_p50": percentile(&lat_us, 0.50),
         "latency_us_p99": percentile(&lat_us, 0.99),
         "latency_samples": lat_us.len(),
+        "latency_by_kind": latency_by_kind,
         "heap_bytes": heap,
         "heap_bytes_per_user": heap as f64 / users.max(1) as f64,
         "rss_bytes_per_user": rss as f64 / users.max(1) as f64,

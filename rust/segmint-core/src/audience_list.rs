@@ -219,8 +219,28 @@ impl AudienceList {
             units[start + width..start + exception_units].copy_from_slice(&instant_units(at));
             shape.exceptions += 1;
             set_exceptions(units, shape);
+            if shape.exceptions * 2 > shape.len && self.outnumbers_common(at) {
+                // An event that moves a profile into a hundred audiences
+                // at once enters them all at its instant: that instant
+                // becomes the common one, and the list stops copying six
+                // units per membership on every later insert.
+                let entries: Vec<Stamped> = self.iter().collect();
+                *self = AudienceList::build(&entries, width == 2);
+            }
         }
         true
+    }
+
+    /// Whether more memberships were entered at `at` (an exception's
+    /// instant) than at the common instant.
+    fn outnumbers_common(&self, at: Millis) -> bool {
+        let view = self.view();
+        let at_common = view.shape.len - view.shape.exceptions;
+        let exceptions = view.exceptions();
+        let at_instant = (0..view.shape.exceptions)
+            .filter(|&k| exceptions.instant(k) == at)
+            .count();
+        at_instant > at_common
     }
 
     /// Removes `aud`; false if the profile was not in it.
@@ -730,5 +750,33 @@ mod tests {
         assert_eq!(list.entered(5), Some(2_000));
         assert!(list.remove(5));
         assert_eq!(list.heap_bytes(), 0);
+    }
+
+    /// An event that enters a profile into more audiences than it was in
+    /// makes its instant the common one: the older memberships become the
+    /// exceptions, not the new ones.
+    #[test]
+    fn the_instant_of_most_memberships_becomes_the_common_one() {
+        let mut list = AudienceList::default();
+        for aud in 0..10 {
+            list.insert(aud * 10, 1_000);
+        }
+        for aud in 0..30 {
+            list.insert(aud * 10 + 5, 2_000);
+        }
+        assert_eq!(list.len(), 40);
+        assert_eq!(list.view().common(), 2_000);
+        assert_eq!(list.shape().exceptions, 10);
+        for aud in 0..10 {
+            assert_eq!(list.entered(aud * 10), Some(1_000));
+            assert_eq!(list.entered(aud * 10 + 5), Some(2_000));
+        }
+        // Memberships at scattered instants keep the common one.
+        let mut scattered = AudienceList::default();
+        for aud in 0..20 {
+            scattered.insert(aud, 1_000 + Millis::from(aud > 4) * Millis::from(aud));
+        }
+        assert_eq!(scattered.view().common(), 1_000);
+        assert_eq!(scattered.shape().exceptions, 15);
     }
 }

@@ -563,6 +563,11 @@ pub struct Catalog {
     /// Atoms by the trait key they read (indexed by key; keys that no
     /// atom reads may be past the end).
     pub by_trait: Vec<Vec<AtomId>>,
+    /// Per atom: when it is a test of one trait against literals
+    /// (`trait.country in ["US", "CA"]`), the key and the atom's position
+    /// in `by_trait[key]`; its truth is then a function of that trait's
+    /// value alone (see [`crate::trait_truths`]).
+    pub trait_test: Vec<Option<(TraitKey, u32)>>,
     /// Every trait key seen, in rules or in events. Users store traits by
     /// these ids: one copy of each key, and integer lookups in rules.
     pub trait_keys: Interner,
@@ -1016,6 +1021,7 @@ impl Catalog {
         self.dependents = vec![Vec::new(); n];
         self.timed_by_audience = vec![Vec::new(); n];
         self.by_trait.clear();
+        self.trait_test = vec![None; self.atoms.len()];
         self.by_event.clear();
         self.state_index = vec![StateIndex::default(); self.states.len()];
         self.atom_rules = vec![Vec::new(); self.atoms.len()];
@@ -1078,6 +1084,10 @@ impl Catalog {
                     self.by_trait.resize_with(t as usize + 1, Vec::new);
                 }
                 self.by_trait[t as usize].push(id);
+                if matches!(&atom.test, Some((CExpr::Trait(k), _)) if *k == t) {
+                    let position = self.by_trait[t as usize].len() - 1;
+                    self.trait_test[a] = Some((t, position as u32));
+                }
             }
             if atom.timed {
                 for &aud in &atom.audiences {

@@ -160,7 +160,8 @@ impl<'a> UserEnv<'a> {
 }
 
 impl UserEnv<'_> {
-    fn trait_value(&self, key: TraitKey) -> Option<Cow<'_, Value>> {
+    /// The user's value of a trait (the unpacked copy when given).
+    pub fn trait_value(&self, key: TraitKey) -> Option<Cow<'_, Value>> {
         let Some(traits) = self.traits else {
             return self.user.trait_value(key);
         };

@@ -40,6 +40,7 @@ pub mod storage;
 mod thin_box;
 pub mod ticker;
 pub mod time;
+pub mod trait_truths;
 pub mod traits;
 pub mod value;
 pub mod wire;

@@ -22,6 +22,7 @@ use crate::profile::{
 use crate::queue::{AtomMemo, RankQueue, UserQueue};
 use crate::state::{aggregate, window_range};
 use crate::time::Millis;
+use crate::trait_truths::{KeyAtoms, KeyPlan, KeyTruths, TraitTruths};
 use crate::traits::Traits;
 use crate::value::{Flat, Value};
 
@@ -186,6 +187,10 @@ pub struct Shard {
     /// The membership flips of new profiles' first identifies, by the
     /// truths of their trait atoms.
     first_identify: FirstIdentifyMemo,
+    /// The truths of the trait tests of each key, by the trait's value.
+    trait_truths: TraitTruths,
+    /// The atoms an identify of each list of trait keys reads.
+    key_atoms: KeyAtoms,
     /// Scratch: a batch's events in user order, each as its user (high
     /// half) and its index into the batch (low half).
     by_user: Vec<u64>,
@@ -361,6 +366,8 @@ impl Shard {
             + self.timers.heap_bytes()
             + self.trait_values.heap_bytes()
             + self.first_identify.heap_bytes()
+            + self.trait_truths.heap_bytes()
+            + self.key_atoms.heap_bytes()
     }
 
     /// Brings the audience bitmaps up to the profiles' memberships; ends
@@ -427,6 +434,76 @@ impl Shard {
             }
             truths
         })
+    }
+
+    /// [`Shard::atom_truths`] of the atoms an identify giving `keys` reads
+    /// (`plan`), within a pass begun by the caller: each key's tests
+    /// against literals are looked up by the user's value of it (see
+    /// [`crate::trait_truths`]), the other atoms evaluated.
+    fn trait_atom_truths(
+        &mut self,
+        step: Step<'_>,
+        local: usize,
+        plan: &KeyPlan,
+        keys: &[TraitKey],
+        new: bool,
+    ) -> SmallVec<[bool; 128]> {
+        let cat = step.cat;
+        let mut evaluated = 0;
+        let truths = self.with_view_memo(|shard, views| {
+            let Shard {
+                users,
+                unpacked,
+                trait_truths,
+                ..
+            } = shard;
+            let env = UserEnv::new(cat, &users[local], step.now, step.granularity)
+                .with_views(views)
+                .with_traits(unpacked.of(local));
+            trait_truths.begin(cat);
+            // On a new profile every test is known false: nothing to resolve.
+            let resolved: SmallVec<[KeyTruths; 8]> = match new {
+                true => SmallVec::new(),
+                false => keys
+                    .iter()
+                    .zip(plan.tested.iter())
+                    .map(|(&key, &tested)| match tested {
+                        true => {
+                            let value = env.trait_value(key);
+                            trait_truths.resolve(cat, key, value.as_deref())
+                        }
+                        false => KeyTruths::Missing,
+                    })
+                    .collect(),
+            };
+            let rows: SmallVec<[Option<&[bool]>; 8]> = resolved
+                .iter()
+                .map(|&found| match found {
+                    KeyTruths::Missing => None,
+                    KeyTruths::Entry(e) => Some(trait_truths.get(e)),
+                    KeyTruths::Unkept(r) => Some(trait_truths.get_unkept(r)),
+                })
+                .collect();
+            let mut truths: SmallVec<[bool; 128]> = SmallVec::with_capacity(plan.atoms.len());
+            for (&a, &test) in plan.atoms.iter().zip(plan.tests.iter()) {
+                let empty = match cat.empty_atom_truth.get(a as usize) {
+                    Some(&Some(truth)) if new => Some(truth),
+                    _ => None,
+                };
+                let looked_up = empty.or_else(|| {
+                    let (index, position) = test?;
+                    let row = rows.get(index as usize)?;
+                    Some(row.is_some_and(|row| row[position as usize]))
+                });
+                truths.push(looked_up.unwrap_or_else(|| {
+                    evaluated += 1;
+                    eval_atom(&cat.atoms[a as usize], &env)
+                }));
+            }
+            truths
+        });
+        self.counters.atom_evaluations += evaluated;
+        truths
     }
 
     /// Records an atom's truth for the rest of the pass, unless it reads
@@ -927,36 +1004,36 @@ impl Shard {
         let (local, _) = self.ensure_user(uid);
         self.unpacked.unpack(local, &self.users[local]);
         let mut pending = std::mem::take(&mut self.queue);
-        // Keys an identify may change: the given ones and, for a deletion, those below it.
-        let mut atoms: SmallVec<[AtomId; 32]> = SmallVec::new();
-        for ((name, value), &key) in traits.iter().zip(keys) {
-            match value {
-                Some(_) => atoms.extend(
-                    cat.by_trait
-                        .get(key as usize)
-                        .into_iter()
-                        .flatten()
-                        .copied(),
-                ),
-                None => {
-                    for (k, list) in cat.by_trait.iter().enumerate() {
-                        if key_at_or_below(cat.trait_keys.name(k as TraitKey), name) {
-                            atoms.extend(list.iter().copied());
-                        }
-                    }
+        // Keys an identify may change: the given ones and, for a deletion,
+        // those below it (each key given as it comes: its tests are
+        // evaluated, not looked up).
+        let plan: Arc<KeyPlan> = if traits.iter().all(|(_, v)| v.is_some()) {
+            self.key_atoms.plan(cat, keys)
+        } else {
+            let mut below: Vec<TraitKey> = Vec::new();
+            for ((name, value), &key) in traits.iter().zip(keys) {
+                match value {
+                    Some(_) => below.push(key),
+                    None => below.extend(
+                        (0..cat.by_trait.len() as TraitKey)
+                            .filter(|&k| key_at_or_below(cat.trait_keys.name(k), name)),
+                    ),
                 }
             }
-        }
-        atoms.sort_unstable();
-        atoms.dedup();
+            let mut plan = KeyPlan::new(cat, &below);
+            plan.tests.fill(None);
+            plan.tested.fill(false);
+            Arc::new(plan)
+        };
+        let atoms = &plan.atoms[..];
         self.begin_views(step, local);
-        let before = self.atom_truths(step, local, &atoms, new);
+        let before = self.trait_atom_truths(step, local, &plan, keys, new);
         if !self.set_traits(local, traits, keys, &cat.trait_keys) {
             self.queue = pending;
             return;
         }
         self.begin_pass(step, local);
-        let after = self.atom_truths(step, local, &atoms, false);
+        let after = self.trait_atom_truths(step, local, &plan, keys, false);
         let timed: SmallVec<[AtomId; 32]> = atoms
             .iter()
             .copied()
@@ -974,7 +1051,7 @@ impl Shard {
                 .iter()
                 .any(|&a| cat.atoms[a as usize].reads_memberships());
         if first {
-            let known = self.first_identify.lookup(cat.generation, &atoms, &after);
+            let known = self.first_identify.lookup(cat.generation, atoms, &after);
             if let Some(flips) = known.map(SmallVec::<[(AudId, bool); 16]>::from) {
                 for (counter, &(aud, entered)) in flips.iter().enumerate() {
                     self.flip_member(step, local, uid, aud, entered);

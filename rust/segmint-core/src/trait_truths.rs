@@ -1,0 +1,379 @@
+//! The truths of a trait's tests against literals, kept by the trait's
+//! value.
+//!
+//! A test of one trait against literals (`trait.country in ["US", "CA"]`,
+//! `trait.plan == "pro"`) is a function of that trait's value alone, and
+//! a catalog holds dozens of them per key: the standard workload's 1,000
+//! audiences test `country` 46 times. An identify evaluates every atom of
+//! the keys it gives, and string-valued traits repeat a few values, so
+//! the truths of all of a key's tests are computed once per value and
+//! looked up afterwards (one hash of the value instead of one evaluation
+//! per atom). Numbers (a lifetime value) rarely repeat: their truths are
+//! computed for the one use, still without an evaluation per atom.
+
+use std::sync::Arc;
+
+use hashbrown::HashMap;
+
+use crate::catalog::{AtomId, Catalog, TraitKey};
+use crate::value::{Value, ValueKey};
+
+/// Values kept (over all keys) before the memo starts afresh.
+const MAX_VALUES: usize = 1 << 14;
+
+/// Lists of keys kept before [`KeyAtoms`] starts afresh.
+const MAX_KEY_LISTS: usize = 1 << 10;
+
+/// The atoms an identify giving a list of trait keys reads: the union of
+/// their `by_trait` lists, sorted, and where each trait test among them
+/// finds its truth.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPlan {
+    /// The atoms, ascending.
+    pub atoms: Box<[AtomId]>,
+    /// Per atom: for a test of one of the keys, the key's index in the
+    /// list and the atom's position in `by_trait[key]` (the index of its
+    /// truth in the key's row, see [`TraitTruths::resolve`]).
+    pub tests: Box<[Option<(u32, u32)>]>,
+    /// Per key of the list: whether any atom is a test of it (the others,
+    /// `created_at` read only by `since`, have no row to look up).
+    pub tested: Box<[bool]>,
+}
+
+impl KeyPlan {
+    /// The plan of an identify giving `keys` under `cat`.
+    pub fn new(cat: &Catalog, keys: &[TraitKey]) -> KeyPlan {
+        let mut atoms: Vec<AtomId> = keys
+            .iter()
+            .filter_map(|&k| cat.by_trait.get(k as usize))
+            .flatten()
+            .copied()
+            .collect();
+        atoms.sort_unstable();
+        atoms.dedup();
+        let tests: Box<[Option<(u32, u32)>]> = atoms
+            .iter()
+            .map(|&a| {
+                let (key, position) = cat.trait_test[a as usize]?;
+                let index = keys.iter().position(|&k| k == key)?;
+                Some((index as u32, position))
+            })
+            .collect();
+        let mut tested = vec![false; keys.len()];
+        for &(index, _) in tests.iter().flatten() {
+            tested[index as usize] = true;
+        }
+        KeyPlan {
+            atoms: atoms.into(),
+            tests,
+            tested: tested.into(),
+        }
+    }
+}
+
+/// The [`KeyPlan`] of each list of trait keys seen: sign-ups give the
+/// same few keys again and again, and the union of eighty atoms was
+/// sorted afresh for each.
+#[derive(Debug, Clone, Default)]
+pub struct KeyAtoms {
+    /// The catalog generation the entries were made under.
+    generation: u64,
+    lists: HashMap<Box<[TraitKey]>, Arc<KeyPlan>>,
+}
+
+impl KeyAtoms {
+    /// The plan of an identify giving `keys` under `cat`.
+    pub fn plan(&mut self, cat: &Catalog, keys: &[TraitKey]) -> Arc<KeyPlan> {
+        if cat.generation != self.generation || self.lists.len() >= MAX_KEY_LISTS {
+            self.lists.clear();
+            self.generation = cat.generation;
+        }
+        if let Some(plan) = self.lists.get(keys) {
+            return plan.clone();
+        }
+        let plan = Arc::new(KeyPlan::new(cat, keys));
+        self.lists.insert(keys.into(), plan.clone());
+        plan
+    }
+
+    /// Approximate heap bytes.
+    pub fn heap_bytes(&self) -> usize {
+        self.lists
+            .iter()
+            .map(|(k, p)| k.len() * 4 + p.atoms.len() * 12 + 80)
+            .sum()
+    }
+}
+
+/// How the tests of one trait key read a profile's value of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyTruths {
+    /// The profile has no value: every test is false.
+    Missing,
+    /// The truths are [`TraitTruths::get`] of this entry.
+    Entry(u32),
+    /// The truths, for a value not kept (a number), are
+    /// [`TraitTruths::get_unkept`] of this row until the next
+    /// [`TraitTruths::begin`].
+    Unkept(u32),
+}
+
+/// The truths of the trait tests of each key (the atoms of
+/// [`Catalog::trait_test`], in `by_trait[key]` order), by value.
+#[derive(Debug, Clone, Default)]
+pub struct TraitTruths {
+    /// The catalog generation the entries were made under.
+    generation: u64,
+    /// (key, value) to an entry of `truths`.
+    index: HashMap<(TraitKey, ValueKey), u32>,
+    /// Per entry: the truth of each atom of `by_trait[key]` (false at the
+    /// positions of atoms that are not trait tests).
+    truths: Vec<Box<[bool]>>,
+    /// Rows of the values not kept, until the next `begin`.
+    unkept: Vec<Vec<bool>>,
+    /// How many of `unkept` are in use.
+    unkept_used: usize,
+}
+
+/// The truths of the tests of `key` (by position in `by_trait[key]`) for
+/// `value`, into `row`.
+fn fill_row(cat: &Catalog, key: TraitKey, value: Option<&Value>, row: &mut Vec<bool>) {
+    let atoms: &[AtomId] = cat.by_trait.get(key as usize).map_or(&[], Vec::as_slice);
+    row.clear();
+    row.extend(atoms.iter().enumerate().map(|(i, &a)| {
+        match (cat.trait_test[a as usize], &cat.atoms[a as usize].test) {
+            (Some((k, p)), Some((_, test))) if k == key && p as usize == i => test.holds(value),
+            _ => false,
+        }
+    }));
+}
+
+impl TraitTruths {
+    /// Readies the memo for resolving under `cat`: entries of another
+    /// catalog are forgotten, and so is everything once full. Entries stay
+    /// valid until the next call.
+    pub fn begin(&mut self, cat: &Catalog) {
+        if cat.generation != self.generation || self.truths.len() >= MAX_VALUES {
+            self.index.clear();
+            self.truths.clear();
+            self.generation = cat.generation;
+        }
+        self.unkept_used = 0;
+    }
+
+    /// How the tests of `key` read `value` under `cat` (for which
+    /// [`TraitTruths::begin`] was called): a string or boolean value's
+    /// truths are computed on its first sight and kept; a number's, which
+    /// rarely repeats (or any value once the memo is full), are computed
+    /// into a row kept until the next `begin`.
+    pub fn resolve(&mut self, cat: &Catalog, key: TraitKey, value: Option<&Value>) -> KeyTruths {
+        debug_assert_eq!(cat.generation, self.generation);
+        let value_key = match value {
+            None => return KeyTruths::Missing,
+            Some(Value::Str(s)) => Some(ValueKey::Str(s.clone())),
+            Some(Value::Bool(b)) => Some(ValueKey::Bool(*b)),
+            Some(_) => None,
+        };
+        if let Some(value_key) = value_key {
+            let full = self.truths.len() >= MAX_VALUES;
+            match self.index.entry((key, value_key)) {
+                hashbrown::hash_map::Entry::Occupied(found) => {
+                    return KeyTruths::Entry(*found.get());
+                }
+                hashbrown::hash_map::Entry::Vacant(vacant) if !full => {
+                    let mut row = Vec::new();
+                    fill_row(cat, key, value, &mut row);
+                    let entry = self.truths.len() as u32;
+                    self.truths.push(row.into_boxed_slice());
+                    vacant.insert(entry);
+                    return KeyTruths::Entry(entry);
+                }
+                hashbrown::hash_map::Entry::Vacant(_) => {}
+            }
+        }
+        if self.unkept.len() == self.unkept_used {
+            self.unkept.push(Vec::new());
+        }
+        fill_row(cat, key, value, &mut self.unkept[self.unkept_used]);
+        self.unkept_used += 1;
+        KeyTruths::Unkept(self.unkept_used as u32 - 1)
+    }
+
+    /// The truths of an entry, by position in `by_trait[key]`.
+    pub fn get(&self, entry: u32) -> &[bool] {
+        &self.truths[entry as usize]
+    }
+
+    /// The truths of an unkept row, by position in `by_trait[key]`.
+    pub fn get_unkept(&self, row: u32) -> &[bool] {
+        &self.unkept[row as usize]
+    }
+
+    /// Approximate heap bytes.
+    pub fn heap_bytes(&self) -> usize {
+        let rows: usize = self.truths.iter().map(|t| t.len() + 16).sum::<usize>()
+            + self.unkept.iter().map(|r| r.capacity() + 24).sum::<usize>();
+        rows + self.index.capacity() * (std::mem::size_of::<(TraitKey, ValueKey)>() + 5)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Catalog;
+    use crate::rules::parse_rule;
+
+    fn catalog(rules: &[&str]) -> Catalog {
+        let mut cat = Catalog::default();
+        for (i, rule) in rules.iter().enumerate() {
+            cat.define(&format!("a{i}"), rule, parse_rule(rule).expect("rule"))
+                .expect("define");
+        }
+        cat
+    }
+
+    fn truths_of(
+        cat: &Catalog,
+        memo: &mut TraitTruths,
+        key: &str,
+        value: Option<Value>,
+    ) -> Vec<bool> {
+        let k = cat.trait_keys.get(key).expect("key");
+        memo.begin(cat);
+        match memo.resolve(cat, k, value.as_ref()) {
+            KeyTruths::Entry(e) => memo.get(e).to_vec(),
+            KeyTruths::Missing => vec![false; cat.by_trait[k as usize].len()],
+            KeyTruths::Unkept(r) => memo.get_unkept(r).to_vec(),
+        }
+    }
+
+    #[test]
+    fn each_value_gets_the_truths_of_every_test_of_its_key() {
+        let cat = catalog(&[
+            r#"trait.country == "US""#,
+            r#"trait.country in ["US", "CA"]"#,
+            r#"trait.country != "CA" and trait.plan == "pro""#,
+            r#"trait.country == trait.home"#,
+        ]);
+        let mut memo = TraitTruths::default();
+        let us = truths_of(&cat, &mut memo, "country", Some(Value::Str("US".into())));
+        let ca = truths_of(&cat, &mut memo, "country", Some(Value::Str("CA".into())));
+        let k = cat.trait_keys.get("country").expect("key");
+        let atoms = &cat.by_trait[k as usize];
+        for (i, &a) in atoms.iter().enumerate() {
+            let atom = &cat.atoms[a as usize];
+            match &atom.test {
+                Some((_, test)) => {
+                    assert_eq!(us[i], test.holds(Some(&Value::Str("US".into()))));
+                    assert_eq!(ca[i], test.holds(Some(&Value::Str("CA".into()))));
+                }
+                // `trait.country == trait.home` reads two keys: not a test
+                // of one, and left to evaluation.
+                None => {
+                    assert_eq!(cat.trait_test[a as usize], None);
+                    assert!(!us[i] && !ca[i]);
+                }
+            }
+        }
+        assert_eq!(us.iter().filter(|&&t| t).count(), 3);
+        assert_eq!(ca.iter().filter(|&&t| t).count(), 1);
+        // Seen again: the same entry, no new row.
+        let rows = memo.truths.len();
+        assert_eq!(
+            truths_of(&cat, &mut memo, "country", Some(Value::Str("US".into()))),
+            us
+        );
+        assert_eq!(memo.truths.len(), rows);
+        memo.begin(&cat);
+        assert_eq!(memo.resolve(&cat, k, None), KeyTruths::Missing);
+        // A number is not kept: its row lasts until the next `begin`.
+        assert_eq!(
+            memo.resolve(&cat, k, Some(&Value::Num(1.0))),
+            KeyTruths::Unkept(0)
+        );
+        assert_eq!(memo.get_unkept(0), &vec![false; atoms.len()][..]);
+        assert_eq!(
+            memo.resolve(&cat, k, Some(&Value::Num(2.0))),
+            KeyTruths::Unkept(1)
+        );
+        memo.begin(&cat);
+        assert_eq!(
+            memo.resolve(&cat, k, Some(&Value::Num(2.0))),
+            KeyTruths::Unkept(0)
+        );
+        assert_eq!(memo.truths.len(), rows);
+        // Full: values are no longer kept, and those kept stay valid until
+        // the next `begin`, which starts afresh.
+        let kept = memo.resolve(&cat, k, Some(&Value::Str("US".into())));
+        memo.truths.resize(MAX_VALUES, Box::new([]));
+        assert!(matches!(
+            memo.resolve(&cat, k, Some(&Value::Str("MX".into()))),
+            KeyTruths::Unkept(_)
+        ));
+        assert_eq!(memo.resolve(&cat, k, Some(&Value::Str("US".into()))), kept);
+        memo.begin(&cat);
+        assert!(memo.truths.is_empty());
+    }
+
+    #[test]
+    fn a_key_lists_plan_is_the_union_of_the_keys_atoms_and_their_tests() {
+        let cat = catalog(&[
+            r#"trait.country == "US""#,
+            r#"trait.plan == "pro" and trait.ltv > 3"#,
+            r#"trait.country == trait.plan"#,
+            r#"trait.home > trait.ltv"#,
+        ]);
+        let key = |name: &str| cat.trait_keys.get(name).expect("key");
+        let keys = [key("plan"), key("country")];
+        let mut memo = KeyAtoms::default();
+        let plan = memo.plan(&cat, &keys);
+        let mut expected: Vec<AtomId> = keys
+            .iter()
+            .flat_map(|&k| cat.by_trait[k as usize].iter().copied())
+            .collect();
+        expected.sort_unstable();
+        expected.dedup();
+        assert_eq!(&plan.atoms[..], &expected[..]);
+        // The atom reading both keys is listed once, and is not a test.
+        assert_eq!(plan.atoms.len(), 3);
+        for (&a, &test) in plan.atoms.iter().zip(plan.tests.iter()) {
+            match cat.trait_test[a as usize] {
+                Some((k, position)) => {
+                    let index = keys.iter().position(|&x| x == k).expect("given") as u32;
+                    assert_eq!(test, Some((index, position)));
+                    assert_eq!(cat.by_trait[k as usize][position as usize], a);
+                }
+                None => assert_eq!(test, None),
+            }
+        }
+        assert_eq!(plan.tests.iter().filter(|t| t.is_some()).count(), 2);
+        assert_eq!(&plan.tested[..], &[true, true]);
+        assert_eq!(
+            &memo.plan(&cat, &[key("ltv"), key("home")]).tested[..],
+            &[true, false]
+        );
+        assert!(Arc::ptr_eq(&plan, &memo.plan(&cat, &keys)));
+        assert_eq!(
+            &memo.plan(&cat, &[key("ltv")]).atoms[..],
+            &cat.by_trait[key("ltv") as usize][..]
+        );
+        assert!(memo.plan(&cat, &[]).atoms.is_empty());
+    }
+
+    #[test]
+    fn another_catalog_starts_afresh() {
+        let first = catalog(&[r#"trait.plan == "pro""#]);
+        let mut second = first.clone();
+        second.generation += 1;
+        let mut memo = TraitTruths::default();
+        let k = first.trait_keys.get("plan").expect("key");
+        let pro = Value::Str("pro".into());
+        memo.begin(&first);
+        let _ = memo.resolve(&first, k, Some(&pro));
+        assert_eq!(memo.truths.len(), 1);
+        memo.begin(&second);
+        let _ = memo.resolve(&second, k, Some(&pro));
+        assert_eq!(memo.truths.len(), 1);
+        assert_eq!(memo.generation, second.generation);
+    }
+}
