@@ -483,6 +483,15 @@ impl UserData {
             })
     }
 
+    /// [`UserData::warm`] of every state the profile holds: an event or
+    /// a timer reads states not known before it is handled.
+    pub fn warm_all(&self) -> u64 {
+        let states = self.states.iter().fold(0u64, |acc, (_, state)| {
+            acc.wrapping_add(state.first_instant() as u64)
+        });
+        self.warm(&[]).wrapping_add(states)
+    }
+
     /// Approximate heap bytes.
     pub fn heap_bytes(&self) -> usize {
         let traits = self.traits.heap_bytes();

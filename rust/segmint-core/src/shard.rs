@@ -60,6 +60,10 @@ impl Reason {
 /// were slower on the benchmark workload).
 const BACKFILL_AHEAD: usize = 32;
 
+/// Users of a batch (or of an advance) whose profiles are brought into the
+/// cache together, ahead of their events (see [`Shard::warm_users`]).
+const WARM_AHEAD: usize = 16;
+
 /// Timer ids with this bit set are computed-trait timers (`COMPUTED_TIMER |
 /// slot`); the others are atom ids. Both share the per-shard heap, so that
 /// the instants of both kinds are processed in one order.
@@ -812,7 +816,11 @@ impl Shard {
         // Runs left by a call cut short (a caught panic) are not this one's.
         self.runs.clear();
         let start = out.len();
-        for &key in &by_user {
+        for (k, &key) in by_user.iter().enumerate() {
+            if k % WARM_AHEAD == 0 {
+                let ahead = by_user[k..].iter().take(WARM_AHEAD);
+                self.warm_users(ahead.map(|&key| (key >> 32) as u32));
+            }
             let w = &work[key as u32 as usize];
             let (index, uid) = who(w);
             let (local, new) = self.ensure_user(uid);
@@ -842,6 +850,18 @@ impl Shard {
         }
         self.by_user = by_user;
         self.reorder_runs(out, start);
+    }
+
+    /// Brings the profiles of `uids` (those that exist) into the cache
+    /// together (see [`UserData::warm`]): a batch's or an advance's users
+    /// are spread over the whole store, each a chain of cache misses
+    /// (profile, lists, states) that would otherwise be waited out one
+    /// user after the other.
+    fn warm_users(&self, uids: impl Iterator<Item = u32>) {
+        let folded = uids
+            .filter_map(|uid| self.users.get(self.local(uid)))
+            .fold(0u64, |acc, user| acc.wrapping_add(user.warm_all()));
+        std::hint::black_box(folded);
     }
 
     /// Records that `out[start..end]` was made for `key`.
@@ -1345,7 +1365,10 @@ impl Shard {
         due.sort_unstable();
         self.runs.clear();
         let start = out.len();
-        for &uid in &due {
+        for (k, &uid) in due.iter().enumerate() {
+            if k % WARM_AHEAD == 0 {
+                self.warm_users(due[k..].iter().take(WARM_AHEAD).copied());
+            }
             let local = self.local(uid);
             let next = |shard: &Shard| shard.users.get(local).and_then(UserData::earliest_timer);
             while let Some(instant) = next(self).filter(|&t| t <= to && t < Millis::MAX) {
