@@ -9,7 +9,11 @@ alternately on the same events and audiences, in memory, and writes the
         --before-label <commit> --after-label HEAD \\
         --events ev500k.ndjson --audiences benches/out/bench/audiences-1000-None-42.json
 
-Alternating runs spread any drift of a shared machine over both builds.
+Alternating runs spread any drift of a shared machine over both builds;
+with ``--paired`` each round runs both builds at the same time (one core
+each, ``--threads 1``), so that both see the same machine: on a shared
+2-core machine whose speed drifts by 15% from one run to the next, a
+difference of a few percent shows only in pairs.
 """
 
 from __future__ import annotations
@@ -42,9 +46,9 @@ FIELDS = (
 )
 
 
-def run_once(binary: Path, events: Path, audiences: Path, threads: int) -> dict[str, Any]:
-    """One segmint-bench run; its JSON result."""
-    cmd = [
+def bench_command(binary: Path, events: Path, audiences: Path, threads: int) -> list[str]:
+    """The segmint-bench command line of one run."""
+    return [
         str(binary),
         str(events),
         str(audiences),
@@ -53,20 +57,55 @@ def run_once(binary: Path, events: Path, audiences: Path, threads: int) -> dict[
         "--latency-samples",
         str(LATENCY_SAMPLES),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=3600)
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def parse_result(stdout: str) -> dict[str, Any]:
+    """The JSON result a segmint-bench run printed last."""
+    result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
     return result
 
 
+def run_once(binary: Path, events: Path, audiences: Path, threads: int) -> dict[str, Any]:
+    """One segmint-bench run; its JSON result."""
+    cmd = bench_command(binary, events, audiences, threads)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=3600)
+    return parse_result(proc.stdout)
+
+
+def run_pair(binaries: list[Path], events: Path, audiences: Path) -> list[dict[str, Any]]:
+    """One run of each binary, all at the same time (one thread each)."""
+    procs = [
+        subprocess.Popen(
+            bench_command(b, events, audiences, 1),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for b in binaries
+    ]
+    results = []
+    for binary, proc in zip(binaries, procs, strict=True):
+        stdout, stderr = proc.communicate(timeout=3600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{binary} failed: {stderr.strip()[-500:]}")
+        results.append(parse_result(stdout))
+    return results
+
+
 def section(
-    runs: dict[str, list[dict[str, Any]]], events: Path, audiences: Path, threads: int
+    runs: dict[str, list[dict[str, Any]]],
+    events: Path,
+    audiences: Path,
+    threads: int,
+    paired: bool = False,
 ) -> list[str]:
     """The section's lines: one row per build, runs separated by ``/``."""
     first_build = next(iter(runs.values()))
     first = first_build[0]
+    how = "both at the same time, one core each" if paired else "alternately"
     lines = [
         f"`python benches/hotpath.py` ran `segmint-bench {events.name} {audiences.name} "
-        f"--threads {threads} --latency-samples {LATENCY_SAMPLES}` with each build, alternately, "
+        f"--threads {threads} --latency-samples {LATENCY_SAMPLES}` with each build, {how}, "
         f"{len(first_build)} runs each: {first['events']:,} events, "
         f"{first['users']:,} users, {first['audiences']:,} audiences, in memory. "
         "Events/s counts ingest of decoded events; with clock advances, also the "
@@ -98,12 +137,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--report", type=Path, default=ROOT / "BENCHMARKS.md")
     ap.add_argument("--note", default="", help="a sentence appended under the table")
+    ap.add_argument(
+        "--paired",
+        action="store_true",
+        help="run both builds at the same time in each round (one thread each)",
+    )
     args = ap.parse_args(argv)
-    runs: dict[str, list[dict[str, Any]]] = {args.before_label: [], args.after_label: []}
+    builds = ((args.before_label, args.before), (args.after_label, args.after))
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in builds}
+    threads = 1 if args.paired else args.threads
     for _ in range(args.runs):
-        for label, binary in ((args.before_label, args.before), (args.after_label, args.after)):
-            runs[label].append(run_once(binary, args.events, args.audiences, args.threads))
-    lines = section(runs, args.events, args.audiences, args.threads)
+        if args.paired:
+            results = run_pair([binary for _, binary in builds], args.events, args.audiences)
+            for (label, _), result in zip(builds, results, strict=True):
+                runs[label].append(result)
+            continue
+        for label, binary in builds:
+            runs[label].append(run_once(binary, args.events, args.audiences, threads))
+    lines = section(runs, args.events, args.audiences, threads, args.paired)
     if args.note:
         lines += ["", args.note]
     print("\n".join(lines))
