@@ -220,12 +220,13 @@ impl AudienceList {
             shape.exceptions += 1;
             set_exceptions(units, shape);
             if shape.exceptions * 2 > shape.len && self.outnumbers_common(at) {
-                // An event that moves a profile into a hundred audiences
-                // at once enters them all at its instant: that instant
-                // becomes the common one, and the list stops copying six
-                // units per membership on every later insert.
+                // An event that moves a profile into dozens of audiences
+                // at once enters them all at its instant: rebuilt, the
+                // list takes the most frequent instant (that one, or one
+                // more frequent still) as the common one, and stops
+                // copying six units per membership on every later insert.
                 let entries: Vec<Stamped> = self.iter().collect();
-                *self = AudienceList::build(&entries, width == 2);
+                *self = AudienceList::from_sorted(&entries);
             }
         }
         true

@@ -60,8 +60,10 @@ impl Reason {
 /// were slower on the benchmark workload).
 const BACKFILL_AHEAD: usize = 32;
 
-/// Users of a batch (or of an advance) whose profiles are brought into the
-/// cache together, ahead of their events (see [`Shard::warm_users`]).
+/// Events of a batch (or users of an advance) whose users' profiles are
+/// brought into the cache together, ahead of them (see
+/// [`Shard::warm_users`]; a user with several events among them is read
+/// again, from the cache).
 const WARM_AHEAD: usize = 16;
 
 /// Timer ids with this bit set are computed-trait timers (`COMPUTED_TIMER |
@@ -465,7 +467,9 @@ impl Shard {
                 .with_views(views)
                 .with_traits(unpacked.of(local));
             trait_truths.begin(cat);
-            // On a new profile every test is known false: nothing to resolve.
+            // On a new profile the trait tests' truths are known (an empty
+            // profile's, `Catalog::empty_atom_truth`): nothing to resolve;
+            // an atom without a known truth is evaluated below.
             let resolved: SmallVec<[KeyTruths; 8]> = match new {
                 true => SmallVec::new(),
                 false => keys

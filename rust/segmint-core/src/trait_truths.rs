@@ -8,8 +8,11 @@
 //! the keys it gives, and string-valued traits repeat a few values, so
 //! the truths of all of a key's tests are computed once per value and
 //! looked up afterwards (one hash of the value instead of one evaluation
-//! per atom). Numbers (a lifetime value) rarely repeat: their truths are
-//! computed for the one use, still without an evaluation per atom.
+//! per atom). Numbers (a lifetime value) rarely repeat, and neither do
+//! lists: their truths are computed for the one use, still without an
+//! evaluation per atom. The table is bounded (in bytes of rows, and in
+//! values per key, so that a key of many values does not crowd out the
+//! few of `country`).
 
 use std::sync::Arc;
 
@@ -18,8 +21,14 @@ use hashbrown::HashMap;
 use crate::catalog::{AtomId, Catalog, TraitKey};
 use crate::value::{Value, ValueKey};
 
-/// Values kept (over all keys) before the memo starts afresh.
-const MAX_VALUES: usize = 1 << 14;
+/// Bytes of rows kept (one per test, over all keys) before the memo
+/// starts afresh.
+const MAX_ROW_BYTES: usize = 1 << 20;
+
+/// Values kept per key: past it, a key's values (an email, a zip code
+/// under `exists(...)` or a few equality tests) go unkept, so that they
+/// do not crowd out the few values of `country` or `plan`.
+const MAX_VALUES_PER_KEY: u32 = 1 << 10;
 
 /// Lists of keys kept before [`KeyAtoms`] starts afresh.
 const MAX_KEY_LISTS: usize = 1 << 10;
@@ -100,7 +109,10 @@ impl KeyAtoms {
     pub fn heap_bytes(&self) -> usize {
         self.lists
             .iter()
-            .map(|(k, p)| k.len() * 4 + p.atoms.len() * 12 + 80)
+            .map(|(k, p)| {
+                let entries = p.atoms.len() * 4 + p.tests.len() * 12 + p.tested.len();
+                k.len() * 4 + entries + 96
+            })
             .sum()
     }
 }
@@ -108,11 +120,13 @@ impl KeyAtoms {
 /// How the tests of one trait key read a profile's value of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyTruths {
-    /// The profile has no value: every test is false.
+    /// The profile has no value (every test is false), or no atom tests
+    /// the key (nothing to look up).
     Missing,
     /// The truths are [`TraitTruths::get`] of this entry.
     Entry(u32),
-    /// The truths, for a value not kept (a number), are
+    /// The truths, for a value not kept (a number, a list, a value of a
+    /// key with many), are
     /// [`TraitTruths::get_unkept`] of this row until the next
     /// [`TraitTruths::begin`].
     Unkept(u32),
@@ -129,6 +143,10 @@ pub struct TraitTruths {
     /// Per entry: the truth of each atom of `by_trait[key]` (false at the
     /// positions of atoms that are not trait tests).
     truths: Vec<Box<[bool]>>,
+    /// Bytes of `truths`' rows.
+    row_bytes: usize,
+    /// Values kept per key, by key.
+    per_key: Vec<u32>,
     /// Rows of the values not kept, until the next `begin`.
     unkept: Vec<Vec<bool>>,
     /// How many of `unkept` are in use.
@@ -153,9 +171,11 @@ impl TraitTruths {
     /// catalog are forgotten, and so is everything once full. Entries stay
     /// valid until the next call.
     pub fn begin(&mut self, cat: &Catalog) {
-        if cat.generation != self.generation || self.truths.len() >= MAX_VALUES {
+        if cat.generation != self.generation || self.row_bytes >= MAX_ROW_BYTES {
             self.index.clear();
             self.truths.clear();
+            self.per_key.clear();
+            self.row_bytes = 0;
             self.generation = cat.generation;
         }
         self.unkept_used = 0;
@@ -175,7 +195,11 @@ impl TraitTruths {
             Some(_) => None,
         };
         if let Some(value_key) = value_key {
-            let full = self.truths.len() >= MAX_VALUES;
+            let slot = key as usize;
+            if self.per_key.len() <= slot {
+                self.per_key.resize(slot + 1, 0);
+            }
+            let full = self.row_bytes >= MAX_ROW_BYTES || self.per_key[slot] >= MAX_VALUES_PER_KEY;
             match self.index.entry((key, value_key)) {
                 hashbrown::hash_map::Entry::Occupied(found) => {
                     return KeyTruths::Entry(*found.get());
@@ -184,6 +208,8 @@ impl TraitTruths {
                     let mut row = Vec::new();
                     fill_row(cat, key, value, &mut row);
                     let entry = self.truths.len() as u32;
+                    self.row_bytes += row.len();
+                    self.per_key[slot] += 1;
                     self.truths.push(row.into_boxed_slice());
                     vacant.insert(entry);
                     return KeyTruths::Entry(entry);
@@ -211,7 +237,9 @@ impl TraitTruths {
 
     /// Approximate heap bytes.
     pub fn heap_bytes(&self) -> usize {
-        let rows: usize = self.truths.iter().map(|t| t.len() + 16).sum::<usize>()
+        let rows: usize = self.row_bytes
+            + self.truths.len() * 16
+            + self.per_key.capacity() * 4
             + self.unkept.iter().map(|r| r.capacity() + 24).sum::<usize>();
         rows + self.index.capacity() * (std::mem::size_of::<(TraitKey, ValueKey)>() + 5)
     }
@@ -305,7 +333,7 @@ mod tests {
         // Full: values are no longer kept, and those kept stay valid until
         // the next `begin`, which starts afresh.
         let kept = memo.resolve(&cat, k, Some(&Value::Str("US".into())));
-        memo.truths.resize(MAX_VALUES, Box::new([]));
+        memo.row_bytes = MAX_ROW_BYTES;
         assert!(matches!(
             memo.resolve(&cat, k, Some(&Value::Str("MX".into()))),
             KeyTruths::Unkept(_)
@@ -313,6 +341,18 @@ mod tests {
         assert_eq!(memo.resolve(&cat, k, Some(&Value::Str("US".into()))), kept);
         memo.begin(&cat);
         assert!(memo.truths.is_empty());
+        // A key with many values stops keeping new ones, not the others.
+        memo.per_key.resize(k as usize + 1, 0);
+        memo.per_key[k as usize] = MAX_VALUES_PER_KEY;
+        assert!(matches!(
+            memo.resolve(&cat, k, Some(&Value::Str("MX".into()))),
+            KeyTruths::Unkept(_)
+        ));
+        let plan = cat.trait_keys.get("plan").expect("key");
+        assert!(matches!(
+            memo.resolve(&cat, plan, Some(&Value::Str("pro".into()))),
+            KeyTruths::Entry(_)
+        ));
     }
 
     #[test]
