@@ -445,6 +445,63 @@ impl UserEnv<'_> {
             .map(|t| ceil_to(t, self.granularity))
     }
 
+    /// [`UserEnv::next_change`] of an atom's expression, from the shape
+    /// the catalog found in it when it has one of the common ones (a
+    /// count compared with a number, a duration compared with literals):
+    /// the same instant, without walking the expression's boxes, which a
+    /// timer's group reads for each of its atoms.
+    pub fn atom_next_change(&self, atom: &AtomDef) -> Option<Millis> {
+        let raw = match (atom.threshold, &atom.test) {
+            (Some((view, op, k)), _) => self.threshold_next_change_of(view, op, k),
+            (None, Some((leaf, test))) if is_duration_source(leaf) => {
+                self.duration_test_next_change(leaf, test)
+            }
+            _ => None,
+        };
+        let next = match raw {
+            Some(raw) => raw
+                .filter(|&t| t > self.now)
+                .map(|t| ceil_to(t, self.granularity)),
+            None => self.next_change(&atom.expr),
+        };
+        debug_assert_eq!(next, self.next_change(&atom.expr));
+        next
+    }
+
+    /// The raw next change of a duration `leaf` tested against literal
+    /// durations, as [`UserEnv::raw_next_change`] finds it for the
+    /// comparison or `between` (`None`: another shape).
+    fn duration_test_next_change(&self, leaf: &CExpr, test: &LeafTest) -> Option<Option<Millis>> {
+        let crossing = match *test {
+            LeafTest::Cmp {
+                op,
+                value: Value::Dur(c),
+                leaf_left,
+            } => {
+                let op = if leaf_left { op } else { op.flipped() };
+                let edge = match op {
+                    CmpOp::Ge | CmpOp::Lt => Edge::Reaches,
+                    CmpOp::Gt | CmpOp::Le => Edge::Passes,
+                    CmpOp::Eq | CmpOp::Ne => Edge::Both,
+                };
+                self.duration_base(leaf)
+                    .and_then(|b| self.crossing(b, c, edge))
+            }
+            LeafTest::Between {
+                lo: Value::Dur(l),
+                hi: Value::Dur(h),
+                ..
+            } => self.duration_base(leaf).and_then(|b| {
+                earliest(
+                    self.crossing(b, l, Edge::Reaches),
+                    self.crossing(b, h, Edge::Passes),
+                )
+            }),
+            _ => return None,
+        };
+        Some(earliest(crossing, self.next_change(leaf)))
+    }
+
     fn raw_next_change(&self, e: &CExpr) -> Option<Millis> {
         match e {
             CExpr::Lit(_) | CExpr::Trait(_) | CExpr::Property(_) | CExpr::InAudience(_) => None,
@@ -552,6 +609,11 @@ impl UserEnv<'_> {
     /// comparison; `Some(None)` if it never flips by time.
     fn threshold_next_change(&self, e: &CExpr) -> Option<Option<Millis>> {
         let (view, op, k) = self.cat.threshold_atom(e)?;
+        self.threshold_next_change_of(view, op, k)
+    }
+
+    /// [`UserEnv::threshold_next_change`] of `count op k` over `view`.
+    fn threshold_next_change_of(&self, view: u32, op: CmpOp, k: f64) -> Option<Option<Millis>> {
         let def = self.cat.views[view as usize];
         let WindowDef::Last(w) = def.window else {
             return None;

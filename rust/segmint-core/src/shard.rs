@@ -1639,7 +1639,7 @@ impl Shard {
 fn group_next_change(cat: &Catalog, env: &UserEnv<'_>, lead: AtomId) -> Option<Millis> {
     cat.timer_group[lead as usize]
         .iter()
-        .filter_map(|&a| env.next_change(&cat.atoms[a as usize].expr))
+        .filter_map(|&a| env.atom_next_change(&cat.atoms[a as usize]))
         .min()
 }
 
