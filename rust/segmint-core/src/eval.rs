@@ -469,37 +469,49 @@ impl UserEnv<'_> {
     }
 
     /// The raw next change of a duration `leaf` tested against literal
-    /// durations, as [`UserEnv::raw_next_change`] finds it for the
-    /// comparison or `between` (`None`: another shape).
+    /// durations (`None`: another shape).
     fn duration_test_next_change(&self, leaf: &CExpr, test: &LeafTest) -> Option<Option<Millis>> {
-        let crossing = match *test {
+        match *test {
             LeafTest::Cmp {
                 op,
                 value: Value::Dur(c),
                 leaf_left,
             } => {
                 let op = if leaf_left { op } else { op.flipped() };
-                let edge = match op {
-                    CmpOp::Ge | CmpOp::Lt => Edge::Reaches,
-                    CmpOp::Gt | CmpOp::Le => Edge::Passes,
-                    CmpOp::Eq | CmpOp::Ne => Edge::Both,
-                };
-                self.duration_base(leaf)
-                    .and_then(|b| self.crossing(b, c, edge))
+                Some(self.duration_cmp_next_change(leaf, op, c))
             }
             LeafTest::Between {
                 lo: Value::Dur(l),
                 hi: Value::Dur(h),
                 ..
-            } => self.duration_base(leaf).and_then(|b| {
-                earliest(
-                    self.crossing(b, l, Edge::Reaches),
-                    self.crossing(b, h, Edge::Passes),
-                )
-            }),
-            _ => return None,
+            } => Some(self.duration_between_next_change(leaf, l, h)),
+            _ => None,
+        }
+    }
+
+    /// The raw next change of `x op c`, `x` a duration that grows with time.
+    fn duration_cmp_next_change(&self, x: &CExpr, op: CmpOp, c: Millis) -> Option<Millis> {
+        let edge = match op {
+            CmpOp::Ge | CmpOp::Lt => Edge::Reaches,
+            CmpOp::Gt | CmpOp::Le => Edge::Passes,
+            CmpOp::Eq | CmpOp::Ne => Edge::Both,
         };
-        Some(earliest(crossing, self.next_change(leaf)))
+        let crossing = self
+            .duration_base(x)
+            .and_then(|b| self.crossing(b, c, edge));
+        earliest(crossing, self.next_change(x))
+    }
+
+    /// The raw next change of `x between l and h`, `x` a duration that
+    /// grows with time: inside from reaching `l` until passing `h`.
+    fn duration_between_next_change(&self, x: &CExpr, l: Millis, h: Millis) -> Option<Millis> {
+        let crossing = self.duration_base(x).and_then(|b| {
+            earliest(
+                self.crossing(b, l, Edge::Reaches),
+                self.crossing(b, h, Edge::Passes),
+            )
+        });
+        earliest(crossing, self.next_change(x))
     }
 
     fn raw_next_change(&self, e: &CExpr) -> Option<Millis> {
@@ -520,18 +532,7 @@ impl UserEnv<'_> {
                     let Some(Value::Dur(c)) = literal(y) else {
                         return None;
                     };
-                    if !is_duration_source(x) {
-                        return None;
-                    }
-                    let edge = match op {
-                        CmpOp::Ge | CmpOp::Lt => Edge::Reaches,
-                        CmpOp::Gt | CmpOp::Le => Edge::Passes,
-                        CmpOp::Eq | CmpOp::Ne => Edge::Both,
-                    };
-                    let crossing = self
-                        .duration_base(x)
-                        .and_then(|b| self.crossing(b, c, edge));
-                    Some(earliest(crossing, self.next_change(x)))
+                    is_duration_source(x).then(|| self.duration_cmp_next_change(x, op, c))
                 };
                 if let Some(t) = bound(a, *op, b).or_else(|| bound(b, op.flipped(), a)) {
                     return t;
@@ -541,15 +542,7 @@ impl UserEnv<'_> {
             CExpr::Between(x, lo, hi, _) => {
                 if is_duration_source(x) {
                     if let (Some(Value::Dur(l)), Some(Value::Dur(h))) = (literal(lo), literal(hi)) {
-                        let base = self.duration_base(x);
-                        // Inside from reaching `l` until passing `h`.
-                        let crossing = base.and_then(|b| {
-                            earliest(
-                                self.crossing(b, l, Edge::Reaches),
-                                self.crossing(b, h, Edge::Passes),
-                            )
-                        });
-                        return earliest(crossing, self.next_change(x));
+                        return self.duration_between_next_change(x, l, h);
                     }
                 }
                 earliest(

@@ -442,16 +442,15 @@ impl Shard {
         })
     }
 
-    /// [`Shard::atom_truths`] of the atoms an identify giving `keys` reads
-    /// (`plan`), within a pass begun by the caller: each key's tests
-    /// against literals are looked up by the user's value of it (see
+    /// [`Shard::atom_truths`] of the atoms an identify reads (`plan`),
+    /// within a pass begun by the caller: each key's tests against
+    /// literals are looked up by the user's value of it (see
     /// [`crate::trait_truths`]), the other atoms evaluated.
     fn trait_atom_truths(
         &mut self,
         step: Step<'_>,
         local: usize,
         plan: &KeyPlan,
-        keys: &[TraitKey],
         new: bool,
     ) -> SmallVec<[bool; 128]> {
         let cat = step.cat;
@@ -472,7 +471,8 @@ impl Shard {
             // an atom without a known truth is evaluated below.
             let resolved: SmallVec<[KeyTruths; 8]> = match new {
                 true => SmallVec::new(),
-                false => keys
+                false => plan
+                    .keys
                     .iter()
                     .zip(plan.tested.iter())
                     .map(|(&key, &tested)| match tested {
@@ -1029,8 +1029,7 @@ impl Shard {
         self.unpacked.unpack(local, &self.users[local]);
         let mut pending = std::mem::take(&mut self.queue);
         // Keys an identify may change: the given ones and, for a deletion,
-        // those below it (each key given as it comes: its tests are
-        // evaluated, not looked up).
+        // those below it (a plan made for this identify alone).
         let plan: Arc<KeyPlan> = if traits.iter().all(|(_, v)| v.is_some()) {
             self.key_atoms.plan(cat, keys)
         } else {
@@ -1044,20 +1043,19 @@ impl Shard {
                     ),
                 }
             }
-            let mut plan = KeyPlan::new(cat, &below);
-            plan.tests.fill(None);
-            plan.tested.fill(false);
-            Arc::new(plan)
+            below.sort_unstable();
+            below.dedup();
+            Arc::new(KeyPlan::new(cat, &below))
         };
         let atoms = &plan.atoms[..];
         self.begin_views(step, local);
-        let before = self.trait_atom_truths(step, local, &plan, keys, new);
+        let before = self.trait_atom_truths(step, local, &plan, new);
         if !self.set_traits(local, traits, keys, &cat.trait_keys) {
             self.queue = pending;
             return;
         }
         self.begin_pass(step, local);
-        let after = self.trait_atom_truths(step, local, &plan, keys, false);
+        let after = self.trait_atom_truths(step, local, &plan, false);
         let timed: SmallVec<[AtomId; 32]> = atoms
             .iter()
             .copied()

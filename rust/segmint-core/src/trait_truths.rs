@@ -38,6 +38,8 @@ const MAX_KEY_LISTS: usize = 1 << 10;
 /// finds its truth.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyPlan {
+    /// The keys, as the identify gives them.
+    pub keys: Box<[TraitKey]>,
     /// The atoms, ascending.
     pub atoms: Box<[AtomId]>,
     /// Per atom: for a test of one of the keys, the key's index in the
@@ -73,6 +75,7 @@ impl KeyPlan {
             tested[index as usize] = true;
         }
         KeyPlan {
+            keys: keys.into(),
             atoms: atoms.into(),
             tests,
             tested: tested.into(),
@@ -110,7 +113,7 @@ impl KeyAtoms {
         self.lists
             .iter()
             .map(|(k, p)| {
-                let entries = p.atoms.len() * 4 + p.tests.len() * 12 + p.tested.len();
+                let entries = p.atoms.len() * 4 + p.tests.len() * 12 + p.tested.len() * 5;
                 k.len() * 4 + entries + 96
             })
             .sum()
@@ -374,6 +377,7 @@ mod tests {
         expected.sort_unstable();
         expected.dedup();
         assert_eq!(&plan.atoms[..], &expected[..]);
+        assert_eq!(&plan.keys[..], &keys[..]);
         // The atom reading both keys is listed once, and is not a test.
         assert_eq!(plan.atoms.len(), 3);
         for (&a, &test) in plan.atoms.iter().zip(plan.tests.iter()) {
