@@ -22,32 +22,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benches.workload import (
-    WorkloadSpec,
-    generate_audiences,
-    generate_events,
-    segment_json_rows,
-)
+from benches.workload import WorkloadSpec, export
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target" / "release" / "segmint-bench"
-
-
-def export(spec: WorkloadSpec, out: Path) -> tuple[Path, Path]:
-    """Writes the workload's events (NDJSON, time order) and audiences (JSON)."""
-    out.mkdir(parents=True, exist_ok=True)
-    events = out / f"events-{spec.users}-{spec.events}-{spec.seed}.ndjson"
-    if not events.exists():
-        table = generate_events(spec)
-        rows = segment_json_rows(table)
-        with events.open("w") as f:
-            step = 200_000
-            for start in range(0, len(rows), step):
-                f.write("\n".join(rows.slice(start, step).to_pylist()))
-                f.write("\n")
-    audiences = out / f"audiences-{spec.audiences}-{spec.hot_audiences}-{spec.seed}.json"
-    audiences.write_text(json.dumps([[k, text] for k, text, _ in generate_audiences(spec)]))
-    return events, audiences
 
 
 def run(events: Path, audiences: Path, threads: int, hot: int | None = None) -> dict[str, Any]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -36,12 +35,13 @@ if str(ROOT / "python") not in sys.path:
     sys.path.insert(1, str(ROOT / "python"))
 
 from benches import peers  # noqa: E402
+from benches.machine import machine_info  # noqa: E402
 from benches.sections import markers, read_section  # noqa: E402
 from benches.workload import (  # noqa: E402
     WorkloadSpec,
+    export,
     generate_audiences,
     generate_events,
-    segment_json_rows,
 )
 
 BIN = ROOT / "target" / "release" / "segmint-bench"
@@ -170,29 +170,6 @@ class Results:
         return not self.duckdb_diffs
 
 
-def machine_info() -> dict[str, Any]:
-    """CPU model, cores, RAM, OS and Python of this machine."""
-    model = platform.processor() or platform.machine()
-    ram = 0
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                ram = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return {
-        "cpu": model,
-        "cores": os.cpu_count() or 1,
-        "ram_bytes": ram,
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-    }
-
-
 def git_commit() -> str:
     """HEAD's short hash, with ``+dirty`` when the tree has changes (read-only git)."""
     try:
@@ -216,26 +193,6 @@ def git_commit() -> str:
 
 
 # --------------------------------------------------------------------------- segmint-bench
-
-
-def export(spec: WorkloadSpec, out: Path) -> tuple[Path, Path]:
-    """Events as NDJSON (cached by spec) and audiences as ``[[key, rule], ...]``."""
-    out.mkdir(parents=True, exist_ok=True)
-    name = f"events-{spec.users}-{spec.events}-{spec.days}-{spec.seed}.ndjson"
-    events = out / name
-    if not events.exists():
-        rows = segment_json_rows(generate_events(spec))
-        tmp = out / f".{name}.{os.getpid()}"
-        with tmp.open("w") as f:
-            for start in range(0, len(rows), 200_000):
-                f.write("\n".join(rows.slice(start, 200_000).to_pylist()))
-                f.write("\n")
-        tmp.replace(events)
-    auds = out / f"audiences-{spec.audiences}-{spec.hot_audiences}-{spec.seed}.json"
-    tmp = out / f".{auds.name}.{os.getpid()}"
-    tmp.write_text(json.dumps([[k, text] for k, text, _ in generate_audiences(spec)]))
-    tmp.replace(auds)
-    return events, auds
 
 
 def run_engine_bench(

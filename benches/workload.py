@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, is_dataclass, replace
@@ -1181,6 +1182,26 @@ def generate_audiences(spec: WorkloadSpec) -> list[tuple[str, str, AudienceSpec]
 
 
 # --------------------------------------------------------------------------- files
+
+
+def export(spec: WorkloadSpec, out: Path) -> tuple[Path, Path]:
+    """Events as NDJSON (cached by spec) and audiences as ``[[key, rule], ...]``."""
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"events-{spec.users}-{spec.events}-{spec.days}-{spec.seed}.ndjson"
+    events = out / name
+    if not events.exists():
+        rows = segment_json_rows(generate_events(spec))
+        tmp = out / f".{name}.{os.getpid()}"
+        with tmp.open("w") as f:
+            for start in range(0, len(rows), 200_000):
+                f.write("\n".join(rows.slice(start, 200_000).to_pylist()))
+                f.write("\n")
+        tmp.replace(events)
+    auds = out / f"audiences-{spec.audiences}-{spec.hot_audiences}-{spec.seed}.json"
+    tmp = out / f".{auds.name}.{os.getpid()}"
+    tmp.write_text(json.dumps([[k, text] for k, text, _ in generate_audiences(spec)]))
+    tmp.replace(auds)
+    return events, auds
 
 
 def write_parquet(
