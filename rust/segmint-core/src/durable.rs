@@ -427,7 +427,7 @@ impl Engine {
             seen_messages: self
                 .seen_messages
                 .iter()
-                .map(|(k, &t)| (k.clone(), t))
+                .map(|(k, t)| (k.clone(), t))
                 .collect(),
             log: self.log.iter().collect(),
         };

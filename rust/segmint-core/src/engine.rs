@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use hashbrown::HashMap;
 use rayon::prelude::*;
 use roaring::RoaringBitmap;
 
 use crate::catalog::{AudId, Catalog, CtId, TraitKey};
 use crate::changelog::{ChangeLog, LoggedChange};
+use crate::dedup::SeenMessages;
 use crate::durable::{Definition, Record};
 use crate::error::{Result, SegmintError};
 use crate::event::{decode_json_batch, Event, EventBody};
@@ -138,7 +138,7 @@ pub struct Engine {
     pub(crate) last_seq: u64,
     pub(crate) slot_keys: Vec<Arc<str>>,
     pub(crate) computed_keys: Vec<Arc<str>>,
-    pub(crate) seen_messages: HashMap<Arc<str>, Millis>,
+    pub(crate) seen_messages: SeenMessages,
     /// Every successful catalog operation in order: the catalog is a pure
     /// function of it, which is how a snapshot restores it.
     pub(crate) definitions: Vec<crate::durable::Definition>,
@@ -199,7 +199,7 @@ impl Engine {
             last_seq: 0,
             slot_keys: Vec::new(),
             computed_keys: Vec::new(),
-            seen_messages: HashMap::new(),
+            seen_messages: SeenMessages::default(),
             definitions: Vec::new(),
             storage: None,
             defer_sync: false,
@@ -430,15 +430,11 @@ impl Engine {
                         // The sweep of old ids is amortised, so an id still
                         // in the set may be past the window: then it is new.
                         let cutoff = self.now - self.config.dedup_window;
-                        if self
-                            .seen_messages
-                            .get(id.as_str())
-                            .is_some_and(|&seen| seen > cutoff)
-                        {
+                        if self.seen_messages.is_duplicate(id, cutoff) {
                             report.duplicates += 1;
                             continue;
                         }
-                        self.seen_messages.insert(Arc::from(id.as_str()), self.now);
+                        self.seen_messages.insert(id, self.now);
                     }
                     let uid = self.interner.intern(&e.user_id);
                     times.push((index, uid, t));
@@ -490,11 +486,8 @@ impl Engine {
     }
 
     fn expire_messages(&mut self) {
-        // Amortised: sweep only when the set has doubled since the last sweep.
-        if self.seen_messages.len() > 1024 && self.seen_messages.len().is_power_of_two() {
-            let cutoff = self.now - self.config.dedup_window;
-            self.seen_messages.retain(|_, &mut seen| seen > cutoff);
-        }
+        let cutoff = self.now - self.config.dedup_window;
+        self.seen_messages.expire(cutoff);
     }
 
     /// Decodes and applies a JSON batch (see [`decode_json_batch`]).
@@ -1028,9 +1021,12 @@ impl Engine {
         )
     }
 
-    /// Approximate heap bytes held for profiles, memberships and timers.
+    /// Approximate heap bytes held for profiles, memberships and timers,
+    /// the user ids and the message ids of the deduplication window.
     pub fn heap_bytes(&self) -> usize {
-        self.interner.heap_bytes() + self.shards.iter().map(Shard::heap_bytes).sum::<usize>()
+        self.interner.heap_bytes()
+            + self.seen_messages.heap_bytes()
+            + self.shards.iter().map(Shard::heap_bytes).sum::<usize>()
     }
 
     /// Evaluation work done so far, summed over shards.
@@ -1054,6 +1050,7 @@ mod computed_tests {
     //! changes happen at the exact instant, rules follow the values.
     use super::*;
     use crate::eval::{computed_value, UserEnv};
+    use hashbrown::HashMap;
     use proptest::prelude::*;
 
     const H: i64 = 3_600_000;
