@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 
 use crate::queue::ChunkedDeque;
-use crate::shard::{ChangeKind, Reason};
+use crate::shard::{ChangeKind, Reason, ShardChange};
 use crate::time::Millis;
 
 /// One change as the engine logs it and a snapshot stores it: plain data
@@ -64,6 +64,59 @@ struct Packed {
     at: [u32; 2],
 }
 
+/// A change as a log entry, and whether its kind must be kept aside.
+fn pack(uid: u32, kind: &ChangeKind, at: Millis, reason: Reason) -> (Packed, bool) {
+    let mut code = reason_bits(reason) << REASON_SHIFT;
+    let aside = match *kind {
+        ChangeKind::Membership { aud, entered } if aud <= SLOT_MASK => {
+            code |= aud | if entered { ENTERED } else { 0 };
+            false
+        }
+        _ => {
+            code |= ASIDE;
+            true
+        }
+    };
+    let bits = at as u64;
+    let entry = Packed {
+        uid,
+        code,
+        at: [bits as u32, (bits >> 32) as u32],
+    };
+    (entry, aside)
+}
+
+/// Changes packed ahead of their place in the log (a part of a parallel
+/// merge, see `crate::merge`): the entries, and the kinds kept aside with
+/// their index among them.
+#[derive(Debug, Default)]
+pub(crate) struct PackedRun {
+    entries: Vec<Packed>,
+    aside: Vec<(usize, ChangeKind)>,
+}
+
+impl PackedRun {
+    /// Appends a shard's change.
+    pub fn push(&mut self, change: &ShardChange) {
+        let (entry, aside) = pack(change.uid, &change.kind, change.at, change.reason);
+        if aside {
+            self.aside.push((self.entries.len(), change.kind.clone()));
+        }
+        self.entries.push(entry);
+    }
+
+    /// Number of changes.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Empties it, keeping its buffer.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.aside.clear();
+    }
+}
+
 /// The change log: entries in arrival order, the oldest dropped first.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ChangeLog {
@@ -83,23 +136,21 @@ impl ChangeLog {
 
     /// Appends a change.
     pub fn push(&mut self, change: LoggedChange) {
-        let mut code = reason_bits(change.reason) << REASON_SHIFT;
-        match change.kind {
-            ChangeKind::Membership { aud, entered } if aud <= SLOT_MASK => {
-                code |= aud | if entered { ENTERED } else { 0 };
-            }
-            kind => {
-                code |= ASIDE;
-                let position = self.dropped + self.entries.len() as u64;
-                self.aside.push_back((position, kind));
-            }
+        let (entry, aside) = pack(change.uid, &change.kind, change.at, change.reason);
+        if aside {
+            let position = self.dropped + self.entries.len() as u64;
+            self.aside.push_back((position, change.kind));
         }
-        let bits = change.at as u64;
-        self.entries.push_back(Packed {
-            uid: change.uid,
-            code,
-            at: [bits as u32, (bits >> 32) as u32],
-        });
+        self.entries.push_back(entry);
+    }
+
+    /// Appends the changes of `run` (which is left empty).
+    pub fn append(&mut self, run: &mut PackedRun) {
+        let base = self.dropped + self.entries.len() as u64;
+        self.aside
+            .extend(run.aside.drain(..).map(|(i, kind)| (base + i as u64, kind)));
+        self.entries.extend_from_slice(&run.entries);
+        run.entries.clear();
     }
 
     /// Drops the `n` oldest entries (all of them if fewer).
@@ -202,13 +253,13 @@ mod tests {
     }
 
     proptest! {
-        /// Pushes, front drops and ranges give back what a plain deque of
+        /// Pushes, appended parts, front drops and ranges give back what a plain deque of
         /// the unpacked changes holds: every kind and reason, slots that
         /// need the side table, and instants at the extremes.
         #[test]
         fn packed_log_matches_plain_deque(
             ops in proptest::collection::vec(
-                (0u8..3, any::<u32>(), 0u8..3, prop_oneof![0u32..50, Just(u32::MAX), Just(SLOT_MASK + 1)],
+                (0u8..4, any::<u32>(), 0u8..3, prop_oneof![0u32..50, Just(u32::MAX), Just(SLOT_MASK + 1)],
                  prop_oneof![any::<i64>(), Just(i64::MIN), Just(i64::MAX), -5i64..5], 0usize..5, 0usize..40),
                 0..80,
             ),
@@ -221,6 +272,23 @@ mod tests {
                         let c = change(uid, kind, slot, at, reason);
                         log.push(c.clone());
                         model.push_back(c);
+                    }
+                    3 => {
+                        // A merged part: the change n % 4 times.
+                        let c = change(uid, kind, slot, at, reason);
+                        let mut run = PackedRun::default();
+                        for _ in 0..n % 4 {
+                            run.push(&ShardChange {
+                                order: (0, 0, 0),
+                                uid: c.uid,
+                                kind: c.kind.clone(),
+                                at: c.at,
+                                reason: c.reason,
+                            });
+                            model.push_back(c.clone());
+                        }
+                        log.append(&mut run);
+                        prop_assert_eq!(run.len(), 0);
                     }
                     _ => {
                         log.drop_front(n);

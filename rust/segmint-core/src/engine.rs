@@ -7,12 +7,13 @@ use rayon::prelude::*;
 use roaring::RoaringBitmap;
 
 use crate::catalog::{AudId, Catalog, CtId, TraitKey};
-use crate::changelog::{ChangeLog, LoggedChange};
+use crate::changelog::{ChangeLog, PackedRun};
 use crate::dedup::SeenMessages;
 use crate::durable::{Definition, Record};
 use crate::error::{Result, SegmintError};
 use crate::event::{decode_json_batch, Event, EventBody};
 use crate::limits::Limits;
+use crate::merge;
 use crate::rules;
 use crate::shard::{ChangeKind, Reason, Shard, ShardChange, Step, Work};
 use crate::time::{floor_to, format_timestamp, wall_now, Millis, SECOND};
@@ -132,8 +133,9 @@ pub struct Engine {
     /// In-memory change log, in chunks: appending never copies, trimming
     /// the oldest frees whole chunks.
     pub(crate) log: ChangeLog,
-    /// Scratch for a batch's changes (see [`Engine::on_shards`]).
-    change_buffer: Vec<ShardChange>,
+    /// Scratch: a call's changes packed for the log, one part per thread
+    /// of the merge (see [`Engine::on_shards`]).
+    merge_parts: Vec<PackedRun>,
     pub(crate) log_first_seq: u64,
     pub(crate) last_seq: u64,
     pub(crate) slot_keys: Vec<Arc<str>>,
@@ -194,7 +196,7 @@ impl Engine {
             pool,
             now,
             log: Default::default(),
-            change_buffer: Vec::new(),
+            merge_parts: Vec::new(),
             log_first_seq: 1,
             last_seq: 0,
             slot_keys: Vec::new(),
@@ -304,66 +306,62 @@ impl Engine {
 
     pub(crate) fn run_timers(&mut self, to: Millis) {
         let g = self.config.granularity;
-        let changes = self.on_shards(|_, shard, cat, out| shard.advance(cat, to, g, out));
+        self.on_shards(|_, shard, cat, out| shard.advance(cat, to, g, out));
         self.now = to;
-        self.commit(changes);
     }
 
     /// Runs `f` on every shard (in parallel when there are several), brings
-    /// each shard's audience bitmaps up to date, and returns their changes
-    /// in global order. The buffers are the engine's
-    /// and the shards' own, reused from call to call: a batch's changes
-    /// (tens of MB for a large batch) are not allocated and page-faulted
-    /// afresh every time.
-    fn on_shards<F>(&mut self, f: F) -> Vec<ShardChange>
+    /// each shard's audience bitmaps up to date, and appends their changes
+    /// to the log in global order (merged in parallel, see `crate::merge`)
+    /// with the next sequence numbers; returns how many there were. The
+    /// buffers are the engine's and the shards' own, reused from call to
+    /// call: a batch's changes (tens of MB for a large batch) are not
+    /// allocated and page-faulted afresh every time.
+    fn on_shards<F>(&mut self, f: F) -> usize
     where
         F: Fn(usize, &mut Shard, &Catalog, &mut Vec<ShardChange>) + Sync,
     {
         let cat = &*self.catalog;
-        let mut all = std::mem::take(&mut self.change_buffer);
-        all.clear();
-        if self.shards.len() == 1 {
-            f(0, &mut self.shards[0], cat, &mut all);
-            self.shards[0].flush_members();
+        let mut parts = std::mem::take(&mut self.merge_parts);
+        let shards = &mut self.shards;
+        let run_shard = |i: usize, shard: &mut Shard| {
+            let mut out = std::mem::take(&mut shard.change_buffer);
+            out.clear();
+            f(i, shard, cat, &mut out);
+            shard.flush_members();
+            merge::sort_run(&mut out);
+            shard.change_buffer = out;
+        };
+        if shards.len() == 1 {
+            run_shard(0, &mut shards[0]);
+            merge::merge_runs(&[&shards[0].change_buffer], &mut parts, 1);
         } else {
-            let shards = &mut self.shards;
             self.pool.install(|| {
-                shards.par_iter_mut().enumerate().for_each(|(i, shard)| {
-                    let mut out = std::mem::take(&mut shard.change_buffer);
-                    out.clear();
-                    f(i, shard, cat, &mut out);
-                    shard.flush_members();
-                    shard.change_buffer = out;
-                })
-            });
-            for shard in &mut self.shards {
-                all.append(&mut shard.change_buffer);
-            }
-        }
-        // Stable, and each shard's run is nearly sorted already.
-        all.sort_by_key(|c| (c.order, c.uid));
-        all
-    }
-
-    /// Appends changes to the log with the next sequence numbers; the
-    /// emptied buffer goes back to [`Engine::on_shards`].
-    fn commit(&mut self, mut changes: Vec<ShardChange>) {
-        for c in changes.drain(..) {
-            self.last_seq += 1;
-            self.log.push(LoggedChange {
-                uid: c.uid,
-                kind: c.kind,
-                at: c.at,
-                reason: c.reason,
+                shards
+                    .par_iter_mut()
+                    .enumerate()
+                    .for_each(|(i, shard)| run_shard(i, shard));
+                let runs: Vec<&[ShardChange]> =
+                    shards.iter().map(|s| s.change_buffer.as_slice()).collect();
+                // More parts than threads: parts are cut by sampled keys
+                // and come out uneven.
+                merge::merge_runs(&runs, &mut parts, 4 * rayon::current_num_threads());
             });
         }
-        self.change_buffer = changes;
+        let mut count = 0;
+        for part in &mut parts {
+            count += part.len();
+            self.log.append(part);
+        }
+        self.merge_parts = parts;
+        self.last_seq += count as u64;
         let cap = self.config.change_log_capacity.max(1);
         if self.log.len() > cap {
             let drop = self.log.len() - cap;
             self.log.drop_front(drop);
             self.log_first_seq += drop as u64;
         }
+        count
     }
 
     /// Checks and floors an event's instant.
@@ -466,7 +464,7 @@ impl Engine {
         self.expire_messages();
         let step_now = self.now;
         let g = self.config.granularity;
-        let changes = self.on_shards(|i, shard, cat, out| {
+        report.changes = self.on_shards(|i, shard, cat, out| {
             if !work[i].is_empty() {
                 shard.apply(
                     Step {
@@ -479,8 +477,6 @@ impl Engine {
                 );
             }
         });
-        report.changes = changes.len();
-        self.commit(changes);
         report.last_seq = self.last_seq;
         report
     }
@@ -579,7 +575,7 @@ impl Engine {
         self.catch_up(now);
         self.install_catalog(def, catalog, &[ct]);
         let g = self.config.granularity;
-        let changes = self.on_shards(|_, shard, cat, out| {
+        self.on_shards(|_, shard, cat, out| {
             shard.backfill_computed(
                 Step {
                     cat,
@@ -590,7 +586,6 @@ impl Engine {
                 out,
             );
         });
-        self.commit(changes);
     }
 
     fn computed_count(&self, ct: CtId) -> u64 {
@@ -621,8 +616,7 @@ impl Engine {
     pub(crate) fn remove_computed_with(&mut self, def: Definition, catalog: Catalog, ct: CtId) {
         self.install_catalog(def, catalog, &[]);
         let now = self.now;
-        let changes = self.on_shards(|_, shard, _, out| shard.remove_computed(ct, now, out));
-        self.commit(changes);
+        self.on_shards(|_, shard, _, out| shard.remove_computed(ct, now, out));
     }
 
     /// Defined computed traits as (key, expression, type name), in definition order.
@@ -695,7 +689,7 @@ impl Engine {
         self.catch_up(now);
         self.install_catalog(def, catalog, slots);
         let g = self.config.granularity;
-        let changes = self.on_shards(|_, shard, cat, out| {
+        self.on_shards(|_, shard, cat, out| {
             shard.backfill(
                 Step {
                     cat,
@@ -706,7 +700,6 @@ impl Engine {
                 out,
             );
         });
-        self.commit(changes);
     }
 
     /// The catalog after one more definition, and the slots it touched; the
@@ -809,7 +802,7 @@ impl Engine {
             wanted[uid as usize % n].insert(uid);
         }
         let g = self.config.granularity;
-        let changes = self.on_shards(|i, shard, cat, out| {
+        self.on_shards(|i, shard, cat, out| {
             shard.set_static_members(
                 Step {
                     cat,
@@ -821,7 +814,6 @@ impl Engine {
                 out,
             );
         });
-        self.commit(changes);
     }
 
     /// Removes an audience; its members exit with reason `delete`.
@@ -842,8 +834,7 @@ impl Engine {
     pub(crate) fn remove_audience_with(&mut self, def: Definition, catalog: Catalog, slot: AudId) {
         self.install_catalog(def, catalog, &[]);
         let now = self.now;
-        let changes = self.on_shards(|_, shard, _, out| shard.remove_audience(slot, now, out));
-        self.commit(changes);
+        self.on_shards(|_, shard, _, out| shard.remove_audience(slot, now, out));
     }
 
     /// Defined audience keys, in definition order.

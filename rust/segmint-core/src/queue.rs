@@ -97,6 +97,23 @@ impl<T> ChunkedDeque<T> {
     }
 }
 
+impl<T: Copy> ChunkedDeque<T> {
+    /// Appends `values` at the back, a chunk's worth at a time.
+    pub fn extend_from_slice(&mut self, mut values: &[T]) {
+        self.len += values.len();
+        while !values.is_empty() {
+            if self.chunks.back().is_none_or(|c| c.len() == CHUNK) {
+                self.chunks.push_back(Vec::with_capacity(CHUNK));
+            }
+            if let Some(last) = self.chunks.back_mut() {
+                let (now, rest) = values.split_at((CHUNK - last.len()).min(values.len()));
+                last.extend_from_slice(now);
+                values = rest;
+            }
+        }
+    }
+}
+
 impl<T> FromIterator<T> for ChunkedDeque<T> {
     fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
         let mut d = ChunkedDeque::default();
@@ -496,11 +513,11 @@ mod tests {
     }
 
     proptest! {
-        /// Pushes, front drops and ranges agree with a VecDeque, across
-        /// chunk boundaries.
+        /// Pushes, slices appended, front drops and ranges agree with a
+        /// VecDeque, across chunk boundaries.
         #[test]
         fn chunked_deque_matches_vecdeque(
-            ops in proptest::collection::vec((0u8..3, 0usize..(3 * CHUNK)), 0..12),
+            ops in proptest::collection::vec((0u8..4, 0usize..(3 * CHUNK)), 0..12),
         ) {
             let mut d = ChunkedDeque::default();
             let mut model = VecDeque::new();
@@ -515,6 +532,12 @@ mod tests {
                     1 => {
                         d.drop_front(n);
                         model.drain(..n.min(model.len()));
+                    }
+                    2 => {
+                        let values: Vec<u64> = (next..next + n as u64).collect();
+                        d.extend_from_slice(&values);
+                        model.extend(values);
+                        next += n as u64;
                     }
                     _ => {
                         let (a, b) = (n % (model.len() + 1), n % (model.len() + 2));
