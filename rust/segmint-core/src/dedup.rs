@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use hashbrown::hash_map::EntryRef;
 use hashbrown::HashMap;
 
 use crate::time::Millis;
@@ -32,19 +33,21 @@ impl Default for SeenMessages {
 }
 
 impl SeenMessages {
-    /// Whether `id` was accepted after `cutoff` (then the event is a retry).
-    /// An id still in the set may have been accepted before the cutoff
-    /// (sweeps are amortised): then it is new again.
-    pub fn is_duplicate(&self, id: &str, cutoff: Millis) -> bool {
-        self.seen.get(id).is_some_and(|&seen| seen > cutoff)
-    }
-
-    /// Records that `id` was accepted at `now`.
-    pub fn insert(&mut self, id: &str, now: Millis) {
-        match self.seen.get_mut(id) {
-            Some(seen) => *seen = now,
-            None => {
-                self.seen.insert(Arc::from(id), now);
+    /// Accepts `id` at `now` unless it was accepted after `cutoff` (then
+    /// the event is a retry: false, and its instant stays). An id still in
+    /// the set may have been accepted before the cutoff (sweeps are
+    /// amortised): then it is new again. One lookup, and an allocation
+    /// only for a new id.
+    pub fn accept(&mut self, id: &str, now: Millis, cutoff: Millis) -> bool {
+        match self.seen.entry_ref(id) {
+            EntryRef::Occupied(mut seen) if *seen.get() <= cutoff => {
+                seen.insert(now);
+                true
+            }
+            EntryRef::Occupied(_) => false,
+            EntryRef::Vacant(vacant) => {
+                vacant.insert(now);
+                true
             }
         }
     }
@@ -98,14 +101,15 @@ mod tests {
     #[test]
     fn a_retry_inside_the_window_is_a_duplicate_and_outside_it_is_not() {
         let mut seen = SeenMessages::default();
-        seen.insert("m1", 100 * SECOND);
-        assert!(seen.is_duplicate("m1", 50 * SECOND));
-        assert!(!seen.is_duplicate("m1", 100 * SECOND));
-        assert!(!seen.is_duplicate("m2", 0));
-        // Accepted again later: the window starts over.
-        seen.insert("m1", 200 * SECOND);
-        assert!(seen.is_duplicate("m1", 150 * SECOND));
-        assert_eq!(seen.len(), 1);
+        assert!(seen.accept("m1", 100 * SECOND, 0));
+        // A retry inside the window: refused, and the window does not move.
+        assert!(!seen.accept("m1", 120 * SECOND, 50 * SECOND));
+        assert!(!seen.accept("m1", 150 * SECOND, 99 * SECOND));
+        // Past it: accepted again, and the window starts over.
+        assert!(seen.accept("m1", 200 * SECOND, 100 * SECOND));
+        assert!(!seen.accept("m1", 210 * SECOND, 150 * SECOND));
+        assert!(seen.accept("m2", 210 * SECOND, 150 * SECOND));
+        assert_eq!(seen.len(), 2);
     }
 
     #[test]
@@ -118,7 +122,7 @@ mod tests {
         let mut most = 0;
         for i in 0..86_400i64 {
             let now = i * SECOND;
-            seen.insert(&format!("m{i}"), now);
+            assert!(seen.accept(&format!("m{i}"), now, now - window));
             if i % 37 == 36 {
                 seen.expire(now - window);
             }
@@ -133,8 +137,8 @@ mod tests {
         let restored: SeenMessages = [(Arc::from("a"), 5), (Arc::from("b"), 7)]
             .into_iter()
             .collect();
-        assert!(restored.is_duplicate("a", 4));
-        assert!(!restored.is_duplicate("b", 7));
+        assert!(!restored.clone().accept("a", 9, 4));
+        assert!(restored.clone().accept("b", 9, 7));
         let mut ids: Vec<_> = restored.iter().map(|(id, t)| (id.to_string(), t)).collect();
         ids.sort();
         assert_eq!(ids, vec![("a".into(), 5), ("b".into(), 7)]);

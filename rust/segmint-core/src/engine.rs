@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 use roaring::RoaringBitmap;
+use smallvec::SmallVec;
 
 use crate::catalog::{AudId, Catalog, CtId, TraitKey};
 use crate::changelog::{ChangeLog, PackedRun};
@@ -111,6 +112,42 @@ pub struct IngestReport {
     /// Write-ahead-log position that must be durable for the batch to be
     /// (0 without a data directory); see [`Engine::defer_sync`].
     pub wal_position: u64,
+}
+
+/// Batches smaller than this look their users up on one thread.
+const PARALLEL_LOOKUP_MIN: usize = 4096;
+
+/// An event of a batch that passed validation and de-duplication, with its
+/// user's dense id, floored instant and (identify) interned trait keys.
+struct Accepted {
+    index: usize,
+    uid: u32,
+    t: Millis,
+    keys: SmallVec<[TraitKey; 6]>,
+}
+
+impl Accepted {
+    /// The event as a shard applies it.
+    fn work<'a>(&'a self, events: &'a [Result<Event>]) -> Option<Work<'a>> {
+        let Ok(event) = &events[self.index] else {
+            return None;
+        };
+        Some(match &event.body {
+            EventBody::Track { name, properties } => Work::Track {
+                index: self.index,
+                uid: self.uid,
+                t: self.t,
+                name,
+                properties,
+            },
+            EventBody::Identify { traits } => Work::Identify {
+                index: self.index,
+                uid: self.uid,
+                traits,
+                keys: &self.keys,
+            },
+        })
+    }
 }
 
 /// The id of a trait key, interned on first sight. Only the engine holds
@@ -364,6 +401,21 @@ impl Engine {
         count
     }
 
+    /// The dense id of each event's user, where already interned: looked
+    /// up on all threads for a large batch, since a lookup among a million
+    /// ids misses the cache, and only new users then need the
+    /// single-threaded intern.
+    fn known_users(&self, events: &[Result<Event>]) -> Vec<Option<u32>> {
+        let interner = &self.interner;
+        let get = |e: &Result<Event>| e.as_ref().ok().and_then(|e| interner.get(&e.user_id));
+        if events.len() < PARALLEL_LOOKUP_MIN || self.pool.current_num_threads() == 1 {
+            events.iter().map(get).collect()
+        } else {
+            self.pool
+                .install(|| events.par_iter().with_min_len(1024).map(get).collect())
+        }
+    }
+
     /// Checks and floors an event's instant.
     fn event_time(&self, timestamp: Option<Millis>) -> Result<Millis> {
         let t = floor_to(timestamp.unwrap_or(self.now), self.config.granularity);
@@ -408,9 +460,10 @@ impl Engine {
         self.catch_up(now);
         let mut report = IngestReport::default();
         let n = self.shards.len();
-        let mut work: Vec<Vec<Work<'_>>> = (0..n).map(|_| Vec::new()).collect();
-        let mut times = Vec::with_capacity(events.len());
-        // First pass: validate and intern (sequential: the id space is global).
+        let known = self.known_users(&events);
+        let mut accepted: Vec<Accepted> = Vec::with_capacity(events.len());
+        // Validate, de-duplicate and intern, in order (the id space is
+        // global); the rest is done by each shard for its own users.
         for (index, event) in events.iter().enumerate() {
             let checked = event.as_ref().map_err(Clone::clone).and_then(|e| {
                 if e.user_id.is_empty() {
@@ -425,54 +478,50 @@ impl Engine {
                 Ok((e, t)) => {
                     report.accepted += 1;
                     if let Some(id) = &e.message_id {
-                        // The sweep of old ids is amortised, so an id still
-                        // in the set may be past the window: then it is new.
                         let cutoff = self.now - self.config.dedup_window;
-                        if self.seen_messages.is_duplicate(id, cutoff) {
+                        if !self.seen_messages.accept(id, self.now, cutoff) {
                             report.duplicates += 1;
                             continue;
                         }
-                        self.seen_messages.insert(id, self.now);
                     }
-                    let uid = self.interner.intern(&e.user_id);
-                    times.push((index, uid, t));
+                    let uid = match known[index] {
+                        Some(uid) => uid,
+                        None => self.interner.intern(&e.user_id),
+                    };
+                    let keys = match &e.body {
+                        EventBody::Identify { traits } => traits
+                            .iter()
+                            .map(|(key, _)| intern_trait_key(&mut self.catalog, key))
+                            .collect(),
+                        EventBody::Track { .. } => SmallVec::new(),
+                    };
+                    accepted.push(Accepted {
+                        index,
+                        uid,
+                        t,
+                        keys,
+                    });
                 }
             }
-        }
-        for &(index, uid, t) in &times {
-            let Ok(event) = &events[index] else { continue };
-            let item = match &event.body {
-                EventBody::Track { name, properties } => Work::Track {
-                    index,
-                    uid,
-                    t,
-                    name,
-                    properties,
-                },
-                EventBody::Identify { traits } => Work::Identify {
-                    index,
-                    uid,
-                    traits,
-                    keys: traits
-                        .iter()
-                        .map(|(key, _)| intern_trait_key(&mut self.catalog, key))
-                        .collect(),
-                },
-            };
-            work[uid as usize % n].push(item);
         }
         self.expire_messages();
         let step_now = self.now;
         let g = self.config.granularity;
         report.changes = self.on_shards(|i, shard, cat, out| {
-            if !work[i].is_empty() {
+            // Each shard picks its users' events out of the batch.
+            let work: Vec<Work<'_>> = accepted
+                .iter()
+                .filter(|a| a.uid as usize % n == i)
+                .filter_map(|a| a.work(&events))
+                .collect();
+            if !work.is_empty() {
                 shard.apply(
                     Step {
                         cat,
                         now: step_now,
                         granularity: g,
                     },
-                    &work[i],
+                    &work,
                     out,
                 );
             }

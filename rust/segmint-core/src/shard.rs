@@ -152,7 +152,7 @@ pub enum Work<'a> {
         /// Traits to set or delete.
         traits: &'a Flat,
         /// The interned keys of `traits`, in the same order.
-        keys: SmallVec<[TraitKey; 6]>,
+        keys: &'a [TraitKey],
     },
 }
 
