@@ -114,7 +114,8 @@ pub struct IngestReport {
     pub wal_position: u64,
 }
 
-/// Batches smaller than this look their users up on one thread.
+/// Batches smaller than this look their users up (and are freed) on one
+/// thread.
 const PARALLEL_LOOKUP_MIN: usize = 4096;
 
 /// An event of a batch that passed validation and de-duplication, with its
@@ -527,7 +528,19 @@ impl Engine {
             }
         });
         report.last_seq = self.last_seq;
+        drop(accepted);
+        self.drop_events(events);
         report
+    }
+
+    /// Frees a batch's decoded events (several allocations each) on all
+    /// threads when the batch is large: freed by the caller's thread alone,
+    /// they were a serial step of every batch.
+    fn drop_events(&self, events: Vec<Result<Event>>) {
+        if events.len() >= PARALLEL_LOOKUP_MIN && self.pool.current_num_threads() > 1 {
+            self.pool
+                .install(|| events.into_par_iter().with_min_len(1024).for_each(drop));
+        }
     }
 
     fn expire_messages(&mut self) {
