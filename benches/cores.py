@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -25,9 +24,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np
+
 from benches.machine import machine_info
 from benches.sections import patch_section
-from benches.workload import WorkloadSpec, export
+from benches.workload import WorkloadSpec, export, generate_events
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Title of the section this script writes.
@@ -41,6 +42,18 @@ def default_threads(cores: int) -> list[int]:
         out.append(n)
         n *= 2
     return [*out, cores]
+
+
+def busiest_shard_share(user_ids: np.ndarray, shards: int) -> float:
+    """The share of the events whose user lands in the busiest of ``shards``
+    shards, with dense ids given in order of first appearance as the engine
+    gives them (a user lives in shard ``id % shards``). A user's events are
+    applied one after the other, so ingest on ``shards`` threads is at most
+    ``1 / share`` times one thread's speed."""
+    _, first, inverse = np.unique(user_ids, return_index=True, return_inverse=True)
+    dense = np.argsort(np.argsort(first))[inverse]
+    loads = np.bincount(dense % shards, minlength=shards)
+    return float(loads.max() / max(len(user_ids), 1))
 
 
 def run_once(
@@ -70,20 +83,32 @@ def section(doc: dict[str, Any]) -> list[str]:
         "`advance` before each batch that fires the timers due by then. Backfill defines one "
         "more audience over every profile on all the run's threads.",
         "",
-        "| threads | events/s | speed-up | events/s with clock advances | advance s "
+        "| threads | events/s | speed-up | ceiling | events/s with clock advances | advance s "
         "| backfill profiles/s | heap B/user |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    shares = doc.get("busiest_shard_share", {})
     for r in runs:
         speed_up = f"{r['events_per_s'] / base['events_per_s']:.2f}×" if base else "—"
+        share = shares.get(str(r["shards"]))
+        ceiling = f"{1 / share:.2f}×" if share else "—"
         lines.append(
-            f"| {r['threads']} | {r['events_per_s']:,.0f} | {speed_up} "
+            f"| {r['threads']} | {r['events_per_s']:,.0f} | {speed_up} | {ceiling} "
             f"| {r['events_per_s_with_time']:,.0f} | {r['advance_s']:.2f} "
             f"| {r['backfill_profiles_per_s']:,.0f} | {r['heap_bytes_per_user']:,.0f} |"
         )
     changes = {r["changes"] for r in runs}
     timers = {r["timers_fired"] for r in runs}
     same = len(changes) == 1 and len(timers) == 1
+    top = doc.get("top_user_share")
+    if shares and top:
+        lines += [
+            "",
+            "The ceiling is one over the share of the events whose users land in the busiest "
+            "shard (a user lives in one shard, and a user's events are applied one after the "
+            f"other): the workload's users are Zipf-distributed, and its busiest user alone sends "
+            f"{top:.1%} of the events.",
+        ]
     lines += [
         "",
         f"Every run made {'the same' if same else 'DIFFERENT'} membership changes and timer "
@@ -123,7 +148,16 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         events, audiences = export(spec, args.out)
         print(f"workload: {time.perf_counter() - t:.1f} s", flush=True)
-        doc = {"label": args.label, "machine": machine, "runs": []}
+        user_ids = generate_events(spec).column("user_id").to_numpy(zero_copy_only=False)
+        _, counts = np.unique(user_ids, return_counts=True)
+        doc = {
+            "label": args.label,
+            "machine": machine,
+            "runs": [],
+            "top_user_share": float(counts.max() / len(user_ids)),
+            "busiest_shard_share": {str(n): busiest_shard_share(user_ids, n) for n in threads},
+        }
+        print(f"busiest shard's share: {doc['busiest_shard_share']}", flush=True)
         for n in threads:
             r = run_once(args.bin, events, audiences, n, args.latency_samples)
             r.pop("latency_by_kind", None)

@@ -35,6 +35,7 @@ if str(ROOT / "python") not in sys.path:
     sys.path.insert(1, str(ROOT / "python"))
 
 from benches import peers  # noqa: E402
+from benches.cores import CORES_TITLE  # noqa: E402
 from benches.machine import machine_info  # noqa: E402
 from benches.sections import markers, read_section  # noqa: E402
 from benches.workload import (  # noqa: E402
@@ -871,11 +872,13 @@ def report(res: Results, size: Size, plots: dict[str, Path], md_path: Path) -> s
     lines += [*inspect_engine_section(engine_run), INSPECT_END]
 
     lines += ["", "## Durability", "", START, *section(res.durability), END]
-    # Written by benches/hotpath.py, not by this run: carried over as it is.
-    hot = read_section(md_path, "hotpath")
-    if hot is not None:
-        hot_start, hot_end = markers("hotpath")
-        lines += ["", f"## {HOTPATH_TITLE}", "", hot_start, *hot, hot_end]
+    # Written by benches/hotpath.py and benches/cores.py, not by this run:
+    # carried over as they are.
+    for name, title in (("hotpath", HOTPATH_TITLE), ("cores", CORES_TITLE)):
+        kept = read_section(md_path, name)
+        if kept is not None:
+            start, end = markers(name)
+            lines += ["", f"## {title}", "", start, *kept, end]
     if plots:
         lines += ["", "## Plots", ""]
         for title, p in plots.items():
@@ -1059,10 +1062,10 @@ def scaling_section(res: Results, size: Size) -> list[str]:
         cells.append(_si(allc["events_per_s"], "events/s") if allc and cores > 1 else "—")
         lines += [
             f"Events/s against cores ({size.std_audiences[0]:,} audiences, {size.users:,} users; "
-            "the 16-core column is for a run on a larger machine):",
+            f"on a larger machine, see “{CORES_TITLE}” below):",
             "",
         ]
-        lines += _table(["1 core", f"{cores} cores (all here)", "16 cores"], [[*cells, "—"]])
+        lines += _table(["1 core", f"{cores} cores (all here)"], [cells])
     if not lines:
         lines.append("Not measured at this size.")
     return lines
