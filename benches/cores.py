@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--label", default="HEAD", help="the build's name in the report")
     p.add_argument("--from-json", type=Path, help="write the section from these results")
     p.add_argument("--write", type=Path, help="patch this BENCHMARKS.md")
+    p.add_argument("--note", action="append", default=[], help="a paragraph to add (repeatable)")
     args = p.parse_args(argv)
     if args.from_json:
         doc = json.loads(args.from_json.read_text())
@@ -172,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 args.json.write_text(json.dumps(doc, indent=1))
     lines = section(doc)
+    for note in args.note:
+        lines += ["", note]
     print("\n".join(lines))
     if args.write:
         patch_section(args.write, "cores", CORES_TITLE, lines)
