@@ -83,17 +83,19 @@ def section(doc: dict[str, Any]) -> list[str]:
         "`advance` before each batch that fires the timers due by then. Backfill defines one "
         "more audience over every profile on all the run's threads.",
         "",
-        "| threads | events/s | speed-up | ceiling | events/s with clock advances | advance s "
-        "| backfill profiles/s | heap B/user |",
-        "|---|---|---|---|---|---|---|---|",
+        "| threads | events/s | speed-up | ceiling | serial s | events/s with clock advances "
+        "| advance s | backfill profiles/s | heap B/user |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     shares = doc.get("busiest_shard_share", {})
     for r in runs:
         speed_up = f"{r['events_per_s'] / base['events_per_s']:.2f}×" if base else "—"
         share = shares.get(str(r["shards"]))
         ceiling = f"{1 / share:.2f}×" if share else "—"
+        serial = r.get("ingest_caller_cpu_s")
+        serial_cell = f"{serial:.2f}" if serial is not None else "—"
         lines.append(
-            f"| {r['threads']} | {r['events_per_s']:,.0f} | {speed_up} | {ceiling} "
+            f"| {r['threads']} | {r['events_per_s']:,.0f} | {speed_up} | {ceiling} | {serial_cell} "
             f"| {r['events_per_s_with_time']:,.0f} | {r['advance_s']:.2f} "
             f"| {r['backfill_profiles_per_s']:,.0f} | {r['heap_bytes_per_user']:,.0f} |"
         )
@@ -107,7 +109,8 @@ def section(doc: dict[str, Any]) -> list[str]:
             "The ceiling is one over the share of the events whose users land in the busiest "
             "shard (a user lives in one shard, and a user's events are applied one after the "
             f"other): the workload's users are Zipf-distributed, and its busiest user alone sends "
-            f"{top:.1%} of the events.",
+            f"{top:.1%} of the events. Serial s is the calling thread's CPU time inside ingest "
+            "(`ingest_caller_cpu_s`): the steps no other thread shares.",
         ]
     lines += [
         "",
