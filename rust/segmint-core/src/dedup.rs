@@ -1,9 +1,10 @@
 //! The message ids seen within the deduplication window: an event whose
 //! `messageId` was seen less than the window ago is a retry and is dropped.
 //!
-//! Old ids are swept when the set has doubled since the last sweep, so the
-//! set holds about two windows' worth of ids at most, at an amortised cost
-//! of one pass per doubling.
+//! Old ids are swept when the set has doubled since the last sweep (and
+//! holds at least 1,024), so it holds at most about twice the ids that were
+//! still in the window at the last sweep, at an amortised cost of one pass
+//! per doubling.
 
 use std::sync::Arc;
 

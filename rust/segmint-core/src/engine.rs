@@ -118,6 +118,15 @@ pub struct IngestReport {
 /// thread.
 const PARALLEL_LOOKUP_MIN: usize = 4096;
 
+/// The ids of an event that were already interned (see
+/// [`Engine::known_ids`]).
+#[derive(Default)]
+struct KnownIds {
+    uid: Option<u32>,
+    /// An identify's trait keys, when all of them are known.
+    keys: Option<SmallVec<[TraitKey; 6]>>,
+}
+
 /// An event of a batch that passed validation and de-duplication, with its
 /// user's dense id, floored instant and (identify) interned trait keys.
 struct Accepted {
@@ -351,7 +360,9 @@ impl Engine {
     /// Runs `f` on every shard (in parallel when there are several), brings
     /// each shard's audience bitmaps up to date, and appends their changes
     /// to the log in global order (merged in parallel, see `crate::merge`)
-    /// with the next sequence numbers; returns how many there were. The
+    /// with the next sequence numbers, then trims the log to
+    /// `change_log_capacity` (which moves its first sequence number);
+    /// returns how many changes there were. The
     /// buffers are the engine's and the shards' own, reused from call to
     /// call: a batch's changes (tens of MB for a large batch) are not
     /// allocated and page-faulted afresh every time.
@@ -402,13 +413,24 @@ impl Engine {
         count
     }
 
-    /// The dense id of each event's user, where already interned: looked
-    /// up on all threads for a large batch, since a lookup among a million
-    /// ids misses the cache, and only new users then need the
-    /// single-threaded intern.
-    fn known_users(&self, events: &[Result<Event>]) -> Vec<Option<u32>> {
-        let interner = &self.interner;
-        let get = |e: &Result<Event>| e.as_ref().ok().and_then(|e| interner.get(&e.user_id));
+    /// What of each event's ids is already interned: its user's dense id,
+    /// and an identify's trait keys when every one is known. Looked up on
+    /// all threads for a large batch (a lookup among a million ids misses
+    /// the cache), so the single-threaded step interns only new ids.
+    fn known_ids(&self, events: &[Result<Event>]) -> Vec<KnownIds> {
+        let (users, keys) = (&self.interner, &self.catalog.trait_keys);
+        let get = |e: &Result<Event>| match e {
+            Err(_) => KnownIds::default(),
+            Ok(e) => KnownIds {
+                uid: users.get(&e.user_id),
+                keys: match &e.body {
+                    EventBody::Identify { traits } => {
+                        traits.iter().map(|(key, _)| keys.get(key)).collect()
+                    }
+                    EventBody::Track { .. } => None,
+                },
+            },
+        };
         if events.len() < PARALLEL_LOOKUP_MIN || self.pool.current_num_threads() == 1 {
             events.iter().map(get).collect()
         } else {
@@ -461,7 +483,7 @@ impl Engine {
         self.catch_up(now);
         let mut report = IngestReport::default();
         let n = self.shards.len();
-        let known = self.known_users(&events);
+        let mut known = self.known_ids(&events);
         let mut accepted: Vec<Accepted> = Vec::with_capacity(events.len());
         // Validate, de-duplicate and intern, in order (the id space is
         // global); the rest is done by each shard for its own users.
@@ -479,22 +501,24 @@ impl Engine {
                 Ok((e, t)) => {
                     report.accepted += 1;
                     if let Some(id) = &e.message_id {
-                        let cutoff = self.now - self.config.dedup_window;
+                        let cutoff = self.now.saturating_sub(self.config.dedup_window);
                         if !self.seen_messages.accept(id, self.now, cutoff) {
                             report.duplicates += 1;
                             continue;
                         }
                     }
-                    let uid = match known[index] {
+                    let known = std::mem::take(&mut known[index]);
+                    let uid = match known.uid {
                         Some(uid) => uid,
                         None => self.interner.intern(&e.user_id),
                     };
-                    let keys = match &e.body {
-                        EventBody::Identify { traits } => traits
+                    let keys = match (&e.body, known.keys) {
+                        (_, Some(keys)) => keys,
+                        (EventBody::Identify { traits }, None) => traits
                             .iter()
                             .map(|(key, _)| intern_trait_key(&mut self.catalog, key))
                             .collect(),
-                        EventBody::Track { .. } => SmallVec::new(),
+                        (EventBody::Track { .. }, None) => SmallVec::new(),
                     };
                     accepted.push(Accepted {
                         index,
@@ -544,7 +568,7 @@ impl Engine {
     }
 
     fn expire_messages(&mut self) {
-        let cutoff = self.now - self.config.dedup_window;
+        let cutoff = self.now.saturating_sub(self.config.dedup_window);
         self.seen_messages.expire(cutoff);
     }
 

@@ -1,11 +1,12 @@
 //! The shards' changes of one call, merged into the log's order in
 //! parallel.
 //!
-//! Each shard's changes come out sorted by their key (`order`, then the
-//! user), and a user lives in one shard, so the log's order is a k-way
-//! merge of the shards' runs. A single thread merging (or sorting) the
-//! runs and packing every change for the log was a quarter of a 16-core
-//! ingest; instead the key space is cut at splitters sampled from the runs,
+//! Each shard's changes come out nearly always sorted by their key
+//! (`order`, then the user) and are sorted (stably) where they are not; a
+//! user lives in one shard, so the log's order is a k-way merge of the
+//! shards' runs. One thread sorting the runs and packing every change for
+//! the log was part of ingest's serial step, which bounds how far it
+//! scales with cores; instead the key space is cut at splitters sampled from the runs,
 //! and each part (the slice of every run between two splitters) is merged
 //! and packed on its own thread. The log then appends the parts in order,
 //! a copy of 16 bytes per change.
@@ -27,7 +28,8 @@ fn key(c: &ShardChange) -> Key {
 
 /// Fewest changes worth a part of their own.
 const MIN_PART: usize = 16 * 1024;
-/// Keys sampled from each run per part wanted.
+/// Keys sampled per run and part wanted, on average (a run's share of the
+/// samples follows its share of the changes).
 const SAMPLES_PER_PART: usize = 8;
 
 /// Sorts a shard's changes by key if they are not sorted already (stable:
@@ -93,7 +95,8 @@ fn merge_runs_with(
 }
 
 /// Up to `parts - 1` distinct keys, ascending, that cut the runs' keys
-/// into about equal parts (sampled evenly from each run).
+/// into about equal parts (sampled evenly within each run, a run's share
+/// of the samples following its size).
 fn splitters(runs: &[&[ShardChange]], parts: usize) -> Vec<Key> {
     if parts <= 1 {
         return Vec::new();
