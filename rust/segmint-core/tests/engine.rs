@@ -788,8 +788,10 @@ fn a_batch_logs_its_changes_in_event_order() {
         ("ltv", r#"sum("Order Completed", revenue, 30d) > 10"#),
         ("spender", r#"computed.spent > 5"#),
     ];
+    // More events than a batch applies on the calling thread, so that the
+    // batch on several shards runs on the pool, one per call on the caller.
     let mut lines = Vec::new();
-    for i in 0..60usize {
+    for i in 0..150usize {
         let user = format!("u{}", (i * 7) % 9);
         lines.push(if i % 5 == 0 {
             let country = if i % 2 == 0 { "US" } else { "FR" };
@@ -823,6 +825,7 @@ fn a_batch_logs_its_changes_in_event_order() {
     };
     let one_by_one = run(false, 1);
     assert!(one_by_one.len() > 20);
+    assert_eq!(run(false, 3), one_by_one);
     for shards in [1, 3] {
         assert_eq!(run(true, shards), one_by_one);
     }
