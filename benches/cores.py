@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
+from benches import engine_bench
 from benches.machine import machine_info
 from benches.sections import patch_section
 from benches.workload import WorkloadSpec, export, generate_events
@@ -59,12 +59,12 @@ def busiest_shard_share(user_ids: np.ndarray, shards: int) -> float:
 def run_once(
     binary: Path, events: Path, audiences: Path, threads: int, latency_samples: int
 ) -> dict[str, Any]:
-    """One ``segmint-bench`` run with ``threads`` threads and shards."""
-    cmd = [str(binary), str(events), str(audiences), "--threads", str(threads)]
-    cmd += ["--latency-samples", str(latency_samples)]
+    """One ``segmint-bench`` run with ``threads`` threads and shards, with its
+    wall time."""
     t = time.perf_counter()
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    result: dict[str, Any] = json.loads(done.stdout)
+    result = engine_bench.run(
+        events, audiences, threads, binary=binary, latency_samples=latency_samples
+    )
     result["wall_s"] = time.perf_counter() - t
     return result
 

@@ -28,11 +28,20 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target" / "release" / "segmint-bench"
 
 
-def run(events: Path, audiences: Path, threads: int, hot: int | None = None) -> dict[str, Any]:
+def run(
+    events: Path,
+    audiences: Path,
+    threads: int,
+    hot: int | None = None,
+    binary: Path = BIN,
+    latency_samples: int | None = None,
+) -> dict[str, Any]:
     """Runs the Rust benchmark once and returns its figures."""
-    cmd = [str(BIN), str(events), str(audiences), "--threads", str(threads)]
+    cmd = [str(binary), str(events), str(audiences), "--threads", str(threads)]
     if hot is not None:
         cmd += ["--hot", str(hot)]
+    if latency_samples is not None:
+        cmd += ["--latency-samples", str(latency_samples)]
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     result: dict[str, Any] = json.loads(done.stdout)
     return result

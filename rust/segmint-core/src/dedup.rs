@@ -16,6 +16,12 @@ use crate::time::Millis;
 /// The fewest ids the set holds before its first sweep.
 const FIRST_SWEEP: usize = 1024;
 
+/// The size at which a set of `len` ids (just swept or restored) is swept
+/// next: when it has doubled.
+fn next_sweep(len: usize) -> usize {
+    (2 * len).max(FIRST_SWEEP)
+}
+
 /// Message ids with the instant each was last accepted.
 #[derive(Debug, Clone)]
 pub struct SeenMessages {
@@ -58,7 +64,7 @@ impl SeenMessages {
     pub fn expire(&mut self, cutoff: Millis) {
         if self.seen.len() >= self.sweep_at {
             self.seen.retain(|_, &mut seen| seen > cutoff);
-            self.sweep_at = (2 * self.seen.len()).max(FIRST_SWEEP);
+            self.sweep_at = next_sweep(self.seen.len());
         }
     }
 
@@ -89,7 +95,7 @@ impl SeenMessages {
 impl FromIterator<(Arc<str>, Millis)> for SeenMessages {
     fn from_iter<I: IntoIterator<Item = (Arc<str>, Millis)>>(iter: I) -> Self {
         let seen: HashMap<Arc<str>, Millis> = iter.into_iter().collect();
-        let sweep_at = (2 * seen.len()).max(FIRST_SWEEP);
+        let sweep_at = next_sweep(seen.len());
         Self { seen, sweep_at }
     }
 }

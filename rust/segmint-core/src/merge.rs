@@ -56,7 +56,7 @@ fn merge_runs_with(
     min_part: usize,
 ) {
     let total: usize = runs.iter().map(|r| r.len()).sum();
-    let splitters = splitters(runs, want.min(total / min_part).max(1));
+    let splitters = splitters(runs, total, want.min(total / min_part).max(1));
     // bounds[r][j]..bounds[r][j + 1] is run r's share of part j: the keys
     // between splitters j - 1 (included) and j (excluded).
     let bounds: Vec<Vec<usize>> = runs
@@ -94,15 +94,14 @@ fn merge_runs_with(
     }
 }
 
-/// Up to `parts - 1` distinct keys, ascending, that cut the runs' keys
-/// into about equal parts (sampled evenly within each run, a run's share
-/// of the samples following its size).
-fn splitters(runs: &[&[ShardChange]], parts: usize) -> Vec<Key> {
+/// Up to `parts - 1` distinct keys, ascending, that cut the runs' `total`
+/// keys into about equal parts (sampled evenly within each run, a run's
+/// share of the samples following its size).
+fn splitters(runs: &[&[ShardChange]], total: usize, parts: usize) -> Vec<Key> {
     if parts <= 1 {
         return Vec::new();
     }
     let per_run = parts * SAMPLES_PER_PART;
-    let total: usize = runs.iter().map(|r| r.len()).sum();
     let mut samples: Vec<Key> = Vec::new();
     for run in runs {
         // A run's share of the samples follows its share of the changes.
@@ -225,7 +224,7 @@ mod tests {
     #[test]
     fn splitters_are_ascending_and_distinct() {
         let run: Vec<ShardChange> = (0..1000).map(|i| change((i / 10, 0, 0), 1, 0)).collect();
-        let s = splitters(&[&run], 8);
+        let s = splitters(&[&run], run.len(), 8);
         assert!(!s.is_empty() && s.len() < 8);
         assert!(s.windows(2).all(|w| w[0] < w[1]));
     }
