@@ -432,6 +432,9 @@ pub struct StateIndex {
     pub thresholds: Vec<(ViewId, Vec<ThresholdAtom>)>,
     /// Every live atom that reads this state (for future-event timers).
     pub all: Vec<AtomId>,
+    /// The views an update of this state can move: those over it, and
+    /// those counting since its latest event.
+    pub views: Vec<ViewId>,
 }
 
 /// The states of one event name and how an event is matched against
@@ -1024,6 +1027,16 @@ impl Catalog {
         self.trait_test = vec![None; self.atoms.len()];
         self.by_event.clear();
         self.state_index = vec![StateIndex::default(); self.states.len()];
+        for (id, view) in self.views.iter().enumerate() {
+            self.state_index[view.state as usize]
+                .views
+                .push(id as ViewId);
+            if let WindowDef::Since(anchor) = view.window {
+                if anchor != view.state {
+                    self.state_index[anchor as usize].views.push(id as ViewId);
+                }
+            }
+        }
         self.atom_rules = vec![Vec::new(); self.atoms.len()];
         self.timer_lead = self.timer_leads();
         self.timer_group = vec![Vec::new(); self.atoms.len()];

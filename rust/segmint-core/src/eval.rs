@@ -101,6 +101,33 @@ impl ViewMemo {
         }
     }
 
+    /// Carries a view's value, if computed in this pass, over a change of
+    /// the user's entries: `update` gives the new value from the old one,
+    /// or None where it cannot, and the view is then computed afresh when
+    /// next read. (The pass stays open: values of views the change did not
+    /// touch stay known.)
+    pub fn carry(
+        &mut self,
+        view: u32,
+        update: impl FnOnce(&Option<Value>) -> Option<Option<Value>>,
+    ) {
+        let i = view as usize;
+        if self.stamps.get(i) != Some(&self.pass) {
+            return;
+        }
+        match update(&self.values[i]) {
+            Some(value) => self.values[i] = value,
+            None => self.stamps[i] = 0,
+        }
+    }
+
+    /// Forgets the `since(E)` base of `state` found in this pass.
+    pub fn forget_event_base(&mut self, state: StateId) {
+        if let Some(entry) = self.event_bases.get_mut(state as usize) {
+            entry.0 = 0;
+        }
+    }
+
     fn bases(&self, base: Base) -> (&Vec<(u32, Option<Millis>)>, usize) {
         match base {
             Base::Event(s) => (&self.event_bases, s as usize),

@@ -592,6 +592,14 @@ impl UserState {
         buffered.max(summarised)
     }
 
+    /// Whether an entry at `t` (at or before `now`) follows every visible
+    /// entry: none lies in `(t, now]`.
+    pub fn follows_visible(&self, t: Millis, now: Millis) -> bool {
+        let times = &self.times[..];
+        let end = visible_end(times, now);
+        end == 0 || times[end - 1] <= t
+    }
+
     /// The earliest entry still in the future (`t > now`).
     pub fn next_visible(&self, now: Millis) -> Option<Millis> {
         let times = &self.times[..];
@@ -666,6 +674,39 @@ fn visible_end(times: &[Millis], now: Millis) -> usize {
         return times.len();
     }
     times.partition_point(|&e| e <= now)
+}
+
+/// The aggregate after one entry (`value`) was appended after every entry
+/// it folded, from the aggregate `before`; None where that cannot be told
+/// from `before` alone. Exact: the same operations in the same order as
+/// [`aggregate`] (whose fold of the entries then ends with the new one),
+/// so the result is the one [`aggregate`] gives, to the bit.
+pub fn aggregate_appended(
+    func: AggFunc,
+    before: &Option<Value>,
+    value: Option<&Value>,
+) -> Option<Option<Value>> {
+    let number = value.and_then(Value::as_num);
+    let folded = |start: f64, step: fn(f64, f64) -> f64| -> Option<Option<Value>> {
+        Some(match (before, number) {
+            // A value that is not a number is not folded.
+            (_, None) => before.clone(),
+            (None, Some(x)) => Some(Value::Num(step(start, x))),
+            (Some(Value::Num(acc)), Some(x)) => Some(Value::Num(step(*acc, x))),
+            (Some(_), Some(_)) => return None,
+        })
+    };
+    match func {
+        AggFunc::Count | AggFunc::Did => match before {
+            Some(Value::Num(n)) => Some(Some(Value::Num(n + 1.0))),
+            _ => None,
+        },
+        // The fold's starting values when no entry had a number.
+        AggFunc::Sum => folded(0.0, |a, x| a + x),
+        AggFunc::Min => folded(f64::INFINITY, f64::min),
+        AggFunc::Max => folded(f64::NEG_INFINITY, f64::max),
+        _ => None,
+    }
 }
 
 /// Computes an aggregate over a window's entries (and the summary when
@@ -932,6 +973,57 @@ mod tests {
             prop_assert_eq!(last, raw.iter().rev().find_map(|e| e.1.clone()));
             let first = aggregate(AggFunc::First, entries, s.summary(), with);
             prop_assert_eq!(first, raw.iter().find_map(|e| e.1.clone()));
+        }
+
+        /// An aggregate carried over an entry appended after every other
+        /// ([`aggregate_appended`]) is, to the bit, the one computed
+        /// afresh, with a summary or without, numbers with fractions (whose
+        /// sums round), strings and missing values among them.
+        #[test]
+        fn appended_aggregates_equal_fresh_ones(
+            entries in proptest::collection::vec(
+                (0i64..100, proptest::option::of(prop_oneof![
+                    4 => (-500i64..500).prop_map(|n| Value::Num(n as f64 / 10.0)),
+                    1 => "[ab]".prop_map(|s| Value::Str(s.as_str().into())),
+                ])),
+                0..30,
+            ),
+            last in proptest::option::of(prop_oneof![
+                4 => (-500i64..500).prop_map(|n| Value::Num(n as f64 / 10.0)),
+                1 => "[ab]".prop_map(|s| Value::Str(s.as_str().into())),
+            ]),
+            horizon in 0i64..100,
+            w in 1i64..150,
+        ) {
+            let now = 150;
+            let d = def(w.min(100), true);
+            let mut s = UserState::default();
+            for (t, v) in &entries {
+                s.insert(*t, v.clone());
+            }
+            s.evict(horizon, &d);
+            let windows = [WindowDef::All, WindowDef::Last(w)];
+            let funcs = [AggFunc::Count, AggFunc::Did, AggFunc::Sum, AggFunc::Min, AggFunc::Max];
+            let fresh = |s: &UserState, window, func| {
+                let (entries, with) = window_range(s, window, now, None).unwrap();
+                aggregate(func, entries, s.summary(), with)
+            };
+            let before: Vec<Option<Value>> = windows.iter()
+                .flat_map(|&window| funcs.iter().map(move |&func| (window, func)))
+                .map(|(window, func)| fresh(&s, window, func))
+                .collect();
+            // After every entry, inside both windows.
+            s.insert(now, last.clone());
+            let pairs = windows.iter().flat_map(|&window| funcs.iter().map(move |&func| (window, func)));
+            for ((window, func), before) in pairs.zip(&before) {
+                let carried = aggregate_appended(func, before, last.as_ref());
+                prop_assert!(carried.is_some(), "{:?} over {:?}", func, window);
+                let bits = |v: &Option<Value>| v.as_ref().map(|v| match v {
+                    Value::Num(n) => n.to_bits().to_string(),
+                    other => format!("{other:?}"),
+                });
+                prop_assert_eq!(bits(&carried.unwrap()), bits(&fresh(&s, window, func)));
+            }
         }
 
         /// The value column keeps numbers as numbers until a string or a
