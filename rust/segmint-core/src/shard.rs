@@ -1510,7 +1510,13 @@ impl Shard {
             // false on every profile without events cannot take them in.
             let without_events = stateless[local % BACKFILL_AHEAD];
             for &atom in &timed {
-                if without_events && cat.atoms[atom as usize].reads_only_states() {
+                // The same for an atom reading only states the profile has
+                // never had an entry in (states are never dropped): most
+                // profiles with events have no order, say.
+                let def = &cat.atoms[atom as usize];
+                let user = &self.users[local];
+                let never_had = || def.states.iter().all(|&s| user.state(s).is_none());
+                if def.reads_only_states() && (without_events || never_had()) {
                     debug_assert_eq!(
                         self.env(step, local)
                             .next_change(&cat.atoms[atom as usize].expr),
