@@ -433,7 +433,7 @@ pub struct StateIndex {
     /// Every live atom that reads this state (for future-event timers).
     pub all: Vec<AtomId>,
     /// The views an update of this state can move: those over it, and
-    /// those counting since its latest event.
+    /// those whose window starts at its latest event (`since "X"`).
     pub views: Vec<ViewId>,
 }
 

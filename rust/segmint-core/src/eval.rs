@@ -39,8 +39,9 @@ pub struct UserEnv<'a> {
     traits: Option<&'a [(TraitKey, Value)]>,
 }
 
-/// The values of the views computed for one user at one instant, while its
-/// states stay as they are (a pass). A dozen rules compare the same
+/// The values of the views computed for one user at one instant, within a
+/// pass: while its states stay as they are, or change in ways the caller
+/// carries the values over (see [`ViewMemo::carry`]). A dozen rules compare the same
 /// `sum("Order Completed", revenue, 365d)` with different constants, and
 /// each comparison would otherwise walk the window's entries again.
 #[derive(Debug, Clone, Default)]
@@ -73,7 +74,8 @@ enum Base {
 impl ViewMemo {
     /// Forgets every value and opens a pass for `user` at `now` (the
     /// caller begins a new one once the user's entries change in a way
-    /// that can move a view's value at `now`).
+    /// that can move a view's value at `now`, unless it carries the values
+    /// over the change with [`ViewMemo::carry`]).
     pub fn begin(&mut self, views: usize, user: &UserData, now: Millis) {
         self.pass = self.pass.wrapping_add(1);
         if self.pass == 0 {
@@ -177,7 +179,8 @@ impl<'a> UserEnv<'a> {
     }
 
     /// The same, keeping the views it computes in `memo` (whose pass the
-    /// caller has begun for this user, instant and states).
+    /// caller has begun for this user and instant, and whose values it has
+    /// kept up to date with the states).
     pub fn with_views(self, memo: &'a RefCell<ViewMemo>) -> Self {
         UserEnv {
             views: Some(memo),

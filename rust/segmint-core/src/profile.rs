@@ -376,7 +376,8 @@ impl UserData {
         self.traits.set_computed(ct, value)
     }
 
-    /// A state, if the user has any entry in it.
+    /// A state, if the user ever had an entry in it (a state stays when
+    /// eviction empties it: states are never dropped).
     pub fn state(&self, id: StateId) -> Option<&UserState> {
         // The list read once: each read of a `ThinBox` decodes its pointer.
         let states = &self.states[..];

@@ -599,8 +599,10 @@ impl Shard {
 
     /// Carries the pass's view values over an entry just added to state `s`
     /// at `t` (`appended`: its value, when it follows every visible entry;
-    /// see [`aggregate_appended`]): a count, sum, min or max gains it, a
-    /// window it falls outside of stays as it was, and the others are
+    /// see [`aggregate_appended`]): a view over the whole history or the
+    /// last `w` keeps its value when the entry falls outside its window, and
+    /// a count, sum, min or max gains the entry; the others, and every
+    /// window counted since an event (its start moves with that event), are
     /// computed afresh when read. An order moves four `sum(revenue)`
     /// windows of a buyer with hundreds of orders, each a walk over them.
     fn carry_views(

@@ -676,11 +676,23 @@ fn visible_end(times: &[Millis], now: Millis) -> usize {
     times.partition_point(|&e| e <= now)
 }
 
+/// A min or max of zero as `+0.0`: which zero `f64::min` returns among
+/// equal ones is unspecified (and a vectorised fold picks its own), so the
+/// sign would depend on how the entries were folded.
+fn unsigned_zero(x: f64) -> f64 {
+    if x == 0.0 {
+        0.0
+    } else {
+        x
+    }
+}
+
 /// The aggregate after one entry (`value`) was appended after every entry
 /// it folded, from the aggregate `before`; None where that cannot be told
-/// from `before` alone. Exact: the same operations in the same order as
-/// [`aggregate`] (whose fold of the entries then ends with the new one),
-/// so the result is the one [`aggregate`] gives, to the bit.
+/// from `before` alone. Exact: a sum adds the new number last, as
+/// [`aggregate`]'s fold then does, and a min or max is the min or max
+/// of the two (zero unsigned, as in [`aggregate`]), so the result is the
+/// one [`aggregate`] gives, to the bit.
 pub fn aggregate_appended(
     func: AggFunc,
     before: &Option<Value>,
@@ -703,8 +715,8 @@ pub fn aggregate_appended(
         },
         // The fold's starting values when no entry had a number.
         AggFunc::Sum => folded(0.0, |a, x| a + x),
-        AggFunc::Min => folded(f64::INFINITY, f64::min),
-        AggFunc::Max => folded(f64::NEG_INFINITY, f64::max),
+        AggFunc::Min => folded(f64::INFINITY, |a, x| unsigned_zero(a.min(x))),
+        AggFunc::Max => folded(f64::NEG_INFINITY, |a, x| unsigned_zero(a.max(x))),
         _ => None,
     }
 }
@@ -736,10 +748,10 @@ pub fn aggregate(
                 AggFunc::Min => fold(kept.map_or(f64::INFINITY, |s| s.min), f64::min),
                 _ => fold(kept.map_or(f64::NEG_INFINITY, |s| s.max), f64::max),
             };
-            let value = if func == AggFunc::Avg {
-                folded / n as f64
-            } else {
-                folded
+            let value = match func {
+                AggFunc::Avg => folded / n as f64,
+                AggFunc::Min | AggFunc::Max => unsigned_zero(folded),
+                _ => folded,
             };
             (n > 0).then_some(Value::Num(value))
         }
@@ -978,18 +990,21 @@ mod tests {
         /// An aggregate carried over an entry appended after every other
         /// ([`aggregate_appended`]) is, to the bit, the one computed
         /// afresh, with a summary or without, numbers with fractions (whose
-        /// sums round), strings and missing values among them.
+        /// sums round), zeros of both signs, strings and missing values
+        /// among them.
         #[test]
         fn appended_aggregates_equal_fresh_ones(
             entries in proptest::collection::vec(
                 (0i64..100, proptest::option::of(prop_oneof![
                     4 => (-500i64..500).prop_map(|n| Value::Num(n as f64 / 10.0)),
+                    1 => proptest::sample::select(vec![0.0, -0.0, 1.0, -1.0]).prop_map(Value::Num),
                     1 => "[ab]".prop_map(|s| Value::Str(s.as_str().into())),
                 ])),
                 0..30,
             ),
             last in proptest::option::of(prop_oneof![
                 4 => (-500i64..500).prop_map(|n| Value::Num(n as f64 / 10.0)),
+                1 => proptest::sample::select(vec![0.0, -0.0, 1.0, -1.0]).prop_map(Value::Num),
                 1 => "[ab]".prop_map(|s| Value::Str(s.as_str().into())),
             ]),
             horizon in 0i64..100,
