@@ -853,7 +853,8 @@ def aggregate(func: str, evs: list[TrackedEvent], prop: str | None) -> Value:
             return float(sum(nums))
         if func == "avg":
             return float(sum(nums)) / len(nums)
-        return min(nums) if func == "min" else max(nums)
+        # + 0.0: a zero is 0, never -0 (docs/semantics.md).
+        return (min(nums) if func == "min" else max(nums)) + 0.0
     scalars = [(e, v) for e, v in having if tag(v) in ("bool", "num", "str")]
     if func == "distinct":
         return float(len({value_key(v) for _, v in scalars}))
