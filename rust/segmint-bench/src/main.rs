@@ -3,8 +3,13 @@
 //! JSON list of `[key, rule]`). Prints one JSON object of figures.
 //!
 //! Usage: `segmint-bench EVENTS.ndjson AUDIENCES.json [--threads N]
-//! [--shards N] [--chunk N] [--latency-samples N] [--hot K]
+//! [--shards N] [--chunk N] [--latency-samples N] [--probe-tail N] [--hot K]
 //! [--max-events N] [--data-dir DIR --fsync always|interval|never]`
+//!
+//! The latency samples are events spread over the stream, held back and
+//! sent one per call at the end; with `--probe-tail N`, the stream's last
+//! N events instead (a file ending with one kind of event times that kind
+//! on profiles with the whole history behind them).
 //!
 //! With `--data-dir` the engine is durable: ingest figures include the
 //! write-ahead log, and the run ends by measuring recovery (log replay),
@@ -64,13 +69,14 @@ fn rss_bytes() -> u64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        eprintln!("usage: segmint-bench EVENTS.ndjson AUDIENCES.json [--threads N] [--shards N] [--chunk N] [--latency-samples N] [--hot K]");
+        eprintln!("usage: segmint-bench EVENTS.ndjson AUDIENCES.json [--threads N] [--shards N] [--chunk N] [--latency-samples N] [--probe-tail N] [--hot K]");
         std::process::exit(2);
     }
     let threads = arg(&args, "--threads", 1);
     let shards = arg(&args, "--shards", threads);
     let chunk = arg(&args, "--chunk", 50_000);
     let latency_samples = arg(&args, "--latency-samples", 20_000);
+    let probe_tail = arg(&args, "--probe-tail", 0);
     let hot = arg(&args, "--hot", usize::MAX);
 
     let limits = Limits {
@@ -134,9 +140,14 @@ fn main() {
 
     // Hold back a sample of events to time one by one at the end.
     let sample_every = (events.len() / latency_samples.max(1)).max(1);
+    let tail_from = events.len().saturating_sub(probe_tail);
     let (mut bulk, mut probes) = (Vec::with_capacity(events.len()), Vec::new());
     for (i, e) in events.into_iter().enumerate() {
-        if i % sample_every == sample_every - 1 && probes.len() < latency_samples {
+        let probe = match probe_tail {
+            0 => i % sample_every == sample_every - 1 && probes.len() < latency_samples,
+            _ => i >= tail_from,
+        };
+        if probe {
             probes.push(e);
         } else {
             bulk.push(e);
