@@ -404,9 +404,15 @@ impl Shard {
     /// Opens an evaluation pass: the user's states stay as they are until
     /// it ends, only memberships move.
     fn begin_pass(&mut self, step: Step<'_>, local: usize) {
+        self.begin_truths(step);
+        self.begin_views(step, local);
+    }
+
+    /// Forgets the atom truths and rule results of the pass, keeping its
+    /// view values (still right, or carried over the change).
+    fn begin_truths(&mut self, step: Step<'_>) {
         self.memo.begin(step.cat.atoms.len());
         self.rule_memo.begin(step.cat.rule_classes);
-        self.begin_views(step, local);
     }
 
     fn set_member(&mut self, local: usize, uid: u32, aud: AudId, member: bool, at: Millis) {
@@ -625,9 +631,12 @@ impl Shard {
                     continue;
                 }
             };
-            self.views.carry(view, |before| match in_window {
-                false => Some(before.clone()),
-                true => aggregate_appended(def.func, before, appended?),
+            self.views.carry(view, |before| {
+                if in_window {
+                    aggregate_appended(def.func, before, appended?)
+                } else {
+                    Some(before.clone())
+                }
             });
         }
     }
@@ -1261,8 +1270,7 @@ impl Shard {
         // From here to the rules' pass the user's state stays as it is
         // (eviction below keeps every value at `now`). The views' values
         // were carried over the new entries: the pass goes on with them.
-        self.memo.begin(cat.atoms.len());
-        self.rule_memo.begin(cat.rule_classes);
+        self.begin_truths(step);
         let after = self.atom_truths(step, local, &general, false);
         let mut timed: SmallVec<[AtomId; 32]> = SmallVec::new();
         for (i, &atom) in general.iter().enumerate() {
@@ -1461,8 +1469,7 @@ impl Shard {
         self.firing = firing;
         if !due.is_empty() {
             // Computed traits may have changed: atoms and rules afresh.
-            self.memo.begin(step.cat.atoms.len());
-            self.rule_memo.begin(step.cat.rule_classes);
+            self.begin_truths(step);
         }
         // Time changes at one instant go user by user: this user's
         // computed-trait changes, then its audiences in rank order.
@@ -1519,11 +1526,7 @@ impl Shard {
                 let user = &self.users[local];
                 let never_had = || def.states.iter().all(|&s| user.state(s).is_none());
                 if def.reads_only_states() && (without_events || never_had()) {
-                    debug_assert_eq!(
-                        self.env(step, local)
-                            .next_change(&cat.atoms[atom as usize].expr),
-                        None
-                    );
+                    debug_assert_eq!(self.env(step, local).next_change(&def.expr), None);
                     continue;
                 }
                 self.reschedule(step, local, uid, atom);

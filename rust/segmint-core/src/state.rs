@@ -1017,20 +1017,20 @@ mod tests {
                 s.insert(*t, v.clone());
             }
             s.evict(horizon, &d);
-            let windows = [WindowDef::All, WindowDef::Last(w)];
             let funcs = [AggFunc::Count, AggFunc::Did, AggFunc::Sum, AggFunc::Min, AggFunc::Max];
+            let pairs: Vec<(WindowDef, AggFunc)> = [WindowDef::All, WindowDef::Last(w)]
+                .into_iter()
+                .flat_map(|window| funcs.map(|func| (window, func)))
+                .collect();
             let fresh = |s: &UserState, window, func| {
                 let (entries, with) = window_range(s, window, now, None).unwrap();
                 aggregate(func, entries, s.summary(), with)
             };
-            let before: Vec<Option<Value>> = windows.iter()
-                .flat_map(|&window| funcs.iter().map(move |&func| (window, func)))
-                .map(|(window, func)| fresh(&s, window, func))
-                .collect();
+            let before: Vec<Option<Value>> =
+                pairs.iter().map(|&(window, func)| fresh(&s, window, func)).collect();
             // After every entry, inside both windows.
             s.insert(now, last.clone());
-            let pairs = windows.iter().flat_map(|&window| funcs.iter().map(move |&func| (window, func)));
-            for ((window, func), before) in pairs.zip(&before) {
+            for (&(window, func), before) in pairs.iter().zip(&before) {
                 let carried = aggregate_appended(func, before, last.as_ref());
                 prop_assert!(carried.is_some(), "{:?} over {:?}", func, window);
                 let bits = |v: &Option<Value>| v.as_ref().map(|v| match v {
