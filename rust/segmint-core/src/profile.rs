@@ -453,44 +453,64 @@ impl UserData {
         self.memberships.trim();
     }
 
-    /// Reads what evaluating this profile will reach first (the start of
-    /// the traits and of the memberships, one element per 64 bytes of the
-    /// timers and of the states, and the first instant of each of
-    /// `states`) and returns a value folded from it, for
-    /// the caller to pass to [`std::hint::black_box`]. A pass over many
-    /// profiles warms a few dozen ahead this way: their loads miss the
-    /// cache independently, so they wait out one memory latency together,
-    /// where evaluating profile after profile waits for each miss in turn.
-    pub fn warm(&self, states: &[StateId]) -> u64 {
-        // Lists are searched by bisection, which reaches any of their lines.
-        let timers = self
-            .timers
-            .iter()
-            .step_by(per_cache_line::<Stamped>())
-            .map(|t| u64::from(t.id));
+    /// Reads what evaluating this profile will reach first: the start of
+    /// the traits and one element per 64 bytes of the state list (lists
+    /// are searched by bisection, which reaches any of their lines). It
+    /// returns a value folded from them, for the caller to pass to
+    /// [`std::hint::black_box`]. A pass over many profiles warms a few
+    /// dozen ahead this way: their loads miss the cache independently, so
+    /// they wait out one memory latency together, where evaluating profile
+    /// after profile waits for each miss in turn.
+    pub fn warm_lists(&self) -> u64 {
         let state_ids = self
             .states
             .iter()
             .step_by(per_cache_line::<(StateId, UserState)>())
             .map(|(s, _)| u64::from(*s));
-        let lists = u64::from(self.traits.first_byte())
-            + u64::from(self.memberships.first_unit())
-            + timers.chain(state_ids).fold(0, u64::wrapping_add);
-        states
-            .iter()
-            .filter_map(|&s| self.state(s))
-            .fold(lists, |acc, state| {
-                acc.wrapping_add(state.first_instant() as u64)
-            })
+        u64::from(self.traits.first_byte()) + state_ids.fold(0, u64::wrapping_add)
     }
 
-    /// [`UserData::warm`] of every state the profile holds: an event or
-    /// a timer reads states not known before it is handled.
+    /// The second step of [`UserData::warm_lists`], once the state list is
+    /// in the cache: the first instant of each of `states` the profile
+    /// holds, its timers where it holds any of them (a pass reschedules
+    /// the atoms reading them), and its memberships where `memberships`.
+    /// Two steps, because a state's place is known only once the list is
+    /// read: in one, each profile's loads would wait for each other.
+    pub fn warm_states(&self, states: &[StateId], memberships: bool) -> u64 {
+        let (held, instants) = states
+            .iter()
+            .filter_map(|&s| self.state(s))
+            .fold((false, 0u64), |(_, acc), state| {
+                (true, acc.wrapping_add(state.first_instant() as u64))
+            });
+        let timers = if held { self.warm_timers() } else { 0 };
+        let listed = if memberships {
+            u64::from(self.memberships.first_unit())
+        } else {
+            0
+        };
+        instants.wrapping_add(timers).wrapping_add(listed)
+    }
+
+    /// Both steps of warming for an event or a timer, which read states
+    /// not known before it is handled: every state, the timers and the
+    /// memberships.
     pub fn warm_all(&self) -> u64 {
         let states = self.states.iter().fold(0u64, |acc, (_, state)| {
             acc.wrapping_add(state.first_instant() as u64)
         });
-        self.warm(&[]).wrapping_add(states)
+        self.warm_lists()
+            .wrapping_add(u64::from(self.memberships.first_unit()))
+            .wrapping_add(self.warm_timers())
+            .wrapping_add(states)
+    }
+
+    /// One timer per 64 bytes of the list (see [`UserData::warm_lists`]).
+    fn warm_timers(&self) -> u64 {
+        self.timers
+            .iter()
+            .step_by(per_cache_line::<Stamped>())
+            .fold(0u64, |acc, t| acc.wrapping_add(u64::from(t.id)))
     }
 
     /// Approximate heap bytes.
