@@ -302,7 +302,7 @@ impl AudienceList {
     }
 
     /// The first unit (0 when empty), read to bring the list into the
-    /// cache ahead of its use (see [`crate::profile::UserData::warm`]).
+    /// cache ahead of its use (see [`crate::profile::UserData::warm_states`]).
     pub fn first_unit(&self) -> u16 {
         self.units.first().copied().unwrap_or(0)
     }

@@ -902,7 +902,7 @@ impl Shard {
     }
 
     /// Brings the profiles of `uids` (those that exist) into the cache
-    /// together (see [`UserData::warm`]): a batch's or an advance's users
+    /// together (see [`UserData::warm_all`]): a batch's or an advance's users
     /// are spread over the whole store, each a chain of cache misses
     /// (profile, lists, states) that would otherwise be waited out one
     /// user after the other.

@@ -559,7 +559,7 @@ impl UserState {
 
     /// The earliest buffered instant (0 when none), read to bring the
     /// instants into the cache ahead of their use (see
-    /// [`crate::profile::UserData::warm`]).
+    /// [`crate::profile::UserData::warm_states`]).
     pub fn first_instant(&self) -> Millis {
         self.times.first().copied().unwrap_or(0)
     }

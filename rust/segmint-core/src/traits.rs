@@ -423,7 +423,7 @@ impl Traits {
 
     /// The first packed byte (0 when none), read to bring the traits into
     /// the cache ahead of their use (see
-    /// [`crate::profile::UserData::warm`]).
+    /// [`crate::profile::UserData::warm_lists`]).
     pub fn first_byte(&self) -> u8 {
         self.packed.first().copied().unwrap_or(0)
     }
