@@ -78,7 +78,6 @@ fn main() {
     let latency_samples = arg(&args, "--latency-samples", 20_000);
     let probe_tail = arg(&args, "--probe-tail", 0);
     let hot = arg(&args, "--hot", usize::MAX);
-    let backfills = arg(&args, "--backfills", 15).max(1);
 
     let limits = Limits {
         max_batch_bytes: usize::MAX,
@@ -114,6 +113,10 @@ fn main() {
         ..Default::default()
     };
     let data_dir = text_arg(&args, "--data-dir").map(std::path::PathBuf::from);
+    // Durable, every backfill is a logged definition that recovery replays:
+    // one, as before, keeps the replay figure to the events.
+    let default_backfills = if data_dir.is_some() { 1 } else { 15 };
+    let backfills = arg(&args, "--backfills", default_backfills).max(1);
     let fsync_name = text_arg(&args, "--fsync").unwrap_or("always").to_owned();
     let storage = data_dir.as_ref().map(|dir| StorageConfig {
         dir: dir.clone(),
