@@ -56,6 +56,10 @@ def bench_command(binary: Path, events: Path, audiences: Path, threads: int) -> 
         str(threads),
         "--latency-samples",
         str(LATENCY_SAMPLES),
+        # One backfill, as builds before `--backfills` (which ignore the
+        # flag) time it: like for like.
+        "--backfills",
+        "1",
     ]
 
 
