@@ -135,55 +135,67 @@ impl<T> FromIterator<T> for ChunkedDeque<T> {
 /// evaluated, so the membership stays right while the rule waits.
 #[derive(Debug, Clone, Default)]
 pub struct RankQueue {
-    words: Vec<u64>,
-    /// Queued ranks whose membership is known...
-    known: Vec<u64>,
-    /// ...and that membership.
-    member: Vec<u64>,
+    /// Per 64 ranks: the queued ones, those of them whose membership is
+    /// known, and that membership; side by side, so that a rank's three
+    /// bits are one bounds check and one cache line apart.
+    words: Vec<RankWord>,
     /// No bit lies in a word below this one.
     low: usize,
     len: usize,
 }
 
+/// The bits of 64 consecutive ranks in a [`RankQueue`].
+#[derive(Debug, Clone, Copy, Default)]
+struct RankWord {
+    queued: u64,
+    known: u64,
+    member: u64,
+}
+
 impl RankQueue {
     /// Queues `rank` (once).
     pub fn insert(&mut self, rank: u32) {
-        if let Some((w, bit)) = self.queue(rank) {
-            self.known[w] &= !bit;
+        let (w, bit) = self.grow_to(rank);
+        let word = &mut self.words[w];
+        if word.queued & bit == 0 {
+            word.queued |= bit;
+            word.known &= !bit;
+            self.count_queued(w);
         }
     }
 
     /// Queues `rank` (once), with the user's current membership of its
     /// rule.
     pub fn insert_known(&mut self, rank: u32, member: bool) {
-        let (w, bit) = (rank as usize / 64, 1u64 << (rank % 64));
-        self.queue(rank);
-        self.known[w] |= bit;
-        if member {
-            self.member[w] |= bit;
-        } else {
-            self.member[w] &= !bit;
+        let (w, bit) = self.grow_to(rank);
+        let word = &mut self.words[w];
+        let fresh = word.queued & bit == 0;
+        word.queued |= bit;
+        word.known |= bit;
+        // The membership bit set to `member`, without a branch.
+        word.member = (word.member & !bit) | (bit & u64::from(member).wrapping_neg());
+        if fresh {
+            self.count_queued(w);
         }
     }
 
-    /// Sets `rank`'s bit; the word and bit when it was not queued yet.
-    fn queue(&mut self, rank: u32) -> Option<(usize, u64)> {
+    /// The word and bit of `rank`, the words grown to hold it.
+    #[inline]
+    fn grow_to(&mut self, rank: u32) -> (usize, u64) {
         let w = rank as usize / 64;
         if w >= self.words.len() {
-            self.words.resize(w + 1, 0);
-            self.known.resize(w + 1, 0);
-            self.member.resize(w + 1, 0);
+            self.words.resize(w + 1, RankWord::default());
         }
-        let bit = 1u64 << (rank % 64);
-        if self.words[w] & bit != 0 {
-            return None;
-        }
-        self.words[w] |= bit;
+        (w, 1u64 << (rank % 64))
+    }
+
+    /// Counts a rank newly queued in word `w`.
+    #[inline]
+    fn count_queued(&mut self, w: usize) {
         if self.len == 0 || w < self.low {
             self.low = w;
         }
         self.len += 1;
-        Some((w, bit))
     }
 
     /// Removes and returns the lowest queued rank, with the membership it
@@ -192,14 +204,15 @@ impl RankQueue {
         if self.len == 0 {
             return None;
         }
-        while self.words[self.low] == 0 {
+        while self.words[self.low].queued == 0 {
             self.low += 1;
         }
         let w = self.low;
-        let bit = self.words[w] & self.words[w].wrapping_neg();
-        self.words[w] &= !bit;
+        let word = &mut self.words[w];
+        let bit = word.queued & word.queued.wrapping_neg();
+        word.queued &= !bit;
         self.len -= 1;
-        let member = (self.known[w] & bit != 0).then_some(self.member[w] & bit != 0);
+        let member = (word.known & bit != 0).then_some(word.member & bit != 0);
         Some(((w * 64) as u32 + bit.trailing_zeros(), member))
     }
 
