@@ -500,8 +500,10 @@ impl Shard {
                     KeyTruths::Unkept(r) => Some(trait_truths.get_unkept(r)),
                 })
                 .collect();
-            let mut truths: SmallVec<[bool; 128]> = SmallVec::with_capacity(plan.atoms.len());
-            for (&a, &test) in plan.atoms.iter().zip(plan.tests.iter()) {
+            // Collected, not pushed one by one: a `SmallVec` push checks
+            // where its items live each time, and a list of keys has
+            // hundreds of atoms.
+            let truth = |(&a, &test): (&AtomId, &Option<(u32, u32)>)| {
                 let empty = match cat.empty_atom_truth.get(a as usize) {
                     Some(&Some(truth)) if new => Some(truth),
                     _ => None,
@@ -511,12 +513,16 @@ impl Shard {
                     let row = rows.get(index as usize)?;
                     Some(row.is_some_and(|row| row[position as usize]))
                 });
-                truths.push(looked_up.unwrap_or_else(|| {
+                looked_up.unwrap_or_else(|| {
                     evaluated += 1;
                     eval_atom(&cat.atoms[a as usize], &env)
-                }));
-            }
-            truths
+                })
+            };
+            plan.atoms
+                .iter()
+                .zip(plan.tests.iter())
+                .map(truth)
+                .collect::<SmallVec<[bool; 128]>>()
         });
         self.counters.atom_evaluations += evaluated;
         truths
