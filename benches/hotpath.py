@@ -107,9 +107,10 @@ def section(
     first_build = next(iter(runs.values()))
     first = first_build[0]
     how = "both at the same time, one core each" if paired else "alternately"
+    flags = " ".join(bench_command(Path("segmint-bench"), events, audiences, threads)[3:])
     lines = [
         f"`python benches/hotpath.py` ran `segmint-bench {events.name} {audiences.name} "
-        f"--threads {threads} --latency-samples {LATENCY_SAMPLES}` with each build, {how}, "
+        f"{flags}` with each build, {how}, "
         f"{len(first_build)} runs each: {first['events']:,} events, "
         f"{first['users']:,} users, {first['audiences']:,} audiences, in memory. "
         "Events/s counts ingest of decoded events; with clock advances, also the "
