@@ -571,6 +571,10 @@ pub struct Catalog {
     /// in `by_trait[key]`; its truth is then a function of that trait's
     /// value alone (see [`crate::trait_truths`]).
     pub trait_test: Vec<Option<(TraitKey, u32)>>,
+    /// Per trait key, aligned with `by_trait[key]`: each atom's test when
+    /// it is one of that key (see `trait_test`), so that the truths of a
+    /// value are found without reading the atoms themselves.
+    pub key_tests: Vec<Vec<Option<LeafTest>>>,
     /// Every trait key seen, in rules or in events. Users store traits by
     /// these ids: one copy of each key, and integer lookups in rules.
     pub trait_keys: Interner,
@@ -1024,6 +1028,7 @@ impl Catalog {
         self.dependents = vec![Vec::new(); n];
         self.timed_by_audience = vec![Vec::new(); n];
         self.by_trait.clear();
+        self.key_tests.clear();
         self.trait_test = vec![None; self.atoms.len()];
         self.by_event.clear();
         self.state_index = vec![StateIndex::default(); self.states.len()];
@@ -1095,12 +1100,18 @@ impl Catalog {
             for &t in &atom.traits {
                 if self.by_trait.len() <= t as usize {
                     self.by_trait.resize_with(t as usize + 1, Vec::new);
+                    self.key_tests.resize_with(t as usize + 1, Vec::new);
                 }
                 self.by_trait[t as usize].push(id);
-                if matches!(&atom.test, Some((CExpr::Trait(k), _)) if *k == t) {
+                let test = match &atom.test {
+                    Some((CExpr::Trait(k), test)) if *k == t => Some(test.clone()),
+                    _ => None,
+                };
+                if test.is_some() {
                     let position = self.by_trait[t as usize].len() - 1;
                     self.trait_test[a] = Some((t, position as u32));
                 }
+                self.key_tests[t as usize].push(test);
             }
             if atom.timed {
                 for &aud in &atom.audiences {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use hashbrown::HashMap;
 
-use crate::catalog::{AtomId, Catalog, TraitKey};
+use crate::catalog::{AtomId, Catalog, LeafTest, TraitKey};
 use crate::value::{Value, ValueKey};
 
 /// Bytes of rows kept (one per test, over all keys) before the memo
@@ -159,14 +159,13 @@ pub struct TraitTruths {
 /// The truths of the tests of `key` (by position in `by_trait[key]`) for
 /// `value`, into `row`.
 fn fill_row(cat: &Catalog, key: TraitKey, value: Option<&Value>, row: &mut Vec<bool>) {
-    let atoms: &[AtomId] = cat.by_trait.get(key as usize).map_or(&[], Vec::as_slice);
+    let tests: &[Option<LeafTest>] = cat.key_tests.get(key as usize).map_or(&[], Vec::as_slice);
     row.clear();
-    row.extend(atoms.iter().enumerate().map(|(i, &a)| {
-        match (cat.trait_test[a as usize], &cat.atoms[a as usize].test) {
-            (Some((k, p)), Some((_, test))) if k == key && p as usize == i => test.holds(value),
-            _ => false,
-        }
-    }));
+    row.extend(
+        tests
+            .iter()
+            .map(|test| test.as_ref().is_some_and(|test| test.holds(value))),
+    );
 }
 
 impl TraitTruths {
