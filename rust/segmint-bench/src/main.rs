@@ -69,7 +69,11 @@ fn rss_bytes() -> u64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        eprintln!("usage: segmint-bench EVENTS.ndjson AUDIENCES.json [--threads N] [--shards N] [--chunk N] [--latency-samples N] [--probe-tail N] [--hot K] [--backfills N]");
+        eprintln!(
+            "usage: segmint-bench EVENTS.ndjson AUDIENCES.json [--threads N] [--shards N] \
+             [--chunk N] [--latency-samples N] [--probe-tail N] [--hot K] [--backfills N] \
+             [--max-events N] [--data-dir DIR --fsync always|interval|never]"
+        );
         std::process::exit(2);
     }
     let threads = arg(&args, "--threads", 1);

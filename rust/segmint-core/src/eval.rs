@@ -41,9 +41,10 @@ pub struct UserEnv<'a> {
 
 /// The values of the views computed for one user at one instant, within a
 /// pass: while its states stay as they are, or change in ways the caller
-/// carries the values over (see [`ViewMemo::carry`]). A dozen rules compare the same
-/// `sum("Order Completed", revenue, 365d)` with different constants, and
-/// each comparison would otherwise walk the window's entries again.
+/// carries the values over (see [`ViewMemo::carry`]). A dozen rules
+/// compare the same `sum("Order Completed", revenue, 365d)` with different
+/// constants, and each comparison would otherwise walk the window's
+/// entries again.
 #[derive(Debug, Clone, Default)]
 pub struct ViewMemo {
     pass: u32,

@@ -857,6 +857,16 @@ mod tests {
         }
     }
 
+    /// A kept value for the carried-aggregate proptest: numbers with
+    /// fractions (whose sums round), zeros of both signs, and strings.
+    fn appended_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            4 => (-500i64..500).prop_map(|n| Value::Num(n as f64 / 10.0)),
+            1 => proptest::sample::select(vec![0.0, -0.0, 1.0, -1.0]).prop_map(Value::Num),
+            1 => "[ab]".prop_map(|s| Value::Str(s.as_str().into())),
+        ]
+    }
+
     fn def(retention: Millis, archive: bool) -> StateDef {
         StateDef {
             event: "E".into(),
@@ -995,18 +1005,10 @@ mod tests {
         #[test]
         fn appended_aggregates_equal_fresh_ones(
             entries in proptest::collection::vec(
-                (0i64..100, proptest::option::of(prop_oneof![
-                    4 => (-500i64..500).prop_map(|n| Value::Num(n as f64 / 10.0)),
-                    1 => proptest::sample::select(vec![0.0, -0.0, 1.0, -1.0]).prop_map(Value::Num),
-                    1 => "[ab]".prop_map(|s| Value::Str(s.as_str().into())),
-                ])),
+                (0i64..100, proptest::option::of(appended_value())),
                 0..30,
             ),
-            last in proptest::option::of(prop_oneof![
-                4 => (-500i64..500).prop_map(|n| Value::Num(n as f64 / 10.0)),
-                1 => proptest::sample::select(vec![0.0, -0.0, 1.0, -1.0]).prop_map(Value::Num),
-                1 => "[ab]".prop_map(|s| Value::Str(s.as_str().into())),
-            ]),
+            last in proptest::option::of(appended_value()),
             horizon in 0i64..100,
             w in 1i64..150,
         ) {
