@@ -37,6 +37,12 @@ const INSTANT: usize = 4;
 const WIDE: u32 = 1 << 31;
 /// The largest slot a narrow list holds.
 const NARROW_MAX: AudId = u16::MAX as AudId;
+/// From this many flips at once, [`AudienceList::apply_flips`] rebuilds the
+/// list instead of editing it flip by flip.
+const MERGED_FLIPS: usize = 4;
+/// A rebuild costs about as much as editing the list once per this many
+/// memberships it holds.
+const REBUILD_PER_FLIP: usize = 5;
 
 /// A profile's audiences (slots, ascending) and when it entered each.
 #[derive(Clone, Default)]
@@ -70,10 +76,17 @@ impl AudienceList {
 
     /// [`AudienceList::from_sorted`] with the width chosen.
     fn build(entries: &[Stamped], wide: bool) -> AudienceList {
+        match most_frequent_instant(entries) {
+            Some(common) => AudienceList::build_around(entries, wide, common),
+            None => AudienceList::default(),
+        }
+    }
+
+    /// [`AudienceList::build`] with the common instant chosen (one of the
+    /// entries' instants).
+    fn build_around(entries: &[Stamped], wide: bool, common: Millis) -> AudienceList {
         debug_assert!(entries.windows(2).all(|w| w[0].id < w[1].id));
-        let Some(common) = most_frequent_instant(entries) else {
-            return AudienceList::default();
-        };
+        debug_assert!(entries.iter().any(|e| e.at() == common));
         let width = if wide { 2 } else { 1 };
         let exceptions = entries.iter().filter(|e| e.at() != common).count();
         let shape = Shape {
@@ -230,6 +243,68 @@ impl AudienceList {
             }
         }
         true
+    }
+
+    /// Enters (at `at`) or leaves the audience of each of `flips`, as
+    /// [`AudienceList::insert`] and [`AudienceList::remove`] would one by
+    /// one; `flips` name each audience once and are sorted here. From
+    /// [`MERGED_FLIPS`] on, and one per [`REBUILD_PER_FLIP`] memberships,
+    /// the list is rebuilt once, merged with them, where each insert would
+    /// search and shift the list (an order puts a frequent buyer into or
+    /// out of a hundred audiences at once).
+    /// `scratch` is working room, kept by the caller between calls.
+    pub fn apply_flips(
+        &mut self,
+        flips: &mut [(AudId, bool)],
+        at: Millis,
+        scratch: &mut Vec<Stamped>,
+    ) {
+        if flips.len() < MERGED_FLIPS || flips.len() * REBUILD_PER_FLIP < self.len() {
+            for &(aud, member) in flips.iter() {
+                match member {
+                    true => self.insert(aud, at),
+                    false => self.remove(aud),
+                };
+            }
+            return;
+        }
+        flips.sort_unstable_by_key(|&(aud, _)| aud);
+        debug_assert!(flips.windows(2).all(|w| w[0].0 < w[1].0));
+        scratch.clear();
+        let mut edits = flips.iter().copied().peekable();
+        for entry in self.iter() {
+            while let Some((aud, member)) = edits.next_if(|&(aud, _)| aud < entry.id) {
+                if member {
+                    scratch.push(Stamped::new(aud, at));
+                }
+            }
+            // A membership kept, or (`insert` leaving it) entered again.
+            if edits.next_if(|&(aud, _)| aud == entry.id) != Some((entry.id, false)) {
+                scratch.push(entry);
+            }
+        }
+        scratch.extend(
+            edits
+                .filter(|&(_, member)| member)
+                .map(|(aud, _)| Stamped::new(aud, at)),
+        );
+        // The common instant stays unless more memberships are at `at`
+        // (as `insert` does), or none is left at it.
+        let view = self.view();
+        let common = (view.shape.len > 0).then(|| view.common());
+        let (mut at_common, mut at_now) = (0, 0);
+        for entry in scratch.iter() {
+            at_common += usize::from(Some(entry.at()) == common);
+            at_now += usize::from(entry.at() == at);
+        }
+        let wide = view.shape.width == 2 || scratch.last().is_some_and(|e| e.id > NARROW_MAX);
+        *self = match (common, at_common >= at_now) {
+            (Some(common), true) if at_common > 0 => {
+                AudienceList::build_around(scratch, wide, common)
+            }
+            _ if at_now > 0 => AudienceList::build_around(scratch, wide, at),
+            _ => AudienceList::build(scratch, wide),
+        };
     }
 
     /// Whether more memberships were entered at `at` (an exception's
@@ -698,6 +773,36 @@ mod tests {
                         prop_assert_eq!(list.remove(aud), model.remove(&aud).is_some());
                     }
                 }
+                check(&list, &model);
+            }
+        }
+
+        /// Flips applied together leave the list as the same flips one by
+        /// one: the map holds what `insert` and `remove` would leave.
+        #[test]
+        fn flips_at_once_behave_as_one_by_one(
+            steps in proptest::collection::vec(
+                (proptest::collection::btree_map(slot(), any::<bool>(), 0..12), 0i64..4),
+                0..30,
+            )
+        ) {
+            let mut list = AudienceList::default();
+            let mut model = BTreeMap::new();
+            let mut scratch = Vec::new();
+            for (flips, at) in steps {
+                for (&aud, &member) in &flips {
+                    match member {
+                        true => {
+                            model.entry(aud).or_insert(at);
+                        }
+                        false => {
+                            model.remove(&aud);
+                        }
+                    }
+                }
+                // In another order than the slots'.
+                let mut flips: Vec<(AudId, bool)> = flips.into_iter().rev().collect();
+                list.apply_flips(&mut flips, at, &mut scratch);
                 check(&list, &model);
             }
         }

@@ -192,6 +192,12 @@ pub struct Shard {
     pub(crate) change_buffer: Vec<ShardChange>,
     /// Scratch: the atoms of a user whose timers are firing.
     firing: Vec<AtomId>,
+    /// Scratch: flips of one pass not yet in the user's list (audiences no
+    /// rule reads; see [`Shard::evaluate`]).
+    pass_flips: Vec<(AudId, bool)>,
+    /// Scratch: working room of
+    /// [`crate::audience_list::AudienceList::apply_flips`].
+    flip_scratch: Vec<Stamped>,
     /// The membership flips of new profiles' first identifies, by the
     /// truths of their trait atoms.
     first_identify: FirstIdentifyMemo,
@@ -680,7 +686,16 @@ impl Shard {
         if now_member == member.unwrap_or_else(|| user.is_member(aud)) {
             return None;
         }
-        self.flip_member(step, local, uid, aud, now_member);
+        if cat.dependents[aud as usize].is_empty() {
+            // No rule reads this membership, so nothing later in the pass
+            // does: its list entry waits for the pass's others (see
+            // `Shard::apply_pass_flips`).
+            debug_assert!(cat.timed_by_audience[aud as usize].is_empty());
+            self.members.touch(aud, uid, now_member);
+            self.pass_flips.push((aud, now_member));
+        } else {
+            self.flip_member(step, local, uid, aud, now_member);
+        }
         Some(now_member)
     }
 
@@ -807,6 +822,7 @@ impl Shard {
         out: &mut Vec<ShardChange>,
     ) {
         let mut counter = 0u64;
+        debug_assert!(self.pass_flips.is_empty());
         while let Some((rank, member)) = pending.pop_first() {
             let aud = step.cat.by_rank[rank as usize];
             if let Some(entered) = self.evaluate(step, local, uid, aud, member) {
@@ -823,6 +839,26 @@ impl Shard {
                 }
             }
         }
+        self.apply_pass_flips(local, step.now);
+    }
+
+    /// Enters or leaves, in the user's list, the audiences whose flips
+    /// [`Shard::evaluate`] held back in this pass: together, the list is
+    /// rebuilt once instead of shifted per flip.
+    fn apply_pass_flips(&mut self, local: usize, now: Millis) {
+        if self.pass_flips.is_empty() {
+            return;
+        }
+        let Shard {
+            users,
+            pass_flips,
+            flip_scratch,
+            ..
+        } = self;
+        users[local]
+            .memberships
+            .apply_flips(pass_flips, now, flip_scratch);
+        pass_flips.clear();
     }
 
     /// Queues the rules of an atom that flipped to `now_true`, skipping
