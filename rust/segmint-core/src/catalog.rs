@@ -294,6 +294,21 @@ fn time_source(atom: &AtomDef) -> Option<TimeSource> {
     }
 }
 
+/// The instants at which time alone can flip the atoms of a timer's group
+/// that all compare one duration (`since(...)`, `member_for(...)`) with
+/// literal durations, as offsets from the duration's base: `c` where a
+/// test flips as the duration reaches `c` (`< c`, `>= c`, a `between`'s
+/// low bound), `c + 1` where it flips once past it (`> c`, `<= c`, a high
+/// bound), both for `==` and `!=`. A timer's next instant is then one
+/// search of the offsets instead of each atom's own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimerLadder {
+    /// The duration the group's atoms test.
+    pub leaf: CExpr,
+    /// Offsets from the duration's base, ascending without repeats.
+    pub offsets: Vec<Millis>,
+}
+
 /// How an atom that compares one leaf with literals decides its truth
 /// (the same decisions as [`crate::eval::eval_bool`] on its expression).
 #[derive(Debug, Clone, PartialEq)]
@@ -596,6 +611,9 @@ pub struct Catalog {
     /// (empty where it leads none). A timer may stand for an atom that is
     /// not timed: a future event's, due when the event becomes visible.
     pub timer_group: Vec<Vec<AtomId>>,
+    /// Per atom: the [`TimerLadder`] of the group it leads, when its atoms
+    /// all test one duration against literals.
+    pub timer_ladder: Vec<Option<TimerLadder>>,
     /// Per audience slot: its rule's class. Audiences with the same rule
     /// over the same atoms share a class (generated and copied audiences
     /// often repeat a rule), so a rule is evaluated once per pass however
@@ -1138,6 +1156,9 @@ impl Catalog {
                 list.dedup();
             }
         }
+        self.timer_ladder = (0..self.atoms.len())
+            .map(|lead| crate::eval::timer_ladder(self, &self.timer_group[lead]))
+            .collect();
         self.empty_computed = crate::eval::computed_on_empty_profile(self);
         self.empty_true = crate::eval::rules_true_on_empty_profile(self);
         self.empty_atom_truth = crate::eval::atoms_on_empty_profile(self);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::catalog::{
     ArithOp, AtomDef, AtomId, AudId, CExpr, Catalog, CmpOp, CtId, LeafTest, RuleExpr, StateId,
-    StrOp, TraitKey, WindowDef,
+    StrOp, TimerLadder, TraitKey, WindowDef,
 };
 use crate::profile::UserData;
 use crate::state::{aggregate, window_range, Entries};
@@ -520,13 +520,26 @@ impl UserEnv<'_> {
         }
     }
 
+    /// The next change of every atom of a timer's group at once (see
+    /// [`TimerLadder`]): the earliest of its offsets from the source's base
+    /// that falls after now, or the source's own next change (a future
+    /// event becoming visible). The same instant as the earliest
+    /// [`UserEnv::atom_next_change`] of the group's atoms.
+    pub fn ladder_next_change(&self, ladder: &TimerLadder) -> Option<Millis> {
+        let g = self.granularity;
+        let crossing = self.duration_base(&ladder.leaf).and_then(|base| {
+            // Instants rise with the offsets: the first one after now.
+            let first = ladder
+                .offsets
+                .partition_point(|&off| ceil_to(base + off, g) <= self.now);
+            ladder.offsets.get(first).map(|&off| ceil_to(base + off, g))
+        });
+        earliest(crossing, self.next_change(&ladder.leaf))
+    }
+
     /// The raw next change of `x op c`, `x` a duration that grows with time.
     fn duration_cmp_next_change(&self, x: &CExpr, op: CmpOp, c: Millis) -> Option<Millis> {
-        let edge = match op {
-            CmpOp::Ge | CmpOp::Lt => Edge::Reaches,
-            CmpOp::Gt | CmpOp::Le => Edge::Passes,
-            CmpOp::Eq | CmpOp::Ne => Edge::Both,
-        };
+        let edge = Edge::of(op);
         let crossing = self
             .duration_base(x)
             .and_then(|b| self.crossing(b, c, edge));
@@ -689,6 +702,60 @@ enum Edge {
     Reaches,
     Passes,
     Both,
+}
+
+impl Edge {
+    /// Where `x op c` changes, `x` growing with time.
+    fn of(op: CmpOp) -> Edge {
+        match op {
+            CmpOp::Ge | CmpOp::Lt => Edge::Reaches,
+            CmpOp::Gt | CmpOp::Le => Edge::Passes,
+            CmpOp::Eq | CmpOp::Ne => Edge::Both,
+        }
+    }
+}
+
+/// The [`TimerLadder`] of a timer's `group`, when each of its atoms tests
+/// the same duration leaf against literal durations (the shapes
+/// [`UserEnv::atom_next_change`] reads without walking the expression).
+pub fn timer_ladder(cat: &Catalog, group: &[AtomId]) -> Option<TimerLadder> {
+    let mut leaf: Option<&CExpr> = None;
+    let mut offsets = Vec::new();
+    for &a in group {
+        let atom = &cat.atoms[a as usize];
+        let (x, test) = atom.test.as_ref().filter(|_| atom.threshold.is_none())?;
+        if !is_duration_source(x) || leaf.is_some_and(|l| l != x) {
+            return None;
+        }
+        leaf = Some(x);
+        let (reaches, passes) = match *test {
+            LeafTest::Cmp {
+                op,
+                value: Value::Dur(c),
+                leaf_left,
+            } => match Edge::of(if leaf_left { op } else { op.flipped() }) {
+                Edge::Reaches => (Some(c), None),
+                Edge::Passes => (None, Some(c)),
+                Edge::Both => (Some(c), Some(c)),
+            },
+            LeafTest::Between {
+                lo: Value::Dur(l),
+                hi: Value::Dur(h),
+                ..
+            } => (Some(l), Some(h)),
+            _ => return None,
+        };
+        offsets.extend(reaches);
+        if let Some(c) = passes {
+            offsets.push(c.checked_add(1)?);
+        }
+    }
+    offsets.sort_unstable();
+    offsets.dedup();
+    Some(TimerLadder {
+        leaf: leaf?.clone(),
+        offsets,
+    })
 }
 
 fn literal(e: &CExpr) -> Option<Value> {

@@ -1735,10 +1735,20 @@ impl Shard {
 
 /// The earliest next change of the atoms whose timer `lead` leads.
 fn group_next_change(cat: &Catalog, env: &UserEnv<'_>, lead: AtomId) -> Option<Millis> {
-    cat.timer_group[lead as usize]
-        .iter()
-        .filter_map(|&a| env.atom_next_change(&cat.atoms[a as usize]))
-        .min()
+    let each = || {
+        cat.timer_group[lead as usize]
+            .iter()
+            .filter_map(|&a| env.atom_next_change(&cat.atoms[a as usize]))
+            .min()
+    };
+    match &cat.timer_ladder[lead as usize] {
+        Some(ladder) => {
+            let next = env.ladder_next_change(ladder);
+            debug_assert_eq!(next, each());
+            next
+        }
+        None => each(),
+    }
 }
 
 /// [`Shard::group_truths`] in `env`.

@@ -26,10 +26,26 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
 
 #[derive(Debug, Clone, Copy)]
 enum Rule {
-    CountAtLeast { window: i64, k: u32 },
-    CountBelow { window: i64, k: u32 },
-    SinceBetween { lo: i64, hi: i64 },
+    CountAtLeast {
+        window: i64,
+        k: u32,
+    },
+    CountBelow {
+        window: i64,
+        k: u32,
+    },
+    SinceBetween {
+        lo: i64,
+        hi: i64,
+    },
+    /// `since("E") OP c`, OP one of `<`, `<=`, `>`, `>=`, `==`, `!=`.
+    SinceCmp {
+        op: &'static str,
+        c: i64,
+    },
 }
+
+const OPS: [&str; 6] = ["<", "<=", ">", ">=", "==", "!="];
 
 impl Rule {
     fn text(self) -> String {
@@ -39,6 +55,7 @@ impl Rule {
                 format!(r#"did("E") and count("E", {window}s) < {k}"#)
             }
             Rule::SinceBetween { lo, hi } => format!(r#"since("E") between {lo}s and {hi}s"#),
+            Rule::SinceCmp { op, c } => format!(r#"since("E") {op} {c}s"#),
         }
     }
 
@@ -60,6 +77,17 @@ impl Rule {
             Rule::SinceBetween { lo, hi } => visible
                 .max()
                 .is_some_and(|&t| (lo * S..=hi * S).contains(&(now - t))),
+            Rule::SinceCmp { op, c } => visible.max().is_some_and(|&t| {
+                let since = now - t;
+                match op {
+                    "<" => since < c * S,
+                    "<=" => since <= c * S,
+                    ">" => since > c * S,
+                    ">=" => since >= c * S,
+                    "==" => since == c * S,
+                    _ => since != c * S,
+                }
+            }),
         }
     }
 }
@@ -72,6 +100,7 @@ fn rules() -> impl Strategy<Value = Rule> {
             lo: a.min(b),
             hi: a.max(b)
         }),
+        (0usize..OPS.len(), 0i64..20).prop_map(|(op, c)| Rule::SinceCmp { op: OPS[op], c }),
     ]
 }
 
@@ -79,13 +108,34 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 
     #[test]
-    fn time_based_changes_happen_at_the_exact_instant(rule in rules(), ops in ops(), shards in 1usize..3) {
+    /// Several rules at once: those testing `since("E")` share timers
+    /// (and their next instants are found together, see
+    /// `segmint_core::catalog::TimerLadder`).
+    #[test]
+    fn time_based_changes_happen_at_the_exact_instant(
+        rules in proptest::collection::vec(rules(), 1..5),
+        ops in ops(),
+        shards in 1usize..3,
+    ) {
         let config = EngineConfig { clock: Clock::Manual(T0), shards, threads: 1, ..Default::default() };
         let mut engine = Engine::new(config).unwrap();
-        engine.define_audience("a", &rule.text()).unwrap();
+        let keys: Vec<String> = (0..rules.len()).map(|i| format!("a{i}")).collect();
+        for (key, rule) in keys.iter().zip(&rules) {
+            engine.define_audience(key, &rule.text()).unwrap();
+        }
         let mut events: Vec<i64> = Vec::new();
-        let mut expected: Vec<(i64, bool)> = Vec::new();
-        let mut member = false;
+        // Per audience: its expected changes, and membership now.
+        let mut expected: Vec<Vec<(i64, bool)>> = vec![Vec::new(); rules.len()];
+        let mut member = vec![false; rules.len()];
+        let mut note = |at: i64, events: &[i64], member: &mut [bool]| {
+            for (i, rule) in rules.iter().enumerate() {
+                let holds = rule.holds(events, at);
+                if holds != member[i] {
+                    expected[i].push((at, holds));
+                    member[i] = holds;
+                }
+            }
+        };
         for op in ops {
             let now = engine.now();
             match op {
@@ -97,29 +147,29 @@ proptest! {
                         events.push(t);
                     }
                     // An event changes membership at `now`, where the brute force looks too.
-                    let holds = rule.holds(&events, now);
-                    if holds != member {
-                        expected.push((now, holds));
-                        member = holds;
-                    }
+                    note(now, &events, &mut member);
                 }
                 Op::Advance(secs) => {
                     for step in 1..=secs {
-                        let at = now + step * S;
-                        let holds = rule.holds(&events, at);
-                        if holds != member {
-                            expected.push((at, holds));
-                            member = holds;
-                        }
+                        note(now + step * S, &events, &mut member);
                     }
                     engine.advance(now + secs * S).unwrap();
                 }
             }
-            prop_assert_eq!(engine.is_member("u", "a").unwrap(), member, "after {:?} at {}", op, engine.now());
+            for (i, key) in keys.iter().enumerate() {
+                prop_assert_eq!(engine.is_member("u", key).unwrap(), member[i], "{} after {:?} at {}", key, op, engine.now());
+            }
         }
-        let got: Vec<(i64, bool)> = engine.changes(0, 1000).unwrap().iter().map(|c| (c.at, c.entered)).collect();
-        prop_assert_eq!(&got, &expected);
-        for c in engine.changes(0, 1000).unwrap() {
+        let changes = engine.changes(0, 10_000).unwrap();
+        for (i, key) in keys.iter().enumerate() {
+            let got: Vec<(i64, bool)> = changes
+                .iter()
+                .filter(|c| &*c.audience == key.as_str())
+                .map(|c| (c.at, c.entered))
+                .collect();
+            prop_assert_eq!(&got, &expected[i], "{}", key);
+        }
+        for c in &changes {
             prop_assert!(matches!(c.reason, Reason::Event | Reason::Time));
         }
     }
