@@ -556,6 +556,13 @@ impl<'a> Slots<'a> {
         }
     }
 
+    /// The slots as they are stored, one unit each, when the list is
+    /// narrow (every slot below 2^16).
+    #[inline]
+    pub fn narrow(&self) -> Option<&'a [u16]> {
+        (!self.wide).then_some(self.units)
+    }
+
     /// The slots in order.
     pub fn iter(self) -> impl Iterator<Item = AudId> + Clone + 'a {
         let width = self.width();

@@ -1595,12 +1595,25 @@ impl Polarity {
         now_true: bool,
     ) -> impl Iterator<Item = (AudId, bool)> + 'a {
         debug_assert!(rules.is_sorted_by_key(|(aud, _)| *aud));
+        // Nearly every list is narrow: its slots are read as they are, one
+        // unit each, instead of through the width.
+        let narrow = memberships.narrow();
         let mut next = 0;
         rules.iter().filter_map(move |&(aud, polarity)| {
-            while memberships.get(next).is_some_and(|m| m < aud) {
-                next += 1;
-            }
-            let member = memberships.get(next) == Some(aud);
+            let member = match narrow {
+                Some(units) => {
+                    while units.get(next).is_some_and(|&m| AudId::from(m) < aud) {
+                        next += 1;
+                    }
+                    units.get(next).is_some_and(|&m| AudId::from(m) == aud)
+                }
+                None => {
+                    while memberships.get(next).is_some_and(|m| m < aud) {
+                        next += 1;
+                    }
+                    memberships.get(next) == Some(aud)
+                }
+            };
             polarity
                 .may_change(now_true, member)
                 .then_some((aud, member))
