@@ -40,9 +40,19 @@ const NARROW_MAX: AudId = u16::MAX as AudId;
 /// From this many flips at once, [`AudienceList::apply_flips`] rebuilds the
 /// list instead of editing it flip by flip.
 const MERGED_FLIPS: usize = 4;
-/// A rebuild costs about as much as editing the list once per this many
-/// memberships it holds.
-const REBUILD_PER_FLIP: usize = 5;
+
+/// Working room of [`AudienceList::apply_flips`], kept between calls.
+#[derive(Debug, Clone, Default)]
+pub struct FlipScratch {
+    /// The flips that change the list, as narrow slots.
+    edits: Vec<(u16, bool)>,
+    /// The slots of a list being merged.
+    slots: Vec<u16>,
+    /// The exceptions of a list being merged.
+    exceptions: Vec<u16>,
+    /// The memberships of a list being rebuilt.
+    entries: Vec<Stamped>,
+}
 
 /// A profile's audiences (slots, ascending) and when it entered each.
 #[derive(Clone, Default)]
@@ -248,18 +258,17 @@ impl AudienceList {
     /// Enters (at `at`) or leaves the audience of each of `flips`, as
     /// [`AudienceList::insert`] and [`AudienceList::remove`] would one by
     /// one; `flips` name each audience once and are sorted here. From
-    /// [`MERGED_FLIPS`] on, and one per [`REBUILD_PER_FLIP`] memberships,
-    /// the list is rebuilt once, merged with them, where each insert would
-    /// search and shift the list (an order puts a frequent buyer into or
-    /// out of a hundred audiences at once).
+    /// [`MERGED_FLIPS`] on, the list is rebuilt once, merged with them,
+    /// where each insert would search and shift the list (an order puts a
+    /// frequent buyer into or out of a hundred audiences at once).
     /// `scratch` is working room, kept by the caller between calls.
     pub fn apply_flips(
         &mut self,
         flips: &mut [(AudId, bool)],
         at: Millis,
-        scratch: &mut Vec<Stamped>,
+        scratch: &mut FlipScratch,
     ) {
-        if flips.len() < MERGED_FLIPS || flips.len() * REBUILD_PER_FLIP < self.len() {
+        if flips.len() < MERGED_FLIPS {
             for &(aud, member) in flips.iter() {
                 match member {
                     true => self.insert(aud, at),
@@ -270,40 +279,135 @@ impl AudienceList {
         }
         flips.sort_unstable_by_key(|&(aud, _)| aud);
         debug_assert!(flips.windows(2).all(|w| w[0].0 < w[1].0));
-        scratch.clear();
+        if !self.merge_narrow(flips, at, scratch) {
+            self.rebuild_with(flips, at, &mut scratch.entries);
+        }
+    }
+
+    /// [`AudienceList::apply_flips`]'s merge, unit by unit, for a narrow
+    /// list that keeps its common instant: one walk over the slots and one
+    /// over the exceptions, into `scratch`, then one exact allocation.
+    /// False, with nothing changed, for any other case (see
+    /// [`AudienceList::rebuild_with`]).
+    fn merge_narrow(
+        &mut self,
+        flips: &[(AudId, bool)],
+        at: Millis,
+        scratch: &mut FlipScratch,
+    ) -> bool {
+        let view = self.view();
+        let shape = view.shape;
+        if shape.len == 0 || shape.width != 1 || flips.last().is_some_and(|f| f.0 > NARROW_MAX) {
+            return false;
+        }
+        let common = view.common();
+        let slots = &view.units[HEADER..HEADER + shape.len];
+        let FlipScratch {
+            edits,
+            slots: merged,
+            exceptions: merged_exceptions,
+            ..
+        } = scratch;
+        // The slots, merged with the flips; the flips that change something.
+        edits.clear();
+        merged.clear();
+        merged.reserve(shape.len + flips.len());
+        let mut next = 0;
+        for &(aud, member) in flips {
+            let unit = aud as u16;
+            while let Some(&slot) = slots.get(next).filter(|&&slot| slot < unit) {
+                merged.push(slot);
+                next += 1;
+            }
+            let present = slots.get(next) == Some(&unit);
+            match (member, present) {
+                (true, false) => merged.push(unit),
+                (false, true) => next += 1,
+                // Kept as it is (copied with the next run), or absent.
+                _ => continue,
+            }
+            edits.push((unit, member));
+        }
+        merged.extend_from_slice(&slots[next..]);
+        // The exceptions, less those left, with the entries at `at` unless
+        // it is the common instant.
+        let exceptions = view.units[shape.exceptions_start()..shape.used()]
+            .as_chunks::<{ 1 + INSTANT }>()
+            .0;
+        let instant = instant_units(at);
+        merged_exceptions.clear();
+        let mut next = 0;
+        let mut entered_aside = 0;
+        for &(unit, member) in edits.iter() {
+            while let Some(exception) = exceptions.get(next).filter(|e| e[0] < unit) {
+                merged_exceptions.extend_from_slice(exception);
+                next += 1;
+            }
+            match member {
+                true if at != common => {
+                    merged_exceptions.push(unit);
+                    merged_exceptions.extend_from_slice(&instant);
+                    entered_aside += 1;
+                }
+                true => {}
+                false => next += usize::from(exceptions.get(next).is_some_and(|e| e[0] == unit)),
+            }
+        }
+        merged_exceptions.extend_from_slice(exceptions[next..].as_flattened());
+        let len = merged.len();
+        let exception_count = merged_exceptions.len() / (1 + INSTANT);
+        let at_common = len - exception_count;
+        // None left at the common instant, or more entered at `at` than are
+        // at it: the common instant is chosen again.
+        if at_common == 0 || entered_aside > at_common {
+            return false;
+        }
+        let mut units = Vec::with_capacity(HEADER + len + merged_exceptions.len());
+        let counts = [len as u32, exception_count as u32];
+        units.extend(counts.iter().flat_map(|&c| [c as u16, (c >> 16) as u16]));
+        units.extend_from_slice(&view.units[4..HEADER]);
+        units.extend_from_slice(merged);
+        units.extend_from_slice(merged_exceptions);
+        self.units = ThinBox::from(units);
+        true
+    }
+
+    /// [`AudienceList::apply_flips`] by a rebuild from the entries, the
+    /// common instant chosen again where needed: it stays unless more
+    /// memberships are at `at` (as `insert` does), or none is left at it.
+    fn rebuild_with(&mut self, flips: &[(AudId, bool)], at: Millis, entries: &mut Vec<Stamped>) {
+        entries.clear();
         let mut edits = flips.iter().copied().peekable();
         for entry in self.iter() {
             while let Some((aud, member)) = edits.next_if(|&(aud, _)| aud < entry.id) {
                 if member {
-                    scratch.push(Stamped::new(aud, at));
+                    entries.push(Stamped::new(aud, at));
                 }
             }
             // A membership kept, or (`insert` leaving it) entered again.
             if edits.next_if(|&(aud, _)| aud == entry.id) != Some((entry.id, false)) {
-                scratch.push(entry);
+                entries.push(entry);
             }
         }
-        scratch.extend(
+        entries.extend(
             edits
                 .filter(|&(_, member)| member)
                 .map(|(aud, _)| Stamped::new(aud, at)),
         );
-        // The common instant stays unless more memberships are at `at`
-        // (as `insert` does), or none is left at it.
         let view = self.view();
         let common = (view.shape.len > 0).then(|| view.common());
         let (mut at_common, mut at_now) = (0, 0);
-        for entry in scratch.iter() {
+        for entry in entries.iter() {
             at_common += usize::from(Some(entry.at()) == common);
             at_now += usize::from(entry.at() == at);
         }
-        let wide = view.shape.width == 2 || scratch.last().is_some_and(|e| e.id > NARROW_MAX);
+        let wide = view.shape.width == 2 || entries.last().is_some_and(|e| e.id > NARROW_MAX);
         *self = match (common, at_common >= at_now) {
             (Some(common), true) if at_common > 0 => {
-                AudienceList::build_around(scratch, wide, common)
+                AudienceList::build_around(entries, wide, common)
             }
-            _ if at_now > 0 => AudienceList::build_around(scratch, wide, at),
-            _ => AudienceList::build(scratch, wide),
+            _ if at_now > 0 => AudienceList::build_around(entries, wide, at),
+            _ => AudienceList::build(entries, wide),
         };
     }
 
@@ -795,7 +899,7 @@ mod tests {
         ) {
             let mut list = AudienceList::default();
             let mut model = BTreeMap::new();
-            let mut scratch = Vec::new();
+            let mut scratch = FlipScratch::default();
             for (flips, at) in steps {
                 for (&aud, &member) in &flips {
                     match member {

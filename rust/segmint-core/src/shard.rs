@@ -8,6 +8,7 @@ use std::sync::Arc;
 use roaring::RoaringBitmap;
 use smallvec::SmallVec;
 
+use crate::audience_list::FlipScratch;
 use crate::catalog::{
     AtomId, AudId, Catalog, CtId, Polarity, RuleExpr, StateId, TraitKey, WindowDef,
 };
@@ -197,7 +198,7 @@ pub struct Shard {
     pass_flips: Vec<(AudId, bool)>,
     /// Scratch: working room of
     /// [`crate::audience_list::AudienceList::apply_flips`].
-    flip_scratch: Vec<Stamped>,
+    flip_scratch: FlipScratch,
     /// The membership flips of new profiles' first identifies, by the
     /// truths of their trait atoms.
     first_identify: FirstIdentifyMemo,
