@@ -41,6 +41,88 @@ const NARROW_MAX: AudId = u16::MAX as AudId;
 /// list instead of editing it flip by flip.
 const MERGED_FLIPS: usize = 4;
 
+/// The membership flips of one pass (one event or one wake of one
+/// profile) held back from the profile's list until the pass ends (see
+/// [`AudienceList::apply_flips`]): the rest of the pass reads them here.
+#[derive(Debug, Clone, Default)]
+pub struct PassFlips {
+    /// The flips, in the order made.
+    list: Vec<(AudId, bool)>,
+    /// Per audience slot, one bit: flipped in this pass.
+    flipped: Vec<u64>,
+    /// Per audience slot, one bit: a member after its flip.
+    member: Vec<u64>,
+    /// The pass's instant (entered audiences were entered then).
+    at: Millis,
+}
+
+impl PassFlips {
+    /// Whether the pass has flipped nothing.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Records that the profile entered (`member`) or left `aud` at `at`.
+    pub fn push(&mut self, aud: AudId, member: bool, at: Millis) {
+        let (word, bit) = (aud as usize / 64, 1u64 << (aud % 64));
+        if self.flipped.len() <= word {
+            self.flipped.resize(word + 1, 0);
+            self.member.resize(word + 1, 0);
+        }
+        debug_assert!(
+            self.flipped[word] & bit == 0,
+            "audience {aud} flipped twice in a pass"
+        );
+        self.flipped[word] |= bit;
+        if member {
+            self.member[word] |= bit;
+        }
+        self.at = at;
+        self.list.push((aud, member));
+    }
+
+    /// Whether the profile is in `aud` after its flip in this pass (`None`:
+    /// not flipped in it; the list says).
+    #[inline]
+    pub fn member(&self, aud: AudId) -> Option<bool> {
+        let (word, bit) = (aud as usize / 64, 1u64 << (aud % 64));
+        let flipped = self.flipped.get(word).is_some_and(|w| w & bit != 0);
+        flipped.then(|| self.member[word] & bit != 0)
+    }
+
+    /// When the profile entered `aud`, after its flip in this pass (`None`:
+    /// not flipped in it).
+    #[inline]
+    pub fn entered(&self, aud: AudId) -> Option<Option<Millis>> {
+        self.member(aud).map(|member| member.then_some(self.at))
+    }
+
+    /// Applies the flips to `list` and forgets them.
+    pub fn apply_to(&mut self, list: &mut AudienceList, scratch: &mut FlipScratch) {
+        if self.list.is_empty() {
+            return;
+        }
+        self.clear_bits();
+        list.apply_flips(&mut self.list, self.at, scratch);
+        self.list.clear();
+    }
+
+    /// Forgets the flips without applying them (those of a pass a caught
+    /// panic cut short: they are not the next profile's).
+    pub fn discard(&mut self) {
+        self.clear_bits();
+        self.list.clear();
+    }
+
+    fn clear_bits(&mut self) {
+        for &(aud, _) in &self.list {
+            let (word, bit) = (aud as usize / 64, 1u64 << (aud % 64));
+            self.flipped[word] &= !bit;
+            self.member[word] &= !bit;
+        }
+    }
+}
+
 /// Working room of [`AudienceList::apply_flips`], kept between calls.
 #[derive(Debug, Clone, Default)]
 pub struct FlipScratch {
@@ -928,6 +1010,34 @@ mod tests {
             let back: AudienceList = postcard::from_bytes(&bytes).unwrap();
             prop_assert_eq!(back, list);
         }
+    }
+
+    /// What a pass reads of its held-back flips, and what it leaves.
+    #[test]
+    fn pass_flips_stand_in_for_the_list_until_applied() {
+        let mut list = AudienceList::from_sorted(&[Stamped::new(3, 100), Stamped::new(70, 100)]);
+        let mut flips = PassFlips::default();
+        let mut scratch = FlipScratch::default();
+        flips.push(70, false, 500);
+        flips.push(200, true, 500);
+        assert_eq!(flips.member(70), Some(false));
+        assert_eq!(flips.entered(200), Some(Some(500)));
+        assert_eq!(flips.entered(70), Some(None));
+        // Not flipped in the pass: the list says.
+        assert_eq!(flips.member(3), None);
+        assert_eq!(flips.member(10_000), None);
+        flips.apply_to(&mut list, &mut scratch);
+        assert!(flips.is_empty());
+        assert_eq!(flips.member(200), None);
+        let entries: Vec<(AudId, Millis)> = list.iter().map(|s| (s.id, s.at())).collect();
+        assert_eq!(entries, [(3, 100), (200, 500)]);
+        // A pass cut short leaves nothing for the next one.
+        flips.push(3, false, 900);
+        flips.discard();
+        assert!(flips.is_empty());
+        assert_eq!(flips.member(3), None);
+        flips.apply_to(&mut list, &mut scratch);
+        assert!(list.contains(3));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::Arc;
 
+use crate::audience_list::PassFlips;
 use crate::catalog::{
     ArithOp, AtomDef, AtomId, AudId, CExpr, Catalog, CmpOp, CtId, LeafTest, RuleExpr, StateId,
     StrOp, TimerLadder, TraitKey, WindowDef,
@@ -37,6 +38,9 @@ pub struct UserEnv<'a> {
     /// The user's traits unpacked, sorted by key, when the caller has them
     /// (see [`UserEnv::with_traits`]).
     traits: Option<&'a [(TraitKey, Value)]>,
+    /// Memberships flipped in the pass and not yet in the user's list (see
+    /// [`UserEnv::with_flips`]).
+    flips: Option<&'a PassFlips>,
 }
 
 /// The values of the views computed for one user at one instant, within a
@@ -169,6 +173,32 @@ impl<'a> UserEnv<'a> {
             granularity,
             views: None,
             traits: None,
+            flips: None,
+        }
+    }
+
+    /// The same, reading the memberships `flips` holds from there: a pass
+    /// applies its flips to the user's list only once it ends.
+    pub fn with_flips(self, flips: &'a PassFlips) -> Self {
+        UserEnv {
+            flips: Some(flips),
+            ..self
+        }
+    }
+
+    /// Whether the user is in `aud` now (its flip in the pass, if any).
+    fn is_member(&self, aud: AudId) -> bool {
+        match self.flips.and_then(|f| f.member(aud)) {
+            Some(member) => member,
+            None => self.user.is_member(aud),
+        }
+    }
+
+    /// When the user entered `aud`, if in it now.
+    fn entered(&self, aud: AudId) -> Option<Millis> {
+        match self.flips.and_then(|f| f.entered(aud)) {
+            Some(entered) => entered,
+            None => self.user.entered(aud),
         }
     }
 
@@ -217,7 +247,7 @@ impl UserEnv<'_> {
                 })
             }
             // Memberships move within a pass: never remembered.
-            CExpr::MemberFor(a) => self.user.entered(*a),
+            CExpr::MemberFor(a) => self.entered(*a),
             _ => None,
         }
     }
@@ -285,7 +315,7 @@ impl Env for UserEnv<'_> {
             CExpr::SinceEvent(_) | CExpr::SinceTrait(_) | CExpr::MemberFor(_) => self
                 .duration_base(e)
                 .map(|b| Cow::Owned(Value::Dur(self.now - b))),
-            CExpr::InAudience(a) => Some(Cow::Owned(Value::Bool(self.user.is_member(*a)))),
+            CExpr::InAudience(a) => Some(Cow::Owned(Value::Bool(self.is_member(*a)))),
             CExpr::Computed(c) => self.user.computed_value(*c).map(Cow::Borrowed),
             _ => None,
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use roaring::RoaringBitmap;
 use smallvec::SmallVec;
 
-use crate::audience_list::FlipScratch;
+use crate::audience_list::{FlipScratch, PassFlips};
 use crate::catalog::{
     AtomId, AudId, Catalog, CtId, Polarity, RuleExpr, StateId, TraitKey, WindowDef,
 };
@@ -193,9 +193,9 @@ pub struct Shard {
     pub(crate) change_buffer: Vec<ShardChange>,
     /// Scratch: the atoms of a user whose timers are firing.
     firing: Vec<AtomId>,
-    /// Scratch: flips of one pass not yet in the user's list (audiences no
-    /// rule reads; see [`Shard::evaluate`]).
-    pass_flips: Vec<(AudId, bool)>,
+    /// Scratch: flips of one pass not yet in the user's list (see
+    /// [`Shard::evaluate`]).
+    pass_flips: PassFlips,
     /// Scratch: working room of
     /// [`crate::audience_list::AudienceList::apply_flips`].
     flip_scratch: FlipScratch,
@@ -394,6 +394,7 @@ impl Shard {
     fn env<'a>(&'a self, step: Step<'a>, local: usize) -> UserEnv<'a> {
         UserEnv::new(step.cat, &self.users[local], step.now, step.granularity)
             .with_traits(self.unpacked.of(local))
+            .with_flips(&self.pass_flips)
     }
 
     /// Runs `f` with the pass's view memo lent in a cell.
@@ -683,19 +684,22 @@ impl Shard {
             }
         };
         let user = &self.users[local];
-        debug_assert!(member.is_none_or(|m| m == user.is_member(aud)));
-        if now_member == member.unwrap_or_else(|| user.is_member(aud)) {
+        let was_member = || {
+            self.pass_flips
+                .member(aud)
+                .unwrap_or_else(|| user.is_member(aud))
+        };
+        debug_assert!(member.is_none_or(|m| m == was_member()));
+        if now_member == member.unwrap_or_else(was_member) {
             return None;
         }
-        if cat.dependents[aud as usize].is_empty() {
-            // No rule reads this membership, so nothing later in the pass
-            // does: its list entry waits for the pass's others (see
-            // `Shard::apply_pass_flips`).
-            debug_assert!(cat.timed_by_audience[aud as usize].is_empty());
-            self.members.touch(aud, uid, now_member);
-            self.pass_flips.push((aud, now_member));
-        } else {
-            self.flip_member(step, local, uid, aud, now_member);
+        // The list entry waits for the pass's other flips (see
+        // `Shard::apply_pass_flips`); until then the pass reads it from
+        // `pass_flips` (`Shard::env`, `Shard::evaluate_rule`).
+        self.members.touch(aud, uid, now_member);
+        self.pass_flips.push(aud, now_member, step.now);
+        for &atom in &cat.timed_by_audience[aud as usize] {
+            self.reschedule(step, local, uid, atom);
         }
         Some(now_member)
     }
@@ -719,11 +723,13 @@ impl Shard {
                 users,
                 memo,
                 unpacked,
+                pass_flips,
                 ..
             } = shard;
             let env = UserEnv::new(cat, &users[local], step.now, step.granularity)
                 .with_views(views)
-                .with_traits(unpacked.of(local));
+                .with_traits(unpacked.of(local))
+                .with_flips(pass_flips);
             eval_rule(rule, &mut |a| {
                 let atom = &cat.atoms[a as usize];
                 if atom.reads_memberships() {
@@ -823,7 +829,9 @@ impl Shard {
         out: &mut Vec<ShardChange>,
     ) {
         let mut counter = 0u64;
-        debug_assert!(self.pass_flips.is_empty());
+        if !self.pass_flips.is_empty() {
+            self.pass_flips.discard();
+        }
         while let Some((rank, member)) = pending.pop_first() {
             let aud = step.cat.by_rank[rank as usize];
             if let Some(entered) = self.evaluate(step, local, uid, aud, member) {
@@ -840,26 +848,20 @@ impl Shard {
                 }
             }
         }
-        self.apply_pass_flips(local, step.now);
+        self.apply_pass_flips(local);
     }
 
     /// Enters or leaves, in the user's list, the audiences whose flips
     /// [`Shard::evaluate`] held back in this pass: together, the list is
     /// rebuilt once instead of shifted per flip.
-    fn apply_pass_flips(&mut self, local: usize, now: Millis) {
-        if self.pass_flips.is_empty() {
-            return;
-        }
+    fn apply_pass_flips(&mut self, local: usize) {
         let Shard {
             users,
             pass_flips,
             flip_scratch,
             ..
         } = self;
-        users[local]
-            .memberships
-            .apply_flips(pass_flips, now, flip_scratch);
-        pass_flips.clear();
+        pass_flips.apply_to(&mut users[local].memberships, flip_scratch);
     }
 
     /// Queues the rules of an atom that flipped to `now_true`, skipping
