@@ -413,7 +413,8 @@ impl LeafTest {
 impl AtomDef {
     /// Whether its truth depends on memberships (`in_audience`,
     /// `member_for`): those change within an evaluation pass, so such an atom
-    /// is never remembered across rules, nor known on an empty profile.
+    /// is remembered only from the rules of the pass on (which read it once
+    /// its audiences are final), and is not known on an empty profile.
     pub fn reads_memberships(&self) -> bool {
         !self.audiences.is_empty()
     }

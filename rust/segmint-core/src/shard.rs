@@ -730,13 +730,17 @@ impl Shard {
                 .with_views(views)
                 .with_traits(unpacked.of(local))
                 .with_flips(pass_flips);
+            // An atom reading memberships is remembered too: rules are
+            // evaluated in rank order, after every audience they read, and
+            // those can no longer move in the pass (an audience is queued
+            // only by one of lower rank).
             eval_rule(rule, &mut |a| {
-                let atom = &cat.atoms[a as usize];
-                if atom.reads_memberships() {
-                    return eval_atom(atom, &env);
-                }
-                memo.get(a).unwrap_or_else(|| {
-                    let truth = eval_atom(atom, &env);
+                let remembered = memo.get(a);
+                debug_assert!(
+                    remembered.is_none_or(|t| t == eval_atom(&cat.atoms[a as usize], &env))
+                );
+                remembered.unwrap_or_else(|| {
+                    let truth = eval_atom(&cat.atoms[a as usize], &env);
                     memo.set(a, truth);
                     truth
                 })
