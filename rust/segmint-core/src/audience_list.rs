@@ -54,6 +54,8 @@ pub struct PassFlips {
     member: Vec<u64>,
     /// The pass's instant (entered audiences were entered then).
     at: Millis,
+    /// The profile whose flips they are (its index in its shard).
+    profile: usize,
 }
 
 impl PassFlips {
@@ -62,8 +64,22 @@ impl PassFlips {
         self.list.is_empty()
     }
 
-    /// Records that the profile entered (`member`) or left `aud` at `at`.
-    pub fn push(&mut self, aud: AudId, member: bool, at: Millis) {
+    /// The flips, if they are `profile`'s (and there are any): a pass cut
+    /// short by a caught panic leaves its flips to no other profile.
+    #[inline]
+    pub fn of(&self, profile: usize) -> Option<&PassFlips> {
+        (!self.list.is_empty() && self.profile == profile).then_some(self)
+    }
+
+    /// The flips, in the order made.
+    pub fn flips(&self) -> &[(AudId, bool)] {
+        &self.list
+    }
+
+    /// Records that `profile` entered (`member`) or left `aud` at `at`.
+    pub fn push(&mut self, profile: usize, aud: AudId, member: bool, at: Millis) {
+        debug_assert!(self.list.is_empty() || self.profile == profile);
+        self.profile = profile;
         let (word, bit) = (aud as usize / 64, 1u64 << (aud % 64));
         if self.flipped.len() <= word {
             self.flipped.resize(word + 1, 0);
@@ -110,8 +126,10 @@ impl PassFlips {
     /// Forgets the flips without applying them (those of a pass a caught
     /// panic cut short: they are not the next profile's).
     pub fn discard(&mut self) {
-        self.clear_bits();
-        self.list.clear();
+        if !self.list.is_empty() {
+            self.clear_bits();
+            self.list.clear();
+        }
     }
 
     fn clear_bits(&mut self) {
@@ -439,9 +457,19 @@ impl AudienceList {
         let len = merged.len();
         let exception_count = merged_exceptions.len() / (1 + INSTANT);
         let at_common = len - exception_count;
-        // None left at the common instant, or more entered at `at` than are
-        // at it: the common instant is chosen again.
-        if at_common == 0 || entered_aside > at_common {
+        // Those at `at` now: the new ones and any kept from before.
+        let at_now = match entered_aside {
+            0 => 0,
+            _ => merged_exceptions
+                .as_chunks::<{ 1 + INSTANT }>()
+                .0
+                .iter()
+                .filter(|e| e[1..] == instant)
+                .count(),
+        };
+        // None left at the common instant, or more at `at` than at it (as
+        // `insert` does): the common instant is chosen again.
+        if at_common == 0 || at_now > at_common {
             return false;
         }
         let mut units = Vec::with_capacity(HEADER + len + merged_exceptions.len());
@@ -483,7 +511,8 @@ impl AudienceList {
             at_common += usize::from(Some(entry.at()) == common);
             at_now += usize::from(entry.at() == at);
         }
-        let wide = view.shape.width == 2 || entries.last().is_some_and(|e| e.id > NARROW_MAX);
+        // Rebuilt from its entries: wide only if a slot needs it.
+        let wide = entries.last().is_some_and(|e| e.id > NARROW_MAX);
         *self = match (common, at_common >= at_now) {
             (Some(common), true) if at_common > 0 => {
                 AudienceList::build_around(entries, wide, common)
@@ -1018,8 +1047,8 @@ mod tests {
         let mut list = AudienceList::from_sorted(&[Stamped::new(3, 100), Stamped::new(70, 100)]);
         let mut flips = PassFlips::default();
         let mut scratch = FlipScratch::default();
-        flips.push(70, false, 500);
-        flips.push(200, true, 500);
+        flips.push(0, 70, false, 500);
+        flips.push(0, 200, true, 500);
         assert_eq!(flips.member(70), Some(false));
         assert_eq!(flips.entered(200), Some(Some(500)));
         assert_eq!(flips.entered(70), Some(None));
@@ -1032,7 +1061,9 @@ mod tests {
         let entries: Vec<(AudId, Millis)> = list.iter().map(|s| (s.id, s.at())).collect();
         assert_eq!(entries, [(3, 100), (200, 500)]);
         // A pass cut short leaves nothing for the next one.
-        flips.push(3, false, 900);
+        flips.push(0, 3, false, 900);
+        assert!(flips.of(1).is_none());
+        assert!(flips.of(0).is_some());
         flips.discard();
         assert!(flips.is_empty());
         assert_eq!(flips.member(3), None);

@@ -177,13 +177,10 @@ impl<'a> UserEnv<'a> {
         }
     }
 
-    /// The same, reading the memberships `flips` holds from there: a pass
-    /// applies its flips to the user's list only once it ends.
-    pub fn with_flips(self, flips: &'a PassFlips) -> Self {
-        UserEnv {
-            flips: Some(flips),
-            ..self
-        }
+    /// The same, reading the memberships `flips` holds (the user's) from
+    /// there: a pass applies its flips to the user's list only once it ends.
+    pub fn with_flips(self, flips: Option<&'a PassFlips>) -> Self {
+        UserEnv { flips, ..self }
     }
 
     /// Whether the user is in `aud` now (its flip in the pass, if any).
@@ -558,11 +555,14 @@ impl UserEnv<'_> {
     pub fn ladder_next_change(&self, ladder: &TimerLadder) -> Option<Millis> {
         let g = self.granularity;
         let crossing = self.duration_base(&ladder.leaf).and_then(|base| {
-            // Instants rise with the offsets: the first one after now.
+            // As in `crossing`: past the last instant, never.
+            let at = |off: Millis| base.checked_add(off).map(|t| ceil_to(t, g));
+            // Instants rise with the offsets (those past the last instant
+            // come last): the first one after now.
             let first = ladder
                 .offsets
-                .partition_point(|&off| ceil_to(base + off, g) <= self.now);
-            ladder.offsets.get(first).map(|&off| ceil_to(base + off, g))
+                .partition_point(|&off| at(off).is_some_and(|t| t <= self.now));
+            ladder.offsets.get(first).and_then(|&off| at(off))
         });
         earliest(crossing, self.next_change(&ladder.leaf))
     }
@@ -640,9 +640,14 @@ impl UserEnv<'_> {
     /// now at which it reaches `c` or passes it, as `edge` asks.
     fn crossing(&self, base: Millis, c: Millis, edge: Edge) -> Option<Millis> {
         let g = self.granularity;
-        let reaches = matches!(edge, Edge::Reaches | Edge::Both).then(|| ceil_to(base + c, g));
-        let passes = matches!(edge, Edge::Passes | Edge::Both).then(|| ceil_to(base + c + 1, g));
-        [reaches, passes]
+        // Past the last instant (a literal of some 10^11 days): never.
+        let at = |off: Option<Millis>| {
+            off.and_then(|off| base.checked_add(off))
+                .map(|t| ceil_to(t, g))
+        };
+        let reaches = matches!(edge, Edge::Reaches | Edge::Both).then(|| at(Some(c)));
+        let passes = matches!(edge, Edge::Passes | Edge::Both).then(|| at(c.checked_add(1)));
+        [reaches.flatten(), passes.flatten()]
             .into_iter()
             .flatten()
             .find(|&t| t > self.now)

@@ -394,7 +394,7 @@ impl Shard {
     fn env<'a>(&'a self, step: Step<'a>, local: usize) -> UserEnv<'a> {
         UserEnv::new(step.cat, &self.users[local], step.now, step.granularity)
             .with_traits(self.unpacked.of(local))
-            .with_flips(&self.pass_flips)
+            .with_flips(self.pass_flips.of(local))
     }
 
     /// Runs `f` with the pass's view memo lent in a cell.
@@ -685,19 +685,17 @@ impl Shard {
         };
         let user = &self.users[local];
         let was_member = || {
-            self.pass_flips
-                .member(aud)
-                .unwrap_or_else(|| user.is_member(aud))
+            let flipped = self.pass_flips.of(local).and_then(|f| f.member(aud));
+            flipped.unwrap_or_else(|| user.is_member(aud))
         };
         debug_assert!(member.is_none_or(|m| m == was_member()));
         if now_member == member.unwrap_or_else(was_member) {
             return None;
         }
-        // The list entry waits for the pass's other flips (see
-        // `Shard::apply_pass_flips`); until then the pass reads it from
-        // `pass_flips` (`Shard::env`, `Shard::evaluate_rule`).
-        self.members.touch(aud, uid, now_member);
-        self.pass_flips.push(aud, now_member, step.now);
+        // The list entry (and the bitmap's) waits for the pass's other
+        // flips (see `Shard::apply_pass_flips`); until then the pass reads
+        // it from `pass_flips` (`Shard::env`, `Shard::evaluate_rule`).
+        self.pass_flips.push(local, aud, now_member, step.now);
         for &atom in &cat.timed_by_audience[aud as usize] {
             self.reschedule(step, local, uid, atom);
         }
@@ -729,7 +727,7 @@ impl Shard {
             let env = UserEnv::new(cat, &users[local], step.now, step.granularity)
                 .with_views(views)
                 .with_traits(unpacked.of(local))
-                .with_flips(pass_flips);
+                .with_flips(pass_flips.of(local));
             // An atom reading memberships is remembered too: rules are
             // evaluated in rank order, after every audience they read, and
             // those can no longer move in the pass (an audience is queued
@@ -833,9 +831,8 @@ impl Shard {
         out: &mut Vec<ShardChange>,
     ) {
         let mut counter = 0u64;
-        if !self.pass_flips.is_empty() {
-            self.pass_flips.discard();
-        }
+        // Left by a pass a caught panic cut short.
+        self.pass_flips.discard();
         while let Some((rank, member)) = pending.pop_first() {
             let aud = step.cat.by_rank[rank as usize];
             if let Some(entered) = self.evaluate(step, local, uid, aud, member) {
@@ -852,19 +849,24 @@ impl Shard {
                 }
             }
         }
-        self.apply_pass_flips(local);
+        self.apply_pass_flips(local, uid);
     }
 
     /// Enters or leaves, in the user's list, the audiences whose flips
     /// [`Shard::evaluate`] held back in this pass: together, the list is
     /// rebuilt once instead of shifted per flip.
-    fn apply_pass_flips(&mut self, local: usize) {
+    fn apply_pass_flips(&mut self, local: usize, uid: u32) {
         let Shard {
             users,
+            members,
             pass_flips,
             flip_scratch,
             ..
         } = self;
+        // The bitmaps with the list: a pass cut short changes neither.
+        for &(aud, member) in pass_flips.flips() {
+            members.touch(aud, uid, member);
+        }
         pass_flips.apply_to(&mut users[local].memberships, flip_scratch);
     }
 
@@ -912,8 +914,10 @@ impl Shard {
                 .map(|(i, w)| (u64::from(who(w).1) << 32) | i as u64),
         );
         by_user.sort_unstable();
-        // Runs left by a call cut short (a caught panic) are not this one's.
+        // Runs and flips left by a call cut short (a caught panic) are not
+        // this one's.
         self.runs.clear();
+        self.pass_flips.discard();
         let start = out.len();
         for (k, &key) in by_user.iter().enumerate() {
             if k % WARM_AHEAD == 0 {
@@ -1464,6 +1468,7 @@ impl Shard {
         // cache. The changes are put back in order of instant below.
         due.sort_unstable();
         self.runs.clear();
+        self.pass_flips.discard();
         let start = out.len();
         for (k, &uid) in due.iter().enumerate() {
             if k % WARM_AHEAD == 0 {

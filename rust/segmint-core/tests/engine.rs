@@ -69,6 +69,35 @@ fn cart_abandoner_enters_when_time_passes() {
     }
 }
 
+/// A bound past the last instant never crosses, and does not hide the
+/// crossings of the other atoms sharing its timer (their next instants are
+/// found together, see `segmint_core::catalog::TimerLadder`).
+#[test]
+fn a_bound_past_the_last_instant_never_crosses() {
+    let mut e = engine(1);
+    e.define_audience("recent", r#"since("E") > 5s"#).unwrap();
+    e.define_audience("forever", r#"since("E") < 9223372036854775807ms"#)
+        .unwrap();
+    let t0 = e.now();
+    track(&mut e, "u", "E", "{}", t0);
+    assert!(e.is_member("u", "forever").unwrap());
+    assert!(!e.is_member("u", "recent").unwrap());
+    e.advance(t0 + 10_000).unwrap();
+    assert!(e.is_member("u", "recent").unwrap());
+    assert!(e.is_member("u", "forever").unwrap());
+    let entered: Vec<(String, i64)> = logged(&e)
+        .into_iter()
+        .map(|(_, audience, _, _, at)| (audience, at))
+        .collect();
+    assert_eq!(
+        entered,
+        [
+            ("forever".to_string(), t0),
+            ("recent".to_string(), t0 + 6_000)
+        ]
+    );
+}
+
 #[test]
 fn count_thresholds_and_windows() {
     let mut e = engine(2);

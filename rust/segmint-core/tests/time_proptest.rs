@@ -107,7 +107,6 @@ fn rules() -> impl Strategy<Value = Rule> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 
-    #[test]
     /// Several rules at once: those testing `since("E")` share timers
     /// (and their next instants are found together, see
     /// `segmint_core::catalog::TimerLadder`).
