@@ -43,6 +43,23 @@ enum Rule {
         op: &'static str,
         c: i64,
     },
+    /// `member_for("seen") OP c`, `seen` being `did("E")`.
+    MemberFor {
+        op: &'static str,
+        c: i64,
+    },
+}
+
+/// `x OP y` for one of [`OPS`].
+fn compare(op: &str, x: i64, y: i64) -> bool {
+    match op {
+        "<" => x < y,
+        "<=" => x <= y,
+        ">" => x > y,
+        ">=" => x >= y,
+        "==" => x == y,
+        _ => x != y,
+    }
 }
 
 const OPS: [&str; 6] = ["<", "<=", ">", ">=", "==", "!="];
@@ -56,11 +73,14 @@ impl Rule {
             }
             Rule::SinceBetween { lo, hi } => format!(r#"since("E") between {lo}s and {hi}s"#),
             Rule::SinceCmp { op, c } => format!(r#"since("E") {op} {c}s"#),
+            Rule::MemberFor { op, c } => format!(r#"member_for("seen") {op} {c}s"#),
         }
     }
 
-    /// Brute force over the raw event instants.
-    fn holds(self, events: &[i64], now: i64) -> bool {
+    /// Brute force over the raw events: (instant, when it was sent).
+    fn holds(self, sent: &[(i64, i64)], now: i64) -> bool {
+        let events: Vec<i64> = sent.iter().map(|&(t, _)| t).collect();
+        let events = &events[..];
         let visible = events.iter().filter(|&&t| t <= now);
         match self {
             Rule::CountAtLeast { window, k } => {
@@ -77,17 +97,15 @@ impl Rule {
             Rule::SinceBetween { lo, hi } => visible
                 .max()
                 .is_some_and(|&t| (lo * S..=hi * S).contains(&(now - t))),
-            Rule::SinceCmp { op, c } => visible.max().is_some_and(|&t| {
-                let since = now - t;
-                match op {
-                    "<" => since < c * S,
-                    "<=" => since <= c * S,
-                    ">" => since > c * S,
-                    ">=" => since >= c * S,
-                    "==" => since == c * S,
-                    _ => since != c * S,
-                }
-            }),
+            Rule::SinceCmp { op, c } => visible.max().is_some_and(|&t| compare(op, now - t, c * S)),
+            // In `seen` from the first instant an event was visible: its
+            // own, or when it was sent if late.
+            Rule::MemberFor { op, c } => sent
+                .iter()
+                .map(|&(t, at)| t.max(at))
+                .filter(|&entered| entered <= now)
+                .min()
+                .is_some_and(|entered| compare(op, now - entered, c * S)),
         }
     }
 }
@@ -101,15 +119,16 @@ fn rules() -> impl Strategy<Value = Rule> {
             hi: a.max(b)
         }),
         (0usize..OPS.len(), 0i64..20).prop_map(|(op, c)| Rule::SinceCmp { op: OPS[op], c }),
+        (0usize..OPS.len(), 0i64..20).prop_map(|(op, c)| Rule::MemberFor { op: OPS[op], c }),
     ]
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 
-    /// Several rules at once: those testing `since("E")` share timers
-    /// (and their next instants are found together, see
-    /// `segmint_core::catalog::TimerLadder`).
+    /// Several rules at once: those testing `since("E")`, and those testing
+    /// `member_for("seen")`, share timers (and their next instants are found
+    /// together, see `segmint_core::catalog::TimerLadder`).
     #[test]
     fn time_based_changes_happen_at_the_exact_instant(
         rules in proptest::collection::vec(rules(), 1..5),
@@ -118,15 +137,16 @@ proptest! {
     ) {
         let config = EngineConfig { clock: Clock::Manual(T0), shards, threads: 1, ..Default::default() };
         let mut engine = Engine::new(config).unwrap();
+        engine.define_audience("seen", r#"did("E")"#).unwrap();
         let keys: Vec<String> = (0..rules.len()).map(|i| format!("a{i}")).collect();
         for (key, rule) in keys.iter().zip(&rules) {
             engine.define_audience(key, &rule.text()).unwrap();
         }
-        let mut events: Vec<i64> = Vec::new();
+        let mut events: Vec<(i64, i64)> = Vec::new();
         // Per audience: its expected changes, and membership now.
         let mut expected: Vec<Vec<(i64, bool)>> = vec![Vec::new(); rules.len()];
         let mut member = vec![false; rules.len()];
-        let mut note = |at: i64, events: &[i64], member: &mut [bool]| {
+        let mut note = |at: i64, events: &[(i64, i64)], member: &mut [bool]| {
             for (i, rule) in rules.iter().enumerate() {
                 let holds = rule.holds(events, at);
                 if holds != member[i] {
@@ -143,7 +163,7 @@ proptest! {
                     let json = format!(r#"[{{"userId":"u","event":"E","timestamp":"{}"}}]"#, format_timestamp(t));
                     let report = engine.ingest_json(json.as_bytes()).unwrap();
                     if report.errors.is_empty() {
-                        events.push(t);
+                        events.push((t, now));
                     }
                     // An event changes membership at `now`, where the brute force looks too.
                     note(now, &events, &mut member);
