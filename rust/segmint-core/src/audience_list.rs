@@ -58,6 +58,11 @@ pub struct PassFlips {
     profile: usize,
 }
 
+/// The word of a per-slot bitset holding `aud`'s bit, and the bit.
+fn bit_of(aud: AudId) -> (usize, u64) {
+    (aud as usize / 64, 1 << (aud % 64))
+}
+
 impl PassFlips {
     /// Whether the pass has flipped nothing.
     pub fn is_empty(&self) -> bool {
@@ -80,7 +85,7 @@ impl PassFlips {
     pub fn push(&mut self, profile: usize, aud: AudId, member: bool, at: Millis) {
         debug_assert!(self.list.is_empty() || self.profile == profile);
         self.profile = profile;
-        let (word, bit) = (aud as usize / 64, 1u64 << (aud % 64));
+        let (word, bit) = bit_of(aud);
         if self.flipped.len() <= word {
             self.flipped.resize(word + 1, 0);
             self.member.resize(word + 1, 0);
@@ -101,7 +106,7 @@ impl PassFlips {
     /// not flipped in it; the list says).
     #[inline]
     pub fn member(&self, aud: AudId) -> Option<bool> {
-        let (word, bit) = (aud as usize / 64, 1u64 << (aud % 64));
+        let (word, bit) = bit_of(aud);
         let flipped = self.flipped.get(word).is_some_and(|w| w & bit != 0);
         flipped.then(|| self.member[word] & bit != 0)
     }
@@ -134,7 +139,7 @@ impl PassFlips {
 
     fn clear_bits(&mut self) {
         for &(aud, _) in &self.list {
-            let (word, bit) = (aud as usize / 64, 1u64 << (aud % 64));
+            let (word, bit) = bit_of(aud);
             self.flipped[word] &= !bit;
             self.member[word] &= !bit;
         }
@@ -473,9 +478,14 @@ impl AudienceList {
             return false;
         }
         let mut units = Vec::with_capacity(HEADER + len + merged_exceptions.len());
-        let counts = [len as u32, exception_count as u32];
-        units.extend(counts.iter().flat_map(|&c| [c as u16, (c >> 16) as u16]));
-        units.extend_from_slice(&view.units[4..HEADER]);
+        units.extend_from_slice(&view.units[..HEADER]);
+        set_word(&mut units, 0, len as u32);
+        let shape = Shape {
+            len,
+            exceptions: exception_count,
+            width: 1,
+        };
+        set_exceptions(&mut units, shape);
         units.extend_from_slice(merged);
         units.extend_from_slice(merged_exceptions);
         self.units = ThinBox::from(units);

@@ -639,17 +639,12 @@ impl UserEnv<'_> {
     /// For a value `now - base` compared with `c`: the first instant after
     /// now at which it reaches `c` or passes it, as `edge` asks.
     fn crossing(&self, base: Millis, c: Millis, edge: Edge) -> Option<Millis> {
-        let g = self.granularity;
         // Past the last instant (a literal of some 10^11 days): never.
-        let at = |off: Option<Millis>| {
-            off.and_then(|off| base.checked_add(off))
-                .map(|t| ceil_to(t, g))
-        };
-        let reaches = matches!(edge, Edge::Reaches | Edge::Both).then(|| at(Some(c)));
-        let passes = matches!(edge, Edge::Passes | Edge::Both).then(|| at(c.checked_add(1)));
-        [reaches.flatten(), passes.flatten()]
+        edge.offsets(c)
             .into_iter()
             .flatten()
+            .filter_map(|off| base.checked_add(off))
+            .map(|t| ceil_to(t, self.granularity))
             .find(|&t| t > self.now)
     }
 
@@ -748,6 +743,17 @@ impl Edge {
             CmpOp::Eq | CmpOp::Ne => Edge::Both,
         }
     }
+
+    /// The offsets from a duration's base where `x op c` changes, in
+    /// order: `c` if it does as `x` reaches `c`, `c + 1` if once `x` has
+    /// passed it (none past the last instant).
+    fn offsets(self, c: Millis) -> [Option<Millis>; 2] {
+        let reaches = matches!(self, Edge::Reaches | Edge::Both).then_some(c);
+        let passes = matches!(self, Edge::Passes | Edge::Both)
+            .then(|| c.checked_add(1))
+            .flatten();
+        [reaches, passes]
+    }
 }
 
 /// The [`TimerLadder`] of a timer's `group`, when each of its atoms tests
@@ -763,27 +769,20 @@ pub fn timer_ladder(cat: &Catalog, group: &[AtomId]) -> Option<TimerLadder> {
             return None;
         }
         leaf = Some(x);
-        let (reaches, passes) = match *test {
+        let [first, second] = match *test {
             LeafTest::Cmp {
                 op,
                 value: Value::Dur(c),
                 leaf_left,
-            } => match Edge::of(if leaf_left { op } else { op.flipped() }) {
-                Edge::Reaches => (Some(c), None),
-                Edge::Passes => (None, Some(c)),
-                Edge::Both => (Some(c), Some(c)),
-            },
+            } => Edge::of(if leaf_left { op } else { op.flipped() }).offsets(c),
             LeafTest::Between {
                 lo: Value::Dur(l),
                 hi: Value::Dur(h),
                 ..
-            } => (Some(l), Some(h)),
+            } => [Edge::Reaches.offsets(l)[0], Edge::Passes.offsets(h)[1]],
             _ => return None,
         };
-        offsets.extend(reaches);
-        if let Some(c) = passes {
-            offsets.push(c.checked_add(1)?);
-        }
+        offsets.extend(first.into_iter().chain(second));
     }
     offsets.sort_unstable();
     offsets.dedup();

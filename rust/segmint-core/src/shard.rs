@@ -696,9 +696,7 @@ impl Shard {
         // flips (see `Shard::apply_pass_flips`); until then the pass reads
         // it from `pass_flips` (`Shard::env`, `Shard::evaluate_rule`).
         self.pass_flips.push(local, aud, now_member, step.now);
-        for &atom in &cat.timed_by_audience[aud as usize] {
-            self.reschedule(step, local, uid, atom);
-        }
+        self.reschedule_member_for(step, local, uid, aud);
         Some(now_member)
     }
 
@@ -706,6 +704,12 @@ impl Shard {
     /// timers of the atoms reading that membership (`member_for`).
     fn flip_member(&mut self, step: Step<'_>, local: usize, uid: u32, aud: AudId, member: bool) {
         self.set_member(local, uid, aud, member, step.now);
+        self.reschedule_member_for(step, local, uid, aud);
+    }
+
+    /// Moves the timers of the atoms reading the user's membership of `aud`
+    /// (`member_for`), which has just changed.
+    fn reschedule_member_for(&mut self, step: Step<'_>, local: usize, uid: u32, aud: AudId) {
         for &atom in &step.cat.timed_by_audience[aud as usize] {
             self.reschedule(step, local, uid, atom);
         }
@@ -1008,10 +1012,7 @@ impl Shard {
             .memberships
             .reserve(step.cat.empty_true.len());
         for &aud in &step.cat.empty_true {
-            self.set_member(local, uid, aud, true, step.now);
-            for &atom in &step.cat.timed_by_audience[aud as usize] {
-                self.reschedule(step, local, uid, atom);
-            }
+            self.flip_member(step, local, uid, aud, true);
         }
     }
 
