@@ -439,11 +439,29 @@ pub struct ThresholdAtom {
     pub atom: AtomId,
 }
 
+/// Atoms testing one leaf that reads states (a view, a `since(E)`)
+/// against literals: an update of those states changes the truths of all
+/// of them or of none, by changing the leaf's value. Twenty
+/// `since("Checkout Started") between ...` atoms read one base, and each
+/// was evaluated before and after every such event.
+#[derive(Debug, Clone)]
+pub struct LeafGroup {
+    /// The leaf (a `View` or a `SinceEvent`).
+    pub leaf: CExpr,
+    /// The atoms testing it (each with [`AtomDef::test`] on `leaf`), in id
+    /// order.
+    pub atoms: Vec<AtomId>,
+}
+
 /// Per state: which atoms an update can affect.
 #[derive(Debug, Clone, Default)]
 pub struct StateIndex {
     /// Atoms evaluated before and after every update of this state.
     pub general: Vec<AtomId>,
+    /// The [`Catalog::leaf_groups`] an update of this state can move, by
+    /// id, ascending: their leaf is read before and after the update, and
+    /// their atoms tested only when its value changed.
+    pub leaf_groups: Vec<u32>,
     /// Count views with their threshold atoms sorted by `k`.
     pub thresholds: Vec<(ViewId, Vec<ThresholdAtom>)>,
     /// Every live atom that reads this state (for future-event timers).
@@ -615,6 +633,9 @@ pub struct Catalog {
     /// Per atom: the [`TimerLadder`] of the group it leads, when its atoms
     /// all test one duration against literals.
     pub timer_ladder: Vec<Option<TimerLadder>>,
+    /// The atoms of live rules testing a view or a `since(E)` against
+    /// literals, by leaf (see [`StateIndex::leaf_groups`]).
+    pub leaf_groups: Vec<LeafGroup>,
     /// Per audience slot: its rule's class. Audiences with the same rule
     /// over the same atoms share a class (generated and copied audiences
     /// often repeat a rule), so a rule is evaluated once per pass however
@@ -1051,6 +1072,8 @@ impl Catalog {
         self.trait_test = vec![None; self.atoms.len()];
         self.by_event.clear();
         self.state_index = vec![StateIndex::default(); self.states.len()];
+        self.leaf_groups.clear();
+        let mut group_of_leaf: HashMap<(bool, u32), u32> = HashMap::new();
         for (id, view) in self.views.iter().enumerate() {
             self.state_index[view.state as usize]
                 .views
@@ -1113,7 +1136,26 @@ impl Catalog {
                             None => idx.thresholds.push((view, vec![entry])),
                         }
                     }
-                    _ => idx.general.push(id),
+                    _ => match &atom.test {
+                        Some((leaf @ (CExpr::View(_) | CExpr::SinceEvent(_)), _)) => {
+                            let key = match *leaf {
+                                CExpr::View(v) => (true, v),
+                                CExpr::SinceEvent(s) => (false, s),
+                                _ => unreachable!("matched above"),
+                            };
+                            let groups = &mut self.leaf_groups;
+                            let group = *group_of_leaf.entry(key).or_insert_with(|| {
+                                groups.push(LeafGroup {
+                                    leaf: leaf.clone(),
+                                    atoms: Vec::new(),
+                                });
+                                groups.len() as u32 - 1
+                            });
+                            groups[group as usize].atoms.push(id);
+                            idx.leaf_groups.push(group);
+                        }
+                        _ => idx.general.push(id),
+                    },
                 }
             }
             for &t in &atom.traits {
@@ -1152,10 +1194,16 @@ impl Catalog {
             for (_, atoms) in &mut idx.thresholds {
                 atoms.sort_by(|a, b| a.k.total_cmp(&b.k));
             }
-            for list in [&mut idx.general, &mut idx.all] {
+            for list in [&mut idx.general, &mut idx.all, &mut idx.leaf_groups] {
                 list.sort_unstable();
                 list.dedup();
             }
+        }
+        for group in &mut self.leaf_groups {
+            // An atom reading two states (`count("A", since "B")`) was
+            // listed once per state.
+            group.atoms.sort_unstable();
+            group.atoms.dedup();
         }
         self.timer_ladder = (0..self.atoms.len())
             .map(|lead| crate::eval::timer_ladder(self, &self.timer_group[lead]))
@@ -1811,6 +1859,93 @@ mod tests {
         let slot = cat.remove("c").unwrap();
         assert_eq!(cat.rule_class[slot as usize], NO_RULE_CLASS);
         assert_eq!(class(&cat, "a"), class(&cat, "a"));
+    }
+
+    #[test]
+    fn tests_of_one_view_or_since_are_grouped_by_leaf() {
+        let mut cat = Catalog::default();
+        let rules = [
+            ("a", r#"since("Checkout Started") between 3h and 2d"#),
+            (
+                "b",
+                r#"since("Checkout Started") < 6h and count("Product Viewed", 7d) >= 3"#,
+            ),
+            ("c", r#"sum("Order Completed", revenue, 30d) > 100"#),
+            (
+                "d",
+                r#"sum("Order Completed", revenue, 30d) >= 300 or trait.plan == "pro""#,
+            ),
+            (
+                "e",
+                r#"count("Product Viewed", since "Order Completed") >= 2"#,
+            ),
+            (
+                "f",
+                r#"sum("Order Completed", revenue, 30d) > count("Order Completed", 30d)"#,
+            ),
+        ];
+        for (key, src) in rules {
+            cat.define(key, src, parse_rule(src).unwrap()).unwrap();
+        }
+        let leaf_of = |a: AtomId| match &cat.atoms[a as usize].test {
+            Some((leaf @ (CExpr::View(_) | CExpr::SinceEvent(_)), _)) => Some(leaf.clone()),
+            _ => None,
+        };
+        let mut grouped = 0;
+        for (s, idx) in cat.state_index.iter().enumerate() {
+            let mut in_groups: Vec<AtomId> = Vec::new();
+            for &g in &idx.leaf_groups {
+                let group = &cat.leaf_groups[g as usize];
+                for &a in &group.atoms {
+                    assert_eq!(leaf_of(a).as_ref(), Some(&group.leaf));
+                    assert!(cat.atoms[a as usize].states.contains(&(s as StateId)));
+                    in_groups.push(a);
+                }
+            }
+            // Every atom of the state is in exactly one of the three lists.
+            for &a in &idx.all {
+                let thresholds = idx.thresholds.iter().flat_map(|(_, t)| t.iter());
+                let listed = [
+                    idx.general.contains(&a),
+                    in_groups.contains(&a),
+                    thresholds.clone().any(|t| t.atom == a),
+                ];
+                assert_eq!(listed.iter().filter(|&&l| l).count(), 1, "atom {a}");
+                assert_eq!(
+                    in_groups.contains(&a),
+                    !idx.general.contains(&a)
+                        && leaf_of(a).is_some()
+                        && !thresholds.clone().any(|t| t.atom == a)
+                );
+            }
+            grouped += in_groups.len();
+        }
+        // The two `since("Checkout Started")` tests share a group, and so
+        // do the two comparisons of the sum; `count(..., since "Order
+        // Completed")` (no threshold: its count restarts) is a group of its
+        // state and of its anchor's; the comparison of two views is
+        // general.
+        let since = cat
+            .leaf_groups
+            .iter()
+            .find(|g| matches!(g.leaf, CExpr::SinceEvent(_)))
+            .unwrap();
+        assert_eq!(since.atoms.len(), 2);
+        assert_eq!(
+            cat.leaf_groups
+                .iter()
+                .filter(|g| g.atoms.len() == 2)
+                .count(),
+            2
+        );
+        assert_eq!(grouped, 6);
+        assert_eq!(
+            cat.state_index
+                .iter()
+                .map(|i| i.general.len())
+                .sum::<usize>(),
+            2
+        );
     }
 
     proptest! {

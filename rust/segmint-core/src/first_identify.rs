@@ -17,11 +17,7 @@
 
 use hashbrown::HashMap;
 
-use crate::catalog::{AtomId, AudId};
-
-/// Atom lists kept before the memo starts afresh (the lists differ only by
-/// the set of trait keys an identify gives).
-const MAX_ATOM_LISTS: usize = 1024;
+use crate::catalog::AudId;
 
 /// Outcomes kept before the memo starts afresh.
 const MAX_OUTCOMES: usize = 1 << 16;
@@ -29,14 +25,12 @@ const MAX_OUTCOMES: usize = 1 << 16;
 /// Membership flips in the order they were made: (audience, entered).
 type Flips = Box<[(AudId, bool)]>;
 
-/// The membership flips of first identifies, by catalog generation, trait
-/// atoms and their truths.
+/// The membership flips of first identifies, by catalog generation, list
+/// of trait atoms and their truths.
 #[derive(Debug, Clone, Default)]
 pub struct FirstIdentifyMemo {
     /// The catalog generation the entries were made under.
     generation: u64,
-    /// Ids of the atom lists seen.
-    lists: HashMap<Box<[AtomId]>, u64>,
     /// `[list id, truth bits...]` to the flips, in the order they were made.
     outcomes: HashMap<Box<[u64]>, Flips>,
     /// The key of the last lookup (what [`FirstIdentifyMemo::record`] files under).
@@ -44,31 +38,21 @@ pub struct FirstIdentifyMemo {
 }
 
 impl FirstIdentifyMemo {
-    /// The flips remembered for `atoms` with `truths` under catalog
-    /// `generation`; a miss prepares [`FirstIdentifyMemo::record`].
+    /// The flips remembered for the list of atoms `list` (an id that
+    /// stands for one list, [`crate::trait_truths::KeyPlan::id`]; hashing
+    /// the hundreds of atoms of a list for each lookup cost more than the
+    /// truths) with `truths` under catalog `generation`; a miss prepares
+    /// [`FirstIdentifyMemo::record`].
     pub fn lookup(
         &mut self,
         generation: u64,
-        atoms: &[AtomId],
+        list: u64,
         truths: &[bool],
     ) -> Option<&[(AudId, bool)]> {
         if generation != self.generation {
-            self.lists.clear();
             self.outcomes.clear();
             self.generation = generation;
         }
-        let list = match self.lists.get(atoms) {
-            Some(&id) => id,
-            None => {
-                if self.lists.len() >= MAX_ATOM_LISTS {
-                    self.lists.clear();
-                    self.outcomes.clear();
-                }
-                let id = self.lists.len() as u64;
-                self.lists.insert(atoms.into(), id);
-                id
-            }
-        };
         self.key.clear();
         self.key.push(list);
         for chunk in truths.chunks(64) {
@@ -92,13 +76,12 @@ impl FirstIdentifyMemo {
 
     /// Approximate heap bytes.
     pub fn heap_bytes(&self) -> usize {
-        let lists: usize = self.lists.keys().map(|l| l.len() * 4 + 8 + 16).sum();
         let outcomes: usize = self
             .outcomes
             .iter()
             .map(|(k, f)| k.len() * 8 + f.len() * 8 + 32)
             .sum();
-        lists + outcomes + self.key.capacity() * 8
+        outcomes + self.key.capacity() * 8
     }
 }
 
@@ -109,46 +92,47 @@ mod tests {
     #[test]
     fn flips_are_found_by_atoms_truths_and_generation() {
         let mut memo = FirstIdentifyMemo::default();
-        assert_eq!(memo.lookup(1, &[3, 5], &[true, false]), None);
+        assert_eq!(memo.lookup(1, 1, &[true, false]), None);
         memo.record([(7, true), (2, false)]);
         assert_eq!(
-            memo.lookup(1, &[3, 5], &[true, false]),
+            memo.lookup(1, 1, &[true, false]),
             Some(&[(7, true), (2, false)][..])
         );
-        assert_eq!(memo.lookup(1, &[3, 5], &[true, true]), None);
-        assert_eq!(memo.lookup(1, &[3, 6], &[true, false]), None);
-        assert_eq!(memo.lookup(1, &[3], &[true]), None);
+        assert_eq!(memo.lookup(1, 1, &[true, true]), None);
+        assert_eq!(memo.lookup(1, 2, &[true, false]), None);
+        assert_eq!(memo.lookup(1, 3, &[true]), None);
         // Another catalog forgets everything.
-        assert_eq!(memo.lookup(2, &[3, 5], &[true, false]), None);
-        assert_eq!(memo.lookup(1, &[3, 5], &[true, false]), None);
+        assert_eq!(memo.lookup(2, 1, &[true, false]), None);
+        assert_eq!(memo.lookup(1, 1, &[true, false]), None);
     }
 
     #[test]
     fn truths_beyond_one_word_are_told_apart() {
-        let atoms: Vec<AtomId> = (0..130).collect();
+        let list = 4;
         let mut truths = vec![false; 130];
         let mut memo = FirstIdentifyMemo::default();
-        assert_eq!(memo.lookup(1, &atoms, &truths), None);
+        assert_eq!(memo.lookup(1, list, &truths), None);
         memo.record([(1, true)]);
         truths[129] = true;
-        assert_eq!(memo.lookup(1, &atoms, &truths), None);
+        assert_eq!(memo.lookup(1, list, &truths), None);
         memo.record([(2, true)]);
-        assert_eq!(memo.lookup(1, &atoms, &truths), Some(&[(2, true)][..]));
+        assert_eq!(memo.lookup(1, list, &truths), Some(&[(2, true)][..]));
         truths[129] = false;
-        assert_eq!(memo.lookup(1, &atoms, &truths), Some(&[(1, true)][..]));
+        assert_eq!(memo.lookup(1, list, &truths), Some(&[(1, true)][..]));
     }
 
     #[test]
     fn a_full_memo_starts_afresh() {
         let mut memo = FirstIdentifyMemo::default();
-        for i in 0..MAX_ATOM_LISTS as u32 + 1 {
-            assert_eq!(memo.lookup(1, &[i], &[true]), None);
-            memo.record([(i, true)]);
+        for list in 0..MAX_OUTCOMES as u64 + 1 {
+            assert_eq!(memo.lookup(1, list, &[true]), None);
+            memo.record([(list as AudId, true)]);
         }
-        assert!(memo.lists.len() <= MAX_ATOM_LISTS);
+        assert!(memo.outcomes.len() <= MAX_OUTCOMES);
+        let last = MAX_OUTCOMES as u64;
         assert_eq!(
-            memo.lookup(1, &[MAX_ATOM_LISTS as u32], &[true]),
-            Some(&[(MAX_ATOM_LISTS as u32, true)][..])
+            memo.lookup(1, last, &[true]),
+            Some(&[(last as AudId, true)][..])
         );
     }
 }

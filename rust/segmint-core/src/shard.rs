@@ -2,6 +2,7 @@
 //! memberships and their timers. Shards share nothing mutable, so a batch
 //! runs on all of them at once.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -455,6 +456,27 @@ impl Shard {
                 truths.push(known(a).unwrap_or_else(|| eval_atom(&cat.atoms[a as usize], &env)));
             }
             truths
+        })
+    }
+
+    /// The values of the leaves of `groups` (see
+    /// [`crate::catalog::LeafGroup`]) now, within a pass begun by the
+    /// caller.
+    fn leaf_values(
+        &mut self,
+        step: Step<'_>,
+        local: usize,
+        groups: &[u32],
+    ) -> SmallVec<[Option<Value>; 8]> {
+        self.with_view_memo(|shard, views| {
+            let env = shard.env(step, local).with_views(views);
+            groups
+                .iter()
+                .map(|&g| {
+                    env.leaf(&step.cat.leaf_groups[g as usize].leaf)
+                        .map(Cow::into_owned)
+                })
+                .collect()
         })
     }
 
@@ -988,9 +1010,18 @@ impl Shard {
             runs.sort_by_key(|r| r.key);
             let mut made = std::mem::take(&mut self.reorder_buffer);
             made.clear();
-            made.extend(out.drain(start..));
-            for r in &runs {
-                out.extend_from_slice(&made[r.start - start..r.end - start]);
+            if start == 0 {
+                // The whole buffer is this call's: copied once, in order.
+                made.reserve(out.len());
+                for r in &runs {
+                    made.extend_from_slice(&out[r.start..r.end]);
+                }
+                std::mem::swap(out, &mut made);
+            } else {
+                made.extend(out.drain(start..));
+                for r in &runs {
+                    out.extend_from_slice(&made[r.start - start..r.end - start]);
+                }
             }
             made.clear();
             self.reorder_buffer = made;
@@ -1149,7 +1180,12 @@ impl Shard {
         };
         let atoms = &plan.atoms[..];
         self.begin_views(step, local);
-        let before = self.trait_atom_truths(step, local, &plan, new);
+        // A new profile's truths before are an empty profile's: looked up
+        // only where they are compared (not on a first identify's memo hit).
+        let before = match new && plan.empty_known {
+            true => None,
+            false => Some(self.trait_atom_truths(step, local, &plan, new)),
+        };
         if !self.set_traits(local, traits, keys, &cat.trait_keys) {
             self.queue = pending;
             return;
@@ -1173,10 +1209,14 @@ impl Shard {
                 .iter()
                 .any(|&a| cat.atoms[a as usize].reads_memberships());
         if first {
-            let known = self.first_identify.lookup(cat.generation, atoms, &after);
+            let known = self.first_identify.lookup(cat.generation, plan.id, &after);
             if let Some(flips) = known.map(SmallVec::<[(AudId, bool); 16]>::from) {
+                // Held back and applied together, as a pass's flips are
+                // (see `Shard::evaluate`).
+                self.pass_flips.discard();
                 for (counter, &(aud, entered)) in flips.iter().enumerate() {
-                    self.flip_member(step, local, uid, aud, entered);
+                    self.pass_flips.push(local, aud, entered, step.now);
+                    self.reschedule_member_for(step, local, uid, aud);
                     out.push(ShardChange {
                         order: (index as i64, 1, counter as u64),
                         uid,
@@ -1185,10 +1225,15 @@ impl Shard {
                         reason: Reason::Event,
                     });
                 }
+                self.apply_pass_flips(local, uid);
                 self.queue = pending;
                 return;
             }
         }
+        let before = before.unwrap_or_else(|| {
+            let empty = |a: AtomId| cat.empty_atom_truth[a as usize] == Some(true);
+            atoms.iter().map(|&a| empty(a)).collect()
+        });
         for (i, &atom) in atoms.iter().enumerate() {
             self.remember(step, atom, after[i]);
             if after[i] != before[i] {
@@ -1273,8 +1318,15 @@ impl Shard {
             .collect();
         general.sort_unstable();
         general.dedup();
+        let mut groups: SmallVec<[u32; 8]> = matched
+            .iter()
+            .flat_map(|(s, _)| cat.state_index[*s as usize].leaf_groups.iter().copied())
+            .collect();
+        groups.sort_unstable();
+        groups.dedup();
         self.begin_views(step, local);
         let before = self.atom_truths(step, local, &general, new);
+        let leaves_before = self.leaf_values(step, local, &groups);
         let mut flipped: SmallVec<[(AtomId, bool); 8]> = SmallVec::new();
         for (s, v) in &matched {
             let state = self.users[local].state_mut(*s);
@@ -1328,6 +1380,7 @@ impl Shard {
         // were carried over the new entries: the pass goes on with them.
         self.begin_truths(step);
         let after = self.atom_truths(step, local, &general, false);
+        let leaves_after = self.leaf_values(step, local, &groups);
         let mut timed: SmallVec<[AtomId; 32]> = SmallVec::new();
         for (i, &atom) in general.iter().enumerate() {
             if after[i] != before[i] {
@@ -1336,6 +1389,36 @@ impl Shard {
                 self.remember(step, atom, after[i]);
                 if cat.atoms[atom as usize].timed {
                     timed.push(atom);
+                }
+            }
+        }
+        for (g, (leaf_before, leaf_after)) in
+            groups.iter().zip(leaves_before.iter().zip(&leaves_after))
+        {
+            let atoms = &cat.leaf_groups[*g as usize].atoms;
+            if leaf_before == leaf_after {
+                // No truth moved; a window's next lapse may have.
+                timed.extend(
+                    atoms
+                        .iter()
+                        .copied()
+                        .filter(|&a| cat.atoms[a as usize].timed),
+                );
+                continue;
+            }
+            self.counters.atom_evaluations += atoms.len() as u64;
+            for &atom in atoms {
+                let Some((_, test)) = &cat.atoms[atom as usize].test else {
+                    unreachable!("a leaf group's atoms are tests of its leaf")
+                };
+                let now_true = test.holds(leaf_after.as_ref());
+                if test.holds(leaf_before.as_ref()) != now_true {
+                    flipped.push((atom, now_true));
+                } else {
+                    self.remember(step, atom, now_true);
+                    if cat.atoms[atom as usize].timed {
+                        timed.push(atom);
+                    }
                 }
             }
         }

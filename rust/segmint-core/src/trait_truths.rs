@@ -38,6 +38,9 @@ const MAX_KEY_LISTS: usize = 1 << 10;
 /// finds its truth.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyPlan {
+    /// Distinct for every plan made (of any catalog): stands for its list
+    /// of atoms in [`crate::first_identify::FirstIdentifyMemo`].
+    pub id: u64,
     /// The keys, as the identify gives them.
     pub keys: Box<[TraitKey]>,
     /// The atoms, ascending.
@@ -49,6 +52,10 @@ pub struct KeyPlan {
     /// Per key of the list: whether any atom is a test of it (the others,
     /// `created_at` read only by `since`, have no row to look up).
     pub tested: Box<[bool]>,
+    /// Whether every atom's truth on an empty profile is known
+    /// ([`Catalog::empty_atom_truth`]): a new profile's truths before its
+    /// first identify are then those, with nothing evaluated.
+    pub empty_known: bool,
 }
 
 impl KeyPlan {
@@ -74,7 +81,13 @@ impl KeyPlan {
         for &(index, _) in tests.iter().flatten() {
             tested[index as usize] = true;
         }
+        let empty_known = atoms
+            .iter()
+            .all(|&a| matches!(cat.empty_atom_truth.get(a as usize), Some(Some(_))));
+        static PLANS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         KeyPlan {
+            id: PLANS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            empty_known,
             keys: keys.into(),
             atoms: atoms.into(),
             tests,
