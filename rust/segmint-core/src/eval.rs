@@ -49,8 +49,16 @@ pub struct UserEnv<'a> {
 /// compare the same `sum("Order Completed", revenue, 365d)` with different
 /// constants, and each comparison would otherwise walk the window's
 /// entries again.
+///
+/// Boxed, and allocated by the first [`ViewMemo::begin`]: a shard lends
+/// its memo to every evaluation in a `RefCell` it moves it into and back,
+/// which moved the whole table twice per rule evaluated.
 #[derive(Debug, Clone, Default)]
-pub struct ViewMemo {
+pub struct ViewMemo(Option<Box<ViewPass>>);
+
+/// A [`ViewMemo`]'s table.
+#[derive(Debug, Clone, Default)]
+struct ViewPass {
     pass: u32,
     /// The user (by address) and instant of the pass: an environment for
     /// another reads nothing from here.
@@ -82,6 +90,54 @@ impl ViewMemo {
     /// that can move a view's value at `now`, unless it carries the values
     /// over the change with [`ViewMemo::carry`]).
     pub fn begin(&mut self, views: usize, user: &UserData, now: Millis) {
+        self.0.get_or_insert_default().begin(views, user, now);
+    }
+
+    fn get(&self, view: u32, key: (usize, Millis)) -> Option<&Option<Value>> {
+        self.0.as_deref()?.get(view, key)
+    }
+
+    fn set(&mut self, view: u32, key: (usize, Millis), value: Option<Value>) {
+        if let Some(pass) = self.0.as_deref_mut() {
+            pass.set(view, key, value);
+        }
+    }
+
+    /// Carries a view's value, if computed in this pass, over a change of
+    /// the user's entries: `update` gives the new value from the old one,
+    /// or None where it cannot, and the view is then computed afresh when
+    /// next read. (The pass stays open: values of views the change did not
+    /// touch stay known.)
+    pub fn carry(
+        &mut self,
+        view: u32,
+        update: impl FnOnce(&Option<Value>) -> Option<Option<Value>>,
+    ) {
+        if let Some(pass) = self.0.as_deref_mut() {
+            pass.carry(view, update);
+        }
+    }
+
+    /// Forgets the `since(E)` base of `state` found in this pass.
+    pub fn forget_event_base(&mut self, state: StateId) {
+        if let Some(pass) = self.0.as_deref_mut() {
+            pass.forget_event_base(state);
+        }
+    }
+
+    fn get_base(&self, base: Base, key: (usize, Millis)) -> Option<Option<Millis>> {
+        self.0.as_deref()?.get_base(base, key)
+    }
+
+    fn set_base(&mut self, base: Base, key: (usize, Millis), at: Option<Millis>) {
+        if let Some(pass) = self.0.as_deref_mut() {
+            pass.set_base(base, key, at);
+        }
+    }
+}
+
+impl ViewPass {
+    fn begin(&mut self, views: usize, user: &UserData, now: Millis) {
         self.pass = self.pass.wrapping_add(1);
         if self.pass == 0 {
             self.stamps.fill(0);
@@ -108,16 +164,7 @@ impl ViewMemo {
         }
     }
 
-    /// Carries a view's value, if computed in this pass, over a change of
-    /// the user's entries: `update` gives the new value from the old one,
-    /// or None where it cannot, and the view is then computed afresh when
-    /// next read. (The pass stays open: values of views the change did not
-    /// touch stay known.)
-    pub fn carry(
-        &mut self,
-        view: u32,
-        update: impl FnOnce(&Option<Value>) -> Option<Option<Value>>,
-    ) {
+    fn carry(&mut self, view: u32, update: impl FnOnce(&Option<Value>) -> Option<Option<Value>>) {
         let i = view as usize;
         if self.stamps.get(i) != Some(&self.pass) {
             return;
@@ -128,8 +175,7 @@ impl ViewMemo {
         }
     }
 
-    /// Forgets the `since(E)` base of `state` found in this pass.
-    pub fn forget_event_base(&mut self, state: StateId) {
+    fn forget_event_base(&mut self, state: StateId) {
         if let Some(entry) = self.event_bases.get_mut(state as usize) {
             entry.0 = 0;
         }
