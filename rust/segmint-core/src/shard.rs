@@ -13,9 +13,7 @@ use crate::audience_list::{FlipScratch, PassFlips};
 use crate::catalog::{
     AtomId, AudId, Catalog, CtId, Polarity, RuleExpr, StateId, TraitKey, WindowDef,
 };
-use crate::eval::{
-    compare, eval_atom, eval_bool, eval_rule, eval_value, Env, PropsEnv, UserEnv, ViewMemo,
-};
+use crate::eval::{eval_atom, eval_bool, eval_rule, eval_value, Env, PropsEnv, UserEnv, ViewMemo};
 use crate::first_identify::FirstIdentifyMemo;
 use crate::pages::Pages;
 use crate::profile::{
@@ -1352,9 +1350,10 @@ impl Shard {
                 let lo = atoms.partition_point(|a| a.k < old);
                 let hi = atoms.partition_point(|a| a.k <= new);
                 for atom in &atoms[lo..hi] {
-                    let k = Value::Num(atom.k);
-                    let now_true = compare(&Value::Num(new), &k, atom.op);
-                    if compare(&Value::Num(old), &k, atom.op) != now_true {
+                    // `compare` of two numbers, without wrapping them.
+                    let holds = |x: f64| x.partial_cmp(&atom.k).is_some_and(|o| atom.op.holds(o));
+                    let now_true = holds(new);
+                    if holds(old) != now_true {
                         flipped.push((atom.atom, now_true));
                     }
                 }
