@@ -445,6 +445,53 @@ impl LeafTest {
         let Some(x) = leaf else {
             return false;
         };
+        self.holds_directly(x)
+            .unwrap_or_else(|| self.holds_compared(x))
+    }
+
+    /// Durations and numbers against literals of their kind (the timers'
+    /// `since` ladders, the views' thresholds), decided without
+    /// [`compare`]'s dispatch on both kinds: [`LeafTest::holds_compared`]'s
+    /// answers, or None for the other tests.
+    fn holds_directly(&self, x: &Value) -> Option<bool> {
+        match (self, x) {
+            (
+                LeafTest::Between {
+                    lo: Value::Dur(lo),
+                    hi: Value::Dur(hi),
+                    negated,
+                },
+                Value::Dur(d),
+            ) => Some((lo <= d && d <= hi) != *negated),
+            (
+                LeafTest::Cmp {
+                    op,
+                    value: Value::Dur(c),
+                    leaf_left,
+                },
+                Value::Dur(d),
+            ) => Some(op.holds(if *leaf_left { d.cmp(c) } else { c.cmp(d) })),
+            (
+                LeafTest::Cmp {
+                    op,
+                    value: Value::Num(c),
+                    leaf_left,
+                },
+                Value::Num(n),
+            ) => {
+                let ord = if *leaf_left {
+                    n.partial_cmp(c)
+                } else {
+                    c.partial_cmp(n)
+                };
+                Some(ord.is_some_and(|o| op.holds(o)))
+            }
+            _ => None,
+        }
+    }
+
+    /// The test on a present value, through [`compare`].
+    fn holds_compared(&self, x: &Value) -> bool {
         match self {
             LeafTest::Cmp {
                 op,
@@ -1005,9 +1052,25 @@ mod tests {
         ]
     }
 
+    /// Durations and numbers only: the kinds [`LeafTest::holds`] decides
+    /// without [`compare`].
+    fn dur_or_num() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            prop_oneof![Just(f64::NAN), Just(-0.0), -3.0..3.0f64].prop_map(Value::Num),
+            (-2i64..3).prop_map(Value::Dur),
+        ]
+    }
+
     /// An atom of one of the shapes [`LeafTest::of`] takes, over trait 0.
     fn leaf_atom() -> impl Strategy<Value = CExpr> {
-        let lit = || value().prop_map(|v| Box::new(CExpr::Lit(v)));
+        leaf_atom_of(value)
+    }
+
+    /// [`leaf_atom`] with literals of `value`.
+    fn leaf_atom_of<S: Strategy<Value = Value> + 'static>(
+        value: fn() -> S,
+    ) -> impl Strategy<Value = CExpr> {
+        let lit = move || value().prop_map(|v| Box::new(CExpr::Lit(v)));
         let leaf = || Box::new(CExpr::Trait(0));
         prop_oneof![
             (cmp_op(), lit()).prop_map(move |(op, v)| CExpr::Cmp(op, leaf(), v)),
@@ -1050,6 +1113,24 @@ mod tests {
             let env = UserEnv::new(&cat, &user, 0, 1);
             let (leaf, test) = LeafTest::of(&expr).expect("a leaf atom");
             prop_assert_eq!(test.holds(env.leaf(&leaf).as_deref()), eval_bool(&expr, &env));
+        }
+    }
+
+    proptest! {
+        // Each shape meets each kind and boundary often enough.
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// Durations and numbers tested against literals of their kind are
+        /// decided directly as [`compare`] decides them.
+        #[test]
+        fn direct_tests_decide_as_compare(
+            expr in leaf_atom_of(dur_or_num),
+            x in dur_or_num(),
+        ) {
+            let (_, test) = LeafTest::of(&expr).expect("a leaf atom");
+            if let Some(direct) = test.holds_directly(&x) {
+                prop_assert_eq!(direct, test.holds_compared(&x));
+            }
         }
     }
 
