@@ -274,14 +274,37 @@ enum TimeSource {
     Member(AudId),
 }
 
-/// The most atoms one timer stands for. A firing tests every atom of its
-/// group and finds each one's next change, and the timer fires at each of
-/// their instants: one timer for the sixty `since("Order Completed")
-/// between ...` atoms of the benchmark's rules would do sixty times the
-/// work sixty times. In groups of four, the four `since(trait.created_at)`
-/// thresholds still share one (and eight per group fired a twentieth more
-/// instructions in `advance` for a byte per user less).
+/// The most atoms one timer stands for when they are not all on a
+/// [`TimerLadder`]: a firing then tests every atom of its group and finds
+/// each one's next change, and the timer fires at each of their instants,
+/// so one timer for sixty atoms would do sixty times the work sixty times.
 const TIMER_GROUP_MAX: usize = 4;
+
+/// The most atoms one timer stands for when they all test their duration
+/// against literal durations: such a group has a [`TimerLadder`], and a
+/// firing reads the duration twice and tests only the atoms whose offsets
+/// it crosses, and a reschedule searches the ladder, whatever the group's
+/// size. (A profile then keeps one timer where it kept fifteen for the
+/// sixty `since("Order Completed") between ...` atoms.)
+const LADDER_GROUP_MAX: usize = 64;
+
+/// Whether an atom of a time source can be on a [`TimerLadder`]: it
+/// tests the duration against literal durations.
+fn on_a_ladder(atom: &AtomDef) -> bool {
+    matches!(
+        atom.test.as_ref().map(|(_, test)| test),
+        Some(
+            LeafTest::Cmp {
+                value: Value::Dur(_),
+                ..
+            } | LeafTest::Between {
+                lo: Value::Dur(_),
+                hi: Value::Dur(_),
+                ..
+            }
+        )
+    ) && atom.threshold.is_none()
+}
 
 /// The time source an atom tests against literals, if it is that kind of
 /// atom (a timed one reading nothing else).
@@ -300,13 +323,17 @@ fn time_source(atom: &AtomDef) -> Option<TimeSource> {
 /// test flips as the duration reaches `c` (`< c`, `>= c`, a `between`'s
 /// low bound), `c + 1` where it flips once past it (`> c`, `<= c`, a high
 /// bound), both for `==` and `!=`. A timer's next instant is then one
-/// search of the offsets instead of each atom's own.
+/// search of the offsets instead of each atom's own, and a timer that
+/// fires tests only the atoms with an offset at its instant.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TimerLadder {
     /// The duration the group's atoms test.
     pub leaf: CExpr,
     /// Offsets from the duration's base, ascending without repeats.
     pub offsets: Vec<Millis>,
+    /// Each atom's offsets, with its index in the group, ascending by
+    /// offset: between two offsets, every atom keeps its truth.
+    pub edges: Vec<(Millis, u32)>,
 }
 
 /// How an atom that compares one leaf with literals decides its truth
@@ -621,7 +648,8 @@ pub struct Catalog {
     /// literals (`since(trait.created_at) < 14d`, `< 30d`, ...) share one
     /// timer, at the earliest of their next changes: a profile then keeps
     /// one timer per time source instead of one per threshold (or one per
-    /// [`TIMER_GROUP_MAX`] of them). The lead is the first atom (lowest id)
+    /// [`LADDER_GROUP_MAX`] of them, [`TIMER_GROUP_MAX`] of those no
+    /// ladder holds). The lead is the first atom (lowest id)
     /// of its group; groups are formed in id order, and atoms are never
     /// removed, so an atom's lead never changes. Other atoms lead
     /// themselves.
@@ -1217,13 +1245,20 @@ impl Catalog {
     /// [`Catalog::timer_lead`] of every atom: atoms testing the same time
     /// source against literals are led by the first of them.
     fn timer_leads(&self) -> Vec<AtomId> {
-        // Per source: the lead taking atoms now, and how many it has.
-        let mut open: HashMap<TimeSource, (AtomId, usize)> = HashMap::new();
+        // Per source and kind (on a ladder or not): the lead taking atoms
+        // now, and how many it has.
+        let mut open: HashMap<(TimeSource, bool), (AtomId, usize)> = HashMap::new();
         (0..self.atoms.len() as AtomId)
             .map(|id| match time_source(&self.atoms[id as usize]) {
                 Some(source) => {
-                    let (lead, led) = open.entry(source).or_insert((id, 0));
-                    if *led == TIMER_GROUP_MAX {
+                    let ladder = on_a_ladder(&self.atoms[id as usize]);
+                    let max = if ladder {
+                        LADDER_GROUP_MAX
+                    } else {
+                        TIMER_GROUP_MAX
+                    };
+                    let (lead, led) = open.entry((source, ladder)).or_insert((id, 0));
+                    if *led == max {
                         (*lead, *led) = (id, 0);
                     }
                     *led += 1;
@@ -1859,6 +1894,42 @@ mod tests {
         let slot = cat.remove("c").unwrap();
         assert_eq!(cat.rule_class[slot as usize], NO_RULE_CLASS);
         assert_eq!(class(&cat, "a"), class(&cat, "a"));
+    }
+
+    #[test]
+    fn ladder_atoms_of_one_source_share_a_timer_by_up_to_sixty_four() {
+        let mut cat = Catalog::default();
+        let mut define = |key: String, src: String| {
+            let ast = parse_rule(&src).unwrap();
+            cat.define(&key, &src, ast).unwrap();
+        };
+        for i in 1..=70 {
+            define(format!("s{i}"), format!(r#"since("E") < {i}h"#));
+        }
+        for i in 1..=5 {
+            define(
+                format!("n{i}"),
+                format!(r#"since("E") in [{i}h, {}h]"#, i + 10),
+            );
+        }
+        let atom = |cat: &Catalog, key: &str| {
+            cat.audiences[cat.audience(key).unwrap() as usize]
+                .as_ref()
+                .unwrap()
+                .atoms[0]
+        };
+        let lead = |cat: &Catalog, key: &str| cat.timer_lead[atom(cat, key) as usize];
+        let first = atom(&cat, "s1");
+        assert!(cat.timer_ladder[first as usize].is_some());
+        assert!((1..=64).all(|i| lead(&cat, &format!("s{i}")) == first));
+        let second = atom(&cat, "s65");
+        assert!((65..=70).all(|i| lead(&cat, &format!("s{i}")) == second));
+        // Tests a ladder cannot hold go in groups of four of their own.
+        let other = atom(&cat, "n1");
+        assert_eq!(cat.timer_ladder[other as usize], None);
+        assert!((1..=4).all(|i| lead(&cat, &format!("n{i}")) == other));
+        assert_eq!(lead(&cat, "n5"), atom(&cat, "n5"));
+        assert_eq!(cat.timer_group[first as usize].len(), 64);
     }
 
     #[test]

@@ -854,8 +854,8 @@ impl Edge {
 /// [`UserEnv::atom_next_change`] reads without walking the expression).
 pub fn timer_ladder(cat: &Catalog, group: &[AtomId]) -> Option<TimerLadder> {
     let mut leaf: Option<&CExpr> = None;
-    let mut offsets = Vec::new();
-    for &a in group {
+    let mut edges = Vec::new();
+    for (i, &a) in group.iter().enumerate() {
         let atom = &cat.atoms[a as usize];
         let (x, test) = atom.test.as_ref().filter(|_| atom.threshold.is_none())?;
         if !is_duration_source(x) || leaf.is_some_and(|l| l != x) {
@@ -875,13 +875,15 @@ pub fn timer_ladder(cat: &Catalog, group: &[AtomId]) -> Option<TimerLadder> {
             } => [Edge::Reaches.offsets(l)[0], Edge::Passes.offsets(h)[1]],
             _ => return None,
         };
-        offsets.extend(first.into_iter().chain(second));
+        edges.extend(first.into_iter().chain(second).map(|o| (o, i as u32)));
     }
-    offsets.sort_unstable();
+    edges.sort_unstable();
+    let mut offsets: Vec<Millis> = edges.iter().map(|&(o, _)| o).collect();
     offsets.dedup();
     Some(TimerLadder {
         leaf: leaf?.clone(),
         offsets,
+        edges,
     })
 }
 

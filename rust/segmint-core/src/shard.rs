@@ -1490,20 +1490,91 @@ impl Shard {
             return;
         }
         self.counters.timers_fired += 1;
-        // Instants are multiples of G: the previous observable instant is T - G.
-        let before = self.group_truths(step.at(instant - step.granularity), local, group, false);
-        let after = self.group_truths(step, local, group, true);
+        let flips = match self.ladder_flips(step, local, lead, group) {
+            Some(flips) => flips,
+            None => {
+                // Instants are multiples of G: the previous observable
+                // instant is T - G.
+                let g = step.granularity;
+                let before = self.group_truths(step.at(instant - g), local, group, false);
+                let after = self.group_truths(step, local, group, true);
+                let flipped = (0..group.len()).filter(|&i| before[i] != after[i]);
+                flipped.map(|i| (group[i], after[i])).collect()
+            }
+        };
         self.reschedule_in_pass(step, local, uid, &[lead]);
-        for (i, &a) in group.iter().enumerate() {
-            if before[i] != after[i] {
-                let (rules, user) = (&cat.atom_rules[a as usize], &self.users[local]);
-                for (r, member) in
-                    Polarity::movable_rules(rules, user.memberships.slots(), after[i])
-                {
-                    due.insert_known(cat.rank[r as usize], member);
-                }
+        for (a, now_true) in flips {
+            let (rules, user) = (&cat.atom_rules[a as usize], &self.users[local]);
+            for (r, member) in Polarity::movable_rules(rules, user.memberships.slots(), now_true) {
+                due.insert_known(cat.rank[r as usize], member);
             }
         }
+    }
+
+    /// The atoms of `lead`'s group that flip between the instant before
+    /// `step.now` and `step.now`, with their truth now, found from the
+    /// group's [`crate::catalog::TimerLadder`] when it has one and the
+    /// duration's base stayed: only the atoms with an offset crossed in
+    /// that step can flip (a `since` ladder holds twenty atoms, and one
+    /// crossing was evaluating all of them twice). None where the group has
+    /// no ladder, the duration is missing or its base moved (an event
+    /// became visible now).
+    fn ladder_flips(
+        &mut self,
+        step: Step<'_>,
+        local: usize,
+        lead: AtomId,
+        group: &[AtomId],
+    ) -> Option<SmallVec<[(AtomId, bool); 8]>> {
+        let cat = step.cat;
+        let ladder = cat.timer_ladder.get(lead as usize)?.as_ref()?;
+        let g = step.granularity;
+        let before = self
+            .env(step.at(step.now - g), local)
+            .leaf(&ladder.leaf)
+            .map(Cow::into_owned)?;
+        let after = self.with_view_memo(|shard, views| {
+            let env = shard.env(step, local).with_views(views);
+            env.leaf(&ladder.leaf).map(Cow::into_owned)
+        })?;
+        let (&Value::Dur(b), &Value::Dur(a)) = (&before, &after) else {
+            return None;
+        };
+        if a.checked_sub(b) != Some(g) {
+            return None;
+        }
+        let crossed = ladder.edges.partition_point(|&(o, _)| o <= b)
+            ..ladder.edges.partition_point(|&(o, _)| o <= a);
+        let mut flips: SmallVec<[(AtomId, bool); 8]> = SmallVec::new();
+        for &(_, i) in &ladder.edges[crossed] {
+            let atom = group[i as usize];
+            let Some((_, test)) = &cat.atoms[atom as usize].test else {
+                unreachable!("a ladder's atoms test its leaf")
+            };
+            self.counters.atom_evaluations += 1;
+            let now_true = test.holds(Some(&after));
+            if test.holds(Some(&before)) != now_true && !flips.iter().any(|&(f, _)| f == atom) {
+                flips.push((atom, now_true));
+            }
+        }
+        debug_assert_eq!(
+            flips.as_slice(),
+            {
+                // Every atom of the group evaluated, as without a ladder
+                // (not counted: the counters are the build's work).
+                let counted = self.counters.atom_evaluations;
+                let before = self.group_truths(step.at(step.now - g), local, group, false);
+                let after = self.group_truths(step, local, group, true);
+                self.counters.atom_evaluations = counted;
+                let flipped = (0..group.len()).filter(|&i| before[i] != after[i]);
+                let mut all: SmallVec<[(AtomId, bool); 8]> =
+                    flipped.map(|i| (group[i], after[i])).collect();
+                all.sort_unstable_by_key(|&(a, _)| flips.iter().position(|&(f, _)| f == a));
+                all
+            }
+            .as_slice()
+        );
+        Some(flips)
     }
 
     /// The truths of a timer's group of atoms (see
