@@ -441,6 +441,7 @@ fn is_between(x: &Value, lo: &Value, hi: &Value, negated: bool) -> bool {
 impl LeafTest {
     /// The test on a leaf's value (`None`: null, which fails every test but
     /// `not` around it).
+    #[inline]
     pub fn holds(&self, leaf: Option<&Value>) -> bool {
         let Some(x) = leaf else {
             return false;
@@ -453,6 +454,7 @@ impl LeafTest {
     /// `since` ladders, the views' thresholds), decided without
     /// [`compare`]'s dispatch on both kinds: [`LeafTest::holds_compared`]'s
     /// answers, or None for the other tests.
+    #[inline]
     fn holds_directly(&self, x: &Value) -> Option<bool> {
         match (self, x) {
             (
@@ -490,7 +492,10 @@ impl LeafTest {
         }
     }
 
-    /// The test on a present value, through [`compare`].
+    /// The test on a present value, through [`compare`]. (Kept out of
+    /// line: inlined, its calls made every test save and restore the
+    /// registers they use.)
+    #[inline(never)]
     fn holds_compared(&self, x: &Value) -> bool {
         match self {
             LeafTest::Cmp {

@@ -440,6 +440,9 @@ impl Shard {
         atoms: &[AtomId],
         new: bool,
     ) -> SmallVec<[bool; 32]> {
+        if atoms.is_empty() {
+            return SmallVec::new();
+        }
         let cat = step.cat;
         let known = |a: AtomId| match cat.empty_atom_truth.get(a as usize) {
             Some(&Some(truth)) if new => Some(truth),
@@ -466,6 +469,9 @@ impl Shard {
         local: usize,
         groups: &[u32],
     ) -> SmallVec<[Option<Value>; 8]> {
+        if groups.is_empty() {
+            return SmallVec::new();
+        }
         self.with_view_memo(|shard, views| {
             let env = shard.env(step, local).with_views(views);
             groups
