@@ -82,6 +82,7 @@ impl PassFlips {
     }
 
     /// Records that `profile` entered (`member`) or left `aud` at `at`.
+    #[inline]
     pub fn push(&mut self, profile: usize, aud: AudId, member: bool, at: Millis) {
         debug_assert!(self.list.is_empty() || self.profile == profile);
         self.profile = profile;

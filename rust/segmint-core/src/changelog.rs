@@ -97,6 +97,7 @@ pub(crate) struct PackedRun {
 
 impl PackedRun {
     /// Appends a shard's change.
+    #[inline]
     pub fn push(&mut self, change: &ShardChange) {
         let (entry, aside) = pack(change.uid, &change.kind, change.at, change.reason);
         if aside {

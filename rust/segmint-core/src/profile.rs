@@ -596,6 +596,7 @@ impl Memberships {
     /// Notes that `uid` entered (was not a member) or left (was one) `aud`;
     /// the bitmap follows at the next [`Memberships::flush`]. (Ids from
     /// 2^31 on, which do not fit the packed form, go to the bitmap at once.)
+    #[inline]
     pub fn touch(&mut self, aud: AudId, uid: u32, entered: bool) {
         let slot = aud as usize;
         if uid > u32::MAX >> 1 {

@@ -166,6 +166,7 @@ impl RankQueue {
 
     /// Queues `rank` (once), with the user's current membership of its
     /// rule.
+    #[inline]
     pub fn insert_known(&mut self, rank: u32, member: bool) {
         let (w, bit) = self.grow_to(rank);
         let word = &mut self.words[w];
