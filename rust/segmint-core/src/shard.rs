@@ -11,7 +11,7 @@ use smallvec::SmallVec;
 
 use crate::audience_list::{FlipScratch, PassFlips};
 use crate::catalog::{
-    AtomId, AudId, Catalog, CtId, Polarity, RuleExpr, StateId, TraitKey, WindowDef,
+    AtomId, AudId, Catalog, CtId, Polarity, RuleExpr, StateId, StateIndex, TraitKey, WindowDef,
 };
 use crate::eval::{eval_atom, eval_bool, eval_rule, eval_value, Env, PropsEnv, UserEnv, ViewMemo};
 use crate::first_identify::FirstIdentifyMemo;
@@ -1316,18 +1316,18 @@ impl Shard {
             self.process(step, uid, pending, Reason::Event, (index as i64, 1), out);
             return;
         }
-        let mut general: SmallVec<[AtomId; 16]> = matched
-            .iter()
-            .flat_map(|(s, _)| cat.state_index[*s as usize].general.iter().copied())
-            .collect();
-        general.sort_unstable();
-        general.dedup();
-        let mut groups: SmallVec<[u32; 8]> = matched
-            .iter()
-            .flat_map(|(s, _)| cat.state_index[*s as usize].leaf_groups.iter().copied())
-            .collect();
-        groups.sort_unstable();
-        groups.dedup();
+        // The union of one list of the matched states' indexes, ascending.
+        let union = |list: fn(&StateIndex) -> &[u32]| {
+            let mut all: SmallVec<[u32; 16]> = matched
+                .iter()
+                .flat_map(|(s, _)| list(&cat.state_index[*s as usize]).iter().copied())
+                .collect();
+            all.sort_unstable();
+            all.dedup();
+            all
+        };
+        let general = union(|index| &index.general);
+        let groups = union(|index| &index.leaf_groups);
         self.begin_views(step, local);
         let before = self.atom_truths(step, local, &general, new);
         let leaves_before = self.leaf_values(step, local, &groups);
