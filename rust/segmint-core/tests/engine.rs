@@ -227,16 +227,18 @@ fn thresholds_on_one_time_source_share_a_timer_and_flip_on_time() {
     }
 }
 
-/// A timer stands for four atoms at most: six thresholds on one source
-/// take two timers, and each threshold still flips at its instant, also
-/// once the rule of the atom whose id the timer has is removed.
+/// A timer stands for 64 atoms at most when they all test their source
+/// against literal durations (a ladder; four otherwise, see the catalog's
+/// tests): seventy thresholds on one source take two timers, and each
+/// threshold still flips at its instant, also once the rule of the atom
+/// whose id the timer has is removed.
 #[test]
-fn a_shared_timer_stands_for_four_atoms_at_most() {
+fn a_shared_timer_stands_for_sixty_four_ladder_atoms_at_most() {
     let mut e = engine(1);
     let t0 = e.now();
-    for days in 1..=6 {
-        let rule = format!("since(trait.created_at) < {days}d");
-        e.define_audience(&format!("new{days}"), &rule).unwrap();
+    for hours in 1..=70 {
+        let rule = format!("since(trait.created_at) < {hours}h");
+        e.define_audience(&format!("new{hours}"), &rule).unwrap();
     }
     let created = segmint_core::time::format_timestamp(t0);
     let json =
@@ -244,15 +246,15 @@ fn a_shared_timer_stands_for_four_atoms_at_most() {
     assert!(e.ingest_json(json.as_bytes()).unwrap().errors.is_empty());
     assert_eq!(e.pending_timers(), 2);
     // The rule of the first group's lead atom goes; its timer still
-    // stands for the three others.
+    // stands for the others.
     e.remove_audience("new1").unwrap();
-    e.advance(t0 + 10 * D).unwrap();
+    e.advance(t0 + 3 * D).unwrap();
     let left: Vec<(String, i64)> = logged(&e)
         .into_iter()
         .filter(|c| !c.3 && c.4 > t0)
         .map(|c| (c.1, c.4 - t0))
         .collect();
-    let expected: Vec<(String, i64)> = (2..=6).map(|d| (format!("new{d}"), d * D)).collect();
+    let expected: Vec<(String, i64)> = (2..=70).map(|h| (format!("new{h}"), h * H)).collect();
     assert_eq!(left, expected);
     assert_eq!(e.pending_timers(), 0);
 }
