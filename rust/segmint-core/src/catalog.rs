@@ -68,6 +68,13 @@ impl CmpOp {
         }
     }
 
+    /// `x op k` on numbers: false when they do not compare (a NaN), as
+    /// [`crate::eval::compare`] decides it.
+    #[inline]
+    pub fn holds_for(self, x: f64, k: f64) -> bool {
+        x.partial_cmp(&k).is_some_and(|o| self.holds(o))
+    }
+
     /// The operator as written.
     pub fn symbol(self) -> &'static str {
         match self {
@@ -291,19 +298,8 @@ const LADDER_GROUP_MAX: usize = 64;
 /// Whether an atom of a time source can be on a [`TimerLadder`]: it
 /// tests the duration against literal durations.
 fn on_a_ladder(atom: &AtomDef) -> bool {
-    matches!(
-        atom.test.as_ref().map(|(_, test)| test),
-        Some(
-            LeafTest::Cmp {
-                value: Value::Dur(_),
-                ..
-            } | LeafTest::Between {
-                lo: Value::Dur(_),
-                hi: Value::Dur(_),
-                ..
-            }
-        )
-    ) && atom.threshold.is_none()
+    let test = atom.test.as_ref().filter(|_| atom.threshold.is_none());
+    test.is_some_and(|(_, test)| crate::eval::ladder_offsets(test).is_some())
 }
 
 /// The time source an atom tests against literals, if it is that kind of

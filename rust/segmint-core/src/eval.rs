@@ -480,14 +480,11 @@ impl LeafTest {
                     leaf_left,
                 },
                 Value::Num(n),
-            ) => {
-                let ord = if *leaf_left {
-                    n.partial_cmp(c)
-                } else {
-                    c.partial_cmp(n)
-                };
-                Some(ord.is_some_and(|o| op.holds(o)))
-            }
+            ) => Some(if *leaf_left {
+                op.holds_for(*n, *c)
+            } else {
+                op.holds_for(*c, *n)
+            }),
             _ => None,
         }
     }
@@ -801,7 +798,7 @@ impl UserEnv<'_> {
 /// whole count with `k` can only change between counts within one of
 /// `k`, so only those are tried (a heavy user's window holds thousands).
 fn first_flip_as_count_falls(c: usize, k: f64, op: CmpOp) -> Option<usize> {
-    let truth = |n: usize| compare(&Value::Num(n as f64), &Value::Num(k), op);
+    let truth = |n: usize| op.holds_for(n as f64, k);
     let now = truth(c);
     if c == 0 || !k.is_finite() {
         // A comparison with an infinite or NaN constant is the same for
@@ -854,6 +851,25 @@ impl Edge {
     }
 }
 
+/// The offsets from a duration's base where a test of the duration
+/// against literal durations changes (see [`TimerLadder`]); None for the
+/// tests a ladder cannot hold.
+pub(crate) fn ladder_offsets(test: &LeafTest) -> Option<[Option<Millis>; 2]> {
+    match *test {
+        LeafTest::Cmp {
+            op,
+            value: Value::Dur(c),
+            leaf_left,
+        } => Some(Edge::of(if leaf_left { op } else { op.flipped() }).offsets(c)),
+        LeafTest::Between {
+            lo: Value::Dur(l),
+            hi: Value::Dur(h),
+            ..
+        } => Some([Edge::Reaches.offsets(l)[0], Edge::Passes.offsets(h)[1]]),
+        _ => None,
+    }
+}
+
 /// The [`TimerLadder`] of a timer's `group`, when each of its atoms tests
 /// the same duration leaf against literal durations (the shapes
 /// [`UserEnv::atom_next_change`] reads without walking the expression).
@@ -867,19 +883,7 @@ pub fn timer_ladder(cat: &Catalog, group: &[AtomId]) -> Option<TimerLadder> {
             return None;
         }
         leaf = Some(x);
-        let [first, second] = match *test {
-            LeafTest::Cmp {
-                op,
-                value: Value::Dur(c),
-                leaf_left,
-            } => Edge::of(if leaf_left { op } else { op.flipped() }).offsets(c),
-            LeafTest::Between {
-                lo: Value::Dur(l),
-                hi: Value::Dur(h),
-                ..
-            } => [Edge::Reaches.offsets(l)[0], Edge::Passes.offsets(h)[1]],
-            _ => return None,
-        };
+        let [first, second] = ladder_offsets(test)?;
         edges.extend(first.into_iter().chain(second).map(|o| (o, i as u32)));
     }
     edges.sort_unstable();

@@ -718,12 +718,17 @@ impl Shard {
         if now_member == member.unwrap_or_else(was_member) {
             return None;
         }
-        // The list entry (and the bitmap's) waits for the pass's other
-        // flips (see `Shard::apply_pass_flips`); until then the pass reads
-        // it from `pass_flips` (`Shard::env`, `Shard::evaluate_rule`).
-        self.pass_flips.push(local, aud, now_member, step.now);
-        self.reschedule_member_for(step, local, uid, aud);
+        self.hold_back_flip(step, local, uid, aud, now_member);
         Some(now_member)
+    }
+
+    /// Records a flip of the pass: the list entry (and the bitmap's) waits
+    /// for the pass's other flips (see `Shard::apply_pass_flips`), and
+    /// until then the pass reads it from `pass_flips` (`Shard::env`,
+    /// `Shard::evaluate_rule`); the `member_for` timers move now.
+    fn hold_back_flip(&mut self, step: Step<'_>, local: usize, uid: u32, aud: AudId, member: bool) {
+        self.pass_flips.push(local, aud, member, step.now);
+        self.reschedule_member_for(step, local, uid, aud);
     }
 
     /// Records that the user entered or left `aud` now, and moves the
@@ -1014,18 +1019,16 @@ impl Shard {
             runs.sort_by_key(|r| r.key);
             let mut made = std::mem::take(&mut self.reorder_buffer);
             made.clear();
-            if start == 0 {
-                // The whole buffer is this call's: copied once, in order.
-                made.reserve(out.len());
-                for r in &runs {
-                    made.extend_from_slice(&out[r.start..r.end]);
-                }
+            made.reserve(out.len() - start);
+            for r in &runs {
+                made.extend_from_slice(&out[r.start..r.end]);
+            }
+            out.truncate(start);
+            if out.is_empty() {
+                // The whole buffer was this call's: taken as it is.
                 std::mem::swap(out, &mut made);
             } else {
-                made.extend(out.drain(start..));
-                for r in &runs {
-                    out.extend_from_slice(&made[r.start - start..r.end - start]);
-                }
+                out.append(&mut made);
             }
             made.clear();
             self.reorder_buffer = made;
@@ -1219,8 +1222,7 @@ impl Shard {
                 // (see `Shard::evaluate`).
                 self.pass_flips.discard();
                 for (counter, &(aud, entered)) in flips.iter().enumerate() {
-                    self.pass_flips.push(local, aud, entered, step.now);
-                    self.reschedule_member_for(step, local, uid, aud);
+                    self.hold_back_flip(step, local, uid, aud, entered);
                     out.push(ShardChange {
                         order: (index as i64, 1, counter as u64),
                         uid,
@@ -1356,10 +1358,8 @@ impl Shard {
                 let lo = atoms.partition_point(|a| a.k < old);
                 let hi = atoms.partition_point(|a| a.k <= new);
                 for atom in &atoms[lo..hi] {
-                    // `compare` of two numbers, without wrapping them.
-                    let holds = |x: f64| x.partial_cmp(&atom.k).is_some_and(|o| atom.op.holds(o));
-                    let now_true = holds(new);
-                    if holds(old) != now_true {
+                    let now_true = atom.op.holds_for(new, atom.k);
+                    if atom.op.holds_for(old, atom.k) != now_true {
                         flipped.push((atom.atom, now_true));
                     }
                 }
@@ -1498,15 +1498,7 @@ impl Shard {
         self.counters.timers_fired += 1;
         let flips = match self.ladder_flips(step, local, lead, group) {
             Some(flips) => flips,
-            None => {
-                // Instants are multiples of G: the previous observable
-                // instant is T - G.
-                let g = step.granularity;
-                let before = self.group_truths(step.at(instant - g), local, group, false);
-                let after = self.group_truths(step, local, group, true);
-                let flipped = (0..group.len()).filter(|&i| before[i] != after[i]);
-                flipped.map(|i| (group[i], after[i])).collect()
-            }
+            None => self.group_flips(step, local, group),
         };
         self.reschedule_in_pass(step, local, uid, &[lead]);
         for (a, now_true) in flips {
@@ -1569,18 +1561,30 @@ impl Shard {
                 // Every atom of the group evaluated, as without a ladder
                 // (not counted: the counters are the build's work).
                 let counted = self.counters.atom_evaluations;
-                let before = self.group_truths(step.at(step.now - g), local, group, false);
-                let after = self.group_truths(step, local, group, true);
+                let mut all = self.group_flips(step, local, group);
                 self.counters.atom_evaluations = counted;
-                let flipped = (0..group.len()).filter(|&i| before[i] != after[i]);
-                let mut all: SmallVec<[(AtomId, bool); 8]> =
-                    flipped.map(|i| (group[i], after[i])).collect();
                 all.sort_unstable_by_key(|&(a, _)| flips.iter().position(|&(f, _)| f == a));
                 all
             }
             .as_slice()
         );
         Some(flips)
+    }
+
+    /// The atoms of a timer's `group` whose truth differs at the instant
+    /// before `step.now` and at it, with their truth now, every atom
+    /// evaluated at both. (Instants are multiples of G: the previous
+    /// observable instant is T - G.)
+    fn group_flips(
+        &mut self,
+        step: Step<'_>,
+        local: usize,
+        group: &[AtomId],
+    ) -> SmallVec<[(AtomId, bool); 8]> {
+        let before = self.group_truths(step.at(step.now - step.granularity), local, group, false);
+        let after = self.group_truths(step, local, group, true);
+        let flipped = (0..group.len()).filter(|&i| before[i] != after[i]);
+        flipped.map(|i| (group[i], after[i])).collect()
     }
 
     /// The truths of a timer's group of atoms (see
