@@ -882,6 +882,18 @@ impl Shard {
                 for &d in &step.cat.dependents[aud as usize] {
                     pending.insert(step.cat.rank[d as usize]);
                 }
+                // The class's other audiences move with it. Before an
+                // event's or time's pass they had the lead's membership; a
+                // definition's backfill may be setting the lead's up, and a
+                // merge joins two profiles' lists, so their own is looked
+                // up then.
+                for &f in &step.cat.class_followers[aud as usize] {
+                    let rank = step.cat.rank[f as usize];
+                    match reason {
+                        Reason::Event | Reason::Time => pending.insert_known(rank, !entered),
+                        Reason::Definition | Reason::Merge | Reason::Delete => pending.insert(rank),
+                    }
+                }
             }
         }
         self.apply_pass_flips(local, uid);
@@ -918,8 +930,9 @@ impl Shard {
     ) {
         let (cat, user) = (step.cat, &self.users[local]);
         let without_events = user.states.is_empty();
-        let rules = &cat.atom_rules[atom as usize];
+        let rules = &cat.atom_lead_rules[atom as usize];
         for (aud, member) in Polarity::movable_rules(rules, user.memberships.slots(), now_true) {
+            debug_assert!(followers_agree(cat, user, aud, member));
             if without_events && !member && cat.false_without_events[aud as usize] {
                 continue;
             }
@@ -1502,8 +1515,9 @@ impl Shard {
         };
         self.reschedule_in_pass(step, local, uid, &[lead]);
         for (a, now_true) in flips {
-            let (rules, user) = (&cat.atom_rules[a as usize], &self.users[local]);
+            let (rules, user) = (&cat.atom_lead_rules[a as usize], &self.users[local]);
             for (r, member) in Polarity::movable_rules(rules, user.memberships.slots(), now_true) {
+                debug_assert!(followers_agree(cat, user, r, member));
                 due.insert_known(cat.rank[r as usize], member);
             }
         }
@@ -1910,6 +1924,15 @@ impl Shard {
 }
 
 /// The earliest next change of the atoms whose timer `lead` leads.
+/// Whether the followers of class lead `lead` (see
+/// [`Catalog::class_followers`]) have the user's membership `member` of it,
+/// as a class's audiences always do between passes (debug checks).
+fn followers_agree(cat: &Catalog, user: &UserData, lead: AudId, member: bool) -> bool {
+    cat.class_followers[lead as usize]
+        .iter()
+        .all(|&f| user.is_member(f) == member)
+}
+
 fn group_next_change(cat: &Catalog, env: &UserEnv<'_>, lead: AtomId) -> Option<Millis> {
     let each = || {
         cat.timer_group[lead as usize]

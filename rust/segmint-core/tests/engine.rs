@@ -259,6 +259,82 @@ fn a_shared_timer_stands_for_sixty_four_ladder_atoms_at_most() {
     assert_eq!(e.pending_timers(), 0);
 }
 
+/// Audiences with one rule (a rule class) are queued through the class's
+/// lead: the others enter and leave with it, in rank order among the other
+/// audiences, by event and by time, whether defined before or after, and
+/// after the lead is removed or leaves the class.
+#[test]
+fn copies_of_a_rule_move_with_its_lead_in_rank_order() {
+    let mut e = engine(1);
+    let t0 = e.now();
+    e.define_audience("a", r#"did("Buy", 2h)"#).unwrap();
+    e.define_audience("view", r#"did("View", 2h)"#).unwrap();
+    e.define_audience("c", r#"did("Buy", 2h)"#).unwrap();
+    e.define_audience("reads_c", r#"in_audience("c")"#).unwrap();
+    let flips_since = |e: &Engine, seq: u64| -> Vec<(String, String, bool, i64)> {
+        logged(e)
+            .into_iter()
+            .filter(|c| c.0 > seq)
+            .map(|c| (c.1, c.2, c.3, c.4 - t0))
+            .collect()
+    };
+    let flip = |aud: &str, user: &str, entered: bool, at: i64| {
+        (aud.to_owned(), user.to_owned(), entered, at)
+    };
+    track(&mut e, "u", "Buy", "{}", t0);
+    e.advance(t0 + 3 * H).unwrap();
+    assert_eq!(
+        flips_since(&e, 0),
+        [
+            flip("a", "u", true, 0),
+            flip("c", "u", true, 0),
+            flip("reads_c", "u", true, 0),
+            flip("a", "u", false, 2 * H),
+            flip("c", "u", false, 2 * H),
+            flip("reads_c", "u", false, 2 * H),
+        ]
+    );
+    // A copy defined later is backfilled, then moves with the others.
+    let seq = e.last_seq();
+    track(&mut e, "v", "Buy", "{}", t0 + 3 * H);
+    e.define_audience("later", r#"did("Buy", 2h)"#).unwrap();
+    assert!(e.is_member("v", "later").unwrap());
+    // The lead goes: the next copy leads.
+    e.remove_audience("a").unwrap();
+    track(&mut e, "w", "Buy", "{}", t0 + 3 * H);
+    // A copy that takes another rule leaves the class for the other one.
+    e.define_audience("c", r#"did("View", 2h)"#).unwrap();
+    track(&mut e, "x", "View", "{}", t0 + 3 * H);
+    e.advance(t0 + 6 * H).unwrap();
+    let at = 3 * H;
+    let end = 5 * H;
+    assert_eq!(
+        flips_since(&e, seq),
+        [
+            flip("a", "v", true, at),
+            flip("c", "v", true, at),
+            flip("reads_c", "v", true, at),
+            flip("later", "v", true, at),
+            flip("a", "v", false, at),
+            flip("c", "w", true, at),
+            flip("reads_c", "w", true, at),
+            flip("later", "w", true, at),
+            flip("c", "v", false, at),
+            flip("reads_c", "v", false, at),
+            flip("c", "w", false, at),
+            flip("reads_c", "w", false, at),
+            flip("view", "x", true, at),
+            flip("c", "x", true, at),
+            flip("reads_c", "x", true, at),
+            flip("later", "v", false, end),
+            flip("later", "w", false, end),
+            flip("view", "x", false, end),
+            flip("c", "x", false, end),
+            flip("reads_c", "x", false, end),
+        ]
+    );
+}
+
 /// A future-dated event reaches atoms that share a timer when it becomes
 /// visible, and each leaves at its own instant after it.
 #[test]
