@@ -149,27 +149,52 @@ pub fn flatten_object(
     strict: bool,
     out: &mut Flat,
 ) -> Result<()> {
+    flatten_object_into(prefix, object, strict, &mut |key, value| {
+        out.push((key.to_owned(), value))
+    })
+}
+
+/// [`flatten_object`], each dotted key and value handed to `leaf` as it is
+/// reached: the key is built in one buffer (a `format!` per key was most of
+/// a track event's flattening) and copied only by the caller, into the type
+/// it keeps.
+pub fn flatten_object_into(
+    prefix: &str,
+    object: &serde_json::Map<String, serde_json::Value>,
+    strict: bool,
+    leaf: &mut impl FnMut(&str, Option<Value>),
+) -> Result<()> {
+    let mut key = String::with_capacity(prefix.len() + 32);
+    key.push_str(prefix);
+    flatten_level(&mut key, object, strict, leaf)
+}
+
+/// Flattens `object` under the dotted path in `key` (empty at the top),
+/// leaving `key` as it found it.
+fn flatten_level(
+    key: &mut String,
+    object: &serde_json::Map<String, serde_json::Value>,
+    strict: bool,
+    leaf: &mut impl FnMut(&str, Option<Value>),
+) -> Result<()> {
+    let base = key.len();
     for (k, v) in object {
-        let key = if prefix.is_empty() {
-            k.clone()
-        } else {
-            format!("{prefix}.{k}")
-        };
+        key.truncate(base);
+        if base > 0 {
+            key.push('.');
+        }
+        key.push_str(k);
         match v {
-            serde_json::Value::Object(inner) => {
-                if inner.is_empty() {
-                    out.push((key, None));
-                } else {
-                    flatten_object(&key, inner, strict, out)?;
-                }
-            }
-            other => match json_scalar(&key, other) {
-                Ok(value) => out.push((key, value)),
+            serde_json::Value::Object(inner) if inner.is_empty() => leaf(key, None),
+            serde_json::Value::Object(inner) => flatten_level(key, inner, strict, leaf)?,
+            other => match json_scalar(key, other) {
+                Ok(value) => leaf(key, value),
                 Err(e) if strict => return Err(e),
                 Err(_) => {}
             },
         }
     }
+    key.truncate(base);
     Ok(())
 }
 
@@ -237,6 +262,69 @@ mod tests {
         assert!(err
             .to_string()
             .contains("'tags' is a list holding a number"));
+    }
+
+    /// The dotted keys as the flattening made them with a `format!` per
+    /// key (before it built them in one buffer).
+    fn flatten_by_format(
+        prefix: &str,
+        object: &serde_json::Map<String, serde_json::Value>,
+        out: &mut Flat,
+    ) {
+        for (k, v) in object {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                serde_json::Value::Object(inner) if inner.is_empty() => out.push((key, None)),
+                serde_json::Value::Object(inner) => flatten_by_format(&key, inner, out),
+                other => {
+                    if let Ok(value) = json_scalar(&key, other) {
+                        out.push((key, value));
+                    }
+                }
+            }
+        }
+    }
+
+    fn json_key() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![Just(String::new()), Just(".".to_owned()), "[a-cé.]{1,3}"]
+    }
+
+    fn json_tree() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            (-5i32..5).prop_map(serde_json::Value::from),
+            "[a-z]{0,3}".prop_map(serde_json::Value::from),
+            Just(serde_json::json!(["x", "y"])),
+            Just(serde_json::json!([1])),
+        ];
+        leaf.prop_recursive(3, 24, 4, move |inner| {
+            proptest::collection::btree_map(json_key(), inner, 0..4)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect()))
+        })
+    }
+
+    proptest::proptest! {
+        /// Keys built in one buffer are the keys a `format!` per level
+        /// made, empty and dotted keys included, under a prefix or none.
+        #[test]
+        fn one_key_buffer_gives_the_formatted_keys(
+            tree in proptest::collection::btree_map(json_key(), json_tree(), 0..5),
+            prefix in proptest::prop_oneof![proptest::strategy::Just(""), proptest::strategy::Just("context")],
+        ) {
+            let object: serde_json::Map<String, serde_json::Value> = tree.into_iter().collect();
+            let mut built = Flat::new();
+            flatten_object(prefix, &object, false, &mut built).unwrap();
+            let mut formatted = Flat::new();
+            flatten_by_format(prefix, &object, &mut formatted);
+            proptest::prop_assert_eq!(built, formatted);
+        }
     }
 
     #[test]
