@@ -10,8 +10,9 @@ use serde_json::Value as Json;
 
 use crate::error::{Result, SegmintError};
 use crate::limits::Limits;
+use crate::members::Members;
 use crate::time::{parse_timestamp, Millis};
-use crate::value::{flatten_object, flatten_object_into, json_kind, Flat, Value};
+use crate::value::{json_kind, Flat, Flattens, Value};
 
 /// What an event does.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -97,9 +98,9 @@ fn object_field<'a>(
 
 /// Flattens properties (and context under `context.`) for a track event,
 /// dropping nulls.
-pub fn flatten_properties(
-    properties: Option<&serde_json::Map<String, Json>>,
-    context: Option<&serde_json::Map<String, Json>>,
+pub fn flatten_properties<O: Flattens>(
+    properties: Option<&O>,
+    context: Option<&O>,
     limits: &Limits,
 ) -> Result<Vec<(Arc<str>, Value)>> {
     // Keys are made `Arc<str>` straight from the flattening's buffer; nulls
@@ -113,10 +114,10 @@ pub fn flatten_properties(
         }
     };
     if let Some(p) = properties {
-        flatten_object_into("", p, false, &mut leaf)?;
+        p.flatten_into("", false, &mut leaf)?;
     }
     if let Some(c) = context {
-        flatten_object_into("context", c, false, &mut leaf)?;
+        c.flatten_into("context", false, &mut leaf)?;
     }
     if count > limits.max_properties {
         return Err(SegmintError::LimitExceeded {
@@ -129,9 +130,11 @@ pub fn flatten_properties(
 }
 
 /// Flattens identify traits, checking the limits.
-pub fn flatten_traits(traits: &serde_json::Map<String, Json>, limits: &Limits) -> Result<Flat> {
+pub fn flatten_traits<O: Flattens>(traits: &O, limits: &Limits) -> Result<Flat> {
     let mut flat = Flat::new();
-    flatten_object("", traits, true, &mut flat)?;
+    traits.flatten_into("", true, &mut |key, value| {
+        flat.push((key.to_owned(), value))
+    })?;
     if flat.len() > limits.max_properties {
         return Err(SegmintError::LimitExceeded {
             what: "number of traits".into(),
@@ -166,10 +169,10 @@ fn event_timestamp(text: &str) -> Result<Millis> {
     parse_timestamp(text).map_err(|e| invalid(format!("'timestamp': {}", strip_prefix(&e))))
 }
 
-fn track_body(
+fn track_body<O: Flattens>(
     name: Option<&str>,
-    properties: Option<&serde_json::Map<String, Json>>,
-    context: Option<&serde_json::Map<String, Json>>,
+    properties: Option<&O>,
+    context: Option<&O>,
     limits: &Limits,
 ) -> Result<EventBody> {
     let name = name.ok_or_else(|| invalid("a track event needs an 'event' name"))?;
@@ -184,10 +187,7 @@ fn track_body(
     })
 }
 
-fn identify_body(
-    traits: Option<&serde_json::Map<String, Json>>,
-    limits: &Limits,
-) -> Result<EventBody> {
+fn identify_body<O: Flattens>(traits: Option<&O>, limits: &Limits) -> Result<EventBody> {
     let traits = match traits {
         Some(t) => flatten_traits(t, limits)?,
         None => Flat::new(),
@@ -218,12 +218,12 @@ struct TypedEvent<'a> {
     timestamp: Option<Cow<'a, str>>,
     #[serde(rename = "messageId", default, borrow)]
     message_id: Option<Cow<'a, str>>,
-    #[serde(default)]
-    properties: Option<serde_json::Map<String, Json>>,
-    #[serde(default)]
-    context: Option<serde_json::Map<String, Json>>,
-    #[serde(default)]
-    traits: Option<serde_json::Map<String, Json>>,
+    #[serde(default, borrow)]
+    properties: Option<Members<'a>>,
+    #[serde(default, borrow)]
+    context: Option<Members<'a>>,
+    #[serde(default, borrow)]
+    traits: Option<Members<'a>>,
 }
 
 /// Decodes one event from its JSON text (the fast path, with the generic

@@ -31,6 +31,7 @@ pub mod event;
 pub mod first_identify;
 pub mod inspect;
 pub mod limits;
+pub mod members;
 mod merge;
 pub mod pages;
 pub mod profile;

@@ -209,20 +209,56 @@ fn json_scalar(key: &str, v: &serde_json::Value) -> Result<Option<Value>> {
             for item in items {
                 match item {
                     serde_json::Value::String(s) => list.push(Arc::from(s.as_str())),
-                    other => {
-                        return Err(SegmintError::InvalidEvent {
-                            message: format!(
-                                "'{key}' is a list holding {}; lists may hold strings only",
-                                json_kind(other)
-                            ),
-                        })
-                    }
+                    other => return Err(list_error(key, json_kind(other))),
                 }
             }
             Some(Value::List(list.into()))
         }
         serde_json::Value::Object(_) => unreachable!("objects are flattened by the caller"),
     })
+}
+
+/// The error of a list under `key` holding a `kind` (not a string).
+pub(crate) fn list_error(key: &str, kind: &str) -> SegmintError {
+    SegmintError::InvalidEvent {
+        message: format!("'{key}' is a list holding {kind}; lists may hold strings only"),
+    }
+}
+
+/// A JSON object that flattens into dotted keys: a `serde_json::Map`, or
+/// the [`crate::members::Members`] an event's fast decoding parses.
+pub trait Flattens {
+    /// Hands each dotted key (under `prefix`) and value to `leaf`, in key
+    /// order level by level; a list holding anything but strings is an
+    /// error when `strict`, and left out otherwise.
+    fn flatten_into(
+        &self,
+        prefix: &str,
+        strict: bool,
+        leaf: &mut impl FnMut(&str, Option<Value>),
+    ) -> Result<()>;
+}
+
+impl Flattens for serde_json::Map<String, serde_json::Value> {
+    fn flatten_into(
+        &self,
+        prefix: &str,
+        strict: bool,
+        leaf: &mut impl FnMut(&str, Option<Value>),
+    ) -> Result<()> {
+        flatten_object_into(prefix, self, strict, leaf)
+    }
+}
+
+impl Flattens for crate::members::Members<'_> {
+    fn flatten_into(
+        &self,
+        prefix: &str,
+        strict: bool,
+        leaf: &mut impl FnMut(&str, Option<Value>),
+    ) -> Result<()> {
+        crate::members::Members::flatten_into(self, prefix, strict, leaf)
+    }
 }
 
 /// A short name for a JSON value's kind, for error messages.

@@ -301,7 +301,13 @@ fn timestamp_ms(t: prost_types::Timestamp) -> Result<Millis> {
 }
 
 fn json_object(bytes: &[u8], what: &str) -> Result<Map<String, Json>> {
-    match serde_json::from_slice(bytes) {
+    // Checked as UTF-8 in bulk, as event.rs does; from bytes when not, so
+    // that the error names the bad byte.
+    let parsed = match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(bytes),
+    };
+    match parsed {
         Ok(Json::Object(o)) => Ok(o),
         Ok(Json::Null) => Ok(Map::new()),
         Ok(_) => Err(invalid(format!("'{what}_json' must be a JSON object"))),
