@@ -138,26 +138,14 @@ impl ValueKey {
 /// A flattened object: dotted keys to values, `None` meaning "delete".
 pub type Flat = Vec<(String, Option<Value>)>;
 
-/// Flattens a JSON object into dotted keys (`{"a": {"b": 1}}` → `a.b = 1`).
+/// Flattens a JSON object into dotted keys (`{"a": {"b": 1}}` → `a.b = 1`),
+/// each key (under `prefix`) and value handed to `leaf` as it is reached.
 /// `null` becomes `None` (a deletion for traits). Lists of strings are kept;
 /// a list holding anything else is an error naming the key when `strict`
 /// (traits), and is left out otherwise (event properties such as Segment's
-/// `products: [{..}]`, which rules cannot address).
-pub fn flatten_object(
-    prefix: &str,
-    object: &serde_json::Map<String, serde_json::Value>,
-    strict: bool,
-    out: &mut Flat,
-) -> Result<()> {
-    flatten_object_into(prefix, object, strict, &mut |key, value| {
-        out.push((key.to_owned(), value))
-    })
-}
-
-/// [`flatten_object`], each dotted key and value handed to `leaf` as it is
-/// reached: the key is built in one buffer (a `format!` per key was most of
-/// a track event's flattening) and copied only by the caller, into the type
-/// it keeps.
+/// `products: [{..}]`, which rules cannot address). The key is built in one
+/// buffer (a `format!` per key was most of a track event's flattening) and
+/// copied only by the caller, into the type it keeps.
 pub fn flatten_object_into(
     prefix: &str,
     object: &serde_json::Map<String, serde_json::Value>,
@@ -298,6 +286,18 @@ mod tests {
         assert!(err
             .to_string()
             .contains("'tags' is a list holding a number"));
+    }
+
+    /// The flattening as a list of owned keys.
+    fn flatten_object(
+        prefix: &str,
+        object: &serde_json::Map<String, serde_json::Value>,
+        strict: bool,
+        out: &mut Flat,
+    ) -> Result<()> {
+        flatten_object_into(prefix, object, strict, &mut |key, value| {
+            out.push((key.to_owned(), value))
+        })
     }
 
     /// The dotted keys as the flattening made them with a `format!` per
