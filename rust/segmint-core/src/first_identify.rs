@@ -25,12 +25,14 @@ const MAX_OUTCOMES: usize = 1 << 16;
 /// Membership flips in the order they were made: (audience, entered).
 type Flips = Box<[(AudId, bool)]>;
 
-/// The membership flips of first identifies, by catalog generation, list
-/// of trait atoms and their truths.
+/// The membership flips of first identifies, by list of trait atoms and
+/// their truths, within one epoch of the lists
+/// ([`crate::trait_truths::KeyAtoms::epoch`], which also changes with the
+/// catalog).
 #[derive(Debug, Clone, Default)]
 pub struct FirstIdentifyMemo {
-    /// The catalog generation the entries were made under.
-    generation: u64,
+    /// The epoch of the lists the entries were made under.
+    epoch: u64,
     /// `[list id, truth bits...]` to the flips, in the order they were made.
     outcomes: HashMap<Box<[u64]>, Flips>,
     /// The key of the last lookup (what [`FirstIdentifyMemo::record`] files under).
@@ -41,17 +43,13 @@ impl FirstIdentifyMemo {
     /// The flips remembered for the list of atoms `list` (an id that
     /// stands for one list, [`crate::trait_truths::KeyPlan::id`]; hashing
     /// the hundreds of atoms of a list for each lookup cost more than the
-    /// truths) with `truths` under catalog `generation`; a miss prepares
-    /// [`FirstIdentifyMemo::record`].
-    pub fn lookup(
-        &mut self,
-        generation: u64,
-        list: u64,
-        truths: &[bool],
-    ) -> Option<&[(AudId, bool)]> {
-        if generation != self.generation {
+    /// truths) with `truths` in the lists' `epoch`; a miss prepares
+    /// [`FirstIdentifyMemo::record`]. A new epoch forgets the entries made
+    /// under the lists of the last one, which are not used again.
+    pub fn lookup(&mut self, epoch: u64, list: u64, truths: &[bool]) -> Option<&[(AudId, bool)]> {
+        if epoch != self.epoch {
             self.outcomes.clear();
-            self.generation = generation;
+            self.epoch = epoch;
         }
         self.key.clear();
         self.key.push(list);
@@ -90,7 +88,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flips_are_found_by_atoms_truths_and_generation() {
+    fn flips_are_found_by_atoms_truths_and_epoch() {
         let mut memo = FirstIdentifyMemo::default();
         assert_eq!(memo.lookup(1, 1, &[true, false]), None);
         memo.record([(7, true), (2, false)]);
@@ -101,7 +99,7 @@ mod tests {
         assert_eq!(memo.lookup(1, 1, &[true, true]), None);
         assert_eq!(memo.lookup(1, 2, &[true, false]), None);
         assert_eq!(memo.lookup(1, 3, &[true]), None);
-        // Another catalog forgets everything.
+        // Another epoch of the lists (or another catalog) forgets everything.
         assert_eq!(memo.lookup(2, 1, &[true, false]), None);
         assert_eq!(memo.lookup(1, 1, &[true, false]), None);
     }

@@ -1229,7 +1229,9 @@ impl Shard {
                 .iter()
                 .any(|&a| cat.atoms[a as usize].reads_memberships());
         if first {
-            let known = self.first_identify.lookup(cat.generation, plan.id, &after);
+            let known = self
+                .first_identify
+                .lookup(self.key_atoms.epoch(), plan.id, &after);
             if let Some(flips) = known.map(SmallVec::<[(AudId, bool); 16]>::from) {
                 // Held back and applied together, as a pass's flips are
                 // (see `Shard::evaluate`).

@@ -103,6 +103,8 @@ impl KeyPlan {
 pub struct KeyAtoms {
     /// The catalog generation the entries were made under.
     generation: u64,
+    /// Distinct each time the plans start afresh (see [`KeyAtoms::epoch`]).
+    epoch: u64,
     lists: HashMap<Box<[TraitKey]>, Arc<KeyPlan>>,
 }
 
@@ -110,8 +112,10 @@ impl KeyAtoms {
     /// The plan of an identify giving `keys` under `cat`.
     pub fn plan(&mut self, cat: &Catalog, keys: &[TraitKey]) -> Arc<KeyPlan> {
         if cat.generation != self.generation || self.lists.len() >= MAX_KEY_LISTS {
+            static EPOCHS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
             self.lists.clear();
             self.generation = cat.generation;
+            self.epoch = EPOCHS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         if let Some(plan) = self.lists.get(keys) {
             return plan.clone();
@@ -119,6 +123,13 @@ impl KeyAtoms {
         let plan = Arc::new(KeyPlan::new(cat, keys));
         self.lists.insert(keys.into(), plan.clone());
         plan
+    }
+
+    /// Changes whenever the plans start afresh (another catalog, or too
+    /// many lists of keys): the ids of the plans made before are not used
+    /// again, so what was kept under them can go.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Approximate heap bytes.
@@ -414,6 +425,34 @@ mod tests {
             &cat.by_trait[key("ltv") as usize][..]
         );
         assert!(memo.plan(&cat, &[]).atoms.is_empty());
+    }
+
+    #[test]
+    fn the_plans_epoch_changes_when_they_start_afresh() {
+        let cat = catalog(&[r#"trait.plan == "pro""#]);
+        let mut plans = KeyAtoms::default();
+        let plan = plans.plan(&cat, &[1]);
+        let epoch = plans.epoch();
+        // The same lists of keys keep their plans and the epoch.
+        for list in 2..MAX_KEY_LISTS as TraitKey {
+            let _ = plans.plan(&cat, &[list]);
+        }
+        assert!(Arc::ptr_eq(&plan, &plans.plan(&cat, &[1])));
+        assert_eq!(plans.epoch(), epoch);
+        let _ = plans.plan(&cat, &[MAX_KEY_LISTS as TraitKey]);
+        assert_eq!(plans.epoch(), epoch);
+        // A list past the most kept starts afresh: new plans (new ids), new
+        // epoch.
+        let _ = plans.plan(&cat, &[MAX_KEY_LISTS as TraitKey + 1]);
+        assert_ne!(plans.epoch(), epoch);
+        let again = plans.plan(&cat, &[1]);
+        assert_ne!(again.id, plan.id);
+        // So does another catalog.
+        let epoch = plans.epoch();
+        let mut other = cat.clone();
+        other.generation += 1;
+        let _ = plans.plan(&other, &[1]);
+        assert_ne!(plans.epoch(), epoch);
     }
 
     #[test]
