@@ -9,10 +9,11 @@ use smallvec::SmallVec;
 
 use crate::catalog::{AudId, Catalog, CtId, TraitKey};
 use crate::changelog::{ChangeLog, PackedRun};
+use crate::decoder::Decoder;
 use crate::dedup::SeenMessages;
 use crate::durable::{Definition, Record};
 use crate::error::{Result, SegmintError};
-use crate::event::{decode_json_batch, Event, EventBody};
+use crate::event::{Event, EventBody};
 use crate::limits::Limits;
 use crate::merge;
 use crate::rules;
@@ -188,7 +189,7 @@ pub struct Engine {
     pub(crate) catalog: Arc<Catalog>,
     pub(crate) interner: crate::profile::Interner,
     pub(crate) shards: Vec<Shard>,
-    pub(crate) pool: rayon::ThreadPool,
+    pub(crate) pool: Arc<rayon::ThreadPool>,
     pub(crate) now: Millis,
     /// In-memory change log, in chunks: appending never copies, trimming
     /// the oldest frees whole chunks.
@@ -253,7 +254,7 @@ impl Engine {
             config,
             catalog: Arc::new(Catalog::default()),
             interner: Default::default(),
-            pool,
+            pool: Arc::new(pool),
             now,
             log: Default::default(),
             merge_parts: Vec::new(),
@@ -603,10 +604,18 @@ impl Engine {
         self.seen_messages.expire(self.dedup_cutoff());
     }
 
-    /// Decodes and applies a JSON batch (see [`decode_json_batch`]).
+    /// Decodes (on the engine's threads) and applies a JSON batch (see
+    /// [`crate::event::decode_json_batch`]).
     pub fn ingest_json(&mut self, bytes: &[u8]) -> Result<IngestReport> {
-        let events = decode_json_batch(bytes, &self.config.limits)?;
+        let events = self.decoder().json(bytes)?;
         self.ingest(events)
+    }
+
+    /// A decoder of batches on the engine's threads and under its limits,
+    /// which needs no access to the engine: a server decodes a batch while
+    /// the engine applies the one before.
+    pub fn decoder(&self) -> Decoder {
+        Decoder::new(self.pool.clone(), self.config.limits.clone())
     }
 
     /// Applies one event; its error, if any, is returned.

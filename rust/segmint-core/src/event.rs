@@ -483,6 +483,15 @@ fn strip_prefix(e: &SegmintError) -> String {
 /// bad item is an error at its index and does not stop the others. An
 /// event's size is the length of its JSON text as received.
 pub fn decode_json_batch(bytes: &[u8], limits: &Limits) -> Result<Vec<Result<Event>>> {
+    Ok(json_batch_items(bytes, limits)?
+        .into_iter()
+        .map(|text| event_from_slice(text, limits))
+        .collect())
+}
+
+/// The text of each event of a JSON batch (see [`decode_json_batch`]), in
+/// order, for decoding one by one or on many threads.
+pub fn json_batch_items<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Vec<&'a [u8]>> {
     if bytes.len() > limits.max_batch_bytes {
         return Err(SegmintError::LimitExceeded {
             what: "batch".into(),
@@ -490,28 +499,25 @@ pub fn decode_json_batch(bytes: &[u8], limits: &Limits) -> Result<Vec<Result<Eve
             actual: bytes.len(),
         });
     }
-    let decode = |raw: &RawValue| event_from_slice(raw.get().as_bytes(), limits);
+    let raw_texts =
+        |items: Vec<&'a RawValue>| items.into_iter().map(|raw| raw.get().as_bytes()).collect();
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
     Ok(match first {
         None => Vec::new(),
-        Some(b'[') => parse_array(bytes)?.into_iter().map(decode).collect(),
+        Some(b'[') => raw_texts(parse_array(bytes)?),
         Some(b'{') => match serde_json::from_slice::<BTreeMap<Cow<'_, str>, &RawValue>>(bytes) {
             Ok(obj) => match obj.get("batch") {
-                Some(batch) => parse_array(batch.get().as_bytes())
-                    .map_err(|_| invalid("'batch' must be a list of events"))?
-                    .into_iter()
-                    .map(decode)
-                    .collect(),
-                None => vec![event_from_slice(bytes.trim_ascii(), limits)],
+                Some(batch) => raw_texts(
+                    parse_array(batch.get().as_bytes())
+                        .map_err(|_| invalid("'batch' must be a list of events"))?,
+                ),
+                None => vec![bytes.trim_ascii()],
             },
-            // Not a single object: newline-delimited JSON, one event a line;
-            // each line is decoded and dropped before the next, so memory
-            // stays hot.
+            // Not a single object: newline-delimited JSON, one event a line.
             Err(_) => bytes
                 .split(|&b| b == b'\n')
                 .map(<[u8]>::trim_ascii)
                 .filter(|line| !line.is_empty())
-                .map(|line| event_from_slice(line, limits))
                 .collect(),
         },
         Some(_) => return Err(invalid("a batch must be a JSON list of events, {\"batch\": [...]}, or one JSON object per line")),

@@ -22,6 +22,7 @@
 pub mod audience_list;
 pub mod catalog;
 mod changelog;
+pub mod decoder;
 pub mod dedup;
 pub mod durable;
 pub mod engine;

@@ -144,6 +144,18 @@ fn malformed(e: impl std::fmt::Display) -> SegmintError {
 /// Decodes a serialized `EventBatch`: its `batch_id` and one result per event.
 /// A batch whose outer message is not valid protobuf is an error as a whole.
 pub fn decode_proto_batch(bytes: &[u8], limits: &Limits) -> Result<(u64, Vec<Result<Event>>)> {
+    let (batch_id, items) = proto_batch_items(bytes, limits)?;
+    let events = items
+        .into_iter()
+        .map(|item| decode_event(item, limits))
+        .collect();
+    Ok((batch_id, events))
+}
+
+/// A serialized `EventBatch`'s `batch_id` and the bytes of each event, in
+/// order (see [`decode_proto_batch`]), for decoding one by one or on many
+/// threads.
+pub fn proto_batch_items<'a>(bytes: &'a [u8], limits: &Limits) -> Result<(u64, Vec<&'a [u8]>)> {
     if bytes.len() > limits.max_batch_bytes {
         return Err(SegmintError::LimitExceeded {
             what: "batch".into(),
@@ -153,19 +165,16 @@ pub fn decode_proto_batch(bytes: &[u8], limits: &Limits) -> Result<(u64, Vec<Res
     }
     let mut buf = bytes;
     let mut batch_id = 0;
-    let mut events = Vec::new();
+    let mut items = Vec::new();
     while buf.has_remaining() {
         let (tag, wire_type) = decode_key(&mut buf).map_err(malformed)?;
         match (tag, wire_type) {
             (1, WireType::Varint) => batch_id = decode_varint(&mut buf).map_err(malformed)?,
-            (2, WireType::LengthDelimited) => {
-                let item = take_len(&mut buf)?;
-                events.push(decode_event(item, limits));
-            }
+            (2, WireType::LengthDelimited) => items.push(take_len(&mut buf)?),
             _ => skip(&mut buf, wire_type)?,
         }
     }
-    Ok((batch_id, events))
+    Ok((batch_id, items))
 }
 
 fn take_len<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8]> {

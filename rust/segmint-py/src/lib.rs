@@ -559,9 +559,16 @@ impl Engine {
     /// Decodes (outside the engine lock) and applies a serialized protobuf
     /// `segmint.v1.EventBatch`; per-event errors by index.
     fn ingest_proto(&self, py: Python<'_>, data: Vec<u8>) -> PyResult<Report> {
-        let limits = self.lock().config().limits.clone();
+        // Decoded on the engine's threads without its lock: a concurrent
+        // call applies its batch meanwhile.
         let (_, events) = py
-            .detach(move || segmint_core::wire::decode_proto_batch(&data, &limits))
+            .detach(|| {
+                let decoder = self.lock().decoder();
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || decoder.proto(&data)))
+            })
+            .map_err(|_| {
+                PySegmintError::new_err("internal error: the decoder panicked; please report this")
+            })?
             .map_err(to_py)?;
         self.ingest_with(py, move |e| e.ingest(events))
     }
