@@ -884,9 +884,8 @@ impl Shard {
                 }
                 // The class's other audiences move with it. Before an
                 // event's or time's pass they had the lead's membership; a
-                // definition's backfill may be setting the lead's up, and a
-                // merge joins two profiles' lists, so their own is looked
-                // up then.
+                // definition's backfill may be setting the lead's up, so
+                // their own is looked up then (and in any other pass).
                 for &f in &step.cat.class_followers[aud as usize] {
                     let rank = step.cat.rank[f as usize];
                     match reason {
@@ -1745,6 +1744,24 @@ impl Shard {
             .map(|&a| self.members.bitmap(a).is_some_and(|b| !b.is_empty()))
             .collect();
         let replacing = had_members.contains(&true);
+        // Per state read: the new rules' atoms over it. An entry stamped
+        // after now (within the future skew) becomes visible later, and
+        // these atoms are then checked again, as the entry's own event set
+        // the atoms of its time: without a timer, a rule over all time
+        // (`did("B")`) missed it, and two audiences of one rule class could
+        // disagree.
+        let atoms_of_state: Vec<(StateId, SmallVec<[AtomId; 4]>)> = read_states
+            .iter()
+            .map(|&s| {
+                let reading = atoms.iter().copied();
+                (
+                    s,
+                    reading
+                        .filter(|&a| cat.atoms[a as usize].states.contains(&s))
+                        .collect(),
+                )
+            })
+            .collect();
         let mut stateless = [false; BACKFILL_AHEAD];
         for local in 0..self.users.len() {
             if local % BACKFILL_AHEAD == 0 {
@@ -1767,6 +1784,17 @@ impl Shard {
                     continue;
                 }
                 self.reschedule(step, local, uid, atom);
+            }
+            if !without_events {
+                for (s, reading) in &atoms_of_state {
+                    let user = &self.users[local];
+                    let Some(t) = user.state(*s).and_then(|st| st.next_visible(step.now)) else {
+                        continue;
+                    };
+                    for &atom in reading {
+                        self.timer_no_later_than(step, local, uid, atom, t);
+                    }
+                }
             }
             let mut pending = std::mem::take(&mut self.queue);
             for (&a, &had_members) in auds.iter().zip(&had_members) {
@@ -1925,7 +1953,6 @@ impl Shard {
     }
 }
 
-/// The earliest next change of the atoms whose timer `lead` leads.
 /// Whether the followers of class lead `lead` (see
 /// [`Catalog::class_followers`]) have the user's membership `member` of it,
 /// as a class's audiences always do between passes (debug checks).
@@ -1935,6 +1962,7 @@ fn followers_agree(cat: &Catalog, user: &UserData, lead: AudId, member: bool) ->
         .all(|&f| user.is_member(f) == member)
 }
 
+/// The earliest next change of the atoms whose timer `lead` leads.
 fn group_next_change(cat: &Catalog, env: &UserEnv<'_>, lead: AtomId) -> Option<Millis> {
     let each = || {
         cat.timer_group[lead as usize]

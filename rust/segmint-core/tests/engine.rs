@@ -335,6 +335,31 @@ fn copies_of_a_rule_move_with_its_lead_in_rank_order() {
     );
 }
 
+/// A rule defined after a future-dated event (within the skew) sees it
+/// when it becomes visible, though no rule of its own reads time: its
+/// backfill sets the timer the event set for the rules before it. Without
+/// it, a copy of a rule defined before could disagree with it.
+#[test]
+fn a_rule_defined_after_a_future_event_sees_it_become_visible() {
+    let mut e = engine(1);
+    let t0 = e.now();
+    e.define_audience("day", r#"did("B", 1d)"#).unwrap();
+    track(&mut e, "u", "B", "{}", t0 + 30_000);
+    e.define_audience("ever", r#"did("B")"#).unwrap();
+    assert!(!e.is_member("u", "ever").unwrap());
+    e.advance(t0 + 60_000).unwrap();
+    assert!(e.is_member("u", "ever").unwrap());
+    let entered: Vec<(String, i64)> = logged(&e)
+        .into_iter()
+        .filter(|c| c.3)
+        .map(|c| (c.1, c.4 - t0))
+        .collect();
+    assert_eq!(
+        entered,
+        [("day".to_owned(), 30_000), ("ever".to_owned(), 30_000)]
+    );
+}
+
 /// A future-dated event reaches atoms that share a timer when it becomes
 /// visible, and each leaves at its own instant after it.
 #[test]
