@@ -238,11 +238,15 @@ pub fn event_from_slice(text: &[u8], limits: &Limits) -> Result<Event> {
     }
     // Checked as UTF-8 once, in bulk (ASCII goes a word at a time): parsed
     // from bytes, serde_json checks each string on its own, an eighth of
-    // the decoding.
-    if let Ok(text) = std::str::from_utf8(text) {
-        if let Ok(typed) = serde_json::from_str::<TypedEvent<'_>>(text) {
-            return event_from_typed(&typed, limits);
-        }
+    // the decoding. Text that is not UTF-8 throughout is parsed from bytes,
+    // which checks only the strings it reads (a bad byte in a field that
+    // is not read, such as `integrations`, is let through as before).
+    let typed = match std::str::from_utf8(text) {
+        Ok(text) => serde_json::from_str::<TypedEvent<'_>>(text),
+        Err(_) => serde_json::from_slice::<TypedEvent<'_>>(text),
+    };
+    if let Ok(typed) = typed {
+        return event_from_typed(&typed, limits);
     }
     let json: Json =
         serde_json::from_slice(text).map_err(|e| invalid(format!("malformed JSON: {e}")))?;
