@@ -879,8 +879,11 @@ impl Engine {
                 Definition::Computed(key, _) => {
                     name(&mut self.computed_keys, id, Arc::from(key.as_str()))
                 }
-                _ => {
-                    if let Some(a) = &catalog.audiences[id as usize] {
+                // A removed slot keeps its name, for the changes logged
+                // under it (and `id` is a computed trait's, not a slot).
+                Definition::RemoveComputed(_) | Definition::Remove(_) => {}
+                Definition::Audiences(_) | Definition::Static(_) => {
+                    if let Some(Some(a)) = catalog.audiences.get(id as usize) {
                         name(&mut self.slot_keys, id, a.key.clone());
                     }
                 }

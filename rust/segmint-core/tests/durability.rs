@@ -273,6 +273,29 @@ fn automatic_snapshots_by_log_size_keep_the_state() {
     }
 }
 
+/// A snapshot keeps the definitions that removed computed traits: reopened,
+/// the removal is installed as a computed trait's, not read as an
+/// audience's slot (which panicked when there were fewer audiences).
+#[test]
+fn a_removed_computed_trait_is_reopened_from_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut e, _) = Engine::open(config(), storage(dir.path(), 0)).unwrap();
+        e.define_computed_trait("first", r#"count("A")"#).unwrap();
+        e.define_computed_trait("spend", r#"sum("A", v)"#).unwrap();
+        e.remove_computed_trait("spend").unwrap();
+        e.define_audience("a", r#"did("A")"#).unwrap();
+        e.snapshot().unwrap();
+    }
+    let (mut e, _) = Engine::open(config(), storage(dir.path(), 0)).unwrap();
+    e.ingest_json(br#"[{"type":"track","userId":"u","event":"A","properties":{"v":2}}]"#)
+        .unwrap();
+    assert!(e.is_member("u", "a").unwrap());
+    let keys: Vec<String> = e.computed_traits().into_iter().map(|c| c.0).collect();
+    assert_eq!(keys, ["first"]);
+    e.define_computed_trait("spend", r#"sum("A", v)"#).unwrap();
+}
+
 #[test]
 fn retried_message_ids_are_applied_once_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
