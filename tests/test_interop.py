@@ -442,6 +442,30 @@ def test_per_row_errors_by_index_across_chunks() -> None:
         assert eng.members("x") == ["u0", "u4", "u6"]
 
 
+def test_rows_converted_on_many_threads_keep_their_error_indexes() -> None:
+    """A chunk of 256 rows or more is converted on the engine's threads: the
+    bad rows' errors keep their indexes, and the rest is applied as when
+    converted row by row (small chunks)."""
+    bad = {5, 300, 301, 777, 999}
+    t = pa.table(
+        {
+            "type": ["track"] * 1_000,
+            "user_id": [None if i in bad else f"u{i % 50}" for i in range(1_000)],
+            "event": [f"E{i % 3}" for i in range(1_000)],
+            "timestamp": ["2025-12-31T23:00:00Z"] * 1_000,
+        }
+    )
+    results = []
+    for chunk_rows in (1_000, 7):
+        eng = Engine(clock="manual", now=datetime(2026, 1, 1, tzinfo=UTC), threads=2)
+        eng.define_audience("e0", 'did("E0", 1d)')
+        result = eng.ingest_arrow(t, chunk_rows=chunk_rows)
+        assert [e.index for e in result.errors] == sorted(bad), chunk_rows
+        assert result.accepted == 1_000 - len(bad)
+        results.append((changes(eng), eng.members("e0")))
+    assert results[0] == results[1]
+
+
 def test_malformed_json_text_is_a_row_error() -> None:
     eng = engine()
     t = pa.table(

@@ -56,14 +56,25 @@ impl Decoder {
         items: &[&[u8]],
         decode: impl Fn(&[u8]) -> Result<Event> + Sync,
     ) -> Vec<Result<Event>> {
-        if items.len() < PARALLEL_DECODE_MIN || self.pool.current_num_threads() == 1 {
-            return items.iter().map(|item| decode(item)).collect();
+        self.decode_each(items.len(), |i| decode(items[i]))
+    }
+
+    /// `decode(i)` for each `i` in `0..n`, in order: on the pool from
+    /// [`PARALLEL_DECODE_MIN`] items on. For callers whose items are their
+    /// own (the extension's Arrow rows).
+    pub fn decode_each(
+        &self,
+        n: usize,
+        decode: impl Fn(usize) -> Result<Event> + Sync,
+    ) -> Vec<Result<Event>> {
+        if n < PARALLEL_DECODE_MIN || self.pool.current_num_threads() == 1 {
+            return (0..n).map(decode).collect();
         }
         self.pool.install(|| {
-            items
-                .par_iter()
+            (0..n)
+                .into_par_iter()
                 .with_min_len(DECODE_TASK_MIN)
-                .map(|item| decode(item))
+                .map(&decode)
                 .collect()
         })
     }

@@ -15,6 +15,7 @@ use arrow_array::{Array, RecordBatch};
 use arrow_schema::{DataType, Schema, TimeUnit};
 use serde_json::{Map, Number, Value as Json};
 
+use segmint_core::decoder::Decoder;
 use segmint_core::event::{event_from_fields, EventFields, ObjectField, TimestampField};
 use segmint_core::limits::Limits;
 use segmint_core::time::{format_date, format_timestamp, Millis};
@@ -131,7 +132,7 @@ fn check_value_type(t: &DataType, path: &str) -> Result<()> {
 }
 
 /// A text column's value at a row (`None` for null).
-type Text<'a> = Box<dyn Fn(usize) -> Option<&'a str> + 'a>;
+type Text<'a> = Box<dyn Fn(usize) -> Option<&'a str> + Sync + 'a>;
 
 fn text<'a>(arr: &'a dyn Array) -> Option<Text<'a>> {
     match arr.data_type() {
@@ -166,7 +167,7 @@ fn text<'a>(arr: &'a dyn Array) -> Option<Text<'a>> {
 
 /// A value at a row as JSON: `Ok(None)` for null, an error for a row whose
 /// value has no JSON form (a non-finite number).
-type JsonAt<'a> = Box<dyn Fn(usize) -> Result<Option<Json>> + 'a>;
+type JsonAt<'a> = Box<dyn Fn(usize) -> Result<Option<Json>> + Sync + 'a>;
 
 fn not_finite(path: &str) -> SegmintError {
     SegmintError::InvalidEvent {
@@ -176,7 +177,11 @@ fn not_finite(path: &str) -> SegmintError {
     }
 }
 
-fn number<'a>(arr: &'a dyn Array, path: String, f: impl Fn(usize) -> f64 + 'a) -> JsonAt<'a> {
+fn number<'a>(
+    arr: &'a dyn Array,
+    path: String,
+    f: impl Fn(usize) -> f64 + Sync + 'a,
+) -> JsonAt<'a> {
     Box::new(move |i| {
         if arr.is_null(i) {
             return Ok(None);
@@ -188,7 +193,7 @@ fn number<'a>(arr: &'a dyn Array, path: String, f: impl Fn(usize) -> f64 + 'a) -
     })
 }
 
-fn string<'a>(arr: &'a dyn Array, f: impl Fn(usize) -> String + 'a) -> JsonAt<'a> {
+fn string<'a>(arr: &'a dyn Array, f: impl Fn(usize) -> String + Sync + 'a) -> JsonAt<'a> {
     Box::new(move |i| Ok(arr.is_valid(i).then(|| Json::String(f(i)))))
 }
 
@@ -202,7 +207,7 @@ fn millis(unit: TimeUnit, v: i64) -> Millis {
 }
 
 /// An epoch-milliseconds reader of an integer or timezone-aware timestamp column.
-fn epoch_ms<'a>(arr: &'a dyn Array) -> Option<Box<dyn Fn(usize) -> i64 + 'a>> {
+fn epoch_ms<'a>(arr: &'a dyn Array) -> Option<Box<dyn Fn(usize) -> i64 + Sync + 'a>> {
     macro_rules! prim {
         ($t:ty, $conv:expr) => {{
             let a = arr.as_primitive::<$t>();
@@ -403,7 +408,7 @@ fn json_at<'a>(arr: &'a dyn Array, path: String) -> Result<JsonAt<'a>> {
 fn list<'a>(
     arr: &'a dyn Array,
     items: JsonAt<'a>,
-    range: impl Fn(usize) -> (usize, usize) + 'a,
+    range: impl Fn(usize) -> (usize, usize) + Sync + 'a,
 ) -> JsonAt<'a> {
     Box::new(move |i| {
         if arr.is_null(i) {
@@ -442,7 +447,7 @@ struct Columns<'a> {
     anonymous_id: Option<Text<'a>>,
     event: Option<Text<'a>>,
     message_id: Option<Text<'a>>,
-    timestamp: Option<Box<dyn Fn(usize) -> Option<TimestampField<'a>> + 'a>>,
+    timestamp: Option<Box<dyn Fn(usize) -> Option<TimestampField<'a>> + Sync + 'a>>,
     properties: Option<Payload<'a>>,
     context: Option<Payload<'a>>,
     traits: Option<Payload<'a>>,
@@ -460,7 +465,7 @@ impl<'a> Columns<'a> {
             None => None,
             Some(arr) if arr.data_type() == &DataType::Null => None,
             Some(arr) => {
-                let read: Box<dyn Fn(usize) -> Option<TimestampField<'a>> + 'a> =
+                let read: Box<dyn Fn(usize) -> Option<TimestampField<'a>> + Sync + 'a> =
                     if let Some(t) = text(arr) {
                         Box::new(move |i| t(i).map(TimestampField::Text))
                     } else if let Some(ms) = epoch_ms(arr) {
@@ -534,11 +539,14 @@ impl<'a> Columns<'a> {
     }
 }
 
-/// The events of a record batch, one result per row: a row that cannot be an
-/// event is an error at its own index.
-pub fn batch_events(batch: &RecordBatch, limits: &Limits) -> Result<Vec<Result<Event>>> {
+/// The events of a record batch, one result per row (converted on the
+/// engine's threads by `decoder`): a row that cannot be an event is an
+/// error at its own index.
+pub fn batch_events(
+    batch: &RecordBatch,
+    limits: &Limits,
+    decoder: &Decoder,
+) -> Result<Vec<Result<Event>>> {
     let columns = Columns::new(batch)?;
-    Ok((0..batch.num_rows())
-        .map(|i| columns.event(i, limits))
-        .collect())
+    Ok(decoder.decode_each(batch.num_rows(), |i| columns.event(i, limits)))
 }

@@ -514,8 +514,12 @@ impl Engine {
             ))
         })?;
         arrow::check_schema(&reader.schema()).map_err(to_py)?;
-        let limits = self.lock().config().limits.clone();
         let run = || -> Result<IngestReport, SegmintError> {
+            // Rows are converted on the engine's threads, outside its lock.
+            let (decoder, limits) = {
+                let engine = self.lock();
+                (engine.decoder(), engine.config().limits.clone())
+            };
             let mut total = IngestReport::default();
             let mut first_row = 0usize;
             let mut applied = false;
@@ -526,7 +530,7 @@ impl Engine {
                 let mut start = 0;
                 while start < batch.num_rows() {
                     let len = chunk_rows.min(batch.num_rows() - start);
-                    let events = arrow::batch_events(&batch.slice(start, len), &limits)?;
+                    let events = arrow::batch_events(&batch.slice(start, len), &limits, &decoder)?;
                     let r = self.ingest_detached(events)?;
                     applied = true;
                     total.accepted += r.accepted;
