@@ -19,7 +19,7 @@ use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use smol_str::SmolStr;
 
 use crate::error::Result;
-use crate::value::{list_error, Value};
+use crate::value::{list_error, Flattens, Value};
 
 /// An object's members, sorted by key, one per key.
 #[derive(Debug, Default)]
@@ -37,10 +37,9 @@ enum Member<'de> {
     Object(Members<'de>),
 }
 
-impl Members<'_> {
-    /// Hands each dotted key (under `prefix`) and value to `leaf`, like
-    /// [`crate::value::flatten_object_into`] over the same object.
-    pub fn flatten_into(
+/// Like [`crate::value::flatten_object_into`] over the same object.
+impl Flattens for Members<'_> {
+    fn flatten_into(
         &self,
         prefix: &str,
         strict: bool,
@@ -50,7 +49,9 @@ impl Members<'_> {
         key.push_str(prefix);
         self.flatten_level(&mut key, strict, leaf)
     }
+}
 
+impl Members<'_> {
     fn flatten_level(
         &self,
         key: &mut String,

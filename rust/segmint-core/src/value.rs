@@ -238,17 +238,6 @@ impl Flattens for serde_json::Map<String, serde_json::Value> {
     }
 }
 
-impl Flattens for crate::members::Members<'_> {
-    fn flatten_into(
-        &self,
-        prefix: &str,
-        strict: bool,
-        leaf: &mut impl FnMut(&str, Option<Value>),
-    ) -> Result<()> {
-        crate::members::Members::flatten_into(self, prefix, strict, leaf)
-    }
-}
-
 /// A short name for a JSON value's kind, for error messages.
 pub fn json_kind(v: &serde_json::Value) -> &'static str {
     match v {
