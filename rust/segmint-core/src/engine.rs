@@ -883,6 +883,10 @@ impl Engine {
                 // under it (and `id` is a computed trait's, not a slot).
                 Definition::RemoveComputed(_) | Definition::Remove(_) => {}
                 Definition::Audiences(_) | Definition::Static(_) => {
+                    debug_assert!(catalog
+                        .audiences
+                        .get(id as usize)
+                        .is_some_and(Option::is_some));
                     if let Some(Some(a)) = catalog.audiences.get(id as usize) {
                         name(&mut self.slot_keys, id, a.key.clone());
                     }

@@ -227,7 +227,9 @@ struct TypedEvent<'a> {
 }
 
 /// Decodes one event from its JSON text (the fast path, with the generic
-/// one as fallback; both give the same event).
+/// one as fallback). Both give the same event from the same fields; the
+/// fast path does not check fields it does not read (`integrations`, say),
+/// which the generic one parses as JSON values.
 pub fn event_from_slice(text: &[u8], limits: &Limits) -> Result<Event> {
     if text.len() > limits.max_event_bytes {
         return Err(SegmintError::LimitExceeded {
@@ -240,7 +242,8 @@ pub fn event_from_slice(text: &[u8], limits: &Limits) -> Result<Event> {
     // from bytes, serde_json checks each string on its own, an eighth of
     // the decoding. Text that is not UTF-8 throughout is parsed from bytes,
     // which checks only the strings it reads (a bad byte in a field that
-    // is not read, such as `integrations`, is let through as before).
+    // is not read, such as `integrations`, is let through, as the parse
+    // from bytes always did).
     let typed = match std::str::from_utf8(text) {
         Ok(text) => serde_json::from_str::<TypedEvent<'_>>(text),
         Err(_) => serde_json::from_slice::<TypedEvent<'_>>(text),

@@ -19,6 +19,7 @@ use arrow_array::ffi_stream::RecordBatchStreamReader;
 use arrow_array::RecordBatchReader;
 use arrow_pyarrow::FromPyArrow;
 
+use segmint_core::decoder::Decoder;
 use segmint_core::event::{flatten_properties, flatten_traits};
 use segmint_core::ticker::Ticker;
 use segmint_core::{
@@ -262,6 +263,24 @@ impl Engine {
         .map_err(to_py)
     }
 
+    /// Decodes a batch with `decode` on the engine's threads, without the
+    /// GIL and outside the engine's lock: a concurrent call applies its
+    /// batch meanwhile.
+    fn decode_detached<T: Send>(
+        &self,
+        py: Python<'_>,
+        decode: impl FnOnce(&Decoder) -> Result<T, SegmintError> + Send,
+    ) -> PyResult<T> {
+        py.detach(|| {
+            let decoder = self.lock().decoder();
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode(&decoder)))
+        })
+        .map_err(|_| {
+            PySegmintError::new_err("internal error: the decoder panicked; please report this")
+        })?
+        .map_err(to_py)
+    }
+
     /// Applies decoded events without the GIL (call inside `py.detach`):
     /// under the lock, then waits for the log record to be durable without it.
     fn ingest_detached(
@@ -488,7 +507,8 @@ impl Engine {
 
     /// Decodes and applies a JSON batch; per-event errors by index.
     fn ingest_json(&self, py: Python<'_>, data: Vec<u8>) -> PyResult<Report> {
-        self.ingest_with(py, move |e| e.ingest_json(&data))
+        let events = self.decode_detached(py, move |decoder| decoder.json(&data))?;
+        self.ingest_with(py, move |e| e.ingest(events))
     }
 
     /// Applies the events of an Arrow stream (an object with
@@ -563,17 +583,7 @@ impl Engine {
     /// Decodes (outside the engine lock) and applies a serialized protobuf
     /// `segmint.v1.EventBatch`; per-event errors by index.
     fn ingest_proto(&self, py: Python<'_>, data: Vec<u8>) -> PyResult<Report> {
-        // Decoded on the engine's threads without its lock: a concurrent
-        // call applies its batch meanwhile.
-        let (_, events) = py
-            .detach(|| {
-                let decoder = self.lock().decoder();
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || decoder.proto(&data)))
-            })
-            .map_err(|_| {
-                PySegmintError::new_err("internal error: the decoder panicked; please report this")
-            })?
-            .map_err(to_py)?;
+        let (_, events) = self.decode_detached(py, move |decoder| decoder.proto(&data))?;
         self.ingest_with(py, move |e| e.ingest(events))
     }
 
