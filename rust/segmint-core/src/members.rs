@@ -19,7 +19,7 @@ use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use smol_str::SmolStr;
 
 use crate::error::Result;
-use crate::value::{list_error, Flattens, Value};
+use crate::value::{list_error, member_key, Flattens, Value};
 
 /// An object's members, sorted by key, one per key.
 #[derive(Debug, Default)]
@@ -37,21 +37,8 @@ enum Member<'de> {
     Object(Members<'de>),
 }
 
-/// Like [`crate::value::flatten_object_into`] over the same object.
+/// Like the flattening of a `serde_json::Map` of the same object.
 impl Flattens for Members<'_> {
-    fn flatten_into(
-        &self,
-        prefix: &str,
-        strict: bool,
-        leaf: &mut impl FnMut(&str, Option<Value>),
-    ) -> Result<()> {
-        let mut key = String::with_capacity(prefix.len() + 32);
-        key.push_str(prefix);
-        self.flatten_level(&mut key, strict, leaf)
-    }
-}
-
-impl Members<'_> {
     fn flatten_level(
         &self,
         key: &mut String,
@@ -60,11 +47,7 @@ impl Members<'_> {
     ) -> Result<()> {
         let base = key.len();
         for (k, member) in &self.0 {
-            key.truncate(base);
-            if base > 0 {
-                key.push('.');
-            }
-            key.push_str(k);
+            member_key(key, base, k);
             match member {
                 Member::Scalar(value) => leaf(key, value.clone()),
                 Member::Object(inner) if inner.0.is_empty() => leaf(key, None),
@@ -267,7 +250,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::value::{flatten_object_into, Flat};
+    use crate::value::Flat;
 
     /// JSON text of an object whose keys may repeat (and need escapes),
     /// with nested objects and lists of every kind.
@@ -334,7 +317,7 @@ mod tests {
             prop_assert_eq!(members.is_ok(), map.is_ok(), "{}", text);
             if let (Ok(members), Ok(map)) = (members, map) {
                 let by_members = flattened(|leaf| members.flatten_into(prefix, strict, &mut |k, v| leaf(k, v)));
-                let by_map = flattened(|leaf| flatten_object_into(prefix, &map, strict, &mut |k, v| leaf(k, v)));
+                let by_map = flattened(|leaf| map.flatten_into(prefix, strict, &mut |k, v| leaf(k, v)));
                 prop_assert_eq!(by_members, by_map);
             }
         }

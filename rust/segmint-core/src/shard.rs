@@ -1516,11 +1516,7 @@ impl Shard {
         };
         self.reschedule_in_pass(step, local, uid, &[lead]);
         for (a, now_true) in flips {
-            let (rules, user) = (&cat.atom_lead_rules[a as usize], &self.users[local]);
-            for (r, member) in Polarity::movable_rules(rules, user.memberships.slots(), now_true) {
-                debug_assert!(followers_agree(cat, user, r, member));
-                due.insert_known(cat.rank[r as usize], member);
-            }
+            self.add_flipped(step, due, local, a, now_true);
         }
     }
 

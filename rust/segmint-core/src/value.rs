@@ -138,52 +138,14 @@ impl ValueKey {
 /// A flattened object: dotted keys to values, `None` meaning "delete".
 pub type Flat = Vec<(String, Option<Value>)>;
 
-/// Flattens a JSON object into dotted keys (`{"a": {"b": 1}}` → `a.b = 1`),
-/// each key (under `prefix`) and value handed to `leaf` as it is reached.
-/// `null` becomes `None` (a deletion for traits). Lists of strings are kept;
-/// a list holding anything else is an error naming the key when `strict`
-/// (traits), and is left out otherwise (event properties such as Segment's
-/// `products: [{..}]`, which rules cannot address). The key is built in one
-/// buffer (a `format!` per key was most of a track event's flattening) and
-/// copied only by the caller, into the type it keeps.
-pub fn flatten_object_into(
-    prefix: &str,
-    object: &serde_json::Map<String, serde_json::Value>,
-    strict: bool,
-    leaf: &mut impl FnMut(&str, Option<Value>),
-) -> Result<()> {
-    let mut key = String::with_capacity(prefix.len() + 32);
-    key.push_str(prefix);
-    flatten_level(&mut key, object, strict, leaf)
-}
-
-/// Flattens `object` under the dotted path in `key` (empty at the top),
-/// leaving `key` as it found it.
-fn flatten_level(
-    key: &mut String,
-    object: &serde_json::Map<String, serde_json::Value>,
-    strict: bool,
-    leaf: &mut impl FnMut(&str, Option<Value>),
-) -> Result<()> {
-    let base = key.len();
-    for (k, v) in object {
-        key.truncate(base);
-        if base > 0 {
-            key.push('.');
-        }
-        key.push_str(k);
-        match v {
-            serde_json::Value::Object(inner) if inner.is_empty() => leaf(key, None),
-            serde_json::Value::Object(inner) => flatten_level(key, inner, strict, leaf)?,
-            other => match json_scalar(key, other) {
-                Ok(value) => leaf(key, value),
-                Err(e) if strict => return Err(e),
-                Err(_) => {}
-            },
-        }
-    }
+/// Puts member `k` of the object at the dotted path `key[..base]` in
+/// `key`: `base.k`, or `k` at the top (`base` 0).
+pub(crate) fn member_key(key: &mut String, base: usize, k: &str) {
     key.truncate(base);
-    Ok(())
+    if base > 0 {
+        key.push('.');
+    }
+    key.push_str(k);
 }
 
 fn json_scalar(key: &str, v: &serde_json::Value) -> Result<Option<Value>> {
@@ -213,28 +175,61 @@ pub(crate) fn list_error(key: &str, kind: &str) -> SegmintError {
     }
 }
 
-/// A JSON object that flattens into dotted keys: a `serde_json::Map`, or
-/// the [`crate::members::Members`] an event's fast decoding parses.
+/// A JSON object that flattens into dotted keys (`{"a": {"b": 1}}` →
+/// `a.b = 1`): a `serde_json::Map`, or the [`crate::members::Members`] an
+/// event's fast decoding parses. `null` becomes `None` (a deletion for
+/// traits). Lists of strings are kept; a list holding anything else is an
+/// error naming the key when `strict` (traits), and is left out otherwise
+/// (event properties such as Segment's `products: [{..}]`, which rules
+/// cannot address).
 pub trait Flattens {
     /// Hands each dotted key (under `prefix`) and value to `leaf`, in key
-    /// order level by level; a list holding anything but strings is an
-    /// error when `strict`, and left out otherwise.
-    fn flatten_into(
-        &self,
-        prefix: &str,
-        strict: bool,
-        leaf: &mut impl FnMut(&str, Option<Value>),
-    ) -> Result<()>;
-}
-
-impl Flattens for serde_json::Map<String, serde_json::Value> {
+    /// order level by level. The key is built in one buffer (a `format!`
+    /// per key was most of a track event's flattening) and copied only by
+    /// the caller, into the type it keeps.
     fn flatten_into(
         &self,
         prefix: &str,
         strict: bool,
         leaf: &mut impl FnMut(&str, Option<Value>),
     ) -> Result<()> {
-        flatten_object_into(prefix, self, strict, leaf)
+        let mut key = String::with_capacity(prefix.len() + 32);
+        key.push_str(prefix);
+        self.flatten_level(&mut key, strict, leaf)
+    }
+
+    /// [`Flattens::flatten_into`] under the dotted path in `key` (empty at
+    /// the top), leaving `key` as it found it (see [`member_key`]).
+    fn flatten_level(
+        &self,
+        key: &mut String,
+        strict: bool,
+        leaf: &mut impl FnMut(&str, Option<Value>),
+    ) -> Result<()>;
+}
+
+impl Flattens for serde_json::Map<String, serde_json::Value> {
+    fn flatten_level(
+        &self,
+        key: &mut String,
+        strict: bool,
+        leaf: &mut impl FnMut(&str, Option<Value>),
+    ) -> Result<()> {
+        let base = key.len();
+        for (k, v) in self {
+            member_key(key, base, k);
+            match v {
+                serde_json::Value::Object(inner) if inner.is_empty() => leaf(key, None),
+                serde_json::Value::Object(inner) => inner.flatten_level(key, strict, leaf)?,
+                other => match json_scalar(key, other) {
+                    Ok(value) => leaf(key, value),
+                    Err(e) if strict => return Err(e),
+                    Err(_) => {}
+                },
+            }
+        }
+        key.truncate(base);
+        Ok(())
     }
 }
 
@@ -284,7 +279,7 @@ mod tests {
         strict: bool,
         out: &mut Flat,
     ) -> Result<()> {
-        flatten_object_into(prefix, object, strict, &mut |key, value| {
+        object.flatten_into(prefix, strict, &mut |key, value| {
             out.push((key.to_owned(), value))
         })
     }
