@@ -35,6 +35,11 @@ impl Decoder {
         Decoder { pool, limits }
     }
 
+    /// The limits it decodes under (the engine's).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// [`crate::event::decode_json_batch`], the events decoded in parallel.
     pub fn json(&self, bytes: &[u8]) -> Result<Vec<Result<Event>>> {
         let items = json_batch_items(bytes, &self.limits)?;

@@ -540,13 +540,10 @@ impl<'a> Columns<'a> {
 }
 
 /// The events of a record batch, one result per row (converted on the
-/// engine's threads by `decoder`): a row that cannot be an event is an
+/// engine's threads and under its limits by `decoder`): a row that cannot be an event is an
 /// error at its own index.
-pub fn batch_events(
-    batch: &RecordBatch,
-    limits: &Limits,
-    decoder: &Decoder,
-) -> Result<Vec<Result<Event>>> {
+pub fn batch_events(batch: &RecordBatch, decoder: &Decoder) -> Result<Vec<Result<Event>>> {
     let columns = Columns::new(batch)?;
+    let limits = decoder.limits();
     Ok(decoder.decode_each(batch.num_rows(), |i| columns.event(i, limits)))
 }

@@ -536,10 +536,7 @@ impl Engine {
         arrow::check_schema(&reader.schema()).map_err(to_py)?;
         let run = || -> Result<IngestReport, SegmintError> {
             // Rows are converted on the engine's threads, outside its lock.
-            let (decoder, limits) = {
-                let engine = self.lock();
-                (engine.decoder(), engine.config().limits.clone())
-            };
+            let decoder = self.lock().decoder();
             let mut total = IngestReport::default();
             let mut first_row = 0usize;
             let mut applied = false;
@@ -550,7 +547,7 @@ impl Engine {
                 let mut start = 0;
                 while start < batch.num_rows() {
                     let len = chunk_rows.min(batch.num_rows() - start);
-                    let events = arrow::batch_events(&batch.slice(start, len), &limits, &decoder)?;
+                    let events = arrow::batch_events(&batch.slice(start, len), &decoder)?;
                     let r = self.ingest_detached(events)?;
                     applied = true;
                     total.accepted += r.accepted;
