@@ -441,7 +441,6 @@ impl Engine {
                         bitmaps: shard
                             .members
                             .bitmaps()
-                            .iter()
                             .map(|b| {
                                 let mut out = Vec::with_capacity(b.serialized_size());
                                 b.serialize_into(&mut out)

@@ -1001,7 +1001,16 @@ impl Engine {
         Ok(self
             .interner
             .get(user_id)
-            .is_some_and(|uid| self.shard_of(uid).members.contains(slot, uid)))
+            .is_some_and(|uid| self.holds(uid, slot)))
+    }
+
+    /// Whether the user with dense id `uid` is a member of `slot` (its
+    /// profile's list: always current, where the shard's bitmaps may wait
+    /// for a flush).
+    fn holds(&self, uid: u32, slot: AudId) -> bool {
+        self.shard_of(uid)
+            .user(uid)
+            .is_some_and(|user| user.is_member(slot))
     }
 
     /// Membership of many users in one audience.
@@ -1016,7 +1025,7 @@ impl Engine {
             .map(|u| {
                 self.interner
                     .get(u)
-                    .is_some_and(|uid| self.shard_of(uid).members.contains(slot, uid))
+                    .is_some_and(|uid| self.holds(uid, slot))
             })
             .collect())
     }
@@ -1026,12 +1035,15 @@ impl Engine {
         let Some(uid) = self.interner.get(user_id) else {
             return Vec::new();
         };
-        let shard = self.shard_of(uid);
-        let mut keys: Vec<String> = self
-            .catalog
-            .keys()
-            .filter(|(slot, _)| shard.members.contains(*slot, uid))
-            .map(|(_, a)| a.key.to_string())
+        let Some(user) = self.shard_of(uid).user(uid) else {
+            return Vec::new();
+        };
+        let mut keys: Vec<String> = user
+            .memberships
+            .slots()
+            .iter()
+            .filter_map(|slot| self.catalog.audiences.get(slot as usize)?.as_ref())
+            .map(|a| a.key.to_string())
             .collect();
         keys.sort();
         keys
@@ -1051,9 +1063,7 @@ impl Engine {
         let slot = self.catalog.audience(key)?;
         let mut all = RoaringBitmap::new();
         for shard in &self.shards {
-            if let Some(b) = shard.members.bitmap(slot) {
-                all |= b;
-            }
+            all |= shard.members.bitmap(slot).as_ref();
         }
         Ok(all)
     }
@@ -1082,11 +1092,7 @@ impl Engine {
     /// Number of members.
     pub fn size(&self, key: &str) -> Result<u64> {
         let slot = self.catalog.audience(key)?;
-        Ok(self
-            .shards
-            .iter()
-            .map(|s| s.members.bitmap(slot).map_or(0, |b| b.len()))
-            .sum())
+        Ok(self.shards.iter().map(|s| s.members.len(slot)).sum())
     }
 
     /// Changes with `seq > since_seq`, at most `limit`.

@@ -534,19 +534,25 @@ fn per_cache_line<T>() -> usize {
 /// dense ids (for size, members and overlap queries).
 ///
 /// The profiles' own lists are the truth during an operation; the bitmaps
-/// catch up once at its end ([`Memberships::flush`]). An event changes
-/// about fifteen memberships, and inserting one id into a roaring array
-/// container moves up to 8 KiB: merged per audience once a batch, the
-/// same changes cost a fraction of that.
+/// catch up later ([`Memberships::flush`]). An event changes about fifteen
+/// memberships, and inserting one id into a roaring array container moves
+/// up to 8 KiB: merged per audience, many changes at once, the same
+/// changes cost a fraction of that. A large batch is merged at its end;
+/// the changes of small calls (one event each, as a request-at-a-time
+/// caller sends them) wait until [`FLUSH_FROM`] have gathered
+/// ([`Memberships::flush_if_due`]), and reads in between see them laid
+/// over the bitmaps.
 #[derive(Debug, Clone, Default)]
 pub struct Memberships {
-    /// Members per audience slot (global dense ids).
+    /// Members per audience slot (global dense ids), as of the last flush.
     bitmaps: Vec<RoaringBitmap>,
     /// Per slot, `uid << 1 | entered` of each change since the last flush
     /// (kept, emptied, from flush to flush).
     touched: Vec<Vec<u32>>,
     /// The slots with changes since the last flush.
     dirty: Vec<AudId>,
+    /// Changes since the last flush, over all slots.
+    pending: usize,
 }
 
 /// Below this many changes of one audience in a flush, ids are inserted
@@ -554,10 +560,42 @@ pub struct Memberships {
 /// than a few single inserts).
 const MERGE_FROM: usize = 16;
 
+/// Changes gathered before [`Memberships::flush_if_due`] merges them: at
+/// 4 bytes each, 256 KiB held at most, and a few dozen changes per
+/// audience merged at once at a thousand audiences.
+pub const FLUSH_FROM: usize = 1 << 16;
+
 /// A bitmap of ids ascending (as a flush's are); built in one pass.
 fn sorted_bitmap(uids: &[u32]) -> RoaringBitmap {
     RoaringBitmap::from_sorted_iter(uids.iter().copied())
         .unwrap_or_else(|_| uids.iter().copied().collect())
+}
+
+/// The net effect of one slot's changes (`uid << 1 | entered`, each
+/// user's together): the users who entered and those who left since the
+/// last flush, ascending. A user's changes of one audience alternate (each
+/// is a flip), so the last one is the one in the majority, and as many
+/// entries as exits leave the membership as it was.
+fn net_changes(changes: &[u32], entered: &mut Vec<u32>, exited: &mut Vec<u32>) {
+    entered.clear();
+    exited.clear();
+    for run in changes.chunk_by(|a, b| a >> 1 == b >> 1) {
+        let uid = run[0] >> 1;
+        let entries = run.iter().filter(|&&c| c & 1 == 1).count();
+        match (2 * entries).cmp(&run.len()) {
+            std::cmp::Ordering::Greater => entered.push(uid),
+            std::cmp::Ordering::Less => exited.push(uid),
+            std::cmp::Ordering::Equal => {}
+        }
+    }
+}
+
+/// Sorts a slot's changes by user if they are not (a batch applied user
+/// by user leaves them so; changes of several calls are not).
+fn group_by_user(changes: &mut [u32]) {
+    if !changes.is_sorted_by_key(|c| c >> 1) {
+        changes.sort_unstable();
+    }
 }
 
 impl Memberships {
@@ -576,25 +614,60 @@ impl Memberships {
         }
     }
 
-    /// The members of `aud`, if the slot was ever used.
-    pub fn bitmap(&self, aud: AudId) -> Option<&RoaringBitmap> {
-        debug_assert!(self.dirty.is_empty(), "read before flush");
-        self.bitmaps.get(aud as usize)
+    /// The net changes of `aud` not yet flushed (users who entered, users
+    /// who left), or `None` if it has none.
+    fn unflushed(&self, aud: AudId) -> Option<(Vec<u32>, Vec<u32>)> {
+        let changes = self.touched.get(aud as usize).filter(|c| !c.is_empty())?;
+        let mut changes = changes.clone();
+        group_by_user(&mut changes);
+        let (mut entered, mut exited) = (Vec::new(), Vec::new());
+        net_changes(&changes, &mut entered, &mut exited);
+        Some((entered, exited))
     }
 
-    /// Every slot's members, in slot order.
-    pub fn bitmaps(&self) -> &[RoaringBitmap] {
-        debug_assert!(self.dirty.is_empty(), "read before flush");
-        &self.bitmaps
+    /// The members of `aud` (empty if the slot was never used), changes
+    /// not yet flushed included: borrowed when there are none.
+    pub fn bitmap(&self, aud: AudId) -> Cow<'_, RoaringBitmap> {
+        let flushed = self.bitmaps.get(aud as usize);
+        match (self.unflushed(aud), flushed) {
+            (None, Some(b)) => Cow::Borrowed(b),
+            (None, None) => Cow::Owned(RoaringBitmap::new()),
+            (Some((entered, exited)), b) => {
+                let mut b = b.cloned().unwrap_or_default();
+                b.extend(entered);
+                exited.into_iter().for_each(|uid| {
+                    b.remove(uid);
+                });
+                Cow::Owned(b)
+            }
+        }
     }
 
-    /// Whether `uid` is a member of `aud`.
-    pub fn contains(&self, aud: AudId, uid: u32) -> bool {
-        self.bitmap(aud).is_some_and(|b| b.contains(uid))
+    /// Every slot's members, in slot order (changes not yet flushed
+    /// included).
+    pub fn bitmaps(&self) -> impl Iterator<Item = Cow<'_, RoaringBitmap>> + '_ {
+        let slots = self.bitmaps.len().max(self.touched.len());
+        (0..slots).map(|slot| self.bitmap(slot as AudId))
+    }
+
+    /// Number of members of `aud` (changes not yet flushed included).
+    pub fn len(&self, aud: AudId) -> u64 {
+        let flushed = self.bitmaps.get(aud as usize).map_or(0, |b| b.len());
+        match self.unflushed(aud) {
+            // Each net entry was a non-member at the flush, each net exit
+            // a member.
+            Some((entered, exited)) => flushed + entered.len() as u64 - exited.len() as u64,
+            None => flushed,
+        }
+    }
+
+    /// Whether `aud` has no members (changes not yet flushed included).
+    pub fn is_empty(&self, aud: AudId) -> bool {
+        self.len(aud) == 0
     }
 
     /// Notes that `uid` entered (was not a member) or left (was one) `aud`;
-    /// the bitmap follows at the next [`Memberships::flush`]. (Ids from
+    /// the bitmap follows at a later [`Memberships::flush`]. (Ids from
     /// 2^31 on, which do not fit the packed form, go to the bitmap at once.)
     #[inline]
     pub fn touch(&mut self, aud: AudId, uid: u32, entered: bool) {
@@ -616,32 +689,23 @@ impl Memberships {
             self.dirty.push(aud);
         }
         changes.push(uid << 1 | u32::from(entered));
+        self.pending += 1;
     }
 
-    /// Applies the changes since the last flush to the bitmaps. A user's
-    /// changes of one audience alternate (each is a flip), so the last one
-    /// is the one in the majority, and as many entries as exits leave the
-    /// membership as it was.
+    /// Flushes once [`FLUSH_FROM`] changes have gathered.
+    pub fn flush_if_due(&mut self) {
+        if self.pending >= FLUSH_FROM {
+            self.flush();
+        }
+    }
+
+    /// Applies the changes since the last flush to the bitmaps.
     pub fn flush(&mut self) {
         let (mut entered, mut exited) = (Vec::new(), Vec::new());
         for aud in std::mem::take(&mut self.dirty) {
             let changes = &mut self.touched[aud as usize];
-            // Only each user's changes need to be together: a batch applied
-            // user by user leaves them so, in user order, and needs no sort.
-            if !changes.is_sorted_by_key(|c| c >> 1) {
-                changes.sort_unstable();
-            }
-            entered.clear();
-            exited.clear();
-            for run in changes.chunk_by(|a, b| a >> 1 == b >> 1) {
-                let uid = run[0] >> 1;
-                let entries = run.iter().filter(|&&c| c & 1 == 1).count();
-                match (2 * entries).cmp(&run.len()) {
-                    std::cmp::Ordering::Greater => entered.push(uid),
-                    std::cmp::Ordering::Less => exited.push(uid),
-                    std::cmp::Ordering::Equal => {}
-                }
-            }
+            group_by_user(changes);
+            net_changes(changes, &mut entered, &mut exited);
             // Kept for the next batch, but not at the size of a one-off
             // (a backfill's) when batches are far smaller.
             let used = changes.len();
@@ -663,11 +727,12 @@ impl Memberships {
                 *bitmap -= sorted_bitmap(&exited);
             }
         }
+        self.pending = 0;
     }
 
     /// Drops every member of `aud`.
     pub fn clear(&mut self, aud: AudId) {
-        debug_assert!(self.dirty.is_empty(), "clear before flush");
+        self.flush();
         if let Some(b) = self.bitmaps.get_mut(aud as usize) {
             b.clear();
         }
@@ -857,10 +922,10 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Batched bitmaps, flushed at random points, hold what inserting
-        /// and removing at once would: for ids flipped once or many times,
-        /// in few and in many (merged) per audience, and for ids too large
-        /// to pack.
+        /// Batched bitmaps, flushed at random points and read in between,
+        /// hold what inserting and removing at once would: for ids flipped
+        /// once or many times, in few and in many (merged) per audience,
+        /// and for ids too large to pack.
         #[test]
         fn flushed_bitmaps_match_immediate_updates(
             ops in proptest::collection::vec(
@@ -881,15 +946,23 @@ mod tests {
                 }
                 if flush {
                     batched.flush();
+                }
+                // Reads see the changes not flushed yet laid over the bitmaps.
+                if flush || uid % 7 == 0 {
                     for a in 0..3 {
-                        let got = batched.bitmap(a).cloned().unwrap_or_default();
+                        let got = batched.bitmap(a).into_owned();
                         proptest::prop_assert_eq!(&got, &direct[a as usize]);
+                        proptest::prop_assert_eq!(batched.len(a), direct[a as usize].len());
+                    }
+                    let all: Vec<RoaringBitmap> = batched.bitmaps().map(|b| b.into_owned()).collect();
+                    for (a, got) in all.iter().enumerate() {
+                        proptest::prop_assert_eq!(got, &direct[a]);
                     }
                 }
             }
             batched.flush();
             for a in 0..3 {
-                let got = batched.bitmap(a).cloned().unwrap_or_default();
+                let got = batched.bitmap(a).into_owned();
                 proptest::prop_assert_eq!(&got, &direct[a as usize]);
             }
         }

@@ -384,10 +384,11 @@ impl Shard {
             + self.key_atoms.heap_bytes()
     }
 
-    /// Brings the audience bitmaps up to the profiles' memberships; ends
-    /// every operation on the shard (see [`Memberships::flush`]).
+    /// Brings the audience bitmaps up to the profiles' memberships once
+    /// enough changes have gathered; ends every operation on the shard (see
+    /// [`Memberships::flush_if_due`]).
     pub fn flush_members(&mut self) {
-        self.members.flush();
+        self.members.flush_if_due();
     }
 
     fn env<'a>(&'a self, step: Step<'a>, local: usize) -> UserEnv<'a> {
@@ -1735,10 +1736,8 @@ impl Shard {
         read_states.dedup();
         // Whether an audience had members before (a replaced rule): a new
         // one's memberships need not be looked up profile by profile.
-        let had_members: SmallVec<[bool; 4]> = auds
-            .iter()
-            .map(|&a| self.members.bitmap(a).is_some_and(|b| !b.is_empty()))
-            .collect();
+        let had_members: SmallVec<[bool; 4]> =
+            auds.iter().map(|&a| !self.members.is_empty(a)).collect();
         let replacing = had_members.contains(&true);
         // Per state read: the new rules' atoms over it. An entry stamped
         // after now (within the future skew) becomes visible later, and
@@ -1846,7 +1845,7 @@ impl Shard {
         out: &mut Vec<ShardChange>,
     ) {
         self.members.ensure(step.cat.audiences.len());
-        let current = self.members.bitmap(aud).cloned().unwrap_or_default();
+        let current = self.members.bitmap(aud).into_owned();
         let mut touched: Vec<u32> = (&current ^ wanted).iter().collect();
         touched.sort_unstable();
         for uid in touched {
@@ -1895,19 +1894,17 @@ impl Shard {
     /// Exits every member of a removed audience (reason `delete`). Timers of
     /// atoms no live rule uses any more lapse by themselves.
     pub fn remove_audience(&mut self, aud: AudId, at: Millis, out: &mut Vec<ShardChange>) {
-        if let Some(bitmap) = self.members.bitmap(aud) {
-            for uid in bitmap.iter() {
-                out.push(ShardChange {
-                    order: (uid as i64, 0, 0),
-                    uid,
-                    kind: ChangeKind::Membership {
-                        aud,
-                        entered: false,
-                    },
-                    at,
-                    reason: Reason::Delete,
-                });
-            }
+        for uid in self.members.bitmap(aud).iter() {
+            out.push(ShardChange {
+                order: (uid as i64, 0, 0),
+                uid,
+                kind: ChangeKind::Membership {
+                    aud,
+                    entered: false,
+                },
+                at,
+                reason: Reason::Delete,
+            });
         }
         self.members.clear(aud);
     }

@@ -1013,3 +1013,70 @@ fn one_advance_logs_as_small_steps_do() {
         assert_eq!(run(1, shards), stepped);
     }
 }
+
+/// One event per call leaves the audience bitmaps behind the profiles
+/// until enough changes gather; every read must see the changes anyway.
+/// Each read is held to the members the change log adds up to.
+#[test]
+fn reads_between_one_event_calls_see_every_change() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut e = engine(2);
+    let t0 = e.now();
+    let rules = [
+        ("did_x", r#"did("X")"#),
+        ("x_twice", r#"count("X") >= 2 and not did("Y")"#),
+        ("no_y", r#"not did("Y")"#),
+    ];
+    for (key, rule) in rules {
+        e.define_audience(key, rule).unwrap();
+    }
+    let mut from_log: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut seen = 0;
+    let mut fold_log = |e: &Engine, from_log: &mut BTreeMap<String, BTreeSet<String>>| {
+        for c in e.changes(seen, usize::MAX).unwrap() {
+            let members = from_log.entry(c.audience.to_string()).or_default();
+            if c.entered {
+                members.insert(c.user_id.to_string());
+            } else {
+                members.remove(c.user_id.as_ref());
+            }
+            seen = c.seq;
+        }
+    };
+    for i in 0..300u32 {
+        let user = format!("u{}", (i * 7) % 23);
+        let event = if i % 5 == 4 { "Y" } else { "X" };
+        track(&mut e, &user, event, "{}", t0 + i64::from(i));
+        fold_log(&e, &mut from_log);
+        for (key, _) in rules {
+            let want: Vec<String> = from_log.get(key).into_iter().flatten().cloned().collect();
+            assert_eq!(e.members(key).unwrap(), want, "{key} after event {i}");
+            assert_eq!(
+                e.size(key).unwrap(),
+                want.len() as u64,
+                "{key} after event {i}"
+            );
+            assert_eq!(e.is_member(&user, key).unwrap(), want.contains(&user));
+        }
+        let mut of_user: Vec<String> = rules
+            .iter()
+            .filter(|(key, _)| from_log.get(*key).is_some_and(|m| m.contains(&user)))
+            .map(|(key, _)| key.to_string())
+            .collect();
+        of_user.sort();
+        assert_eq!(e.audiences_of(&user), of_user);
+    }
+    // A replaced rule and a removed audience start from the members as
+    // they are, unflushed changes included.
+    e.define_audience("did_x", r#"did("Y")"#).unwrap();
+    fold_log(&e, &mut from_log);
+    let want: Vec<String> = from_log["did_x"].iter().cloned().collect();
+    assert_eq!(e.members("did_x").unwrap(), want);
+    let before = e.size("no_y").unwrap();
+    e.remove_audience("no_y").unwrap();
+    fold_log(&e, &mut from_log);
+    assert!(
+        from_log["no_y"].is_empty(),
+        "{before} members, not all exited"
+    );
+}
