@@ -154,7 +154,14 @@ impl ChangeLog {
         run.entries.clear();
     }
 
-    /// Drops the `n` oldest entries (all of them if fewer).
+    /// Frees the storage kept from dropped entries for later appends (see
+    /// [`ChunkedDeque::release_spare`]).
+    pub fn release_spare(&mut self) {
+        self.entries.release_spare();
+    }
+
+    /// Drops the `n` oldest entries (all of them if fewer); their storage
+    /// is kept for the next appends until [`ChangeLog::release_spare`].
     pub fn drop_front(&mut self, n: usize) {
         let n = n.min(self.entries.len());
         self.entries.drop_front(n);

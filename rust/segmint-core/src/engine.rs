@@ -417,20 +417,27 @@ impl Engine {
                 merge::merge_runs(&runs, &mut parts, 4 * rayon::current_num_threads());
             });
         }
-        let mut count = 0;
+        let count: usize = parts.iter().map(PackedRun::len).sum();
+        let cap = self.config.change_log_capacity.max(1);
+        // What the appends push out of a full log is dropped first: its
+        // storage then takes the new entries (see `ChunkedDeque`).
+        self.trim_log((self.log.len() + count).saturating_sub(cap));
         for part in &mut parts {
-            count += part.len();
             self.log.append(part);
         }
+        self.trim_log(self.log.len().saturating_sub(cap));
+        self.log.release_spare();
         self.merge_parts = parts;
         self.last_seq += count as u64;
-        let cap = self.config.change_log_capacity.max(1);
-        if self.log.len() > cap {
-            let drop = self.log.len() - cap;
-            self.log.drop_front(drop);
-            self.log_first_seq += drop as u64;
-        }
         count
+    }
+
+    /// Drops the `n` oldest changes of the log (all of them if fewer),
+    /// which moves its first sequence number.
+    fn trim_log(&mut self, n: usize) {
+        let n = n.min(self.log.len());
+        self.log.drop_front(n);
+        self.log_first_seq += n as u64;
     }
 
     /// What of each event's ids is already interned: its user's dense id,

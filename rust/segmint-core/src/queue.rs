@@ -13,10 +13,16 @@ const CHUNK: usize = 1 << 16;
 
 /// A FIFO sequence stored in fixed-size chunks: appending never moves what
 /// is stored (a `VecDeque` doubling at 10 M entries copies 320 MB while the
-/// engine lock is held), and dropping from the front frees whole chunks.
+/// engine lock is held), and dropping from the front frees whole chunks, or
+/// keeps them for the next appends until [`ChunkedDeque::release_spare`]:
+/// a full log drops as much as it appends, and a chunk reused is one not
+/// page-faulted afresh (at 10,000 audiences an event logs some 140
+/// changes, and fresh pages were a third of the page faults of ingest).
 #[derive(Debug, Clone)]
 pub struct ChunkedDeque<T> {
     chunks: VecDeque<Vec<T>>,
+    /// Chunks dropped from the front, emptied, for the next appends.
+    spare: Vec<Vec<T>>,
     /// Entries already dropped from the front chunk.
     head: usize,
     len: usize,
@@ -26,6 +32,7 @@ impl<T> Default for ChunkedDeque<T> {
     fn default() -> Self {
         ChunkedDeque {
             chunks: VecDeque::new(),
+            spare: Vec::new(),
             head: 0,
             len: 0,
         }
@@ -43,10 +50,29 @@ impl<T> ChunkedDeque<T> {
         self.len == 0
     }
 
+    /// A chunk for the back: a spare one, or a new one.
+    fn fresh_chunk(&mut self) -> Vec<T> {
+        self.spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(CHUNK))
+    }
+
+    /// Frees the chunks kept from drops.
+    pub fn release_spare(&mut self) {
+        self.spare = Vec::new();
+    }
+
+    /// Keeps a chunk dropped from the front for a later append.
+    fn keep_spare(&mut self, mut chunk: Vec<T>) {
+        chunk.clear();
+        self.spare.push(chunk);
+    }
+
     /// Appends at the back.
     pub fn push_back(&mut self, value: T) {
         if self.chunks.back().is_none_or(|c| c.len() == CHUNK) {
-            self.chunks.push_back(Vec::with_capacity(CHUNK));
+            let chunk = self.fresh_chunk();
+            self.chunks.push_back(chunk);
         }
         if let Some(last) = self.chunks.back_mut() {
             last.push(value);
@@ -64,7 +90,9 @@ impl<T> ChunkedDeque<T> {
             };
             let live = front.len() - self.head;
             if n >= live {
-                self.chunks.pop_front();
+                if let Some(chunk) = self.chunks.pop_front() {
+                    self.keep_spare(chunk);
+                }
                 self.head = 0;
                 n -= live;
             } else {
@@ -73,7 +101,9 @@ impl<T> ChunkedDeque<T> {
             }
         }
         if self.len == 0 {
-            self.chunks.clear();
+            while let Some(chunk) = self.chunks.pop_front() {
+                self.keep_spare(chunk);
+            }
             self.head = 0;
         }
     }
@@ -103,7 +133,8 @@ impl<T: Copy> ChunkedDeque<T> {
         self.len += values.len();
         while !values.is_empty() {
             if self.chunks.back().is_none_or(|c| c.len() == CHUNK) {
-                self.chunks.push_back(Vec::with_capacity(CHUNK));
+                let chunk = self.fresh_chunk();
+                self.chunks.push_back(chunk);
             }
             if let Some(last) = self.chunks.back_mut() {
                 let (now, rest) = values.split_at((CHUNK - last.len()).min(values.len()));
@@ -526,12 +557,29 @@ mod tests {
         }
     }
 
+    #[test]
+    fn chunks_dropped_from_the_front_take_the_next_appends() {
+        let mut d = ChunkedDeque::default();
+        d.extend_from_slice(&vec![1u64; 2 * CHUNK]);
+        let first = d.chunks[0].as_ptr();
+        d.drop_front(CHUNK);
+        d.extend_from_slice(&[2u64; 3]);
+        assert_eq!(d.chunks.back().map(|c| c.as_ptr()), Some(first));
+        assert_eq!(d.len(), CHUNK + 3);
+        assert!(d.range(CHUNK, CHUNK + 3).all(|&x| x == 2));
+        d.drop_front(CHUNK);
+        assert_eq!(d.spare.len(), 1);
+        d.release_spare();
+        assert!(d.spare.is_empty());
+    }
+
     proptest! {
-        /// Pushes, slices appended, front drops and ranges agree with a
-        /// VecDeque, across chunk boundaries.
+        /// Pushes, slices appended, front drops (their chunks reused or
+        /// released) and ranges agree with a VecDeque, across chunk
+        /// boundaries.
         #[test]
         fn chunked_deque_matches_vecdeque(
-            ops in proptest::collection::vec((0u8..4, 0usize..(3 * CHUNK)), 0..12),
+            ops in proptest::collection::vec((0u8..5, 0usize..(3 * CHUNK)), 0..12),
         ) {
             let mut d = ChunkedDeque::default();
             let mut model = VecDeque::new();
@@ -553,6 +601,7 @@ mod tests {
                         model.extend(values);
                         next += n as u64;
                     }
+                    3 => d.release_spare(),
                     _ => {
                         let (a, b) = (n % (model.len() + 1), n % (model.len() + 2));
                         let got: Vec<u64> = d.range(a, b).copied().collect();
