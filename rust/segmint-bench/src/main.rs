@@ -320,6 +320,8 @@ fn main() {
         "pending_timers": pending_timers,
         "latency_us_p50": percentile(&lat_us, 0.50),
         "latency_us_p99": percentile(&lat_us, 0.99),
+        "latency_us_p999": percentile(&lat_us, 0.999),
+        "latency_us_max": lat_us.last().copied().unwrap_or(0.0),
         "latency_samples": lat_us.len(),
         "latency_by_kind": latency_by_kind,
         "heap_bytes": heap,
