@@ -279,6 +279,12 @@ enum TimeSource {
     Trait(TraitKey),
     Event(StateId),
     Member(AudId),
+    /// A view tested against literals by atoms whose next change is the
+    /// view's own (its window's next lapse, a future entry becoming
+    /// visible), whatever the literal: `sum("Order Completed", revenue,
+    /// 365d) > 100`, `> 300`, ... (a count compared with a number flips at
+    /// an instant of its own, see [`Catalog::threshold_atom`]).
+    View(ViewId),
 }
 
 /// The most atoms one timer stands for when they are not all on a
@@ -304,11 +310,12 @@ fn on_a_ladder(atom: &AtomDef) -> bool {
 
 /// The time source an atom tests against literals, if it is that kind of
 /// atom (a timed one reading nothing else).
-fn time_source(atom: &AtomDef) -> Option<TimeSource> {
+fn time_source(cat: &Catalog, atom: &AtomDef) -> Option<TimeSource> {
     match atom.test.as_ref().filter(|_| atom.timed)?.0 {
         CExpr::SinceTrait(k) => Some(TimeSource::Trait(k)),
         CExpr::SinceEvent(s) => Some(TimeSource::Event(s)),
         CExpr::MemberFor(a) => Some(TimeSource::Member(a)),
+        CExpr::View(v) if cat.threshold_atom(&atom.expr).is_none() => Some(TimeSource::View(v)),
         _ => None,
     }
 }
@@ -669,6 +676,10 @@ pub struct Catalog {
     /// Per atom: the [`TimerLadder`] of the group it leads, when its atoms
     /// all test one duration against literals.
     pub timer_ladder: Vec<Option<TimerLadder>>,
+    /// Per atom: the view the atoms of the group it leads all test, when
+    /// they change at the view's next change (see `TimeSource::View`): the
+    /// group's next change is then found once, not once per atom.
+    pub timer_view: Vec<Option<ViewId>>,
     /// The atoms of live rules testing a view or a `since(E)` against
     /// literals, by leaf (see [`StateIndex::leaf_groups`]).
     pub leaf_groups: Vec<LeafGroup>,
@@ -1245,6 +1256,14 @@ impl Catalog {
         self.timer_ladder = (0..self.atoms.len())
             .map(|lead| crate::eval::timer_ladder(self, &self.timer_group[lead]))
             .collect();
+        self.timer_view = (0..self.atoms.len())
+            .map(|lead| match time_source(self, &self.atoms[lead]) {
+                Some(TimeSource::View(view)) if self.timer_lead[lead] == lead as AtomId => {
+                    Some(view)
+                }
+                _ => None,
+            })
+            .collect();
         self.empty_computed = crate::eval::computed_on_empty_profile(self);
         self.empty_true = crate::eval::rules_true_on_empty_profile(self);
         self.empty_atom_truth = crate::eval::atoms_on_empty_profile(self);
@@ -1258,10 +1277,12 @@ impl Catalog {
         // now, and how many it has.
         let mut open: HashMap<(TimeSource, bool), (AtomId, usize)> = HashMap::new();
         (0..self.atoms.len() as AtomId)
-            .map(|id| match time_source(&self.atoms[id as usize]) {
+            .map(|id| match time_source(self, &self.atoms[id as usize]) {
                 Some(source) => {
                     let ladder = on_a_ladder(&self.atoms[id as usize]);
-                    let max = if ladder {
+                    // A view's atoms all change at the view's next change:
+                    // a firing is due for each of them, as for a ladder.
+                    let max = if ladder || matches!(source, TimeSource::View(_)) {
                         LADDER_GROUP_MAX
                     } else {
                         TIMER_GROUP_MAX

@@ -11,7 +11,8 @@ use smallvec::SmallVec;
 
 use crate::audience_list::{FlipScratch, PassFlips};
 use crate::catalog::{
-    AtomId, AudId, Catalog, CtId, Polarity, RuleExpr, StateId, StateIndex, TraitKey, WindowDef,
+    AtomId, AudId, CExpr, Catalog, CtId, Polarity, RuleExpr, StateId, StateIndex, TraitKey,
+    WindowDef,
 };
 use crate::eval::{eval_atom, eval_bool, eval_rule, eval_value, Env, PropsEnv, UserEnv, ViewMemo};
 use crate::first_identify::FirstIdentifyMemo;
@@ -1963,6 +1964,11 @@ fn group_next_change(cat: &Catalog, env: &UserEnv<'_>, lead: AtomId) -> Option<M
             .filter_map(|&a| env.atom_next_change(&cat.atoms[a as usize]))
             .min()
     };
+    if let Some(view) = cat.timer_view[lead as usize] {
+        let next = env.next_change(&CExpr::View(view));
+        debug_assert_eq!(next, each());
+        return next;
+    }
     match &cat.timer_ladder[lead as usize] {
         Some(ladder) => {
             let next = env.ladder_next_change(ladder);

@@ -227,6 +227,45 @@ fn thresholds_on_one_time_source_share_a_timer_and_flip_on_time() {
     }
 }
 
+/// Thresholds on one windowed sum change when the window next lapses,
+/// whatever their literal: they share one timer (later rules on the view
+/// join it), and each still flips at its instant as the orders lapse.
+#[test]
+fn thresholds_on_one_view_share_a_timer_and_flip_on_time() {
+    for shards in [1, 3] {
+        let mut e = engine(shards);
+        let t0 = e.now();
+        for k in [50, 150, 250] {
+            let rule = format!(r#"sum("Order Completed", revenue, 7d) > {k}"#);
+            e.define_audience(&format!("spent{k}"), &rule).unwrap();
+        }
+        for day in 0..3 {
+            e.advance(t0 + day * D).unwrap();
+            track(&mut e, "u", "Order Completed", r#"{"revenue": 100}"#, t0 + day * D);
+        }
+        assert_eq!(e.pending_timers(), 1, "{shards} shards");
+        e.define_audience("spent10", r#"sum("Order Completed", revenue, 7d) > 10"#)
+            .unwrap();
+        assert_eq!(e.pending_timers(), 1, "{shards} shards");
+        e.advance(t0 + 30 * D).unwrap();
+        let exits: Vec<(String, i64)> = logged(&e)
+            .into_iter()
+            .filter(|c| !c.3)
+            .map(|c| (c.1, c.4 - t0))
+            .collect();
+        // An entry stamped t lapses from a 7-day window at t + 7d; exits
+        // at one instant are in definition order.
+        let expected = vec![
+            ("spent250".to_owned(), 7 * D),
+            ("spent150".to_owned(), 8 * D),
+            ("spent50".to_owned(), 9 * D),
+            ("spent10".to_owned(), 9 * D),
+        ];
+        assert_eq!(exits, expected, "{shards} shards");
+        assert_eq!(e.pending_timers(), 0, "{shards} shards");
+    }
+}
+
 /// A timer stands for 64 atoms at most when they all test their source
 /// against literal durations (a ladder; four otherwise, see the catalog's
 /// tests): seventy thresholds on one source take two timers, and each
