@@ -241,7 +241,13 @@ fn thresholds_on_one_view_share_a_timer_and_flip_on_time() {
         }
         for day in 0..3 {
             e.advance(t0 + day * D).unwrap();
-            track(&mut e, "u", "Order Completed", r#"{"revenue": 100}"#, t0 + day * D);
+            track(
+                &mut e,
+                "u",
+                "Order Completed",
+                r#"{"revenue": 100}"#,
+                t0 + day * D,
+            );
         }
         assert_eq!(e.pending_timers(), 1, "{shards} shards");
         e.define_audience("spent10", r#"sum("Order Completed", revenue, 7d) > 10"#)
