@@ -467,7 +467,7 @@ def _si(x: float, unit: str = "") -> str:
 
 def _tail(run: dict[str, Any]) -> str:
     """The latency tail beyond p99 (p99.9 and the slowest call), where the
-    bench reports it (builds before 3c49ab2 did not)."""
+    bench reports it (builds before e795e54 did not)."""
     if "latency_us_p999" not in run:
         return ""
     return f"; p99.9 {_us(run['latency_us_p999'])}, slowest {_us(run['latency_us_max'])}"

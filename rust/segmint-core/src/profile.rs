@@ -537,11 +537,12 @@ fn per_cache_line<T>() -> usize {
 /// catch up later ([`Memberships::flush`]). An event changes about fifteen
 /// memberships, and inserting one id into a roaring array container moves
 /// up to 8 KiB: merged per audience, many changes at once, the same
-/// changes cost a fraction of that. A large batch is merged at its end;
-/// the changes of small calls (one event each, as a request-at-a-time
-/// caller sends them) wait until [`FLUSH_FROM`] have gathered
-/// ([`Memberships::flush_if_due`]), and reads in between see them laid
-/// over the bitmaps.
+/// changes cost a fraction of that. Changes wait until [`FLUSH_FROM`]
+/// have gathered in the shard ([`Memberships::flush_if_due`] at the end
+/// of each operation): a large batch is merged at its end, the changes of
+/// small calls (one event each, as a request-at-a-time caller sends them)
+/// with those of many other calls. Reads in between see them laid over
+/// the bitmaps, on a copy.
 #[derive(Debug, Clone, Default)]
 pub struct Memberships {
     /// Members per audience slot (global dense ids), as of the last flush.
