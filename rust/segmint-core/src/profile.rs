@@ -651,6 +651,24 @@ impl Memberships {
         (0..slots).map(|slot| self.bitmap(slot as AudId))
     }
 
+    /// Whether `uid` is a member of `aud`, when the bitmap tells it alone
+    /// (`None` while `aud` has changes not yet flushed: the profile's list
+    /// tells it then).
+    pub fn contains_flushed(&self, aud: AudId, uid: u32) -> Option<bool> {
+        if self
+            .touched
+            .get(aud as usize)
+            .is_some_and(|c| !c.is_empty())
+        {
+            return None;
+        }
+        Some(
+            self.bitmaps
+                .get(aud as usize)
+                .is_some_and(|b| b.contains(uid)),
+        )
+    }
+
     /// Number of members of `aud` (changes not yet flushed included).
     pub fn len(&self, aud: AudId) -> u64 {
         let flushed = self.bitmaps.get(aud as usize).map_or(0, |b| b.len());

@@ -1102,6 +1102,16 @@ fn reads_between_one_event_calls_see_every_change() {
                 "{key} after event {i}"
             );
             assert_eq!(e.is_member(&user, key).unwrap(), want.contains(&user));
+            // Fewer users than 64 are looked up one by one, more in the
+            // bitmaps: the 23 users, then them three times over.
+            let everyone: Vec<String> = (0..92).map(|k| format!("u{}", k % 23)).collect();
+            for n in [23, 92] {
+                let many = e
+                    .is_member_many(everyone[..n].iter().map(String::as_str), key)
+                    .unwrap();
+                let wanted: Vec<bool> = everyone[..n].iter().map(|u| want.contains(u)).collect();
+                assert_eq!(many, wanted, "{key} after event {i}");
+            }
         }
         let mut of_user: Vec<String> = rules
             .iter()
