@@ -287,7 +287,7 @@ mod tests {
                         let mut run = PackedRun::default();
                         for _ in 0..n % 4 {
                             run.push(&ShardChange {
-                                order: (0, 0, 0),
+                                order: crate::shard::Order::new(0, 0, 0),
                                 uid: c.uid,
                                 kind: c.kind.clone(),
                                 at: c.at,

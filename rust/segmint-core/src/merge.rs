@@ -17,13 +17,13 @@ use std::collections::BinaryHeap;
 use rayon::prelude::*;
 
 use crate::changelog::PackedRun;
-use crate::shard::ShardChange;
+use crate::shard::{Order, ShardChange};
 
 /// The sort key of a change in the log.
-type Key = (i64, u64, u64, u32);
+type Key = (Order, u32);
 
 fn key(c: &ShardChange) -> Key {
-    (c.order.0, c.order.1, c.order.2, c.uid)
+    (c.order, c.uid)
 }
 
 /// Fewest changes worth a part of their own.
@@ -162,7 +162,7 @@ mod tests {
 
     fn change(order: (i64, u64, u64), uid: u32, aud: u32) -> ShardChange {
         ShardChange {
-            order,
+            order: Order::new(order.0, order.1, order.2),
             uid,
             kind: if aud % 7 == 6 {
                 ChangeKind::computed(aud, None, Some(crate::value::Value::Num(1.0)))
@@ -187,6 +187,16 @@ mod tests {
     }
 
     proptest! {
+        /// A packed order sorts as its three parts do.
+        #[test]
+        fn order_sorts_as_its_parts(
+            a in (any::<i64>(), 0u64..1 << 32, 0u64..1 << 32),
+            b in (any::<i64>(), 0u64..1 << 32, 0u64..1 << 32),
+        ) {
+            let (x, y) = (Order::new(a.0, a.1, a.2), Order::new(b.0, b.1, b.2));
+            prop_assert_eq!(x.cmp(&y), a.cmp(&b));
+        }
+
         /// Merged into any number of parts and appended to a log, the runs
         /// give what a stable sort of their concatenation gives.
         #[test]
