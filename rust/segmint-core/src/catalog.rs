@@ -1132,7 +1132,7 @@ impl Catalog {
             }
         }
         self.atom_rules = vec![Vec::new(); self.atoms.len()];
-        self.timer_lead = self.timer_leads();
+        (self.timer_lead, self.timer_view) = self.timer_leads();
         self.timer_group = vec![Vec::new(); self.atoms.len()];
         for s in &mut self.states {
             s.retention = 0;
@@ -1256,27 +1256,21 @@ impl Catalog {
         self.timer_ladder = (0..self.atoms.len())
             .map(|lead| crate::eval::timer_ladder(self, &self.timer_group[lead]))
             .collect();
-        self.timer_view = (0..self.atoms.len())
-            .map(|lead| match time_source(self, &self.atoms[lead]) {
-                Some(TimeSource::View(view)) if self.timer_lead[lead] == lead as AtomId => {
-                    Some(view)
-                }
-                _ => None,
-            })
-            .collect();
         self.empty_computed = crate::eval::computed_on_empty_profile(self);
         self.empty_true = crate::eval::rules_true_on_empty_profile(self);
         self.empty_atom_truth = crate::eval::atoms_on_empty_profile(self);
         self.false_without_events = crate::eval::rules_false_without_events(self);
     }
 
-    /// [`Catalog::timer_lead`] of every atom: atoms testing the same time
-    /// source against literals are led by the first of them.
-    fn timer_leads(&self) -> Vec<AtomId> {
+    /// [`Catalog::timer_lead`] and [`Catalog::timer_view`] of every atom:
+    /// atoms testing the same time source against literals are led by the
+    /// first of them.
+    fn timer_leads(&self) -> (Vec<AtomId>, Vec<Option<ViewId>>) {
         // Per source and kind (on a ladder or not): the lead taking atoms
         // now, and how many it has.
         let mut open: HashMap<(TimeSource, bool), (AtomId, usize)> = HashMap::new();
-        (0..self.atoms.len() as AtomId)
+        let mut views = vec![None; self.atoms.len()];
+        let leads = (0..self.atoms.len() as AtomId)
             .map(|id| match time_source(self, &self.atoms[id as usize]) {
                 Some(source) => {
                     let ladder = on_a_ladder(&self.atoms[id as usize]);
@@ -1292,11 +1286,15 @@ impl Catalog {
                         (*lead, *led) = (id, 0);
                     }
                     *led += 1;
+                    if let (TimeSource::View(view), true) = (source, *lead == id) {
+                        views[id as usize] = Some(view);
+                    }
                     *lead
                 }
                 None => id,
             })
-            .collect()
+            .collect();
+        (leads, views)
     }
 
     /// Each audience slot's rule class (see [`Catalog::rule_class`]) and

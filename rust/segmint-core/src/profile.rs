@@ -615,11 +615,15 @@ impl Memberships {
         }
     }
 
+    /// The changes of `aud` not yet flushed, if it has any.
+    fn waiting(&self, aud: AudId) -> Option<&Vec<u32>> {
+        self.touched.get(aud as usize).filter(|c| !c.is_empty())
+    }
+
     /// The net changes of `aud` not yet flushed (users who entered, users
     /// who left), or `None` if it has none.
     fn unflushed(&self, aud: AudId) -> Option<(Vec<u32>, Vec<u32>)> {
-        let changes = self.touched.get(aud as usize).filter(|c| !c.is_empty())?;
-        let mut changes = changes.clone();
+        let mut changes = self.waiting(aud)?.clone();
         group_by_user(&mut changes);
         let (mut entered, mut exited) = (Vec::new(), Vec::new());
         net_changes(&changes, &mut entered, &mut exited);
@@ -655,11 +659,7 @@ impl Memberships {
     /// (`None` while `aud` has changes not yet flushed: the profile's list
     /// tells it then).
     pub fn contains_flushed(&self, aud: AudId, uid: u32) -> Option<bool> {
-        if self
-            .touched
-            .get(aud as usize)
-            .is_some_and(|c| !c.is_empty())
-        {
+        if self.waiting(aud).is_some() {
             return None;
         }
         Some(
