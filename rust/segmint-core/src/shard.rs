@@ -1998,10 +1998,12 @@ fn group_next_change(cat: &Catalog, env: &UserEnv<'_>, lead: AtomId) -> Option<M
     }
 }
 
-/// Reads a byte of each name and property key of the events `work` will
-/// apply next, as [`Shard::warm_users`] does for their profiles: each is
-/// an allocation of its own, and the batch is applied user by user, not in
-/// the order it was decoded (and allocated) in.
+/// Reads the property list and a byte of the name and of each property key
+/// of the track events `work` will apply next, together, so that their
+/// cache misses overlap, as [`Shard::warm_users`] does for the profiles:
+/// each is an allocation of its own, and the batch is applied user by
+/// user, not in the order it was decoded (and allocated) in. An
+/// identify's traits are read by their interned keys and left alone.
 fn warm_events<'a>(work: impl Iterator<Item = &'a Work<'a>>) {
     let first = |s: &str| u64::from(s.as_bytes().first().copied().unwrap_or(0));
     let folded = work.fold(0u64, |acc, w| match w {
