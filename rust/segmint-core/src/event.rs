@@ -96,13 +96,16 @@ fn object_field<'a>(
     }
 }
 
+/// A track event's flattened properties and `context.*` values.
+pub type Properties = Vec<(Arc<str>, Value)>;
+
 /// Flattens properties (and context under `context.`) for a track event,
 /// dropping nulls.
 pub fn flatten_properties<O: Flattens>(
     properties: Option<&O>,
     context: Option<&O>,
     limits: &Limits,
-) -> Result<Vec<(Arc<str>, Value)>> {
+) -> Result<Properties> {
     // Keys are made `Arc<str>` straight from the flattening's buffer; nulls
     // count against the limit like any property, and are left out.
     let mut flat = Vec::new();

@@ -17,8 +17,9 @@ use prost::Message;
 use serde_json::{Map, Number, Value as Json};
 
 use crate::error::{Result, SegmintError};
-use crate::event::{flatten_properties, flatten_traits, Event, EventBody};
+use crate::event::{flatten_properties, flatten_traits, Event, EventBody, Properties};
 use crate::limits::Limits;
+use crate::members::Members;
 use crate::time::Millis;
 use crate::value::Flat;
 
@@ -250,21 +251,39 @@ pub fn event_from_wire(wire: WireEvent, limits: &Limits) -> Result<Event> {
                 return Err(invalid("a track event needs an 'event' name"));
             }
             limits.check_key("event name", &t.event)?;
-            let properties = t
-                .properties
-                .map(|p| match p {
-                    Payload::Struct(s) => struct_to_json(s, "properties"),
-                    Payload::Json(j) => json_object(&j, "properties"),
-                })
-                .transpose()?;
-            let context = t
-                .context
-                .map(|c| match c {
-                    ContextPayload::Struct(s) => struct_to_json(s, "context"),
-                    ContextPayload::Json(j) => json_object(&j, "context"),
-                })
-                .transpose()?;
-            let properties = flatten_properties(properties.as_ref(), context.as_ref(), limits)?;
+            let properties_json = match &t.properties {
+                Some(Payload::Json(j)) => Some(Some(j.as_slice())),
+                Some(Payload::Struct(_)) => None,
+                None => Some(None),
+            };
+            let context_json = match &t.context {
+                Some(ContextPayload::Json(j)) => Some(Some(j.as_slice())),
+                Some(ContextPayload::Struct(_)) => None,
+                None => Some(None),
+            };
+            let fast = properties_json
+                .zip(context_json)
+                .and_then(|(p, c)| flatten_json_members(p, c, limits));
+            let properties = match fast {
+                Some(flat) => flat?,
+                None => {
+                    let properties = t
+                        .properties
+                        .map(|p| match p {
+                            Payload::Struct(s) => struct_to_json(s, "properties"),
+                            Payload::Json(j) => json_object(&j, "properties"),
+                        })
+                        .transpose()?;
+                    let context = t
+                        .context
+                        .map(|c| match c {
+                            ContextPayload::Struct(s) => struct_to_json(s, "context"),
+                            ContextPayload::Json(j) => json_object(&j, "context"),
+                        })
+                        .transpose()?;
+                    flatten_properties(properties.as_ref(), context.as_ref(), limits)?
+                }
+            };
             EventBody::Track {
                 name: Arc::from(t.event.as_str()),
                 properties,
@@ -276,9 +295,10 @@ pub fn event_from_wire(wire: WireEvent, limits: &Limits) -> Result<Event> {
                 Some(TraitsPayload::Struct(s)) => {
                     flatten_traits(&struct_to_json(s, "traits")?, limits)?
                 }
-                Some(TraitsPayload::Json(j)) => {
-                    flatten_traits(&json_object(&j, "traits")?, limits)?
-                }
+                Some(TraitsPayload::Json(j)) => match json_members(&j) {
+                    Some(members) => flatten_traits(&members, limits)?,
+                    None => flatten_traits(&json_object(&j, "traits")?, limits)?,
+                },
             };
             EventBody::Identify { traits }
         }
@@ -307,6 +327,39 @@ fn timestamp_ms(t: prost_types::Timestamp) -> Result<Millis> {
                 t.seconds
             ))
         })
+}
+
+/// A JSON payload parsed straight into its members, as the JSON batch path
+/// parses `properties` and `traits` (see [`crate::members`]: the same
+/// flattened list, and the same errors, as through a `serde_json::Map`,
+/// without building one). `None` when it is not a JSON object (`null`,
+/// another value, not JSON at all): [`json_object`] decides those, with
+/// its messages.
+fn json_members(bytes: &[u8]) -> Option<Members<'_>> {
+    serde_json::from_str(std::str::from_utf8(bytes).ok()?).ok()
+}
+
+/// A track event's flattened JSON `properties` and `context` (either may
+/// be absent) through [`json_members`]; `None` when either is not a JSON
+/// object.
+fn flatten_json_members(
+    properties: Option<&[u8]>,
+    context: Option<&[u8]>,
+    limits: &Limits,
+) -> Option<Result<Properties>> {
+    let properties = match properties {
+        Some(bytes) => Some(json_members(bytes)?),
+        None => None,
+    };
+    let context = match context {
+        Some(bytes) => Some(json_members(bytes)?),
+        None => None,
+    };
+    Some(flatten_properties(
+        properties.as_ref(),
+        context.as_ref(),
+        limits,
+    ))
 }
 
 fn json_object(bytes: &[u8], what: &str) -> Result<Map<String, Json>> {
@@ -471,6 +524,66 @@ mod tests {
         assert!(events[4].is_ok());
         assert!(msgs[5].contains("malformed event"), "{}", msgs[5]);
         assert_eq!(events.len(), 6);
+    }
+
+    /// The JSON payloads' fast path (straight into members) flattens as the
+    /// path through a `serde_json::Map` does, errors included, and leaves
+    /// what is not an object to that path.
+    #[test]
+    fn json_payloads_flatten_as_through_a_map() {
+        let texts: &[&[u8]] = &[
+            br#"{}"#,
+            br#"{"revenue":12.5,"category":"shoes","n":null}"#,
+            br#"{"b":1,"a":{"y":true,"x":[1,2]},"a":{"z":"last"}}"#,
+            br#"{"tags":["a","b"],"items":[{"sku":"x"}],"deep":{"er":{"est":0}}}"#,
+            br#"{"k\u00e9y":"v\n","e":{},"big":1e300}"#,
+            br#"{"device":{"type":"ios","model":null},"ip":"127.0.0.1"}"#,
+            br#"null"#,
+            br#"[1]"#,
+            br#"{"unclosed":"#,
+            b"{\"bad\":\"\xff\"}",
+        ];
+        let limits = Limits::default();
+        let tight = Limits {
+            max_properties: 2,
+            ..Limits::default()
+        };
+        let as_text = |r: Result<Properties>| r.map_err(|e| e.to_string());
+        for limits in [&limits, &tight] {
+            for &p in texts {
+                for c in [None, Some(texts[5]), Some(texts[2])] {
+                    let Some(fast) = flatten_json_members(Some(p), c, limits) else {
+                        assert!(
+                            json_members(p).is_none()
+                                || c.is_some_and(|c| json_members(c).is_none())
+                        );
+                        continue;
+                    };
+                    let slow = (|| {
+                        let p = json_object(p, "properties")?;
+                        let c = c.map(|c| json_object(c, "context")).transpose()?;
+                        flatten_properties(Some(&p), c.as_ref(), limits)
+                    })();
+                    assert_eq!(
+                        as_text(fast),
+                        as_text(slow),
+                        "{}",
+                        String::from_utf8_lossy(p)
+                    );
+                }
+                if let Some(members) = json_members(p) {
+                    let fast = flatten_traits(&members, limits).map_err(|e| e.to_string());
+                    let slow = json_object(p, "traits")
+                        .and_then(|m| flatten_traits(&m, limits))
+                        .map_err(|e| e.to_string());
+                    assert_eq!(fast, slow, "{}", String::from_utf8_lossy(p));
+                }
+            }
+        }
+        // Not objects: left to the map path and its messages.
+        for text in [&b"null"[..], b"[1]", b"{\"unclosed\":", b"\xff"] {
+            assert!(json_members(text).is_none());
+        }
     }
 
     #[test]
