@@ -23,7 +23,7 @@ pub enum EventBody {
         /// The event name.
         name: Arc<str>,
         /// Flattened properties and `context.*` values (no deletions).
-        properties: Vec<(Arc<str>, Value)>,
+        properties: Properties,
     },
     /// An identify call: flattened traits, `None` deleting the key.
     Identify {
@@ -50,7 +50,7 @@ impl Event {
     pub fn track(
         user_id: impl Into<String>,
         name: &str,
-        properties: Vec<(Arc<str>, Value)>,
+        properties: Properties,
         timestamp: Option<Millis>,
     ) -> Event {
         Event {

@@ -549,14 +549,15 @@ mod tests {
             ..Limits::default()
         };
         let as_text = |r: Result<Properties>| r.map_err(|e| e.to_string());
+        // The objects among them take the fast path.
+        for &p in &texts[..6] {
+            assert!(json_members(p).is_some(), "{}", String::from_utf8_lossy(p));
+        }
         for limits in [&limits, &tight] {
             for &p in texts {
                 for c in [None, Some(texts[5]), Some(texts[2])] {
                     let Some(fast) = flatten_json_members(Some(p), c, limits) else {
-                        assert!(
-                            json_members(p).is_none()
-                                || c.is_some_and(|c| json_members(c).is_none())
-                        );
+                        assert!(json_members(p).is_none());
                         continue;
                     };
                     let slow = (|| {
@@ -584,6 +585,65 @@ mod tests {
         for text in [&b"null"[..], b"[1]", b"{\"unclosed\":", b"\xff"] {
             assert!(json_members(text).is_none());
         }
+    }
+
+    /// Through `event_from_wire`: JSON payloads (the members parse), either
+    /// alone, give the event the same payloads as `Struct`s (the map path)
+    /// give; a bad context after good properties is the context's error.
+    #[test]
+    fn json_payloads_decode_as_struct_payloads_do() {
+        let limits = Limits::default();
+        let with = |p: Option<Payload>, c: Option<ContextPayload>| {
+            let mut e = track("u", "Order Completed");
+            if let Some(Body::Track(t)) = &mut e.body {
+                t.properties = p;
+                t.context = c;
+            }
+            event_from_wire(e, &limits).map_err(|e| e.to_string())
+        };
+        let props = || {
+            Payload::Struct(s(&[
+                ("revenue", Kind::NumberValue(12.5)),
+                ("category", Kind::StringValue("shoes".into())),
+            ]))
+        };
+        let props_json = || Payload::Json(br#"{"category":"shoes","revenue":12.5}"#.to_vec());
+        let context = || ContextPayload::Struct(s(&[("ip", Kind::StringValue("::1".into()))]));
+        let context_json = || ContextPayload::Json(br#"{"ip":"::1"}"#.to_vec());
+        let both = with(Some(props()), Some(context())).unwrap();
+        assert_eq!(
+            with(Some(props_json()), Some(context_json())).unwrap(),
+            both
+        );
+        assert_eq!(with(Some(props_json()), Some(context())).unwrap(), both);
+        assert_eq!(with(Some(props()), Some(context_json())).unwrap(), both);
+        assert_eq!(with(Some(props_json()), None), with(Some(props()), None));
+        assert_eq!(
+            with(None, Some(context_json())),
+            with(None, Some(context()))
+        );
+        let bad_context = with(
+            Some(props_json()),
+            Some(ContextPayload::Json(b"[1]".to_vec())),
+        );
+        assert!(bad_context.unwrap_err().contains("'context_json'"));
+        let traits = |t: TraitsPayload| {
+            let e = WireEvent {
+                user_id: "u".into(),
+                body: Some(Body::Identify(Identify { traits: Some(t) })),
+                ..Default::default()
+            };
+            event_from_wire(e, &limits).map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            traits(TraitsPayload::Json(
+                br#"{"plan":"pro","old":null}"#.to_vec()
+            )),
+            traits(TraitsPayload::Struct(s(&[
+                ("plan", Kind::StringValue("pro".into())),
+                ("old", Kind::NullValue(0)),
+            ])))
+        );
     }
 
     #[test]
