@@ -251,36 +251,14 @@ pub fn event_from_wire(wire: WireEvent, limits: &Limits) -> Result<Event> {
                 return Err(invalid("a track event needs an 'event' name"));
             }
             limits.check_key("event name", &t.event)?;
-            let properties_json = match &t.properties {
-                Some(Payload::Json(j)) => Some(Some(j.as_slice())),
-                Some(Payload::Struct(_)) => None,
-                None => Some(None),
-            };
-            let context_json = match &t.context {
-                Some(ContextPayload::Json(j)) => Some(Some(j.as_slice())),
-                Some(ContextPayload::Struct(_)) => None,
-                None => Some(None),
-            };
-            let fast = properties_json
-                .zip(context_json)
+            let fast = json_or_absent(&t.properties)
+                .zip(json_or_absent(&t.context))
                 .and_then(|(p, c)| flatten_json_members(p, c, limits));
             let properties = match fast {
                 Some(flat) => flat?,
                 None => {
-                    let properties = t
-                        .properties
-                        .map(|p| match p {
-                            Payload::Struct(s) => struct_to_json(s, "properties"),
-                            Payload::Json(j) => json_object(&j, "properties"),
-                        })
-                        .transpose()?;
-                    let context = t
-                        .context
-                        .map(|c| match c {
-                            ContextPayload::Struct(s) => struct_to_json(s, "context"),
-                            ContextPayload::Json(j) => json_object(&j, "context"),
-                        })
-                        .transpose()?;
+                    let properties = t.properties.map(|p| p.into_map("properties")).transpose()?;
+                    let context = t.context.map(|c| c.into_map("context")).transpose()?;
                     flatten_properties(properties.as_ref(), context.as_ref(), limits)?
                 }
             };
@@ -292,13 +270,16 @@ pub fn event_from_wire(wire: WireEvent, limits: &Limits) -> Result<Event> {
         Some(Body::Identify(i)) => {
             let traits = match i.traits {
                 None => Flat::new(),
-                Some(TraitsPayload::Struct(s)) => {
-                    flatten_traits(&struct_to_json(s, "traits")?, limits)?
+                Some(t) => {
+                    let fast = t
+                        .json()
+                        .and_then(json_members)
+                        .map(|members| flatten_traits(&members, limits));
+                    match fast {
+                        Some(flat) => flat?,
+                        None => flatten_traits(&t.into_map("traits")?, limits)?,
+                    }
                 }
-                Some(TraitsPayload::Json(j)) => match json_members(&j) {
-                    Some(members) => flatten_traits(&members, limits)?,
-                    None => flatten_traits(&json_object(&j, "traits")?, limits)?,
-                },
             };
             EventBody::Identify { traits }
         }
@@ -327,6 +308,45 @@ fn timestamp_ms(t: prost_types::Timestamp) -> Result<Millis> {
                 t.seconds
             ))
         })
+}
+
+/// A payload oneof: a `Struct`, or the JSON text of an object.
+trait ObjectPayload {
+    /// The JSON text, when it is one.
+    fn json(&self) -> Option<&[u8]>;
+    /// The object as a map (`what`: the field, named in the errors).
+    fn into_map(self, what: &str) -> Result<Map<String, Json>>;
+}
+
+macro_rules! object_payload {
+    ($($payload:ty),*) => {$(
+        impl ObjectPayload for $payload {
+            fn json(&self) -> Option<&[u8]> {
+                match self {
+                    Self::Json(j) => Some(j),
+                    Self::Struct(_) => None,
+                }
+            }
+
+            fn into_map(self, what: &str) -> Result<Map<String, Json>> {
+                match self {
+                    Self::Struct(s) => struct_to_json(s, what),
+                    Self::Json(j) => json_object(&j, what),
+                }
+            }
+        }
+    )*};
+}
+
+object_payload!(Payload, ContextPayload, TraitsPayload);
+
+/// A payload's JSON text (`Some(None)` when it is absent); `None` for a
+/// `Struct`.
+fn json_or_absent<P: ObjectPayload>(payload: &Option<P>) -> Option<Option<&[u8]>> {
+    match payload {
+        None => Some(None),
+        Some(p) => p.json().map(Some),
+    }
 }
 
 /// A JSON payload parsed straight into its members, as the JSON batch path
