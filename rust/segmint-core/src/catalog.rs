@@ -639,6 +639,11 @@ pub struct Catalog {
     /// standard workload's 1,000 audiences hold 524 distinct rules, and
     /// the copies that do not flip were queued and looked up for nothing.
     pub class_followers: Vec<Vec<AudId>>,
+    /// Per audience slot: its rule class's lead, or itself when it leads
+    /// one or has no class (the reverse of `class_followers`). A follower
+    /// keeps no bitmap of its own: it reads its lead's (see
+    /// [`crate::profile::Memberships`]).
+    pub class_lead: Vec<AudId>,
     /// Atoms by the trait key they read (indexed by key; keys that no
     /// atom reads may be past the end).
     pub by_trait: Vec<Vec<AtomId>>,
@@ -1322,6 +1327,7 @@ impl Catalog {
     fn set_class_leads(&mut self) {
         let mut lead_of_class = vec![None::<AudId>; self.rule_classes];
         let mut followers = vec![Vec::new(); self.audiences.len()];
+        let mut class_lead: Vec<AudId> = (0..self.audiences.len() as AudId).collect();
         for &slot in &self.by_rank {
             let class = self.rule_class[slot as usize];
             if class == NO_RULE_CLASS {
@@ -1329,9 +1335,13 @@ impl Catalog {
             }
             match lead_of_class[class as usize] {
                 None => lead_of_class[class as usize] = Some(slot),
-                Some(lead) => followers[lead as usize].push(slot),
+                Some(lead) => {
+                    followers[lead as usize].push(slot);
+                    class_lead[slot as usize] = lead;
+                }
             }
         }
+        self.class_lead = class_lead;
         let rule_class = &self.rule_class;
         let leads_or_alone = |&&(aud, _): &&(AudId, Polarity)| {
             let class = rule_class[aud as usize];

@@ -393,6 +393,9 @@ impl Engine {
             let mut out = std::mem::take(&mut shard.change_buffer);
             out.clear();
             f(i, shard, cat, &mut out);
+            // After a new catalog's first operation, its class followers
+            // have their leads' members.
+            shard.members.share_classes(cat.generation, &cat.class_lead);
             shard.flush_members();
             merge::sort_run(&mut out);
             shard.change_buffer = out;
@@ -899,6 +902,11 @@ impl Engine {
                     }
                 }
             }
+        }
+        // Before its operation, while a shared bitmap still holds the
+        // members of those the new catalog no longer has share it.
+        for shard in &mut self.shards {
+            shard.members.unshare_changed(&catalog.class_lead);
         }
         self.catalog = Arc::new(catalog);
         self.definitions.push(def);
@@ -1592,6 +1600,177 @@ mod computed_tests {
                 let rev = value(&e, &user, "rev").and_then(|v| v.as_num());
                 let want = n >= 2.0 || rev.is_some_and(|r| r > 5.0);
                 prop_assert_eq!(e.is_member(&user, "r").unwrap(), want);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod class_sharing_tests {
+    //! Followers of a rule class share their lead's bitmap
+    //! (`Memberships::share_classes`): through definitions, replacements,
+    //! removals and events, every audience's bitmap still says what each
+    //! profile's list says.
+    use super::*;
+    use proptest::prelude::*;
+
+    const T0: i64 = 1_000 * 24 * 3_600_000;
+    const RULES: [&str; 3] = [
+        r#"did("A", 30m)"#,
+        r#"count("B", 1h) >= 2"#,
+        r#"sum("A", revenue, 2h) > 5"#,
+    ];
+
+    fn engine(shards: usize) -> Engine {
+        Engine::new(EngineConfig {
+            clock: Clock::Manual(T0),
+            shards,
+            threads: shards,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn track(e: &mut Engine, user: &str, event: &str, revenue: i64, at: i64) {
+        let ts = format_timestamp(at);
+        let json = format!(
+            r#"[{{"type":"track","userId":"{user}","event":"{event}","properties":{{"revenue":{revenue}}},"timestamp":"{ts}"}}]"#
+        );
+        let report = e.ingest_json(json.as_bytes()).unwrap();
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+    }
+
+    /// Each live audience's bitmap (and size) against the profiles' lists.
+    fn assert_bitmaps_match_lists(e: &Engine) {
+        let cat = e.catalog();
+        for (slot, def) in cat.audiences.iter().enumerate() {
+            let Some(def) = def else { continue };
+            let slot = slot as AudId;
+            let mut listed = 0;
+            for shard in &e.shards {
+                let bitmap = shard.members.bitmap(slot);
+                for (local, user) in shard.users.iter().enumerate() {
+                    let uid = local as u32 * shard.count + shard.index;
+                    assert_eq!(
+                        bitmap.contains(uid),
+                        user.is_member(slot),
+                        "{} ({}), user {uid}",
+                        def.key,
+                        def.source
+                    );
+                    listed += u64::from(user.is_member(slot));
+                }
+            }
+            assert_eq!(e.size(&def.key).unwrap(), listed, "{}", def.key);
+        }
+    }
+
+    /// The slot whose bitmap holds `key`'s members, in every shard.
+    fn keepers(e: &Engine, key: &str) -> Vec<AudId> {
+        let slot = e.catalog().audience(key).unwrap();
+        e.shards.iter().map(|s| s.members.keeper(slot)).collect()
+    }
+
+    #[test]
+    fn followers_share_their_lead_bitmap_until_the_class_changes() {
+        let mut e = engine(2);
+        e.define_audience("lead", RULES[0]).unwrap();
+        for u in 0..6 {
+            track(&mut e, &format!("u{u}"), "A", 1, T0);
+        }
+        // Defined later, over the same profiles: its own members, then shared.
+        assert_eq!(e.define_audience("copy", RULES[0]).unwrap(), 6);
+        assert_eq!(e.define_audience("copy2", RULES[0]).unwrap(), 6);
+        let lead = e.catalog().audience("lead").unwrap();
+        assert_eq!(keepers(&e, "copy"), vec![lead; 2]);
+        assert_eq!(keepers(&e, "copy2"), vec![lead; 2]);
+        assert_bitmaps_match_lists(&e);
+        // Events and time move the class together.
+        e.advance(T0 + 60_000).unwrap();
+        track(&mut e, "u6", "A", 1, T0 + 60_000);
+        assert_eq!(e.size("copy2").unwrap(), 7);
+        e.advance(T0 + 30 * 60_000).unwrap();
+        assert_eq!(e.size("copy").unwrap(), 1);
+        assert_bitmaps_match_lists(&e);
+        // The lead's removal hands its members to the next in rank.
+        e.remove_audience("lead").unwrap();
+        let copy = e.catalog().audience("copy").unwrap();
+        assert_eq!(keepers(&e, "copy"), vec![copy; 2]);
+        assert_eq!(keepers(&e, "copy2"), vec![copy; 2]);
+        assert_eq!(e.members("copy2").unwrap(), vec!["u6"]);
+        assert_bitmaps_match_lists(&e);
+        // A follower given another rule keeps its own bitmap again.
+        e.define_audience("copy2", RULES[2]).unwrap();
+        let copy2 = e.catalog().audience("copy2").unwrap();
+        assert_eq!(keepers(&e, "copy2"), vec![copy2; 2]);
+        assert_bitmaps_match_lists(&e);
+        // And given the class's rule back, shares it once more.
+        e.define_audience("copy2", RULES[0]).unwrap();
+        assert_eq!(keepers(&e, "copy2"), vec![copy; 2]);
+        assert_eq!(e.members("copy2").unwrap(), vec!["u6"]);
+        assert_bitmaps_match_lists(&e);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Track {
+            user: u8,
+            b: bool,
+            revenue: i8,
+            ago: i64,
+        },
+        Advance(i64),
+        Define {
+            key: u8,
+            rule: u8,
+        },
+        Remove {
+            key: u8,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..6, any::<bool>(), -2i8..8, -60i64..3_600)
+                .prop_map(|(user, b, revenue, ago)| Op::Track { user, b, revenue, ago }),
+            1 => (1i64..4_000).prop_map(Op::Advance),
+            2 => (0u8..5, 0u8..3).prop_map(|(key, rule)| Op::Define { key, rule }),
+            1 => (0u8..5).prop_map(|key| Op::Remove { key }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Audiences of few rules, defined, replaced and removed between
+        /// events and clock moves: bitmaps always agree with the lists.
+        #[test]
+        fn shared_bitmaps_agree_with_lists(
+            ops in proptest::collection::vec(op(), 1..50),
+            shards in 1usize..3,
+        ) {
+            let mut e = engine(shards);
+            let mut now = T0;
+            for op in &ops {
+                match *op {
+                    Op::Track { user, b, revenue, ago } => {
+                        let name = if b { "B" } else { "A" };
+                        track(&mut e, &format!("u{user}"), name, revenue.into(), now - ago * 1000);
+                    }
+                    Op::Advance(s) => {
+                        now += s * 1000;
+                        e.advance(now).unwrap();
+                    }
+                    Op::Define { key, rule } => {
+                        e.define_audience(&format!("k{key}"), RULES[rule as usize]).unwrap();
+                    }
+                    Op::Remove { key } => {
+                        let key = format!("k{key}");
+                        if e.audiences().contains(&key) {
+                            e.remove_audience(&key).unwrap();
+                        }
+                    }
+                }
+                assert_bitmaps_match_lists(&e);
             }
         }
     }
