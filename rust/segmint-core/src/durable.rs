@@ -21,7 +21,7 @@ use crate::engine::{Engine, EngineConfig};
 use crate::error::{Result, SegmintError};
 use crate::event::Event;
 use crate::pages::Pages;
-use crate::profile::{Memberships, UserData};
+use crate::profile::{Memberships, Share, UserData};
 use crate::shard::{Counters, Shard};
 use crate::storage::{
     self, corrupt, io_error, list_dir, read_snapshot, read_wal, snapshot_path, wal_path, DirLock,
@@ -156,9 +156,12 @@ struct SnapshotMeta {
 #[derive(Deserialize)]
 struct ShardSnapshot {
     users: Vec<UserData>,
-    /// Members per audience slot, each in the portable roaring format.
+    /// Members per audience slot, each in the portable roaring format
+    /// (empty for a slot that shares another's).
     bitmaps: Vec<Vec<u8>>,
     counters: Counters,
+    /// The slots that share another's memberships (see [`Memberships`]).
+    shares: Vec<Share>,
 }
 
 /// A [`ShardSnapshot`] as encoded: the same fields, the profiles borrowed
@@ -169,6 +172,7 @@ struct ShardSnapshotRef<'a> {
     users: &'a Pages<UserData>,
     bitmaps: Vec<Vec<u8>>,
     counters: Counters,
+    shares: Vec<Share>,
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -440,7 +444,7 @@ impl Engine {
                         users: &shard.users,
                         bitmaps: shard
                             .members
-                            .bitmaps()
+                            .kept_bitmaps()
                             .map(|b| {
                                 let mut out = Vec::with_capacity(b.serialized_size());
                                 b.serialize_into(&mut out)
@@ -449,6 +453,7 @@ impl Engine {
                             })
                             .collect(),
                         counters: shard.counters,
+                        shares: shard.members.shares(),
                     })
                 })
                 .collect()
@@ -525,7 +530,7 @@ impl Engine {
                         i as u32,
                         count,
                         snap.users,
-                        Memberships::from_bitmaps(bitmaps),
+                        Memberships::from_snapshot(bitmaps, &snap.shares),
                         snap.counters,
                     ))
                 })

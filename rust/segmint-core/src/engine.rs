@@ -395,7 +395,7 @@ impl Engine {
             f(i, shard, cat, &mut out);
             // After a new catalog's first operation, its class followers
             // have their leads' members.
-            shard.members.share_classes(cat.generation, &cat.class_lead);
+            shard.share_classes(cat.generation, &cat.class_lead);
             shard.flush_members();
             merge::sort_run(&mut out);
             shard.change_buffer = out;
@@ -903,10 +903,10 @@ impl Engine {
                 }
             }
         }
-        // Before its operation, while a shared bitmap still holds the
-        // members of those the new catalog no longer has share it.
+        // Before its operation, while the memberships shared with them
+        // are still theirs too.
         for shard in &mut self.shards {
-            shard.members.unshare_changed(&catalog.class_lead);
+            shard.unshare_changed(&catalog.class_lead);
         }
         self.catalog = Arc::new(catalog);
         self.definitions.push(def);
@@ -1028,7 +1028,10 @@ impl Engine {
         shard
             .members
             .contains_flushed(slot, uid)
-            .unwrap_or_else(|| shard.user(uid).is_some_and(|user| user.is_member(slot)))
+            .unwrap_or_else(|| {
+                let user = shard.user(uid);
+                user.is_some_and(|user| shard.members.is_listed(user, slot))
+            })
     }
 
     /// Membership of many users in one audience. Many are looked up in each
@@ -1061,13 +1064,15 @@ impl Engine {
         let Some(uid) = self.interner.get(user_id) else {
             return Vec::new();
         };
-        let Some(user) = self.shard_of(uid).user(uid) else {
+        let shard = self.shard_of(uid);
+        let Some(user) = shard.user(uid) else {
             return Vec::new();
         };
         let mut keys: Vec<String> = user
             .memberships
             .slots()
             .iter()
+            .flat_map(|slot| shard.members.listed_as(slot))
             .filter_map(|slot| self.catalog.audiences.get(slot as usize)?.as_ref())
             .map(|a| a.key.to_string())
             .collect();
@@ -1078,10 +1083,10 @@ impl Engine {
     /// When the user entered the audience, if a member.
     pub fn entered_at(&self, user_id: &str, key: &str) -> Result<Option<Millis>> {
         let slot = self.catalog.audience(key)?;
-        Ok(self
-            .interner
-            .get(user_id)
-            .and_then(|uid| self.shard_of(uid).user(uid)?.entered(slot)))
+        Ok(self.interner.get(user_id).and_then(|uid| {
+            let shard = self.shard_of(uid);
+            shard.members.entered(shard.user(uid)?, slot)
+        }))
     }
 
     /// Members as a bitmap of dense ids (see [`Engine::user_id`]).
@@ -1613,6 +1618,7 @@ mod class_sharing_tests {
     //! profile's list says.
     use super::*;
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
 
     const T0: i64 = 1_000 * 24 * 3_600_000;
     const RULES: [&str; 3] = [
@@ -1640,8 +1646,10 @@ mod class_sharing_tests {
         assert!(report.errors.is_empty(), "{:?}", report.errors);
     }
 
-    /// Each live audience's bitmap (and size) against the profiles' lists.
-    fn assert_bitmaps_match_lists(e: &Engine) {
+    /// Each live audience's bitmap (and size) against the profiles' lists,
+    /// and every membership and entry instant the engine reports against
+    /// those the change log implies.
+    fn assert_consistent(e: &Engine) {
         let cat = e.catalog();
         for (slot, def) in cat.audiences.iter().enumerate() {
             let Some(def) = def else { continue };
@@ -1651,17 +1659,47 @@ mod class_sharing_tests {
                 let bitmap = shard.members.bitmap(slot);
                 for (local, user) in shard.users.iter().enumerate() {
                     let uid = local as u32 * shard.count + shard.index;
-                    assert_eq!(
-                        bitmap.contains(uid),
-                        user.is_member(slot),
-                        "{} ({}), user {uid}",
-                        def.key,
-                        def.source
-                    );
-                    listed += u64::from(user.is_member(slot));
+                    let member = shard.members.is_listed(user, slot);
+                    assert_eq!(bitmap.contains(uid), member, "{}, user {uid}", def.key);
+                    listed += u64::from(member);
                 }
             }
             assert_eq!(e.size(&def.key).unwrap(), listed, "{}", def.key);
+        }
+        // (audience, user) -> entered at, from the log.
+        let mut logged: BTreeMap<(String, String), Millis> = BTreeMap::new();
+        for c in e.changes(0, usize::MAX).unwrap() {
+            let at = (c.audience.to_string(), c.user_id.to_string());
+            if c.computed.is_some() {
+                continue;
+            } else if c.entered {
+                logged.insert(at, c.at);
+            } else {
+                logged.remove(&at);
+            }
+        }
+        let keys = e.audiences();
+        for u in 0..e.interner.len() {
+            let user = e.interner.name(u as u32).to_owned();
+            let mut want_keys = Vec::new();
+            for key in &keys {
+                let want = logged.get(&(key.clone(), user.clone())).copied();
+                assert_eq!(e.entered_at(&user, key).unwrap(), want, "{key}, {user}");
+                assert_eq!(
+                    e.is_member(&user, key).unwrap(),
+                    want.is_some(),
+                    "{key}, {user}"
+                );
+                let explained = e.explain(&user, key).unwrap();
+                assert_eq!(explained.entered_at, want, "{key}, {user}");
+                if let Some(at) = want {
+                    want_keys.push((key.clone(), at));
+                }
+            }
+            want_keys.sort();
+            let names: Vec<String> = want_keys.iter().map(|(k, _)| k.clone()).collect();
+            assert_eq!(e.audiences_of(&user), names, "{user}");
+            assert_eq!(e.profile(&user).unwrap().audiences, want_keys, "{user}");
         }
     }
 
@@ -1681,34 +1719,41 @@ mod class_sharing_tests {
         // Defined later, over the same profiles: its own members, then shared.
         assert_eq!(e.define_audience("copy", RULES[0]).unwrap(), 6);
         assert_eq!(e.define_audience("copy2", RULES[0]).unwrap(), 6);
+        // Reads the copy's entry instants, which are its definition's.
+        e.define_audience("settled", r#"member_for("copy") >= 10m"#)
+            .unwrap();
         let lead = e.catalog().audience("lead").unwrap();
         assert_eq!(keepers(&e, "copy"), vec![lead; 2]);
         assert_eq!(keepers(&e, "copy2"), vec![lead; 2]);
-        assert_bitmaps_match_lists(&e);
+        assert_consistent(&e);
         // Events and time move the class together.
         e.advance(T0 + 60_000).unwrap();
         track(&mut e, "u6", "A", 1, T0 + 60_000);
         assert_eq!(e.size("copy2").unwrap(), 7);
+        assert_eq!(e.entered_at("u6", "copy").unwrap(), Some(T0 + 60_000));
+        e.advance(T0 + 10 * 60_000).unwrap();
+        assert_eq!(e.size("settled").unwrap(), 6);
         e.advance(T0 + 30 * 60_000).unwrap();
         assert_eq!(e.size("copy").unwrap(), 1);
-        assert_bitmaps_match_lists(&e);
+        assert_eq!(e.members("settled").unwrap(), vec!["u6"]);
+        assert_consistent(&e);
         // The lead's removal hands its members to the next in rank.
         e.remove_audience("lead").unwrap();
         let copy = e.catalog().audience("copy").unwrap();
         assert_eq!(keepers(&e, "copy"), vec![copy; 2]);
         assert_eq!(keepers(&e, "copy2"), vec![copy; 2]);
         assert_eq!(e.members("copy2").unwrap(), vec!["u6"]);
-        assert_bitmaps_match_lists(&e);
+        assert_consistent(&e);
         // A follower given another rule keeps its own bitmap again.
         e.define_audience("copy2", RULES[2]).unwrap();
         let copy2 = e.catalog().audience("copy2").unwrap();
         assert_eq!(keepers(&e, "copy2"), vec![copy2; 2]);
-        assert_bitmaps_match_lists(&e);
+        assert_consistent(&e);
         // And given the class's rule back, shares it once more.
         e.define_audience("copy2", RULES[0]).unwrap();
         assert_eq!(keepers(&e, "copy2"), vec![copy; 2]);
         assert_eq!(e.members("copy2").unwrap(), vec!["u6"]);
-        assert_bitmaps_match_lists(&e);
+        assert_consistent(&e);
     }
 
     #[derive(Debug, Clone)]
@@ -1770,7 +1815,7 @@ mod class_sharing_tests {
                         }
                     }
                 }
-                assert_bitmaps_match_lists(&e);
+                assert_consistent(&e);
             }
         }
     }

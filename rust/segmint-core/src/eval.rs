@@ -10,7 +10,7 @@ use crate::catalog::{
     ArithOp, AtomDef, AtomId, AudId, CExpr, Catalog, CmpOp, CtId, LeafTest, RuleExpr, StateId,
     StrOp, TimerLadder, TraitKey, WindowDef,
 };
-use crate::profile::UserData;
+use crate::profile::{Memberships, UserData};
 use crate::state::{aggregate, window_range, Entries};
 use crate::time::{ceil_to, floor_to, parse_timestamp, Millis};
 use crate::value::Value;
@@ -41,6 +41,9 @@ pub struct UserEnv<'a> {
     /// Memberships flipped in the pass and not yet in the user's list (see
     /// [`UserEnv::with_flips`]).
     flips: Option<&'a PassFlips>,
+    /// The user's shard's memberships, which say which slots share
+    /// another's list entries (see [`UserEnv::with_shared`]).
+    shared: Option<&'a Memberships>,
 }
 
 /// The values of the views computed for one user at one instant, within a
@@ -220,6 +223,28 @@ impl<'a> UserEnv<'a> {
             views: None,
             traits: None,
             flips: None,
+            shared: None,
+        }
+    }
+
+    /// The same, reading the memberships of a slot that shares another's
+    /// (see [`Memberships`]) from that one: `members` are the user's
+    /// shard's. Without it, every slot reads its own list entries.
+    pub fn with_shared(self, members: &'a Memberships) -> Self {
+        UserEnv {
+            shared: Some(members),
+            ..self
+        }
+    }
+
+    /// The user at another instant.
+    pub fn at(&self, now: Millis) -> Self {
+        UserEnv {
+            views: None,
+            traits: None,
+            flips: None,
+            now,
+            ..*self
         }
     }
 
@@ -229,19 +254,32 @@ impl<'a> UserEnv<'a> {
         UserEnv { flips, ..self }
     }
 
-    /// Whether the user is in `aud` now (its flip in the pass, if any).
+    /// The slot whose list entries hold `aud`'s memberships.
+    #[inline]
+    fn keeper(&self, aud: AudId) -> AudId {
+        self.shared.map_or(aud, |m| m.keeper(aud))
+    }
+
+    /// Whether the user is in `aud` now (its flip in the pass, if any: a
+    /// slot sharing another's flips with it, which comes first in rank).
     fn is_member(&self, aud: AudId) -> bool {
-        match self.flips.and_then(|f| f.member(aud)) {
+        let keeper = self.keeper(aud);
+        match self.flips.and_then(|f| f.member(keeper)) {
             Some(member) => member,
-            None => self.user.is_member(aud),
+            None => self.user.is_member(keeper),
         }
     }
 
     /// When the user entered `aud`, if in it now.
     fn entered(&self, aud: AudId) -> Option<Millis> {
-        match self.flips.and_then(|f| f.entered(aud)) {
+        let keeper = self.keeper(aud);
+        let entered = match self.flips.and_then(|f| f.entered(keeper)) {
             Some(entered) => entered,
-            None => self.user.entered(aud),
+            None => self.user.entered(keeper),
+        };
+        match self.shared {
+            Some(members) => entered.map(|at| members.entered_from(aud, at)),
+            None => entered,
         }
     }
 

@@ -333,7 +333,7 @@ const MAX_STEPS: usize = 10_000;
 
 /// The user at another instant.
 fn at<'a>(env: &UserEnv<'a>, now: Millis) -> UserEnv<'a> {
-    UserEnv::new(env.cat, env.user, now, env.granularity)
+    env.at(now)
 }
 
 /// The first instant after now at which the value of a computed trait's
@@ -410,9 +410,10 @@ impl Engine {
                 .ok_or_else(|| SegmintError::UnknownAudience {
                     key: audience.to_owned(),
                 })?;
-        let (_, user) = self.user_data(user_id)?;
+        let (uid, user) = self.user_data(user_id)?;
+        let members = &self.shard_of(uid).members;
         let g = self.config.granularity;
-        let env = UserEnv::new(cat, user, self.now, g);
+        let env = UserEnv::new(cat, user, self.now, g).with_shared(members);
         let tree = explain_node(cat, &def.expr, &env);
         // Step through the instants at which an atom (or a computed trait the
         // rule reads) may change until the rule flips; computed traits are
@@ -452,8 +453,8 @@ impl Engine {
             audience: audience.to_owned(),
             user_id: user_id.to_owned(),
             rule: def.source.to_string(),
-            member: user.is_member(slot),
-            entered_at: user.entered(slot),
+            member: members.is_listed(user, slot),
+            entered_at: members.entered(user, slot),
             now: self.now,
             tree,
             next_change,
@@ -484,7 +485,7 @@ impl Engine {
                         let uid = local as u32 * shard.count + shard.index;
                         profiles += 1;
                         let def = cat.audiences[slot as usize].as_ref().expect("just defined");
-                        let env = UserEnv::new(cat, user, now, g);
+                        let env = UserEnv::new(cat, user, now, g).with_shared(&shard.members);
                         let would = rule_holds(cat, &def.rule, &env);
                         if would {
                             size += 1;
@@ -493,7 +494,7 @@ impl Engine {
                             }
                         }
                         if let Some(old) = old {
-                            let is = user.is_member(old);
+                            let is = shard.members.is_listed(user, old);
                             if would && !is && entering.len() < limit {
                                 entering.push(uid);
                             } else if !would && is && exiting.len() < limit {
@@ -570,16 +571,18 @@ impl Engine {
 
     /// Traits and audiences (with entry instants) of a user.
     pub fn profile(&self, user_id: &str) -> Result<Profile> {
-        let (_, user) = self.user_data(user_id)?;
+        let (uid, user) = self.user_data(user_id)?;
+        let members = &self.shard_of(uid).members;
         let mut audiences: Vec<(String, Millis)> = user
             .memberships
             .iter()
-            .filter_map(|m| {
+            .flat_map(|m| members.listed_as(m.id).map(move |a| (a, m.at())))
+            .filter_map(|(slot, at)| {
                 self.catalog
                     .audiences
-                    .get(m.id as usize)?
+                    .get(slot as usize)?
                     .as_ref()
-                    .map(|d| (d.key.to_string(), m.at()))
+                    .map(|d| (d.key.to_string(), members.entered_from(slot, at)))
             })
             .collect();
         audiences.sort();

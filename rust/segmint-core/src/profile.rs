@@ -525,6 +525,18 @@ impl UserData {
     }
 }
 
+/// A slot that shares another's memberships (see [`Memberships`]), as a
+/// snapshot stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Share {
+    /// The sharing slot.
+    pub aud: AudId,
+    /// The slot whose memberships it shares.
+    pub keeper: AudId,
+    /// See [`Memberships::entered_from`].
+    pub since: Millis,
+}
+
 /// Elements of `T` in a 64-byte cache line (at least one).
 fn per_cache_line<T>() -> usize {
     (64 / std::mem::size_of::<T>()).max(1)
@@ -545,22 +557,30 @@ fn per_cache_line<T>() -> usize {
 /// the bitmaps, on a copy.
 ///
 /// The followers of a rule class (`Catalog::class_followers`) have their
-/// lead's members at the end of every operation, so they share its bitmap
-/// instead of keeping a copy (the standard workload's 1,000 audiences
-/// hold 524 rules, and most changes are a follower's): their changes are
-/// not noted, their reads go to the lead's. A new catalog can end the
-/// sharing before its operation ([`Memberships::unshare_changed`]) and
-/// start it after ([`Memberships::share_classes`]).
+/// lead's members at the end of every operation, so a follower can share
+/// its lead's memberships instead of keeping a copy (the standard
+/// workload's 1,000 audiences hold 524 rules, and most changes are a
+/// follower's): it has no bitmap and no entries in the profiles' lists of
+/// its own, its changes are not noted, and reads go to its keeper's
+/// ([`Memberships::keeper`], [`Memberships::is_listed`],
+/// [`Memberships::entered`]). The shard starts and ends the sharing as
+/// catalogs change (`Shard::share_classes`, `Shard::unshare_changed`).
 #[derive(Debug, Clone, Default)]
 pub struct Memberships {
     /// Members per audience slot (global dense ids), as of the last flush;
     /// empty for a slot that shares another's.
     bitmaps: Vec<RoaringBitmap>,
-    /// Per slot, the slot whose bitmap holds its members: its class lead
-    /// while it shares the lead's, else itself (as are slots past the end).
+    /// Per slot, the slot whose bitmap and list entries hold its
+    /// memberships: its class lead while it shares the lead's, else itself
+    /// (as are slots past the end).
     keeper: Vec<AudId>,
+    /// Per slot, while it shares: the instant it entered its keeper's
+    /// members at, if later than they did (see [`Memberships::entered`]).
+    since: Vec<Millis>,
+    /// Per slot, the slots sharing its memberships.
+    sharers: Vec<Vec<AudId>>,
     /// The catalog generation whose class leads `keeper` follows.
-    shared_for: Option<u64>,
+    pub shared_for: Option<u64>,
     /// Per slot, `uid << 1 | entered` of each change since the last flush
     /// (kept, emptied, from flush to flush).
     touched: Vec<Vec<u32>>,
@@ -614,12 +634,17 @@ fn group_by_user(changes: &mut [u32]) {
 }
 
 impl Memberships {
-    /// The bitmaps of a snapshot, one per audience slot.
-    pub fn from_bitmaps(bitmaps: Vec<RoaringBitmap>) -> Memberships {
-        Memberships {
+    /// The bitmaps of a snapshot, one per audience slot, and its shares
+    /// (see [`Memberships::shares`]).
+    pub fn from_snapshot(bitmaps: Vec<RoaringBitmap>, shares: &[Share]) -> Memberships {
+        let mut members = Memberships {
             bitmaps,
             ..Default::default()
+        };
+        for share in shares {
+            members.share(share.aud, share.keeper, share.since);
         }
+        members
     }
 
     /// Makes room for audience slots up to `n`.
@@ -629,66 +654,107 @@ impl Memberships {
         }
     }
 
-    /// The slot whose bitmap holds the members of `aud`.
+    /// The slot whose bitmap and list entries hold the memberships of `aud`.
     #[inline]
-    pub(crate) fn keeper(&self, aud: AudId) -> AudId {
+    pub fn keeper(&self, aud: AudId) -> AudId {
         self.keeper.get(aud as usize).copied().unwrap_or(aud)
     }
 
-    /// Gives each slot that shares a bitmap the lead of `leads` (per slot,
-    /// its class lead in a new catalog, see `Catalog::class_lead`) does not
-    /// name a copy of its own. Called when the catalog is installed, before
-    /// its operation: the shared bitmap still holds the slot's members.
-    pub fn unshare_changed(&mut self, leads: &[AudId]) {
-        for slot in 0..self.keeper.len() {
-            let aud = slot as AudId;
-            let keeper = self.keeper[slot];
-            if keeper == aud || leads.get(slot) == Some(&keeper) {
-                continue;
-            }
-            // A keeper keeps its own, so the copy is of the members.
-            let own = self.bitmap(keeper).into_owned();
-            self.ensure(slot + 1);
-            self.bitmaps[slot] = own;
-            self.keeper[slot] = aud;
+    /// Whether `aud` shares another slot's memberships.
+    #[inline]
+    pub fn is_shared(&self, aud: AudId) -> bool {
+        self.keeper(aud) != aud
+    }
+
+    /// The slots sharing `keeper`'s memberships.
+    pub fn sharers(&self, keeper: AudId) -> &[AudId] {
+        self.sharers.get(keeper as usize).map_or(&[], Vec::as_slice)
+    }
+
+    /// `aud` and the slots sharing its memberships: the audiences a list
+    /// entry of `aud` stands for.
+    pub fn listed_as(&self, aud: AudId) -> impl Iterator<Item = AudId> + '_ {
+        std::iter::once(aud).chain(self.sharers(aud).iter().copied())
+    }
+
+    /// Whether `user` (of this shard) is in `aud`, by its list.
+    #[inline]
+    pub fn is_listed(&self, user: &UserData, aud: AudId) -> bool {
+        user.is_member(self.keeper(aud))
+    }
+
+    /// When `user` (of this shard) entered `aud`, if in it, by its list.
+    #[inline]
+    pub fn entered(&self, user: &UserData, aud: AudId) -> Option<Millis> {
+        let keeper = self.keeper(aud);
+        user.entered(keeper).map(|at| self.entered_from(aud, at))
+    }
+
+    /// When a user who entered `aud`'s keeper at `at` entered `aud`: a copy
+    /// defined later entered its lead's members then, the later ones when
+    /// the lead did.
+    #[inline]
+    pub fn entered_from(&self, aud: AudId, at: Millis) -> Millis {
+        match self.since.get(aud as usize) {
+            Some(&since) if self.is_shared(aud) => at.max(since),
+            _ => at,
         }
     }
 
-    /// Lets every follower of `leads` (see [`Memberships::unshare_changed`])
-    /// share its lead's bitmap, dropping its own; once per catalog
-    /// `generation`, after the operation that installed it, when each
-    /// follower has its lead's members (a definition's backfill has set
-    /// them up).
-    pub fn share_classes(&mut self, generation: u64, leads: &[AudId]) {
-        if self.shared_for == Some(generation) {
+    /// Lets `aud` share `keeper`'s memberships (which it has: entered at
+    /// the same instants, or at `since` when later), dropping its bitmap;
+    /// the caller drops its list entries.
+    pub fn share(&mut self, aud: AudId, keeper: AudId, since: Millis) {
+        debug_assert!(!self.is_shared(keeper) && aud != keeper);
+        let slot = aud as usize;
+        if self.keeper.len() <= slot {
+            let from = self.keeper.len() as AudId;
+            self.keeper.extend(from..=aud);
+            self.since.resize(slot + 1, Millis::MIN);
+        }
+        self.keeper[slot] = keeper;
+        self.since[slot] = since;
+        if self.sharers.len() <= keeper as usize {
+            self.sharers.resize_with(keeper as usize + 1, Vec::new);
+        }
+        self.sharers[keeper as usize].push(aud);
+        if let Some(bitmap) = self.bitmaps.get_mut(slot) {
+            *bitmap = RoaringBitmap::new();
+        }
+        if let Some(changes) = self.touched.get_mut(slot) {
+            self.pending -= changes.len();
+            *changes = Vec::new();
+        }
+    }
+
+    /// Ends `aud`'s sharing: it gets a copy of its keeper's bitmap (the
+    /// caller gives it its list entries back).
+    pub fn unshare(&mut self, aud: AudId) {
+        let keeper = self.keeper(aud);
+        if keeper == aud {
             return;
         }
-        self.shared_for = Some(generation);
-        // Leads keep their own bitmaps from here on.
-        self.unshare_changed(leads);
-        for (slot, &lead) in leads.iter().enumerate() {
-            let aud = slot as AudId;
-            if lead == aud || self.keeper(aud) == lead {
-                continue;
-            }
-            debug_assert_eq!(self.keeper(lead), lead);
-            debug_assert!(
-                self.bitmap(aud) == self.bitmap(lead),
-                "slot {aud} and its class lead {lead} have different members"
-            );
-            if self.keeper.len() <= slot {
-                let from = self.keeper.len() as AudId;
-                self.keeper.extend(from..=aud);
-            }
-            self.keeper[slot] = lead;
-            if let Some(bitmap) = self.bitmaps.get_mut(slot) {
-                *bitmap = RoaringBitmap::new();
-            }
-            if let Some(changes) = self.touched.get_mut(slot) {
-                self.pending -= changes.len();
-                *changes = Vec::new();
-            }
-        }
+        // A keeper keeps its own, so the copy is of the members.
+        let own = self.bitmap(keeper).into_owned();
+        let slot = aud as usize;
+        self.ensure(slot + 1);
+        self.bitmaps[slot] = own;
+        self.keeper[slot] = aud;
+        self.since[slot] = Millis::MIN;
+        self.sharers[keeper as usize].retain(|&a| a != aud);
+    }
+
+    /// Every slot that shares another's memberships, for a snapshot.
+    pub fn shares(&self) -> Vec<Share> {
+        let shared = self.keeper.iter().enumerate();
+        shared
+            .filter(|&(slot, &keeper)| keeper != slot as AudId)
+            .map(|(slot, &keeper)| Share {
+                aud: slot as AudId,
+                keeper,
+                since: self.since[slot],
+            })
+            .collect()
     }
 
     /// The changes of `aud` not yet flushed, if it has any.
@@ -725,11 +791,14 @@ impl Memberships {
         }
     }
 
-    /// Every slot's members, in slot order (changes not yet flushed
-    /// included).
-    pub fn bitmaps(&self) -> impl Iterator<Item = Cow<'_, RoaringBitmap>> + '_ {
+    /// Every slot's own members, in slot order (changes not yet flushed
+    /// included): none for a slot that shares another's.
+    pub fn kept_bitmaps(&self) -> impl Iterator<Item = Cow<'_, RoaringBitmap>> + '_ {
         let slots = self.bitmaps.len().max(self.touched.len());
-        (0..slots).map(|slot| self.bitmap(slot as AudId))
+        (0..slots).map(|slot| match self.is_shared(slot as AudId) {
+            true => Cow::Owned(RoaringBitmap::new()),
+            false => self.bitmap(slot as AudId),
+        })
     }
 
     /// Whether `uid` is a member of `aud`, when the bitmap tells it alone
@@ -771,7 +840,7 @@ impl Memberships {
     #[inline]
     pub fn touch(&mut self, aud: AudId, uid: u32, entered: bool) {
         let slot = aud as usize;
-        if self.keeper.get(slot).is_some_and(|&k| k != aud) {
+        if self.is_shared(aud) {
             return;
         }
         if uid > u32::MAX >> 1 {
@@ -846,7 +915,12 @@ impl Memberships {
     pub fn heap_bytes(&self) -> usize {
         let bitmaps: usize = self.bitmaps.iter().map(|b| b.serialized_size()).sum();
         let touched: usize = self.touched.iter().map(|t| t.capacity() * 4 + 24).sum();
-        bitmaps + touched + self.keeper.capacity() * std::mem::size_of::<AudId>()
+        let sharers: usize = self.sharers.iter().map(|s| s.capacity() * 4 + 24).sum();
+        bitmaps
+            + touched
+            + sharers
+            + self.keeper.capacity() * std::mem::size_of::<AudId>()
+            + self.since.capacity() * std::mem::size_of::<Millis>()
     }
 }
 
@@ -1058,7 +1132,7 @@ mod tests {
                         proptest::prop_assert_eq!(&got, &direct[a as usize]);
                         proptest::prop_assert_eq!(batched.len(a), direct[a as usize].len());
                     }
-                    let all: Vec<RoaringBitmap> = batched.bitmaps().map(|b| b.into_owned()).collect();
+                    let all: Vec<RoaringBitmap> = batched.kept_bitmaps().map(|b| b.into_owned()).collect();
                     for (a, got) in all.iter().enumerate() {
                         proptest::prop_assert_eq!(got, &direct[a]);
                     }

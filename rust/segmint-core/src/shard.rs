@@ -409,8 +409,98 @@ impl Shard {
         self.members.flush_if_due();
     }
 
+    /// The index in this shard of the user with dense id `uid`.
+    fn local_of(&self, uid: u32) -> usize {
+        (uid / self.count) as usize
+    }
+
+    /// Ends the sharing (see [`Memberships`]) of each slot whose keeper is
+    /// not its class lead in a new catalog (`leads`, `Catalog::class_lead`):
+    /// a removed lead's followers, a follower given another rule. Called
+    /// when the catalog is installed, before its operation: the slot gets
+    /// back a bitmap and list entries of its own, as they were.
+    pub fn unshare_changed(&mut self, leads: &[AudId]) {
+        for share in self.members.shares() {
+            if leads.get(share.aud as usize) == Some(&share.keeper) {
+                continue;
+            }
+            let members = self.members.bitmap(share.keeper).into_owned();
+            for uid in &members {
+                let local = self.local_of(uid);
+                let entered = self.users[local].entered(share.keeper);
+                debug_assert!(entered.is_some(), "user {uid} of {}", share.keeper);
+                if let Some(at) = entered {
+                    let at = self.members.entered_from(share.aud, at);
+                    self.users[local].set_member(share.aud, true, at);
+                }
+            }
+            self.members.unshare(share.aud);
+        }
+    }
+
+    /// Lets each follower of the catalog of `generation` (`leads`) share
+    /// its class lead's memberships (see [`Memberships`]), dropping its
+    /// bitmap and list entries; once per catalog, after the operation
+    /// that installed it (a new audience's backfill sets its entries up).
+    /// A follower whose entries are not its lead's (see
+    /// [`Shard::shared_since`]) keeps its own.
+    pub fn share_classes(&mut self, generation: u64, leads: &[AudId]) {
+        if self.members.shared_for == Some(generation) {
+            return;
+        }
+        self.members.shared_for = Some(generation);
+        // Leads keep their own from here on.
+        self.unshare_changed(leads);
+        for (slot, &lead) in leads.iter().enumerate() {
+            let aud = slot as AudId;
+            if lead == aud || self.members.is_shared(aud) {
+                continue;
+            }
+            let Some(since) = self.shared_since(aud, lead) else {
+                continue;
+            };
+            let members = self.members.bitmap(lead).into_owned();
+            for uid in &members {
+                let local = self.local_of(uid);
+                self.users[local].set_member(aud, false, 0);
+            }
+            self.members.share(aud, lead, since);
+        }
+    }
+
+    /// The instant from which `aud` can share `lead`'s memberships: it has
+    /// the same members, each entered at the lead's instant or, for those
+    /// who entered the lead earlier, all at one later one (a copy defined
+    /// later entered its lead's members at its definition). `None` when
+    /// the entries differ otherwise (a replaced rule's members kept
+    /// theirs).
+    fn shared_since(&self, aud: AudId, lead: AudId) -> Option<Millis> {
+        let members = self.members.bitmap(lead);
+        debug_assert!(
+            self.members.bitmap(aud) == members,
+            "slot {aud} and its class lead {lead} have different members"
+        );
+        if self.members.len(aud) != members.len() {
+            return None;
+        }
+        let (mut since, mut earliest_same) = (Millis::MIN, Millis::MAX);
+        for uid in members.iter() {
+            let user = &self.users[self.local_of(uid)];
+            let (mine, theirs) = (user.entered(aud)?, user.entered(lead)?);
+            if mine == theirs {
+                earliest_same = earliest_same.min(theirs);
+            } else if mine > theirs && (since == Millis::MIN || since == mine) {
+                since = mine;
+            } else {
+                return None;
+            }
+        }
+        (earliest_same >= since).then_some(since)
+    }
+
     fn env<'a>(&'a self, step: Step<'a>, local: usize) -> UserEnv<'a> {
         UserEnv::new(step.cat, &self.users[local], step.now, step.granularity)
+            .with_shared(&self.members)
             .with_traits(self.unpacked.of(local))
             .with_flips(self.pass_flips.of(local))
     }
@@ -444,6 +534,10 @@ impl Shard {
     }
 
     fn set_member(&mut self, local: usize, uid: u32, aud: AudId, member: bool, at: Millis) {
+        // A slot sharing another's memberships moves with it.
+        if self.members.is_shared(aud) {
+            return;
+        }
         if self.users[local].set_member(aud, member, at) {
             self.members.touch(aud, uid, member);
         }
@@ -519,11 +613,13 @@ impl Shard {
         let truths = self.with_view_memo(|shard, views| {
             let Shard {
                 users,
+                members,
                 unpacked,
                 trait_truths,
                 ..
             } = shard;
             let env = UserEnv::new(cat, &users[local], step.now, step.granularity)
+                .with_shared(members)
                 .with_views(views)
                 .with_traits(unpacked.of(local));
             trait_truths.begin(cat);
@@ -730,6 +826,10 @@ impl Shard {
         };
         let user = &self.users[local];
         let was_member = || {
+            // Before the pass: its keeper's flip in it is its own, to make.
+            if self.members.is_shared(aud) {
+                return self.members.is_listed(user, aud);
+            }
             let flipped = self.pass_flips.of(local).and_then(|f| f.member(aud));
             flipped.unwrap_or_else(|| user.is_member(aud))
         };
@@ -746,14 +846,11 @@ impl Shard {
     /// until then the pass reads it from `pass_flips` (`Shard::env`,
     /// `Shard::evaluate_rule`); the `member_for` timers move now.
     fn hold_back_flip(&mut self, step: Step<'_>, local: usize, uid: u32, aud: AudId, member: bool) {
-        self.pass_flips.push(local, aud, member, step.now);
-        self.reschedule_member_for(step, local, uid, aud);
-    }
-
-    /// Records that the user entered or left `aud` now, and moves the
-    /// timers of the atoms reading that membership (`member_for`).
-    fn flip_member(&mut self, step: Step<'_>, local: usize, uid: u32, aud: AudId, member: bool) {
-        self.set_member(local, uid, aud, member, step.now);
+        // A slot sharing its class lead's memberships flips with the lead,
+        // which comes first in rank.
+        if !self.members.is_shared(aud) {
+            self.pass_flips.push(local, aud, member, step.now);
+        }
         self.reschedule_member_for(step, local, uid, aud);
     }
 
@@ -773,12 +870,14 @@ impl Shard {
         self.with_view_memo(|shard, views| {
             let Shard {
                 users,
+                members,
                 memo,
                 unpacked,
                 pass_flips,
                 ..
             } = shard;
             let env = UserEnv::new(cat, &users[local], step.now, step.granularity)
+                .with_shared(members)
                 .with_views(views)
                 .with_traits(unpacked.of(local))
                 .with_flips(pass_flips.of(local));
@@ -950,7 +1049,7 @@ impl Shard {
         let without_events = user.states.is_empty();
         let rules = &cat.atom_lead_rules[atom as usize];
         for (aud, member) in Polarity::movable_rules(rules, user.memberships.slots(), now_true) {
-            debug_assert!(followers_agree(cat, user, aud, member));
+            debug_assert!(followers_agree(cat, &self.members, user, aud, member));
             if without_events && !member && cat.false_without_events[aud as usize] {
                 continue;
             }
@@ -1081,8 +1180,13 @@ impl Shard {
         self.users[local]
             .memberships
             .reserve(step.cat.empty_true.len());
+        // Every entry before any timer: a slot sharing another's reads
+        // that one's, which may come later in the list.
         for &aud in &step.cat.empty_true {
-            self.flip_member(step, local, uid, aud, true);
+            self.set_member(local, uid, aud, true, step.now);
+        }
+        for &aud in &step.cat.empty_true {
+            self.reschedule_member_for(step, local, uid, aud);
         }
     }
 
@@ -1127,7 +1231,7 @@ impl Shard {
         let entered = ranks
             .into_iter()
             .map(|r| cat.by_rank[r as usize])
-            .filter(|&a| self.users[local].is_member(a));
+            .filter(|&a| self.members.is_listed(&self.users[local], a));
         for (counter, aud) in entered.enumerate() {
             out.push(ShardChange {
                 order: Order::new(index as i64, 1, counter as u64),
@@ -1814,7 +1918,7 @@ impl Shard {
             let mut pending = std::mem::take(&mut self.queue);
             for (&a, &had_members) in auds.iter().zip(&had_members) {
                 // Without members before, the profile is not one.
-                let member = had_members && self.users[local].is_member(a);
+                let member = had_members && self.members.is_listed(&self.users[local], a);
                 let skip = without_events && cat.false_without_events[a as usize] && !member;
                 if !skip {
                     pending.insert_known(cat.rank[a as usize], member);
@@ -1969,10 +2073,16 @@ impl Shard {
 /// Whether the followers of class lead `lead` (see
 /// [`Catalog::class_followers`]) have the user's membership `member` of it,
 /// as a class's audiences always do between passes (debug checks).
-fn followers_agree(cat: &Catalog, user: &UserData, lead: AudId, member: bool) -> bool {
+fn followers_agree(
+    cat: &Catalog,
+    members: &Memberships,
+    user: &UserData,
+    lead: AudId,
+    member: bool,
+) -> bool {
     cat.class_followers[lead as usize]
         .iter()
-        .all(|&f| user.is_member(f) == member)
+        .all(|&f| members.is_listed(user, f) == member)
 }
 
 /// The earliest next change of the atoms whose timer `lead` leads.

@@ -77,9 +77,11 @@ impl StorageConfig {
 }
 
 const WAL_MAGIC: &[u8; 8] = b"SEGMWAL1";
-/// Format 2 stores users' traits by key id, with the key table.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"SEGMSNP2";
-const SNAPSHOT_MAGIC_V1: &[u8; 8] = b"SEGMSNP1";
+/// Format 3 stores which audience slots share another's memberships
+/// (format 2 began storing users' traits by key id, with the key table).
+const SNAPSHOT_MAGIC: &[u8; 8] = b"SEGMSNP3";
+/// Earlier formats, refused by name: (magic, format number).
+const SNAPSHOT_MAGIC_OLD: [(&[u8; 8], u32); 2] = [(b"SEGMSNP1", 1), (b"SEGMSNP2", 2)];
 /// Magic plus generation.
 pub(crate) const WAL_HEADER_LEN: u64 = 16;
 /// Frame: payload length (u32) and CRC-32C of length and payload (u32).
@@ -526,11 +528,14 @@ pub(crate) fn write_snapshot(dir: &Path, generation: u64, sections: &[Vec<u8>]) 
 /// checksum.
 pub(crate) fn read_snapshot(path: &Path) -> Result<Vec<Framed>> {
     let bytes = fs::read(path).map_err(|e| io_error(path, e))?;
-    if bytes.len() >= 16 && &bytes[..8] == SNAPSHOT_MAGIC_V1 {
+    let old = SNAPSHOT_MAGIC_OLD
+        .iter()
+        .find(|(magic, _)| bytes.len() >= 16 && &bytes[..8] == *magic);
+    if let Some((_, format)) = old {
         return Err(corrupt(
             path,
             0,
-            "snapshot format 1 (an earlier segmint) is not readable by this build, which reads format 2; re-create the data directory by ingesting the events again (docs/durability.md)",
+            format!("snapshot format {format} (an earlier segmint) is not readable by this build, which reads format 3; re-create the data directory by ingesting the events again (docs/durability.md)"),
         ));
     }
     if bytes.len() < 16 || &bytes[..8] != SNAPSHOT_MAGIC {
@@ -681,14 +686,19 @@ mod tests {
     }
 
     #[test]
-    fn a_format_1_snapshot_is_named_not_misread() {
+    fn earlier_snapshot_formats_are_named_not_misread() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("old.snap");
-        let mut bytes = SNAPSHOT_MAGIC_V1.to_vec();
-        bytes.extend_from_slice(&0u64.to_le_bytes());
-        fs::write(&path, &bytes).unwrap();
-        let message = read_snapshot(&path).unwrap_err().to_string();
-        assert!(message.contains("snapshot format 1"), "{message}");
-        assert!(message.contains("reads format 2"), "{message}");
+        for (magic, format) in SNAPSHOT_MAGIC_OLD {
+            let path = dir.path().join("old.snap");
+            let mut bytes = magic.to_vec();
+            bytes.extend_from_slice(&0u64.to_le_bytes());
+            fs::write(&path, &bytes).unwrap();
+            let message = read_snapshot(&path).unwrap_err().to_string();
+            assert!(
+                message.contains(&format!("snapshot format {format}")),
+                "{message}"
+            );
+            assert!(message.contains("reads format 3"), "{message}");
+        }
     }
 }
