@@ -984,11 +984,23 @@ impl Shard {
         out: &mut Vec<ShardChange>,
     ) {
         let mut counter = 0u64;
+        // An event's or time's pass queues a sharing follower with its
+        // membership only when its keeper flipped (see below).
+        let follows = matches!(reason, Reason::Event | Reason::Time);
         // Left by a pass a caught panic cut short.
         self.pass_flips.discard();
         while let Some((rank, member)) = pending.pop_first() {
             let aud = step.cat.by_rank[rank as usize];
-            if let Some(entered) = self.evaluate(step, local, uid, aud, member) {
+            let flip = match member {
+                Some(was) if follows && self.members.is_shared(aud) => {
+                    let class = step.cat.rule_class[aud as usize];
+                    debug_assert_eq!(self.rule_memo.get(class), Some(!was));
+                    self.hold_back_flip(step, local, uid, aud, !was);
+                    Some(!was)
+                }
+                _ => self.evaluate(step, local, uid, aud, member),
+            };
+            if let Some(entered) = flip {
                 out.push(ShardChange {
                     order: order_of(rank, counter),
                     uid,
