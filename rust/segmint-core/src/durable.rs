@@ -537,6 +537,12 @@ impl Engine {
                 .collect()
         });
         self.shards = shards?;
+        // The stored shares against the catalog compiled again: a slot
+        // whose lead it no longer is gets its own memberships back before
+        // any operation (sharing starts again after the first).
+        for shard in &mut self.shards {
+            shard.unshare_changed(&self.catalog.class_lead);
+        }
         self.now = meta.now;
         self.last_seq = meta.last_seq;
         self.log_first_seq = meta.log_first_seq;

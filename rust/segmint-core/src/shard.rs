@@ -837,6 +837,17 @@ impl Shard {
         if now_member == member.unwrap_or_else(was_member) {
             return None;
         }
+        // A sharing follower flips only with its keeper, earlier in the
+        // pass: its own flip is stored as the keeper's.
+        debug_assert!(
+            !self.members.is_shared(aud)
+                || self
+                    .pass_flips
+                    .of(local)
+                    .and_then(|f| f.member(self.members.keeper(aud)))
+                    == Some(now_member),
+            "slot {aud} flips without its keeper"
+        );
         self.hold_back_flip(step, local, uid, aud, now_member);
         Some(now_member)
     }
@@ -1192,12 +1203,10 @@ impl Shard {
         self.users[local]
             .memberships
             .reserve(step.cat.empty_true.len());
-        // Every entry before any timer: a slot sharing another's reads
-        // that one's, which may come later in the list.
+        // In rank order: a slot sharing another's memberships comes after
+        // its keeper, whose entry its timers read.
         for &aud in &step.cat.empty_true {
             self.set_member(local, uid, aud, true, step.now);
-        }
-        for &aud in &step.cat.empty_true {
             self.reschedule_member_for(step, local, uid, aud);
         }
     }
