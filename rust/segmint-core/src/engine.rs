@@ -1220,9 +1220,11 @@ mod computed_tests {
 
     const H: i64 = 3_600_000;
     const D: i64 = 24 * H;
-    const T0: i64 = 1_000 * D;
+    /// The manual clock's start (also `class_sharing_tests`').
+    pub(super) const T0: i64 = 1_000 * D;
 
-    fn engine(shards: usize) -> Engine {
+    /// An engine on a manual clock at `T0` with one thread per shard.
+    pub(super) fn engine(shards: usize) -> Engine {
         Engine::new(EngineConfig {
             clock: Clock::Manual(T0),
             shards,
@@ -1232,7 +1234,8 @@ mod computed_tests {
         .unwrap()
     }
 
-    fn track(e: &mut Engine, user: &str, event: &str, props: &str, at: i64) {
+    /// Ingests one track event with `props` (a JSON object).
+    pub(super) fn track(e: &mut Engine, user: &str, event: &str, props: &str, at: i64) {
         let ts = format_timestamp(at);
         let json = format!(
             r#"[{{"type":"track","userId":"{user}","event":"{event}","properties":{props},"timestamp":"{ts}"}}]"#
@@ -1612,38 +1615,25 @@ mod computed_tests {
 
 #[cfg(test)]
 mod class_sharing_tests {
-    //! Followers of a rule class share their lead's bitmap
-    //! (`Memberships::share_classes`): through definitions, replacements,
-    //! removals and events, every audience's bitmap still says what each
-    //! profile's list says.
+    //! Followers of a rule class share their lead's memberships
+    //! (`Shard::share_classes`): through definitions, replacements,
+    //! removals, snapshots and events, every audience's bitmap says what
+    //! the profiles' lists say, and memberships and entry instants what
+    //! the change log says.
+    use super::computed_tests::{engine, T0};
     use super::*;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
-    const T0: i64 = 1_000 * 24 * 3_600_000;
     const RULES: [&str; 3] = [
         r#"did("A", 30m)"#,
         r#"count("B", 1h) >= 2"#,
         r#"sum("A", revenue, 2h) > 5"#,
     ];
 
-    fn engine(shards: usize) -> Engine {
-        Engine::new(EngineConfig {
-            clock: Clock::Manual(T0),
-            shards,
-            threads: shards,
-            ..Default::default()
-        })
-        .unwrap()
-    }
-
     fn track(e: &mut Engine, user: &str, event: &str, revenue: i64, at: i64) {
-        let ts = format_timestamp(at);
-        let json = format!(
-            r#"[{{"type":"track","userId":"{user}","event":"{event}","properties":{{"revenue":{revenue}}},"timestamp":"{ts}"}}]"#
-        );
-        let report = e.ingest_json(json.as_bytes()).unwrap();
-        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let props = format!(r#"{{"revenue":{revenue}}}"#);
+        super::computed_tests::track(e, user, event, &props, at);
     }
 
     /// Each live audience's bitmap (and size) against the profiles' lists,
