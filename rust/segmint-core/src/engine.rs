@@ -904,10 +904,12 @@ impl Engine {
             }
         }
         // Before its operation, while the memberships shared with them
-        // are still theirs too.
-        for shard in &mut self.shards {
-            shard.unshare_changed(&catalog.class_lead);
-        }
+        // are still theirs too (on all threads: a removed lead's followers
+        // each get an entry per member back).
+        let leads = &catalog.class_lead;
+        let shards = &mut self.shards;
+        self.pool
+            .install(|| shards.par_iter_mut().for_each(|s| s.unshare_changed(leads)));
         self.catalog = Arc::new(catalog);
         self.definitions.push(def);
     }
