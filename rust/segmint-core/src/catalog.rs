@@ -222,6 +222,13 @@ pub struct StateDef {
 /// evaluation pass (see [`Catalog::rule_class`]).
 pub const NO_RULE_CLASS: u32 = u32::MAX;
 
+/// [`Catalog::flip_work`]: the audience has dependents.
+pub const FLIP_DEPENDENTS: u8 = 1;
+/// [`Catalog::flip_work`]: timed atoms read the audience's membership.
+pub const FLIP_TIMED: u8 = 2;
+/// [`Catalog::flip_work`]: the audience leads a rule class with followers.
+pub const FLIP_FOLLOWERS: u8 = 4;
+
 /// The rule text shown for a static audience.
 pub const STATIC_SOURCE: &str = "<static list>";
 
@@ -663,6 +670,12 @@ pub struct Catalog {
     pub dependents: Vec<Vec<AudId>>,
     /// Per audience: timed atoms that read its membership (`member_for`).
     pub timed_by_audience: Vec<Vec<AtomId>>,
+    /// Per audience: which of `dependents`, `timed_by_audience` and
+    /// `class_followers` are not empty ([`FLIP_DEPENDENTS`],
+    /// [`FLIP_TIMED`], [`FLIP_FOLLOWERS`]), in a byte: a flip reads these
+    /// bits, which stay in cache, instead of three lists' headers, which
+    /// at ten thousand audiences do not.
+    pub flip_work: Vec<u8>,
     /// Per atom: the atom under whose id a profile keeps the atom's timer.
     /// Timed atoms that test the same `since` or `member_for` against
     /// literals (`since(trait.created_at) < 14d`, `< 30d`, ...) share one
@@ -1265,6 +1278,14 @@ impl Catalog {
         self.empty_true = crate::eval::rules_true_on_empty_profile(self);
         self.empty_atom_truth = crate::eval::atoms_on_empty_profile(self);
         self.false_without_events = crate::eval::rules_false_without_events(self);
+        self.flip_work = (0..self.audiences.len())
+            .map(|a| {
+                let bit = |nonempty: bool, flag: u8| if nonempty { flag } else { 0 };
+                bit(!self.dependents[a].is_empty(), FLIP_DEPENDENTS)
+                    | bit(!self.timed_by_audience[a].is_empty(), FLIP_TIMED)
+                    | bit(!self.class_followers[a].is_empty(), FLIP_FOLLOWERS)
+            })
+            .collect();
     }
 
     /// [`Catalog::timer_lead`] and [`Catalog::timer_view`] of every atom:
@@ -1300,6 +1321,13 @@ impl Catalog {
             })
             .collect();
         (leads, views)
+    }
+
+    /// The [`Catalog::flip_work`] bits of `aud` (all of them for a slot
+    /// the indexes were not rebuilt for: its lists are then looked at).
+    #[inline]
+    pub fn flip_work_of(&self, aud: AudId) -> u8 {
+        self.flip_work.get(aud as usize).copied().unwrap_or(u8::MAX)
     }
 
     /// Each audience slot's rule class (see [`Catalog::rule_class`]) and

@@ -12,7 +12,7 @@ use smallvec::SmallVec;
 use crate::audience_list::{FlipScratch, PassFlips};
 use crate::catalog::{
     AtomId, AudId, CExpr, Catalog, CtId, Polarity, RuleExpr, StateId, StateIndex, TraitKey,
-    WindowDef,
+    WindowDef, FLIP_DEPENDENTS, FLIP_FOLLOWERS, FLIP_TIMED,
 };
 use crate::eval::{eval_atom, eval_bool, eval_rule, eval_value, Env, PropsEnv, UserEnv, ViewMemo};
 use crate::first_identify::FirstIdentifyMemo;
@@ -868,6 +868,9 @@ impl Shard {
     /// Moves the timers of the atoms reading the user's membership of `aud`
     /// (`member_for`), which has just changed.
     fn reschedule_member_for(&mut self, step: Step<'_>, local: usize, uid: u32, aud: AudId) {
+        if step.cat.flip_work_of(aud) & FLIP_TIMED == 0 {
+            return;
+        }
         for &atom in &step.cat.timed_by_audience[aud as usize] {
             self.reschedule(step, local, uid, atom);
         }
@@ -1020,8 +1023,14 @@ impl Shard {
                     reason,
                 });
                 counter += 1;
-                for &d in &step.cat.dependents[aud as usize] {
-                    pending.insert(step.cat.rank[d as usize]);
+                let work = step.cat.flip_work_of(aud);
+                if work & FLIP_DEPENDENTS != 0 {
+                    for &d in &step.cat.dependents[aud as usize] {
+                        pending.insert(step.cat.rank[d as usize]);
+                    }
+                }
+                if work & FLIP_FOLLOWERS == 0 {
+                    continue;
                 }
                 // The class's other audiences move with it. Before an
                 // event's or time's pass they had the lead's membership; a
