@@ -648,8 +648,8 @@ pub struct Catalog {
     pub class_followers: Vec<Vec<AudId>>,
     /// Per audience slot: its rule class's lead, or itself when it leads
     /// one or has no class (the reverse of `class_followers`). A follower
-    /// keeps no bitmap of its own: it reads its lead's (see
-    /// [`crate::profile::Memberships`]).
+    /// shares its lead's memberships, bitmap and list entries, when it can
+    /// (see [`crate::profile::Memberships`]).
     pub class_lead: Vec<AudId>,
     /// Atoms by the trait key they read (indexed by key; keys that no
     /// atom reads may be past the end).

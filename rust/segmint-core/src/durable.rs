@@ -540,9 +540,8 @@ impl Engine {
         // The stored shares against the catalog compiled again: a slot
         // whose lead it no longer is gets its own memberships back before
         // any operation (sharing starts again after the first).
-        for shard in &mut self.shards {
-            shard.unshare_changed(&self.catalog.class_lead);
-        }
+        let catalog = Arc::clone(&self.catalog);
+        self.unshare_changed(&catalog.class_lead);
         self.now = meta.now;
         self.last_seq = meta.last_seq;
         self.log_first_seq = meta.log_first_seq;

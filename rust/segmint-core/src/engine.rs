@@ -904,12 +904,8 @@ impl Engine {
             }
         }
         // Before its operation, while the memberships shared with them
-        // are still theirs too (on all threads: a removed lead's followers
-        // each get an entry per member back).
-        let leads = &catalog.class_lead;
-        let shards = &mut self.shards;
-        self.pool
-            .install(|| shards.par_iter_mut().for_each(|s| s.unshare_changed(leads)));
+        // are still theirs too.
+        self.unshare_changed(&catalog.class_lead);
         self.catalog = Arc::new(catalog);
         self.definitions.push(def);
     }
@@ -979,6 +975,14 @@ impl Engine {
         self.remove_audience_with(def, catalog, slots[0]);
         self.finish_record(position, true)?;
         Ok(())
+    }
+
+    /// [`Shard::unshare_changed`] in every shard, on all threads (a
+    /// removed lead's followers each get an entry per member back).
+    pub(crate) fn unshare_changed(&mut self, leads: &[AudId]) {
+        let shards = &mut self.shards;
+        self.pool
+            .install(|| shards.par_iter_mut().for_each(|s| s.unshare_changed(leads)));
     }
 
     /// Installs a catalog without the removed audience `slot` and lets its
@@ -1702,7 +1706,7 @@ mod class_sharing_tests {
     }
 
     #[test]
-    fn followers_share_their_lead_bitmap_until_the_class_changes() {
+    fn followers_share_their_lead_memberships_until_the_class_changes() {
         let mut e = engine(2);
         e.define_audience("lead", RULES[0]).unwrap();
         for u in 0..6 {

@@ -836,13 +836,12 @@ impl Memberships {
     /// Notes that `uid` entered (was not a member) or left (was one) `aud`;
     /// the bitmap follows at a later [`Memberships::flush`]. (Ids from
     /// 2^31 on, which do not fit the packed form, go to the bitmap at once.)
-    /// A follower's change is its lead's too, noted under the lead.
+    /// A sharing slot's changes are its keeper's, noted under the keeper.
     #[inline]
     pub fn touch(&mut self, aud: AudId, uid: u32, entered: bool) {
         let slot = aud as usize;
-        if self.is_shared(aud) {
-            return;
-        }
+        // The shard notes only its own changes (see `Shard::set_member`).
+        debug_assert!(!self.is_shared(aud), "slot {aud} shares another's");
         if uid > u32::MAX >> 1 {
             self.ensure(slot + 1);
             if entered {

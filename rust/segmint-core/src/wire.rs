@@ -362,19 +362,17 @@ fn json_members(bytes: &[u8]) -> Option<Members<'_>> {
 /// A track event's flattened JSON `properties` and `context` (either may
 /// be absent) through [`json_members`]; `None` when either is not a JSON
 /// object.
-fn flatten_json_members(
-    properties: Option<&[u8]>,
-    context: Option<&[u8]>,
+fn flatten_json_members<'a>(
+    properties: Option<&'a [u8]>,
+    context: Option<&'a [u8]>,
     limits: &Limits,
 ) -> Option<Result<Properties>> {
-    let properties = match properties {
-        Some(bytes) => Some(json_members(bytes)?),
-        None => None,
+    // `Some(None)` when absent, `None` when not an object.
+    let members = |bytes: Option<&'a [u8]>| match bytes {
+        None => Some(None),
+        Some(bytes) => json_members(bytes).map(Some),
     };
-    let context = match context {
-        Some(bytes) => Some(json_members(bytes)?),
-        None => None,
-    };
+    let (properties, context) = (members(properties)?, members(context)?);
     Some(flatten_properties(
         properties.as_ref(),
         context.as_ref(),
