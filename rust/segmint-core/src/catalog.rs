@@ -573,8 +573,13 @@ pub struct AudienceDef {
     pub ast: ast::Expr,
     /// The compiled rule.
     pub expr: CExpr,
-    /// The rule over atoms.
+    /// The rule over atoms, each `and`'s and `or`'s cheapest operands first
+    /// (see [`Catalog::order_by_cost`]).
     pub rule: RuleExpr,
+    /// Set when `rule` is a conjunction of literals (atoms, or their
+    /// negations), as most rules are: each with the truth it needs, in
+    /// `rule`'s order (see [`crate::eval::eval_known_first`]).
+    pub literals: Option<Box<[(AtomId, bool)]>>,
     /// The atoms it contains.
     pub atoms: Vec<AtomId>,
     /// Audiences it references.
@@ -818,13 +823,16 @@ impl Catalog {
             }
         }
         let mut atoms = Vec::new();
-        let rule = self.atomize(&expr, &mut atoms);
+        let mut rule = self.atomize(&expr, &mut atoms);
+        self.order_by_cost(&mut rule);
+        let literals = conjunction_literals(&rule);
         let def = AudienceDef {
             key: Arc::from(key),
             source: Arc::from(source),
             ast,
             expr,
             rule,
+            literals,
             atoms,
             references,
             traits,
@@ -860,6 +868,7 @@ impl Catalog {
             ast: literal,
             expr: CExpr::Lit(Value::Bool(false)),
             rule: RuleExpr::Const(false),
+            literals: None,
             atoms: Vec::new(),
             references: Vec::new(),
             traits: Vec::new(),
@@ -1414,6 +1423,29 @@ impl Catalog {
         }
     }
 
+    /// Puts each `and`'s and `or`'s cheaper operands first (a stable sort),
+    /// so that one that decides it is evaluated before costlier ones: an
+    /// atom reading only traits, memberships or computed traits costs a
+    /// lookup, one reading events a walk of a window or a `since` base.
+    /// Returns the rule's cost on that scale.
+    fn order_by_cost(&self, rule: &mut RuleExpr) -> u32 {
+        match rule {
+            RuleExpr::Const(_) => 0,
+            RuleExpr::Atom(a) => 1 + 4 * self.atoms[*a as usize].states.len() as u32,
+            RuleExpr::Not(x) => self.order_by_cost(x),
+            RuleExpr::And(xs) | RuleExpr::Or(xs) => {
+                let mut costed: Vec<(u32, RuleExpr)> = std::mem::take(xs)
+                    .into_iter()
+                    .map(|mut x| (self.order_by_cost(&mut x), x))
+                    .collect();
+                costed.sort_by_key(|(cost, _)| *cost);
+                let total = costed.iter().map(|(cost, _)| cost).sum();
+                *xs = costed.into_iter().map(|(_, x)| x).collect();
+                total
+            }
+        }
+    }
+
     /// Splits a compiled rule into a formula over (interned) atoms.
     fn atomize(&mut self, expr: &CExpr, atoms: &mut Vec<AtomId>) -> RuleExpr {
         match expr {
@@ -1798,6 +1830,25 @@ impl Polarity {
                 .then_some((aud, member))
         })
     }
+}
+
+/// The literals of `rule` when it is a conjunction of them (nested `and`s
+/// flattened), each atom with the truth the rule needs of it.
+fn conjunction_literals(rule: &RuleExpr) -> Option<Box<[(AtomId, bool)]>> {
+    fn collect(rule: &RuleExpr, out: &mut Vec<(AtomId, bool)>) -> bool {
+        match rule {
+            RuleExpr::Atom(a) => out.push((*a, true)),
+            RuleExpr::Not(x) => match **x {
+                RuleExpr::Atom(a) => out.push((a, false)),
+                _ => return false,
+            },
+            RuleExpr::And(xs) => return xs.iter().all(|x| collect(x, out)),
+            RuleExpr::Const(_) | RuleExpr::Or(_) => return false,
+        }
+        true
+    }
+    let mut literals = Vec::new();
+    collect(rule, &mut literals).then(|| literals.into_boxed_slice())
 }
 
 /// The polarity of `atom` in `rule`.

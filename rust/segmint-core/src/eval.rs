@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use crate::audience_list::PassFlips;
 use crate::catalog::{
-    ArithOp, AtomDef, AtomId, AudId, CExpr, Catalog, CmpOp, CtId, LeafTest, RuleExpr, StateId,
-    StrOp, TimerLadder, TraitKey, WindowDef,
+    ArithOp, AtomDef, AtomId, AudId, AudienceDef, CExpr, Catalog, CmpOp, CtId, LeafTest, RuleExpr,
+    StateId, StrOp, TimerLadder, TraitKey, WindowDef,
 };
 use crate::profile::{Memberships, UserData};
 use crate::state::{aggregate, window_range, Entries};
@@ -88,6 +88,16 @@ enum Base {
 }
 
 impl ViewMemo {
+    /// Drops the memo; one never begun (the common case where it was lent
+    /// and taken back) costs nothing, not even the call to drop its table.
+    #[inline]
+    pub fn discard(self) {
+        match self.0 {
+            Some(pass) => drop(pass),
+            None => std::mem::forget(self),
+        }
+    }
+
     /// Forgets every value and opens a pass for `user` at `now` (the
     /// caller begins a new one once the user's entries change in a way
     /// that can move a view's value at `now`, unless it carries the values
@@ -956,6 +966,62 @@ pub fn eval_rule(rule: &RuleExpr, atom: &mut impl FnMut(AtomId) -> bool) -> bool
         RuleExpr::Not(x) => !eval_rule(x, atom),
         RuleExpr::And(xs) => xs.iter().all(|x| eval_rule(x, atom)),
         RuleExpr::Or(xs) => xs.iter().any(|x| eval_rule(x, atom)),
+    }
+}
+
+/// How an evaluation reads atoms: the truths it already knows, and any
+/// atom's, evaluated if need be.
+pub trait AtomTruths {
+    /// The atom's truth if already known, without evaluating it.
+    fn known(&self, atom: AtomId) -> Option<bool>;
+    /// The atom's truth.
+    fn truth(&mut self, atom: AtomId) -> bool;
+}
+
+/// An audience's rule through `atoms`, an operand whose truth is known
+/// deciding an `and` (false) or an `or` (true) before any other operand is
+/// evaluated: when an event flips one atom of `a and b and c` to false, the
+/// others are not looked at. A conjunction of literals is a loop (see
+/// [`AudienceDef::literals`]).
+pub fn eval_known_first(def: &AudienceDef, atoms: &mut impl AtomTruths) -> bool {
+    match &def.literals {
+        Some(literals) => {
+            !literals
+                .iter()
+                .any(|&(atom, needs)| atoms.known(atom) == Some(!needs))
+                && literals
+                    .iter()
+                    .all(|&(atom, needs)| atoms.truth(atom) == needs)
+        }
+        None => eval_rule_known_first(&def.rule, atoms),
+    }
+}
+
+/// [`eval_rule`] the way [`eval_known_first`] reads atoms.
+fn eval_rule_known_first(rule: &RuleExpr, atoms: &mut impl AtomTruths) -> bool {
+    fn known(x: &RuleExpr, atoms: &impl AtomTruths) -> Option<bool> {
+        match x {
+            RuleExpr::Const(b) => Some(*b),
+            RuleExpr::Atom(a) => atoms.known(*a),
+            RuleExpr::Not(inner) => match **inner {
+                RuleExpr::Atom(a) => atoms.known(a).map(|t| !t),
+                _ => None,
+            },
+            RuleExpr::And(_) | RuleExpr::Or(_) => None,
+        }
+    }
+    match rule {
+        RuleExpr::Const(b) => *b,
+        RuleExpr::Atom(a) => atoms.truth(*a),
+        RuleExpr::Not(x) => !eval_rule_known_first(x, atoms),
+        RuleExpr::And(xs) => {
+            !xs.iter().any(|x| known(x, atoms) == Some(false))
+                && xs.iter().all(|x| eval_rule_known_first(x, atoms))
+        }
+        RuleExpr::Or(xs) => {
+            xs.iter().any(|x| known(x, atoms) == Some(true))
+                || xs.iter().any(|x| eval_rule_known_first(x, atoms))
+        }
     }
 }
 

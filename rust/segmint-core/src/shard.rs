@@ -11,10 +11,13 @@ use smallvec::SmallVec;
 
 use crate::audience_list::{FlipScratch, PassFlips};
 use crate::catalog::{
-    AtomId, AudId, CExpr, Catalog, CtId, Polarity, RuleExpr, StateId, StateIndex, TraitKey,
+    AtomId, AudId, AudienceDef, CExpr, Catalog, CtId, Polarity, StateId, StateIndex, TraitKey,
     WindowDef, FLIP_DEPENDENTS, FLIP_FOLLOWERS, FLIP_TIMED,
 };
-use crate::eval::{eval_atom, eval_bool, eval_rule, eval_value, Env, PropsEnv, UserEnv, ViewMemo};
+use crate::eval::{
+    eval_atom, eval_bool, eval_known_first, eval_value, AtomTruths, Env, PropsEnv, UserEnv,
+    ViewMemo,
+};
 use crate::first_identify::FirstIdentifyMemo;
 use crate::pages::Pages;
 use crate::profile::{
@@ -509,7 +512,8 @@ impl Shard {
     fn with_view_memo<R>(&mut self, f: impl FnOnce(&mut Self, &RefCell<ViewMemo>) -> R) -> R {
         let memo = RefCell::new(std::mem::take(&mut self.views));
         let result = f(self, &memo);
-        self.views = memo.into_inner();
+        // What `f` left (nothing, unless it lent the memo again).
+        std::mem::replace(&mut self.views, memo.into_inner()).discard();
         result
     }
 
@@ -819,7 +823,7 @@ impl Shard {
                 let def = cat.audiences[aud as usize]
                     .as_ref()
                     .filter(|d| !d.is_static)?;
-                let result = self.evaluate_rule(step, local, &def.rule);
+                let result = self.evaluate_rule(step, local, def);
                 self.rule_memo.set(class, result);
                 result
             }
@@ -867,6 +871,7 @@ impl Shard {
 
     /// Moves the timers of the atoms reading the user's membership of `aud`
     /// (`member_for`), which has just changed.
+    #[inline]
     fn reschedule_member_for(&mut self, step: Step<'_>, local: usize, uid: u32, aud: AudId) {
         if step.cat.flip_work_of(aud) & FLIP_TIMED == 0 {
             return;
@@ -878,7 +883,7 @@ impl Shard {
 
     /// A rule's result for the user at `step.now`, its atoms through the
     /// pass's memo.
-    fn evaluate_rule(&mut self, step: Step<'_>, local: usize, rule: &RuleExpr) -> bool {
+    fn evaluate_rule(&mut self, step: Step<'_>, local: usize, def: &AudienceDef) -> bool {
         let cat = step.cat;
         self.counters.rule_evaluations += 1;
         self.with_view_memo(|shard, views| {
@@ -899,17 +904,14 @@ impl Shard {
             // evaluated in rank order, after every audience they read, and
             // those can no longer move in the pass (an audience is queued
             // only by one of lower rank).
-            eval_rule(rule, &mut |a| {
-                let remembered = memo.get(a);
-                debug_assert!(
-                    remembered.is_none_or(|t| t == eval_atom(&cat.atoms[a as usize], &env))
-                );
-                remembered.unwrap_or_else(|| {
-                    let truth = eval_atom(&cat.atoms[a as usize], &env);
-                    memo.set(a, truth);
-                    truth
-                })
-            })
+            eval_known_first(
+                def,
+                &mut PassAtoms {
+                    cat,
+                    env: &env,
+                    memo,
+                },
+            )
         })
     }
 
@@ -1009,7 +1011,9 @@ impl Shard {
                 Some(was) if follows && self.members.is_shared(aud) => {
                     let class = step.cat.rule_class[aud as usize];
                     debug_assert_eq!(self.rule_memo.get(class), Some(!was));
-                    self.hold_back_flip(step, local, uid, aud, !was);
+                    // `hold_back_flip` of a sharing slot: its flip is its
+                    // keeper's, held back already.
+                    self.reschedule_member_for(step, local, uid, aud);
                     Some(!was)
                 }
                 _ => self.evaluate(step, local, uid, aud, member),
@@ -2135,6 +2139,32 @@ fn group_next_change(cat: &Catalog, env: &UserEnv<'_>, lead: AtomId) -> Option<M
             next
         }
         None => each(),
+    }
+}
+
+/// The atoms of one evaluation pass: remembered in `memo` once evaluated
+/// (see [`Shard::evaluate_rule`]).
+struct PassAtoms<'p> {
+    cat: &'p Catalog,
+    env: &'p UserEnv<'p>,
+    memo: &'p mut AtomMemo,
+}
+
+impl AtomTruths for PassAtoms<'_> {
+    fn known(&self, atom: AtomId) -> Option<bool> {
+        self.memo.get(atom)
+    }
+
+    fn truth(&mut self, atom: AtomId) -> bool {
+        let remembered = self.memo.get(atom);
+        debug_assert!(
+            remembered.is_none_or(|t| t == eval_atom(&self.cat.atoms[atom as usize], self.env))
+        );
+        remembered.unwrap_or_else(|| {
+            let truth = eval_atom(&self.cat.atoms[atom as usize], self.env);
+            self.memo.set(atom, truth);
+            truth
+        })
     }
 }
 
