@@ -1834,7 +1834,7 @@ impl Polarity {
 
 /// The literals of `rule` when it is a conjunction of them (nested `and`s
 /// flattened), each atom with the truth the rule needs of it.
-fn conjunction_literals(rule: &RuleExpr) -> Option<Box<[(AtomId, bool)]>> {
+pub(crate) fn conjunction_literals(rule: &RuleExpr) -> Option<Box<[(AtomId, bool)]>> {
     fn collect(rule: &RuleExpr, out: &mut Vec<(AtomId, bool)>) -> bool {
         match rule {
             RuleExpr::Atom(a) => out.push((*a, true)),
@@ -1966,6 +1966,47 @@ mod tests {
     use crate::profile::Stamped;
     use crate::rules::parse_rule;
     use proptest::prelude::*;
+
+    /// An `and` or `or` reads its trait operands before those walking
+    /// events, and a conjunction of literals is kept as one, in that order;
+    /// copies written in another order are one rule class.
+    #[test]
+    fn operands_are_ordered_by_cost_and_conjunctions_kept_as_literals() {
+        let mut cat = Catalog::default();
+        let rules = [
+            (
+                "a",
+                r#"not did("Order Completed", 7d) and trait.plan != "free""#,
+            ),
+            (
+                "b",
+                r#"trait.plan != "free" and not did("Order Completed", 7d)"#,
+            ),
+            ("c", r#"did("X", 7d) or trait.ltv > 500"#),
+        ];
+        for (key, src) in rules {
+            cat.define(key, src, parse_rule(src).unwrap()).unwrap();
+        }
+        let def = |key: &str| {
+            cat.audiences[cat.audience(key).unwrap() as usize]
+                .as_ref()
+                .unwrap()
+        };
+        let (a, b) = (def("a"), def("b"));
+        assert_eq!(a.rule, b.rule);
+        let literals = a.literals.as_deref().expect("a conjunction of literals");
+        assert_eq!(literals.len(), 2);
+        assert!(cat.atoms[literals[0].0 as usize].states.is_empty() && literals[0].1);
+        assert!(!cat.atoms[literals[1].0 as usize].states.is_empty() && !literals[1].1);
+        let c = def("c");
+        assert!(c.literals.is_none());
+        let RuleExpr::Or(operands) = &c.rule else {
+            panic!("an or: {:?}", c.rule)
+        };
+        assert!(
+            matches!(operands[0], RuleExpr::Atom(x) if cat.atoms[x as usize].states.is_empty())
+        );
+    }
 
     /// An event's states decide their filters on properties looked up once
     /// as the filter expressions decide them; a filter of another shape

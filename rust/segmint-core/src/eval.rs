@@ -1249,6 +1249,84 @@ mod tests {
         }
     }
 
+    /// A formula over atoms 0..6.
+    fn formula() -> impl Strategy<Value = RuleExpr> {
+        let leaf = prop_oneof![
+            any::<bool>().prop_map(RuleExpr::Const),
+            (0u32..6).prop_map(RuleExpr::Atom),
+        ];
+        leaf.prop_recursive(4, 24, 4, |inner| {
+            prop_oneof![
+                inner.clone().prop_map(|x| RuleExpr::Not(Box::new(x))),
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(RuleExpr::And),
+                proptest::collection::vec(inner, 0..4).prop_map(RuleExpr::Or),
+            ]
+        })
+    }
+
+    /// Atom truths, some known before the evaluation; counts evaluations.
+    struct Truths {
+        truths: [bool; 6],
+        known: [bool; 6],
+        evaluated: usize,
+    }
+
+    impl AtomTruths for Truths {
+        fn known(&self, atom: AtomId) -> Option<bool> {
+            self.known[atom as usize].then_some(self.truths[atom as usize])
+        }
+
+        fn truth(&mut self, atom: AtomId) -> bool {
+            if !self.known[atom as usize] {
+                self.evaluated += 1;
+            }
+            self.truths[atom as usize]
+        }
+    }
+
+    fn audience(rule: RuleExpr, literals: Option<Box<[(AtomId, bool)]>>) -> AudienceDef {
+        AudienceDef {
+            key: "a".into(),
+            source: "".into(),
+            ast: crate::rules::parse_rule("true").unwrap(),
+            expr: CExpr::Lit(Value::Bool(true)),
+            rule,
+            literals,
+            atoms: Vec::new(),
+            references: Vec::new(),
+            traits: Vec::new(),
+            computed: Vec::new(),
+            is_static: false,
+        }
+    }
+
+    proptest! {
+        /// Known truths first, as a loop of literals or as a tree, a rule
+        /// evaluates as a plain walk does, evaluating no atom that walk
+        /// would not.
+        #[test]
+        fn known_first_evaluates_as_the_formula(
+            rule in formula(),
+            truths in any::<[bool; 6]>(),
+            known in any::<[bool; 6]>(),
+        ) {
+            let expected = eval_rule(&rule, &mut |a| truths[a as usize]);
+            let mut atoms = Truths { truths, known, evaluated: 0 };
+            let def = audience(rule.clone(), crate::catalog::conjunction_literals(&rule));
+            prop_assert_eq!(eval_known_first(&def, &mut atoms), expected);
+            let mut tree = Truths { truths, known, evaluated: 0 };
+            prop_assert_eq!(eval_known_first(&audience(rule.clone(), None), &mut tree), expected);
+            let mut plain = 0;
+            eval_rule(&rule, &mut |a| {
+                plain += usize::from(!known[a as usize]);
+                truths[a as usize]
+            });
+            // What is known only saves evaluations.
+            prop_assert!(atoms.evaluated <= plain);
+            prop_assert!(tree.evaluated <= plain);
+        }
+    }
+
     fn false_without_events(rules: &[(&str, &str)]) -> Vec<bool> {
         let mut cat = Catalog::default();
         for (key, src) in rules {

@@ -43,23 +43,25 @@ impl FirstIdentifyMemo {
     /// The flips remembered for the list of atoms `list` (an id that
     /// stands for one list, [`crate::trait_truths::KeyPlan::id`]; hashing
     /// the hundreds of atoms of a list for each lookup cost more than the
-    /// truths) with `truths` in the lists' `epoch`; a miss prepares
-    /// [`FirstIdentifyMemo::record`]. A new epoch forgets the entries made
-    /// under the lists of the last one, which are not used again.
-    pub fn lookup(&mut self, epoch: u64, list: u64, truths: &[bool]) -> Option<&[(AudId, bool)]> {
+    /// truths) with the truths that `truths` appends as words (anything
+    /// the list's truths are a function of: the shard gives its keys' rows
+    /// of trait tests and its other atoms' truths, as bits) in the lists'
+    /// `epoch`; a miss prepares [`FirstIdentifyMemo::record`]. A new epoch
+    /// forgets the entries made under the lists of the last one, which are
+    /// not used again.
+    pub fn lookup(
+        &mut self,
+        epoch: u64,
+        list: u64,
+        truths: impl FnOnce(&mut Vec<u64>),
+    ) -> Option<&[(AudId, bool)]> {
         if epoch != self.epoch {
             self.outcomes.clear();
             self.epoch = epoch;
         }
         self.key.clear();
         self.key.push(list);
-        for chunk in truths.chunks(64) {
-            let bits = chunk
-                .iter()
-                .enumerate()
-                .fold(0u64, |acc, (i, &t)| acc | (u64::from(t) << i));
-            self.key.push(bits);
-        }
+        truths(&mut self.key);
         self.outcomes.get(&self.key[..]).map(|flips| &flips[..])
     }
 
@@ -86,22 +88,33 @@ impl FirstIdentifyMemo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trait_truths::pack_bits;
+
+    /// Looks `truths` up as bits.
+    fn lookup<'m>(
+        memo: &'m mut FirstIdentifyMemo,
+        epoch: u64,
+        list: u64,
+        truths: &[bool],
+    ) -> Option<&'m [(AudId, bool)]> {
+        memo.lookup(epoch, list, |key| pack_bits(truths, key))
+    }
 
     #[test]
     fn flips_are_found_by_atoms_truths_and_epoch() {
         let mut memo = FirstIdentifyMemo::default();
-        assert_eq!(memo.lookup(1, 1, &[true, false]), None);
+        assert_eq!(lookup(&mut memo, 1, 1, &[true, false]), None);
         memo.record([(7, true), (2, false)]);
         assert_eq!(
-            memo.lookup(1, 1, &[true, false]),
+            lookup(&mut memo, 1, 1, &[true, false]),
             Some(&[(7, true), (2, false)][..])
         );
-        assert_eq!(memo.lookup(1, 1, &[true, true]), None);
-        assert_eq!(memo.lookup(1, 2, &[true, false]), None);
-        assert_eq!(memo.lookup(1, 3, &[true]), None);
+        assert_eq!(lookup(&mut memo, 1, 1, &[true, true]), None);
+        assert_eq!(lookup(&mut memo, 1, 2, &[true, false]), None);
+        assert_eq!(lookup(&mut memo, 1, 3, &[true]), None);
         // Another epoch of the lists (or another catalog) forgets everything.
-        assert_eq!(memo.lookup(2, 1, &[true, false]), None);
-        assert_eq!(memo.lookup(1, 1, &[true, false]), None);
+        assert_eq!(lookup(&mut memo, 2, 1, &[true, false]), None);
+        assert_eq!(lookup(&mut memo, 1, 1, &[true, false]), None);
     }
 
     #[test]
@@ -109,27 +122,27 @@ mod tests {
         let list = 4;
         let mut truths = vec![false; 130];
         let mut memo = FirstIdentifyMemo::default();
-        assert_eq!(memo.lookup(1, list, &truths), None);
+        assert_eq!(lookup(&mut memo, 1, list, &truths), None);
         memo.record([(1, true)]);
         truths[129] = true;
-        assert_eq!(memo.lookup(1, list, &truths), None);
+        assert_eq!(lookup(&mut memo, 1, list, &truths), None);
         memo.record([(2, true)]);
-        assert_eq!(memo.lookup(1, list, &truths), Some(&[(2, true)][..]));
+        assert_eq!(lookup(&mut memo, 1, list, &truths), Some(&[(2, true)][..]));
         truths[129] = false;
-        assert_eq!(memo.lookup(1, list, &truths), Some(&[(1, true)][..]));
+        assert_eq!(lookup(&mut memo, 1, list, &truths), Some(&[(1, true)][..]));
     }
 
     #[test]
     fn a_full_memo_starts_afresh() {
         let mut memo = FirstIdentifyMemo::default();
         for list in 0..MAX_OUTCOMES as u64 + 1 {
-            assert_eq!(memo.lookup(1, list, &[true]), None);
+            assert_eq!(lookup(&mut memo, 1, list, &[true]), None);
             memo.record([(list as AudId, true)]);
         }
         assert!(memo.outcomes.len() <= MAX_OUTCOMES);
         let last = MAX_OUTCOMES as u64;
         assert_eq!(
-            memo.lookup(1, last, &[true]),
+            lookup(&mut memo, 1, last, &[true]),
             Some(&[(last as AudId, true)][..])
         );
     }

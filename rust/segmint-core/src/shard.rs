@@ -26,7 +26,7 @@ use crate::profile::{
 use crate::queue::{AtomMemo, RankQueue, UserQueue};
 use crate::state::{aggregate, aggregate_appended, window_range};
 use crate::time::Millis;
-use crate::trait_truths::{KeyAtoms, KeyPlan, KeyTruths, TraitTruths};
+use crate::trait_truths::{pack_bits, KeyAtoms, KeyPlan, KeyTruths, TraitTruths};
 use crate::traits::Traits;
 use crate::value::{Flat, Value};
 
@@ -612,9 +612,19 @@ impl Shard {
         plan: &KeyPlan,
         new: bool,
     ) -> SmallVec<[bool; 128]> {
+        let found = self.trait_rows(step, local, plan, new);
+        self.truths_of_rows(plan, &found)
+    }
+
+    /// What the truths of the atoms an identify reads (`plan`) come from,
+    /// within a pass begun by the caller: the rows of its keys' tests
+    /// against literals, and the truths of the other atoms (see
+    /// [`TraitRows`]). Valid until the next call (see
+    /// [`TraitTruths::begin`]).
+    fn trait_rows(&mut self, step: Step<'_>, local: usize, plan: &KeyPlan, new: bool) -> TraitRows {
         let cat = step.cat;
         let mut evaluated = 0;
-        let truths = self.with_view_memo(|shard, views| {
+        let found = self.with_view_memo(|shard, views| {
             let Shard {
                 users,
                 members,
@@ -627,10 +637,7 @@ impl Shard {
                 .with_views(views)
                 .with_traits(unpacked.of(local));
             trait_truths.begin(cat);
-            // On a new profile the trait tests' truths are known (an empty
-            // profile's, `Catalog::empty_atom_truth`): nothing to resolve;
-            // an atom without a known truth is evaluated below.
-            let resolved: SmallVec<[KeyTruths; 8]> = match new {
+            let rows: SmallVec<[KeyTruths; 8]> = match new {
                 true => SmallVec::new(),
                 false => plan
                     .keys
@@ -645,40 +652,77 @@ impl Shard {
                     })
                     .collect(),
             };
-            let rows: SmallVec<[Option<&[bool]>; 8]> = resolved
-                .iter()
-                .map(|&found| match found {
-                    KeyTruths::Missing => None,
-                    KeyTruths::Entry(e) => Some(trait_truths.get(e)),
-                    KeyTruths::Unkept(r) => Some(trait_truths.get_unkept(r)),
-                })
-                .collect();
-            // Collected, not pushed one by one: a `SmallVec` push checks
-            // where its items live each time, and a list of keys has
-            // hundreds of atoms.
-            let truth = |(&a, &test): (&AtomId, &Option<(u32, u32)>)| {
-                let empty = match cat.empty_atom_truth.get(a as usize) {
-                    Some(&Some(truth)) if new => Some(truth),
-                    _ => None,
-                };
-                let looked_up = empty.or_else(|| {
-                    let (index, position) = test?;
-                    let row = rows.get(index as usize)?;
-                    Some(row.is_some_and(|row| row[position as usize]))
-                });
-                looked_up.unwrap_or_else(|| {
-                    evaluated += 1;
-                    eval_atom(&cat.atoms[a as usize], &env)
-                })
+            let mut eval = |a: AtomId| {
+                evaluated += 1;
+                eval_atom(&cat.atoms[a as usize], &env)
             };
-            plan.atoms
-                .iter()
-                .zip(plan.tests.iter())
-                .map(truth)
-                .collect::<SmallVec<[bool; 128]>>()
+            let others = match new {
+                // Every atom whose truth on an empty profile is not known.
+                true => plan
+                    .atoms
+                    .iter()
+                    .map(|&a| match cat.empty_atom_truth.get(a as usize) {
+                        Some(&Some(truth)) => truth,
+                        _ => eval(a),
+                    })
+                    .collect(),
+                false => plan.untested.iter().map(|&a| eval(a)).collect(),
+            };
+            TraitRows {
+                rows,
+                looked_up: !new,
+                others,
+            }
         });
         self.counters.atom_evaluations += evaluated;
-        truths
+        found
+    }
+
+    /// The truth of each atom of `plan` from `found` (see
+    /// [`Shard::trait_rows`]).
+    fn truths_of_rows(&self, plan: &KeyPlan, found: &TraitRows) -> SmallVec<[bool; 128]> {
+        let trait_truths = &self.trait_truths;
+        let rows: SmallVec<[Option<&[bool]>; 8]> = found
+            .rows
+            .iter()
+            .map(|&found| match found {
+                KeyTruths::Missing => None,
+                KeyTruths::Entry(e) => Some(trait_truths.get(e)),
+                KeyTruths::Unkept(r) => Some(trait_truths.get_unkept(r)),
+            })
+            .collect();
+        let mut others = found.others.iter().copied();
+        // Collected, not pushed one by one: a `SmallVec` push checks where
+        // its items live each time, and a list of keys has hundreds of
+        // atoms.
+        plan.tests
+            .iter()
+            .map(|test| match (test, found.looked_up) {
+                (&Some((index, position)), true) => {
+                    rows[index as usize].is_some_and(|row| row[position as usize])
+                }
+                _ => others.next().expect("a truth for each atom not in a row"),
+            })
+            .collect()
+    }
+
+    /// Appends to `key` what the truths of `plan`'s atoms are a function
+    /// of, from `found` (see [`Shard::trait_rows`], of a profile that is
+    /// not new): each key's row of tests as bits, then the other atoms'
+    /// truths as bits. Fewer words than the truths themselves, and no
+    /// walk over the plan's atoms.
+    fn push_truths_key(
+        &self,
+        cat: &Catalog,
+        plan: &KeyPlan,
+        found: &TraitRows,
+        key: &mut Vec<u64>,
+    ) {
+        debug_assert_eq!(found.rows.len(), plan.keys.len());
+        for (&k, &row) in plan.keys.iter().zip(&found.rows) {
+            self.trait_truths.push_row_bits(cat, k, row, key);
+        }
+        pack_bits(&found.others, key);
     }
 
     /// Records an atom's truth for the rest of the pass, unless it reads
@@ -1368,13 +1412,8 @@ impl Shard {
             return;
         }
         self.begin_pass(step, local);
-        let after = self.trait_atom_truths(step, local, &plan, false);
-        let timed: SmallVec<[AtomId; 32]> = atoms
-            .iter()
-            .copied()
-            .filter(|&a| cat.atoms[a as usize].timed)
-            .collect();
-        self.reschedule_in_pass(step, local, uid, &timed);
+        let found = self.trait_rows(step, local, &plan, false);
+        self.reschedule_in_pass(step, local, uid, &plan.timed);
         // A new profile given every trait (no deletion) ends where another
         // with the same trait atom truths did (see `first_identify`),
         // unless an atom reads a membership too (`in_audience("us") ==
@@ -1386,10 +1425,15 @@ impl Shard {
                 .iter()
                 .any(|&a| cat.atoms[a as usize].reads_memberships());
         if first {
-            let known = self
-                .first_identify
-                .lookup(self.key_atoms.epoch(), plan.id, &after);
-            if let Some(flips) = known.map(SmallVec::<[(AudId, bool); 16]>::from) {
+            // Lent out of the shard while the key is pushed from its tables.
+            let mut memo = std::mem::take(&mut self.first_identify);
+            let known = memo
+                .lookup(self.key_atoms.epoch(), plan.id, |key| {
+                    self.push_truths_key(cat, &plan, &found, key)
+                })
+                .map(SmallVec::<[(AudId, bool); 16]>::from);
+            self.first_identify = memo;
+            if let Some(flips) = known {
                 // Held back and applied together, as a pass's flips are
                 // (see `Shard::evaluate`).
                 self.pass_flips.discard();
@@ -1408,6 +1452,7 @@ impl Shard {
                 return;
             }
         }
+        let after = self.truths_of_rows(&plan, &found);
         let before = before.unwrap_or_else(|| {
             let empty = |a: AtomId| cat.empty_atom_truth[a as usize] == Some(true);
             atoms.iter().map(|&a| empty(a)).collect()
@@ -2140,6 +2185,21 @@ fn group_next_change(cat: &Catalog, env: &UserEnv<'_>, lead: AtomId) -> Option<M
         }
         None => each(),
     }
+}
+
+/// What the truths of an identify's atoms come from (see
+/// [`Shard::trait_rows`]).
+struct TraitRows {
+    /// Per key of the plan, how its tests read the user's value (none on
+    /// a new profile).
+    rows: SmallVec<[KeyTruths; 8]>,
+    /// Whether the trait tests' truths are looked up in `rows` (or, on a
+    /// new profile, are among `others`).
+    looked_up: bool,
+    /// In the plan's order, the truths of the atoms not looked up in
+    /// `rows`: its untested atoms, evaluated; on a new profile every atom
+    /// (an empty profile's truth where known, else evaluated).
+    others: SmallVec<[bool; 16]>,
 }
 
 /// The atoms of one evaluation pass: remembered in `memo` once evaluated

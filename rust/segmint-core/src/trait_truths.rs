@@ -52,6 +52,12 @@ pub struct KeyPlan {
     /// Per key of the list: whether any atom is a test of it (the others,
     /// `created_at` read only by `since`, have no row to look up).
     pub tested: Box<[bool]>,
+    /// The atoms that are not tests of one of the keys (`tests` is `None`),
+    /// ascending: those evaluated on every identify.
+    pub untested: Box<[AtomId]>,
+    /// The atoms time alone can change (`since(trait.created_at) < 14d`),
+    /// ascending.
+    pub timed: Box<[AtomId]>,
     /// Whether every atom's truth on an empty profile is known
     /// ([`Catalog::empty_atom_truth`]): a new profile's truths before its
     /// first identify are then those, with nothing evaluated.
@@ -84,9 +90,22 @@ impl KeyPlan {
         let empty_known = atoms
             .iter()
             .all(|&a| matches!(cat.empty_atom_truth.get(a as usize), Some(Some(_))));
+        let untested = atoms
+            .iter()
+            .zip(tests.iter())
+            .filter(|(_, test)| test.is_none())
+            .map(|(&a, _)| a)
+            .collect();
+        let timed = atoms
+            .iter()
+            .copied()
+            .filter(|&a| cat.atoms[a as usize].timed)
+            .collect();
         static PLANS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         KeyPlan {
             id: PLANS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            untested,
+            timed,
             empty_known,
             keys: keys.into(),
             atoms: atoms.into(),
@@ -137,7 +156,8 @@ impl KeyAtoms {
         self.lists
             .iter()
             .map(|(k, p)| {
-                let entries = p.atoms.len() * 4 + p.tests.len() * 12 + p.tested.len() * 5;
+                let entries =
+                    p.atoms.len() * 4 + p.tests.len() * 12 + p.tested.len() * 5 + p.timed.len() * 4;
                 k.len() * 4 + entries + 96
             })
             .sum()
@@ -170,6 +190,9 @@ pub struct TraitTruths {
     /// Per entry: the truth of each atom of `by_trait[key]` (false at the
     /// positions of atoms that are not trait tests).
     truths: Vec<Box<[bool]>>,
+    /// Per entry: its row of `truths` as bits (see
+    /// [`TraitTruths::push_row_bits`]).
+    bits: Vec<Box<[u64]>>,
     /// Bytes of `truths`' rows.
     row_bytes: usize,
     /// Values kept per key, by key.
@@ -192,6 +215,17 @@ fn fill_row(cat: &Catalog, key: TraitKey, value: Option<&Value>, row: &mut Vec<b
     );
 }
 
+/// Appends `truths` to `out` as bits, 64 to a word (the first in the lowest
+/// bit), the last word padded with zeros.
+pub fn pack_bits(truths: &[bool], out: &mut Vec<u64>) {
+    out.extend(truths.chunks(64).map(|chunk| {
+        chunk
+            .iter()
+            .enumerate()
+            .fold(0u64, |word, (i, &t)| word | (u64::from(t) << i))
+    }));
+}
+
 impl TraitTruths {
     /// Readies the memo for resolving under `cat`: entries of another
     /// catalog are forgotten, and so is everything once full. Entries stay
@@ -200,6 +234,7 @@ impl TraitTruths {
         if cat.generation != self.generation || self.row_bytes >= MAX_ROW_BYTES {
             self.index.clear();
             self.truths.clear();
+            self.bits.clear();
             self.per_key.clear();
             self.row_bytes = 0;
             self.generation = cat.generation;
@@ -236,6 +271,9 @@ impl TraitTruths {
                     let entry = self.truths.len() as u32;
                     self.row_bytes += row.len();
                     self.per_key[slot] += 1;
+                    let mut bits = Vec::new();
+                    pack_bits(&row, &mut bits);
+                    self.bits.push(bits.into_boxed_slice());
                     self.truths.push(row.into_boxed_slice());
                     vacant.insert(entry);
                     return KeyTruths::Entry(entry);
@@ -261,10 +299,32 @@ impl TraitTruths {
         &self.unkept[row as usize]
     }
 
+    /// Appends the truths `found` (of `key`'s tests, resolved since the
+    /// last [`TraitTruths::begin`]) as bits: `key_tests[key].len()` of them
+    /// in whole words, all false for a missing value. Two values' bits are
+    /// equal exactly when every test of the key reads them alike.
+    pub fn push_row_bits(
+        &self,
+        cat: &Catalog,
+        key: TraitKey,
+        found: KeyTruths,
+        out: &mut Vec<u64>,
+    ) {
+        match found {
+            KeyTruths::Entry(e) => out.extend_from_slice(&self.bits[e as usize]),
+            KeyTruths::Unkept(r) => pack_bits(&self.unkept[r as usize], out),
+            KeyTruths::Missing => {
+                let tests = cat.key_tests.get(key as usize).map_or(0, Vec::len);
+                out.extend(std::iter::repeat_n(0, tests.div_ceil(64)));
+            }
+        }
+    }
+
     /// Approximate heap bytes.
     pub fn heap_bytes(&self) -> usize {
         let rows: usize = self.row_bytes
-            + self.truths.len() * 16
+            + self.row_bytes / 8
+            + self.truths.len() * 32
             + self.per_key.capacity() * 4
             + self.unkept.iter().map(|r| r.capacity() + 24).sum::<usize>();
         rows + self.index.capacity() * (std::mem::size_of::<(TraitKey, ValueKey)>() + 5)
