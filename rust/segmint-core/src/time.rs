@@ -61,7 +61,7 @@ pub fn parse_timestamp(text: &str) -> Result<Millis> {
 /// parser: `since(trait.created_at)` re-reads a stored string on every
 /// evaluation. Anything else (offsets, leap seconds, dates) returns `None`
 /// and goes to chrono, so both give the same instant.
-fn parse_utc_fast(b: &[u8]) -> Option<Millis> {
+pub(crate) fn parse_utc_fast(b: &[u8]) -> Option<Millis> {
     fn digits(b: &[u8]) -> Option<i64> {
         b.iter().try_fold(0i64, |acc, &c| {
             c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))

@@ -95,13 +95,16 @@ fn varint_len(bytes: &[u8]) -> Option<usize> {
 /// The seconds since the epoch of `text` if it is a UTC timestamp in whole
 /// seconds that [`format_utc_seconds`] writes back byte for byte
 /// (`2026-01-01T12:00:00Z`); `None` for any other string.
+///
+/// The fast parser reads exactly that shape (four-digit year, every field
+/// in range, no fraction at this length), which formats back as it was
+/// written: nothing is formatted to compare (see the test
+/// `utc_seconds_are_what_formats_back`).
 fn utc_seconds(text: &str) -> Option<i64> {
-    if text.len() != UTC_SECONDS_LEN || !text.ends_with('Z') {
+    if text.len() != UTC_SECONDS_LEN {
         return None;
     }
-    let ms = crate::time::parse_timestamp(text).ok()?;
-    let seconds = (ms % 1000 == 0).then_some(ms / 1000)?;
-    (format_utc_seconds(seconds)? == text).then_some(seconds)
+    Some(crate::time::parse_utc_fast(text.as_bytes())? / 1000)
 }
 
 /// Length of `YYYY-MM-DDTHH:MM:SSZ`.
@@ -530,6 +533,22 @@ mod tests {
             Just("2026-01-01T24:00:00Z".to_owned()),
             Just("aaaaaaaaaaaaaaaaaaaZ".to_owned()),
         ]
+    }
+
+    proptest! {
+        /// A string is taken for whole UTC seconds exactly when those
+        /// seconds format back as the string.
+        #[test]
+        fn utc_seconds_are_what_formats_back(
+            text in prop_oneof![timestamp(), "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z"]
+        ) {
+            let formats_back = crate::time::parse_timestamp(&text)
+                .ok()
+                .filter(|ms| ms % 1000 == 0)
+                .map(|ms| ms / 1000)
+                .filter(|&s| format_utc_seconds(s).is_some_and(|f| f == text));
+            prop_assert_eq!(utc_seconds(&text), formats_back);
+        }
     }
 
     /// Numbers written with a few decimals (`617.74`), packed as
