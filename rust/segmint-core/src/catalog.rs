@@ -251,6 +251,34 @@ pub enum RuleExpr {
     Or(Vec<RuleExpr>),
 }
 
+/// An audience's rule as an evaluation reads it (see
+/// [`Catalog::formulas`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Formula {
+    /// Not evaluated: a static audience, or a free slot.
+    #[default]
+    None,
+    /// A conjunction of literals (atoms, or their negations), as most
+    /// rules are: each atom with the truth the rule needs of it, cheapest
+    /// first (see [`crate::eval::eval_known_first`]).
+    Literals(Box<[(AtomId, bool)]>),
+    /// Any other rule.
+    Rule(Box<RuleExpr>),
+}
+
+impl Formula {
+    /// The formula of `def`'s rule.
+    pub fn of(def: &AudienceDef) -> Formula {
+        if def.is_static {
+            return Formula::None;
+        }
+        match conjunction_literals(&def.rule) {
+            Some(literals) => Formula::Literals(literals),
+            None => Formula::Rule(Box::new(def.rule.clone())),
+        }
+    }
+}
+
 /// A predicate over one user's state: the unit of incremental evaluation
 /// and of timers.
 #[derive(Debug, Clone)]
@@ -576,10 +604,6 @@ pub struct AudienceDef {
     /// The rule over atoms, each `and`'s and `or`'s cheapest operands first
     /// (see [`Catalog::order_by_cost`]).
     pub rule: RuleExpr,
-    /// Set when `rule` is a conjunction of literals (atoms, or their
-    /// negations), as most rules are: each with the truth it needs, in
-    /// `rule`'s order (see [`crate::eval::eval_known_first`]).
-    pub literals: Option<Box<[(AtomId, bool)]>>,
     /// The atoms it contains.
     pub atoms: Vec<AtomId>,
     /// Audiences it references.
@@ -681,6 +705,10 @@ pub struct Catalog {
     /// bits, which stay in cache, instead of three lists' headers, which
     /// at ten thousand audiences do not.
     pub flip_work: Vec<u8>,
+    /// Each slot's rule as an evaluation reads it, apart from the
+    /// definitions: at ten thousand audiences, an evaluation then reads a
+    /// short entry of one table instead of a definition's cache lines.
+    pub formulas: Vec<Formula>,
     /// Per atom: the atom under whose id a profile keeps the atom's timer.
     /// Timed atoms that test the same `since` or `member_for` against
     /// literals (`since(trait.created_at) < 14d`, `< 30d`, ...) share one
@@ -825,14 +853,12 @@ impl Catalog {
         let mut atoms = Vec::new();
         let mut rule = self.atomize(&expr, &mut atoms);
         self.order_by_cost(&mut rule);
-        let literals = conjunction_literals(&rule);
         let def = AudienceDef {
             key: Arc::from(key),
             source: Arc::from(source),
             ast,
             expr,
             rule,
-            literals,
             atoms,
             references,
             traits,
@@ -868,7 +894,6 @@ impl Catalog {
             ast: literal,
             expr: CExpr::Lit(Value::Bool(false)),
             rule: RuleExpr::Const(false),
-            literals: None,
             atoms: Vec::new(),
             references: Vec::new(),
             traits: Vec::new(),
@@ -1287,6 +1312,11 @@ impl Catalog {
         self.empty_true = crate::eval::rules_true_on_empty_profile(self);
         self.empty_atom_truth = crate::eval::atoms_on_empty_profile(self);
         self.false_without_events = crate::eval::rules_false_without_events(self);
+        self.formulas = self
+            .audiences
+            .iter()
+            .map(|def| def.as_ref().map_or(Formula::None, Formula::of))
+            .collect();
         self.flip_work = (0..self.audiences.len())
             .map(|a| {
                 let bit = |nonempty: bool, flag: u8| if nonempty { flag } else { 0 };
@@ -1834,7 +1864,7 @@ impl Polarity {
 
 /// The literals of `rule` when it is a conjunction of them (nested `and`s
 /// flattened), each atom with the truth the rule needs of it.
-pub(crate) fn conjunction_literals(rule: &RuleExpr) -> Option<Box<[(AtomId, bool)]>> {
+fn conjunction_literals(rule: &RuleExpr) -> Option<Box<[(AtomId, bool)]>> {
     fn collect(rule: &RuleExpr, out: &mut Vec<(AtomId, bool)>) -> bool {
         match rule {
             RuleExpr::Atom(a) => out.push((*a, true)),
@@ -1994,12 +2024,18 @@ mod tests {
         };
         let (a, b) = (def("a"), def("b"));
         assert_eq!(a.rule, b.rule);
-        let literals = a.literals.as_deref().expect("a conjunction of literals");
+        let formula = &cat.formulas[cat.audience("a").unwrap() as usize];
+        let Formula::Literals(literals) = formula else {
+            panic!("a conjunction of literals: {formula:?}")
+        };
         assert_eq!(literals.len(), 2);
         assert!(cat.atoms[literals[0].0 as usize].states.is_empty() && literals[0].1);
         assert!(!cat.atoms[literals[1].0 as usize].states.is_empty() && !literals[1].1);
         let c = def("c");
-        assert!(c.literals.is_none());
+        assert!(matches!(
+            cat.formulas[cat.audience("c").unwrap() as usize],
+            Formula::Rule(_)
+        ));
         let RuleExpr::Or(operands) = &c.rule else {
             panic!("an or: {:?}", c.rule)
         };

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::audience_list::PassFlips;
 use crate::catalog::{
-    ArithOp, AtomDef, AtomId, AudId, AudienceDef, CExpr, Catalog, CmpOp, CtId, LeafTest, RuleExpr,
+    ArithOp, AtomDef, AtomId, AudId, CExpr, Catalog, CmpOp, CtId, Formula, LeafTest, RuleExpr,
     StateId, StrOp, TimerLadder, TraitKey, WindowDef,
 };
 use crate::profile::{Memberships, UserData};
@@ -982,10 +982,10 @@ pub trait AtomTruths {
 /// deciding an `and` (false) or an `or` (true) before any other operand is
 /// evaluated: when an event flips one atom of `a and b and c` to false, the
 /// others are not looked at. A conjunction of literals is a loop (see
-/// [`AudienceDef::literals`]).
-pub fn eval_known_first(def: &AudienceDef, atoms: &mut impl AtomTruths) -> bool {
-    match &def.literals {
-        Some(literals) => {
+/// [`Formula::Literals`]); no formula is false.
+pub fn eval_known_first(formula: &Formula, atoms: &mut impl AtomTruths) -> bool {
+    match formula {
+        Formula::Literals(literals) => {
             !literals
                 .iter()
                 .any(|&(atom, needs)| atoms.known(atom) == Some(!needs))
@@ -993,7 +993,8 @@ pub fn eval_known_first(def: &AudienceDef, atoms: &mut impl AtomTruths) -> bool 
                     .iter()
                     .all(|&(atom, needs)| atoms.truth(atom) == needs)
         }
-        None => eval_rule_known_first(&def.rule, atoms),
+        Formula::Rule(rule) => eval_rule_known_first(rule, atoms),
+        Formula::None => false,
     }
 }
 
@@ -1284,20 +1285,24 @@ mod tests {
         }
     }
 
-    fn audience(rule: RuleExpr, literals: Option<Box<[(AtomId, bool)]>>) -> AudienceDef {
-        AudienceDef {
+    /// `rule` as a loop of literals where it is a conjunction of them,
+    /// and as a tree.
+    fn formulas(rule: &RuleExpr) -> [Formula; 2] {
+        let mut cat = Catalog::default();
+        cat.audiences.push(None);
+        let def = crate::catalog::AudienceDef {
             key: "a".into(),
             source: "".into(),
             ast: crate::rules::parse_rule("true").unwrap(),
             expr: CExpr::Lit(Value::Bool(true)),
-            rule,
-            literals,
+            rule: rule.clone(),
             atoms: Vec::new(),
             references: Vec::new(),
             traits: Vec::new(),
             computed: Vec::new(),
             is_static: false,
-        }
+        };
+        [Formula::of(&def), Formula::Rule(Box::new(rule.clone()))]
     }
 
     proptest! {
@@ -1311,19 +1316,17 @@ mod tests {
             known in any::<[bool; 6]>(),
         ) {
             let expected = eval_rule(&rule, &mut |a| truths[a as usize]);
-            let mut atoms = Truths { truths, known, evaluated: 0 };
-            let def = audience(rule.clone(), crate::catalog::conjunction_literals(&rule));
-            prop_assert_eq!(eval_known_first(&def, &mut atoms), expected);
-            let mut tree = Truths { truths, known, evaluated: 0 };
-            prop_assert_eq!(eval_known_first(&audience(rule.clone(), None), &mut tree), expected);
             let mut plain = 0;
             eval_rule(&rule, &mut |a| {
                 plain += usize::from(!known[a as usize]);
                 truths[a as usize]
             });
-            // What is known only saves evaluations.
-            prop_assert!(atoms.evaluated <= plain);
-            prop_assert!(tree.evaluated <= plain);
+            for formula in formulas(&rule) {
+                let mut atoms = Truths { truths, known, evaluated: 0 };
+                prop_assert_eq!(eval_known_first(&formula, &mut atoms), expected);
+                // What is known only saves evaluations.
+                prop_assert!(atoms.evaluated <= plain);
+            }
         }
     }
 

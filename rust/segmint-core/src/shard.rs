@@ -11,7 +11,7 @@ use smallvec::SmallVec;
 
 use crate::audience_list::{FlipScratch, PassFlips};
 use crate::catalog::{
-    AtomId, AudId, AudienceDef, CExpr, Catalog, CtId, Polarity, StateId, StateIndex, TraitKey,
+    AtomId, AudId, CExpr, Catalog, CtId, Formula, Polarity, StateId, StateIndex, TraitKey,
     WindowDef, FLIP_DEPENDENTS, FLIP_FOLLOWERS, FLIP_TIMED,
 };
 use crate::eval::{
@@ -864,10 +864,11 @@ impl Shard {
         let now_member = match self.rule_memo.get(class) {
             Some(result) => result,
             None => {
-                let def = cat.audiences[aud as usize]
-                    .as_ref()
-                    .filter(|d| !d.is_static)?;
-                let result = self.evaluate_rule(step, local, def);
+                let formula = cat.formulas.get(aud as usize)?;
+                if *formula == Formula::None {
+                    return None;
+                }
+                let result = self.evaluate_rule(step, local, formula);
                 self.rule_memo.set(class, result);
                 result
             }
@@ -927,7 +928,7 @@ impl Shard {
 
     /// A rule's result for the user at `step.now`, its atoms through the
     /// pass's memo.
-    fn evaluate_rule(&mut self, step: Step<'_>, local: usize, def: &AudienceDef) -> bool {
+    fn evaluate_rule(&mut self, step: Step<'_>, local: usize, formula: &Formula) -> bool {
         let cat = step.cat;
         self.counters.rule_evaluations += 1;
         self.with_view_memo(|shard, views| {
@@ -949,7 +950,7 @@ impl Shard {
             // those can no longer move in the pass (an audience is queued
             // only by one of lower rank).
             eval_known_first(
-                def,
+                formula,
                 &mut PassAtoms {
                     cat,
                     env: &env,
