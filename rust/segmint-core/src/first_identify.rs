@@ -26,14 +26,16 @@ const MAX_OUTCOMES: usize = 1 << 16;
 type Flips = Box<[(AudId, bool)]>;
 
 /// The membership flips of first identifies, by list of trait atoms and
-/// their truths, within one epoch of the lists
+/// their truths (as words the caller gives, see
+/// [`FirstIdentifyMemo::lookup`]), within one epoch of the lists
 /// ([`crate::trait_truths::KeyAtoms::epoch`], which also changes with the
 /// catalog).
 #[derive(Debug, Clone, Default)]
 pub struct FirstIdentifyMemo {
     /// The epoch of the lists the entries were made under.
     epoch: u64,
-    /// `[list id, truth bits...]` to the flips, in the order they were made.
+    /// `[list id, truths' words...]` to the flips, in the order they were
+    /// made.
     outcomes: HashMap<Box<[u64]>, Flips>,
     /// The key of the last lookup (what [`FirstIdentifyMemo::record`] files under).
     key: Vec<u64>,

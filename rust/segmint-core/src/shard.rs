@@ -2213,7 +2213,11 @@ struct PassAtoms<'p> {
 
 impl AtomTruths for PassAtoms<'_> {
     fn known(&self, atom: AtomId) -> Option<bool> {
-        self.memo.get(atom)
+        let remembered = self.memo.get(atom);
+        debug_assert!(
+            remembered.is_none_or(|t| t == eval_atom(&self.cat.atoms[atom as usize], self.env))
+        );
+        remembered
     }
 
     fn truth(&mut self, atom: AtomId) -> bool {

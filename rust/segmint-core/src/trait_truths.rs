@@ -156,8 +156,11 @@ impl KeyAtoms {
         self.lists
             .iter()
             .map(|(k, p)| {
-                let entries =
-                    p.atoms.len() * 4 + p.tests.len() * 12 + p.tested.len() * 5 + p.timed.len() * 4;
+                let entries = p.atoms.len() * 4
+                    + p.tests.len() * 12
+                    + p.tested.len() * 5
+                    + p.untested.len() * 4
+                    + p.timed.len() * 4;
                 k.len() * 4 + entries + 96
             })
             .sum()
@@ -323,7 +326,7 @@ impl TraitTruths {
     /// Approximate heap bytes.
     pub fn heap_bytes(&self) -> usize {
         let rows: usize = self.row_bytes
-            + self.row_bytes / 8
+            + self.bits.iter().map(|b| b.len() * 8).sum::<usize>()
             + self.truths.len() * 32
             + self.per_key.capacity() * 4
             + self.unkept.iter().map(|r| r.capacity() + 24).sum::<usize>();
