@@ -666,6 +666,11 @@ pub struct Catalog {
     /// Per atom: the rules of `atom_rules` an atom's flip queues, the
     /// followers of a rule class left out (see `class_followers`).
     pub atom_lead_rules: Vec<Vec<(AudId, Polarity)>>,
+    /// Per atom: the rules of `atom_lead_rules` a profile without events
+    /// can be in (those not [`Catalog::false_without_events`]): a new
+    /// profile's first identify flips trait atoms that are in hundreds of
+    /// rules at 10,000 audiences, most of which also need an event.
+    pub atom_lead_rules_eventless: Vec<Vec<(AudId, Polarity)>>,
     /// Per audience slot: when it leads its rule class (the class's
     /// lowest rank), the class's other audiences, in rank order; empty
     /// otherwise. The audiences of a class are members of the same users
@@ -1312,6 +1317,16 @@ impl Catalog {
         self.empty_true = crate::eval::rules_true_on_empty_profile(self);
         self.empty_atom_truth = crate::eval::atoms_on_empty_profile(self);
         self.false_without_events = crate::eval::rules_false_without_events(self);
+        let false_without_events = &self.false_without_events;
+        self.atom_lead_rules_eventless = self
+            .atom_lead_rules
+            .iter()
+            .map(|rules| {
+                let can_hold =
+                    |&&(aud, _): &&(AudId, Polarity)| !false_without_events[aud as usize];
+                rules.iter().filter(can_hold).copied().collect()
+            })
+            .collect();
         self.formulas = self
             .audiences
             .iter()
@@ -1996,6 +2011,35 @@ mod tests {
     use crate::profile::Stamped;
     use crate::rules::parse_rule;
     use proptest::prelude::*;
+
+    /// A trait atom's rules for a profile without events leave out those
+    /// that need an event.
+    #[test]
+    fn eventless_rules_leave_out_those_needing_events() {
+        let mut cat = Catalog::default();
+        let rules = [
+            ("needs", r#"trait.plan == "pro" and did("X", 7d)"#),
+            ("traits", r#"trait.plan == "pro""#),
+            ("either", r#"trait.plan == "pro" or did("X", 7d)"#),
+        ];
+        for (key, src) in rules {
+            cat.define(key, src, parse_rule(src).unwrap()).unwrap();
+        }
+        let slot = |key: &str| cat.audience(key).unwrap();
+        let atom = cat.audiences[slot("traits") as usize]
+            .as_ref()
+            .unwrap()
+            .atoms[0];
+        let auds = |rules: &[(AudId, Polarity)]| rules.iter().map(|&(a, _)| a).collect::<Vec<_>>();
+        assert_eq!(
+            auds(&cat.atom_lead_rules[atom as usize]),
+            vec![slot("needs"), slot("traits"), slot("either")]
+        );
+        assert_eq!(
+            auds(&cat.atom_lead_rules_eventless[atom as usize]),
+            vec![slot("traits"), slot("either")]
+        );
+    }
 
     /// An `and` or `or` reads its trait operands before those walking
     /// events, and a conjunction of literals is kept as one, in that order;

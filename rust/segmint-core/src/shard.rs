@@ -1115,9 +1115,28 @@ impl Shard {
         pass_flips.apply_to(&mut users[local].memberships, flip_scratch);
     }
 
+    /// Which of an atom's rules its flip may move for the user (see
+    /// [`Shard::add_flipped`]): decided once per pass, since it walks the
+    /// user's memberships.
+    fn rule_lists(&self, step: Step<'_>, local: usize) -> RuleLists {
+        let (cat, user) = (step.cat, &self.users[local]);
+        if !user.states.is_empty() {
+            return RuleLists::All;
+        }
+        // A profile without events is in no rule false on every such
+        // profile, unless such a membership was made another way (none is
+        // known; then every rule is walked, as for a profile with events).
+        let held = |aud: AudId| cat.false_without_events.get(aud as usize) == Some(&true);
+        match user.memberships.slots().iter().any(held) {
+            false => RuleLists::Eventless,
+            true => RuleLists::All,
+        }
+    }
+
     /// Queues the rules of an atom that flipped to `now_true`, skipping
     /// those its flip cannot move (see [`crate::catalog::Polarity`]) and, for
-    /// a profile without events, those false on every such profile.
+    /// a profile without events, those false on every such profile (`lists`,
+    /// from [`Shard::rule_lists`]).
     fn add_flipped(
         &self,
         step: Step<'_>,
@@ -1125,10 +1144,14 @@ impl Shard {
         local: usize,
         atom: AtomId,
         now_true: bool,
+        lists: RuleLists,
     ) {
         let (cat, user) = (step.cat, &self.users[local]);
+        let rules = match lists {
+            RuleLists::Eventless => &cat.atom_lead_rules_eventless[atom as usize],
+            RuleLists::All => &cat.atom_lead_rules[atom as usize],
+        };
         let without_events = user.states.is_empty();
-        let rules = &cat.atom_lead_rules[atom as usize];
         for (aud, member) in Polarity::movable_rules(rules, user.memberships.slots(), now_true) {
             debug_assert!(followers_agree(cat, &self.members, user, aud, member));
             if without_events && !member && cat.false_without_events[aud as usize] {
@@ -1458,10 +1481,11 @@ impl Shard {
             let empty = |a: AtomId| cat.empty_atom_truth[a as usize] == Some(true);
             atoms.iter().map(|&a| empty(a)).collect()
         });
+        let lists = self.rule_lists(step, local);
         for (i, &atom) in atoms.iter().enumerate() {
             self.remember(step, atom, after[i]);
             if after[i] != before[i] {
-                self.add_flipped(step, &mut pending, local, atom, after[i]);
+                self.add_flipped(step, &mut pending, local, atom, after[i], lists);
             }
         }
         let order = (index as i64, 1);
@@ -1645,9 +1669,10 @@ impl Shard {
                 }
             }
         }
+        let lists = self.rule_lists(step, local);
         for &(atom, now_true) in &flipped {
             self.remember(step, atom, now_true);
-            self.add_flipped(step, &mut pending, local, atom, now_true);
+            self.add_flipped(step, &mut pending, local, atom, now_true, lists);
             if cat.atoms[atom as usize].timed {
                 timed.push(atom);
             }
@@ -1719,8 +1744,9 @@ impl Shard {
             None => self.group_flips(step, local, group),
         };
         self.reschedule_in_pass(step, local, uid, &[lead]);
+        let lists = self.rule_lists(step, local);
         for (a, now_true) in flips {
-            self.add_flipped(step, due, local, a, now_true);
+            self.add_flipped(step, due, local, a, now_true, lists);
         }
     }
 
@@ -2186,6 +2212,17 @@ fn group_next_change(cat: &Catalog, env: &UserEnv<'_>, lead: AtomId) -> Option<M
         }
         None => each(),
     }
+}
+
+/// Which rules of an atom [`Shard::add_flipped`] walks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RuleLists {
+    /// All of them.
+    All,
+    /// Those a profile without events can be in
+    /// ([`Catalog::atom_lead_rules_eventless`]): the user has no events
+    /// and is in none of the others.
+    Eventless,
 }
 
 /// What the truths of an identify's atoms come from (see
