@@ -1116,16 +1116,17 @@ impl Shard {
     }
 
     /// Which of an atom's rules its flip may move for the user (see
-    /// [`Shard::add_flipped`]): decided once per pass, since it walks the
-    /// user's memberships.
+    /// [`Shard::add_flipped`]): decided once per identify, event or fired
+    /// timer rather than per atom, since it walks the user's memberships.
     fn rule_lists(&self, step: Step<'_>, local: usize) -> RuleLists {
         let (cat, user) = (step.cat, &self.users[local]);
         if !user.states.is_empty() {
             return RuleLists::All;
         }
         // A profile without events is in no rule false on every such
-        // profile, unless such a membership was made another way (none is
-        // known; then every rule is walked, as for a profile with events).
+        // profile, unless a membership lags its rule (a replaced rule whose
+        // backfill has not reached the profile): then every rule is
+        // walked, as for a profile with events.
         let held = |aud: AudId| cat.false_without_events.get(aud as usize) == Some(&true);
         match user.memberships.slots().iter().any(held) {
             false => RuleLists::Eventless,
