@@ -251,9 +251,24 @@ pub enum RuleExpr {
     Or(Vec<RuleExpr>),
 }
 
+impl RuleExpr {
+    /// The atom and the truth it must have, when this is an atom or the
+    /// negation of one.
+    pub fn literal(&self) -> Option<(AtomId, bool)> {
+        match self {
+            RuleExpr::Atom(a) => Some((*a, true)),
+            RuleExpr::Not(x) => match **x {
+                RuleExpr::Atom(a) => Some((a, false)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
 /// An audience's rule as an evaluation reads it (see
 /// [`Catalog::formulas`]).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub enum Formula {
     /// Not evaluated: a static audience, or a free slot.
     #[default]
@@ -269,12 +284,17 @@ pub enum Formula {
 impl Formula {
     /// The formula of `def`'s rule.
     pub fn of(def: &AudienceDef) -> Formula {
-        if def.is_static {
-            return Formula::None;
+        match def.is_static {
+            true => Formula::None,
+            false => Formula::of_rule(&def.rule),
         }
-        match conjunction_literals(&def.rule) {
+    }
+
+    /// The formula of an evaluated rule.
+    pub fn of_rule(rule: &RuleExpr) -> Formula {
+        match conjunction_literals(rule) {
             Some(literals) => Formula::Literals(literals),
-            None => Formula::Rule(Box::new(def.rule.clone())),
+            None => Formula::Rule(Box::new(rule.clone())),
         }
     }
 }
@@ -1881,16 +1901,10 @@ impl Polarity {
 /// flattened), each atom with the truth the rule needs of it.
 fn conjunction_literals(rule: &RuleExpr) -> Option<Box<[(AtomId, bool)]>> {
     fn collect(rule: &RuleExpr, out: &mut Vec<(AtomId, bool)>) -> bool {
-        match rule {
-            RuleExpr::Atom(a) => out.push((*a, true)),
-            RuleExpr::Not(x) => match **x {
-                RuleExpr::Atom(a) => out.push((a, false)),
-                _ => return false,
-            },
-            RuleExpr::And(xs) => return xs.iter().all(|x| collect(x, out)),
-            RuleExpr::Const(_) | RuleExpr::Or(_) => return false,
+        if let RuleExpr::And(xs) = rule {
+            return xs.iter().all(|x| collect(x, out));
         }
-        true
+        rule.literal().map(|literal| out.push(literal)).is_some()
     }
     let mut literals = Vec::new();
     collect(rule, &mut literals).then(|| literals.into_boxed_slice())

@@ -1001,15 +1001,11 @@ pub fn eval_known_first(formula: &Formula, atoms: &mut impl AtomTruths) -> bool 
 /// [`eval_rule`] the way [`eval_known_first`] reads atoms.
 fn eval_rule_known_first(rule: &RuleExpr, atoms: &mut impl AtomTruths) -> bool {
     fn known(x: &RuleExpr, atoms: &impl AtomTruths) -> Option<bool> {
-        match x {
-            RuleExpr::Const(b) => Some(*b),
-            RuleExpr::Atom(a) => atoms.known(*a),
-            RuleExpr::Not(inner) => match **inner {
-                RuleExpr::Atom(a) => atoms.known(a).map(|t| !t),
-                _ => None,
-            },
-            RuleExpr::And(_) | RuleExpr::Or(_) => None,
+        if let RuleExpr::Const(b) = x {
+            return Some(*b);
         }
+        let (atom, needs) = x.literal()?;
+        atoms.known(atom).map(|truth| truth == needs)
     }
     match rule {
         RuleExpr::Const(b) => *b,
@@ -1288,21 +1284,10 @@ mod tests {
     /// `rule` as a loop of literals where it is a conjunction of them,
     /// and as a tree.
     fn formulas(rule: &RuleExpr) -> [Formula; 2] {
-        let mut cat = Catalog::default();
-        cat.audiences.push(None);
-        let def = crate::catalog::AudienceDef {
-            key: "a".into(),
-            source: "".into(),
-            ast: crate::rules::parse_rule("true").unwrap(),
-            expr: CExpr::Lit(Value::Bool(true)),
-            rule: rule.clone(),
-            atoms: Vec::new(),
-            references: Vec::new(),
-            traits: Vec::new(),
-            computed: Vec::new(),
-            is_static: false,
-        };
-        [Formula::of(&def), Formula::Rule(Box::new(rule.clone()))]
+        [
+            Formula::of_rule(rule),
+            Formula::Rule(Box::new(rule.clone())),
+        ]
     }
 
     proptest! {

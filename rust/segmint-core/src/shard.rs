@@ -865,7 +865,7 @@ impl Shard {
             Some(result) => result,
             None => {
                 let formula = cat.formulas.get(aud as usize)?;
-                if *formula == Formula::None {
+                if matches!(formula, Formula::None) {
                     return None;
                 }
                 let result = self.evaluate_rule(step, local, formula);
@@ -2259,11 +2259,7 @@ impl AtomTruths for PassAtoms<'_> {
     }
 
     fn truth(&mut self, atom: AtomId) -> bool {
-        let remembered = self.memo.get(atom);
-        debug_assert!(
-            remembered.is_none_or(|t| t == eval_atom(&self.cat.atoms[atom as usize], self.env))
-        );
-        remembered.unwrap_or_else(|| {
+        self.known(atom).unwrap_or_else(|| {
             let truth = eval_atom(&self.cat.atoms[atom as usize], self.env);
             self.memo.set(atom, truth);
             truth
