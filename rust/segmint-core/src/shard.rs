@@ -273,7 +273,7 @@ impl UnpackedTraits {
 
 /// Changes made one after the other for one sort key (an event's index in
 /// the batch, or an instant): `out[start..end]`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Run {
     key: i64,
     start: usize,
@@ -1184,9 +1184,16 @@ impl Shard {
                 .map(|(i, w)| (u64::from(who(w).1) << 32) | i as u64),
         );
         by_user.sort_unstable();
-        // Runs and flips left by a call cut short (a caught panic) are not
-        // this one's.
-        self.runs.clear();
+        debug_assert!(
+            work.windows(2).all(|w| who(&w[0]).0 < who(&w[1]).0),
+            "a shard's work is in batch order"
+        );
+        // Flips left by a call cut short (a caught panic) are not this
+        // one's. Each event's run is placed at its position in `work`,
+        // which is batch order: the runs need no sort.
+        let mut runs = std::mem::take(&mut self.runs);
+        runs.clear();
+        runs.resize(work.len(), Run::default());
         self.pass_flips.discard();
         let start = out.len();
         for (k, &key) in by_user.iter().enumerate() {
@@ -1220,10 +1227,15 @@ impl Shard {
                 self.log_new_profile(step, local, uid, index, mark, out);
             }
             self.users[local].trim_lists();
-            self.end_run(index as i64, mark, out.len());
+            runs[key as u32 as usize] = Run {
+                key: index as i64,
+                start: mark,
+                end: out.len(),
+            };
         }
         self.by_user = by_user;
-        self.reorder_runs(out, start);
+        self.gather_runs(&runs, out, start);
+        self.runs = runs;
     }
 
     /// Brings the profiles of `uids` (those that exist) into the cache
@@ -1247,30 +1259,42 @@ impl Shard {
 
     /// Puts the runs recorded since `start` in order of key, each run's
     /// changes in the order they were made (a stable sort of the runs, one
-    /// copy of the changes): a batch's events are applied user by user and
-    /// timers fire user by user, but the log is in event or instant order.
+    /// copy of the changes): timers fire user by user, but the log is in
+    /// instant order. (A batch's events place their runs by position
+    /// instead, see [`Shard::apply`].)
     fn reorder_runs(&mut self, out: &mut Vec<ShardChange>, start: usize) {
         let mut runs = std::mem::take(&mut self.runs);
         if !runs.is_sorted_by_key(|r| r.key) {
             runs.sort_by_key(|r| r.key);
-            let mut made = std::mem::take(&mut self.reorder_buffer);
-            made.clear();
-            made.reserve(out.len() - start);
-            for r in &runs {
-                made.extend_from_slice(&out[r.start..r.end]);
-            }
-            out.truncate(start);
-            if out.is_empty() {
-                // The whole buffer was this call's: taken as it is.
-                std::mem::swap(out, &mut made);
-            } else {
-                out.append(&mut made);
-            }
-            made.clear();
-            self.reorder_buffer = made;
+            self.gather_runs(&runs, out, start);
         }
         runs.clear();
         self.runs = runs;
+    }
+
+    /// Replaces `out[start..]`, which `runs` cover, by the runs' changes in
+    /// the order of `runs` (one copy of the changes).
+    fn gather_runs(&mut self, runs: &[Run], out: &mut Vec<ShardChange>, start: usize) {
+        debug_assert_eq!(
+            runs.iter().map(|r| r.end - r.start).sum::<usize>(),
+            out.len() - start,
+            "the runs cover the changes made"
+        );
+        let mut made = std::mem::take(&mut self.reorder_buffer);
+        made.clear();
+        made.reserve(out.len() - start);
+        for r in runs {
+            made.extend_from_slice(&out[r.start..r.end]);
+        }
+        out.truncate(start);
+        if out.is_empty() {
+            // The whole buffer was this call's: taken as it is.
+            std::mem::swap(out, &mut made);
+        } else {
+            out.append(&mut made);
+        }
+        made.clear();
+        self.reorder_buffer = made;
     }
 
     /// A new profile starts with the memberships of an empty profile (rules
