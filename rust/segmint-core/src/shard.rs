@@ -804,6 +804,9 @@ impl Shard {
             let next = self.with_view_memo(|shard, views| {
                 group_next_change(cat, &shard.env(step, local).with_views(views), lead)
             });
+            // After now: a fired timer left in place (see `Shard::fire`)
+            // always moves.
+            debug_assert!(next.is_none_or(|t| t > step.now), "{next:?}");
             self.set_timer(local, uid, lead, next);
         }
     }
@@ -1735,12 +1738,23 @@ impl Shard {
     ) {
         let (cat, instant) = (step.cat, step.now);
         let user = &mut self.users[local];
-        match find_stamped(&user.timers, atom) {
-            Ok(i) if user.timers[i].at() == instant => {
-                user.timers.remove(i);
-                self.live_timers -= 1;
-            }
+        let fired = match find_stamped(&user.timers, atom) {
+            Ok(i) if user.timers[i].at() == instant => i,
             _ => return,
+        };
+        // A group's timer, kept by its lead, stays in the list until
+        // `reschedule_in_pass` below moves it to the group's next change
+        // (always after now) or drops it: one edit of the list instead of
+        // a removal and an insertion, each a reallocation.
+        let rescheduled = atom & COMPUTED_TIMER == 0
+            && cat.timer_lead.get(atom as usize) == Some(&atom)
+            && cat
+                .timer_group
+                .get(atom as usize)
+                .is_some_and(|group| !group.is_empty());
+        if !rescheduled {
+            user.timers.remove(fired);
+            self.live_timers -= 1;
         }
         if atom & COMPUTED_TIMER != 0 {
             let ct = atom & !COMPUTED_TIMER;
@@ -1763,6 +1777,7 @@ impl Shard {
         if group.is_empty() {
             return;
         }
+        debug_assert!(rescheduled == (lead == atom));
         self.counters.timers_fired += 1;
         let flips = match self.ladder_flips(step, local, lead, group) {
             Some(flips) => flips,
