@@ -389,18 +389,37 @@ impl Engine {
         let cat = &*self.catalog;
         let mut parts = std::mem::take(&mut self.merge_parts);
         let shards = &mut self.shards;
+        // A single shard's changes are packed for the log in log order
+        // where they lie (see `Shard::changes_in_log_order`); several
+        // shards' are put in order first, then merged.
+        let single = shards.len() == 1;
         let run_shard = |i: usize, shard: &mut Shard| {
             let mut out = std::mem::take(&mut shard.change_buffer);
             out.clear();
+            shard.forget_change_order();
             f(i, shard, cat, &mut out);
             // After a new catalog's first operation, its class followers
             // have their leads' members.
             shard.share_classes(cat.generation, &cat.class_lead);
             shard.flush_members();
-            merge::sort_run(&mut out);
+            if !single {
+                shard.put_changes_in_order(&mut out);
+                merge::sort_run(&mut out);
+            }
             shard.change_buffer = out;
         };
-        if shards.len() == 1 || spread == Spread::Caller {
+        if single {
+            let shard = &mut shards[0];
+            run_shard(0, shard);
+            let mut out = std::mem::take(&mut shard.change_buffer);
+            if !merge::pack_in_order(shard.changes_in_log_order(&out), &mut parts) {
+                shard.put_changes_in_order(&mut out);
+                merge::sort_run(&mut out);
+                merge::merge_runs(&[&out], &mut parts, 1);
+            }
+            shard.forget_change_order();
+            shard.change_buffer = out;
+        } else if spread == Spread::Caller {
             for (i, shard) in shards.iter_mut().enumerate() {
                 run_shard(i, shard);
             }

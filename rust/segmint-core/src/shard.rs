@@ -231,9 +231,13 @@ pub struct Shard {
     by_user: Vec<u64>,
     /// Scratch: the users with timers due in an `advance`.
     due_users: Vec<u32>,
-    /// Scratch: the runs of changes made in one operation, to be put in
-    /// order (see [`Shard::reorder_runs`]).
+    /// The runs of changes made by the last `apply` or `advance`, in log
+    /// order (see [`Shard::changes_in_log_order`]).
     runs: Vec<Run>,
+    /// Where those runs start in the operation's changes: `None` when the
+    /// changes are in log order as they are (after any other operation,
+    /// or once put in order).
+    runs_from: Option<usize>,
     /// Scratch: the changes being reordered.
     reorder_buffer: Vec<ShardChange>,
     /// Scratch: one user's traits, unpacked at the start of each of its
@@ -1194,6 +1198,7 @@ impl Shard {
         // Flips left by a call cut short (a caught panic) are not this
         // one's. Each event's run is placed at its position in `work`,
         // which is batch order: the runs need no sort.
+        self.runs_from = None;
         let mut runs = std::mem::take(&mut self.runs);
         runs.clear();
         runs.resize(work.len(), Run::default());
@@ -1237,8 +1242,8 @@ impl Shard {
             };
         }
         self.by_user = by_user;
-        self.gather_runs(&runs, out, start);
         self.runs = runs;
+        self.runs_from = Some(start);
     }
 
     /// Brings the profiles of `uids` (those that exist) into the cache
@@ -1260,44 +1265,63 @@ impl Shard {
         }
     }
 
-    /// Puts the runs recorded since `start` in order of key, each run's
-    /// changes in the order they were made (a stable sort of the runs, one
-    /// copy of the changes): timers fire user by user, but the log is in
-    /// instant order. (A batch's events place their runs by position
-    /// instead, see [`Shard::apply`].)
-    fn reorder_runs(&mut self, out: &mut Vec<ShardChange>, start: usize) {
-        let mut runs = std::mem::take(&mut self.runs);
-        if !runs.is_sorted_by_key(|r| r.key) {
-            runs.sort_by_key(|r| r.key);
-            self.gather_runs(&runs, out, start);
+    /// Puts the runs recorded since `start` in order of key (a stable
+    /// sort), each run's changes in the order they were made: timers fire
+    /// user by user, but the log is in instant order. The changes stay
+    /// where they are until [`Shard::put_changes_in_order`]. (A batch's
+    /// events place their runs by position instead, see [`Shard::apply`].)
+    fn order_runs(&mut self, start: usize) {
+        // Runs made in order of key lie in order already.
+        if !self.runs.is_sorted_by_key(|r| r.key) {
+            self.runs.sort_by_key(|r| r.key);
+            self.runs_from = Some(start);
         }
-        runs.clear();
-        self.runs = runs;
     }
 
-    /// Replaces `out[start..]`, which `runs` cover, by the runs' changes in
-    /// the order of `runs` (one copy of the changes).
-    fn gather_runs(&mut self, runs: &[Run], out: &mut Vec<ShardChange>, start: usize) {
+    /// The changes of the last operation (`out`, the buffer it filled), in
+    /// log order: after an `apply` or an `advance`, run by run (its users
+    /// were taken one after the other); after any other operation, as they
+    /// are. The engine packs them for the log from here when this is its
+    /// only shard, without the copy [`Shard::put_changes_in_order`] makes.
+    pub(crate) fn changes_in_log_order<'a>(
+        &'a self,
+        out: &'a [ShardChange],
+    ) -> impl Iterator<Item = &'a [ShardChange]> {
+        let (start, runs) = match self.runs_from {
+            Some(start) => (start, &self.runs[..]),
+            None => (out.len(), &[][..]),
+        };
         debug_assert_eq!(
             runs.iter().map(|r| r.end - r.start).sum::<usize>(),
             out.len() - start,
             "the runs cover the changes made"
         );
+        std::iter::once(&out[..start]).chain(runs.iter().map(|r| &out[r.start..r.end]))
+    }
+
+    /// Puts the last operation's changes (`out`) in log order (see
+    /// [`Shard::changes_in_log_order`]): one copy of the changes.
+    pub(crate) fn put_changes_in_order(&mut self, out: &mut Vec<ShardChange>) {
+        let Some(start) = self.runs_from else {
+            return;
+        };
         let mut made = std::mem::take(&mut self.reorder_buffer);
         made.clear();
-        made.reserve(out.len() - start);
-        for r in runs {
-            made.extend_from_slice(&out[r.start..r.end]);
+        made.reserve(out.len());
+        for run in self.changes_in_log_order(out) {
+            made.extend_from_slice(run);
         }
-        out.truncate(start);
-        if out.is_empty() {
-            // The whole buffer was this call's: taken as it is.
-            std::mem::swap(out, &mut made);
-        } else {
-            out.append(&mut made);
-        }
+        debug_assert_eq!(made.len(), out.len(), "{start}");
+        std::mem::swap(out, &mut made);
         made.clear();
         self.reorder_buffer = made;
+        self.runs_from = None;
+    }
+
+    /// Forgets the order of the last `apply` or `advance`, once its changes
+    /// have been taken (or before an operation that records none).
+    pub(crate) fn forget_change_order(&mut self) {
+        self.runs_from = None;
     }
 
     /// A new profile starts with the memberships of an empty profile (rules
@@ -1912,6 +1936,7 @@ impl Shard {
         // window (a session sets a handful) then find its profile in
         // cache. The changes are put back in order of instant below.
         due.sort_unstable();
+        self.runs_from = None;
         self.runs.clear();
         self.pass_flips.discard();
         let start = out.len();
@@ -1938,7 +1963,7 @@ impl Shard {
         }
         self.due_users = due;
         // In order of instant, users ascending within one.
-        self.reorder_runs(out, start);
+        self.order_runs(start);
     }
 
     /// Fires a user's timers due at `step.now`, in atom order (computed-
