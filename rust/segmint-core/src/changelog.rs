@@ -106,6 +106,14 @@ impl PackedRun {
         self.entries.push(entry);
     }
 
+    /// Appends a shard's changes.
+    pub fn extend(&mut self, changes: &[ShardChange]) {
+        self.entries.reserve(changes.len());
+        for change in changes {
+            self.push(change);
+        }
+    }
+
     /// Number of changes.
     pub fn len(&self) -> usize {
         self.entries.len()

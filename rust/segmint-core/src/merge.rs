@@ -55,14 +55,16 @@ pub(crate) fn pack_in_order<'a>(
     let part = &mut parts[0];
     part.clear();
     let mut last: Option<Key> = None;
-    for change in slices.flatten() {
-        let key = key(change);
-        if last.is_some_and(|last| key < last) {
+    for slice in slices {
+        let (Some(first), Some(end)) = (slice.first(), slice.last()) else {
+            continue;
+        };
+        if last.is_some_and(|last| key(first) < last) || !slice.is_sorted_by_key(key) {
             part.clear();
             return false;
         }
-        last = Some(key);
-        part.push(change);
+        last = Some(key(end));
+        part.extend(slice);
     }
     true
 }
@@ -148,7 +150,7 @@ fn splitters(runs: &[&[ShardChange]], total: usize, parts: usize) -> Vec<Key> {
 fn merge_slices(slices: &[&[ShardChange]], part: &mut PackedRun) {
     match slices {
         [] => {}
-        [only] => only.iter().for_each(|c| part.push(c)),
+        [only] => part.extend(only),
         _ => {
             let mut next = vec![0usize; slices.len()];
             let mut heap: BinaryHeap<Reverse<(Key, usize)>> = slices
