@@ -235,8 +235,9 @@ pub struct Shard {
     /// order (see [`Shard::changes_in_log_order`]).
     runs: Vec<Run>,
     /// Where those runs start in the operation's changes: `None` when the
-    /// changes are in log order as they are (after any other operation,
-    /// or once put in order).
+    /// changes are to be read in the order they were made (after another
+    /// operation, whose changes the engine sorts by key; after an `apply`
+    /// or `advance` whose runs lie in order; or once put in order).
     runs_from: Option<usize>,
     /// Scratch: the changes being reordered.
     reorder_buffer: Vec<ShardChange>,
@@ -1169,15 +1170,19 @@ impl Shard {
         }
     }
 
-    /// Applies this shard's events of a batch, in order.
-    pub fn apply(&mut self, step: Step<'_>, work: &[Work<'_>], out: &mut Vec<ShardChange>) {
+    /// Applies this shard's events of a batch, in order. The changes come
+    /// out in the order they were made, user by user; they are in log order
+    /// read through [`Shard::changes_in_log_order`], or once
+    /// [`Shard::put_changes_in_order`] has run.
+    pub(crate) fn apply(&mut self, step: Step<'_>, work: &[Work<'_>], out: &mut Vec<ShardChange>) {
         let who = |w: &Work<'_>| match *w {
             Work::Track { index, uid, .. } | Work::Identify { index, uid, .. } => (index, uid),
         };
         // A user's events of the batch one after the other (in arrival
         // order): a session's events find its profile in cache. Users are
-        // independent, so only the order of the changes differs, and it is
-        // restored below.
+        // independent, so only the order of the changes differs: each
+        // event's run is recorded for the log's order (see
+        // `Shard::changes_in_log_order`).
         let mut by_user = std::mem::take(&mut self.by_user);
         by_user.clear();
         // An index into the batch takes the low 32 bits, as before.
@@ -1242,8 +1247,12 @@ impl Shard {
             };
         }
         self.by_user = by_user;
+        // Runs that lie one after the other are in event order already
+        // (users in batch order, as one event per call gives).
+        if !runs.windows(2).all(|w| w[0].end == w[1].start) {
+            self.runs_from = Some(start);
+        }
         self.runs = runs;
-        self.runs_from = Some(start);
     }
 
     /// Brings the profiles of `uids` (those that exist) into the cache
@@ -1268,8 +1277,10 @@ impl Shard {
     /// Puts the runs recorded since `start` in order of key (a stable
     /// sort), each run's changes in the order they were made: timers fire
     /// user by user, but the log is in instant order. The changes stay
-    /// where they are until [`Shard::put_changes_in_order`]. (A batch's
-    /// events place their runs by position instead, see [`Shard::apply`].)
+    /// where they are, read through [`Shard::changes_in_log_order`] (and
+    /// copied into order by [`Shard::put_changes_in_order`] where there
+    /// are several shards). (A batch's events place their runs by
+    /// position instead, see [`Shard::apply`].)
     fn order_runs(&mut self, start: usize) {
         // Runs made in order of key lie in order already.
         if !self.runs.is_sorted_by_key(|r| r.key) {
@@ -1291,10 +1302,17 @@ impl Shard {
             Some(start) => (start, &self.runs[..]),
             None => (out.len(), &[][..]),
         };
-        debug_assert_eq!(
-            runs.iter().map(|r| r.end - r.start).sum::<usize>(),
-            out.len() - start,
-            "the runs cover the changes made"
+        debug_assert!(
+            {
+                let mut spans: Vec<(usize, usize)> =
+                    runs.iter().map(|r| (r.start, r.end)).collect();
+                spans.sort_unstable();
+                let end = spans
+                    .iter()
+                    .try_fold(start, |at, &(from, to)| (from == at).then_some(to));
+                end == Some(out.len())
+            },
+            "the runs cover the changes made, each once"
         );
         std::iter::once(&out[..start]).chain(runs.iter().map(|r| &out[r.start..r.end]))
     }
@@ -1915,8 +1933,9 @@ impl Shard {
 
     /// Fires every timer due at or before `to`, instant by instant: an atom
     /// whose truth differs just before and at the instant re-evaluates its
-    /// rules at that exact instant.
-    pub fn advance(
+    /// rules at that exact instant. The changes come out user by user, in
+    /// log order read as [`Shard::apply`]'s are.
+    pub(crate) fn advance(
         &mut self,
         cat: &Catalog,
         to: Millis,
@@ -1934,7 +1953,8 @@ impl Shard {
         // User by user, each user's instants in order: users are
         // independent, and a user's timers at several instants of the
         // window (a session sets a handful) then find its profile in
-        // cache. The changes are put back in order of instant below.
+        // cache. The runs are put in order of instant below (the changes
+        // are read in that order, see `Shard::changes_in_log_order`).
         due.sort_unstable();
         self.runs_from = None;
         self.runs.clear();
