@@ -108,10 +108,17 @@ impl PackedRun {
 
     /// Appends a shard's changes.
     pub fn extend(&mut self, changes: &[ShardChange]) {
-        self.entries.reserve(changes.len());
-        for change in changes {
-            self.push(change);
-        }
+        let PackedRun { entries, aside } = self;
+        let base = entries.len();
+        // Mapped from a slice: the entries grow once, with no check of
+        // their room per change.
+        entries.extend(changes.iter().enumerate().map(|(i, change)| {
+            let (entry, kept_aside) = pack(change.uid, &change.kind, change.at, change.reason);
+            if kept_aside {
+                aside.push((base + i, change.kind.clone()));
+            }
+            entry
+        }));
     }
 
     /// Number of changes.
