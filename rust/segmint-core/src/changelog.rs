@@ -86,6 +86,17 @@ fn pack(uid: u32, kind: &ChangeKind, at: Millis, reason: Reason) -> (Packed, boo
     (entry, aside)
 }
 
+/// `change` as a log entry; its kind is kept in `aside`, at `index`, where
+/// the entry cannot hold it.
+#[inline]
+fn pack_change(aside: &mut Vec<(usize, ChangeKind)>, index: usize, change: &ShardChange) -> Packed {
+    let (entry, kept_aside) = pack(change.uid, &change.kind, change.at, change.reason);
+    if kept_aside {
+        aside.push((index, change.kind.clone()));
+    }
+    entry
+}
+
 /// Changes packed ahead of their place in the log (a part of a parallel
 /// merge, see `crate::merge`): the entries, and the kinds kept aside with
 /// their index among them.
@@ -99,10 +110,7 @@ impl PackedRun {
     /// Appends a shard's change.
     #[inline]
     pub fn push(&mut self, change: &ShardChange) {
-        let (entry, aside) = pack(change.uid, &change.kind, change.at, change.reason);
-        if aside {
-            self.aside.push((self.entries.len(), change.kind.clone()));
-        }
+        let entry = pack_change(&mut self.aside, self.entries.len(), change);
         self.entries.push(entry);
     }
 
@@ -112,13 +120,12 @@ impl PackedRun {
         let base = entries.len();
         // Mapped from a slice: the entries grow once, with no check of
         // their room per change.
-        entries.extend(changes.iter().enumerate().map(|(i, change)| {
-            let (entry, kept_aside) = pack(change.uid, &change.kind, change.at, change.reason);
-            if kept_aside {
-                aside.push((base + i, change.kind.clone()));
-            }
-            entry
-        }));
+        entries.extend(
+            changes
+                .iter()
+                .enumerate()
+                .map(|(i, change)| pack_change(aside, base + i, change)),
+        );
     }
 
     /// Number of changes.

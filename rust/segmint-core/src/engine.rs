@@ -417,7 +417,6 @@ impl Engine {
                 merge::sort_run(&mut out);
                 merge::merge_runs(&[&out], &mut parts, 1);
             }
-            shard.forget_change_order();
             shard.change_buffer = out;
         } else if spread == Spread::Caller {
             for (i, shard) in shards.iter_mut().enumerate() {

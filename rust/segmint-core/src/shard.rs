@@ -237,7 +237,9 @@ pub struct Shard {
     /// Where those runs start in the operation's changes: `None` when the
     /// changes are to be read in the order they were made (after another
     /// operation, whose changes the engine sorts by key; after an `apply`
-    /// or `advance` whose runs lie in order; or once put in order).
+    /// or `advance` whose runs lie in order; or once put in order). The
+    /// engine clears it before each operation
+    /// ([`Shard::forget_change_order`]).
     runs_from: Option<usize>,
     /// Scratch: the changes being reordered.
     reorder_buffer: Vec<ShardChange>,
@@ -1203,7 +1205,6 @@ impl Shard {
         // Flips left by a call cut short (a caught panic) are not this
         // one's. Each event's run is placed at its position in `work`,
         // which is batch order: the runs need no sort.
-        self.runs_from = None;
         let mut runs = std::mem::take(&mut self.runs);
         runs.clear();
         runs.resize(work.len(), Run::default());
@@ -1336,8 +1337,8 @@ impl Shard {
         self.runs_from = None;
     }
 
-    /// Forgets the order of the last `apply` or `advance`, once its changes
-    /// have been taken (or before an operation that records none).
+    /// Forgets the order of the last `apply` or `advance`: called before
+    /// every operation, which then sets it only if its changes need it.
     pub(crate) fn forget_change_order(&mut self) {
         self.runs_from = None;
     }
@@ -1784,17 +1785,25 @@ impl Shard {
             Ok(i) if user.timers[i].at() == instant => i,
             _ => return,
         };
+        // An atom's timer stands for its whole group (see
+        // `Catalog::timer_lead`); a snapshot's may still be a member's own.
+        // A computed trait's stands for itself and has no group.
+        let (lead, group) = match atom & COMPUTED_TIMER {
+            0 => {
+                let lead = cat.timer_lead.get(atom as usize).copied().unwrap_or(atom);
+                let group = cat
+                    .timer_group
+                    .get(lead as usize)
+                    .map_or(&[][..], Vec::as_slice);
+                (lead, group)
+            }
+            _ => (atom, &[][..]),
+        };
         // A group's timer, kept by its lead, stays in the list until
         // `reschedule_in_pass` below moves it to the group's next change
         // (always after now) or drops it: one edit of the list instead of
         // a removal and an insertion, each a reallocation.
-        let rescheduled = atom & COMPUTED_TIMER == 0
-            && cat.timer_lead.get(atom as usize) == Some(&atom)
-            && cat
-                .timer_group
-                .get(atom as usize)
-                .is_some_and(|group| !group.is_empty());
-        if !rescheduled {
+        if lead != atom || group.is_empty() {
             user.timers.remove(fired);
             self.live_timers -= 1;
         }
@@ -1809,17 +1818,9 @@ impl Shard {
             }
             return;
         }
-        // An atom's timer stands for its whole group (see
-        // `Catalog::timer_lead`); a snapshot's may still be a member's own.
-        let lead = cat.timer_lead.get(atom as usize).copied().unwrap_or(atom);
-        let group = cat
-            .timer_group
-            .get(lead as usize)
-            .map_or(&[][..], Vec::as_slice);
         if group.is_empty() {
             return;
         }
-        debug_assert!(rescheduled == (lead == atom));
         self.counters.timers_fired += 1;
         let flips = match self.ladder_flips(step, local, lead, group) {
             Some(flips) => flips,
@@ -1956,7 +1957,6 @@ impl Shard {
         // cache. The runs are put in order of instant below (the changes
         // are read in that order, see `Shard::changes_in_log_order`).
         due.sort_unstable();
-        self.runs_from = None;
         self.runs.clear();
         self.pass_flips.discard();
         let start = out.len();
