@@ -25,6 +25,17 @@ use cpu_time::ThreadTime;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use segmint_core::event::decode_json_batch;
+
+/// One latency probe: a function of its own, so that a profiler can
+/// collect the probes apart from the bulk ingest
+/// (`valgrind --tool=callgrind --toggle-collect=*probe_ingest*`).
+#[inline(never)]
+fn probe_ingest(
+    engine: &mut Engine,
+    event: Event,
+) -> segmint_core::Result<segmint_core::IngestReport> {
+    engine.ingest(vec![Ok(event)])
+}
 use segmint_core::limits::Limits;
 use segmint_core::{Clock, Engine, EngineConfig, Event, FsyncPolicy, StorageConfig};
 
@@ -208,7 +219,7 @@ fn main() {
             segmint_core::EventBody::Identify { .. } => "identify".to_owned(),
         };
         let t = Instant::now();
-        let report = engine.ingest(vec![Ok(e)]);
+        let report = probe_ingest(&mut engine, e);
         let us = t.elapsed().as_secs_f64() * 1e6;
         lat_us.push(us);
         let entry = by_kind.entry(kind).or_default();

@@ -1582,6 +1582,16 @@ impl Catalog {
         id
     }
 
+    /// The `sum` over the same state and window as `view` (an `avg`), if
+    /// a rule reads one: the average is that sum divided by the count.
+    pub fn sum_view_of(&self, view: ViewDef) -> Option<ViewId> {
+        let sum = ViewDef {
+            func: AggFunc::Sum,
+            ..view
+        };
+        self.view_ids.get(&sum).copied()
+    }
+
     fn intern_view(&mut self, view: ViewDef) -> ViewId {
         if let Some(&id) = self.view_ids.get(&view) {
             return id;
