@@ -1583,7 +1583,8 @@ impl Catalog {
     }
 
     /// The `sum` over the same state and window as `view` (an `avg`), if
-    /// a rule reads one: the average is that sum divided by the count.
+    /// one was ever compiled (views outlive the rules that read them): the
+    /// average is that sum divided by the count.
     pub fn sum_view_of(&self, view: ViewDef) -> Option<ViewId> {
         let sum = ViewDef {
             func: AggFunc::Sum,
