@@ -25,6 +25,8 @@ use cpu_time::ThreadTime;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use segmint_core::event::decode_json_batch;
+use segmint_core::limits::Limits;
+use segmint_core::{Clock, Engine, EngineConfig, Event, FsyncPolicy, StorageConfig};
 
 /// One latency probe: a function of its own, so that a profiler can
 /// collect the probes apart from the bulk ingest
@@ -36,8 +38,6 @@ fn probe_ingest(
 ) -> segmint_core::Result<segmint_core::IngestReport> {
     engine.ingest(vec![Ok(event)])
 }
-use segmint_core::limits::Limits;
-use segmint_core::{Clock, Engine, EngineConfig, Event, FsyncPolicy, StorageConfig};
 
 fn arg(args: &[String], name: &str, default: usize) -> usize {
     args.iter()

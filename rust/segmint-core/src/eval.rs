@@ -406,8 +406,8 @@ impl UserEnv<'_> {
     /// its own, which the pass may know already: read by other rules, or
     /// carried over the event's entry) divided by their count: the same
     /// fold and the same division as [`aggregate`]'s, so the same value,
-    /// without a second walk over the numbers. None when no rule reads that
-    /// sum, or counting the numbers would be a walk itself.
+    /// without a second walk over the numbers. None when the catalog has no
+    /// such sum, or counting the numbers would be a walk itself.
     fn avg_through_sum(
         &self,
         def: ViewDef,

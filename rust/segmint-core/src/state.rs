@@ -547,8 +547,8 @@ impl<'a> Entries<'a> {
 
     /// How many numeric values there are and the least (`GREATEST`: the
     /// greatest) of them and `init`, `init` when none. Unlike a sum, the
-    /// result does not depend on the order: a column of numbers is folded
-    /// in four lanes, which compile to vector compares. A NaN never wins
+    /// result does not depend on the order: a column of eight or more
+    /// numbers is folded in four lanes, which compile to vector compares. A NaN never wins
     /// (as with `f64::min`), and zeros of either sign may come out either
     /// way (the caller writes `0`).
     pub fn extreme_number<const GREATEST: bool>(&self, init: f64) -> (u64, f64) {
