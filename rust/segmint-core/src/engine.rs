@@ -403,8 +403,7 @@ impl Engine {
             shard.share_classes(cat.generation, &cat.class_lead);
             shard.flush_members();
             if !single {
-                shard.put_changes_in_order(&mut out);
-                merge::sort_run(&mut out);
+                sort_changes(shard, &mut out);
             }
             shard.change_buffer = out;
         };
@@ -413,8 +412,7 @@ impl Engine {
             run_shard(0, shard);
             let mut out = std::mem::take(&mut shard.change_buffer);
             if !merge::pack_in_order(shard.changes_in_log_order(&out), &mut parts) {
-                shard.put_changes_in_order(&mut out);
-                merge::sort_run(&mut out);
+                sort_changes(shard, &mut out);
                 merge::merge_runs(&[&out], &mut parts, 1);
             }
             shard.change_buffer = out;
@@ -1231,6 +1229,13 @@ impl Engine {
     pub fn pending_timers(&self) -> usize {
         self.shards.iter().map(Shard::pending_timers).sum()
     }
+}
+
+/// Puts a shard's changes of one operation (`out`) in log order, then
+/// sorts them by key for the merge (see [`merge::sort_run`]).
+fn sort_changes(shard: &mut Shard, out: &mut Vec<ShardChange>) {
+    shard.put_changes_in_order(out);
+    merge::sort_run(out);
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use crate::catalog::{
 };
 use crate::profile::{Memberships, UserData};
 use crate::rules::ast::AggFunc;
-use crate::state::{aggregate, window_range, Entries, Summary};
+use crate::state::{aggregate, numeric_summary, window_range, Entries, Summary};
 use crate::time::{ceil_to, floor_to, parse_timestamp, Millis};
 use crate::value::Value;
 
@@ -416,7 +416,7 @@ impl UserEnv<'_> {
         with_summary: bool,
     ) -> Option<Option<Value>> {
         let sum_view = self.cat.sum_view_of(def)?;
-        let kept = summary.filter(|s| with_summary && s.num_count > 0);
+        let kept = numeric_summary(summary, with_summary);
         let n = entries.number_count()? + kept.map_or(0, |s| s.num_count);
         if n == 0 {
             return Some(None);

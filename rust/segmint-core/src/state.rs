@@ -783,6 +783,13 @@ pub fn aggregate_appended(
     }
 }
 
+/// The summary whose numbers a window's `sum`/`avg`/`min`/`max` folds
+/// first: only `with_summary` (a window over the whole history), and only
+/// when it summarised a number.
+pub fn numeric_summary(summary: Option<&Summary>, with_summary: bool) -> Option<&Summary> {
+    summary.filter(|s| with_summary && s.num_count > 0)
+}
+
 /// Computes an aggregate over a window's entries (and the summary when
 /// `with_summary`). `count` and `distinct` are never null.
 pub fn aggregate(
@@ -799,7 +806,7 @@ pub fn aggregate(
         // One fold per function, each over the values alone: the windows of
         // heavy users hold hundreds of entries, walked at every evaluation.
         AggFunc::Sum | AggFunc::Avg | AggFunc::Min | AggFunc::Max => {
-            let kept = summary.filter(|s| s.num_count > 0);
+            let kept = numeric_summary(summary, with_summary);
             let (n, folded) = match func {
                 AggFunc::Sum | AggFunc::Avg => entries.sum_numbers(kept.map_or(0.0, |s| s.sum)),
                 AggFunc::Min => {
