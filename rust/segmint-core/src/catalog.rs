@@ -495,6 +495,25 @@ impl LeafTest {
     }
 }
 
+/// The numbers `tests` compare with, sorted, each once (`-0` and `0`
+/// are one), without NaN (see [`Catalog::key_number_cuts`]).
+fn number_cuts(tests: &[Option<LeafTest>]) -> Box<[f64]> {
+    let mut cuts: Vec<f64> = Vec::new();
+    for test in tests.iter().flatten() {
+        let (first, rest): (Option<&Value>, &[Value]) = match test {
+            LeafTest::Cmp { value, .. } => (Some(value), &[]),
+            LeafTest::Between { lo, hi, .. } => (Some(lo), std::slice::from_ref(hi)),
+            LeafTest::In { list, .. } => (None, list),
+            LeafTest::Exists => (None, &[]),
+        };
+        let numbers = first.into_iter().chain(rest).filter_map(Value::as_num);
+        cuts.extend(numbers.filter(|n| !n.is_nan()));
+    }
+    cuts.sort_by(f64::total_cmp);
+    cuts.dedup_by(|a, b| a == b);
+    cuts.into()
+}
+
 impl AtomDef {
     /// Whether its truth depends on memberships (`in_audience`,
     /// `member_for`): those change within an evaluation pass, so such an atom
@@ -717,6 +736,12 @@ pub struct Catalog {
     /// it is one of that key (see `trait_test`), so that the truths of a
     /// value are found without reading the atoms themselves.
     pub key_tests: Vec<Vec<Option<LeafTest>>>,
+    /// Per trait key: the numbers its tests compare with (`ltv > 300`,
+    /// `ltv between 100 and 1000`, `ltv in [5, 7]`), sorted, each once, no
+    /// NaN. Every test of the key reads two numbers alike when they
+    /// compare alike with each of these, so a number's truths are those
+    /// of its interval between them (see [`crate::trait_truths`]).
+    pub key_number_cuts: Vec<Box<[f64]>>,
     /// Every trait key seen, in rules or in events. Users store traits by
     /// these ids: one copy of each key, and integer lookups in rules.
     pub trait_keys: Interner,
@@ -1193,6 +1218,7 @@ impl Catalog {
         self.timed_by_audience = vec![Vec::new(); n];
         self.by_trait.clear();
         self.key_tests.clear();
+        self.key_number_cuts.clear();
         self.trait_test = vec![None; self.atoms.len()];
         self.by_event.clear();
         self.state_index = vec![StateIndex::default(); self.states.len()];
@@ -1306,6 +1332,11 @@ impl Catalog {
             }
             self.timer_group[self.timer_lead[a] as usize].push(id);
         }
+        self.key_number_cuts = self
+            .key_tests
+            .iter()
+            .map(|tests| number_cuts(tests))
+            .collect();
         for ct in 0..self.computed.len() {
             let Some(def) = self.computed[ct].clone() else {
                 continue;

@@ -8,11 +8,15 @@
 //! the keys it gives, and string-valued traits repeat a few values, so
 //! the truths of all of a key's tests are computed once per value and
 //! looked up afterwards (one hash of the value instead of one evaluation
-//! per atom). Numbers (a lifetime value) rarely repeat, and neither do
-//! lists: their truths are computed for the one use, still without an
-//! evaluation per atom. The table is bounded (in bytes of rows, and in
-//! values per key, so that a key of many values does not crowd out the
-//! few of `country`).
+//! per atom). Numbers (a lifetime value) rarely repeat, but a key's tests
+//! compare them with a few literals (`ltv > 300`, `ltv between 100 and
+//! 1000`): two numbers that compare alike with each literal read every
+//! test alike, so a number's truths are kept by its position among the
+//! key's literals (seven in the standard workload's audiences, which
+//! test `ltv` in 15 ways). Lists (and a NaN) have their truths computed for
+//! the one use, still without an evaluation per atom. The table is
+//! bounded (in bytes of rows, and in values per key, so that a key of
+//! many values does not crowd out the few of `country`).
 
 use std::sync::Arc;
 
@@ -175,8 +179,8 @@ pub enum KeyTruths {
     Missing,
     /// The truths are [`TraitTruths::get`] of this entry.
     Entry(u32),
-    /// The truths, for a value not kept (a number, a list, a value of a
-    /// key with many), are
+    /// The truths, for a value not kept (a list, a NaN, a value of a key
+    /// with many), are
     /// [`TraitTruths::get_unkept`] of this row until the next
     /// [`TraitTruths::begin`].
     Unkept(u32),
@@ -189,7 +193,7 @@ pub struct TraitTruths {
     /// The catalog generation the entries were made under.
     generation: u64,
     /// (key, value) to an entry of `truths`.
-    index: HashMap<(TraitKey, ValueKey), u32>,
+    index: HashMap<(TraitKey, RowKey), u32>,
     /// Per entry: the truth of each atom of `by_trait[key]` (false at the
     /// positions of atoms that are not trait tests).
     truths: Vec<Box<[bool]>>,
@@ -204,6 +208,27 @@ pub struct TraitTruths {
     unkept: Vec<Vec<bool>>,
     /// How many of `unkept` are in use.
     unkept_used: usize,
+}
+
+/// What a kept row of truths stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum RowKey {
+    /// A string or boolean value.
+    Value(ValueKey),
+    /// Every number at this position among the key's
+    /// [`Catalog::key_number_cuts`] (see [`position_among`]).
+    Numbers(u32),
+}
+
+/// Where `n` (not NaN) falls among `cuts` (sorted, distinct, no NaN):
+/// `2i + 1` on `cuts[i]`, `2i` between `cuts[i - 1]` and `cuts[i]`. A
+/// test compares a number with its literals only (or, with a literal of
+/// another kind, is false for every number), so numbers at one position
+/// share every truth of the key's tests.
+fn position_among(cuts: &[f64], n: f64) -> u32 {
+    let below = cuts.partition_point(|&c| c < n);
+    let on = cuts.get(below).is_some_and(|&c| c == n);
+    2 * below as u32 + u32::from(on)
 }
 
 /// The truths of the tests of `key` (by position in `by_trait[key]`) for
@@ -247,15 +272,23 @@ impl TraitTruths {
 
     /// How the tests of `key` read `value` under `cat` (for which
     /// [`TraitTruths::begin`] was called): a string or boolean value's
-    /// truths are computed on its first sight and kept; a number's, which
-    /// rarely repeats (or any value once the memo is full), are computed
-    /// into a row kept until the next `begin`.
+    /// truths, or those of a number's position among the key's literals,
+    /// are computed on first sight and kept; a list's or a NaN's (or any
+    /// value's once the memo is full) are computed into a row kept until
+    /// the next `begin`.
     pub fn resolve(&mut self, cat: &Catalog, key: TraitKey, value: Option<&Value>) -> KeyTruths {
         debug_assert_eq!(cat.generation, self.generation);
         let value_key = match value {
             None => return KeyTruths::Missing,
-            Some(Value::Str(s)) => Some(ValueKey::Str(s.clone())),
-            Some(Value::Bool(b)) => Some(ValueKey::Bool(*b)),
+            Some(Value::Str(s)) => Some(RowKey::Value(ValueKey::Str(s.clone()))),
+            Some(Value::Bool(b)) => Some(RowKey::Value(ValueKey::Bool(*b))),
+            Some(Value::Num(n)) if !n.is_nan() => {
+                let cuts = cat
+                    .key_number_cuts
+                    .get(key as usize)
+                    .map_or(&[][..], |c| &c[..]);
+                Some(RowKey::Numbers(position_among(cuts, *n)))
+            }
             Some(_) => None,
         };
         if let Some(value_key) = value_key {
@@ -330,7 +363,7 @@ impl TraitTruths {
             + self.truths.len() * 32
             + self.per_key.capacity() * 4
             + self.unkept.iter().map(|r| r.capacity() + 24).sum::<usize>();
-        rows + self.index.capacity() * (std::mem::size_of::<(TraitKey, ValueKey)>() + 5)
+        rows + self.index.capacity() * (std::mem::size_of::<(TraitKey, RowKey)>() + 5)
     }
 }
 
@@ -339,6 +372,7 @@ mod tests {
     use super::*;
     use crate::catalog::Catalog;
     use crate::rules::parse_rule;
+    use proptest::prelude::*;
 
     fn catalog(rules: &[&str]) -> Catalog {
         let mut cat = Catalog::default();
@@ -403,22 +437,27 @@ mod tests {
         assert_eq!(memo.truths.len(), rows);
         memo.begin(&cat);
         assert_eq!(memo.resolve(&cat, k, None), KeyTruths::Missing);
-        // A number is not kept: its row lasts until the next `begin`.
+        // A number is kept by its position among the key's numbers (none
+        // here: every number reads the tests of `country` alike).
+        let one = memo.resolve(&cat, k, Some(&Value::Num(1.0)));
+        assert!(matches!(one, KeyTruths::Entry(_)));
+        assert_eq!(memo.resolve(&cat, k, Some(&Value::Num(2.0))), one);
+        assert_eq!(memo.truths.len(), rows + 1);
+        // A NaN (no position) and a list are not kept: their rows last
+        // until the next `begin`.
         assert_eq!(
-            memo.resolve(&cat, k, Some(&Value::Num(1.0))),
+            memo.resolve(&cat, k, Some(&Value::Num(f64::NAN))),
             KeyTruths::Unkept(0)
         );
         assert_eq!(memo.get_unkept(0), &vec![false; atoms.len()][..]);
-        assert_eq!(
-            memo.resolve(&cat, k, Some(&Value::Num(2.0))),
-            KeyTruths::Unkept(1)
-        );
+        let list = Value::List(vec!["US".into()].into());
+        assert_eq!(memo.resolve(&cat, k, Some(&list)), KeyTruths::Unkept(1));
         memo.begin(&cat);
         assert_eq!(
-            memo.resolve(&cat, k, Some(&Value::Num(2.0))),
+            memo.resolve(&cat, k, Some(&Value::Num(f64::NAN))),
             KeyTruths::Unkept(0)
         );
-        assert_eq!(memo.truths.len(), rows);
+        assert_eq!(memo.truths.len(), rows + 1);
         // Full: values are no longer kept, and those kept stay valid until
         // the next `begin`, which starts afresh.
         let kept = memo.resolve(&cat, k, Some(&Value::Str("US".into())));
@@ -442,6 +481,103 @@ mod tests {
             memo.resolve(&cat, plan, Some(&Value::Str("pro".into()))),
             KeyTruths::Entry(_)
         ));
+    }
+
+    #[test]
+    fn a_number_falls_between_or_on_the_keys_numbers() {
+        let cuts = [-1.0, 0.0, 2.5];
+        let at = |n: f64| position_among(&cuts, n);
+        assert_eq!(
+            [
+                f64::NEG_INFINITY,
+                -1.0,
+                -0.5,
+                -0.0,
+                0.0,
+                1.0,
+                2.5,
+                3.0,
+                f64::INFINITY
+            ]
+            .map(at),
+            [0, 1, 2, 3, 3, 4, 5, 6, 6]
+        );
+        assert_eq!(position_among(&[], 7.0), 0);
+        let cat = catalog(&[
+            "trait.ltv > 300 and trait.plan == \"pro\"",
+            "trait.ltv between 100 and 1000",
+            "trait.ltv in [5, \"x\", -0] or 300 <= trait.ltv",
+            "trait.ltv between 1 and \"z\"",
+        ]);
+        let k = cat.trait_keys.get("ltv").expect("key");
+        // (`-0` and `0` are one number; the `1` that bounds a string is a
+        // needless cut, and harmless.)
+        let cuts = [0.0, 1.0, 5.0, 100.0, 300.0, 1000.0];
+        assert_eq!(&cat.key_number_cuts[k as usize][..], &cuts);
+    }
+
+    /// A rule testing `trait.v` against number literals, and sometimes a
+    /// string (which no number equals).
+    fn number_test() -> impl Strategy<Value = String> {
+        let lit = prop_oneof![(-4i32..4).prop_map(|n| f64::from(n) / 2.0), Just(0.0)];
+        let op = prop_oneof![
+            Just(">"),
+            Just(">="),
+            Just("<"),
+            Just("<="),
+            Just("=="),
+            Just("!=")
+        ];
+        prop_oneof![
+            (op.clone(), lit.clone()).prop_map(|(op, k)| format!("trait.v {op} {k:?}")),
+            (op, lit.clone()).prop_map(|(op, k)| format!("{k:?} {op} trait.v")),
+            (lit.clone(), lit.clone(), any::<bool>()).prop_map(|(a, b, not)| {
+                let not = if not { "not " } else { "" };
+                format!("trait.v {not}between {a:?} and {b:?}")
+            }),
+            (proptest::collection::vec(lit, 1..4), any::<bool>()).prop_map(|(list, text)| {
+                let mut items: Vec<String> = list.iter().map(|k| format!("{k:?}")).collect();
+                if text {
+                    items.push("\"1\"".into());
+                }
+                format!("trait.v in [{}]", items.join(", "))
+            }),
+            Just("exists(trait.v)".to_string()),
+        ]
+    }
+
+    proptest! {
+        /// Every number gets, through the row kept for its position, the
+        /// truths its own evaluation gives, whichever number of that
+        /// position made the row.
+        #[test]
+        fn a_numbers_row_is_its_own_truths(
+            rules in proptest::collection::vec(number_test(), 1..8),
+            numbers in proptest::collection::vec(
+                prop_oneof![
+                    (-5i32..5).prop_map(|n| f64::from(n) / 2.0),
+                    (-12i32..12).prop_map(|n| f64::from(n) / 4.0 + 1e-9),
+                    Just(-0.0),
+                    Just(f64::INFINITY),
+                    Just(f64::NEG_INFINITY),
+                    Just(f64::NAN),
+                ],
+                1..24,
+            ),
+        ) {
+            let texts: Vec<&str> = rules.iter().map(String::as_str).collect();
+            let cat = catalog(&texts);
+            let k = cat.trait_keys.get("v").expect("key");
+            let mut memo = TraitTruths::default();
+            for n in numbers {
+                let got = truths_of(&cat, &mut memo, "v", Some(Value::Num(n)));
+                let want: Vec<bool> = cat.key_tests[k as usize]
+                    .iter()
+                    .map(|t| t.as_ref().is_some_and(|t| t.holds(Some(&Value::Num(n)))))
+                    .collect();
+                prop_assert_eq!(got, want, "{}", n);
+            }
+        }
     }
 
     #[test]
