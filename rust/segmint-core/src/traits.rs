@@ -16,6 +16,7 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
+use smallvec::SmallVec;
 use smol_str::SmolStr;
 
 use crate::catalog::{CtId, TraitKey};
@@ -65,7 +66,7 @@ fn decimal(n: f64) -> Option<(u8, i64)> {
 
 /// Appends `n` zigzag-encoded as LEB128: small magnitudes of either sign
 /// take few bytes (61774 takes 3, a timestamp's seconds 5).
-fn push_varint(n: i64, out: &mut Vec<u8>) {
+fn push_varint(n: i64, out: &mut Packing) {
     let mut rest = ((n << 1) ^ (n >> 63)) as u64;
     while rest >= 0x80 {
         out.push((rest as u8 & 0x7f) | 0x80);
@@ -112,7 +113,7 @@ const UTC_SECONDS_LEN: usize = 20;
 
 /// Appends `key` as LEB128: one byte for the first 128 keys of a catalog,
 /// which most workloads never pass.
-fn push_key(key: TraitKey, out: &mut Vec<u8>) {
+fn push_key(key: TraitKey, out: &mut Packing) {
     let mut rest = key;
     while rest >= 0x80 {
         out.push((rest as u8 & 0x7f) | 0x80);
@@ -223,9 +224,14 @@ fn entries(bytes: &[u8]) -> impl Iterator<Item = (Range<usize>, Packed<'_>)> {
     })
 }
 
+/// Where a profile's traits are packed before they are boxed: on the
+/// stack, so that a sign-up's few traits cost one allocation, not one
+/// per doubling of a vector.
+type Packing = SmallVec<[u8; 128]>;
+
 /// Appends the packed form of `key: value` to `out`; false (nothing
 /// appended) when the value is kept as a `Value` instead.
-fn pack(key: TraitKey, value: &Value, out: &mut Vec<u8>) -> bool {
+fn pack(key: TraitKey, value: &Value, out: &mut Packing) -> bool {
     /// How a value is packed.
     enum Payload<'a> {
         Bare(u8),
@@ -314,7 +320,7 @@ impl Traits {
     /// input: [`Traits::from_iter`]).
     pub fn from_sorted(pairs: &[(TraitKey, Value)]) -> Traits {
         debug_assert!(pairs.windows(2).all(|w| w[0].0 < w[1].0));
-        let mut packed = Vec::new();
+        let mut packed = Packing::new();
         let mut large = Vec::new();
         for (key, value) in pairs {
             if !pack(*key, value, &mut packed) {
@@ -324,7 +330,7 @@ impl Traits {
         // Kept for good, rarely changed: no room to grow.
         large.shrink_to_fit();
         Traits {
-            packed: ThinBox::from(packed),
+            packed: ThinBox::from(Box::<[u8]>::from(&packed[..])),
             rare: (!large.is_empty()).then(|| {
                 Box::new(RareTraits {
                     large,
@@ -685,7 +691,7 @@ mod tests {
             );
         }
         for n in [0, 1, -1, 63, -64, 64, 8191, -8192, i64::MAX, i64::MIN] {
-            let mut out = Vec::new();
+            let mut out = Packing::new();
             push_varint(n, &mut out);
             assert_eq!(read_varint(&out), Some(n));
             assert_eq!(varint_len(&out), Some(out.len()));
