@@ -13,7 +13,7 @@
 //! 1000`): two numbers that compare alike with each literal read every
 //! test alike, so a number's truths are kept by its position among the
 //! key's literals (seven in the standard workload's audiences, which
-//! test `ltv` in 15 ways). Lists (and a NaN) have their truths computed for
+//! test `ltv` in 18 ways). Lists (and a NaN) have their truths computed for
 //! the one use, still without an evaluation per atom. The table is
 //! bounded (in bytes of rows, and in values per key, so that a key of
 //! many values does not crowd out the few of `country`).
