@@ -1062,13 +1062,18 @@ impl Shard {
         self.pass_flips.discard();
         while let Some((rank, member)) = pending.pop_first() {
             let aud = step.cat.by_rank[rank as usize];
+            let work = step.cat.flip_work_of(aud);
             let flip = match member {
                 Some(was) if follows && self.members.is_shared(aud) => {
-                    let class = step.cat.rule_class[aud as usize];
-                    debug_assert_eq!(self.rule_memo.get(class), Some(!was));
+                    debug_assert_eq!(
+                        self.rule_memo.get(step.cat.rule_class[aud as usize]),
+                        Some(!was)
+                    );
                     // `hold_back_flip` of a sharing slot: its flip is its
                     // keeper's, held back already.
-                    self.reschedule_member_for(step, local, uid, aud);
+                    if work & FLIP_TIMED != 0 {
+                        self.reschedule_member_for(step, local, uid, aud);
+                    }
                     Some(!was)
                 }
                 _ => self.evaluate(step, local, uid, aud, member),
@@ -1082,7 +1087,6 @@ impl Shard {
                     reason,
                 });
                 counter += 1;
-                let work = step.cat.flip_work_of(aud);
                 if work & FLIP_DEPENDENTS != 0 {
                     for &d in &step.cat.dependents[aud as usize] {
                         pending.insert(step.cat.rank[d as usize]);
