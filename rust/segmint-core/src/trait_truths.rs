@@ -180,7 +180,7 @@ pub enum KeyTruths {
     /// The truths are [`TraitTruths::get`] of this entry.
     Entry(u32),
     /// The truths, for a value not kept (a list, a NaN, a value of a key
-    /// with many), are
+    /// with many, any value once the memo is full), are
     /// [`TraitTruths::get_unkept`] of this row until the next
     /// [`TraitTruths::begin`].
     Unkept(u32),
@@ -192,7 +192,7 @@ pub enum KeyTruths {
 pub struct TraitTruths {
     /// The catalog generation the entries were made under.
     generation: u64,
-    /// (key, value) to an entry of `truths`.
+    /// (key, value or number position) to an entry of `truths`.
     index: HashMap<(TraitKey, RowKey), u32>,
     /// Per entry: the truth of each atom of `by_trait[key]` (false at the
     /// positions of atoms that are not trait tests).
@@ -202,7 +202,7 @@ pub struct TraitTruths {
     bits: Vec<Box<[u64]>>,
     /// Bytes of `truths`' rows.
     row_bytes: usize,
-    /// Values kept per key, by key.
+    /// Values (and number positions) kept per key, by key.
     per_key: Vec<u32>,
     /// Rows of the values not kept, until the next `begin`.
     unkept: Vec<Vec<bool>>,
@@ -222,9 +222,10 @@ enum RowKey {
 
 /// Where `n` (not NaN) falls among `cuts` (sorted, distinct, no NaN):
 /// `2i + 1` on `cuts[i]`, `2i` between `cuts[i - 1]` and `cuts[i]`. A
-/// test compares a number with its literals only (or, with a literal of
-/// another kind, is false for every number), so numbers at one position
-/// share every truth of the key's tests.
+/// test compares a number with its number literals only (a literal of
+/// another kind reads every number alike: `v == "x"` is false for all,
+/// `v not in ["x"]` true), so numbers at one position share every truth
+/// of the key's tests.
 fn position_among(cuts: &[f64], n: f64) -> u32 {
     let below = cuts.partition_point(|&c| c < n);
     let on = cuts.get(below).is_some_and(|&c| c == n);
@@ -519,7 +520,13 @@ mod tests {
     /// A rule testing `trait.v` against number literals, and sometimes a
     /// string (which no number equals).
     fn number_test() -> impl Strategy<Value = String> {
-        let lit = prop_oneof![(-4i32..4).prop_map(|n| f64::from(n) / 2.0), Just(0.0)];
+        let lit = prop_oneof![
+            (-4i32..4).prop_map(|n| f64::from(n) / 2.0),
+            Just(0.0),
+            Just(-0.0)
+        ];
+        // Literals of other kinds, which read every number alike.
+        let other = prop_oneof![Just("\"1\""), Just("7d"), Just("true")];
         let op = prop_oneof![
             Just(">"),
             Just(">="),
@@ -530,18 +537,27 @@ mod tests {
         ];
         prop_oneof![
             (op.clone(), lit.clone()).prop_map(|(op, k)| format!("trait.v {op} {k:?}")),
-            (op, lit.clone()).prop_map(|(op, k)| format!("{k:?} {op} trait.v")),
+            (op.clone(), lit.clone()).prop_map(|(op, k)| format!("{k:?} {op} trait.v")),
+            (op, other.clone()).prop_map(|(op, k)| format!("trait.v {op} {k}")),
             (lit.clone(), lit.clone(), any::<bool>()).prop_map(|(a, b, not)| {
                 let not = if not { "not " } else { "" };
                 format!("trait.v {not}between {a:?} and {b:?}")
             }),
-            (proptest::collection::vec(lit, 1..4), any::<bool>()).prop_map(|(list, text)| {
-                let mut items: Vec<String> = list.iter().map(|k| format!("{k:?}")).collect();
-                if text {
-                    items.push("\"1\"".into());
-                }
-                format!("trait.v in [{}]", items.join(", "))
+            (lit.clone(), other.clone(), any::<bool>()).prop_map(|(a, b, not)| {
+                let not = if not { "not " } else { "" };
+                format!("trait.v {not}between {a:?} and {b}")
             }),
+            (
+                proptest::collection::vec(lit, 1..4),
+                proptest::option::of(other),
+                any::<bool>()
+            )
+                .prop_map(|(list, other, not)| {
+                    let mut items: Vec<String> = list.iter().map(|k| format!("{k:?}")).collect();
+                    items.extend(other.map(str::to_string));
+                    let not = if not { "not " } else { "" };
+                    format!("trait.v {not}in [{}]", items.join(", "))
+                }),
             Just("exists(trait.v)".to_string()),
         ]
     }
@@ -558,6 +574,8 @@ mod tests {
                     (-5i32..5).prop_map(|n| f64::from(n) / 2.0),
                     (-12i32..12).prop_map(|n| f64::from(n) / 4.0 + 1e-9),
                     Just(-0.0),
+                    Just(f64::MAX),
+                    Just(f64::MIN_POSITIVE),
                     Just(f64::INFINITY),
                     Just(f64::NEG_INFINITY),
                     Just(f64::NAN),

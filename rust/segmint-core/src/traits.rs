@@ -330,7 +330,7 @@ impl Traits {
         // Kept for good, rarely changed: no room to grow.
         large.shrink_to_fit();
         Traits {
-            packed: ThinBox::from(Box::<[u8]>::from(&packed[..])),
+            packed: ThinBox::from(packed.into_boxed_slice()),
             rare: (!large.is_empty()).then(|| {
                 Box::new(RareTraits {
                     large,
