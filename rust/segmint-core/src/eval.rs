@@ -331,11 +331,19 @@ impl UserEnv<'_> {
         match e {
             CExpr::SinceEvent(s) => self.remembered_base(Base::Event(*s), || self.latest(*s)),
             CExpr::SinceTrait(k) => {
-                self.remembered_base(Base::Trait(*k), || match self.trait_value(*k)?.as_ref() {
-                    Value::Str(s) => parse_timestamp(s)
-                        .ok()
-                        .map(|t| floor_to(t, self.granularity)),
-                    _ => None,
+                self.remembered_base(Base::Trait(*k), || {
+                    // The common shape, packed as its seconds: no text formatted and
+                    // parsed again. (The unpacked traits, when there are any, are
+                    // the same as the packed ones.)
+                    if let Some(t) = self.user.traits.utc_instant(*k) {
+                        return Some(floor_to(t, self.granularity));
+                    }
+                    match self.trait_value(*k)?.as_ref() {
+                        Value::Str(s) => parse_timestamp(s)
+                            .ok()
+                            .map(|t| floor_to(t, self.granularity)),
+                        _ => None,
+                    }
                 })
             }
             // Memberships move within a pass: never remembered.

@@ -21,7 +21,7 @@ use smol_str::SmolStr;
 
 use crate::catalog::{CtId, TraitKey};
 use crate::thin_box::ThinBox;
-use crate::time::format_utc_seconds;
+use crate::time::{format_utc_seconds, Millis};
 use crate::value::Value;
 
 /// The longest string packed as bytes: what a `SmolStr` holds without an
@@ -288,6 +288,20 @@ impl Traits {
         Some(Cow::Borrowed(&large[i].1))
     }
 
+    /// The instant of `key`'s value when it is a timestamp packed as its
+    /// seconds (`2026-01-01T00:00:00Z`, see [`utc_seconds`]), read without
+    /// formatting it back to text; `None` for any other value.
+    pub fn utc_instant(&self, key: TraitKey) -> Option<Millis> {
+        let entry = entries(&self.packed)
+            .map(|(_, e)| e)
+            .take_while(|e| e.key <= key)
+            .find(|e| e.key == key)?;
+        match entry.tag {
+            TAG_UTC_SECONDS => read_varint(entry.payload)?.checked_mul(1000),
+            _ => None,
+        }
+    }
+
     /// Number of traits.
     pub fn len(&self) -> usize {
         entries(&self.packed).count() + self.large().len()
@@ -330,7 +344,9 @@ impl Traits {
         // Kept for good, rarely changed: no room to grow.
         large.shrink_to_fit();
         Traits {
-            packed: ThinBox::from(packed.into_boxed_slice()),
+            // Copied out: `into_boxed_slice` of the inline buffer would
+            // allocate its whole capacity, then shrink it.
+            packed: ThinBox::from(Box::<[u8]>::from(&packed[..])),
             rare: (!large.is_empty()).then(|| {
                 Box::new(RareTraits {
                     large,
@@ -554,6 +570,25 @@ mod tests {
                 .map(|ms| ms / 1000)
                 .filter(|&s| format_utc_seconds(s).is_some_and(|f| f == text));
             prop_assert_eq!(utc_seconds(&text), formats_back);
+        }
+
+        /// A timestamp's instant read from its packed seconds is the one
+        /// its text parses to; other values, and a missing key, have none.
+        #[test]
+        fn a_packed_timestamps_instant_is_its_texts(text in timestamp(), key in 1u32..200) {
+            let traits = Traits::from_sorted(&[
+                (0, Value::Num(1.5)),
+                (key, Value::Str(text.as_str().into())),
+                (key + 1, Value::Str("2026-01-01".into())),
+            ]);
+            let instant = traits.utc_instant(key);
+            prop_assert_eq!(instant, utc_seconds(&text).map(|s| s * 1000));
+            if let Some(ms) = instant {
+                prop_assert_eq!(Some(ms), crate::time::parse_timestamp(&text).ok());
+            }
+            prop_assert_eq!(traits.utc_instant(0), None);
+            prop_assert_eq!(traits.utc_instant(key + 1), None);
+            prop_assert_eq!(traits.utc_instant(key + 2), None);
         }
     }
 
