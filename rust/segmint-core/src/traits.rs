@@ -575,7 +575,7 @@ mod tests {
         /// A timestamp's instant read from its packed seconds is the one
         /// its text parses to; other values, and a missing key, have none.
         #[test]
-        fn a_packed_timestamps_instant_is_its_texts(text in timestamp(), key in 1u32..200) {
+        fn a_packed_timestamps_instant_is_its_texts(text in timestamp(), key in 2u32..200) {
             let traits = Traits::from_sorted(&[
                 (0, Value::Num(1.5)),
                 (key, Value::Str(text.as_str().into())),
@@ -587,6 +587,7 @@ mod tests {
                 prop_assert_eq!(Some(ms), crate::time::parse_timestamp(&text).ok());
             }
             prop_assert_eq!(traits.utc_instant(0), None);
+            prop_assert_eq!(traits.utc_instant(key - 1), None);
             prop_assert_eq!(traits.utc_instant(key + 1), None);
             prop_assert_eq!(traits.utc_instant(key + 2), None);
         }
