@@ -517,8 +517,9 @@ mod tests {
         assert_eq!(&cat.key_number_cuts[k as usize][..], &cuts);
     }
 
-    /// A rule testing `trait.v` against number literals, and sometimes a
-    /// string (which no number equals).
+    /// A rule testing `trait.v` against number literals, and sometimes
+    /// against a string, a duration or a boolean (which read every number
+    /// alike).
     fn number_test() -> impl Strategy<Value = String> {
         let lit = prop_oneof![
             (-4i32..4).prop_map(|n| f64::from(n) / 2.0),
