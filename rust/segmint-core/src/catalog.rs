@@ -500,15 +500,16 @@ impl LeafTest {
 fn number_cuts(tests: &[Option<LeafTest>]) -> Box<[f64]> {
     let mut cuts: Vec<f64> = Vec::new();
     for test in tests.iter().flatten() {
-        let (first, rest): (Option<&Value>, &[Value]) = match test {
-            LeafTest::Cmp { value, .. } => (Some(value), &[]),
-            LeafTest::Between { lo, hi, .. } => (Some(lo), std::slice::from_ref(hi)),
-            LeafTest::In { list, .. } => (None, list),
-            LeafTest::Exists => (None, &[]),
-        };
-        let numbers = first.into_iter().chain(rest).filter_map(Value::as_num);
-        cuts.extend(numbers.filter(|n| !n.is_nan()));
+        match test {
+            LeafTest::Cmp { value, .. } => cuts.extend(value.as_num()),
+            LeafTest::Between { lo, hi, .. } => {
+                cuts.extend(lo.as_num().into_iter().chain(hi.as_num()))
+            }
+            LeafTest::In { list, .. } => cuts.extend(list.iter().filter_map(Value::as_num)),
+            LeafTest::Exists => {}
+        }
     }
+    cuts.retain(|n| !n.is_nan());
     cuts.sort_by(f64::total_cmp);
     cuts.dedup_by(|a, b| a == b);
     cuts.into()

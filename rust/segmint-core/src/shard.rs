@@ -1062,7 +1062,6 @@ impl Shard {
         self.pass_flips.discard();
         while let Some((rank, member)) = pending.pop_first() {
             let aud = step.cat.by_rank[rank as usize];
-            let work = step.cat.flip_work_of(aud);
             let flip = match member {
                 Some(was) if follows && self.members.is_shared(aud) => {
                     debug_assert_eq!(
@@ -1071,9 +1070,7 @@ impl Shard {
                     );
                     // `hold_back_flip` of a sharing slot: its flip is its
                     // keeper's, held back already.
-                    if work & FLIP_TIMED != 0 {
-                        self.reschedule_member_for(step, local, uid, aud);
-                    }
+                    self.reschedule_member_for(step, local, uid, aud);
                     Some(!was)
                 }
                 _ => self.evaluate(step, local, uid, aud, member),
@@ -1087,6 +1084,7 @@ impl Shard {
                     reason,
                 });
                 counter += 1;
+                let work = step.cat.flip_work_of(aud);
                 if work & FLIP_DEPENDENTS != 0 {
                     for &d in &step.cat.dependents[aud as usize] {
                         pending.insert(step.cat.rank[d as usize]);

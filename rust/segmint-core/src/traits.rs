@@ -275,13 +275,8 @@ fn pack(key: TraitKey, value: &Value, out: &mut Packing) -> bool {
 impl Traits {
     /// The value of `key`, if set.
     pub fn get(&self, key: TraitKey) -> Option<Cow<'_, Value>> {
-        for (_, e) in entries(&self.packed) {
-            if e.key == key {
-                return Some(Cow::Owned(e.value()));
-            }
-            if e.key > key {
-                break;
-            }
+        if let Some(e) = self.packed_entry(key) {
+            return Some(Cow::Owned(e.value()));
         }
         let large = self.large();
         let i = large.binary_search_by_key(&key, |(k, _)| *k).ok()?;
@@ -292,14 +287,20 @@ impl Traits {
     /// seconds (`2026-01-01T00:00:00Z`, see [`utc_seconds`]), read without
     /// formatting it back to text; `None` for any other value.
     pub fn utc_instant(&self, key: TraitKey) -> Option<Millis> {
-        let entry = entries(&self.packed)
-            .map(|(_, e)| e)
-            .take_while(|e| e.key <= key)
-            .find(|e| e.key == key)?;
+        let entry = self.packed_entry(key)?;
         match entry.tag {
             TAG_UTC_SECONDS => read_varint(entry.payload)?.checked_mul(1000),
             _ => None,
         }
+    }
+
+    /// `key`'s packed entry, if its value is packed (entries are sorted
+    /// by key: the walk stops past it).
+    fn packed_entry(&self, key: TraitKey) -> Option<Packed<'_>> {
+        entries(&self.packed)
+            .map(|(_, e)| e)
+            .take_while(|e| e.key <= key)
+            .find(|e| e.key == key)
     }
 
     /// Number of traits.
