@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt | md5sum | cut -c1-8)
 
-.PHONY: help run demo test test-rust test-python lint bench bench-micro build venv clean proto proto-check
+.PHONY: help run demo test test-rust test-python lint bench bench-micro build pgo venv clean proto proto-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -18,8 +18,11 @@ $(STAMP): requirements-dev.txt
 
 venv: $(STAMP) ## create .venv with the pinned tools
 
-build: $(STAMP) ## build the Rust extension (release) into .venv
-	$(VENV)/bin/maturin develop --release -q
+build: $(STAMP) ## build the Rust extension (profile dist: fat LTO + the committed PGO profile) into .venv
+	scripts/with-pgo.sh $(VENV)/bin/maturin develop --profile dist -q
+
+pgo: $(STAMP) ## retake pgo/segmint.profdata on the training workload, then rebuild (needs llvm-profdata)
+	PYTHON=$(PY) scripts/pgo.sh
 
 run: build ## build and run the main job: the gRPC sidecar on 127.0.0.1:50051 with the bundled audiences
 	$(VENV)/bin/segmint serve
@@ -38,8 +41,8 @@ test-python: ## pytest: API, differential vs the reference, scenarios, bad input
 lint: $(STAMP) ## cargo fmt/clippy, ruff, mypy, stubtest
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	$(VENV)/bin/ruff check python tests benches
-	$(VENV)/bin/ruff format --check python tests benches
+	$(VENV)/bin/ruff check python tests benches scripts
+	$(VENV)/bin/ruff format --check python tests benches scripts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m mypy.stubtest segmint._core
 

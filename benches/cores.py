@@ -5,7 +5,7 @@ thread) and writes the "cores" section of BENCHMARKS.md.
 It needs only numpy and pyarrow (for the workload) and a built binary, so it
 runs on a larger machine that has no Rust toolchain:
 
-    python benches/cores.py --bin target/release/segmint-bench --json cores.json
+    python benches/cores.py --bin target/dist/segmint-bench --json cores.json
     python benches/cores.py --from-json cores.json --write BENCHMARKS.md
 
 The first command measures (results are written after each run, so a run cut
@@ -124,7 +124,7 @@ def section(doc: dict[str, Any]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Measures, or writes the section from earlier results."""
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--bin", type=Path, default=ROOT / "target" / "release" / "segmint-bench")
+    p.add_argument("--bin", type=Path, default=engine_bench.BIN)
     p.add_argument("--threads", help="comma-separated thread counts (default 1, 2, 4 ... cores)")
     p.add_argument("--users", type=int, default=1_000_000)
     p.add_argument("--events", type=int, default=3_000_000)

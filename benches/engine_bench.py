@@ -25,7 +25,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benches.workload import WorkloadSpec, export
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = ROOT / "target" / "release" / "segmint-bench"
+# The `dist` profile (fat LTO, the committed PGO profile): what users run.
+BIN = ROOT / "target" / "dist" / "segmint-bench"
+
+
+def build_bench() -> str | None:
+    """Builds ``segmint-bench`` as ``make build`` builds the extension
+    (``scripts/with-pgo.sh cargo build --profile dist``); None on success,
+    else the reason."""
+    try:
+        done = subprocess.run(
+            [
+                str(ROOT / "scripts" / "with-pgo.sh"),
+                "cargo",
+                "build",
+                "--profile",
+                "dist",
+                "-q",
+                "-p",
+                "segmint-bench",
+                "--bin",
+                "segmint-bench",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return str(e)
+    if done.returncode != 0:
+        return "cargo build failed: " + " / ".join(done.stderr.strip().splitlines()[-3:])
+    return None
 
 
 def run(
@@ -58,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "benches" / "out")
     p.add_argument("--json", type=Path, default=None, help="write all results here")
     args = p.parse_args(argv)
-    subprocess.run(
-        ["cargo", "build", "--release", "-q", "-p", "segmint-bench"], check=True, cwd=ROOT
-    )
+    err = build_bench()
+    if err:
+        raise SystemExit(f"segmint-bench: {err}")
     results = []
     configs: list[tuple[int, int | None]] = [(1_000, None), (10_000, None), (10_000, 1_000)]
     for n_aud, hot in configs:

@@ -36,6 +36,7 @@ if str(ROOT / "python") not in sys.path:
 
 from benches import peers  # noqa: E402
 from benches.cores import CORES_TITLE  # noqa: E402
+from benches.engine_bench import BIN, build_bench  # noqa: E402
 from benches.machine import machine_info  # noqa: E402
 from benches.sections import markers, read_section  # noqa: E402
 from benches.workload import (  # noqa: E402
@@ -45,7 +46,6 @@ from benches.workload import (  # noqa: E402
     generate_events,
 )
 
-BIN = ROOT / "target" / "release" / "segmint-bench"
 MIB = 1024 * 1024
 
 
@@ -220,23 +220,6 @@ def run_engine_bench(
     result: dict[str, Any] = json.loads(done.stdout)
     result["cmd"] = " ".join(shlex.quote(c) for c in cmd)
     return result
-
-
-def build_bench() -> str | None:
-    """``cargo build --release -p segmint-bench``; None on success, else the reason."""
-    try:
-        done = subprocess.run(
-            ["cargo", "build", "--release", "-q", "-p", "segmint-bench", "--bin", "segmint-bench"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return str(e)
-    if done.returncode != 0:
-        return "cargo build failed: " + " / ".join(done.stderr.strip().splitlines()[-3:])
-    return None
 
 
 # --------------------------------------------------------------------------- the run
@@ -906,7 +889,7 @@ def report(res: Results, size: Size, plots: dict[str, Path], md_path: Path) -> s
         "",
         "`make bench` (size small) or `python benches/run.py --size full` (1M users, by hand); "
         "raw results are written to `benches/out/results-<size>.json`, and engine figures "
-        "come from `target/release/segmint-bench` (commands in the JSON).",
+        "come from `target/dist/segmint-bench` (commands in the JSON).",
         "",
     ]
     return "\n".join(lines)

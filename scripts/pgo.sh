@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# `make pgo`: retakes pgo/segmint.profdata.gz, the profile that `make build` and
+# the benchmarks compile with (scripts/with-pgo.sh). Builds segmint-bench and
+# the extension instrumented, runs the training workload through both
+# (scripts/pgo_train.py: the standard generator, another seed), merges the
+# counts, then rebuilds the extension with the new profile.
+#
+# Needs llvm-profdata of LLVM >= 19 (rustc's own LLVM is newer, and
+# llvm-profdata reads the raw files of later LLVMs in the same format
+# version): rustup's llvm-tools component, or Debian's llvm-19 package.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+py="${PYTHON:-$root/.venv/bin/python}"
+maturin="$(dirname "$py")/maturin"
+
+profdata=""
+sysroot_tool="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/llvm-profdata"
+for candidate in "$sysroot_tool" llvm-profdata-{22,21,20,19} llvm-profdata; do
+    if command -v "$candidate" >/dev/null 2>&1; then
+        profdata="$candidate"
+        break
+    fi
+done
+if [[ -z "$profdata" ]]; then
+    echo "make pgo: no llvm-profdata found (rustup component add llvm-tools, or apt install llvm-19)" >&2
+    exit 1
+fi
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+raw="$work/raw"
+gen_target="$root/target/pgo-generate"
+export RUSTFLAGS="-Cprofile-generate=$raw"
+cargo build --profile dist -q -p segmint-bench --target-dir "$gen_target"
+"$maturin" develop --profile dist -q --target-dir "$gen_target"
+unset RUSTFLAGS
+# The instrumented build scripts of the dependencies ran during the build.
+rm -rf "$raw"
+
+"$py" scripts/pgo_train.py export "$work/workload"
+bench="$gen_target/dist/segmint-bench"
+events="$work/workload/events-200000-600000-180-7.ndjson"
+"$bench" "$events" "$work/workload/audiences-1000-None-7.json" \
+    --threads 1 --latency-samples 2000 --backfills 2 >/dev/null
+"$bench" "$events" "$work/workload/audiences-1000-None-7.json" \
+    --threads 2 --latency-samples 0 --backfills 1 --max-events 200000 \
+    --data-dir "$work/data" --fsync never >/dev/null
+"$bench" "$events" "$work/workload/audiences-10000-None-7.json" \
+    --threads 1 --latency-samples 500 --backfills 1 --max-events 150000 >/dev/null
+"$py" scripts/pgo_train.py python
+
+# Sparse: functions the training never ran keep no entry (a quarter of the
+# size, and no slower in paired runs); gzip -n: the same bytes for the same counts.
+"$profdata" merge --sparse -o "$work/segmint.profdata" "$raw"/*.profraw
+gzip -9nc "$work/segmint.profdata" >"$root/pgo/segmint.profdata.gz"
+echo "wrote pgo/segmint.profdata.gz ($(du -h "$root/pgo/segmint.profdata.gz" | cut -f1)) with $profdata"
+"$root/scripts/with-pgo.sh" "$maturin" develop --profile dist -q
