@@ -21,7 +21,7 @@ venv: $(STAMP) ## create .venv with the pinned tools
 build: $(STAMP) ## build the Rust extension (profile dist: fat LTO + the committed PGO profile) into .venv
 	scripts/with-pgo.sh $(VENV)/bin/maturin develop --profile dist -q
 
-pgo: $(STAMP) ## retake pgo/segmint.profdata on the training workload, then rebuild (needs llvm-profdata)
+pgo: $(STAMP) ## retake pgo/segmint.profdata.gz on the training workload, then rebuild (needs llvm-profdata)
 	PYTHON=$(PY) scripts/pgo.sh
 
 run: build ## build and run the main job: the gRPC sidecar on 127.0.0.1:50051 with the bundled audiences

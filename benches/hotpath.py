@@ -3,11 +3,16 @@ alternately on the same events and audiences, in memory, and writes the
 "hotpath" section of BENCHMARKS.md (the full run keeps it as it is).
 
     git worktree add /tmp/before <commit>
-    CARGO_TARGET_DIR=/tmp/before-target /tmp/before/scripts/with-pgo.sh \\
-        cargo build --profile dist -p segmint-bench --manifest-path /tmp/before/Cargo.toml
+    cd /tmp/before && CARGO_TARGET_DIR=/tmp/before-target scripts/with-pgo.sh \\
+        cargo build --profile dist -p segmint-bench
     python benches/hotpath.py --before /tmp/before-target/dist/segmint-bench \\
         --before-label <commit> --after-label HEAD \\
         --events ev500k.ndjson --audiences benches/out/bench/audiences-1000-None-42.json
+
+(A commit before 6fa26fa has neither the script nor the profile: build it
+with ``cargo build --release`` and take ``/tmp/before-target/release/``.)
+Each build carries the PGO profile committed with it, which goes stale as
+the code changes: run ``make pgo`` before building the newer one.
 
 Alternating runs spread any drift of a shared machine over both builds;
 with ``--paired`` each round runs both builds at the same time (one core

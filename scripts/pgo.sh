@@ -1,40 +1,52 @@
 #!/usr/bin/env bash
-# `make pgo`: retakes pgo/segmint.profdata.gz, the profile that `make build` and
-# the benchmarks compile with (scripts/with-pgo.sh). Builds segmint-bench and
-# the extension instrumented, runs the training workload through both
+# `make pgo`: retakes pgo/segmint.profdata.gz, the profile that `make build`
+# and the benchmarks compile with (scripts/with-pgo.sh), and records the
+# rustc that took it in pgo/rustc-version. Builds segmint-bench and the
+# extension instrumented, runs the training workload through both
 # (scripts/pgo_train.py: the standard generator, another seed), merges the
 # counts, then rebuilds the extension with the new profile.
 #
-# Needs llvm-profdata of LLVM >= 19 (rustc's own LLVM is newer, and
+# Needs llvm-profdata of LLVM 19 or later (rustc's own LLVM may be newer:
 # llvm-profdata reads the raw files of later LLVMs in the same format
 # version): rustup's llvm-tools component, or Debian's llvm-19 package.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 py="${PYTHON:-$root/.venv/bin/python}"
-maturin="$(dirname "$py")/maturin"
+maturin="${MATURIN:-$(dirname "$py")/maturin}"
 
+llvm_major() { "$1" --version 2>/dev/null | sed -n 's/.*LLVM version \([0-9]*\).*/\1/p' | head -n1; }
 profdata=""
 sysroot_tool="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/llvm-profdata"
-for candidate in "$sysroot_tool" llvm-profdata-{22,21,20,19} llvm-profdata; do
-    if command -v "$candidate" >/dev/null 2>&1; then
+for candidate in "$sysroot_tool" llvm-profdata-{30..19} llvm-profdata; do
+    if command -v "$candidate" >/dev/null 2>&1 && [[ "$(llvm_major "$candidate")" -ge 19 ]] 2>/dev/null; then
         profdata="$candidate"
         break
     fi
 done
 if [[ -z "$profdata" ]]; then
-    echo "make pgo: no llvm-profdata found (rustup component add llvm-tools, or apt install llvm-19)" >&2
+    echo "make pgo: no llvm-profdata of LLVM 19 or later (rustup component add llvm-tools, or apt install llvm-19)" >&2
     exit 1
 fi
 
 work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+instrumented=0
+finish() {
+    status=$?
+    rm -rf "$work"
+    if ((status != 0 && instrumented)); then
+        echo "make pgo failed: reinstalling the extension built with the committed profile" >&2
+        "$root/scripts/with-pgo.sh" "$maturin" develop --profile dist -q || true
+    fi
+}
+trap finish EXIT
+
 raw="$work/raw"
 gen_target="$root/target/pgo-generate"
-export RUSTFLAGS="-Cprofile-generate=$raw"
-cargo build --profile dist -q -p segmint-bench --target-dir "$gen_target"
-"$maturin" develop --profile dist -q --target-dir "$gen_target"
-unset RUSTFLAGS
+generate() { env -u RUSTFLAGS CARGO_ENCODED_RUSTFLAGS="-Cprofile-generate=$raw" "$@"; }
+generate cargo build --profile dist -q -p segmint-bench --target-dir "$gen_target"
+instrumented=1
+generate "$maturin" develop --profile dist -q --target-dir "$gen_target"
 # The instrumented build scripts of the dependencies ran during the build.
 rm -rf "$raw"
 
@@ -54,5 +66,7 @@ events="$work/workload/events-200000-600000-180-7.ndjson"
 # size, and no slower in paired runs); gzip -n: the same bytes for the same counts.
 "$profdata" merge --sparse -o "$work/segmint.profdata" "$raw"/*.profraw
 gzip -9nc "$work/segmint.profdata" >"$root/pgo/segmint.profdata.gz"
-echo "wrote pgo/segmint.profdata.gz ($(du -h "$root/pgo/segmint.profdata.gz" | cut -f1)) with $profdata"
+"${RUSTC:-rustc}" -V >"$root/pgo/rustc-version"
+echo "wrote pgo/segmint.profdata.gz ($(du -h "$root/pgo/segmint.profdata.gz" | cut -f1)) with $profdata for $(cat "$root/pgo/rustc-version")"
 "$root/scripts/with-pgo.sh" "$maturin" develop --profile dist -q
+instrumented=0

@@ -1,25 +1,56 @@
 #!/usr/bin/env bash
 # Runs a build command (`cargo build --profile dist ...`, `maturin develop
 # --profile dist`) with the committed profile-guided-optimisation profile,
-# pgo/segmint.profdata.gz, applied to every crate it compiles. Without the
-# file the command runs as given. A function changed since the profile was
-# taken compiles without profile data (`make pgo` retakes it): the profile
-# steers inlining, branch layout and code placement, never what the code
-# computes.
+# pgo/segmint.profdata.gz, applied to every crate it compiles.
+#
+# The profile matches functions by symbol name, and rustc puts its own
+# version into every symbol's hash: it applies only with the rustc that took
+# it (pgo/rustc-version). With another rustc, or without the file, the
+# command runs as given and says so. A function changed since the profile
+# was taken compiles without profile data (`make pgo` retakes it): the
+# profile steers inlining, branch layout and code placement, never what the
+# code computes.
+#
+# The flags go in CARGO_ENCODED_RUSTFLAGS (the path may hold spaces), after
+# those of CARGO_ENCODED_RUSTFLAGS or RUSTFLAGS if the caller set them; like
+# any of these variables, they take the place of `rustflags` from Cargo
+# config files.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 packed="$root/pgo/segmint.profdata.gz"
-if [[ -f "$packed" ]]; then
-    # rustc reads the profile uncompressed; unpacked once per version of it.
-    profile="$root/target/pgo/segmint-$(cksum <"$packed" | cut -d' ' -f1).profdata"
+taken_with="$(cat "$root/pgo/rustc-version" 2>/dev/null || true)"
+building_with="$("${RUSTC:-rustc}" -V)"
+if [[ ! -f "$packed" ]]; then
+    echo "with-pgo: no $packed: building without a PGO profile" >&2
+elif [[ "$taken_with" != "$building_with" ]]; then
+    echo "with-pgo: the PGO profile was taken with '$taken_with', this is" \
+        "'$building_with': building without it (make pgo retakes it)" >&2
+else
+    # rustc reads the profile uncompressed: unpacked once per version of it,
+    # named by its hash so that a new profile rebuilds every crate (Cargo
+    # does not watch the file, only the flags).
+    dir="${CARGO_TARGET_DIR:-$root/target}/pgo"
+    profile="$dir/segmint-$(sha256sum "$packed" | cut -c1-16).profdata"
     if [[ ! -f "$profile" ]]; then
-        mkdir -p "$root/target/pgo"
-        gzip -dc "$packed" >"$profile.tmp"
-        mv "$profile.tmp" "$profile"
+        mkdir -p "$dir"
+        find "$dir" -name 'segmint-*.profdata' -delete
+        # Builds started together each unpack into their own file.
+        tmp="$(mktemp "$dir/.unpack.XXXXXX")"
+        gzip -dc "$packed" >"$tmp"
+        mv -f "$tmp" "$profile"
     fi
-    # rustc opens the path from each crate's own directory: it must be
-    # absolute. The mismatch warnings would name every function edited
+    # The path must be absolute: rustc opens it from each crate's own
+    # directory. The mismatch warnings would name every function edited
     # since the profile was taken.
-    export RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$profile -Cllvm-args=-no-pgo-warn-mismatch"
+    flags=("-Cprofile-use=$profile" "-Cllvm-args=-no-pgo-warn-mismatch")
+    if [[ -n "${CARGO_ENCODED_RUSTFLAGS:-}" ]]; then
+        IFS=$'\x1f' read -r -a given <<<"$CARGO_ENCODED_RUSTFLAGS" || true
+    else
+        read -r -a given <<<"${RUSTFLAGS:-}" || true
+    fi
+    all=("${given[@]}" "${flags[@]}")
+    CARGO_ENCODED_RUSTFLAGS="$(IFS=$'\x1f'; printf '%s' "${all[*]}")"
+    export CARGO_ENCODED_RUSTFLAGS
+    unset RUSTFLAGS
 fi
 exec "$@"

@@ -1,47 +1,81 @@
 """The optimised build's wrapper (scripts/with-pgo.sh) hands rustc the
 committed PGO profile: an absolute path to the unpacked bytes of
-pgo/segmint.profdata.gz, named by their checksum so a new profile rebuilds."""
+pgo/segmint.profdata.gz, after the caller's own flags, and only when the
+rustc building is the one that took the profile."""
 
 from __future__ import annotations
 
 import gzip
 import os
-import shlex
 import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKED = ROOT / "pgo" / "segmint.profdata.gz"
+SEPARATOR = "\x1f"  # Cargo's separator in CARGO_ENCODED_RUSTFLAGS
 
 
-def _rustflags(extra: str | None = None) -> list[str]:
-    env = {k: v for k, v in os.environ.items() if k != "RUSTFLAGS"}
-    if extra is not None:
-        env["RUSTFLAGS"] = extra
+def _wrapped(env_changes: dict[str, str], tmp_path: Path) -> tuple[list[str], str, str]:
+    """The encoded flags, RUSTFLAGS (or "unset") and stderr the wrapper leaves
+    to the command it runs."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "RUSTC", "CARGO_TARGET_DIR")
+    }
+    env["CARGO_TARGET_DIR"] = str(tmp_path / "target")
+    env.update(env_changes)
     done = subprocess.run(
-        [str(ROOT / "scripts" / "with-pgo.sh"), "sh", "-c", 'printf %s "$RUSTFLAGS"'],
+        [
+            str(ROOT / "scripts" / "with-pgo.sh"),
+            "sh",
+            "-c",
+            'printf "%s\\n%s" "${CARGO_ENCODED_RUSTFLAGS-}" "${RUSTFLAGS-unset}"',
+        ],
         env=env,
         capture_output=True,
         text=True,
         check=True,
         timeout=60,
     )
-    return shlex.split(done.stdout)
+    encoded, rustflags = done.stdout.split("\n")
+    return [f for f in encoded.split(SEPARATOR) if f], rustflags, done.stderr
 
 
-def test_the_profile_is_passed_unpacked_by_absolute_path() -> None:
-    flags = _rustflags()
+def _profile_path(flags: list[str]) -> Path:
     use = [f for f in flags if f.startswith("-Cprofile-use=")]
     assert len(use) == 1, flags
-    path = Path(use[0].removeprefix("-Cprofile-use="))
+    return Path(use[0].removeprefix("-Cprofile-use="))
+
+
+def test_the_profile_is_passed_unpacked_by_absolute_path(tmp_path: Path) -> None:
+    flags, rustflags, _ = _wrapped({}, tmp_path)
+    path = _profile_path(flags)
     assert path.is_absolute()
+    assert path.parent == tmp_path / "target" / "pgo"
     assert path.read_bytes() == gzip.decompress(PACKED.read_bytes())
     # LLVM's indexed profile format starts with this magic number.
     assert path.read_bytes()[:8] == b"\xfflprofi\x81"
     assert "-Cllvm-args=-no-pgo-warn-mismatch" in flags
+    assert rustflags == "unset"
 
 
-def test_flags_already_set_are_kept() -> None:
-    flags = _rustflags("-Ctarget-cpu=x86-64-v2")
-    assert flags[0] == "-Ctarget-cpu=x86-64-v2"
-    assert any(f.startswith("-Cprofile-use=") for f in flags)
+def test_the_callers_flags_come_first(tmp_path: Path) -> None:
+    flags, rustflags, _ = _wrapped({"RUSTFLAGS": "-Ctarget-cpu=x86-64-v2  -Cdebuginfo=1"}, tmp_path)
+    assert flags[:2] == ["-Ctarget-cpu=x86-64-v2", "-Cdebuginfo=1"]
+    _profile_path(flags)
+    assert rustflags == "unset"  # else Cargo would read it instead
+    given = SEPARATOR.join(["-Cdebuginfo=1", "-Cremark=a b"])
+    flags, _, _ = _wrapped({"CARGO_ENCODED_RUSTFLAGS": given}, tmp_path)
+    assert flags[:2] == ["-Cdebuginfo=1", "-Cremark=a b"]
+    _profile_path(flags)
+
+
+def test_another_rustc_builds_without_the_profile(tmp_path: Path) -> None:
+    fake = tmp_path / "rustc"
+    fake.write_text("#!/bin/sh\necho 'rustc 0.0.1 (0000000 2020-01-01)'\n")
+    fake.chmod(0o755)
+    flags, _, stderr = _wrapped({"RUSTC": str(fake), "RUSTFLAGS": "-Cdebuginfo=1"}, tmp_path)
+    assert flags == []
+    assert "building without it" in stderr
+    assert "rustc 0.0.1" in stderr
