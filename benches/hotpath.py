@@ -3,8 +3,9 @@ alternately on the same events and audiences, in memory, and writes the
 "hotpath" section of BENCHMARKS.md (the full run keeps it as it is).
 
     git worktree add /tmp/before <commit>
-    cd /tmp/before && CARGO_TARGET_DIR=/tmp/before-target scripts/with-pgo.sh \\
-        cargo build --profile dist -p segmint-bench
+    (cd /tmp/before && CARGO_TARGET_DIR=/tmp/before-target scripts/with-pgo.sh \\
+        cargo build --profile dist -p segmint-bench)
+    scripts/with-pgo.sh cargo build --profile dist -p segmint-bench   # the --after default
     python benches/hotpath.py --before /tmp/before-target/dist/segmint-bench \\
         --before-label <commit> --after-label HEAD \\
         --events ev500k.ndjson --audiences benches/out/bench/audiences-1000-None-42.json

@@ -18,6 +18,29 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 packed="$root/pgo/segmint.profdata.gz"
+
+# The flags for the command: the caller's (CARGO_ENCODED_RUSTFLAGS wins over
+# RUSTFLAGS, as in Cargo, even when empty) followed by "$@".
+export_flags() {
+    local given=() all
+    if [[ -v CARGO_ENCODED_RUSTFLAGS ]]; then
+        IFS=$'\x1f' read -r -a given <<<"$CARGO_ENCODED_RUSTFLAGS" || true
+    else
+        read -r -a given <<<"${RUSTFLAGS:-}" || true
+    fi
+    all=("${given[@]}" "$@")
+    CARGO_ENCODED_RUSTFLAGS="$(IFS=$'\x1f'; printf '%s' "${all[*]}")"
+    export CARGO_ENCODED_RUSTFLAGS
+    unset RUSTFLAGS
+}
+
+# `make pgo` builds its instrumented binaries through here too, so that the
+# training and the use see the same flags.
+if [[ -n "${SEGMINT_PGO_GENERATE:-}" ]]; then
+    export_flags "-Cprofile-generate=$SEGMINT_PGO_GENERATE"
+    exec "$@"
+fi
+
 taken_with="$(cat "$root/pgo/rustc-version" 2>/dev/null || true)"
 building_with="$("${RUSTC:-rustc}" -V)"
 if [[ ! -f "$packed" ]]; then
@@ -28,29 +51,22 @@ elif [[ "$taken_with" != "$building_with" ]]; then
 else
     # rustc reads the profile uncompressed: unpacked once per version of it,
     # named by its hash so that a new profile rebuilds every crate (Cargo
-    # does not watch the file, only the flags).
-    dir="${CARGO_TARGET_DIR:-$root/target}/pgo"
+    # does not watch the file, only the flags). The path must be absolute:
+    # rustc opens it from each crate's own directory.
+    mkdir -p "${CARGO_TARGET_DIR:-$root/target}/pgo"
+    dir="$(cd "${CARGO_TARGET_DIR:-$root/target}/pgo" && pwd)"
     profile="$dir/segmint-$(sha256sum "$packed" | cut -c1-16).profdata"
     if [[ ! -f "$profile" ]]; then
-        mkdir -p "$dir"
-        find "$dir" -name 'segmint-*.profdata' -delete
         # Builds started together each unpack into their own file.
         tmp="$(mktemp "$dir/.unpack.XXXXXX")"
+        trap 'rm -f "$tmp"' EXIT
         gzip -dc "$packed" >"$tmp"
         mv -f "$tmp" "$profile"
+        trap - EXIT
+        find "$dir" -name 'segmint-*.profdata' ! -name "${profile##*/}" -delete
     fi
-    # The path must be absolute: rustc opens it from each crate's own
-    # directory. The mismatch warnings would name every function edited
-    # since the profile was taken.
-    flags=("-Cprofile-use=$profile" "-Cllvm-args=-no-pgo-warn-mismatch")
-    if [[ -n "${CARGO_ENCODED_RUSTFLAGS:-}" ]]; then
-        IFS=$'\x1f' read -r -a given <<<"$CARGO_ENCODED_RUSTFLAGS" || true
-    else
-        read -r -a given <<<"${RUSTFLAGS:-}" || true
-    fi
-    all=("${given[@]}" "${flags[@]}")
-    CARGO_ENCODED_RUSTFLAGS="$(IFS=$'\x1f'; printf '%s' "${all[*]}")"
-    export CARGO_ENCODED_RUSTFLAGS
-    unset RUSTFLAGS
+    # The mismatch warnings would name every function edited since the
+    # profile was taken.
+    export_flags "-Cprofile-use=$profile" "-Cllvm-args=-no-pgo-warn-mismatch"
 fi
 exec "$@"

@@ -6,6 +6,7 @@ rustc building is the one that took the profile."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import subprocess
 from pathlib import Path
@@ -15,14 +16,27 @@ PACKED = ROOT / "pgo" / "segmint.profdata.gz"
 SEPARATOR = "\x1f"  # Cargo's separator in CARGO_ENCODED_RUSTFLAGS
 
 
-def _wrapped(env_changes: dict[str, str], tmp_path: Path) -> tuple[list[str], str, str]:
+def _rustc(tmp_path: Path, version: str) -> Path:
+    """A stand-in rustc that prints ``version`` for ``rustc -V``."""
+    fake = tmp_path / "rustc"
+    fake.write_text(f"#!/bin/sh\nprintf '%s\\n' '{version}'\n")
+    fake.chmod(0o755)
+    return fake
+
+
+def _wrapped(
+    env_changes: dict[str, str], tmp_path: Path, cwd: Path = ROOT
+) -> tuple[list[str], str, str]:
     """The encoded flags, RUSTFLAGS (or "unset") and stderr the wrapper leaves
-    to the command it runs."""
+    to the command it runs; by default as if built with the rustc that took
+    the profile (whatever rustc this machine has)."""
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in ("RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "RUSTC", "CARGO_TARGET_DIR")
     }
+    recorded = (ROOT / "pgo" / "rustc-version").read_text().strip()
+    env["RUSTC"] = str(_rustc(tmp_path, recorded))
     env["CARGO_TARGET_DIR"] = str(tmp_path / "target")
     env.update(env_changes)
     done = subprocess.run(
@@ -33,6 +47,7 @@ def _wrapped(env_changes: dict[str, str], tmp_path: Path) -> tuple[list[str], st
             'printf "%s\\n%s" "${CARGO_ENCODED_RUSTFLAGS-}" "${RUSTFLAGS-unset}"',
         ],
         env=env,
+        cwd=cwd,
         capture_output=True,
         text=True,
         check=True,
@@ -69,13 +84,61 @@ def test_the_callers_flags_come_first(tmp_path: Path) -> None:
     flags, _, _ = _wrapped({"CARGO_ENCODED_RUSTFLAGS": given}, tmp_path)
     assert flags[:2] == ["-Cdebuginfo=1", "-Cremark=a b"]
     _profile_path(flags)
+    # Set but empty, it still wins over RUSTFLAGS, as in Cargo.
+    flags, _, _ = _wrapped({"CARGO_ENCODED_RUSTFLAGS": "", "RUSTFLAGS": "-Cdebuginfo=1"}, tmp_path)
+    assert flags[0].startswith("-Cprofile-use=")
+
+
+def test_a_relative_target_dir_or_one_with_spaces_gives_an_absolute_path(
+    tmp_path: Path,
+) -> None:
+    flags, _, _ = _wrapped({"CARGO_TARGET_DIR": "rel target"}, tmp_path, cwd=tmp_path)
+    path = _profile_path(flags)
+    assert path == tmp_path / "rel target" / "pgo" / path.name
+    assert path.is_file()
+
+
+def test_builds_started_together_each_find_the_profile(tmp_path: Path) -> None:
+    recorded = (ROOT / "pgo" / "rustc-version").read_text().strip()
+    env = {k: v for k, v in os.environ.items() if k not in ("RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS")}
+    env |= {"RUSTC": str(_rustc(tmp_path, recorded)), "CARGO_TARGET_DIR": str(tmp_path / "t")}
+    # Each "build" checks that the profile it was given exists.
+    check = (
+        'p=$(printf "%s" "$CARGO_ENCODED_RUSTFLAGS" | tr "\\037" "\\n"'
+        ' | sed -n "s/^-Cprofile-use=//p"); test -f "$p"'
+    )
+    for _ in range(5):
+        subprocess.run(["rm", "-rf", str(tmp_path / "t")], check=True)
+        runs = [
+            subprocess.Popen([str(ROOT / "scripts" / "with-pgo.sh"), "sh", "-c", check], env=env)
+            for _ in range(6)
+        ]
+        assert [r.wait(timeout=60) for r in runs] == [0] * 6
+        assert [p.name for p in (tmp_path / "t" / "pgo").iterdir()] == [
+            f"segmint-{_sha16()}.profdata"
+        ]
+
+
+def _sha16() -> str:
+    return hashlib.sha256(PACKED.read_bytes()).hexdigest()[:16]
+
+
+def test_make_pgo_builds_instrumented_through_the_same_flags(tmp_path: Path) -> None:
+    flags, rustflags, _ = _wrapped(
+        {"SEGMINT_PGO_GENERATE": "/tmp/raw dir", "RUSTFLAGS": "-Cdebuginfo=1"}, tmp_path
+    )
+    assert flags == ["-Cdebuginfo=1", "-Cprofile-generate=/tmp/raw dir"]
+    assert rustflags == "unset"
 
 
 def test_another_rustc_builds_without_the_profile(tmp_path: Path) -> None:
-    fake = tmp_path / "rustc"
-    fake.write_text("#!/bin/sh\necho 'rustc 0.0.1 (0000000 2020-01-01)'\n")
-    fake.chmod(0o755)
-    flags, _, stderr = _wrapped({"RUSTC": str(fake), "RUSTFLAGS": "-Cdebuginfo=1"}, tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    fake = _rustc(other, "rustc 0.0.1 (0000000 2020-01-01)")
+    flags, rustflags, stderr = _wrapped(
+        {"RUSTC": str(fake), "RUSTFLAGS": "-Cdebuginfo=1"}, tmp_path
+    )
     assert flags == []
+    assert rustflags == "-Cdebuginfo=1"
     assert "building without it" in stderr
     assert "rustc 0.0.1" in stderr
