@@ -79,7 +79,8 @@ def train_python() -> None:
         del durable
         gc.collect()
         again = segmint.Engine(clock="manual", now=start, data_dir=data_dir, fsync="never")
-        assert again.recovery.events_replayed == head.num_rows, again.recovery
+        if again.recovery.events_replayed != head.num_rows:
+            raise SystemExit(f"the reopened engine replayed {again.recovery}")
         again.close()
     print(f"python training: {run.rows:,} events, {run.changes:,} changes")
 
