@@ -354,6 +354,52 @@ fn a_torn_tail_is_cut_and_damage_elsewhere_is_reported() {
 }
 
 #[test]
+fn a_record_that_does_not_decode_stops_start_up_at_its_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut e, _) = Engine::open(config(), storage(dir.path(), 0)).unwrap();
+        e.define_audience("vip", RULES[1].1).unwrap();
+        for i in 0..6 {
+            let json = format!(r#"[{{"type":"identify","userId":"u{i}","traits":{{"ltv":{i}}}}}]"#);
+            e.ingest_json(json.as_bytes()).unwrap();
+        }
+    }
+    let log = dir.path().join("wal-000000000001.log");
+    let mut bytes = std::fs::read(&log).unwrap();
+    // Frames after the 16-byte header: length, CRC-32C of length and
+    // payload, payload. The fourth record's payload is replaced by bytes
+    // that pass the checksum but are no record: the decoder (a thread of
+    // its own, ahead of the replay) must stop there, not at a later one.
+    let mut at = 16;
+    let mut offsets = Vec::new();
+    while at < bytes.len() {
+        offsets.push(at);
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        at += 8 + len;
+    }
+    assert_eq!(offsets.len(), 7, "one define and six batches");
+    let bad = offsets[3];
+    let len = u32::from_le_bytes(bytes[bad..bad + 4].try_into().unwrap());
+    let payload = vec![0xff; len as usize];
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&len.to_le_bytes()), &payload);
+    bytes[bad + 4..bad + 8].copy_from_slice(&crc.to_le_bytes());
+    bytes[bad + 8..bad + 8 + len as usize].copy_from_slice(&payload);
+    std::fs::write(&log, &bytes).unwrap();
+    match Engine::open(config(), storage(dir.path(), 0)) {
+        Err(SegmintError::Corrupt {
+            path,
+            offset,
+            message,
+        }) => {
+            assert!(path.ends_with("wal-000000000001.log"), "{path}");
+            assert_eq!(offset, bad as u64);
+            assert!(message.contains("does not decode"), "{message}");
+        }
+        other => panic!("expected a corrupt-data error, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
 fn a_corrupt_snapshot_stops_start_up() {
     let dir = tempfile::tempdir().unwrap();
     {
