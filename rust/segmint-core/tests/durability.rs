@@ -316,20 +316,24 @@ fn retried_message_ids_are_applied_once_across_a_restart() {
     assert_eq!(report.duplicates, 0);
 }
 
+/// Logs the definition of "vip" and `users` batches of one identify each
+/// (user `u{i}` with an ltv of 100 × i), then closes the engine.
+fn log_vip_and_identifies(dir: &Path, users: usize) {
+    let (mut e, _) = Engine::open(config(), storage(dir, 0)).unwrap();
+    e.define_audience("vip", RULES[1].1).unwrap();
+    for i in 0..users {
+        let json = format!(
+            r#"[{{"type":"identify","userId":"u{i}","traits":{{"ltv":{}}}}}]"#,
+            100 * i
+        );
+        e.ingest_json(json.as_bytes()).unwrap();
+    }
+}
+
 #[test]
 fn a_torn_tail_is_cut_and_damage_elsewhere_is_reported() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let (mut e, _) = Engine::open(config(), storage(dir.path(), 0)).unwrap();
-        e.define_audience("vip", RULES[1].1).unwrap();
-        for i in 0..5 {
-            let json = format!(
-                r#"[{{"type":"identify","userId":"u{i}","traits":{{"ltv":{}}}}}]"#,
-                100 * i
-            );
-            e.ingest_json(json.as_bytes()).unwrap();
-        }
-    }
+    log_vip_and_identifies(dir.path(), 5);
     let log = dir.path().join("wal-000000000001.log");
     let full = std::fs::read(&log).unwrap();
     // A crash mid-write: half of the last record is missing.
@@ -356,14 +360,7 @@ fn a_torn_tail_is_cut_and_damage_elsewhere_is_reported() {
 #[test]
 fn a_record_that_does_not_decode_stops_start_up_at_its_offset() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let (mut e, _) = Engine::open(config(), storage(dir.path(), 0)).unwrap();
-        e.define_audience("vip", RULES[1].1).unwrap();
-        for i in 0..6 {
-            let json = format!(r#"[{{"type":"identify","userId":"u{i}","traits":{{"ltv":{i}}}}}]"#);
-            e.ingest_json(json.as_bytes()).unwrap();
-        }
-    }
+    log_vip_and_identifies(dir.path(), 6);
     let log = dir.path().join("wal-000000000001.log");
     let mut bytes = std::fs::read(&log).unwrap();
     // Frames after the 16-byte header: length, CRC-32C of length and
