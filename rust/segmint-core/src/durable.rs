@@ -31,7 +31,8 @@ use crate::time::Millis;
 
 /// Log records decoded ahead of the replay: enough to keep the replaying
 /// thread fed, few enough that a log of 50,000-event batches holds only a
-/// handful of them decoded at once.
+/// handful of them decoded at once (these, the one waiting to be sent and
+/// the one replaying).
 const DECODED_AHEAD: usize = 4;
 
 /// A catalog operation, kept in order so a snapshot can rebuild the catalog.

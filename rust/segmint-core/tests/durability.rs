@@ -375,12 +375,15 @@ fn a_record_that_does_not_decode_stops_start_up_at_its_offset() {
         at += 8 + len;
     }
     assert_eq!(offsets.len(), 7, "one define and six batches");
+    // The sixth too: the first bad record is the one reported.
+    for bad in [offsets[3], offsets[5]] {
+        let len = u32::from_le_bytes(bytes[bad..bad + 4].try_into().unwrap());
+        let payload = vec![0xff; len as usize];
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&len.to_le_bytes()), &payload);
+        bytes[bad + 4..bad + 8].copy_from_slice(&crc.to_le_bytes());
+        bytes[bad + 8..bad + 8 + len as usize].copy_from_slice(&payload);
+    }
     let bad = offsets[3];
-    let len = u32::from_le_bytes(bytes[bad..bad + 4].try_into().unwrap());
-    let payload = vec![0xff; len as usize];
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&len.to_le_bytes()), &payload);
-    bytes[bad + 4..bad + 8].copy_from_slice(&crc.to_le_bytes());
-    bytes[bad + 8..bad + 8 + len as usize].copy_from_slice(&payload);
     std::fs::write(&log, &bytes).unwrap();
     match Engine::open(config(), storage(dir.path(), 0)) {
         Err(SegmintError::Corrupt {

@@ -130,6 +130,16 @@ fn code(e: &SegmintError) -> &'static str {
     }
 }
 
+/// Runs `f`, turning a panic in it (the `part` of segmint named) into a
+/// `SegmintError` instead of letting it cross into Python.
+fn unwound<T>(part: &str, f: impl FnOnce() -> T) -> PyResult<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| {
+        PySegmintError::new_err(format!(
+            "internal error: the {part} panicked; please report this"
+        ))
+    })
+}
+
 fn to_py(e: SegmintError) -> PyErr {
     let message = e.to_string();
     Python::attach(|py| {
@@ -255,10 +265,7 @@ impl Engine {
     ) -> PyResult<T> {
         py.detach(|| {
             let mut engine = self.lock();
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut engine)))
-        })
-        .map_err(|_| {
-            PySegmintError::new_err("internal error: the engine panicked; please report this")
+            unwound("engine", || f(&mut engine))
         })?
         .map_err(to_py)
     }
@@ -273,10 +280,7 @@ impl Engine {
     ) -> PyResult<T> {
         py.detach(|| {
             let decoder = self.lock().decoder();
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode(&decoder)))
-        })
-        .map_err(|_| {
-            PySegmintError::new_err("internal error: the decoder panicked; please report this")
+            unwound("decoder", || decode(&decoder))
         })?
         .map_err(to_py)
     }
@@ -364,8 +368,9 @@ impl Engine {
                     fsync: policy,
                     snapshot_log_bytes,
                 };
+                // Opening replays the log: engine code, so no panic crosses.
                 let (mut core, info) = py
-                    .detach(move || CoreEngine::open(config, storage))
+                    .detach(move || unwound("engine", move || CoreEngine::open(config, storage)))?
                     .map_err(to_py)?;
                 core.defer_sync(true);
                 (core, info)
@@ -568,12 +573,7 @@ impl Engine {
             }
             Ok(total)
         };
-        let r = py
-            .detach(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)))
-            .map_err(|_| {
-                PySegmintError::new_err("internal error: the engine panicked; please report this")
-            })?
-            .map_err(to_py)?;
+        let r = py.detach(|| unwound("engine", run))?.map_err(to_py)?;
         Ok(report(r))
     }
 
