@@ -72,14 +72,14 @@ events="$work/workload/events-200000-600000-180-7.ndjson"
     --threads 1 --latency-samples 500 --backfills 1 --max-events 150000 >/dev/null
 "$py" scripts/pgo_train.py python
 
-# Sparse: functions the training never ran keep no entry (a quarter of the
-# size, and no slower in paired runs); gzip -n: the same bytes for the same counts.
 # One file per instrumented binary: segmint-bench's and the extension's.
 runs=("$raw"/*.profraw)
 if [[ ! -f "${runs[0]}" ]] || ((${#runs[@]} < 2)); then
     echo "make pgo: expected the counts of 2 binaries, found ${#runs[@]} files in $raw" >&2
     exit 1
 fi
+# Sparse: functions the training never ran keep no entry (a quarter of the
+# size, and no slower in paired runs); gzip -n: the same bytes for the same counts.
 "$profdata" merge --sparse -o "$work/segmint.profdata" "${runs[@]}"
 gzip -9nc "$work/segmint.profdata" >"$work/segmint.profdata.gz"
 "$rustc" -V >"$work/rustc-version"

@@ -53,8 +53,9 @@ else
     # named by its hash so that a new profile rebuilds every crate (Cargo
     # does not watch the file, only the flags). The path must be absolute:
     # rustc opens it from each crate's own directory.
-    mkdir -p "${CARGO_TARGET_DIR:-$root/target}/pgo"
-    dir="$(cd "${CARGO_TARGET_DIR:-$root/target}/pgo" && pwd)"
+    dir="${CARGO_TARGET_DIR:-$root/target}/pgo"
+    mkdir -p "$dir"
+    dir="$(cd "$dir" && pwd)"
     profile="$dir/segmint-$(sha256sum "$packed" | cut -c1-16).profdata"
     if [[ ! -f "$profile" ]]; then
         # Builds started together each unpack into their own file.

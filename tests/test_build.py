@@ -24,21 +24,25 @@ def _rustc(tmp_path: Path, version: str) -> Path:
     return fake
 
 
-def _wrapped(
-    env_changes: dict[str, str], tmp_path: Path, cwd: Path = ROOT
-) -> tuple[list[str], str, str]:
-    """The encoded flags, RUSTFLAGS (or "unset") and stderr the wrapper leaves
-    to the command it runs; by default as if built with the rustc that took
-    the profile (whatever rustc this machine has)."""
+def _env(tmp_path: Path, target: str) -> dict[str, str]:
+    """This process's environment without Cargo's flag and target variables,
+    building with a stand-in for the rustc that took the profile (whatever
+    rustc this machine has) into ``target``."""
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in ("RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "RUSTC", "CARGO_TARGET_DIR")
     }
     recorded = (ROOT / "pgo" / "rustc-version").read_text().strip()
-    env["RUSTC"] = str(_rustc(tmp_path, recorded))
-    env["CARGO_TARGET_DIR"] = str(tmp_path / "target")
-    env.update(env_changes)
+    return env | {"RUSTC": str(_rustc(tmp_path, recorded)), "CARGO_TARGET_DIR": target}
+
+
+def _wrapped(
+    env_changes: dict[str, str], tmp_path: Path, cwd: Path = ROOT
+) -> tuple[list[str], str, str]:
+    """The encoded flags, RUSTFLAGS (or "unset") and stderr the wrapper leaves
+    to the command it runs."""
+    env = _env(tmp_path, str(tmp_path / "target")) | env_changes
     done = subprocess.run(
         [
             str(ROOT / "scripts" / "with-pgo.sh"),
@@ -99,9 +103,8 @@ def test_a_relative_target_dir_or_one_with_spaces_gives_an_absolute_path(
 
 
 def test_builds_started_together_each_find_the_profile(tmp_path: Path) -> None:
-    recorded = (ROOT / "pgo" / "rustc-version").read_text().strip()
-    env = {k: v for k, v in os.environ.items() if k not in ("RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS")}
-    env |= {"RUSTC": str(_rustc(tmp_path, recorded)), "CARGO_TARGET_DIR": str(tmp_path / "t")}
+    env = _env(tmp_path, str(tmp_path / "t"))
+    unpacked = f"segmint-{hashlib.sha256(PACKED.read_bytes()).hexdigest()[:16]}.profdata"
     # Each "build" checks that the profile it was given exists.
     check = (
         'p=$(printf "%s" "$CARGO_ENCODED_RUSTFLAGS" | tr "\\037" "\\n"'
@@ -114,13 +117,7 @@ def test_builds_started_together_each_find_the_profile(tmp_path: Path) -> None:
             for _ in range(6)
         ]
         assert [r.wait(timeout=60) for r in runs] == [0] * 6
-        assert [p.name for p in (tmp_path / "t" / "pgo").iterdir()] == [
-            f"segmint-{_sha16()}.profdata"
-        ]
-
-
-def _sha16() -> str:
-    return hashlib.sha256(PACKED.read_bytes()).hexdigest()[:16]
+        assert [p.name for p in (tmp_path / "t" / "pgo").iterdir()] == [unpacked]
 
 
 def test_make_pgo_builds_instrumented_through_the_same_flags(tmp_path: Path) -> None:
