@@ -12,7 +12,7 @@ use crate::catalog::{
 };
 use crate::profile::{Memberships, UserData};
 use crate::rules::ast::AggFunc;
-use crate::state::{aggregate, numeric_summary, window_range, Entries, Summary};
+use crate::state::{aggregate, numeric_summary, window_bounds, window_range, Entries, Summary};
 use crate::time::{ceil_to, floor_to, parse_timestamp, Millis};
 use crate::value::Value;
 
@@ -398,16 +398,16 @@ impl UserEnv<'_> {
         };
         let empty = crate::state::UserState::default();
         let state = self.user.state(def.state).unwrap_or(&empty);
-        let Some((entries, with_summary)) = window_range(state, def.window, self.now, anchor)
-        else {
+        let Some((range, with_summary)) = window_bounds(state, def.window, self.now, anchor) else {
             return aggregate(def.func, Entries::EMPTY, None, false);
         };
-        if def.func == AggFunc::Avg && entries.len() >= AVG_THROUGH_SUM_FROM {
+        if def.func == AggFunc::Avg && range.len() >= AVG_THROUGH_SUM_FROM {
+            let entries = state.entries(range.clone());
             if let Some(avg) = self.avg_through_sum(def, entries, state.summary(), with_summary) {
                 return avg;
             }
         }
-        aggregate(def.func, entries, state.summary(), with_summary)
+        state.fold(def.func, range, with_summary)
     }
 
     /// An average over a window of numbers as the window's `sum` (a view of

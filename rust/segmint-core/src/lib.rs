@@ -30,6 +30,7 @@ pub mod error;
 pub mod eval;
 pub mod event;
 pub mod first_identify;
+mod fold_cache;
 pub mod inspect;
 pub mod limits;
 pub mod members;

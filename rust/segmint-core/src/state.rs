@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use hashbrown::HashMap;
 
 use crate::catalog::{StateDef, WindowDef};
+use crate::fold_cache::{FoldCache, FOLDS_KEPT_FROM};
 use crate::rules::ast::AggFunc;
 use crate::thin_box::ThinBox;
 use crate::time::Millis;
@@ -283,13 +284,23 @@ impl Times {
 }
 
 /// The parts of a [`UserState`] that few states have.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 struct Extra {
     /// The buffered entries' values, parallel to the instants; empty while
     /// no entry has one.
     values: Column,
     /// Entries that left the buffer, when the state needs them.
     summary: Option<Box<Summary>>,
+    /// Folds of long windows, while the state holds at least
+    /// [`FOLDS_KEPT_FROM`] entries (see [`crate::fold_cache`]).
+    folds: Option<Box<FoldCache>>,
+}
+
+/// Equal values and summaries: the kept folds are a cache.
+impl PartialEq for Extra {
+    fn eq(&self, other: &Extra) -> bool {
+        self.values == other.values && self.summary == other.summary
+    }
 }
 
 impl Extra {
@@ -339,6 +350,7 @@ impl<'de> serde::Deserialize<'de> for UserState {
         let extra = Extra {
             values: stored.values,
             summary: stored.summary,
+            folds: None,
         };
         Ok(UserState {
             times: Times::from(stored.times),
@@ -394,6 +406,14 @@ impl Column {
         match self {
             Column::Nums(nums) => ColumnSlice::Nums(nums.get(range).unwrap_or(&[])),
             Column::Mixed(values) => ColumnSlice::Mixed(values.get(range).unwrap_or(&[])),
+        }
+    }
+
+    /// The value of entry `at`, if it has one.
+    fn value(&self, at: usize) -> Option<Cow<'_, Value>> {
+        match self {
+            Column::Nums(nums) => nums.get(at).map(|&n| Cow::Owned(Value::Num(n))),
+            Column::Mixed(values) => values.get(at)?.as_ref().map(Cow::Borrowed),
         }
     }
 
@@ -615,8 +635,33 @@ impl UserState {
         if v.is_some() || self.extra.is_some() {
             let extra = self.extra.get_or_insert_with(Default::default);
             extra.values.insert(at, self.times.len(), v);
+            match &mut extra.folds {
+                Some(folds) => folds.inserted(at),
+                None if self.times.len() + 1 >= FOLDS_KEPT_FROM => {
+                    extra.folds = Some(Box::default())
+                }
+                None => {}
+            }
         }
         self.times.insert(at, t);
+    }
+
+    /// `func` over the entries `range` (see [`window_bounds`]), after the
+    /// summary with `with_summary`: [`aggregate`], through the state's kept
+    /// folds when it has them.
+    pub fn fold(
+        &self,
+        func: AggFunc,
+        range: std::ops::Range<usize>,
+        with_summary: bool,
+    ) -> Option<Value> {
+        let fresh = |range| aggregate(func, self.entries(range), self.summary(), with_summary);
+        match self.extra.as_ref().and_then(|extra| extra.folds.as_deref()) {
+            Some(folds) => folds.fold(func, range, with_summary, fresh, |before, at| {
+                aggregate_appended(func, before, self.values().value(at).as_deref())
+            }),
+            None => fresh(range),
+        }
     }
 
     /// The earliest buffered instant (0 when none), read to bring the
@@ -638,7 +683,7 @@ impl UserState {
     }
 
     /// Buffered entries `range`.
-    fn entries(&self, range: std::ops::Range<usize>) -> Entries<'_> {
+    pub fn entries(&self, range: std::ops::Range<usize>) -> Entries<'_> {
         Entries {
             times: &self.times[range.clone()],
             values: self.values().slice(range),
@@ -686,6 +731,13 @@ impl UserState {
             extra.values.drain_front(cut, drop);
         }
         self.times.drop_front(cut);
+        if let Some(extra) = &mut self.extra {
+            match &mut extra.folds {
+                Some(_) if self.times.len() < FOLDS_KEPT_FROM => extra.folds = None,
+                Some(folds) => folds.evicted(cut),
+                None => {}
+            }
+        }
         if self.extra.as_ref().is_some_and(|e| e.is_empty()) {
             self.extra = None;
         }
@@ -706,6 +758,7 @@ impl UserState {
                         .summary
                         .as_ref()
                         .map_or(0, |summary| summary.heap_bytes())
+                    + extra.folds.as_ref().map_or(0, |folds| folds.heap_bytes())
             })
     }
 }
@@ -718,14 +771,24 @@ pub fn window_range(
     now: Millis,
     anchor: Option<Millis>,
 ) -> Option<(Entries<'_>, bool)> {
+    window_bounds(state, window, now, anchor).map(|(range, with)| (state.entries(range), with))
+}
+
+/// [`window_range`] as the positions of the entries.
+pub fn window_bounds(
+    state: &UserState,
+    window: WindowDef,
+    now: Millis,
+    anchor: Option<Millis>,
+) -> Option<(std::ops::Range<usize>, bool)> {
     // The instants read once: each read of a boxed list decodes its pointer.
     let times = &state.times[..];
     let end = visible_end(times, now);
     let after = |bound: Millis| times.partition_point(|&e| e <= bound).min(end);
     match window {
-        WindowDef::All => Some((state.entries(0..end), true)),
-        WindowDef::Last(w) => Some((state.entries(after(now - w)..end), false)),
-        WindowDef::Since(_) => Some((state.entries(after(anchor?)..end), false)),
+        WindowDef::All => Some((0..end, true)),
+        WindowDef::Last(w) => Some((after(now - w)..end, false)),
+        WindowDef::Since(_) => Some((after(anchor?)..end, false)),
     }
 }
 
@@ -1206,6 +1269,50 @@ mod tests {
             seen.sort();
             seen.dedup();
             prop_assert_eq!(distinct, Some(Value::Num(seen.len() as f64)));
+        }
+
+        /// A state's kept folds give what a fresh walk gives, to the bit,
+        /// whatever entries were inserted (late, future, appended) and
+        /// evicted between the reads.
+        #[test]
+        fn kept_folds_equal_fresh_walks(
+            first in proptest::collection::vec((0i64..300, proptest::option::of(appended_value())), 50..140),
+            steps in proptest::collection::vec(prop_oneof![
+                4 => (0i64..400, proptest::option::of(appended_value())).prop_map(|(t, v)| (0u8, t, 0i64, v)),
+                1 => (0i64..200, proptest::bool::ANY).prop_map(|(h, archive)| (1u8, h, i64::from(archive), None)),
+                6 => (0i64..450, 0i64..420).prop_map(|(now, w)| (2u8, now, w, None)),
+            ], 1..60),
+        ) {
+            let funcs = [AggFunc::Sum, AggFunc::Avg, AggFunc::Min, AggFunc::Max, AggFunc::Distinct, AggFunc::MostFrequent, AggFunc::Unique, AggFunc::Count];
+            let mut s = UserState::default();
+            for (t, v) in first {
+                s.insert(t, v);
+            }
+            let bits = |v: &Option<Value>| v.as_ref().map(|v| match v {
+                Value::Num(n) => n.to_bits().to_string(),
+                other => format!("{other:?}"),
+            });
+            for (kind, a, b, v) in steps {
+                match kind {
+                    0 => s.insert(a, v),
+                    1 => s.evict(a, &def(1, b == 1)),
+                    _ => {
+                        let windows = [WindowDef::All, WindowDef::Last(b.max(1)), WindowDef::Since(0)];
+                        for window in windows {
+                            for func in funcs {
+                                let anchor = Some(b.min(a));
+                                let Some((range, with)) = window_bounds(&s, window, a, anchor) else { continue };
+                                let fresh = aggregate(func, s.entries(range.clone()), s.summary(), with);
+                                // Twice: the second read finds what the first kept.
+                                for _ in 0..2 {
+                                    let kept = s.fold(func, range.clone(), with);
+                                    prop_assert_eq!(bits(&kept), bits(&fresh), "{:?} {:?} {:?}", func, window, range);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 }
