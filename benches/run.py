@@ -37,6 +37,7 @@ if str(ROOT / "python") not in sys.path:
 from benches import peers  # noqa: E402
 from benches.cores import CORES_TITLE  # noqa: E402
 from benches.engine_bench import BIN, build_bench  # noqa: E402
+from benches.heavy_user import HEAVY_TITLE  # noqa: E402
 from benches.machine import machine_info  # noqa: E402
 from benches.sections import markers, read_section  # noqa: E402
 from benches.workload import (  # noqa: E402
@@ -867,9 +868,10 @@ def report(res: Results, size: Size, plots: dict[str, Path], md_path: Path) -> s
     lines += [*inspect_engine_section(engine_run), INSPECT_END]
 
     lines += ["", "## Durability", "", START, *section(res.durability), END]
-    # Written by benches/hotpath.py and benches/cores.py, not by this run:
-    # carried over as they are.
-    for name, title in (("hotpath", HOTPATH_TITLE), ("cores", CORES_TITLE)):
+    # Written by benches/hotpath.py, cores.py and heavy_user.py, not by
+    # this run: carried over as they are.
+    sections = (("hotpath", HOTPATH_TITLE), ("heavy", HEAVY_TITLE), ("cores", CORES_TITLE))
+    for name, title in sections:
         kept = read_section(md_path, name)
         if kept is not None:
             start, end = markers(name)

@@ -6,6 +6,7 @@ No timing assertions: only that the pieces run and agree.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 from pathlib import Path
@@ -110,3 +111,24 @@ def test_report_flags_a_membership_mismatch() -> None:
     text = run.report(res, size, {}, Path("BENCHMARKS.md"))
     assert "MEMBERSHIP MISMATCH" in text
     assert "| vip | 2 | 3 |  | u7 |" in text
+
+
+def test_heavy_user_orders_are_one_buyers_in_time_order(tmp_path: Path) -> None:
+    from benches.heavy_user import export_orders
+    from benches.workload import WorkloadSpec
+
+    spec = WorkloadSpec()
+    path = export_orders(50, 5, spec, tmp_path)
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(events) == 55
+    assert {e["userId"] for e in events} == {"heavy-buyer"}
+    stamps = [e["timestamp"] for e in events]
+    assert stamps == sorted(stamps) and len(set(stamps)) == 55
+    import segmint
+
+    end = dt.datetime.fromtimestamp(spec.end_ms / 1000, tz=dt.UTC)
+    engine = segmint.Engine(clock="manual", now=end)
+    engine.define_audience("big", 'sum("Order Completed", revenue) > 100')
+    result = engine.ingest(("[" + ",".join(path.read_text().splitlines()) + "]").encode())
+    assert list(result.errors) == []
+    assert engine.is_member("heavy-buyer", "big")
