@@ -1317,6 +1317,36 @@ mod computed_tests {
         }
     }
 
+    /// A buyer with more orders than a state folds afresh (see
+    /// `fold_cache`) sends one older than the 30 days its buffer keeps:
+    /// evicted at once into the summary, it still counts in her lifetime
+    /// sum, read after another user's event (no pass memo to lean on).
+    #[test]
+    fn a_late_order_past_retention_reaches_the_lifetime_sum_of_a_long_history() {
+        let mut e = engine(1);
+        e.define_computed_trait("lifetime", r#"sum("Order Completed", revenue)"#)
+            .unwrap();
+        e.define_computed_trait("recent", r#"sum("Order Completed", revenue, 30d)"#)
+            .unwrap();
+        for i in 0..70 {
+            let t = T0 - 70 * 60_000 + i * 60_000;
+            track(&mut e, "u", "Order Completed", r#"{"revenue": 1}"#, t);
+            track(&mut e, "v", "Order Completed", r#"{"revenue": 1}"#, t);
+        }
+        assert_eq!(value(&e, "u", "lifetime"), Some(Value::Num(70.0)));
+        track(
+            &mut e,
+            "u",
+            "Order Completed",
+            r#"{"revenue": 50}"#,
+            T0 - 40 * 24 * H,
+        );
+        track(&mut e, "v", "Order Completed", r#"{"revenue": 1}"#, T0);
+        track(&mut e, "u", "Order Completed", r#"{"revenue": 1}"#, T0);
+        assert_eq!(value(&e, "u", "recent"), Some(Value::Num(71.0)));
+        assert_eq!(value(&e, "u", "lifetime"), Some(Value::Num(121.0)));
+    }
+
     #[test]
     fn window_lapse_changes_the_value_at_the_exact_instant() {
         let mut e = engine(2);

@@ -14,7 +14,7 @@
 //! entries, or drop them ([`FoldCache::inserted`], [`FoldCache::evicted`]).
 
 use std::ops::Range;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 
 use crate::rules::ast::AggFunc;
 use crate::value::Value;
@@ -48,7 +48,9 @@ struct Folds {
 /// The folds a state keeps (see the module documentation). Reading takes
 /// `&self` (views are computed through shared references); a lock held
 /// elsewhere (another thread reading the same profile) makes the reader
-/// fold afresh rather than wait.
+/// fold afresh rather than wait. Walks run outside the lock, and a lock
+/// poisoned by a panic elsewhere is still used: what it guards is only
+/// ever replaced whole.
 #[derive(Debug, Default)]
 pub struct FoldCache(Mutex<Folds>);
 
@@ -84,42 +86,58 @@ impl FoldCache {
         if range.len() < FOLDS_KEPT_FROM || !worth_keeping(func) {
             return fold(range);
         }
-        let Ok(mut folds) = self.0.try_lock() else {
-            return fold(range);
+        // The fold of the same function from the same start, if kept.
+        let start = range.start;
+        let same_start = |folds: &Folds| {
+            folds.kept.iter().position(|f| {
+                f.func == func && f.with_summary == with_summary && f.range.start == start
+            })
         };
-        let found = folds.kept.iter().position(|f| {
-            f.func == func
-                && f.with_summary == with_summary
-                && f.range.start == range.start
-                && f.range.end <= range.end
-        });
-        if let Some(i) = found {
-            let kept = &mut folds.kept[i];
-            let carried =
-                (kept.range.end..range.end).try_fold(kept.value.clone(), |v, at| carry(&v, at));
-            if let Some(value) = carried {
-                kept.range.end = range.end;
-                kept.value = value.clone();
-                return value;
+        {
+            let Some(mut folds) = self.try_lock() else {
+                return fold(range);
+            };
+            if let Some(i) = same_start(&folds) {
+                let kept = &mut folds.kept[i];
+                if kept.range.end <= range.end {
+                    let carried = (kept.range.end..range.end)
+                        .try_fold(kept.value.clone(), |value, at| carry(&value, at));
+                    if let Some(value) = carried {
+                        kept.range.end = range.end;
+                        kept.value = value.clone();
+                        return value;
+                    }
+                }
             }
         }
         let value = fold(range.clone());
-        let fresh = Fold {
-            func,
-            range,
-            with_summary,
-            value: value.clone(),
-        };
-        match found {
-            Some(i) => folds.kept[i] = fresh,
-            None if folds.kept.len() < FOLDS_KEPT => folds.kept.push(fresh),
-            None => {
-                let slot = folds.next % FOLDS_KEPT;
-                folds.kept[slot] = fresh;
-                folds.next = slot + 1;
+        if let Some(mut folds) = self.try_lock() {
+            let fresh = Fold {
+                func,
+                range,
+                with_summary,
+                value: value.clone(),
+            };
+            match same_start(&folds) {
+                Some(i) => folds.kept[i] = fresh,
+                None if folds.kept.len() < FOLDS_KEPT => folds.kept.push(fresh),
+                None => {
+                    let slot = folds.next % FOLDS_KEPT;
+                    folds.kept[slot] = fresh;
+                    folds.next = slot + 1;
+                }
             }
         }
         value
+    }
+
+    /// The folds, unless another reader holds them.
+    fn try_lock(&self) -> Option<MutexGuard<'_, Folds>> {
+        match self.0.try_lock() {
+            Ok(folds) => Some(folds),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 
     fn folds_mut(&mut self) -> &mut Folds {
@@ -128,23 +146,27 @@ impl FoldCache {
 
     /// An entry was inserted at position `at`: a fold of entries after it
     /// now names them one further on; one whose entries surround it no
-    /// longer stands for any window and is dropped. (One ending at `at`
-    /// stays: the new entry follows it, and is carried when read.)
+    /// longer stands for any window and is dropped, as is one after the
+    /// summary that the entry precedes (such a window starts at the first
+    /// entry: moved on, it would stand for none, and come back wrong after
+    /// an eviction). (One ending at `at` stays: the new entry follows it,
+    /// and is carried when read.)
     pub fn inserted(&mut self, at: usize) {
         self.folds_mut().kept.retain_mut(|f| {
             if at <= f.range.start {
                 f.range = f.range.start + 1..f.range.end + 1;
+                return !f.with_summary;
             }
-            !(f.range.start < at && at < f.range.end)
+            at >= f.range.end
         });
     }
 
     /// The first `cut` entries were evicted: a fold of later entries now
-    /// names them `cut` earlier; one over evicted entries is dropped (as is
-    /// every fold after the summary, which starts at the first entry).
+    /// names them `cut` earlier; one over evicted entries, or after the
+    /// summary (which took them in), is dropped.
     pub fn evicted(&mut self, cut: usize) {
         self.folds_mut().kept.retain_mut(|f| {
-            let stays = f.range.start >= cut;
+            let stays = !f.with_summary && f.range.start >= cut;
             if stays {
                 f.range = f.range.start - cut..f.range.end - cut;
             }
@@ -152,9 +174,9 @@ impl FoldCache {
         });
     }
 
-    /// Approximate heap bytes (its own box included).
+    /// Approximate heap bytes of the kept folds.
     pub fn heap_bytes(&self) -> usize {
-        let kept = self.0.try_lock().map_or(0, |folds| {
+        let kept = self.try_lock().map_or(0, |folds| {
             folds.kept.capacity() * std::mem::size_of::<Fold>()
                 + folds
                     .kept
@@ -163,7 +185,7 @@ impl FoldCache {
                     .map(Value::unshared_heap_bytes)
                     .sum::<usize>()
         });
-        std::mem::size_of::<FoldCache>() + kept
+        kept
     }
 }
 

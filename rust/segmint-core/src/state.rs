@@ -284,23 +284,13 @@ impl Times {
 }
 
 /// The parts of a [`UserState`] that few states have.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 struct Extra {
     /// The buffered entries' values, parallel to the instants; empty while
     /// no entry has one.
     values: Column,
     /// Entries that left the buffer, when the state needs them.
     summary: Option<Box<Summary>>,
-    /// Folds of long windows, while the state holds at least
-    /// [`FOLDS_KEPT_FROM`] entries (see [`crate::fold_cache`]).
-    folds: Option<Box<FoldCache>>,
-}
-
-/// Equal values and summaries: the kept folds are a cache.
-impl PartialEq for Extra {
-    fn eq(&self, other: &Extra) -> bool {
-        self.values == other.values && self.summary == other.summary
-    }
 }
 
 impl Extra {
@@ -350,7 +340,6 @@ impl<'de> serde::Deserialize<'de> for UserState {
         let extra = Extra {
             values: stored.values,
             summary: stored.summary,
-            folds: None,
         };
         Ok(UserState {
             times: Times::from(stored.times),
@@ -364,7 +353,9 @@ impl<'de> serde::Deserialize<'de> for UserState {
 /// instead of 24, and `sum`/`avg`/`min`/`max` fold them without a test per
 /// entry. The first entry without a number (a string value, or one without
 /// a value beside entries with one) turns the column into general values.
-#[derive(Debug, Clone, PartialEq)]
+/// A state of [`FOLDS_KEPT_FROM`] or more entries keeps its column boxed
+/// with the folds of its long windows ([`Column::Kept`]).
+#[derive(Debug, Clone)]
 enum Column {
     /// Every buffered entry's number; empty while no entry has a value.
     Nums(Vec<f64>),
@@ -374,6 +365,29 @@ enum Column {
     // state's column 32 bytes, for a case few states ever reach.
     #[allow(clippy::box_collection)]
     Mixed(Box<Vec<Option<Value>>>),
+    /// A long column (never itself `Kept`) with its kept folds (see
+    /// [`crate::fold_cache`]): boxed, so that neither the column nor the
+    /// state's extra part grows for the states that are not long.
+    Kept(Box<KeptColumn>),
+}
+
+/// A long column and the folds of its windows.
+#[derive(Debug, Clone)]
+struct KeptColumn {
+    values: Column,
+    folds: FoldCache,
+}
+
+/// Equal values, kept the same way (numbers or general values): the kept
+/// folds are a cache.
+impl PartialEq for Column {
+    fn eq(&self, other: &Column) -> bool {
+        match (self.plain(), other.plain()) {
+            (Column::Nums(a), Column::Nums(b)) => a == b,
+            (Column::Mixed(a), Column::Mixed(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 impl Default for Column {
@@ -392,12 +406,49 @@ impl Column {
         }
     }
 
+    /// The column itself, out of its box when kept with folds.
+    fn plain(&self) -> &Column {
+        match self {
+            Column::Kept(kept) => &kept.values,
+            plain => plain,
+        }
+    }
+
+    /// The kept folds, if the column is long.
+    fn folds(&self) -> Option<&FoldCache> {
+        match self {
+            Column::Kept(kept) => Some(&kept.folds),
+            _ => None,
+        }
+    }
+
+    /// Keeps folds with the column while it holds values for `len` or more
+    /// entries ([`FOLDS_KEPT_FROM`]), and only then.
+    fn keep_folds_at(&mut self, len: usize) {
+        let long = len >= FOLDS_KEPT_FROM;
+        match self {
+            Column::Kept(kept) if !long => *self = std::mem::take(&mut kept.values),
+            Column::Nums(nums) if long && !nums.is_empty() => self.box_with_folds(),
+            Column::Mixed(_) if long => self.box_with_folds(),
+            _ => {}
+        }
+    }
+
+    fn box_with_folds(&mut self) {
+        let values = std::mem::take(self);
+        *self = Column::Kept(Box::new(KeptColumn {
+            values,
+            folds: FoldCache::default(),
+        }));
+    }
+
     /// Number of values kept (0 while no entry has one).
     #[cfg(test)]
     fn len(&self) -> usize {
         match self {
             Column::Nums(nums) => nums.len(),
             Column::Mixed(values) => values.len(),
+            Column::Kept(kept) => kept.values.len(),
         }
     }
 
@@ -406,6 +457,7 @@ impl Column {
         match self {
             Column::Nums(nums) => ColumnSlice::Nums(nums.get(range).unwrap_or(&[])),
             Column::Mixed(values) => ColumnSlice::Mixed(values.get(range).unwrap_or(&[])),
+            Column::Kept(kept) => kept.values.slice(range),
         }
     }
 
@@ -414,12 +466,18 @@ impl Column {
         match self {
             Column::Nums(nums) => nums.get(at).map(|&n| Cow::Owned(Value::Num(n))),
             Column::Mixed(values) => values.get(at)?.as_ref().map(Cow::Borrowed),
+            Column::Kept(kept) => kept.values.value(at),
         }
     }
 
     /// Inserts the value of a new entry at `at`, `len` being the number of
     /// entries before it.
     fn insert(&mut self, at: usize, len: usize, value: Option<Value>) {
+        if let Column::Kept(kept) = self {
+            kept.values.insert(at, len, value);
+            kept.folds.inserted(at);
+            return;
+        }
         if let Column::Nums(nums) = self {
             match &value {
                 // No entry has a value: nothing to keep.
@@ -448,6 +506,10 @@ impl Column {
     /// Removes the values of the first `cut` entries, handing each to `take`.
     fn drain_front(&mut self, cut: usize, mut take: impl FnMut(Option<Value>)) {
         match self {
+            Column::Kept(kept) => {
+                kept.values.drain_front(cut, take);
+                kept.folds.evicted(cut);
+            }
             Column::Nums(nums) if nums.is_empty() => (0..cut).for_each(|_| take(None)),
             Column::Nums(nums) => nums.drain(..cut).for_each(|n| take(Some(Value::Num(n)))),
             Column::Mixed(values) => {
@@ -466,6 +528,11 @@ impl Column {
     /// Approximate heap bytes.
     fn heap_bytes(&self) -> usize {
         match self {
+            Column::Kept(kept) => {
+                std::mem::size_of::<KeptColumn>()
+                    + kept.values.heap_bytes()
+                    + kept.folds.heap_bytes()
+            }
             Column::Nums(nums) => nums.capacity() * std::mem::size_of::<f64>(),
             Column::Mixed(values) => {
                 std::mem::size_of::<Vec<Option<Value>>>()
@@ -493,6 +560,7 @@ mod column_as_values {
         match column {
             Column::Nums(nums) => s.collect_seq(nums.iter().map(|&n| Some(Value::Num(n)))),
             Column::Mixed(values) => s.collect_seq(values.iter()),
+            Column::Kept(kept) => serialize(&kept.values, s),
         }
     }
 
@@ -635,13 +703,7 @@ impl UserState {
         if v.is_some() || self.extra.is_some() {
             let extra = self.extra.get_or_insert_with(Default::default);
             extra.values.insert(at, self.times.len(), v);
-            match &mut extra.folds {
-                Some(folds) => folds.inserted(at),
-                None if self.times.len() + 1 >= FOLDS_KEPT_FROM => {
-                    extra.folds = Some(Box::default())
-                }
-                None => {}
-            }
+            extra.values.keep_folds_at(self.times.len() + 1);
         }
         self.times.insert(at, t);
     }
@@ -656,7 +718,7 @@ impl UserState {
         with_summary: bool,
     ) -> Option<Value> {
         let fresh = |range| aggregate(func, self.entries(range), self.summary(), with_summary);
-        match self.extra.as_ref().and_then(|extra| extra.folds.as_deref()) {
+        match self.values().folds() {
             Some(folds) => folds.fold(func, range, with_summary, fresh, |before, at| {
                 aggregate_appended(func, before, self.values().value(at).as_deref())
             }),
@@ -732,11 +794,7 @@ impl UserState {
         }
         self.times.drop_front(cut);
         if let Some(extra) = &mut self.extra {
-            match &mut extra.folds {
-                Some(_) if self.times.len() < FOLDS_KEPT_FROM => extra.folds = None,
-                Some(folds) => folds.evicted(cut),
-                None => {}
-            }
+            extra.values.keep_folds_at(self.times.len());
         }
         if self.extra.as_ref().is_some_and(|e| e.is_empty()) {
             self.extra = None;
@@ -758,7 +816,6 @@ impl UserState {
                         .summary
                         .as_ref()
                         .map_or(0, |summary| summary.heap_bytes())
-                    + extra.folds.as_ref().map_or(0, |folds| folds.heap_bytes())
             })
     }
 }
@@ -817,7 +874,8 @@ fn unsigned_zero(x: f64) -> f64 {
 /// from `before` alone. Exact: a sum adds the new number last, as
 /// [`aggregate`]'s fold then does, and a min or max is the min or max
 /// of the two (zero unsigned, as in [`aggregate`]), so the result is the
-/// one [`aggregate`] gives, to the bit.
+/// one [`aggregate`] gives, to the bit (but for the sign of a NaN, which
+/// Rust leaves unspecified; no comparison reads it).
 pub fn aggregate_appended(
     func: AggFunc,
     before: &Option<Value>,
@@ -1086,6 +1144,27 @@ mod tests {
         );
     }
 
+    /// A late entry before every kept one, then evicted on its own: the
+    /// whole history's fold (after the summary, which took the entry in)
+    /// is folded afresh, not the one kept before the entry came.
+    #[test]
+    fn a_late_entry_evicted_alone_reaches_the_whole_history_fold() {
+        let mut s = UserState::default();
+        for t in 0..100 {
+            s.insert(1_000 + t, Some(Value::Num(1.0)));
+        }
+        let whole = |s: &UserState| {
+            let (range, with) = window_bounds(s, WindowDef::All, 2_000, None).unwrap();
+            s.fold(AggFunc::Sum, range, with)
+        };
+        assert_eq!(whole(&s), Some(Value::Num(100.0)));
+        s.insert(5, Some(Value::Num(50.0)));
+        assert_eq!(whole(&s), Some(Value::Num(150.0)));
+        s.evict(900, &def(1_000, true));
+        assert_eq!(s.summary().map(|summary| summary.count), Some(1));
+        assert_eq!(whole(&s), Some(Value::Num(150.0)));
+    }
+
     proptest! {
         /// Counting through buffer + summary equals counting the raw list,
         /// whatever the eviction horizons, as long as windows stay inside the
@@ -1229,7 +1308,7 @@ mod tests {
             let mut raw = entries.clone();
             raw.sort_by_key(|e| e.0);
             let plain_numbers = raw.iter().all(|e| matches!(e.1, Some(Value::Num(_))));
-            prop_assert_eq!(matches!(s.values(), Column::Nums(_)), plain_numbers || raw.iter().all(|e| e.1.is_none()));
+            prop_assert_eq!(matches!(s.values().plain(), Column::Nums(_)), plain_numbers || raw.iter().all(|e| e.1.is_none()));
             let json = serde_json::to_string(&s).unwrap();
             prop_assert_eq!(&serde_json::from_str::<UserState>(&json).unwrap(), &s);
             // Snapshots keep the format of the three plain fields.
