@@ -1,9 +1,10 @@
 //! Aggregates of a state's long windows, kept from one event to the next.
 //!
-//! A `sum`, `avg`, `min`, `max` or `distinct` over a window is a walk over
-//! its entries, and the pass's memo of view values lives for one event at
-//! one instant. A heavy user's order walked every order of the last 365
-//! days several times (four `sum(revenue)` windows, a `min`, an `avg`):
+//! A `sum`, `avg`, `min`, `max`, `distinct`, `most_frequent` or `unique`
+//! over a window is a walk over its entries, and the pass's memo of view
+//! values lives for one event at one instant. A heavy user's order walked
+//! every order of the last 365 days several times (four `sum(revenue)`
+//! windows, a `min`, an `avg`):
 //! the cost of an event grew with the user's history. A state holding
 //! many entries keeps its last folds in a [`FoldCache`], each with the
 //! range of entries it folded. A window over the same range (of the same
@@ -49,8 +50,8 @@ struct Folds {
 /// `&self` (views are computed through shared references); a lock held
 /// elsewhere (another thread reading the same profile) makes the reader
 /// fold afresh rather than wait. Walks run outside the lock, and a lock
-/// poisoned by a panic elsewhere is still used: what it guards is only
-/// ever replaced whole.
+/// poisoned by a panic elsewhere is still used: a fold is only ever
+/// replaced whole.
 #[derive(Debug, Default)]
 pub struct FoldCache(Mutex<Folds>);
 
@@ -103,8 +104,11 @@ impl FoldCache {
                     let carried = (kept.range.end..range.end)
                         .try_fold(kept.value.clone(), |value, at| carry(&value, at));
                     if let Some(value) = carried {
-                        kept.range.end = range.end;
-                        kept.value = value.clone();
+                        *kept = Fold {
+                            range: start..range.end,
+                            value: value.clone(),
+                            ..*kept
+                        };
                         return value;
                     }
                 }

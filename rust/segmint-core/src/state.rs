@@ -296,7 +296,8 @@ struct Extra {
 impl Extra {
     /// Whether it holds nothing (and can be dropped).
     fn is_empty(&self) -> bool {
-        self.summary.is_none() && matches!(&self.values, Column::Nums(nums) if nums.is_empty())
+        self.summary.is_none()
+            && matches!(self.values.plain(), Column::Nums(nums) if nums.is_empty())
     }
 }
 
@@ -337,8 +338,10 @@ impl serde::Serialize for UserState {
 impl<'de> serde::Deserialize<'de> for UserState {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let stored = Stored::deserialize(d)?;
+        let mut values = stored.values;
+        values.parallel_to(stored.times.len());
         let extra = Extra {
-            values: stored.values,
+            values,
             summary: stored.summary,
         };
         Ok(UserState {
@@ -411,6 +414,24 @@ impl Column {
         match self {
             Column::Kept(kept) => &kept.values,
             plain => plain,
+        }
+    }
+
+    /// Pads a column of values shorter than its `len` instants with none,
+    /// as the next insert would: a snapshot never holds one, but is not
+    /// trusted (a window reaching past the end would read no value at all,
+    /// and an eviction past it would fail).
+    fn parallel_to(&mut self, len: usize) {
+        let short: Option<Vec<Option<Value>>> = match self {
+            Column::Nums(nums) if !nums.is_empty() && nums.len() < len => {
+                Some(nums.iter().map(|&n| Some(Value::Num(n))).collect())
+            }
+            Column::Mixed(values) if values.len() < len => Some(std::mem::take(values.as_mut())),
+            _ => None,
+        };
+        if let Some(mut values) = short {
+            values.resize(len, None);
+            *self = Column::Mixed(Box::new(values));
         }
     }
 
@@ -1107,6 +1128,9 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     fn a_state_is_24_bytes_and_one_counted_entry_allocates_nothing() {
         assert_eq!(std::mem::size_of::<UserState>(), 24);
+        // The kept folds are boxed in a variant: neither part grows.
+        assert_eq!(std::mem::size_of::<Column>(), 24);
+        assert_eq!(std::mem::size_of::<Extra>(), 32);
         let mut s = UserState::default();
         s.insert(5, None);
         assert_eq!(s.heap_bytes(), 0);
@@ -1142,6 +1166,24 @@ mod tests {
             aggregate(AggFunc::MostFrequent, entries, None, false),
             Some(Value::Str("a".into()))
         );
+    }
+
+    /// A snapshot whose values stop short of its instants (never written,
+    /// but not trusted) reads as if the rest had none, and evicts past them.
+    #[test]
+    fn a_short_column_from_a_snapshot_is_padded() {
+        let stored = Stored {
+            times: vec![1, 2, 3],
+            values: Column::Nums(vec![5.0]),
+            summary: None,
+        };
+        let mut s: UserState =
+            postcard::from_bytes(&postcard::to_allocvec(&stored).unwrap()).unwrap();
+        assert_eq!(s.values().len(), 3);
+        let (range, with) = window_bounds(&s, WindowDef::All, 10, None).unwrap();
+        assert_eq!(s.fold(AggFunc::Sum, range, with), Some(Value::Num(5.0)));
+        s.evict(2, &def(10, true));
+        assert_eq!(s.summary().map(|summary| summary.sum), Some(5.0));
     }
 
     /// A late entry before every kept one, then evicted on its own: the
@@ -1372,6 +1414,8 @@ mod tests {
                 other => format!("{other:?}"),
             });
             for (kind, a, b, v) in steps {
+                // An extra part is never kept empty.
+                prop_assert!(s.extra.as_ref().is_none_or(|e| !e.is_empty()));
                 match kind {
                     0 => s.insert(a, v),
                     1 => s.evict(a, &def(1, b == 1)),
