@@ -250,36 +250,24 @@ mod tests {
         cache.inserted(100);
         let v = cache.fold(AggFunc::Sum, 101..201, false, never, no_carry);
         assert_eq!(v, sum_of(&values)(100..200));
+        // Whether reading `range` folds it afresh (rather than reusing).
+        let afresh = |cache: &FoldCache, range: Range<usize>, with_summary: bool| {
+            let folded = std::cell::Cell::new(false);
+            let fold = |r: Range<usize>| {
+                folded.set(true);
+                sum_of(&values)(r)
+            };
+            cache.fold(AggFunc::Sum, range, with_summary, fold, no_carry);
+            folded.get()
+        };
         // Inside the second only: it is dropped, the first stays.
         cache.inserted(210);
-        cache.fold(AggFunc::Sum, 101..201, false, never, no_carry);
-        let folded = std::cell::Cell::new(false);
-        cache.fold(
-            AggFunc::Sum,
-            151..252,
-            false,
-            |r| {
-                folded.set(true);
-                sum_of(&values)(r)
-            },
-            no_carry,
-        );
-        assert!(folded.get());
+        assert!(!afresh(&cache, 101..201, false));
+        assert!(afresh(&cache, 151..252, false));
         // Evicting before the first moves it back; the summary's is gone.
         cache.evicted(50);
-        cache.fold(AggFunc::Sum, 51..151, false, never, no_carry);
-        folded.set(false);
-        cache.fold(
-            AggFunc::Sum,
-            0..150,
-            true,
-            |r| {
-                folded.set(true);
-                sum_of(&values)(r)
-            },
-            no_carry,
-        );
-        assert!(folded.get());
+        assert!(!afresh(&cache, 51..151, false));
+        assert!(afresh(&cache, 0..150, true));
         // Evicting into the first drops it; the later one moves back.
         cache.evicted(52);
         cache.fold(AggFunc::Sum, 49..150, false, never, no_carry);
