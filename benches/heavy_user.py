@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benches.engine_bench import BIN, build_bench
 from benches.sections import patch_section
-from benches.workload import CATEGORIES, DAY_MS, WorkloadSpec, export
+from benches.workload import CATEGORIES, DAY_MS, WorkloadSpec, export_audiences
 
 
 def iso_millis(ms: int) -> str:
@@ -94,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"segmint-bench not built: {reason}", file=sys.stderr)
         return 1
     spec = WorkloadSpec(audiences=args.audiences)
-    # The standard audiences (the events file export writes is not read).
-    _, audiences = export(WorkloadSpec(users=100, events=100, audiences=args.audiences), args.out)
+    audiences = export_audiences(spec, args.out)
     builds = ([("before", args.before)] if args.before else []) + [("this build", BIN)]
     lines = [
         f"`python benches/heavy_user.py` (one core, runs one after the other): one buyer's "

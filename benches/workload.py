@@ -1197,11 +1197,18 @@ def export(spec: WorkloadSpec, out: Path) -> tuple[Path, Path]:
                 f.write("\n".join(rows.slice(start, 200_000).to_pylist()))
                 f.write("\n")
         tmp.replace(events)
+    return events, export_audiences(spec, out)
+
+
+def export_audiences(spec: WorkloadSpec, out: Path) -> Path:
+    """The audiences alone as ``[[key, rule], ...]`` (they depend only on the
+    audience count, the hot count and the seed)."""
+    out.mkdir(parents=True, exist_ok=True)
     auds = out / f"audiences-{spec.audiences}-{spec.hot_audiences}-{spec.seed}.json"
     tmp = out / f".{auds.name}.{os.getpid()}"
     tmp.write_text(json.dumps([[k, text] for k, text, _ in generate_audiences(spec)]))
     tmp.replace(auds)
-    return events, auds
+    return auds
 
 
 def write_parquet(

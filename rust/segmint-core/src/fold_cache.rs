@@ -100,7 +100,10 @@ impl FoldCache {
             };
             if let Some(i) = same_start(&folds) {
                 let kept = &mut folds.kept[i];
-                if kept.range.end <= range.end {
+                if kept.range.end == range.end {
+                    return kept.value.clone();
+                }
+                if kept.range.end < range.end {
                     let carried = (kept.range.end..range.end)
                         .try_fold(kept.value.clone(), |value, at| carry(&value, at));
                     if let Some(value) = carried {
@@ -180,7 +183,7 @@ impl FoldCache {
 
     /// Approximate heap bytes of the kept folds.
     pub fn heap_bytes(&self) -> usize {
-        let kept = self.try_lock().map_or(0, |folds| {
+        self.try_lock().map_or(0, |folds| {
             folds.kept.capacity() * std::mem::size_of::<Fold>()
                 + folds
                     .kept
@@ -188,8 +191,7 @@ impl FoldCache {
                     .flat_map(|f| &f.value)
                     .map(Value::unshared_heap_bytes)
                     .sum::<usize>()
-        });
-        kept
+        })
     }
 }
 

@@ -455,6 +455,7 @@ impl Column {
         }
     }
 
+    /// Moves the column into a box with no folds kept yet.
     fn box_with_folds(&mut self) {
         let values = std::mem::take(self);
         *self = Column::Kept(Box::new(KeptColumn {
