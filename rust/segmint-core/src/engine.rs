@@ -395,6 +395,9 @@ impl Engine {
         let single = shards.len() == 1;
         let run_shard = |i: usize, shard: &mut Shard| {
             let mut out = std::mem::take(&mut shard.change_buffer);
+            // Empty: each call drops its changes once merged, so that the
+            // next (one event, say) does not pay for a batch's millions.
+            // (Unless a caught panic cut that call short.)
             out.clear();
             shard.forget_change_order();
             f(i, shard, cat, &mut out);
@@ -415,6 +418,7 @@ impl Engine {
                 sort_changes(shard, &mut out);
                 merge::merge_runs(&[&out], &mut parts, 1);
             }
+            out.clear();
             shard.change_buffer = out;
         } else if spread == Spread::Caller {
             for (i, shard) in shards.iter_mut().enumerate() {
@@ -423,6 +427,7 @@ impl Engine {
             let runs: Vec<&[ShardChange]> =
                 shards.iter().map(|s| s.change_buffer.as_slice()).collect();
             merge::merge_runs(&runs, &mut parts, 1);
+            shards.iter_mut().for_each(|s| s.change_buffer.clear());
         } else {
             self.pool.install(|| {
                 shards
@@ -434,6 +439,7 @@ impl Engine {
                 // More parts than threads: parts are cut by sampled keys
                 // and come out uneven.
                 merge::merge_runs(&runs, &mut parts, 4 * rayon::current_num_threads());
+                shards.par_iter_mut().for_each(|s| s.change_buffer.clear());
             });
         }
         let count: usize = parts.iter().map(PackedRun::len).sum();
@@ -2010,6 +2016,41 @@ mod class_sharing_tests {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod change_buffer_tests {
+    use super::computed_tests::{engine, T0};
+    use super::*;
+
+    /// A call drops the changes it made once they are in the log: the
+    /// next call (one event after a batch of millions of changes) does not
+    /// pay for them. On one shard, and on two with few events (applied on
+    /// the caller) and many (on the pool).
+    #[test]
+    fn each_call_leaves_its_shards_change_buffers_empty() {
+        for (shards, events) in [(1, 1), (1, 200), (2, 1), (2, 200)] {
+            let mut e = engine(shards);
+            e.define_audience("viewers", r#"did("Product Viewed")"#)
+                .unwrap();
+            let batch: String = (0..events)
+                .map(|i| {
+                    format!(
+                        r#"{{"type":"track","userId":"u{i}","event":"Product Viewed","timestamp":"{}"}}"#,
+                        format_timestamp(T0)
+                    ) + "\n"
+                })
+                .collect();
+            let report = e.ingest_json(batch.as_bytes()).unwrap();
+            assert!(report.errors.is_empty(), "{:?}", report.errors);
+            assert_eq!(report.changes, events, "{shards} shards");
+            assert_eq!(e.last_seq(), events as u64);
+            assert!(
+                e.shards.iter().all(|s| s.change_buffer.is_empty()),
+                "{shards} shards, {events} events"
+            );
         }
     }
 }
