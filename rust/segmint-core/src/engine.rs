@@ -123,6 +123,10 @@ const PARALLEL_LOOKUP_MIN: usize = 4096;
 /// thread.
 const PARALLEL_APPLY_MIN: usize = 64;
 
+/// Changes of one call from which the shards drop theirs on the pool
+/// (see `Engine::on_shards`) rather than on the calling thread.
+const PARALLEL_DROP_MIN: usize = 1 << 16;
+
 /// Where [`Engine::on_shards`] runs the shards' work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Spread {
@@ -439,7 +443,14 @@ impl Engine {
                 // More parts than threads: parts are cut by sampled keys
                 // and come out uneven.
                 merge::merge_runs(&runs, &mut parts, 4 * rayon::current_num_threads());
-                shards.par_iter_mut().for_each(|s| s.change_buffer.clear());
+                // A batch's millions of changes are dropped on every
+                // thread; a timer's few not worth another round of the pool.
+                let made: usize = runs.iter().map(|r| r.len()).sum();
+                if made < PARALLEL_DROP_MIN {
+                    shards.iter_mut().for_each(|s| s.change_buffer.clear());
+                } else {
+                    shards.par_iter_mut().for_each(|s| s.change_buffer.clear());
+                }
             });
         }
         let count: usize = parts.iter().map(PackedRun::len).sum();
@@ -2025,16 +2036,25 @@ mod change_buffer_tests {
     use super::computed_tests::{engine, T0};
     use super::*;
 
-    /// A call drops the changes it made once they are in the log: the
-    /// next call (one event after a batch of millions of changes) does not
-    /// pay for them. On one shard, and on two with few events (applied on
-    /// the caller) and many (on the pool).
+    /// A call drops the changes it made once they are packed for the log:
+    /// the next call (one event after a batch of millions of changes) does
+    /// not pay for them. On one shard; on two with few events (applied on
+    /// the caller), with more (on the pool) and with enough changes for the
+    /// pool to drop them too.
     #[test]
     fn each_call_leaves_its_shards_change_buffers_empty() {
-        for (shards, events) in [(1, 1), (1, 200), (2, 1), (2, 200)] {
+        const WINDOWS: usize = 8;
+        let many = PARALLEL_DROP_MIN / WINDOWS + 1;
+        for (shards, events) in [(1, 1), (1, 200), (2, 1), (2, 200), (2, many)] {
             let mut e = engine(shards);
-            e.define_audience("viewers", r#"did("Product Viewed")"#)
+            // Distinct rules: each an audience of its own, each entered.
+            for days in 1..=WINDOWS {
+                e.define_audience(
+                    &format!("viewers_{days}d"),
+                    &format!(r#"did("Product Viewed", {days}d)"#),
+                )
                 .unwrap();
+            }
             let batch: String = (0..events)
                 .map(|i| {
                     format!(
@@ -2045,8 +2065,8 @@ mod change_buffer_tests {
                 .collect();
             let report = e.ingest_json(batch.as_bytes()).unwrap();
             assert!(report.errors.is_empty(), "{:?}", report.errors);
-            assert_eq!(report.changes, events, "{shards} shards");
-            assert_eq!(e.last_seq(), events as u64);
+            assert_eq!(report.changes, events * WINDOWS, "{shards} shards");
+            assert_eq!(e.last_seq(), (events * WINDOWS) as u64);
             assert!(
                 e.shards.iter().all(|s| s.change_buffer.is_empty()),
                 "{shards} shards, {events} events"
