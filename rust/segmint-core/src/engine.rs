@@ -399,9 +399,8 @@ impl Engine {
         let single = shards.len() == 1;
         let run_shard = |i: usize, shard: &mut Shard| {
             let mut out = std::mem::take(&mut shard.change_buffer);
-            // Empty: each call drops its changes once merged, so that the
-            // next (one event, say) does not pay for a batch's millions.
-            // (Unless a caught panic cut that call short.)
+            // Empty unless a caught panic cut the last call short (each
+            // drops its changes, below).
             out.clear();
             shard.forget_change_order();
             f(i, shard, cat, &mut out);
@@ -422,7 +421,6 @@ impl Engine {
                 sort_changes(shard, &mut out);
                 merge::merge_runs(&[&out], &mut parts, 1);
             }
-            out.clear();
             shard.change_buffer = out;
         } else if spread == Spread::Caller {
             for (i, shard) in shards.iter_mut().enumerate() {
@@ -431,7 +429,6 @@ impl Engine {
             let runs: Vec<&[ShardChange]> =
                 shards.iter().map(|s| s.change_buffer.as_slice()).collect();
             merge::merge_runs(&runs, &mut parts, 1);
-            shards.iter_mut().for_each(|s| s.change_buffer.clear());
         } else {
             self.pool.install(|| {
                 shards
@@ -443,17 +440,18 @@ impl Engine {
                 // More parts than threads: parts are cut by sampled keys
                 // and come out uneven.
                 merge::merge_runs(&runs, &mut parts, 4 * rayon::current_num_threads());
-                // A batch's millions of changes are dropped on every
-                // thread; a timer's few not worth another round of the pool.
-                let made: usize = runs.iter().map(|r| r.len()).sum();
-                if made < PARALLEL_DROP_MIN {
-                    shards.iter_mut().for_each(|s| s.change_buffer.clear());
-                } else {
-                    shards.par_iter_mut().for_each(|s| s.change_buffer.clear());
-                }
             });
         }
         let count: usize = parts.iter().map(PackedRun::len).sum();
+        // The shards' changes are packed: dropped by this call, so that the
+        // next (one event, say) does not pay for a batch's millions; on the
+        // pool when there are that many, a timer's few on this thread.
+        if single || spread == Spread::Caller || count < PARALLEL_DROP_MIN {
+            shards.iter_mut().for_each(|s| s.change_buffer.clear());
+        } else {
+            self.pool
+                .install(|| shards.par_iter_mut().for_each(|s| s.change_buffer.clear()));
+        }
         let cap = self.config.change_log_capacity.max(1);
         // What the appends push out of a full log is dropped first: its
         // storage then takes the new entries (see `ChunkedDeque`).
