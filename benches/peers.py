@@ -379,8 +379,9 @@ class GrpcRun:
 
     @property
     def engine_share(self) -> float:
-        """Of the rounds' ingest time, the share the server spent inside the
-        engine's decode-and-apply call (its ``segmint_batch_seconds``)."""
+        """Over all rounds, the share of the ingest time the server spent
+        inside the engine's decode-and-apply call (``segmint_batch_seconds``);
+        0.0 when its metrics could not be read."""
         wall = sum(self.rounds_s)
         return sum(self.engine_s) / wall if wall and self.engine_s else 0.0
 
@@ -418,38 +419,55 @@ class _Server:
         cmd = [sys.executable, "-m", "segmint.cli", "serve", "--config", str(cfg)]
         cmd += ["--clock", "manual", "--no-examples"]
         self.log = open(tmp / "server.log", "w+")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        self.channel = channel(f"127.0.0.1:{self.port}")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.channel: Any = None
         try:
-            grpc.channel_ready_future(self.channel).result(timeout=30)
-        except grpc.FutureTimeoutError:
-            tail = self._tail()
+            proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+            self.proc = proc
+            self.channel = channel(f"127.0.0.1:{self.port}")
+            ready = grpc.channel_ready_future(self.channel)
+            # Bounded: 30 s, and no longer than the child lives (a port
+            # taken meanwhile makes it exit at once).
+            deadline = time.monotonic() + 30
+            while not ready.done():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    ready.cancel()
+                    raise RuntimeError("server did not start: " + self._tail())
+                time.sleep(0.05)
+        except BaseException:
             self.stop()
-            raise RuntimeError("server did not start: " + tail) from None
+            raise
 
     def _tail(self) -> str:
+        self.log.flush()
         self.log.seek(0)
         return self.log.read()[-500:]
 
-    def batch_seconds(self) -> float:
-        """The server's ``segmint_batch_seconds_sum``: time inside decode-and-apply."""
+    def batch_seconds(self) -> float | None:
+        """The server's ``segmint_batch_seconds_sum`` (time inside the engine's
+        decode-and-apply call), or None when its metrics cannot be read."""
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as r:
-            text = r.read().decode()
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                text = r.read().decode()
+        except OSError:
+            return None
         for line in text.splitlines():
-            if line.startswith("segmint_batch_seconds_sum"):
+            if line.startswith("segmint_batch_seconds_sum "):
                 return float(line.split()[1])
-        raise RuntimeError("the server's metrics have no segmint_batch_seconds_sum")
+        return None
 
     def stop(self) -> None:
         """Closes the channel and stops the child (SIGTERM, then SIGKILL)."""
-        self.channel.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.channel is not None:
+            self.channel.close()
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         self.log.close()
 
 
@@ -477,7 +495,9 @@ def grpc_bench(
         encode_batch(segment_dicts(events, s, min(s + batch_rows, events.num_rows)), i + 1)
         for i, s in enumerate(range(0, events.num_rows, batch_rows))
     ]
-    for round_no in range(max(1, rounds)):
+    rounds = max(1, rounds)
+    engine_s: list[float | None] = []
+    for round_no in range(rounds):
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 server = _Server(Path(tmp), now_ms)
@@ -499,7 +519,7 @@ def grpc_bench(
                     request_serializer=None,
                     response_deserializer=pb.IngestAck.FromString,
                 )
-                engine_before = server.batch_seconds()
+                before = server.batch_seconds()
                 accepted = rejected = last_seq = 0
                 t = time.perf_counter()
                 for ack in ingest(iter(payloads), timeout=600):
@@ -508,7 +528,8 @@ def grpc_bench(
                     last_seq = ack.seq
                     progress()
                 out.rounds_s.append(time.perf_counter() - t)
-                out.engine_s.append(server.batch_seconds() - engine_before)
+                after = server.batch_seconds()
+                engine_s.append(None if before is None or after is None else after - before)
                 out.events, out.rejected = accepted, rejected
                 if round_no == rounds - 1:
                     out.latency_s = _subscriber_latency(ch, pb, last_seq, probes)
@@ -518,11 +539,12 @@ def grpc_bench(
             except grpc.RpcError as e:
                 out.error = f"{e.code()}: {e.details()}"
                 return out
-            except (RuntimeError, OSError) as e:  # the metrics scrape
-                out.error = str(e)
-                return out
             finally:
                 server.stop()
+    # The share is left out unless every round's metrics were read.
+    out.engine_s = [x for x in engine_s if x is not None]
+    if len(out.engine_s) != len(engine_s):
+        out.engine_s = []
     return out
 
 

@@ -96,7 +96,7 @@ SIZES: dict[str, Size] = {
         ref_audiences=15,
         grpc_events=1_000,
         grpc_batch=250,
-        grpc_rounds=1,
+        grpc_rounds=2,
         probes=10,
         py_latency_samples=100,
         scale_audiences=(),
@@ -843,7 +843,10 @@ def _grpc_ingest_note(g: dict[str, Any]) -> str:
             f"({_si(min(rates), 'events/s')} … {_si(max(rates), 'events/s')})"
         )
     if g.get("engine_share"):
-        parts.append(f"{g['engine_share']:.0%} of it inside the engine's decode-and-apply call")
+        parts.append(
+            f"the server spent {g['engine_share']:.0%} of the rounds' time inside the "
+            "engine's decode-and-apply call"
+        )
     return "; ".join(parts)
 
 

@@ -68,6 +68,11 @@ def test_smoke_run_writes_the_report(tmp_path: Path) -> None:
     assert code == 0, raw["duckdb_diffs"][:3]
     assert raw["duckdb"] and raw["duckdb_diffs"] == []
     assert not [n for n in raw["notes"] if "failed" in n], raw["notes"]
+    grpc_run = raw["grpc"]
+    assert grpc_run["error"] is None
+    assert grpc_run["events"] > 0 and len(grpc_run["rounds_events_per_s"]) == 2
+    assert 0 < grpc_run["engine_share"] <= 1
+    assert grpc_run["probes"] > 0
     for needle in (
         "## DESIGN §7 figures",
         "recovery after kill -9",
