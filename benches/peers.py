@@ -20,6 +20,7 @@ plain dataclass of figures; ``benches/run.py`` puts them in BENCHMARKS.md.
 
 from __future__ import annotations
 
+import http.client
 import os
 import queue
 import random
@@ -369,8 +370,14 @@ class GrpcRun:
 
     @property
     def ingest_s(self) -> float:
-        """The median round: first batch sent to last ack."""
+        """The median round's time, first batch sent to last ack (with an
+        even count of rounds, the mean of the middle two)."""
         return statistics.median(self.rounds_s) if self.rounds_s else 0.0
+
+    @property
+    def rounds_events_per_s(self) -> list[float]:
+        """Accepted events per second, round by round."""
+        return [self.events / s for s in self.rounds_s if s]
 
     @property
     def events_per_s(self) -> float:
@@ -386,12 +393,17 @@ class GrpcRun:
         return sum(self.engine_s) / wall if wall and self.engine_s else 0.0
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports on 127.0.0.1 (all held until all are
+    chosen, so that no two are the same)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _iso(ms: int) -> str:
@@ -406,7 +418,7 @@ class _Server:
         import grpc
         from segmint.client import channel
 
-        self.port, self.metrics_port = free_port(), free_port()
+        self.port, self.metrics_port = free_ports(2)
         cfg = tmp / "bench.toml"
         cfg.write_text(
             f'[engine]\nclock = "manual"\nnow = "{_iso(now_ms)}"\n'
@@ -450,25 +462,27 @@ class _Server:
         try:
             with urllib.request.urlopen(url, timeout=10) as r:
                 text = r.read().decode()
-        except OSError:
+            for line in text.splitlines():
+                if line.startswith("segmint_batch_seconds_sum "):
+                    return float(line.split()[1])
+        except (OSError, http.client.HTTPException, ValueError, IndexError):
             return None
-        for line in text.splitlines():
-            if line.startswith("segmint_batch_seconds_sum "):
-                return float(line.split()[1])
         return None
 
     def stop(self) -> None:
         """Closes the channel and stops the child (SIGTERM, then SIGKILL)."""
-        if self.channel is not None:
-            self.channel.close()
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        try:
+            if self.channel is not None:
+                self.channel.close()
+        finally:
+            if self.proc is not None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            self.log.close()
 
 
 def grpc_bench(
@@ -501,9 +515,14 @@ def grpc_bench(
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 server = _Server(Path(tmp), now_ms)
-            except RuntimeError as e:
-                out.error = str(e)
-                return out
+            except RuntimeError:
+                # Once more: a port may have been taken between its choice
+                # and the child's bind.
+                try:
+                    server = _Server(Path(tmp), now_ms)
+                except RuntimeError as e:
+                    out.error = str(e)
+                    return out
             try:
                 ch = server.channel
                 define = ch.unary_unary(
@@ -542,9 +561,7 @@ def grpc_bench(
             finally:
                 server.stop()
     # The share is left out unless every round's metrics were read.
-    out.engine_s = [x for x in engine_s if x is not None]
-    if len(out.engine_s) != len(engine_s):
-        out.engine_s = []
+    out.engine_s = [] if None in engine_s else [x for x in engine_s if x is not None]
     return out
 
 

@@ -386,7 +386,7 @@ def plan(size: Size, res: Results, out: Path, threads_all: int) -> list[Step]:
             "rejected": g.rejected,
             "ingest_s": g.ingest_s,
             "events_per_s": g.events_per_s,
-            "rounds_events_per_s": [g.events / s for s in g.rounds_s if s],
+            "rounds_events_per_s": g.rounds_events_per_s,
             "engine_share": g.engine_share,
             "batch_rows": g.batch_rows,
             "audiences": len(state["auds"]),

@@ -79,6 +79,8 @@ def test_smoke_run_writes_the_report(tmp_path: Path) -> None:
         "## Durability",
         "event → subscriber over gRPC",
         "gRPC ingest, one server process",
+        "median of 2 fresh servers",
+        "of the rounds' time inside the engine's decode-and-apply call",
         "time-based exit, manual clock",
         "segmint / DuckDB",
         "segmint / reference",
