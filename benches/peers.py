@@ -450,6 +450,15 @@ class _Server:
             self.stop()
             raise
 
+    @classmethod
+    def start(cls, tmp: Path, now_ms: int) -> _Server:
+        """A started server, tried twice: a port may be taken between its
+        choice and the child's bind."""
+        try:
+            return cls(tmp, now_ms)
+        except RuntimeError:
+            return cls(tmp, now_ms)
+
     def _tail(self) -> str:
         self.log.flush()
         self.log.seek(0)
@@ -514,43 +523,14 @@ def grpc_bench(
     for round_no in range(rounds):
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                server = _Server(Path(tmp), now_ms)
-            except RuntimeError:
-                # Once more: a port may have been taken between its choice
-                # and the child's bind.
-                try:
-                    server = _Server(Path(tmp), now_ms)
-                except RuntimeError as e:
-                    out.error = str(e)
-                    return out
+                server = _Server.start(Path(tmp), now_ms)
+            except RuntimeError as e:
+                out.error = str(e)
+                return out
             try:
-                ch = server.channel
-                define = ch.unary_unary(
-                    "/segmint.v1.Segmint/DefineAudience",
-                    request_serializer=pb.DefineAudienceRequest.SerializeToString,
-                    response_deserializer=pb.DefineAudienceResponse.FromString,
-                )
-                for a in audiences:
-                    define(pb.DefineAudienceRequest(key=a.key, rule=a.text), timeout=60)
-                define(pb.DefineAudienceRequest(key="bench_probe", rule='did("Bench Probe")'))
-                ingest: Any = ch.stream_stream(
-                    "/segmint.v1.Segmint/Ingest",
-                    request_serializer=None,
-                    response_deserializer=pb.IngestAck.FromString,
-                )
-                before = server.batch_seconds()
-                accepted = rejected = last_seq = 0
-                t = time.perf_counter()
-                for ack in ingest(iter(payloads), timeout=600):
-                    accepted += ack.accepted
-                    rejected += len(ack.errors)
-                    last_seq = ack.seq
-                    progress()
-                out.rounds_s.append(time.perf_counter() - t)
-                after = server.batch_seconds()
-                engine_s.append(None if before is None or after is None else after - before)
-                out.events, out.rejected = accepted, rejected
+                last_seq = _ingest_round(server, pb, audiences, payloads, out, engine_s, progress)
                 if round_no == rounds - 1:
+                    ch = server.channel
                     out.latency_s = _subscriber_latency(ch, pb, last_seq, probes)
                     out.is_member_calls, out.is_member_s = _is_member_rate(
                         ch, pb, events, audiences
@@ -563,6 +543,48 @@ def grpc_bench(
     # The share is left out unless every round's metrics were read.
     out.engine_s = [] if None in engine_s else [x for x in engine_s if x is not None]
     return out
+
+
+def _ingest_round(
+    server: _Server,
+    pb: Any,
+    audiences: Sequence[AudienceSpec],
+    payloads: list[bytes],
+    out: GrpcRun,
+    engine_s: list[float | None],
+    progress: Progress,
+) -> int:
+    """Defines the audiences in ``server`` and streams ``payloads`` over
+    Ingest; records the round's time, counts and engine seconds (None when
+    the metrics cannot be read) in ``out`` and ``engine_s``. Returns the
+    last acknowledged seq."""
+    ch = server.channel
+    define = ch.unary_unary(
+        "/segmint.v1.Segmint/DefineAudience",
+        request_serializer=pb.DefineAudienceRequest.SerializeToString,
+        response_deserializer=pb.DefineAudienceResponse.FromString,
+    )
+    for a in audiences:
+        define(pb.DefineAudienceRequest(key=a.key, rule=a.text), timeout=60)
+    define(pb.DefineAudienceRequest(key="bench_probe", rule='did("Bench Probe")'))
+    ingest: Any = ch.stream_stream(
+        "/segmint.v1.Segmint/Ingest",
+        request_serializer=None,
+        response_deserializer=pb.IngestAck.FromString,
+    )
+    before = server.batch_seconds()
+    accepted = rejected = last_seq = 0
+    t = time.perf_counter()
+    for ack in ingest(iter(payloads), timeout=600):
+        accepted += ack.accepted
+        rejected += len(ack.errors)
+        last_seq = ack.seq
+        progress()
+    out.rounds_s.append(time.perf_counter() - t)
+    after = server.batch_seconds()
+    engine_s.append(None if before is None or after is None else after - before)
+    out.events, out.rejected = accepted, rejected
+    return int(last_seq)
 
 
 def _is_member_rate(
