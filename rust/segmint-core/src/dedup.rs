@@ -53,6 +53,22 @@ fn next_sweep(len: usize) -> usize {
     (2 * len).max(MIN_SWEEP)
 }
 
+/// The part of `id` and its entry there: one hash, one lookup.
+fn entry_of<'a>(
+    parts: &'a mut [Part],
+    hasher: &DefaultHashBuilder,
+    id: &str,
+) -> (usize, Entry<'a, (Arc<str>, Millis)>) {
+    let hash = hasher.hash_one(id);
+    let index = part_of(hash);
+    let entry = parts[index].ids.entry(
+        hash,
+        |(seen, _)| **seen == *id,
+        |(seen, _)| hasher.hash_one(&**seen),
+    );
+    (index, entry)
+}
+
 /// The ids of one part, with the instant each was last accepted.
 #[derive(Debug, Clone)]
 struct Part {
@@ -104,15 +120,7 @@ impl SeenMessages {
     /// amortised): then it is new again. One lookup, and an allocation
     /// only for a new id.
     pub fn accept(&mut self, id: &str, now: Millis, cutoff: Millis) -> bool {
-        let hash = self.hasher.hash_one(id);
-        let index = part_of(hash);
-        let Self { parts, hasher, .. } = self;
-        let part = &mut parts[index];
-        let entry = part.ids.entry(
-            hash,
-            |(seen, _)| **seen == *id,
-            |(seen, _)| hasher.hash_one(&**seen),
-        );
+        let (index, entry) = entry_of(&mut self.parts, &self.hasher, id);
         match entry {
             Entry::Occupied(mut seen) if seen.get().1 <= cutoff => {
                 seen.get_mut().1 = now;
@@ -123,6 +131,7 @@ impl SeenMessages {
                 vacant.insert((Arc::from(id), now));
                 self.len += 1;
                 self.credit = self.credit.saturating_add(SWEEP_CREDIT);
+                let part = &self.parts[index];
                 if part.ids.len() >= part.sweep_at {
                     self.due |= 1 << index;
                 }
@@ -196,15 +205,7 @@ impl FromIterator<(Arc<str>, Millis)> for SeenMessages {
     fn from_iter<I: IntoIterator<Item = (Arc<str>, Millis)>>(iter: I) -> Self {
         let mut set = SeenMessages::default();
         for (id, at) in iter {
-            let hash = set.hasher.hash_one(&*id);
-            let SeenMessages { parts, hasher, .. } = &mut set;
-            let part = &mut parts[part_of(hash)];
-            let entry = part.ids.entry(
-                hash,
-                |(seen, _)| *seen == id,
-                |(seen, _)| hasher.hash_one(&**seen),
-            );
-            match entry {
+            match entry_of(&mut set.parts, &set.hasher, &id).1 {
                 Entry::Occupied(mut seen) => seen.get_mut().1 = at,
                 Entry::Vacant(vacant) => {
                     vacant.insert((id, at));
