@@ -17,6 +17,7 @@ use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
 use crate::changelog::LoggedChange;
+use crate::dedup::Fingerprint;
 use crate::engine::{Engine, EngineConfig};
 use crate::error::{Result, SegmintError};
 use crate::event::Event;
@@ -143,8 +144,11 @@ pub struct RecoveryInfo {
     pub replay_seconds: f64,
 }
 
+/// A snapshot's first section. `Seen` is how it stores a de-duplication
+/// entry: format 4 as the id's fingerprint ([`StoredSeen`]), format 3 as
+/// the id's text.
 #[derive(Serialize, Deserialize)]
-struct SnapshotMeta {
+struct SnapshotMeta<Seen> {
     generation: u64,
     now: Millis,
     granularity: Millis,
@@ -155,8 +159,57 @@ struct SnapshotMeta {
     /// The catalog's trait keys in id order, which the users' traits use.
     trait_keys: Vec<Arc<str>>,
     user_ids: Vec<Arc<str>>,
-    seen_messages: Vec<(Arc<str>, Millis)>,
+    seen_messages: Vec<Seen>,
     log: Vec<LoggedChange>,
+}
+
+/// A de-duplication entry as format 4 stores it: the id's fingerprint
+/// ([`Fingerprint::to_bytes`]) and the instant it was last accepted.
+type StoredSeen = ([u8; 16], Millis);
+
+impl<Seen> SnapshotMeta<Seen> {
+    /// The same metadata with each de-duplication entry converted by `f`.
+    fn map_seen<T>(self, f: impl FnMut(Seen) -> T) -> SnapshotMeta<T> {
+        let SnapshotMeta {
+            generation,
+            now,
+            granularity,
+            shard_count,
+            last_seq,
+            log_first_seq,
+            definitions,
+            trait_keys,
+            user_ids,
+            seen_messages,
+            log,
+        } = self;
+        SnapshotMeta {
+            generation,
+            now,
+            granularity,
+            shard_count,
+            last_seq,
+            log_first_seq,
+            definitions,
+            trait_keys,
+            user_ids,
+            seen_messages: seen_messages.into_iter().map(f).collect(),
+            log,
+        }
+    }
+}
+
+impl SnapshotMeta<StoredSeen> {
+    /// The metadata section of a snapshot of `format` (3 or 4, see
+    /// [`read_snapshot`]): format 3's message ids are fingerprinted as they
+    /// are read.
+    fn decode(format: u32, bytes: &[u8]) -> postcard::Result<Self> {
+        if format != 3 {
+            return postcard::from_bytes(bytes);
+        }
+        let meta: SnapshotMeta<(Arc<str>, Millis)> = postcard::from_bytes(bytes)?;
+        Ok(meta.map_seen(|(id, at)| (Fingerprint::of(&id).to_bytes(), at)))
+    }
 }
 
 #[derive(Deserialize)]
@@ -454,7 +507,7 @@ impl Engine {
             seen_messages: self
                 .seen_messages
                 .iter()
-                .map(|(k, t)| (k.clone(), t))
+                .map(|(id, at)| (id.to_bytes(), at))
                 .collect(),
             log: self.log.iter().collect(),
         };
@@ -487,11 +540,11 @@ impl Engine {
 
     /// Replaces this (fresh) engine's state with a snapshot's.
     fn load_snapshot(&mut self, path: &Path) -> Result<()> {
-        let sections = read_snapshot(path)?;
+        let (format, sections) = read_snapshot(path)?;
         let Some((meta_offset, meta_bytes)) = sections.first() else {
             return Err(corrupt(path, 8, "a snapshot needs a metadata section"));
         };
-        let meta: SnapshotMeta = postcard::from_bytes(meta_bytes)
+        let meta = SnapshotMeta::decode(format, meta_bytes)
             .map_err(|e| corrupt(path, *meta_offset, format!("metadata does not decode: {e}")))?;
         if meta.granularity != self.config.granularity {
             return Err(SegmintError::Storage {
@@ -569,7 +622,59 @@ impl Engine {
         self.last_seq = meta.last_seq;
         self.log_first_seq = meta.log_first_seq;
         self.log = meta.log.into_iter().collect();
-        self.seen_messages = meta.seen_messages.into_iter().collect();
+        self.seen_messages = meta
+            .seen_messages
+            .into_iter()
+            .map(|(id, at)| (Fingerprint::from_bytes(id), at))
+            .collect();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::write_snapshot;
+    use crate::{FsyncPolicy, StorageConfig};
+
+    #[test]
+    fn a_format_3_snapshot_keeps_its_message_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = StorageConfig {
+            dir: dir.path().to_path_buf(),
+            fsync: FsyncPolicy::Never,
+            snapshot_log_bytes: 0,
+        };
+        let batch = |id: &str| {
+            format!(r#"[{{"type":"track","userId":"a","event":"E","messageId":"{id}"}}]"#)
+        };
+        let generation = {
+            let (mut e, _) = Engine::open(EngineConfig::default(), storage.clone()).unwrap();
+            e.ingest_json(batch("m1").as_bytes()).unwrap();
+            e.snapshot().unwrap().generation
+        };
+        // The snapshot as format 3 wrote it: the same, with the id as text.
+        let path = snapshot_path(dir.path(), generation);
+        let (format, sections) = read_snapshot(&path).unwrap();
+        assert_eq!(format, 4);
+        let meta = SnapshotMeta::decode(format, &sections[0].1).unwrap();
+        let [(stored, _)] = meta.seen_messages[..] else {
+            panic!("one id held, not {}", meta.seen_messages.len())
+        };
+        assert_eq!(Fingerprint::from_bytes(stored), Fingerprint::of("m1"));
+        let as_text = meta.map_seen(|(_, at)| (Arc::<str>::from("m1"), at));
+        let mut rewritten = vec![encode(&as_text)];
+        rewritten.extend(sections[1..].iter().map(|(_, bytes)| bytes.clone()));
+        write_snapshot(dir.path(), generation, &rewritten).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[..8].copy_from_slice(b"SEGMSNP3");
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(read_snapshot(&path).unwrap().0, 3);
+
+        let (mut e, info) = Engine::open(EngineConfig::default(), storage).unwrap();
+        assert_eq!(info.snapshot_generation, generation);
+        assert_eq!(e.ingest_json(batch("m1").as_bytes()).unwrap().duplicates, 1);
+        assert_eq!(e.ingest_json(batch("m2").as_bytes()).unwrap().duplicates, 0);
+        assert_eq!(e.ingest_json(batch("m2").as_bytes()).unwrap().duplicates, 1);
     }
 }

@@ -77,9 +77,14 @@ impl StorageConfig {
 }
 
 const WAL_MAGIC: &[u8; 8] = b"SEGMWAL1";
-/// Format 3 stores which audience slots share another's memberships
-/// (format 2 began storing users' traits by key id, with the key table).
-const SNAPSHOT_MAGIC: &[u8; 8] = b"SEGMSNP3";
+/// Format 4 stores the de-duplication set's message ids as fingerprints
+/// (format 3 began storing which audience slots share another's
+/// memberships, format 2 users' traits by key id, with the key table).
+const SNAPSHOT_MAGIC: &[u8; 8] = b"SEGMSNP4";
+/// The format [`SNAPSHOT_MAGIC`] stands for.
+const SNAPSHOT_FORMAT: u32 = 4;
+/// Format 3, still read: it differs only in its message ids, stored as text.
+const SNAPSHOT_MAGIC_3: &[u8; 8] = b"SEGMSNP3";
 /// Earlier formats, refused by name: (magic, format number).
 const SNAPSHOT_MAGIC_OLD: [(&[u8; 8], u32); 2] = [(b"SEGMSNP1", 1), (b"SEGMSNP2", 2)];
 /// Magic plus generation.
@@ -524,9 +529,9 @@ pub(crate) fn write_snapshot(dir: &Path, generation: u64, sections: &[Vec<u8>]) 
     Ok(size)
 }
 
-/// Reads a snapshot's sections, each with its offset, checking every
-/// checksum.
-pub(crate) fn read_snapshot(path: &Path) -> Result<Vec<Framed>> {
+/// Reads a snapshot's format (3 or 4) and its sections, each with its
+/// offset, checking every checksum.
+pub(crate) fn read_snapshot(path: &Path) -> Result<(u32, Vec<Framed>)> {
     let bytes = fs::read(path).map_err(|e| io_error(path, e))?;
     let old = SNAPSHOT_MAGIC_OLD
         .iter()
@@ -535,12 +540,18 @@ pub(crate) fn read_snapshot(path: &Path) -> Result<Vec<Framed>> {
         return Err(corrupt(
             path,
             0,
-            format!("snapshot format {format} (an earlier segmint) is not readable by this build, which reads format 3; re-create the data directory by ingesting the events again (docs/durability.md)"),
+            format!("snapshot format {format} (an earlier segmint) is not readable by this build, which reads formats 3 and 4; re-create the data directory by ingesting the events again (docs/durability.md)"),
         ));
     }
-    if bytes.len() < 16 || &bytes[..8] != SNAPSHOT_MAGIC {
+    let format = match bytes.get(..8) {
+        _ if bytes.len() < 16 => None,
+        Some(magic) if magic == SNAPSHOT_MAGIC => Some(SNAPSHOT_FORMAT),
+        Some(magic) if magic == SNAPSHOT_MAGIC_3 => Some(3),
+        _ => None,
+    };
+    let Some(format) = format else {
         return Err(corrupt(path, 0, "expected a segmint snapshot header"));
-    }
+    };
     let count = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
     let mut at = 16usize;
     let mut sections = Vec::new();
@@ -582,7 +593,7 @@ pub(crate) fn read_snapshot(path: &Path) -> Result<Vec<Framed>> {
             "unexpected bytes after the last section",
         ));
     }
-    Ok(sections)
+    Ok((format, sections))
 }
 
 #[cfg(test)]
@@ -654,8 +665,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_snapshot(dir.path(), 3, &[b"meta".to_vec(), vec![7u8; 100]]).unwrap();
         let path = snapshot_path(dir.path(), 3);
-        let sections = read_snapshot(&path).unwrap();
+        let (format, sections) = read_snapshot(&path).unwrap();
+        assert_eq!(format, SNAPSHOT_FORMAT);
         assert_eq!(sections[1].1, vec![7u8; 100]);
+        // Format 3's header is read as format 3 (its metadata is decoded
+        // as such, see durable.rs).
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[..8].copy_from_slice(SNAPSHOT_MAGIC_3);
+        fs::write(&path, &bytes).unwrap();
+        assert_eq!(read_snapshot(&path).unwrap(), (3, sections.clone()));
         let mut bytes = fs::read(&path).unwrap();
         let n = bytes.len();
         bytes[n - 5] ^= 1;
@@ -698,7 +716,7 @@ mod tests {
                 message.contains(&format!("snapshot format {format}")),
                 "{message}"
             );
-            assert!(message.contains("reads format 3"), "{message}");
+            assert!(message.contains("reads formats 3 and 4"), "{message}");
         }
     }
 }
