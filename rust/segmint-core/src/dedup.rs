@@ -1,13 +1,15 @@
 //! The message ids seen within the deduplication window: an event whose
 //! `messageId` was seen less than the window ago is a retry and is dropped.
 //!
-//! An id is kept as its [`Fingerprint`], a 128-bit hash, rather than as
-//! its text: 24 bytes in its table slot and no allocation of its own,
+//! An id is kept as its [`Fingerprint`], a 128-bit keyed hash, rather than
+//! as its text: 24 bytes in its table slot and no allocation of its own,
 //! where the text took an allocation with a 16-byte header and a slot of
-//! 24 bytes (a 36-character UUID came to about 80–110 bytes; with the
-//! table's spare slots, about 28–57 now). Two ids of one window whose
-//! fingerprints are equal would be taken for one: with n ids held that
-//! has a chance of about n²/2¹²⁹, below 10⁻²⁰ at a billion.
+//! 24 bytes (a 36-character UUID came to about 80–110 bytes). A new id
+//! whose fingerprint equals a held one's would be taken for a retry: with
+//! n ids held that has a chance of about n/2¹²⁸ per id. The hash is
+//! SipHash-1-3 under a random key of the set's own (kept in snapshots), so
+//! ids cannot be made up ahead to collide, nor to crowd one part of the
+//! table: XXH3 and other unkeyed hashes are open to both.
 //!
 //! The ids are spread by hash over [`PARTS`] parts, and old ids are swept
 //! part by part: a part comes due once it has doubled since its last sweep
@@ -23,42 +25,44 @@
 //! 0.54–0.75 s with 9.8 M when the whole set was swept at once, and takes
 //! 3–4 ms and 13–15 ms swept by parts; the program is not kept.)
 
+use std::hash::{BuildHasher, RandomState};
+
 use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
-use xxhash_rust::xxh3::xxh3_128;
+use siphasher::sip128::SipHasher13;
 
 use crate::time::Millis;
 
-/// A message id's XXH3 128-bit hash, which the set keeps in place of the
-/// id. XXH3's output is fixed by its specification, so a fingerprint
-/// written to a snapshot is the one the next build computes.
+/// A message id's SipHash-1-3 128-bit hash under the set's key
+/// ([`SeenMessages::key`]), which the set keeps in place of the id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fingerprint([u64; 2]);
 
 impl Fingerprint {
-    /// The fingerprint of `id`.
-    pub fn of(id: &str) -> Fingerprint {
-        Fingerprint::from_u128(xxh3_128(id.as_bytes()))
-    }
-
-    fn from_u128(hash: u128) -> Fingerprint {
-        Fingerprint([hash as u64, (hash >> 64) as u64])
-    }
-
-    /// The 16 bytes a snapshot stores (little-endian).
+    /// The 16 bytes a snapshot stores (the hash as a little-endian u128).
     pub fn to_bytes(self) -> [u8; 16] {
-        (u128::from(self.0[0]) | u128::from(self.0[1]) << 64).to_le_bytes()
+        (u128::from(self.0[0]) | (u128::from(self.0[1]) << 64)).to_le_bytes()
     }
 
     /// The fingerprint [`Fingerprint::to_bytes`] gave.
     pub fn from_bytes(bytes: [u8; 16]) -> Fingerprint {
-        Fingerprint::from_u128(u128::from_le_bytes(bytes))
+        let hash = u128::from_le_bytes(bytes);
+        Fingerprint([hash as u64, (hash >> 64) as u64])
     }
 
     /// The table hash: the low word, as uniform as the rest.
     fn table_hash(self) -> u64 {
         self.0[0]
     }
+}
+
+/// A fresh random key: two of the standard library's randomly keyed
+/// hashers (keyed from the operating system's randomness) hashing
+/// constants.
+fn random_key() -> [u8; 16] {
+    let low = RandomState::new().hash_one(0u8);
+    let high = RandomState::new().hash_one(1u8);
+    (u128::from(low) | (u128::from(high) << 64)).to_le_bytes()
 }
 
 /// How many parts the ids are spread over: one bit each in
@@ -114,6 +118,9 @@ struct Part {
 #[derive(Debug, Clone)]
 pub struct SeenMessages {
     parts: Vec<Part>,
+    /// The fingerprints' key, and the hasher keyed with it.
+    key: [u8; 16],
+    hasher: SipHasher13,
     /// Ids held, over all parts.
     len: usize,
     /// Parts that reached their sweep size, one bit each: swept by
@@ -127,7 +134,15 @@ pub struct SeenMessages {
 }
 
 impl Default for SeenMessages {
+    /// An empty set with a random key.
     fn default() -> Self {
+        SeenMessages::with_key(random_key())
+    }
+}
+
+impl SeenMessages {
+    /// An empty set whose fingerprints use `key`.
+    pub fn with_key(key: [u8; 16]) -> Self {
         let parts = (0..PARTS)
             .map(|_| Part {
                 ids: HashTable::new(),
@@ -136,21 +151,55 @@ impl Default for SeenMessages {
             .collect();
         Self {
             parts,
+            key,
+            hasher: SipHasher13::new_with_key(&key),
             len: 0,
             due: 0,
             next_part: 0,
             credit: 0,
         }
     }
-}
 
-impl SeenMessages {
+    /// A set restored from a snapshot: its key and its entries (an id
+    /// given twice keeps its later instant); each part is swept next when
+    /// it has doubled.
+    pub fn restored(
+        key: [u8; 16],
+        entries: impl IntoIterator<Item = (Fingerprint, Millis)>,
+    ) -> Self {
+        let mut set = SeenMessages::with_key(key);
+        for (id, at) in entries {
+            match entry_of(&mut set.parts, id).1 {
+                Entry::Occupied(mut seen) => seen.get_mut().1 = seen.get().1.max(at),
+                Entry::Vacant(vacant) => {
+                    vacant.insert((id, at));
+                    set.len += 1;
+                }
+            }
+        }
+        for part in &mut set.parts {
+            part.sweep_at = next_sweep(part.ids.len());
+        }
+        set
+    }
+
+    /// The key the fingerprints are hashed with (snapshots keep it).
+    pub fn key(&self) -> [u8; 16] {
+        self.key
+    }
+
+    /// The fingerprint of `id` under this set's key.
+    pub fn fingerprint(&self, id: &str) -> Fingerprint {
+        let hash = self.hasher.hash(id.as_bytes());
+        Fingerprint([hash.h1, hash.h2])
+    }
+
     /// Accepts `id` at `now` unless it was accepted after `cutoff` (then
     /// the event is a retry: false, and its instant stays). An id still in
     /// the set may have been accepted before the cutoff (sweeps are
     /// amortised): then it is new again. One hash and one lookup.
     pub fn accept(&mut self, id: &str, now: Millis, cutoff: Millis) -> bool {
-        let id = Fingerprint::of(id);
+        let id = self.fingerprint(id);
         let (index, entry) = entry_of(&mut self.parts, id);
         match entry {
             Entry::Occupied(mut seen) if seen.get().1 <= cutoff => {
@@ -221,31 +270,8 @@ impl SeenMessages {
 
     /// Approximate heap bytes.
     pub fn heap_bytes(&self) -> usize {
-        // A slot and its control byte.
-        let entry = std::mem::size_of::<(Fingerprint, Millis)>() + 1;
-        let table: usize = self.parts.iter().map(|p| p.ids.capacity() * entry).sum();
-        self.parts.capacity() * std::mem::size_of::<Part>() + table
-    }
-}
-
-impl FromIterator<(Fingerprint, Millis)> for SeenMessages {
-    /// A set restored from a snapshot (an id given twice keeps its last
-    /// instant); each part is swept next when it has doubled.
-    fn from_iter<I: IntoIterator<Item = (Fingerprint, Millis)>>(iter: I) -> Self {
-        let mut set = SeenMessages::default();
-        for (id, at) in iter {
-            match entry_of(&mut set.parts, id).1 {
-                Entry::Occupied(mut seen) => seen.get_mut().1 = at,
-                Entry::Vacant(vacant) => {
-                    vacant.insert((id, at));
-                    set.len += 1;
-                }
-            }
-        }
-        for part in &mut set.parts {
-            part.sweep_at = next_sweep(part.ids.len());
-        }
-        set
+        let tables: usize = self.parts.iter().map(|p| p.ids.allocation_size()).sum();
+        self.parts.capacity() * std::mem::size_of::<Part>() + tables
     }
 }
 
@@ -254,10 +280,8 @@ mod tests {
     use super::*;
     use crate::time::SECOND;
 
-    /// XXH3-128 of "m42-0", little-endian (from the Python `xxhash` package).
-    const FIRST_ID_BYTES: [u8; 16] = [
-        248, 105, 162, 59, 237, 251, 109, 181, 9, 78, 33, 156, 10, 203, 132, 88,
-    ];
+    /// The key 00, 01, … 0f of SipHash's reference test vectors.
+    const KEY: [u8; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
 
     #[test]
     fn a_retry_inside_the_window_is_a_duplicate_and_outside_it_is_not() {
@@ -323,26 +347,74 @@ mod tests {
     }
 
     #[test]
-    fn a_restored_set_keeps_its_ids() {
-        let (a, b) = (Fingerprint::of("a"), Fingerprint::of("b"));
-        let restored: SeenMessages = [(a, 5), (b, 7), (a, 6)].into_iter().collect();
+    fn a_restored_set_keeps_its_ids_and_key() {
+        let keyed = SeenMessages::with_key(KEY);
+        let (a, b) = (keyed.fingerprint("a"), keyed.fingerprint("b"));
+        let restored = SeenMessages::restored(KEY, [(a, 6), (b, 7), (a, 5)]);
+        assert_eq!(restored.key(), KEY);
+        // `a` given twice keeps its later instant.
         assert!(!restored.clone().accept("a", 9, 5));
         assert!(restored.clone().accept("b", 9, 7));
         let ids: std::collections::HashMap<_, _> = restored.iter().collect();
         assert_eq!(ids, [(a, 6), (b, 7)].into_iter().collect());
         assert_eq!(restored.len(), 2);
+        // Under another key the same ids are other fingerprints.
+        assert_ne!(SeenMessages::default().fingerprint("a"), a);
     }
 
     #[test]
-    fn a_fingerprint_is_fixed_by_the_id_alone() {
-        // Snapshots store fingerprints: a build that hashed differently
-        // would take none of a restored set's ids for retries. The value
-        // is XXH3-128 of "m42-0", the workload's first messageId.
-        let id = Fingerprint::of("m42-0");
-        assert_eq!(id.to_bytes(), FIRST_ID_BYTES);
-        assert_eq!(Fingerprint::from_bytes(id.to_bytes()), id);
-        assert_ne!(Fingerprint::of("m42-1"), id);
-        assert_ne!(Fingerprint::of(""), id);
+    fn fingerprints_are_siphash_1_3_128_under_the_key() {
+        // Snapshots store fingerprints with their key: a build that hashed
+        // differently would take none of a restored set's ids for retries.
+        // The values come from a separate Python SipHash (which gives the
+        // reference vectors of SipHash-2-4-128 with 2 and 4 rounds), one
+        // per length class of the input's 8-byte blocks and tail.
+        let vectors: [(String, [u8; 16]); 6] = [
+            (
+                String::new(),
+                [
+                    231, 126, 188, 178, 39, 136, 165, 190, 253, 98, 219, 106, 221, 48, 48, 1,
+                ],
+            ),
+            (
+                "m42-0".into(),
+                [
+                    66, 198, 0, 183, 223, 132, 103, 253, 68, 80, 186, 69, 57, 47, 24, 32,
+                ],
+            ),
+            (
+                "0123456789abcdef".into(),
+                [
+                    208, 189, 58, 171, 212, 170, 20, 0, 42, 79, 200, 178, 127, 207, 212, 74,
+                ],
+            ),
+            (
+                "6ba7b810-9dad-11d1-80b4-00c04fd430c8".into(),
+                [
+                    164, 110, 182, 219, 180, 217, 216, 100, 235, 69, 29, 51, 66, 199, 38, 25,
+                ],
+            ),
+            (
+                "x".repeat(200),
+                [
+                    231, 106, 106, 232, 87, 87, 161, 196, 85, 193, 35, 76, 104, 180, 80, 189,
+                ],
+            ),
+            (
+                "ab".repeat(512),
+                [
+                    246, 115, 187, 252, 58, 126, 220, 160, 224, 46, 186, 247, 128, 243, 253, 55,
+                ],
+            ),
+        ];
+        let keyed = SeenMessages::with_key(KEY);
+        for (id, bytes) in vectors {
+            let fingerprint = keyed.fingerprint(&id);
+            assert_eq!(fingerprint.to_bytes(), bytes, "{} bytes", id.len());
+            assert_eq!(Fingerprint::from_bytes(bytes), fingerprint);
+        }
+        // Each set draws its own key.
+        assert_ne!(SeenMessages::default().key(), SeenMessages::default().key());
     }
 
     proptest::proptest! {
@@ -373,15 +445,15 @@ mod tests {
                 seen.expire(cutoff);
                 if now % 5 == 0 {
                     // As a snapshot writes it and recovery reads it back.
-                    seen = seen
-                        .iter()
-                        .map(|(id, at)| (Fingerprint::from_bytes(id.to_bytes()), at))
-                        .collect();
+                    let stored: Vec<([u8; 16], Millis)> =
+                        seen.iter().map(|(id, at)| (id.to_bytes(), at)).collect();
+                    let ids = stored.into_iter().map(|(id, at)| (Fingerprint::from_bytes(id), at));
+                    seen = SeenMessages::restored(seen.key(), ids);
                 }
                 let held: std::collections::HashMap<Fingerprint, Millis> = seen.iter().collect();
                 proptest::prop_assert_eq!(held.len(), seen.len());
                 let model_held: std::collections::HashMap<Fingerprint, Millis> =
-                    model.iter().map(|(id, at)| (Fingerprint::of(id), *at)).collect();
+                    model.iter().map(|(id, at)| (seen.fingerprint(id), *at)).collect();
                 for (id, at) in &held {
                     proptest::prop_assert_eq!(model_held.get(id), Some(at));
                 }

@@ -17,7 +17,7 @@ use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
 use crate::changelog::LoggedChange;
-use crate::dedup::Fingerprint;
+use crate::dedup::{Fingerprint, SeenMessages};
 use crate::engine::{Engine, EngineConfig};
 use crate::error::{Result, SegmintError};
 use crate::event::Event;
@@ -144,9 +144,9 @@ pub struct RecoveryInfo {
     pub replay_seconds: f64,
 }
 
-/// A snapshot's first section. `Seen` is how it stores a de-duplication
-/// entry: format 4 as the id's fingerprint ([`StoredSeen`]), format 3 as
-/// the id's text.
+/// A snapshot's first section. `Seen` is how it stores the de-duplication
+/// set: format 4 as fingerprints with their key ([`StoredSeen`]), format 3
+/// as the ids' text.
 #[derive(Serialize, Deserialize)]
 struct SnapshotMeta<Seen> {
     generation: u64,
@@ -159,17 +159,39 @@ struct SnapshotMeta<Seen> {
     /// The catalog's trait keys in id order, which the users' traits use.
     trait_keys: Vec<Arc<str>>,
     user_ids: Vec<Arc<str>>,
-    seen_messages: Vec<Seen>,
+    seen_messages: Seen,
     log: Vec<LoggedChange>,
 }
 
-/// A de-duplication entry as format 4 stores it: the id's fingerprint
-/// ([`Fingerprint::to_bytes`]) and the instant it was last accepted.
-type StoredSeen = ([u8; 16], Millis);
+/// The de-duplication set as format 4 stores it: the fingerprints' key
+/// ([`SeenMessages::key`]), and each id's fingerprint
+/// ([`Fingerprint::to_bytes`]) with the instant it was last accepted.
+#[derive(Serialize, Deserialize)]
+struct StoredSeen {
+    key: [u8; 16],
+    ids: Vec<([u8; 16], Millis)>,
+}
+
+impl StoredSeen {
+    fn of(set: &SeenMessages) -> StoredSeen {
+        StoredSeen {
+            key: set.key(),
+            ids: set.iter().map(|(id, at)| (id.to_bytes(), at)).collect(),
+        }
+    }
+
+    fn restore(self) -> SeenMessages {
+        let ids = self.ids.into_iter();
+        SeenMessages::restored(
+            self.key,
+            ids.map(|(id, at)| (Fingerprint::from_bytes(id), at)),
+        )
+    }
+}
 
 impl<Seen> SnapshotMeta<Seen> {
-    /// The same metadata with each de-duplication entry converted by `f`.
-    fn map_seen<T>(self, f: impl FnMut(Seen) -> T) -> SnapshotMeta<T> {
+    /// The same metadata with the de-duplication set converted by `f`.
+    fn map_seen<T>(self, f: impl FnOnce(Seen) -> T) -> SnapshotMeta<T> {
         let SnapshotMeta {
             generation,
             now,
@@ -193,7 +215,7 @@ impl<Seen> SnapshotMeta<Seen> {
             definitions,
             trait_keys,
             user_ids,
-            seen_messages: seen_messages.into_iter().map(f).collect(),
+            seen_messages: f(seen_messages),
             log,
         }
     }
@@ -201,14 +223,27 @@ impl<Seen> SnapshotMeta<Seen> {
 
 impl SnapshotMeta<StoredSeen> {
     /// The metadata section of a snapshot of `format` (3 or 4, see
-    /// [`read_snapshot`]): format 3's message ids are fingerprinted as they
-    /// are read.
+    /// [`read_snapshot`]): format 3's message ids are fingerprinted under a
+    /// new key as they are read.
     fn decode(format: u32, bytes: &[u8]) -> postcard::Result<Self> {
-        if format != 3 {
-            return postcard::from_bytes(bytes);
+        match format {
+            3 => {
+                let meta: SnapshotMeta<Vec<(Arc<str>, Millis)>> = postcard::from_bytes(bytes)?;
+                Ok(meta.map_seen(|ids| {
+                    let keyed = SeenMessages::default();
+                    StoredSeen {
+                        key: keyed.key(),
+                        ids: (ids.iter())
+                            .map(|(id, at)| (keyed.fingerprint(id).to_bytes(), *at))
+                            .collect(),
+                    }
+                }))
+            }
+            _ => {
+                debug_assert_eq!(format, 4, "read_snapshot reads formats 3 and 4");
+                postcard::from_bytes(bytes)
+            }
         }
-        let meta: SnapshotMeta<(Arc<str>, Millis)> = postcard::from_bytes(bytes)?;
-        Ok(meta.map_seen(|(id, at)| (Fingerprint::of(&id).to_bytes(), at)))
     }
 }
 
@@ -504,11 +539,7 @@ impl Engine {
             definitions: self.definitions.clone(),
             trait_keys: self.catalog.trait_keys.names().map(Arc::from).collect(),
             user_ids: self.interner.names().map(Arc::from).collect(),
-            seen_messages: self
-                .seen_messages
-                .iter()
-                .map(|(id, at)| (id.to_bytes(), at))
-                .collect(),
+            seen_messages: StoredSeen::of(&self.seen_messages),
             log: self.log.iter().collect(),
         };
         let mut sections = vec![encode(&meta)];
@@ -544,8 +575,13 @@ impl Engine {
         let Some((meta_offset, meta_bytes)) = sections.first() else {
             return Err(corrupt(path, 8, "a snapshot needs a metadata section"));
         };
-        let meta = SnapshotMeta::decode(format, meta_bytes)
-            .map_err(|e| corrupt(path, *meta_offset, format!("metadata does not decode: {e}")))?;
+        let meta = SnapshotMeta::decode(format, meta_bytes).map_err(|e| {
+            corrupt(
+                path,
+                *meta_offset,
+                format!("metadata (format {format}) does not decode: {e}"),
+            )
+        })?;
         if meta.granularity != self.config.granularity {
             return Err(SegmintError::Storage {
                 path: path.display().to_string(),
@@ -622,11 +658,7 @@ impl Engine {
         self.last_seq = meta.last_seq;
         self.log_first_seq = meta.log_first_seq;
         self.log = meta.log.into_iter().collect();
-        self.seen_messages = meta
-            .seen_messages
-            .into_iter()
-            .map(|(id, at)| (Fingerprint::from_bytes(id), at))
-            .collect();
+        self.seen_messages = meta.seen_messages.restore();
         Ok(())
     }
 }
@@ -658,11 +690,13 @@ mod tests {
         let (format, sections) = read_snapshot(&path).unwrap();
         assert_eq!(format, 4);
         let meta = SnapshotMeta::decode(format, &sections[0].1).unwrap();
-        let [(stored, _)] = meta.seen_messages[..] else {
-            panic!("one id held, not {}", meta.seen_messages.len())
+        let seen = &meta.seen_messages;
+        let [(stored, at)] = seen.ids[..] else {
+            panic!("one id held, not {}", seen.ids.len())
         };
-        assert_eq!(Fingerprint::from_bytes(stored), Fingerprint::of("m1"));
-        let as_text = meta.map_seen(|(_, at)| (Arc::<str>::from("m1"), at));
+        let keyed = SeenMessages::with_key(seen.key);
+        assert_eq!(Fingerprint::from_bytes(stored), keyed.fingerprint("m1"));
+        let as_text = meta.map_seen(|_| vec![(Arc::<str>::from("m1"), at)]);
         let mut rewritten = vec![encode(&as_text)];
         rewritten.extend(sections[1..].iter().map(|(_, bytes)| bytes.clone()));
         write_snapshot(dir.path(), generation, &rewritten).unwrap();

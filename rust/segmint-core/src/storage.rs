@@ -543,6 +543,17 @@ pub(crate) fn read_snapshot(path: &Path) -> Result<(u32, Vec<Framed>)> {
             format!("snapshot format {format} (an earlier segmint) is not readable by this build, which reads formats 3 and 4; re-create the data directory by ingesting the events again (docs/durability.md)"),
         ));
     }
+    let later = (bytes.len() >= 16 && bytes[..7] == SNAPSHOT_MAGIC[..7])
+        .then(|| char::from(bytes[7]).to_digit(10))
+        .flatten()
+        .filter(|&n| n > SNAPSHOT_FORMAT);
+    if let Some(format) = later {
+        return Err(corrupt(
+            path,
+            0,
+            format!("snapshot format {format} (a later segmint) is not readable by this build, which reads formats 3 and 4; run the build that wrote it"),
+        ));
+    }
     let format = match bytes.get(..8) {
         _ if bytes.len() < 16 => None,
         Some(magic) if magic == SNAPSHOT_MAGIC => Some(SNAPSHOT_FORMAT),
@@ -718,5 +729,14 @@ mod tests {
             );
             assert!(message.contains("reads formats 3 and 4"), "{message}");
         }
+        let path = dir.path().join("later.snap");
+        let mut bytes = b"SEGMSNP5".to_vec();
+        bytes.extend_from_slice(&0u64.to_le_bytes());
+        fs::write(&path, &bytes).unwrap();
+        let message = read_snapshot(&path).unwrap_err().to_string();
+        assert!(
+            message.contains("snapshot format 5 (a later segmint)"),
+            "{message}"
+        );
     }
 }

@@ -316,6 +316,42 @@ fn retried_message_ids_are_applied_once_across_a_restart() {
     assert_eq!(report.duplicates, 0);
 }
 
+#[test]
+fn a_format_3_snapshot_of_an_earlier_build_is_read() {
+    // tests/fixtures/format3: written by 07bef84 (snapshot format 3, its
+    // message ids as text) with this file's config(), "vip" defined and
+    // one batch: a's order of 250 ("m1"), b's identify with an ltv of 500
+    // (a UUID messageId) and c's with 5 ("m3").
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format3");
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["snapshot-000000000002.snap", "wal-000000000002.log"] {
+        std::fs::copy(fixture.join(name), dir.path().join(name)).unwrap();
+    }
+    let retries = br#"[{"type":"track","userId":"a","event":"Order Completed","messageId":"m1","properties":{"revenue":250}},
+        {"type":"identify","userId":"b","traits":{"ltv":500},"messageId":"6ba7b810-9dad-11d1-80b4-00c04fd430c8"},
+        {"type":"identify","userId":"c","traits":{"ltv":5},"messageId":"m3"}]"#;
+    let (mut e, info) = Engine::open(config(), storage(dir.path(), 0)).unwrap();
+    assert_eq!(info.snapshot_generation, 2);
+    let members: Vec<bool> = ["a", "b", "c"]
+        .iter()
+        .map(|u| e.is_member(u, "vip").unwrap())
+        .collect();
+    assert_eq!(members, [true, true, false]);
+    // Its ids, now fingerprints, are still taken for retries.
+    assert_eq!(e.ingest_json(retries).unwrap().duplicates, 3);
+    let fresh = br#"[{"type":"identify","userId":"c","traits":{"ltv":900},"messageId":"m4"}]"#;
+    assert_eq!(e.ingest_json(fresh).unwrap().duplicates, 0);
+    // The next snapshot is format 4, with the same ids.
+    let generation = e.snapshot().unwrap().generation;
+    drop(e);
+    let snap = dir.path().join(format!("snapshot-{generation:012}.snap"));
+    assert_eq!(&std::fs::read(&snap).unwrap()[..8], b"SEGMSNP4");
+    let (mut e, _) = Engine::open(config(), storage(dir.path(), 0)).unwrap();
+    assert_eq!(e.ingest_json(retries).unwrap().duplicates, 3);
+    assert_eq!(e.ingest_json(fresh).unwrap().duplicates, 1);
+    assert!(e.is_member("c", "vip").unwrap());
+}
+
 /// Logs the definition of "vip" and `users` batches of one identify each
 /// (user `u{i}` with an ltv of 100 × i), then closes the engine.
 fn log_vip_and_identifies(dir: &Path, users: usize) {
