@@ -20,10 +20,11 @@
 //! it accepted pay for ([`SeenMessages::expire`]): parts grow at the same
 //! rate and come due together, and sweeping them all at once would stall
 //! the call as a sweep of the whole set did. (Unique ids at a steady rate,
-//! 60 s window, mimalloc, on the 2-core machine of BENCHMARKS.md: the
-//! slowest call of 1,000 ids took 100–129 ms with 1.55 M ids held and
-//! 0.54–0.75 s with 9.8 M when the whole set was swept at once, and takes
-//! 3–4 ms and 13–15 ms swept by parts; the program is not kept.)
+//! 60 s window, mimalloc, on the 2-core AMD EPYC of BENCHMARKS.md at
+//! c0a50d6, the ids then held as text: the slowest call of 1,000 ids took
+//! 100–129 ms with 1.55 M ids held and 0.54–0.75 s with 9.8 M when the
+//! whole set was swept at once, and 3–4 ms and 13–15 ms swept by parts;
+//! the program is not kept.)
 
 use std::hash::{BuildHasher, RandomState};
 

@@ -181,11 +181,11 @@ impl StoredSeen {
     }
 
     fn restore(self) -> SeenMessages {
-        let ids = self.ids.into_iter();
-        SeenMessages::restored(
-            self.key,
-            ids.map(|(id, at)| (Fingerprint::from_bytes(id), at)),
-        )
+        let ids = self
+            .ids
+            .into_iter()
+            .map(|(id, at)| (Fingerprint::from_bytes(id), at));
+        SeenMessages::restored(self.key, ids)
     }
 }
 
@@ -233,7 +233,8 @@ impl SnapshotMeta<StoredSeen> {
                     let keyed = SeenMessages::default();
                     StoredSeen {
                         key: keyed.key(),
-                        ids: (ids.iter())
+                        ids: ids
+                            .iter()
                             .map(|(id, at)| (keyed.fingerprint(id).to_bytes(), *at))
                             .collect(),
                     }
