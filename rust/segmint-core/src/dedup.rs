@@ -8,8 +8,10 @@
 //! whose fingerprint equals a held one's would be taken for a retry: with
 //! n ids held that has a chance of about n/2¹²⁸ per id. The hash is
 //! SipHash-1-3 under a random key of the set's own (kept in snapshots), so
-//! ids cannot be made up ahead to collide, nor to crowd one part of the
-//! table: XXH3 and other unkeyed hashes are open to both.
+//! without the key ids cannot be made up ahead to collide, nor to crowd one
+//! part of the table: XXH3 and other unkeyed hashes are open to both. A
+//! part's table is shrunk at its sweep when a burst left it far larger
+//! than what it holds.
 //!
 //! The ids are spread by hash over [`PARTS`] parts, and old ids are swept
 //! part by part: a part comes due once it has doubled since its last sweep
@@ -57,9 +59,11 @@ impl Fingerprint {
     }
 }
 
-/// A fresh random key: two of the standard library's randomly keyed
-/// hashers (keyed from the operating system's randomness) hashing
-/// constants.
+/// A fresh random key, from two of the standard library's randomly keyed
+/// hashers hashing constants. Their keys are drawn from the operating
+/// system once per thread (later ones step from those), so two sets' keys
+/// differ but are not independent: the key needs only to be unknown
+/// outside the process and its data directory.
 fn random_key() -> [u8; 16] {
     let low = RandomState::new().hash_one(0u8);
     let high = RandomState::new().hash_one(1u8);
@@ -77,6 +81,10 @@ const _: () = assert!(PARTS == u64::BITS as usize);
 const MIN_SWEEP: usize = 16;
 #[cfg(test)]
 const MIN_SWEEP: usize = 2;
+
+/// A part whose table has room for more than this many times the ids it
+/// is swept at is shrunk at its sweep (see [`SeenMessages::expire`]).
+const SHRINK_FACTOR: usize = 4;
 
 /// Entries a sweep may go over per id accepted. A part is swept when it
 /// has doubled, going over twice the ids it gained since: twice that
@@ -115,8 +123,9 @@ struct Part {
     sweep_at: usize,
 }
 
-/// Message ids with the instant each was last accepted.
-#[derive(Debug, Clone)]
+/// Message ids, as keyed fingerprints, with the instant each was last
+/// accepted. (Its `Debug` leaves the key out.)
+#[derive(Clone)]
 pub struct SeenMessages {
     parts: Vec<Part>,
     /// The fingerprints' key, and the hasher keyed with it.
@@ -134,6 +143,16 @@ pub struct SeenMessages {
     credit: usize,
 }
 
+impl std::fmt::Debug for SeenMessages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeenMessages")
+            .field("len", &self.len)
+            .field("due", &format_args!("{:#x}", self.due))
+            .field("next_part", &self.next_part)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for SeenMessages {
     /// An empty set with a random key.
     fn default() -> Self {
@@ -143,7 +162,7 @@ impl Default for SeenMessages {
 
 impl SeenMessages {
     /// An empty set whose fingerprints use `key`.
-    pub fn with_key(key: [u8; 16]) -> Self {
+    pub(crate) fn with_key(key: [u8; 16]) -> Self {
         let parts = (0..PARTS)
             .map(|_| Part {
                 ids: HashTable::new(),
@@ -164,7 +183,7 @@ impl SeenMessages {
     /// A set restored from a snapshot: its key and its entries (an id
     /// given twice keeps its later instant); each part is swept next when
     /// it has doubled.
-    pub fn restored(
+    pub(crate) fn restored(
         key: [u8; 16],
         entries: impl IntoIterator<Item = (Fingerprint, Millis)>,
     ) -> Self {
@@ -185,12 +204,12 @@ impl SeenMessages {
     }
 
     /// The key the fingerprints are hashed with (snapshots keep it).
-    pub fn key(&self) -> [u8; 16] {
+    pub(crate) fn key(&self) -> [u8; 16] {
         self.key
     }
 
     /// The fingerprint of `id` under this set's key.
-    pub fn fingerprint(&self, id: &str) -> Fingerprint {
+    pub(crate) fn fingerprint(&self, id: &str) -> Fingerprint {
         let hash = self.hasher.hash(id.as_bytes());
         Fingerprint([hash.h1, hash.h2])
     }
@@ -242,6 +261,12 @@ impl SeenMessages {
             }
             part.ids.retain(|(_, at)| *at > cutoff);
             part.sweep_at = next_sweep(part.ids.len());
+            // `retain` keeps the table's size: after a burst, a table with
+            // room for more than four sweeps' worth gives it back (to room
+            // for its next sweep, so it does not grow again before then).
+            if part.ids.capacity() > SHRINK_FACTOR * part.sweep_at {
+                part.ids.shrink_to(part.sweep_at, |(id, _)| id.table_hash());
+            }
             self.len -= before - part.ids.len();
             self.credit = self.credit.saturating_sub(before);
             self.due &= !(1 << index);
@@ -316,6 +341,34 @@ mod tests {
         }
         assert!(most <= 2 * 60 + PARTS * MIN_SWEEP + 37, "held {most} ids");
         assert!(seen.heap_bytes() > 0);
+    }
+
+    #[test]
+    fn a_burst_gives_its_room_back_at_the_sweeps() {
+        // 200,000 ids in one burst, then, once it has left the window, a
+        // steady 100 per call, each in the window for 10 calls: when every
+        // part has been swept, the tables hold room for about the steady
+        // ids only.
+        let window = 10;
+        let mut seen = SeenMessages::default();
+        for i in 0..200_000 {
+            assert!(seen.accept(&format!("b{i}"), 0, -window));
+        }
+        let after_burst = seen.heap_bytes();
+        let mut next = 0u64;
+        for now in window + 1..2_000 {
+            for _ in 0..100 {
+                assert!(seen.accept(&format!("s{next}"), now, now - window));
+                next += 1;
+            }
+            seen.expire(now - window);
+        }
+        assert!(seen.len() < 10_000, "held {}", seen.len());
+        let steady = seen.heap_bytes();
+        assert!(
+            steady * 10 < after_burst,
+            "{steady} bytes against {after_burst}"
+        );
     }
 
     #[test]

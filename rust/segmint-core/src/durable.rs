@@ -537,10 +537,12 @@ impl Engine {
         let (format, sections) = read_snapshot(path)?;
         match format {
             3 => self.load_sections::<Vec<(Arc<str>, Millis)>>(path, format, &sections),
-            _ => {
-                debug_assert_eq!(format, 4, "read_snapshot reads formats 3 and 4");
-                self.load_sections::<StoredSeen>(path, format, &sections)
-            }
+            4 => self.load_sections::<StoredSeen>(path, format, &sections),
+            other => Err(corrupt(
+                path,
+                0,
+                format!("snapshot format {other} has no reader in this build"),
+            )),
         }
     }
 

@@ -77,9 +77,10 @@ impl StorageConfig {
 }
 
 const WAL_MAGIC: &[u8; 8] = b"SEGMWAL1";
-/// Format 4 stores the de-duplication set's message ids as fingerprints
-/// (format 3 began storing which audience slots share another's
-/// memberships, format 2 users' traits by key id, with the key table).
+/// Format 4 stores the de-duplication set's message ids as keyed
+/// fingerprints, with the key (format 3 began storing which audience
+/// slots share another's memberships, format 2 users' traits by key id,
+/// with the key table). A later format is recognised up to 9.
 const SNAPSHOT_MAGIC: &[u8; 8] = b"SEGMSNP4";
 /// The format [`SNAPSHOT_MAGIC`] stands for.
 const SNAPSHOT_FORMAT: u32 = 4;
