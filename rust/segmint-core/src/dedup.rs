@@ -26,7 +26,8 @@
 //! c0a50d6, the ids then held as text: the slowest call of 1,000 ids took
 //! 100–129 ms with 1.55 M ids held and 0.54–0.75 s with 9.8 M when the
 //! whole set was swept at once, and 3–4 ms and 13–15 ms swept by parts;
-//! the program is not kept.)
+//! the program is not kept. docs/durability.md has the figures retaken
+//! with fingerprints.)
 
 use std::hash::{BuildHasher, RandomState};
 
