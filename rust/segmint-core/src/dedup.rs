@@ -68,7 +68,7 @@ impl Fingerprint {
 fn random_key() -> [u8; 16] {
     let low = RandomState::new().hash_one(0u8);
     let high = RandomState::new().hash_one(1u8);
-    (u128::from(low) | (u128::from(high) << 64)).to_le_bytes()
+    Fingerprint([low, high]).to_bytes()
 }
 
 /// How many parts the ids are spread over: one bit each in
@@ -129,8 +129,7 @@ struct Part {
 #[derive(Clone)]
 pub struct SeenMessages {
     parts: Vec<Part>,
-    /// The fingerprints' key, and the hasher keyed with it.
-    key: [u8; 16],
+    /// Keyed with the fingerprints' key (which it gives back).
     hasher: SipHasher13,
     /// Ids held, over all parts.
     len: usize,
@@ -172,7 +171,6 @@ impl SeenMessages {
             .collect();
         Self {
             parts,
-            key,
             hasher: SipHasher13::new_with_key(&key),
             len: 0,
             due: 0,
@@ -206,7 +204,7 @@ impl SeenMessages {
 
     /// The key the fingerprints are hashed with (snapshots keep it).
     pub(crate) fn key(&self) -> [u8; 16] {
-        self.key
+        self.hasher.key()
     }
 
     /// The fingerprint of `id` under this set's key.

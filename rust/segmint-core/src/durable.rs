@@ -202,10 +202,7 @@ impl SeenSection for StoredSeen {
 impl SeenSection for Vec<(Arc<str>, Millis)> {
     fn into_set(self) -> SeenMessages {
         let keyed = SeenMessages::default();
-        let ids: Vec<_> = self
-            .iter()
-            .map(|(id, at)| (keyed.fingerprint(id), *at))
-            .collect();
+        let ids = self.iter().map(|(id, at)| (keyed.fingerprint(id), *at));
         SeenMessages::restored(keyed.key(), ids)
     }
 }

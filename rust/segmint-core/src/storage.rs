@@ -80,14 +80,22 @@ const WAL_MAGIC: &[u8; 8] = b"SEGMWAL1";
 /// Format 4 stores the de-duplication set's message ids as keyed
 /// fingerprints, with the key (format 3 began storing which audience
 /// slots share another's memberships, format 2 users' traits by key id,
-/// with the key table). A later format is recognised up to 9.
+/// with the key table). The magic's last byte is the format's digit.
 const SNAPSHOT_MAGIC: &[u8; 8] = b"SEGMSNP4";
 /// The format [`SNAPSHOT_MAGIC`] stands for.
 const SNAPSHOT_FORMAT: u32 = 4;
-/// Format 3, still read: it differs only in its message ids, stored as text.
-const SNAPSHOT_MAGIC_3: &[u8; 8] = b"SEGMSNP3";
-/// Earlier formats, refused by name: (magic, format number).
-const SNAPSHOT_MAGIC_OLD: [(&[u8; 8], u32); 2] = [(b"SEGMSNP1", 1), (b"SEGMSNP2", 2)];
+/// The oldest format read: format 3 differs from 4 only in its message
+/// ids, stored as text. Earlier ones (from 1) and later ones (to 9) are
+/// refused by name.
+const OLDEST_READ_FORMAT: u32 = 3;
+
+/// The format a snapshot's header names (its magic's digit), if it is a
+/// segmint snapshot header at all.
+fn snapshot_format(bytes: &[u8]) -> Option<u32> {
+    (bytes.len() >= 16 && bytes[..7] == SNAPSHOT_MAGIC[..7])
+        .then(|| char::from(bytes[7]).to_digit(10))
+        .flatten()
+}
 /// Magic plus generation.
 pub(crate) const WAL_HEADER_LEN: u64 = 16;
 /// Frame: payload length (u32) and CRC-32C of length and payload (u32).
@@ -534,36 +542,27 @@ pub(crate) fn write_snapshot(dir: &Path, generation: u64, sections: &[Vec<u8>]) 
 /// offset, checking every checksum.
 pub(crate) fn read_snapshot(path: &Path) -> Result<(u32, Vec<Framed>)> {
     let bytes = fs::read(path).map_err(|e| io_error(path, e))?;
-    let old = SNAPSHOT_MAGIC_OLD
-        .iter()
-        .find(|(magic, _)| bytes.len() >= 16 && &bytes[..8] == *magic);
-    if let Some((_, format)) = old {
-        return Err(corrupt(
-            path,
-            0,
-            format!("snapshot format {format} (an earlier segmint) is not readable by this build, which reads formats 3 and 4; re-create the data directory by ingesting the events again (docs/durability.md)"),
-        ));
-    }
-    let later = (bytes.len() >= 16 && bytes[..7] == SNAPSHOT_MAGIC[..7])
-        .then(|| char::from(bytes[7]).to_digit(10))
-        .flatten()
-        .filter(|&n| n > SNAPSHOT_FORMAT);
-    if let Some(format) = later {
-        return Err(corrupt(
-            path,
-            0,
-            format!("snapshot format {format} (a later segmint) is not readable by this build, which reads formats 3 and 4; run the build that wrote it"),
-        ));
-    }
-    let format = match bytes.get(..8) {
-        _ if bytes.len() < 16 => None,
-        Some(magic) if magic == SNAPSHOT_MAGIC => Some(SNAPSHOT_FORMAT),
-        Some(magic) if magic == SNAPSHOT_MAGIC_3 => Some(3),
-        _ => None,
+    let reads =
+        format!("this build, which reads formats {OLDEST_READ_FORMAT} and {SNAPSHOT_FORMAT}");
+    let refused = |format: u32, whose: &str, what_then: &str| {
+        let message = format!(
+            "snapshot format {format} ({whose} segmint) is not readable by {reads}; {what_then}"
+        );
+        Err(corrupt(path, 0, message))
     };
-    let Some(format) = format else {
-        return Err(corrupt(path, 0, "expected a segmint snapshot header"));
-    };
+    let format =
+        match snapshot_format(&bytes) {
+            Some(format @ OLDEST_READ_FORMAT..=SNAPSHOT_FORMAT) => format,
+            Some(format @ 1..OLDEST_READ_FORMAT) => return refused(
+                format,
+                "an earlier",
+                "re-create the data directory by ingesting the events again (docs/durability.md)",
+            ),
+            Some(format) if format > SNAPSHOT_FORMAT => {
+                return refused(format, "a later", "run the build that wrote it")
+            }
+            _ => return Err(corrupt(path, 0, "expected a segmint snapshot header")),
+        };
     let count = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
     let mut at = 16usize;
     let mut sections = Vec::new();
@@ -683,7 +682,7 @@ mod tests {
         // Format 3's header is read as format 3 (its metadata is decoded
         // as such, see durable.rs).
         let mut bytes = fs::read(&path).unwrap();
-        bytes[..8].copy_from_slice(SNAPSHOT_MAGIC_3);
+        bytes[..8].copy_from_slice(b"SEGMSNP3");
         fs::write(&path, &bytes).unwrap();
         assert_eq!(read_snapshot(&path).unwrap(), (3, sections.clone()));
         let mut bytes = fs::read(&path).unwrap();
@@ -718,9 +717,9 @@ mod tests {
     #[test]
     fn earlier_snapshot_formats_are_named_not_misread() {
         let dir = tempfile::tempdir().unwrap();
-        for (magic, format) in SNAPSHOT_MAGIC_OLD {
+        for format in [1, 2] {
             let path = dir.path().join("old.snap");
-            let mut bytes = magic.to_vec();
+            let mut bytes = format!("SEGMSNP{format}").into_bytes();
             bytes.extend_from_slice(&0u64.to_le_bytes());
             fs::write(&path, &bytes).unwrap();
             let message = read_snapshot(&path).unwrap_err().to_string();
@@ -736,7 +735,7 @@ mod tests {
         fs::write(&path, &bytes).unwrap();
         let message = read_snapshot(&path).unwrap_err().to_string();
         assert!(
-            message.contains("snapshot format 5 (a later segmint)"),
+            message.contains("snapshot format 5 (a later segmint) is not readable by this build, which reads formats 3 and 4"),
             "{message}"
         );
     }
