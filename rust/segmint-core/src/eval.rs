@@ -22,6 +22,15 @@ use crate::value::Value;
 pub trait Env {
     /// The value of a leaf node (trait, property, view, since, membership).
     fn leaf(&self, e: &CExpr) -> Option<Cow<'_, Value>>;
+
+    /// `in_audience(aud)`: [`Env::leaf`]'s boolean, which an environment
+    /// that knows memberships answers without building a value.
+    fn in_audience(&self, aud: AudId) -> bool {
+        matches!(
+            self.leaf(&CExpr::InAudience(aud)).as_deref(),
+            Some(Value::Bool(true))
+        )
+    }
 }
 
 /// A user at an instant.
@@ -449,6 +458,10 @@ impl Env for UserEnv<'_> {
             _ => None,
         }
     }
+
+    fn in_audience(&self, aud: AudId) -> bool {
+        self.is_member(aud)
+    }
 }
 
 /// Entries in a window from which an `avg` is its `sum` view divided by
@@ -504,6 +517,9 @@ pub fn eval_bool<E: Env>(e: &CExpr, env: &E) -> bool {
             _ => false,
         },
         CExpr::Exists(x) => eval_ref(x, env).is_some(),
+        // The exclusions' atoms (`in_audience("a") and not in_audience("b")`):
+        // read directly, not as a boolean value built by `eval_ref`.
+        CExpr::InAudience(a) => env.in_audience(*a),
         other => matches!(eval_ref(other, env).as_deref(), Some(Value::Bool(true))),
     }
 }
@@ -1240,6 +1256,33 @@ mod tests {
                 .prop_map(move |(list, neg)| CExpr::In(leaf(), list, neg)),
             Just(CExpr::Exists(leaf())),
         ]
+    }
+
+    /// `in_audience` decides as its leaf's boolean value: read directly by
+    /// a user's environment, and through that value by the default an
+    /// environment knowing only leaves takes.
+    #[test]
+    fn in_audience_decides_as_its_leaf() {
+        struct LeavesOnly<'a>(&'a UserEnv<'a>);
+        impl Env for LeavesOnly<'_> {
+            fn leaf(&self, e: &CExpr) -> Option<Cow<'_, Value>> {
+                self.0.leaf(e)
+            }
+        }
+        let cat = Catalog::default();
+        let mut user = UserData::default();
+        user.set_member(1, true, 0);
+        user.set_member(3, true, 0);
+        let env = UserEnv::new(&cat, &user, 0, 1);
+        for aud in 0..5 {
+            let expr = CExpr::InAudience(aud);
+            let leaf = matches!(env.leaf(&expr).as_deref(), Some(Value::Bool(true)));
+            assert_eq!(leaf, aud == 1 || aud == 3, "{aud}");
+            assert_eq!(eval_bool(&expr, &env), leaf, "{aud}");
+            assert_eq!(eval_bool(&expr, &LeavesOnly(&env)), leaf, "{aud}");
+            let negated = CExpr::Not(Box::new(expr));
+            assert_eq!(eval_bool(&negated, &env), !leaf, "{aud}");
+        }
     }
 
     proptest! {

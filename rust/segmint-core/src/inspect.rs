@@ -364,6 +364,10 @@ impl Env for FreshEnv<'_, '_> {
             other => self.0.leaf(other),
         }
     }
+
+    fn in_audience(&self, aud: AudId) -> bool {
+        self.0.in_audience(aud)
+    }
 }
 
 fn lit(v: &Value) -> String {
