@@ -556,6 +556,10 @@ pub struct LeafGroup {
     /// The atoms testing it (each with [`AtomDef::test`] on `leaf`), in id
     /// order.
     pub atoms: Vec<AtomId>,
+    /// The timers of its timed atoms ([`Catalog::timer_lead`] of each),
+    /// ascending, each once: an update of the leaf moves those timers,
+    /// whichever atoms flip, and the sixty atoms of one `since` share one.
+    pub timed_leads: Vec<AtomId>,
 }
 
 /// Per state: which atoms an update can affect.
@@ -1300,6 +1304,7 @@ impl Catalog {
                                 groups.push(LeafGroup {
                                     leaf: leaf.clone(),
                                     atoms: Vec::new(),
+                                    timed_leads: Vec::new(),
                                 });
                                 groups.len() as u32 - 1
                             });
@@ -1361,6 +1366,15 @@ impl Catalog {
             // listed once per state.
             group.atoms.sort_unstable();
             group.atoms.dedup();
+            let (atoms, leads) = (&self.atoms, &self.timer_lead);
+            group.timed_leads = group
+                .atoms
+                .iter()
+                .filter(|&&a| atoms[a as usize].timed)
+                .map(|&a| leads[a as usize])
+                .collect();
+            group.timed_leads.sort_unstable();
+            group.timed_leads.dedup();
         }
         self.timer_ladder = (0..self.atoms.len())
             .map(|lead| crate::eval::timer_ladder(self, &self.timer_group[lead]))
@@ -2282,6 +2296,13 @@ mod tests {
         assert!((1..=4).all(|i| lead(&cat, &format!("n{i}")) == other));
         assert_eq!(lead(&cat, "n5"), atom(&cat, "n5"));
         assert_eq!(cat.timer_group[first as usize].len(), 64);
+        // An update of the leaf moves those four timers: its group lists
+        // each once, for its 75 atoms.
+        let group = &cat.leaf_groups[0];
+        assert_eq!(group.atoms.len(), 75);
+        let mut timers = vec![first, second, other, atom(&cat, "n5")];
+        timers.sort_unstable();
+        assert_eq!(group.timed_leads, timers);
     }
 
     #[test]

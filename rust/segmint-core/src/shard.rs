@@ -796,8 +796,12 @@ impl Shard {
     fn reschedule_in_pass(&mut self, step: Step<'_>, local: usize, uid: u32, atoms: &[AtomId]) {
         let cat = step.cat;
         let mapped: SmallVec<[AtomId; 16]>;
-        // Most atoms lead themselves: then the list is the leads.
-        let leads = if atoms.iter().all(|&a| cat.timer_lead[a as usize] == a) {
+        // Most atoms lead themselves: then the list, each once, is the
+        // leads. (An event's list may name a group's timer twice: the
+        // group's and a flipped atom's.)
+        let leads = if atoms.iter().all(|&a| cat.timer_lead[a as usize] == a)
+            && atoms.is_sorted_by(|a, b| a < b)
+        {
             atoms
         } else {
             let mut leads: SmallVec<[AtomId; 16]> =
@@ -1715,19 +1719,16 @@ impl Shard {
         for (g, (leaf_before, leaf_after)) in
             groups.iter().zip(leaves_before.iter().zip(&leaves_after))
         {
-            let atoms = &cat.leaf_groups[*g as usize].atoms;
+            let group = &cat.leaf_groups[*g as usize];
+            // Whether or not a truth moved, the leaf's next change (a
+            // window's lapse, a `since` crossing a bound) may have: the
+            // group's timers, not each of its atoms (they map to those).
+            timed.extend_from_slice(&group.timed_leads);
             if leaf_before == leaf_after {
-                // No truth moved; a window's next lapse may have.
-                timed.extend(
-                    atoms
-                        .iter()
-                        .copied()
-                        .filter(|&a| cat.atoms[a as usize].timed),
-                );
                 continue;
             }
-            self.counters.atom_evaluations += atoms.len() as u64;
-            for &atom in atoms {
+            self.counters.atom_evaluations += group.atoms.len() as u64;
+            for &atom in &group.atoms {
                 let Some((_, test)) = &cat.atoms[atom as usize].test else {
                     unreachable!("a leaf group's atoms are tests of its leaf")
                 };
@@ -1736,9 +1737,6 @@ impl Shard {
                     flipped.push((atom, now_true));
                 } else {
                     self.remember(step, atom, now_true);
-                    if cat.atoms[atom as usize].timed {
-                        timed.push(atom);
-                    }
                 }
             }
         }
