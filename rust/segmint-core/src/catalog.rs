@@ -558,7 +558,8 @@ pub struct LeafGroup {
     pub atoms: Vec<AtomId>,
     /// The timers of its timed atoms ([`Catalog::timer_lead`] of each),
     /// ascending, each once: an update of the leaf moves those timers,
-    /// whichever atoms flip, and the sixty atoms of one `since` share one.
+    /// whichever atoms flip, and the twenty `since("Checkout Started")`
+    /// atoms of the standard workload share one.
     pub timed_leads: Vec<AtomId>,
 }
 
