@@ -557,9 +557,9 @@ pub struct LeafGroup {
     /// order.
     pub atoms: Vec<AtomId>,
     /// The timers of its timed atoms ([`Catalog::timer_lead`] of each),
-    /// ascending, each once: an update of the leaf moves those timers,
-    /// whichever atoms flip, and the twenty `since("Checkout Started")`
-    /// atoms of the standard workload share one.
+    /// ascending, each once: an update of a state the leaf reads
+    /// reschedules those timers, whichever atoms flip, and a timer stands
+    /// for up to 64 atoms of one `since`.
     pub timed_leads: Vec<AtomId>,
 }
 
@@ -2297,13 +2297,53 @@ mod tests {
         assert!((1..=4).all(|i| lead(&cat, &format!("n{i}")) == other));
         assert_eq!(lead(&cat, "n5"), atom(&cat, "n5"));
         assert_eq!(cat.timer_group[first as usize].len(), 64);
-        // An update of the leaf moves those four timers: its group lists
-        // each once, for its 75 atoms.
-        let group = &cat.leaf_groups[0];
-        assert_eq!(group.atoms.len(), 75);
-        let mut timers = vec![first, second, other, atom(&cat, "n5")];
-        timers.sort_unstable();
-        assert_eq!(group.timed_leads, timers);
+    }
+
+    #[test]
+    fn leaf_groups_list_the_timers_of_their_timed_atoms_once() {
+        let mut cat = Catalog::default();
+        let mut define = |key: String, src: String| {
+            let ast = parse_rule(&src).unwrap();
+            cat.define(&key, &src, ast).unwrap();
+        };
+        // Interleaved, so that the atoms' timers in id order alternate:
+        // the ladder's, and the groups of four of the tests it cannot hold.
+        for i in 1..=5 {
+            define(format!("s{i}"), format!(r#"since("E") < {i}h"#));
+            define(
+                format!("n{i}"),
+                format!(r#"since("E") in [{i}h, {}h]"#, i + 10),
+            );
+        }
+        // An all-time sum never lapses: its atoms have no timer.
+        define("a1".into(), r#"sum("E", x) > 5"#.into());
+        define("a2".into(), r#"sum("E", x) > 7"#.into());
+        let atom = |key: &str| {
+            cat.audiences[cat.audience(key).unwrap() as usize]
+                .as_ref()
+                .unwrap()
+                .atoms[0]
+        };
+        let group_of = |a: AtomId| {
+            cat.leaf_groups
+                .iter()
+                .find(|g| g.atoms.contains(&a))
+                .unwrap()
+        };
+        let since = group_of(atom("s1"));
+        assert_eq!(since.atoms.len(), 10);
+        let in_id_order: Vec<AtomId> = since
+            .atoms
+            .iter()
+            .map(|&a| cat.timer_lead[a as usize])
+            .collect();
+        assert!(!in_id_order.is_sorted(), "{in_id_order:?}");
+        // The ladder's timer, the first four `in` tests', the fifth's.
+        assert_eq!(since.timed_leads, [atom("s1"), atom("n1"), atom("n5")]);
+        let sum = group_of(atom("a1"));
+        assert_eq!(sum.atoms, [atom("a1"), atom("a2")]);
+        assert!(sum.atoms.iter().all(|&a| !cat.atoms[a as usize].timed));
+        assert!(sum.timed_leads.is_empty());
     }
 
     #[test]

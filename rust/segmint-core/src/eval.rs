@@ -23,8 +23,10 @@ pub trait Env {
     /// The value of a leaf node (trait, property, view, since, membership).
     fn leaf(&self, e: &CExpr) -> Option<Cow<'_, Value>>;
 
-    /// `in_audience(aud)`: [`Env::leaf`]'s boolean, which an environment
-    /// that knows memberships answers without building a value.
+    /// `in_audience(aud)`: whether [`Env::leaf`] of it is
+    /// `Some(Value::Bool(true))`, which an environment that knows
+    /// memberships answers without building a value (an override must
+    /// give that same answer).
     fn in_audience(&self, aud: AudId) -> bool {
         matches!(
             self.leaf(&CExpr::InAudience(aud)).as_deref(),
@@ -1260,7 +1262,8 @@ mod tests {
 
     /// `in_audience` decides as its leaf's boolean value: read directly by
     /// a user's environment, and through that value by the default an
-    /// environment knowing only leaves takes.
+    /// environment knowing only leaves takes; both through the pass's
+    /// flips and the slots sharing another's memberships.
     #[test]
     fn in_audience_decides_as_its_leaf() {
         struct LeavesOnly<'a>(&'a UserEnv<'a>);
@@ -1273,11 +1276,21 @@ mod tests {
         let mut user = UserData::default();
         user.set_member(1, true, 0);
         user.set_member(3, true, 0);
-        let env = UserEnv::new(&cat, &user, 0, 1);
-        for aud in 0..5 {
+        // Slot 4 shares slot 1's memberships, slot 6 slot 5's.
+        let mut members = Memberships::default();
+        members.share(4, 1, 0);
+        members.share(6, 5, 0);
+        // In this pass the user left 3 and entered 5.
+        let mut flips = PassFlips::default();
+        flips.push(0, 3, false, 0);
+        flips.push(0, 5, true, 0);
+        let env = UserEnv::new(&cat, &user, 0, 1)
+            .with_shared(&members)
+            .with_flips(flips.of(0));
+        for aud in 0..8 {
             let expr = CExpr::InAudience(aud);
             let leaf = matches!(env.leaf(&expr).as_deref(), Some(Value::Bool(true)));
-            assert_eq!(leaf, aud == 1 || aud == 3, "{aud}");
+            assert_eq!(leaf, [1, 4, 5, 6].contains(&aud), "{aud}");
             assert_eq!(eval_bool(&expr, &env), leaf, "{aud}");
             assert_eq!(eval_bool(&expr, &LeavesOnly(&env)), leaf, "{aud}");
             let negated = CExpr::Not(Box::new(expr));
