@@ -2084,6 +2084,11 @@ mod tests {
     use crate::rules::parse_rule;
     use proptest::prelude::*;
 
+    /// Defines audience `key` as rule `src` in `cat`.
+    fn define(cat: &mut Catalog, key: &str, src: &str) {
+        cat.define(key, src, parse_rule(src).unwrap()).unwrap();
+    }
+
     /// A trait atom's rules for a profile without events leave out those
     /// that need an event.
     #[test]
@@ -2095,7 +2100,7 @@ mod tests {
             ("either", r#"trait.plan == "pro" or did("X", 7d)"#),
         ];
         for (key, src) in rules {
-            cat.define(key, src, parse_rule(src).unwrap()).unwrap();
+            define(&mut cat, key, src);
         }
         let slot = |key: &str| cat.audience(key).unwrap();
         let atom = cat.audiences[slot("traits") as usize]
@@ -2131,7 +2136,7 @@ mod tests {
             ("c", r#"did("X", 7d) or trait.ltv > 500"#),
         ];
         for (key, src) in rules {
-            cat.define(key, src, parse_rule(src).unwrap()).unwrap();
+            define(&mut cat, key, src);
         }
         let def = |key: &str| {
             cat.audiences[cat.audience(key).unwrap() as usize]
@@ -2171,7 +2176,7 @@ mod tests {
             or count("V" where price > 10, 7d) >= 1
             or count("V" where category == "a" or price between 1 and 3, 7d) >= 1
             or sum("V" where exists(category), price, 7d) > 1"#;
-        cat.define("a", src, parse_rule(src).unwrap()).unwrap();
+        define(&mut cat, "a", src);
         let states = &cat.by_event["V"];
         assert_eq!(states.states.len(), 4);
         assert_eq!(states.tests.iter().filter(|t| t.is_some()).count(), 3);
@@ -2221,7 +2226,7 @@ mod tests {
             ("f", r#"trait.plan == "pro""#),
         ];
         for (key, src) in rules {
-            cat.define(key, src, parse_rule(src).unwrap()).unwrap();
+            define(&mut cat, key, src);
         }
         let class = |cat: &Catalog, key: &str| cat.rule_class[cat.audience(key).unwrap() as usize];
         assert_eq!(class(&cat, "a"), class(&cat, "c"));
@@ -2266,17 +2271,14 @@ mod tests {
     #[test]
     fn ladder_atoms_of_one_source_share_a_timer_by_up_to_sixty_four() {
         let mut cat = Catalog::default();
-        let mut define = |key: String, src: String| {
-            let ast = parse_rule(&src).unwrap();
-            cat.define(&key, &src, ast).unwrap();
-        };
         for i in 1..=70 {
-            define(format!("s{i}"), format!(r#"since("E") < {i}h"#));
+            define(&mut cat, &format!("s{i}"), &format!(r#"since("E") < {i}h"#));
         }
         for i in 1..=5 {
             define(
-                format!("n{i}"),
-                format!(r#"since("E") in [{i}h, {}h]"#, i + 10),
+                &mut cat,
+                &format!("n{i}"),
+                &format!(r#"since("E") in [{i}h, {}h]"#, i + 10),
             );
         }
         let atom = |cat: &Catalog, key: &str| {
@@ -2302,22 +2304,19 @@ mod tests {
     #[test]
     fn leaf_groups_list_the_timers_of_their_timed_atoms_once() {
         let mut cat = Catalog::default();
-        let mut define = |key: String, src: String| {
-            let ast = parse_rule(&src).unwrap();
-            cat.define(&key, &src, ast).unwrap();
-        };
         // Interleaved, so that the atoms' timers in id order alternate:
         // the ladder's, and the groups of four of the tests it cannot hold.
         for i in 1..=5 {
-            define(format!("s{i}"), format!(r#"since("E") < {i}h"#));
+            define(&mut cat, &format!("s{i}"), &format!(r#"since("E") < {i}h"#));
             define(
-                format!("n{i}"),
-                format!(r#"since("E") in [{i}h, {}h]"#, i + 10),
+                &mut cat,
+                &format!("n{i}"),
+                &format!(r#"since("E") in [{i}h, {}h]"#, i + 10),
             );
         }
         // An all-time sum never lapses: its atoms have no timer.
-        define("a1".into(), r#"sum("E", x) > 5"#.into());
-        define("a2".into(), r#"sum("E", x) > 7"#.into());
+        define(&mut cat, "a1", r#"sum("E", x) > 5"#);
+        define(&mut cat, "a2", r#"sum("E", x) > 7"#);
         let atom = |key: &str| {
             cat.audiences[cat.audience(key).unwrap() as usize]
                 .as_ref()
@@ -2370,7 +2369,7 @@ mod tests {
             ),
         ];
         for (key, src) in rules {
-            cat.define(key, src, parse_rule(src).unwrap()).unwrap();
+            define(&mut cat, key, src);
         }
         let leaf_of = |a: AtomId| match &cat.atoms[a as usize].test {
             Some((leaf @ (CExpr::View(_) | CExpr::SinceEvent(_)), _)) => Some(leaf.clone()),
