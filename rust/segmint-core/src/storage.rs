@@ -82,8 +82,8 @@ const WAL_MAGIC: &[u8; 8] = b"SEGMWAL1";
 /// slots share another's memberships, format 2 users' traits by key id,
 /// with the key table). The magic's last byte is the format's digit.
 const SNAPSHOT_MAGIC: &[u8; 8] = b"SEGMSNP4";
-/// The format [`SNAPSHOT_MAGIC`] stands for.
-const SNAPSHOT_FORMAT: u32 = 4;
+/// The format [`SNAPSHOT_MAGIC`] stands for: its digit.
+const SNAPSHOT_FORMAT: u32 = (SNAPSHOT_MAGIC[7] - b'0') as u32;
 /// The oldest format read: format 3 differs from 4 only in its message
 /// ids, stored as text. Earlier ones (from 1) and later ones (to 9) are
 /// refused by name.
