@@ -692,8 +692,11 @@ pub struct Catalog {
     /// Atoms by id (never removed, so timers stay valid).
     pub atoms: Vec<AtomDef>,
     atom_ids: HashMap<String, AtomId>,
-    /// Audience slots (`None` once removed).
-    pub audiences: Vec<Option<AudienceDef>>,
+    /// Audience slots (`None` once removed). Shared: a definition never
+    /// changes once made, and the catalog is copied at every definition
+    /// (see [`crate::Engine::define_audience`]), which cloned every rule's
+    /// trees before.
+    pub audiences: Vec<Option<Arc<AudienceDef>>>,
     /// Audience slot by key.
     pub by_key: HashMap<Arc<str>, AudId>,
     /// Evaluation order: rank by slot (dependencies first).
@@ -835,7 +838,7 @@ impl Catalog {
         self.audiences
             .iter()
             .enumerate()
-            .filter_map(|(i, a)| a.as_ref().map(|a| (i as AudId, a)))
+            .filter_map(|(i, a)| a.as_deref().map(|a| (i as AudId, a)))
     }
 
     /// Looks an audience up by key.
@@ -923,12 +926,12 @@ impl Catalog {
         };
         let slot = match existing {
             Some(slot) => {
-                self.audiences[slot as usize] = Some(def);
+                self.audiences[slot as usize] = Some(Arc::new(def));
                 slot
             }
             None => {
                 let slot = self.audiences.len() as AudId;
-                self.audiences.push(Some(def));
+                self.audiences.push(Some(Arc::new(def)));
                 self.by_key.insert(Arc::from(key), slot);
                 slot
             }
@@ -965,7 +968,7 @@ impl Catalog {
                 slot
             }
         };
-        self.audiences[slot as usize] = Some(def);
+        self.audiences[slot as usize] = Some(Arc::new(def));
         self.rebuild_indexes();
         slot
     }
@@ -1275,11 +1278,13 @@ impl Catalog {
         }
         self.set_class_leads();
         // Only atoms of live rules shape the states and the indexes.
-        for a in 0..self.atoms.len() {
+        // Lent out while the indexes are written (cloning each atom's
+        // tree was a tenth of a definition at 1,000 audiences).
+        let atoms = std::mem::take(&mut self.atoms);
+        for (a, atom) in atoms.iter().enumerate() {
             if self.atom_rules[a].is_empty() {
                 continue;
             }
-            let atom = self.atoms[a].clone();
             let id = a as AtomId;
             self.mark_states(&atom.expr);
             for &s in &atom.states {
@@ -1339,13 +1344,15 @@ impl Catalog {
             }
             self.timer_group[self.timer_lead[a] as usize].push(id);
         }
+        self.atoms = atoms;
         self.key_number_cuts = self
             .key_tests
             .iter()
             .map(|tests| number_cuts(tests))
             .collect();
-        for ct in 0..self.computed.len() {
-            let Some(def) = self.computed[ct].clone() else {
+        let computed = std::mem::take(&mut self.computed);
+        for (ct, def) in computed.iter().enumerate() {
+            let Some(def) = def else {
                 continue;
             };
             self.mark_states(&def.expr);
@@ -1353,6 +1360,7 @@ impl Catalog {
                 self.computed_by_state[s as usize].push(ct as CtId);
             }
         }
+        self.computed = computed;
         for idx in &mut self.state_index {
             for (_, atoms) in &mut idx.thresholds {
                 atoms.sort_by(|a, b| a.k.total_cmp(&b.k));
@@ -1397,7 +1405,7 @@ impl Catalog {
         self.formulas = self
             .audiences
             .iter()
-            .map(|def| def.as_ref().map_or(Formula::None, Formula::of))
+            .map(|def| def.as_deref().map_or(Formula::None, Formula::of))
             .collect();
         self.flip_work = (0..self.audiences.len())
             .map(|a| {
