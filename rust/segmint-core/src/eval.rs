@@ -5,6 +5,8 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use crate::audience_list::PassFlips;
 use crate::catalog::{
     ArithOp, AtomDef, AtomId, AudId, CExpr, Catalog, CmpOp, CtId, Formula, LeafTest, RuleExpr,
@@ -1149,29 +1151,6 @@ pub fn atoms_on_empty_profile(cat: &Catalog) -> Vec<Option<bool>> {
 /// traits or memberships are unknown, the others take their truth on an
 /// empty profile.
 pub fn rules_false_without_events(cat: &Catalog) -> Vec<bool> {
-    fn eval3(rule: &RuleExpr, atom: &impl Fn(AtomId) -> Option<bool>) -> Option<bool> {
-        match rule {
-            RuleExpr::Const(b) => Some(*b),
-            RuleExpr::Atom(a) => atom(*a),
-            RuleExpr::Not(x) => eval3(x, atom).map(|b| !b),
-            RuleExpr::And(xs) => junction3(xs, false, atom),
-            RuleExpr::Or(xs) => junction3(xs, true, atom),
-        }
-    }
-    /// `and` (absorbing `false`) or `or` (absorbing `true`): the absorbing
-    /// value wins even over unknowns; otherwise an unknown makes it unknown.
-    fn junction3(
-        xs: &[RuleExpr],
-        absorbing: bool,
-        atom: &impl Fn(AtomId) -> Option<bool>,
-    ) -> Option<bool> {
-        xs.iter()
-            .try_fold(Some(!absorbing), |acc, x| match eval3(x, atom) {
-                Some(b) if b == absorbing => Err(()),
-                v => Ok(if v.is_none() { None } else { acc }),
-            })
-            .unwrap_or(Some(absorbing))
-    }
     let atom = |a: AtomId| {
         let def = &cat.atoms[a as usize];
         if def.traits.is_empty() && !def.reads_memberships() {
@@ -1187,6 +1166,70 @@ pub fn rules_false_without_events(cat: &Catalog) -> Vec<bool> {
                 .is_some_and(|d| !d.is_static && eval3(&d.rule, &atom) == Some(false))
         })
         .collect()
+}
+
+/// The states an audience's rule cannot do without: each is one such that
+/// the rule is false on every profile holding no entry of it, whatever the
+/// profile's traits, memberships and other states (`trait.country == "US"
+/// and count("Order Completed", 30d) >= 2` cannot do without the orders).
+/// Decided per state read in three-valued logic: the atoms reading that
+/// state alone (and no trait, membership or computed trait) take their
+/// truth on an empty profile, every other atom is unknown. A backfill need
+/// not evaluate the rule on a profile lacking one of them. None for a
+/// static audience or a free slot.
+pub fn gate_states(cat: &Catalog, aud: AudId) -> SmallVec<[StateId; 2]> {
+    let Some(def) = cat.audiences.get(aud as usize).and_then(Option::as_ref) else {
+        return SmallVec::new();
+    };
+    if def.is_static {
+        return SmallVec::new();
+    }
+    let mut read: SmallVec<[StateId; 4]> = def
+        .atoms
+        .iter()
+        .flat_map(|&a| cat.atoms[a as usize].states.iter().copied())
+        .collect();
+    read.sort_unstable();
+    read.dedup();
+    read.into_iter()
+        .filter(|&state| {
+            let atom = |a: AtomId| {
+                let atom = &cat.atoms[a as usize];
+                let alone = atom.reads_only_states() && atom.states.iter().all(|&s| s == state);
+                alone
+                    .then(|| cat.empty_atom_truth.get(a as usize).copied().flatten())
+                    .flatten()
+            };
+            eval3(&def.rule, &atom) == Some(false)
+        })
+        .collect()
+}
+
+/// A rule in three-valued logic: `None` where an atom it needs is unknown.
+fn eval3(rule: &RuleExpr, atom: &impl Fn(AtomId) -> Option<bool>) -> Option<bool> {
+    match rule {
+        RuleExpr::Const(b) => Some(*b),
+        RuleExpr::Atom(a) => atom(*a),
+        RuleExpr::Not(x) => eval3(x, atom).map(|b| !b),
+        RuleExpr::And(xs) => junction3(xs, false, atom),
+        RuleExpr::Or(xs) => junction3(xs, true, atom),
+    }
+}
+
+/// `and` (absorbing `false`) or `or` (absorbing `true`) in [`eval3`]: the
+/// absorbing value wins even over unknowns; otherwise an unknown makes it
+/// unknown.
+fn junction3(
+    xs: &[RuleExpr],
+    absorbing: bool,
+    atom: &impl Fn(AtomId) -> Option<bool>,
+) -> Option<bool> {
+    xs.iter()
+        .try_fold(Some(!absorbing), |acc, x| match eval3(x, atom) {
+            Some(b) if b == absorbing => Err(()),
+            v => Ok(if v.is_none() { None } else { acc }),
+        })
+        .unwrap_or(Some(absorbing))
 }
 
 /// The value of computed trait `ct` for the user at the env's instant
@@ -1526,5 +1569,58 @@ mod tests {
             got,
             [true, false, false, false, false, true, false, true, true]
         );
+    }
+
+    /// A rule's gate states, by event name (each state here is an event's
+    /// with no filter): each one alone, lacking, makes the rule false.
+    #[test]
+    fn rules_name_the_states_they_cannot_do_without() {
+        let rules = [
+            ("a", r#"trait.country == "US" and count("O", 30d) >= 2"#),
+            ("b", r#"did("O", 30d) or did("P", 7d)"#),
+            ("c", r#"did("O", 30d) and did("P", 7d) and trait.x == 1"#),
+            ("d", r#"not did("O", 30d)"#),
+            ("e", r#"count("O", since "C") == 0 and since("C") > 2h"#),
+            ("f", r#"in_audience("a") and sum("P", price, 7d) > 10"#),
+            (
+                "g",
+                r#"did("O", 30d) and (did("P", 7d) or trait.vip == true)"#,
+            ),
+            ("h", r#"trait.country == "US""#),
+            (
+                "i",
+                r#"avg("O", revenue, 30d) > 3 or avg("O", revenue, 30d) < 1"#,
+            ),
+            ("j", r#"count("O", 30d) < 2 and did("P", 7d)"#),
+        ];
+        let mut cat = Catalog::default();
+        for (key, src) in rules {
+            cat.define(key, src, parse_rule(src).unwrap()).unwrap();
+        }
+        let gates = |key: &str| -> Vec<String> {
+            let mut names: Vec<String> = gate_states(&cat, cat.audience(key).unwrap())
+                .iter()
+                .map(|&s| cat.states[s as usize].event.to_string())
+                .collect();
+            names.sort();
+            names
+        };
+        let want: [(&str, &[&str]); 10] = [
+            ("a", &["O"]),
+            ("b", &[]),
+            ("c", &["O", "P"]),
+            ("d", &[]),
+            // `since("C") > 2h` is false on a profile without a "C".
+            ("e", &["C"]),
+            ("f", &["P"]),
+            ("g", &["O"]),
+            ("h", &[]),
+            ("i", &["O"]),
+            ("j", &["P"]),
+        ];
+        for (key, names) in want {
+            assert_eq!(gates(key), names, "audience {key}");
+        }
+        assert!(gate_states(&cat, 99).is_empty());
     }
 }

@@ -462,12 +462,21 @@ impl UserData {
     /// they wait out one memory latency together, where evaluating profile
     /// after profile waits for each miss in turn.
     pub fn warm_lists(&self) -> u64 {
-        let state_ids = self
-            .states
+        self.warm_traits().wrapping_add(self.warm_state_list())
+    }
+
+    /// The traits' part of [`UserData::warm_lists`].
+    pub fn warm_traits(&self) -> u64 {
+        u64::from(self.traits.first_byte())
+    }
+
+    /// The state list's part of [`UserData::warm_lists`].
+    pub fn warm_state_list(&self) -> u64 {
+        self.states
             .iter()
             .step_by(per_cache_line::<(StateId, UserState)>())
-            .map(|(s, _)| u64::from(*s));
-        u64::from(self.traits.first_byte()) + state_ids.fold(0, u64::wrapping_add)
+            .map(|(s, _)| u64::from(*s))
+            .fold(0, u64::wrapping_add)
     }
 
     /// The second step of [`UserData::warm_lists`], once the state list is

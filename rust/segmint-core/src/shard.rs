@@ -2072,16 +2072,45 @@ impl Shard {
                 )
             })
             .collect();
+        // Per audience, the states its rule cannot do without
+        // (`eval::gate_states`): a profile lacking one stays out, unless it
+        // was a member (a replaced rule), without an evaluation.
+        let gates: SmallVec<[SmallVec<[StateId; 2]>; 4]> = auds
+            .iter()
+            .map(|&a| crate::eval::gate_states(cat, a))
+            .collect();
+        let warm = Warming {
+            read_states: &read_states,
+            gates: &gates,
+            memberships: replacing,
+            // A timer's next instant may read traits even where the rules
+            // are gated out.
+            traits_for_timers: timed
+                .iter()
+                .any(|&a| !cat.atoms[a as usize].reads_only_states()),
+        };
+        // Whether a profile without states needs nothing at all: no timer
+        // (every timed atom reads only states, so has no next change there)
+        // and no evaluation (every rule is false on it, and none had
+        // members). Most profiles are such.
+        let stateless_untouched = !replacing
+            && timed
+                .iter()
+                .all(|&a| cat.atoms[a as usize].reads_only_states())
+            && auds.iter().all(|&a| cat.false_without_events[a as usize]);
         let mut stateless = [false; BACKFILL_AHEAD];
         for local in 0..self.users.len() {
             if local % BACKFILL_AHEAD == 0 {
-                self.warm_ahead(local, &read_states, replacing, &mut stateless);
+                self.warm_ahead(local, &warm, &mut stateless);
             }
-            let uid = local as u32 * self.count + self.index;
             // Most profiles hold no states (known only by their traits):
             // atoms reading only states then have no next change, and rules
             // false on every profile without events cannot take them in.
             let without_events = stateless[local % BACKFILL_AHEAD];
+            if without_events && stateless_untouched {
+                continue;
+            }
+            let uid = local as u32 * self.count + self.index;
             for &atom in &timed {
                 // The same for an atom reading only states the profile has
                 // never had an entry in (states are never dropped): most
@@ -2107,12 +2136,16 @@ impl Shard {
                 }
             }
             let mut pending = std::mem::take(&mut self.queue);
-            for (&a, &had_members) in auds.iter().zip(&had_members) {
+            for ((&a, &had_members), gate) in auds.iter().zip(&had_members).zip(&gates) {
+                let user = &self.users[local];
                 // Without members before, the profile is not one.
-                let member = had_members && self.members.is_listed(&self.users[local], a);
-                let skip = without_events && cat.false_without_events[a as usize] && !member;
-                if !skip {
+                let member = had_members && self.members.is_listed(user, a);
+                let false_here = (without_events && cat.false_without_events[a as usize])
+                    || lacks_a_state(user, gate);
+                if member || !false_here {
                     pending.insert_known(cat.rank[a as usize], member);
+                } else {
+                    debug_assert!(!crate::eval::member(cat, a, &self.env(step, local)));
                 }
             }
             self.process(step, uid, pending, Reason::Definition, (uid as i64, 0), out);
@@ -2122,16 +2155,10 @@ impl Shard {
     /// Notes which of the [`BACKFILL_AHEAD`] profiles from `first` hold no
     /// states, and warms what a backfill reads of the others (see
     /// [`UserData::warm_lists`] and [`UserData::warm_states`]; their
-    /// memberships only where `memberships`, for a replaced rule): most
-    /// profiles hold none, and the rest are a chain of cache misses each
-    /// (states, instants, traits, lists).
-    fn warm_ahead(
-        &self,
-        first: usize,
-        read_states: &[StateId],
-        memberships: bool,
-        stateless: &mut [bool; BACKFILL_AHEAD],
-    ) {
+    /// memberships only for a replaced rule, their traits only where a
+    /// rule or timer may read them): most profiles hold none, and the rest
+    /// are a chain of cache misses each (states, instants, traits, lists).
+    fn warm_ahead(&self, first: usize, warm: &Warming<'_>, stateless: &mut [bool; BACKFILL_AHEAD]) {
         let end = (first + BACKFILL_AHEAD).min(self.users.len());
         for (local, empty) in (first..end).zip(stateless.iter_mut()) {
             *empty = self.users[local].states.is_empty();
@@ -2142,9 +2169,17 @@ impl Shard {
                 .filter(|(_, &empty)| !empty)
                 .map(|(local, _)| &self.users[local])
         };
-        let lists = holding().fold(0u64, |acc, user| acc.wrapping_add(user.warm_lists()));
+        let lists = holding().fold(0u64, |acc, user| acc.wrapping_add(user.warm_state_list()));
         let states = holding().fold(lists, |acc, user| {
-            acc.wrapping_add(user.warm_states(read_states, memberships))
+            let states = user.warm_states(warm.read_states, warm.memberships);
+            // The state list is in the cache now, so whether every rule is
+            // gated out costs no miss; a gated-out profile's traits are
+            // not read.
+            let gated_out = !warm.memberships
+                && !warm.traits_for_timers
+                && warm.gates.iter().all(|gate| lacks_a_state(user, gate));
+            let traits = if gated_out { 0 } else { user.warm_traits() };
+            acc.wrapping_add(states).wrapping_add(traits)
         });
         std::hint::black_box(states);
     }
@@ -2259,6 +2294,24 @@ impl Shard {
             }
         }
     }
+}
+
+/// What [`Shard::warm_ahead`] brings into the cache for a backfill.
+struct Warming<'a> {
+    /// The states the new rules read.
+    read_states: &'a [StateId],
+    /// Per new rule, the states it cannot do without.
+    gates: &'a [SmallVec<[StateId; 2]>],
+    /// Whether the memberships are read (a replaced rule's).
+    memberships: bool,
+    /// Whether a timed atom reads more than states.
+    traits_for_timers: bool,
+}
+
+/// Whether the profile holds no entry of one of `gate`'s states (see
+/// [`crate::eval::gate_states`]).
+fn lacks_a_state(user: &UserData, gate: &[StateId]) -> bool {
+    gate.iter().any(|&s| user.state(s).is_none())
 }
 
 /// Whether the followers of class lead `lead` (see

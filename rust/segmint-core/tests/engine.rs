@@ -544,24 +544,47 @@ fn backfill_over_profiles_without_events() {
     }
 }
 
-/// A backfill over more profiles than it warms at once (some with events,
-/// most without, across shards) takes in whom the same rule defined before
-/// the events holds, and sets the same timers.
+/// A backfill over more profiles than it warms at once (some with orders,
+/// some with views only, which the rule cannot take in without an order,
+/// most without events, across shards) takes in whom the same rule defined
+/// before the events holds, and sets the same timers: a recent sign-up
+/// without events who orders after the backfill leaves "new_buyer" when
+/// the sign-up ages, by a timer set on the profile without states. The
+/// rules are defined before the events in one engine and after them in
+/// another, so that no atom or timer of the late ones was there before.
 #[test]
 fn backfill_over_many_profiles_matches_a_rule_defined_before() {
-    const RULE: &str = r#"trait.country == "US" and count("Order Completed", 30d) >= 2"#;
-    const SIGNUP: &str = r#"since(trait.created_at) < 20d and not did("Order Completed", 7d)"#;
-    for shards in [1, 3] {
-        let mut e = engine(shards);
-        let t0 = 1_000 * D;
-        e.define_audience("early", RULE).unwrap();
-        e.define_audience("early_signup", SIGNUP).unwrap();
+    // "new_buyer" alone reads `created_at`: its backfill finds no timer of
+    // the sign-up's age set.
+    const RULES: [(&str, &str); 3] = [
+        (
+            "new_buyer",
+            r#"since(trait.created_at) < 20d and did("Order Completed", 30d)"#,
+        ),
+        (
+            "buyer",
+            r#"trait.country == "US" and count("Order Completed", 30d) >= 2"#,
+        ),
+        (
+            "signup",
+            r#"since(trait.signed_up_at) < 20d and not did("Order Completed", 7d)"#,
+        ),
+    ];
+    let t0 = 1_000 * D;
+    let history = |e: &mut Engine| {
+        // Both engines keep the events for 60 days (a rule defined later
+        // reads what was kept), so that profiles hold states without
+        // orders too.
+        for event in ["Order Completed", "Product Viewed"] {
+            let rule = format!(r#"did("{event}", 60d)"#);
+            e.define_audience(&format!("kept {event}"), &rule).unwrap();
+        }
         let mut batch = Vec::new();
         for u in 0..203 {
             let country = if u % 3 == 0 { "DE" } else { "US" };
             let signup = segmint_core::time::format_timestamp(t0 - (u % 25) * D);
             batch.push(format!(
-                r#"{{"type":"identify","userId":"u{u}","traits":{{"country":"{country}","created_at":"{signup}"}}}}"#
+                r#"{{"type":"identify","userId":"u{u}","traits":{{"country":"{country}","created_at":"{signup}","signed_up_at":"{signup}"}}}}"#
             ));
         }
         let json = format!("[{}]", batch.join(","));
@@ -569,36 +592,56 @@ fn backfill_over_many_profiles_matches_a_rule_defined_before() {
         for u in (0..203).filter(|u| u % 5 == 0) {
             for k in 0..(u % 4) {
                 let at = t0 - (u % 40) * D + k * H;
-                track(&mut e, &format!("u{u}"), "Order Completed", "{}", at);
+                track(e, &format!("u{u}"), "Order Completed", "{}", at);
             }
         }
-        e.define_audience("late", RULE).unwrap();
-        e.define_audience("late_signup", SIGNUP).unwrap();
+        for u in (0..203).filter(|u| u % 3 == 1) {
+            track(e, &format!("u{u}"), "Product Viewed", "{}", t0 - u * H);
+        }
+    };
+    for shards in [1, 3] {
+        let mut early = engine(shards);
+        for (key, rule) in RULES {
+            early.define_audience(key, rule).unwrap();
+        }
+        history(&mut early);
+        let mut late = engine(shards);
+        history(&mut late);
+        for (key, rule) in RULES {
+            late.define_audience(key, rule).unwrap();
+        }
         // Replaced while it has members (looked up profile by profile),
         // then back.
-        let wider = RULE.replace(">= 2", ">= 1");
-        assert!(e.define_audience("late", &wider).unwrap() > e.size("early").unwrap());
-        e.define_audience("late", RULE).unwrap();
-        for step in 0..6 {
-            let members = |key: &str| {
-                let mut m = e.members(key).unwrap();
-                m.sort();
-                m
-            };
-            assert_eq!(
-                members("late"),
-                members("early"),
-                "{shards} shards, step {step}"
-            );
-            assert_eq!(
-                members("late_signup"),
-                members("early_signup"),
-                "{shards} shards, step {step}"
-            );
-            if step == 0 {
-                assert!(!members("late").is_empty() && !members("late_signup").is_empty());
+        let wider = RULES[1].1.replace(">= 2", ">= 1");
+        assert!(late.define_audience("buyer", &wider).unwrap() > early.size("buyer").unwrap());
+        late.define_audience("buyer", RULES[1].1).unwrap();
+        assert_eq!(
+            late.pending_timers(),
+            early.pending_timers(),
+            "{shards} shards"
+        );
+        // First orders of profiles that had no events at the backfill.
+        for e in [&mut early, &mut late] {
+            for u in (0..203).filter(|u| u % 5 != 0 && u % 3 != 1 && u % 7 == 2) {
+                track(e, &format!("u{u}"), "Order Completed", "{}", t0);
             }
-            e.advance(t0 + (step + 1) * 5 * D).unwrap();
+        }
+        for step in 0..6 {
+            for (key, _) in RULES {
+                let members = |e: &Engine| {
+                    let mut m = e.members(key).unwrap();
+                    m.sort();
+                    m
+                };
+                let got = members(&late);
+                assert_eq!(got, members(&early), "{key}, {shards} shards, step {step}");
+                if step == 0 {
+                    assert!(!got.is_empty(), "{key}");
+                }
+            }
+            let next = t0 + (step + 1) * 5 * D;
+            early.advance(next).unwrap();
+            late.advance(next).unwrap();
         }
     }
 }
