@@ -693,8 +693,8 @@ pub struct Catalog {
     pub atoms: Vec<AtomDef>,
     atom_ids: HashMap<String, AtomId>,
     /// Audience slots (`None` once removed). Shared: a definition never
-    /// changes once made, and the catalog is copied at every definition
-    /// (see [`crate::Engine::define_audience`]), which cloned every rule's
+    /// changes once made, and the catalog is copied for every definition
+    /// (so that one that fails changes nothing), which cloned every rule's
     /// trees before.
     pub audiences: Vec<Option<Arc<AudienceDef>>>,
     /// Audience slot by key.

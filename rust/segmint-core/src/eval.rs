@@ -1175,7 +1175,7 @@ pub fn rules_false_without_events(cat: &Catalog) -> Vec<bool> {
 /// Decided per state read in three-valued logic: the atoms reading that
 /// state alone (and no trait, membership or computed trait) take their
 /// truth on an empty profile, every other atom is unknown. A backfill need
-/// not evaluate the rule on a profile lacking one of them. None for a
+/// not evaluate the rule on a profile lacking one of them. Empty for a
 /// static audience or a free slot.
 pub fn gate_states(cat: &Catalog, aud: AudId) -> SmallVec<[StateId; 2]> {
     let Some(def) = cat.audiences.get(aud as usize).and_then(Option::as_ref) else {
@@ -1592,8 +1592,17 @@ mod tests {
                 r#"avg("O", revenue, 30d) > 3 or avg("O", revenue, 30d) < 1"#,
             ),
             ("j", r#"count("O", 30d) < 2 and did("P", 7d)"#),
+            // An atom reading two states is known on neither alone: with
+            // orders and no "C", every order counts.
+            ("k", r#"count("O", since "C") >= 1"#),
+            // A computed trait is unknown, though it reads states only.
+            ("l", r#"computed.n >= 1 or did("Q", 7d)"#),
+            ("m", r#"computed.n >= 1 and did("Q", 7d)"#),
         ];
         let mut cat = Catalog::default();
+        let n = r#"count("P", 7d)"#;
+        let (ast, ty) = crate::rules::compile_value(n).unwrap();
+        cat.define_computed("n", n, ast, ty).unwrap();
         for (key, src) in rules {
             cat.define(key, src, parse_rule(src).unwrap()).unwrap();
         }
@@ -1605,7 +1614,7 @@ mod tests {
             names.sort();
             names
         };
-        let want: [(&str, &[&str]); 10] = [
+        let want: [(&str, &[&str]); 13] = [
             ("a", &["O"]),
             ("b", &[]),
             ("c", &["O", "P"]),
@@ -1617,6 +1626,9 @@ mod tests {
             ("h", &[]),
             ("i", &["O"]),
             ("j", &["P"]),
+            ("k", &[]),
+            ("l", &[]),
+            ("m", &["Q"]),
         ];
         for (key, names) in want {
             assert_eq!(gates(key), names, "audience {key}");

@@ -478,6 +478,11 @@ impl Engine {
         let cat = &cat;
         let g = self.config.granularity;
         let now = self.now;
+        // As a backfill does: the rule is false on a profile without states
+        // where it is false without events, and on one lacking a state it
+        // cannot do without, so neither is evaluated.
+        let false_without_events = cat.false_without_events[slot as usize];
+        let gate = crate::eval::gate_states(cat, slot);
         let per_shard: Vec<ShardPreview> = self.pool.install(|| {
             self.shards
                 .par_iter()
@@ -490,7 +495,10 @@ impl Engine {
                         profiles += 1;
                         let def = cat.audiences[slot as usize].as_ref().expect("just defined");
                         let env = UserEnv::new(cat, user, now, g).with_shared(&shard.members);
-                        let would = rule_holds(cat, &def.rule, &env);
+                        let gated = user.lacks_a_state(&gate);
+                        debug_assert!(!gated || !rule_holds(cat, &def.rule, &env));
+                        let false_here = gated || false_without_events && user.states.is_empty();
+                        let would = !false_here && rule_holds(cat, &def.rule, &env);
                         if would {
                             size += 1;
                             if sample.len() < limit {

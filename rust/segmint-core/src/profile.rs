@@ -387,6 +387,13 @@ impl UserData {
             .map(|i| &states[i].1)
     }
 
+    /// Whether the profile has never had an entry of one of `states` (its
+    /// states are never dropped): a rule that cannot do without one of
+    /// them is false on it (see [`crate::eval::gate_states`]).
+    pub fn lacks_a_state(&self, states: &[StateId]) -> bool {
+        states.iter().any(|&s| self.state(s).is_none())
+    }
+
     /// A state, created empty if missing.
     pub fn state_mut(&mut self, id: StateId) -> &mut UserState {
         let i = match self.states.binary_search_by_key(&id, |(s, _)| *s) {

@@ -2073,8 +2073,9 @@ impl Shard {
             })
             .collect();
         // Per audience, the states its rule cannot do without
-        // (`eval::gate_states`): a profile lacking one stays out, unless it
-        // was a member (a replaced rule), without an evaluation.
+        // (`eval::gate_states`): a profile lacking one is not evaluated and
+        // stays out (unless it was a member of the rule replaced, which is
+        // evaluated).
         let gates: SmallVec<[SmallVec<[StateId; 2]>; 4]> = auds
             .iter()
             .map(|&a| crate::eval::gate_states(cat, a))
@@ -2140,12 +2141,11 @@ impl Shard {
                 let user = &self.users[local];
                 // Without members before, the profile is not one.
                 let member = had_members && self.members.is_listed(user, a);
-                let false_here = (without_events && cat.false_without_events[a as usize])
-                    || lacks_a_state(user, gate);
-                if member || !false_here {
+                let gated = user.lacks_a_state(gate);
+                if member || !(gated || without_events && cat.false_without_events[a as usize]) {
                     pending.insert_known(cat.rank[a as usize], member);
                 } else {
-                    debug_assert!(!crate::eval::member(cat, a, &self.env(step, local)));
+                    debug_assert!(!gated || !crate::eval::member(cat, a, &self.env(step, local)));
                 }
             }
             self.process(step, uid, pending, Reason::Definition, (uid as i64, 0), out);
@@ -2155,9 +2155,10 @@ impl Shard {
     /// Notes which of the [`BACKFILL_AHEAD`] profiles from `first` hold no
     /// states, and warms what a backfill reads of the others (see
     /// [`UserData::warm_lists`] and [`UserData::warm_states`]; their
-    /// memberships only for a replaced rule, their traits only where a
-    /// rule or timer may read them): most profiles hold none, and the rest
-    /// are a chain of cache misses each (states, instants, traits, lists).
+    /// memberships only for a replaced rule, their traits unless every new
+    /// rule is gated out there and no timer reads more than states): most
+    /// profiles hold none, and the rest are a chain of cache misses each
+    /// (states, instants, traits, lists).
     fn warm_ahead(&self, first: usize, warm: &Warming<'_>, stateless: &mut [bool; BACKFILL_AHEAD]) {
         let end = (first + BACKFILL_AHEAD).min(self.users.len());
         for (local, empty) in (first..end).zip(stateless.iter_mut()) {
@@ -2177,7 +2178,7 @@ impl Shard {
             // not read.
             let gated_out = !warm.memberships
                 && !warm.traits_for_timers
-                && warm.gates.iter().all(|gate| lacks_a_state(user, gate));
+                && warm.gates.iter().all(|gate| user.lacks_a_state(gate));
             let traits = if gated_out { 0 } else { user.warm_traits() };
             acc.wrapping_add(states).wrapping_add(traits)
         });
@@ -2306,12 +2307,6 @@ struct Warming<'a> {
     memberships: bool,
     /// Whether a timed atom reads more than states.
     traits_for_timers: bool,
-}
-
-/// Whether the profile holds no entry of one of `gate`'s states (see
-/// [`crate::eval::gate_states`]).
-fn lacks_a_state(user: &UserData, gate: &[StateId]) -> bool {
-    gate.iter().any(|&s| user.state(s).is_none())
 }
 
 /// Whether the followers of class lead `lead` (see

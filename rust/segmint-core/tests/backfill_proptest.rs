@@ -1,7 +1,8 @@
 //! A backfilled (or replaced) rule ends with the memberships the same rule
 //! reaches when defined before the events, at definition and as time goes
 //! on (the backfill skips profiles without states where a rule cannot hold
-//! there, and their timers where an atom reads only states). Audience "k"
+//! there, and their timers where an atom reads only states, and profiles
+//! lacking a state the rule cannot do without). Audience "k"
 //! reads every event name for all time, so both engines keep the same
 //! history.
 

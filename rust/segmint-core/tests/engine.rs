@@ -547,7 +547,7 @@ fn backfill_over_profiles_without_events() {
 /// A backfill over more profiles than it warms at once (some with orders,
 /// some with views only, which the rule cannot take in without an order,
 /// most without events, across shards) takes in whom the same rule defined
-/// before the events holds, and sets the same timers: a recent sign-up
+/// before the events holds and leaves as many timers pending: a recent sign-up
 /// without events who orders after the backfill leaves "new_buyer" when
 /// the sign-up ages, by a timer set on the profile without states. The
 /// rules are defined before the events in one engine and after them in
@@ -739,10 +739,15 @@ fn explain_expands_computed_traits() {
     assert!(!e.is_member("u", "active").unwrap());
 }
 
+/// A preview counts whom the rule would hold, among buyers, a viewer who
+/// never ordered and a profile known only by its traits (neither of which
+/// the rule can take in, so neither is evaluated).
 #[test]
 fn preview_matches_an_actual_replace() {
     let mut e = engine(3);
     e.define_audience("big", r#"sum("Order Completed", revenue) > 100"#)
+        .unwrap();
+    e.define_audience("viewers", r#"did("Product Viewed")"#)
         .unwrap();
     let t0 = e.now();
     for (i, revenue) in [50, 150, 250, 90].iter().enumerate() {
@@ -754,11 +759,14 @@ fn preview_matches_an_actual_replace() {
             t0,
         );
     }
+    track(&mut e, "viewer", "Product Viewed", "{}", t0);
+    let identified = br#"{"type":"identify","userId":"known","traits":{"plan":"pro"}}"#;
+    assert!(e.ingest_json(identified).unwrap().errors.is_empty());
     let last = e.last_seq();
     let p = e
         .preview(r#"sum("Order Completed", revenue) > 80"#, Some("big"), 10)
         .unwrap();
-    assert_eq!((p.size, p.profiles), (3, 4));
+    assert_eq!((p.size, p.profiles), (3, 6));
     assert_eq!(p.entering, vec!["u3"]);
     assert!(p.exiting.is_empty());
     assert_eq!(e.last_seq(), last, "preview emits nothing");
