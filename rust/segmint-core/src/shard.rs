@@ -2156,7 +2156,8 @@ impl Shard {
     /// states, and warms what a backfill reads of the others (see
     /// [`UserData::warm_lists`] and [`UserData::warm_states`]; their
     /// memberships only for a replaced rule, their traits unless every new
-    /// rule is gated out there and no timer reads more than states): most
+    /// rule is gated out there, no rule is replaced and no timer reads more
+    /// than states): most
     /// profiles hold none, and the rest are a chain of cache misses each
     /// (states, instants, traits, lists).
     fn warm_ahead(&self, first: usize, warm: &Warming<'_>, stateless: &mut [bool; BACKFILL_AHEAD]) {

@@ -620,6 +620,18 @@ fn backfill_over_many_profiles_matches_a_rule_defined_before() {
             early.pending_timers(),
             "{shards} shards"
         );
+        let members = |e: &Engine, key: &str| {
+            let mut m = e.members(key).unwrap();
+            m.sort();
+            m
+        };
+        for (key, _) in RULES {
+            assert_eq!(
+                members(&late, key),
+                members(&early, key),
+                "{key}, {shards} shards"
+            );
+        }
         // First orders of profiles that had no events at the backfill.
         for e in [&mut early, &mut late] {
             for u in (0..203).filter(|u| u % 5 != 0 && u % 3 != 1 && u % 7 == 2) {
@@ -628,13 +640,12 @@ fn backfill_over_many_profiles_matches_a_rule_defined_before() {
         }
         for step in 0..6 {
             for (key, _) in RULES {
-                let members = |e: &Engine| {
-                    let mut m = e.members(key).unwrap();
-                    m.sort();
-                    m
-                };
-                let got = members(&late);
-                assert_eq!(got, members(&early), "{key}, {shards} shards, step {step}");
+                let got = members(&late, key);
+                assert_eq!(
+                    got,
+                    members(&early, key),
+                    "{key}, {shards} shards, step {step}"
+                );
                 if step == 0 {
                     assert!(!got.is_empty(), "{key}");
                 }
@@ -740,8 +751,9 @@ fn explain_expands_computed_traits() {
 }
 
 /// A preview counts whom the rule would hold, among buyers, a viewer who
-/// never ordered and a profile known only by its traits (neither of which
-/// the rule can take in, so neither is evaluated).
+/// never ordered and a profile known only by its traits: the first rule
+/// cannot do without orders (neither is evaluated; debug builds check
+/// the viewer's skip), the second is false without events only.
 #[test]
 fn preview_matches_an_actual_replace() {
     let mut e = engine(3);
@@ -783,6 +795,16 @@ fn preview_matches_an_actual_replace() {
         .map(|c| c.user_id.to_string())
         .collect();
     assert_eq!(entered, p.entering);
+    // Over states the buyers and the viewer hold (a plain `did("Order
+    // Completed")` would read a new state, which no profile holds yet).
+    let either = e
+        .preview(
+            r#"sum("Order Completed", revenue) > 0 or did("Product Viewed")"#,
+            None,
+            10,
+        )
+        .unwrap();
+    assert_eq!((either.size, either.profiles), (5, 6));
 }
 
 #[test]
