@@ -4,7 +4,8 @@
 //!
 //! Usage: `segmint-bench EVENTS.ndjson AUDIENCES.json [--threads N]
 //! [--shards N] [--chunk N] [--latency-samples N] [--probe-tail N] [--hot K]
-//! [--backfills N] [--max-events N] [--data-dir DIR --fsync always|interval|never]`
+//! [--backfills N] [--backfill-rule RULE] [--max-events N]
+//! [--data-dir DIR --fsync always|interval|never]`
 //!
 //! The latency samples are events spread over the stream, held back and
 //! sent one per call at the end; with `--probe-tail N`, the stream's last
@@ -83,6 +84,7 @@ fn main() {
         eprintln!(
             "usage: segmint-bench EVENTS.ndjson AUDIENCES.json [--threads N] [--shards N] \
              [--chunk N] [--latency-samples N] [--probe-tail N] [--hot K] [--backfills N] \
+             [--backfill-rule RULE] \
              [--max-events N] [--data-dir DIR --fsync always|interval|never]"
         );
         std::process::exit(2);
@@ -277,9 +279,12 @@ fn main() {
     // so defining the same rule again would find them set). The memory
     // figures are read after the first, before the others leave theirs.
     let users = engine.user_count();
-    let rule = |minutes: u32| {
-        format!(r#"trait.country == "US" and count("Order Completed", {minutes}m) >= 2"#)
-    };
+    // `--backfill-rule` backfills another rule, `{window}` in it standing
+    // for that window (a rule without it repeats its atoms from run to run).
+    let template = text_arg(&args, "--backfill-rule")
+        .unwrap_or(r#"trait.country == "US" and count("Order Completed", {window}m) >= 2"#)
+        .to_owned();
+    let rule = |minutes: u32| template.replace("{window}", &minutes.to_string());
     let thirty_days = 30 * 24 * 60;
     let mut backfill_s = Vec::with_capacity(backfills);
     let t = Instant::now();
