@@ -64,7 +64,7 @@ impl Reason {
 /// benchmark workload one profile in eight holds states, so a window of
 /// 256 warms about thirty (one step over 32 was 4% slower re-defining a
 /// rule, and no different defining new ones; 1,024 no faster).
-const BACKFILL_AHEAD: usize = 256;
+pub(crate) const BACKFILL_AHEAD: usize = 256;
 
 /// Events of a batch (or users of an advance) whose users' profiles are
 /// brought into the cache together, ahead of them (see
@@ -2080,25 +2080,26 @@ impl Shard {
             .iter()
             .map(|&a| crate::eval::gate_states(cat, a))
             .collect();
-        let warm = Warming {
-            read_states: &read_states,
-            gates: &gates,
-            memberships: replacing,
-            // A timer's next instant may read traits even where the rules
-            // are gated out.
-            traits_for_timers: timed
-                .iter()
-                .any(|&a| !cat.atoms[a as usize].reads_only_states()),
-        };
+        // A timer's next instant may read traits even where the rules are
+        // gated out.
+        let traits_for_timers = timed
+            .iter()
+            .any(|&a| !cat.atoms[a as usize].reads_only_states());
         // Whether a profile without states needs nothing at all: no timer
         // (every timed atom reads only states, so has no next change there)
         // and no evaluation (every rule is false on it, and none had
         // members). Most profiles are such.
         let stateless_untouched = !replacing
-            && timed
-                .iter()
-                .all(|&a| cat.atoms[a as usize].reads_only_states())
+            && !traits_for_timers
             && auds.iter().all(|&a| cat.false_without_events[a as usize]);
+        let warm = Warming {
+            read_states: &read_states,
+            gates: &gates,
+            memberships: replacing,
+            traits_for_timers,
+            stateless_traits: traits_for_timers
+                || auds.iter().any(|&a| reads_traits_without_events(cat, a)),
+        };
         let mut stateless = [false; BACKFILL_AHEAD];
         for local in 0..self.users.len() {
             if local % BACKFILL_AHEAD == 0 {
@@ -2157,13 +2158,25 @@ impl Shard {
     /// [`UserData::warm_lists`] and [`UserData::warm_states`]; their
     /// memberships only for a replaced rule, their traits unless every new
     /// rule is gated out there, no rule is replaced and no timer reads more
-    /// than states): most
+    /// than states), and the traits of those without where they are read
+    /// (see [`Warming`]): most
     /// profiles hold none, and the rest are a chain of cache misses each
     /// (states, instants, traits, lists).
-    fn warm_ahead(&self, first: usize, warm: &Warming<'_>, stateless: &mut [bool; BACKFILL_AHEAD]) {
+    pub(crate) fn warm_ahead(
+        &self,
+        first: usize,
+        warm: &Warming<'_>,
+        stateless: &mut [bool; BACKFILL_AHEAD],
+    ) {
         let end = (first + BACKFILL_AHEAD).min(self.users.len());
+        let mut traits = 0u64;
         for (local, empty) in (first..end).zip(stateless.iter_mut()) {
-            *empty = self.users[local].states.is_empty();
+            let user = &self.users[local];
+            *empty = user.states.is_empty();
+            // Independent loads, one per profile: they overlap.
+            if *empty && warm.stateless_traits {
+                traits = traits.wrapping_add(user.warm_traits());
+            }
         }
         let holding = || {
             (first..end)
@@ -2171,7 +2184,7 @@ impl Shard {
                 .filter(|(_, &empty)| !empty)
                 .map(|(local, _)| &self.users[local])
         };
-        let lists = holding().fold(0u64, |acc, user| acc.wrapping_add(user.warm_state_list()));
+        let lists = holding().fold(traits, |acc, user| acc.wrapping_add(user.warm_state_list()));
         let states = holding().fold(lists, |acc, user| {
             let states = user.warm_states(warm.read_states, warm.memberships);
             // The state list is in the cache now, so whether every rule is
@@ -2298,16 +2311,30 @@ impl Shard {
     }
 }
 
-/// What [`Shard::warm_ahead`] brings into the cache for a backfill.
-struct Warming<'a> {
+/// Whether audience `aud`'s rule may be evaluated on a profile without
+/// states (it is not false there) and reads its traits or computed traits
+/// (kept with the traits).
+pub(crate) fn reads_traits_without_events(cat: &Catalog, aud: AudId) -> bool {
+    let def = cat.audiences.get(aud as usize).and_then(Option::as_deref);
+    !cat.false_without_events[aud as usize]
+        && def.is_some_and(|d| !d.traits.is_empty() || !d.computed.is_empty())
+}
+
+/// What [`Shard::warm_ahead`] brings into the cache for a backfill or a
+/// preview.
+pub(crate) struct Warming<'a> {
     /// The states the new rules read.
-    read_states: &'a [StateId],
+    pub read_states: &'a [StateId],
     /// Per new rule, the states it cannot do without.
-    gates: &'a [SmallVec<[StateId; 2]>],
+    pub gates: &'a [SmallVec<[StateId; 2]>],
     /// Whether the memberships are read (a replaced rule's).
-    memberships: bool,
-    /// Whether a timed atom reads more than states.
-    traits_for_timers: bool,
+    pub memberships: bool,
+    /// Whether the traits are read even where every rule is gated out (a
+    /// timed atom reading more than states).
+    pub traits_for_timers: bool,
+    /// Whether the traits of profiles without states are read (a rule
+    /// that may hold there, or a timer reading more than states).
+    pub stateless_traits: bool,
 }
 
 /// Whether the followers of class lead `lead` (see
