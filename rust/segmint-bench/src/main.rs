@@ -347,6 +347,7 @@ fn main() {
         "backfill_profiles_per_s": users as f64 / backfill_median_s,
         "backfill_profiles_per_s_best": users as f64 / backfill_best_s,
         "backfill_runs": backfills,
+        "backfill_rule": rule(thirty_days),
         "backfill_size": size,
         "preview_s": preview_s,
         "preview_size": preview.size,

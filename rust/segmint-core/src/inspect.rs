@@ -9,12 +9,11 @@ use std::fmt::Write;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::catalog::{AudId, CExpr, Catalog, CmpOp, RuleExpr, StateId, StrOp, WindowDef};
+use crate::catalog::{AudId, CExpr, Catalog, CmpOp, RuleExpr, StrOp, WindowDef};
 use crate::engine::Engine;
 use crate::error::{Result, SegmintError};
 use crate::eval::{computed_value, eval_bool, eval_rule, eval_value, Env, UserEnv};
 use crate::profile::UserData;
-use crate::shard::{reads_traits_without_events, Warming, BACKFILL_AHEAD};
 use crate::state::render;
 use crate::time::{format_duration, Millis};
 use crate::value::Value;
@@ -485,24 +484,6 @@ impl Engine {
         let false_without_events = cat.false_without_events[slot as usize];
         let gate = crate::eval::gate_states(cat, slot);
         let def = cat.audiences[slot as usize].as_ref().expect("just defined");
-        // Profiles are brought into the cache a few hundred at a time, as a
-        // backfill does (see `Shard::warm_ahead`).
-        let mut read_states: Vec<StateId> = def
-            .atoms
-            .iter()
-            .flat_map(|&a| cat.atoms[a as usize].states.iter().copied())
-            .collect();
-        read_states.sort_unstable();
-        read_states.dedup();
-        let gates = [gate];
-        let warm = Warming {
-            read_states: &read_states,
-            gates: &gates,
-            memberships: old.is_some(),
-            traits_for_timers: false,
-            stateless_traits: reads_traits_without_events(cat, slot),
-        };
-        let gate = &gates[0];
         let per_shard: Vec<ShardPreview> = self.pool.install(|| {
             self.shards
                 .par_iter()
@@ -510,15 +491,11 @@ impl Engine {
                     let (mut size, mut profiles) = (0u64, 0u64);
                     let (mut sample, mut entering, mut exiting) =
                         (Vec::new(), Vec::new(), Vec::new());
-                    let mut stateless = [false; BACKFILL_AHEAD];
                     for (local, user) in shard.users.iter().enumerate() {
-                        if local % BACKFILL_AHEAD == 0 {
-                            shard.warm_ahead(local, &warm, &mut stateless);
-                        }
                         let uid = local as u32 * shard.count + shard.index;
                         profiles += 1;
                         let env = UserEnv::new(cat, user, now, g).with_shared(&shard.members);
-                        let gated = user.lacks_a_state(gate);
+                        let gated = user.lacks_a_state(&gate);
                         debug_assert!(!gated || !rule_holds(cat, &def.rule, &env));
                         let false_here = gated || false_without_events && user.states.is_empty();
                         let would = !false_here && rule_holds(cat, &def.rule, &env);

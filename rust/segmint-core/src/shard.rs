@@ -64,7 +64,10 @@ impl Reason {
 /// benchmark workload one profile in eight holds states, so a window of
 /// 256 warms about thirty (one step over 32 was 4% slower re-defining a
 /// rule, and no different defining new ones; 1,024 no faster).
-pub(crate) const BACKFILL_AHEAD: usize = 256;
+/// Where a rule reads the traits of profiles without states, a window also
+/// reads each such profile's traits (one independent load each; not tuned
+/// apart).
+const BACKFILL_AHEAD: usize = 256;
 
 /// Events of a batch (or users of an advance) whose users' profiles are
 /// brought into the cache together, ahead of them (see
@@ -2162,12 +2165,7 @@ impl Shard {
     /// (see [`Warming`]): most
     /// profiles hold none, and the rest are a chain of cache misses each
     /// (states, instants, traits, lists).
-    pub(crate) fn warm_ahead(
-        &self,
-        first: usize,
-        warm: &Warming<'_>,
-        stateless: &mut [bool; BACKFILL_AHEAD],
-    ) {
+    fn warm_ahead(&self, first: usize, warm: &Warming<'_>, stateless: &mut [bool; BACKFILL_AHEAD]) {
         let end = (first + BACKFILL_AHEAD).min(self.users.len());
         let mut traits = 0u64;
         for (local, empty) in (first..end).zip(stateless.iter_mut()) {
@@ -2312,29 +2310,26 @@ impl Shard {
 }
 
 /// Whether audience `aud`'s rule may be evaluated on a profile without
-/// states (it is not false there) and reads its traits or computed traits
-/// (kept with the traits).
-pub(crate) fn reads_traits_without_events(cat: &Catalog, aud: AudId) -> bool {
-    let def = cat.audiences.get(aud as usize).and_then(Option::as_deref);
-    !cat.false_without_events[aud as usize]
-        && def.is_some_and(|d| !d.traits.is_empty() || !d.computed.is_empty())
+/// states (it is not false there) and reads its (packed) traits.
+fn reads_traits_without_events(cat: &Catalog, aud: AudId) -> bool {
+    let def = cat.audiences[aud as usize].as_deref();
+    !cat.false_without_events[aud as usize] && def.is_some_and(|d| !d.traits.is_empty())
 }
 
-/// What [`Shard::warm_ahead`] brings into the cache for a backfill or a
-/// preview.
-pub(crate) struct Warming<'a> {
+/// What [`Shard::warm_ahead`] brings into the cache for a backfill.
+struct Warming<'a> {
     /// The states the new rules read.
-    pub read_states: &'a [StateId],
+    read_states: &'a [StateId],
     /// Per new rule, the states it cannot do without.
-    pub gates: &'a [SmallVec<[StateId; 2]>],
+    gates: &'a [SmallVec<[StateId; 2]>],
     /// Whether the memberships are read (a replaced rule's).
-    pub memberships: bool,
+    memberships: bool,
     /// Whether the traits are read even where every rule is gated out (a
     /// timed atom reading more than states).
-    pub traits_for_timers: bool,
+    traits_for_timers: bool,
     /// Whether the traits of profiles without states are read (a rule
-    /// that may hold there, or a timer reading more than states).
-    pub stateless_traits: bool,
+    /// that may hold there reads them, or a timer reads more than states).
+    stateless_traits: bool,
 }
 
 /// Whether the followers of class lead `lead` (see
