@@ -2162,9 +2162,8 @@ impl Shard {
     /// memberships only for a replaced rule, their traits unless every new
     /// rule is gated out there, no rule is replaced and no timer reads more
     /// than states), and the traits of those without where they are read
-    /// (see [`Warming`]): most
-    /// profiles hold none, and the rest are a chain of cache misses each
-    /// (states, instants, traits, lists).
+    /// (see [`Warming`]): most profiles hold none, and the rest are a chain
+    /// of cache misses each (states, instants, traits, lists).
     fn warm_ahead(&self, first: usize, warm: &Warming<'_>, stateless: &mut [bool; BACKFILL_AHEAD]) {
         let end = (first + BACKFILL_AHEAD).min(self.users.len());
         let mut traits = 0u64;
