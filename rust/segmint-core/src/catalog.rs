@@ -2085,17 +2085,20 @@ impl Reads {
 }
 
 #[cfg(test)]
+impl Catalog {
+    /// Parses rule `src` and defines it as audience `key` (tests).
+    pub(crate) fn define_rule(&mut self, key: &str, src: &str) -> AudId {
+        let ast = crate::rules::parse_rule(src).expect("rule parses");
+        self.define(key, src, ast).expect("rule defines")
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::audience_list::AudienceList;
     use crate::profile::Stamped;
-    use crate::rules::parse_rule;
     use proptest::prelude::*;
-
-    /// Defines audience `key` as rule `src` in `cat`.
-    fn define(cat: &mut Catalog, key: &str, src: &str) {
-        cat.define(key, src, parse_rule(src).unwrap()).unwrap();
-    }
 
     /// A trait atom's rules for a profile without events leave out those
     /// that need an event.
@@ -2108,7 +2111,7 @@ mod tests {
             ("either", r#"trait.plan == "pro" or did("X", 7d)"#),
         ];
         for (key, src) in rules {
-            define(&mut cat, key, src);
+            cat.define_rule(key, src);
         }
         let slot = |key: &str| cat.audience(key).unwrap();
         let atom = cat.audiences[slot("traits") as usize]
@@ -2144,7 +2147,7 @@ mod tests {
             ("c", r#"did("X", 7d) or trait.ltv > 500"#),
         ];
         for (key, src) in rules {
-            define(&mut cat, key, src);
+            cat.define_rule(key, src);
         }
         let def = |key: &str| {
             cat.audiences[cat.audience(key).unwrap() as usize]
@@ -2184,7 +2187,7 @@ mod tests {
             or count("V" where price > 10, 7d) >= 1
             or count("V" where category == "a" or price between 1 and 3, 7d) >= 1
             or sum("V" where exists(category), price, 7d) > 1"#;
-        define(&mut cat, "a", src);
+        cat.define_rule("a", src);
         let states = &cat.by_event["V"];
         assert_eq!(states.states.len(), 4);
         assert_eq!(states.tests.iter().filter(|t| t.is_some()).count(), 3);
@@ -2234,7 +2237,7 @@ mod tests {
             ("f", r#"trait.plan == "pro""#),
         ];
         for (key, src) in rules {
-            define(&mut cat, key, src);
+            cat.define_rule(key, src);
         }
         let class = |cat: &Catalog, key: &str| cat.rule_class[cat.audience(key).unwrap() as usize];
         assert_eq!(class(&cat, "a"), class(&cat, "c"));
@@ -2280,11 +2283,10 @@ mod tests {
     fn ladder_atoms_of_one_source_share_a_timer_by_up_to_sixty_four() {
         let mut cat = Catalog::default();
         for i in 1..=70 {
-            define(&mut cat, &format!("s{i}"), &format!(r#"since("E") < {i}h"#));
+            cat.define_rule(&format!("s{i}"), &format!(r#"since("E") < {i}h"#));
         }
         for i in 1..=5 {
-            define(
-                &mut cat,
+            cat.define_rule(
                 &format!("n{i}"),
                 &format!(r#"since("E") in [{i}h, {}h]"#, i + 10),
             );
@@ -2315,16 +2317,15 @@ mod tests {
         // Interleaved, so that the atoms' timers in id order alternate:
         // the ladder's, and the groups of four of the tests it cannot hold.
         for i in 1..=5 {
-            define(&mut cat, &format!("s{i}"), &format!(r#"since("E") < {i}h"#));
-            define(
-                &mut cat,
+            cat.define_rule(&format!("s{i}"), &format!(r#"since("E") < {i}h"#));
+            cat.define_rule(
                 &format!("n{i}"),
                 &format!(r#"since("E") in [{i}h, {}h]"#, i + 10),
             );
         }
         // An all-time sum never lapses: its atoms have no timer.
-        define(&mut cat, "a1", r#"sum("E", x) > 5"#);
-        define(&mut cat, "a2", r#"sum("E", x) > 7"#);
+        cat.define_rule("a1", r#"sum("E", x) > 5"#);
+        cat.define_rule("a2", r#"sum("E", x) > 7"#);
         let atom = |key: &str| {
             cat.audiences[cat.audience(key).unwrap() as usize]
                 .as_ref()
@@ -2377,7 +2378,7 @@ mod tests {
             ),
         ];
         for (key, src) in rules {
-            define(&mut cat, key, src);
+            cat.define_rule(key, src);
         }
         let leaf_of = |a: AtomId| match &cat.atoms[a as usize].test {
             Some((leaf @ (CExpr::View(_) | CExpr::SinceEvent(_)), _)) => Some(leaf.clone()),

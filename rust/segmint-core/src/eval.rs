@@ -1242,7 +1242,6 @@ pub fn computed_value(cat: &Catalog, ct: CtId, env: &UserEnv<'_>) -> Option<Valu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::parse_rule;
     use proptest::prelude::*;
 
     fn value() -> impl Strategy<Value = Value> {
@@ -1460,7 +1459,7 @@ mod tests {
     fn false_without_events(rules: &[(&str, &str)]) -> Vec<bool> {
         let mut cat = Catalog::default();
         for (key, src) in rules {
-            cat.define(key, src, parse_rule(src).unwrap()).unwrap();
+            cat.define_rule(key, src);
         }
         rules
             .iter()
@@ -1474,7 +1473,7 @@ mod tests {
     fn view_memo_keeps_values_for_its_user_and_instant_only() {
         let mut cat = Catalog::default();
         let src = r#"sum("O", revenue, 30d) > 10"#;
-        cat.define("a", src, parse_rule(src).unwrap()).unwrap();
+        cat.define_rule("a", src);
         let view = 0u32;
         let state = cat.views[view as usize].state;
         let mut user = UserData::default();
@@ -1515,7 +1514,7 @@ mod tests {
                 ("a", r#"avg("O", revenue, 60d) > 1 or avg("O", revenue) > 1"#),
                 ("s", r#"sum("O", revenue, 60d) > 1 or sum("O", revenue) > 1"#),
             ] {
-                cat.define(key, src, parse_rule(src).unwrap()).unwrap();
+                cat.define_rule(key, src);
             }
             let day = 86_400_000;
             let now = 100 * day;
@@ -1604,7 +1603,7 @@ mod tests {
         let (ast, ty) = crate::rules::compile_value(n).unwrap();
         cat.define_computed("n", n, ast, ty).unwrap();
         for (key, src) in rules {
-            cat.define(key, src, parse_rule(src).unwrap()).unwrap();
+            cat.define_rule(key, src);
         }
         let gates = |key: &str| -> Vec<String> {
             let mut names: Vec<String> = gate_states(&cat, cat.audience(key).unwrap())

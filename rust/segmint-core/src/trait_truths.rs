@@ -372,14 +372,12 @@ impl TraitTruths {
 mod tests {
     use super::*;
     use crate::catalog::Catalog;
-    use crate::rules::parse_rule;
     use proptest::prelude::*;
 
     fn catalog(rules: &[&str]) -> Catalog {
         let mut cat = Catalog::default();
         for (i, rule) in rules.iter().enumerate() {
-            cat.define(&format!("a{i}"), rule, parse_rule(rule).expect("rule"))
-                .expect("define");
+            cat.define_rule(&format!("a{i}"), rule);
         }
         cat
     }
