@@ -1977,17 +1977,34 @@ mod class_sharing_tests {
         /// Audiences defined (one or two at once, as copies or readers of
         /// others), made static, replaced and removed between events,
         /// identifies, computed-trait changes and clock moves: memberships
-        /// and entry instants agree with the log throughout.
+        /// and entry instants agree with the log throughout. And copies,
+        /// which share their lead's members at once, log what evaluating
+        /// every profile for them logs (`Shard::backfill_copies`).
         #[test]
         fn shared_memberships_agree_with_the_log(
             ops in proptest::collection::vec(op(), 1..60),
             shards in 1usize..3,
         ) {
             let mut e = engine(shards);
-            let mut now = T0;
+            let mut evaluated = engine(shards);
+            for shard in &mut evaluated.shards {
+                shard.copies_evaluated = true;
+            }
+            let (mut now, mut evaluated_now) = (T0, T0);
             for op in &ops {
                 apply(&mut e, op, &mut now, None);
+                apply(&mut evaluated, op, &mut evaluated_now, None);
                 assert_consistent(&e);
+                prop_assert_eq!(log_lines(&e), log_lines(&evaluated), "after {:?}", op);
+                for key in e.audiences() {
+                    for u in 0..8 {
+                        let user = format!("u{u}");
+                        prop_assert_eq!(
+                            e.entered_at(&user, &key).unwrap(),
+                            evaluated.entered_at(&user, &key).unwrap()
+                        );
+                    }
+                }
             }
         }
 

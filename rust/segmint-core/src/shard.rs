@@ -251,6 +251,11 @@ pub struct Shard {
     /// user reads them; for other users, as in a backfill reading one trait
     /// per profile, atoms read the packed traits).
     unpacked: UnpackedTraits,
+    /// Tests only: a definition of copies evaluates every profile, as any
+    /// other does, rather than sharing at once (see
+    /// [`Shard::backfill_copies`]), so that the two can be compared.
+    #[cfg(test)]
+    pub(crate) copies_evaluated: bool,
 }
 
 /// The traits of one user (by local index), unpacked once for all the
@@ -2033,6 +2038,9 @@ impl Shard {
     /// shard, with reason `definition`, and sets their atoms' timers.
     pub fn backfill(&mut self, step: Step<'_>, auds: &[AudId], out: &mut Vec<ShardChange>) {
         self.members.ensure(step.cat.audiences.len());
+        if self.backfill_copies(step, auds, out) {
+            return;
+        }
         let cat = step.cat;
         let mut atoms: Vec<AtomId> = auds
             .iter()
@@ -2154,6 +2162,76 @@ impl Shard {
             }
             self.process(step, uid, pending, Reason::Definition, (uid as i64, 0), out);
         }
+    }
+
+    /// [`Shard::backfill`] of copies: when each of `auds` is a new slot
+    /// given the rule of an audience defined before (its class lead, not
+    /// defined again in this call) and read by no rule, each copy's members
+    /// are its lead's, all entering now. They are logged as an evaluation
+    /// of every profile would log them (user by user, each user's in rank
+    /// order), and the copy shares its lead's memberships at once (see
+    /// [`Memberships::share`]): no profile is evaluated and no list entry
+    /// written, where a copy of a large audience spent about a microsecond
+    /// per member writing the entries that `Shard::share_classes` then
+    /// dropped. The timers are the lead's atoms', which are the copy's.
+    /// False, with nothing done, for any other definition.
+    fn backfill_copies(
+        &mut self,
+        step: Step<'_>,
+        auds: &[AudId],
+        out: &mut Vec<ShardChange>,
+    ) -> bool {
+        #[cfg(test)]
+        if self.copies_evaluated {
+            return false;
+        }
+        let cat = step.cat;
+        let members = &self.members;
+        let copy_of = |aud: AudId| {
+            let lead = *cat.class_lead.get(aud as usize)?;
+            let new_reader_of_none = !members.is_shared(aud)
+                && members.is_empty(aud)
+                && cat.dependents[aud as usize].is_empty()
+                && cat.timed_by_audience[aud as usize].is_empty();
+            let lead_kept = lead != aud && !auds.contains(&lead) && !members.is_shared(lead);
+            (new_reader_of_none && lead_kept).then_some((cat.rank[aud as usize], aud, lead))
+        };
+        let Some(mut copies) = auds
+            .iter()
+            .map(|&aud| copy_of(aud))
+            .collect::<Option<SmallVec<[(u32, AudId, AudId); 4]>>>()
+        else {
+            return false;
+        };
+        if copies.is_empty() {
+            return false;
+        }
+        // A call may name a slot twice (one key given twice).
+        copies.sort_unstable();
+        copies.dedup();
+        let leads: SmallVec<[Cow<'_, RoaringBitmap>; 4]> = copies
+            .iter()
+            .map(|&(_, _, lead)| members.bitmap(lead))
+            .collect();
+        let everyone = leads.iter().fold(RoaringBitmap::new(), |all, b| all | &**b);
+        out.reserve(leads.iter().map(|b| b.len() as usize).sum());
+        for uid in &everyone {
+            let entered = copies.iter().zip(&leads).filter(|(_, b)| b.contains(uid));
+            for (counter, (&(_, aud, _), _)) in entered.enumerate() {
+                out.push(ShardChange {
+                    order: Order::new(uid as i64, 0, counter as u64),
+                    uid,
+                    kind: ChangeKind::Membership { aud, entered: true },
+                    at: step.now,
+                    reason: Reason::Definition,
+                });
+            }
+        }
+        drop(leads);
+        for &(_, aud, lead) in &copies {
+            self.members.share(aud, lead, step.now);
+        }
+        true
     }
 
     /// Notes which of the [`BACKFILL_AHEAD`] profiles from `first` hold no
