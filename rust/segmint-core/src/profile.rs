@@ -580,7 +580,8 @@ fn per_cache_line<T>() -> usize {
 /// its own, its changes are not noted, and reads go to its keeper's
 /// ([`Memberships::keeper`], [`Memberships::is_listed`],
 /// [`Memberships::entered`]). The shard starts and ends the sharing as
-/// catalogs change (`Shard::share_classes`, `Shard::unshare_changed`).
+/// catalogs change (`Shard::share_classes`, `Shard::unshare_changed`), and
+/// a definition of copies starts it at once (`Shard::backfill_copies`).
 #[derive(Debug, Clone, Default)]
 pub struct Memberships {
     /// Members per audience slot (global dense ids), as of the last flush;

@@ -459,7 +459,8 @@ impl Shard {
     /// Lets each follower of the catalog of `generation` (`leads`) share
     /// its class lead's memberships (see [`Memberships`]), dropping its
     /// bitmap and list entries; once per catalog, after the operation
-    /// that installed it (a new audience's backfill sets its entries up).
+    /// that installed it (a new audience's backfill sets its entries up,
+    /// unless it shared at once, see [`Shard::backfill_copies`]).
     /// A follower whose entries are not its lead's (see
     /// [`Shard::shared_since`]) keeps its own.
     pub fn share_classes(&mut self, generation: u64, leads: &[AudId]) {
@@ -2164,17 +2165,21 @@ impl Shard {
         }
     }
 
-    /// [`Shard::backfill`] of copies: when each of `auds` is a new slot
-    /// given the rule of an audience defined before (its class lead, not
-    /// defined again in this call) and read by no rule, each copy's members
-    /// are its lead's, all entering now. They are logged as an evaluation
-    /// of every profile would log them (user by user, each user's in rank
-    /// order), and the copy shares its lead's memberships at once (see
-    /// [`Memberships::share`]): no profile is evaluated and no list entry
-    /// written, where a copy of a large audience spent about a microsecond
-    /// per member writing the entries that `Shard::share_classes` then
-    /// dropped. The timers are the lead's atoms', which are the copy's.
-    /// False, with nothing done, for any other definition.
+    /// [`Shard::backfill`] of copies: when each of `auds` is given the rule
+    /// of an audience defined before (its class lead, not defined again in
+    /// this call), holds no members in this shard and shares no one's (a
+    /// new key, or one replaced while it had none here), and is read by no
+    /// rule, each copy's members are its lead's, all entering now. They are
+    /// logged as an evaluation of every profile would log them (user by
+    /// user, each user's in rank order), and the copy shares its lead's
+    /// memberships at once (see [`Memberships::share`]): no profile is
+    /// evaluated (nor counted in [`Counters`]) and no list entry written,
+    /// where the evaluation wrote entries that `Shard::share_classes` then
+    /// dropped. The copy's atoms are its lead's, whose timers are set; they
+    /// are not computed again, so a timer that a removed rule left in one
+    /// of their groups stays until it fires (changing nothing), where an
+    /// evaluation would have moved it. False, with nothing done, for any
+    /// other definition (decided shard by shard).
     fn backfill_copies(
         &mut self,
         step: Step<'_>,
