@@ -1972,6 +1972,26 @@ mod class_sharing_tests {
         changes.iter().map(line).collect()
     }
 
+    /// Whether two engines given the same operations logged the same
+    /// changes and report the same entry instants, after `op`.
+    fn same_history(a: &Engine, b: &Engine, op: &Op) -> Result<(), TestCaseError> {
+        prop_assert_eq!(log_lines(a), log_lines(b), "after {:?}", op);
+        for key in b.audiences() {
+            for u in 0..8 {
+                let user = format!("u{u}");
+                prop_assert_eq!(
+                    a.entered_at(&user, &key).unwrap(),
+                    b.entered_at(&user, &key).unwrap(),
+                    "{}, {} after {:?}",
+                    key,
+                    user,
+                    op
+                );
+            }
+        }
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         /// Audiences defined (one or two at once, as copies or readers of
@@ -1995,16 +2015,7 @@ mod class_sharing_tests {
                 apply(&mut e, op, &mut now, None);
                 apply(&mut evaluated, op, &mut evaluated_now, None);
                 assert_consistent(&e);
-                prop_assert_eq!(log_lines(&e), log_lines(&evaluated), "after {:?}", op);
-                for key in e.audiences() {
-                    for u in 0..8 {
-                        let user = format!("u{u}");
-                        prop_assert_eq!(
-                            e.entered_at(&user, &key).unwrap(),
-                            evaluated.entered_at(&user, &key).unwrap()
-                        );
-                    }
-                }
+                same_history(&e, &evaluated, op)?;
             }
         }
 
@@ -2031,16 +2042,7 @@ mod class_sharing_tests {
                 apply(&mut e, op, &mut now, Some(dir.path()));
                 apply(&mut memory, op, &mut memory_now, None);
                 assert_consistent(&e);
-                prop_assert_eq!(log_lines(&e), log_lines(&memory), "after {:?}", op);
-                for key in memory.audiences() {
-                    for u in 0..8 {
-                        let user = format!("u{u}");
-                        prop_assert_eq!(
-                            e.entered_at(&user, &key).unwrap(),
-                            memory.entered_at(&user, &key).unwrap()
-                        );
-                    }
-                }
+                same_history(&e, &memory, op)?;
             }
         }
     }
