@@ -632,7 +632,7 @@ impl Engine {
         // whose lead it no longer is gets its own memberships back before
         // any operation (sharing starts again after the first).
         let catalog = Arc::clone(&self.catalog);
-        self.unshare_changed(&catalog.class_lead);
+        self.unshare_changed(&catalog);
         self.now = meta.now;
         self.last_seq = meta.last_seq;
         self.log_first_seq = meta.log_first_seq;

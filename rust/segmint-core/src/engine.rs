@@ -406,7 +406,7 @@ impl Engine {
             f(i, shard, cat, &mut out);
             // After a new catalog's first operation, its class followers
             // have their leads' members.
-            shard.share_classes(cat.generation, &cat.class_lead);
+            shard.share_classes(cat);
             shard.flush_members();
             if !single {
                 sort_changes(shard, &mut out);
@@ -936,7 +936,7 @@ impl Engine {
         }
         // Before its operation, while the memberships shared with them
         // are still theirs too.
-        self.unshare_changed(&catalog.class_lead);
+        self.unshare_changed(&catalog);
         self.catalog = Arc::new(catalog);
         self.definitions.push(def);
     }
@@ -1009,11 +1009,12 @@ impl Engine {
     }
 
     /// [`Shard::unshare_changed`] in every shard, on all threads (a
-    /// removed lead's followers each get an entry per member back).
-    pub(crate) fn unshare_changed(&mut self, leads: &[AudId]) {
+    /// removed lead's followers and a follower given another rule each get
+    /// an entry per member back; a removed follower, only its bitmap).
+    pub(crate) fn unshare_changed(&mut self, cat: &Catalog) {
         let shards = &mut self.shards;
         self.pool
-            .install(|| shards.par_iter_mut().for_each(|s| s.unshare_changed(leads)));
+            .install(|| shards.par_iter_mut().for_each(|s| s.unshare_changed(cat)));
     }
 
     /// Installs a catalog without the removed audience `slot` and lets its
@@ -1817,6 +1818,31 @@ mod class_sharing_tests {
         e.define_audience("copy2", RULES[0]).unwrap();
         assert_eq!(keepers(&e, "copy2"), vec![copy; 2]);
         assert_eq!(e.members("copy2").unwrap(), vec!["u6"]);
+        assert_consistent(&e);
+        // Removed while sharing, its members exit, and no profile's list
+        // gets an entry of it on the way.
+        let seq = e.last_seq();
+        e.remove_audience("copy2").unwrap();
+        let exits: Vec<(String, String, bool, Reason)> = e
+            .changes(seq, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c.audience.to_string(),
+                    c.user_id.to_string(),
+                    c.entered,
+                    c.reason,
+                )
+            })
+            .collect();
+        let exit = |user: &str| ("copy2".to_owned(), user.to_owned(), false, Reason::Delete);
+        assert_eq!(exits, vec![exit("u6")]);
+        for shard in &e.shards {
+            assert!(shard.users.iter().all(|user| user.entered(copy2).is_none()));
+            assert!(shard.members.bitmap(copy2).is_empty());
+        }
+        assert_eq!(e.members("copy").unwrap(), vec!["u6"]);
         assert_consistent(&e);
     }
 

@@ -745,7 +745,7 @@ impl Memberships {
     }
 
     /// Ends `aud`'s sharing: it gets a copy of its keeper's bitmap (the
-    /// caller gives it its list entries back).
+    /// caller gives it its list entries back, unless it is being removed).
     pub fn unshare(&mut self, aud: AudId) {
         let keeper = self.keeper(aud);
         if keeper == aud {

@@ -433,13 +433,24 @@ impl Shard {
     }
 
     /// Ends the sharing (see [`Memberships`]) of each slot whose keeper is
-    /// not its class lead in a new catalog (`leads`, `Catalog::class_lead`):
-    /// a removed lead's followers, a follower given another rule. Called
-    /// when the catalog is installed, before its operation: the slot gets
-    /// back a bitmap and list entries of its own, as they were.
-    pub fn unshare_changed(&mut self, leads: &[AudId]) {
+    /// not its class lead in a new catalog (`cat`, `Catalog::class_lead`):
+    /// a removed lead's followers, a follower given another rule, a removed
+    /// follower. Called when the catalog is installed, before its
+    /// operation: the slot gets back a bitmap and list entries of its own,
+    /// as they were. A removed follower gets only the bitmap, whose members
+    /// its removal lets exit: entries would be read by nothing and stay in
+    /// the lists for good (as a removed slot's own entries do).
+    pub fn unshare_changed(&mut self, cat: &Catalog) {
         for share in self.members.shares() {
-            if leads.get(share.aud as usize) == Some(&share.keeper) {
+            if cat.class_lead.get(share.aud as usize) == Some(&share.keeper) {
+                continue;
+            }
+            let removed = cat
+                .audiences
+                .get(share.aud as usize)
+                .is_none_or(Option::is_none);
+            if removed {
+                self.members.unshare(share.aud);
                 continue;
             }
             let members = self.members.bitmap(share.keeper).into_owned();
@@ -456,21 +467,21 @@ impl Shard {
         }
     }
 
-    /// Lets each follower of the catalog of `generation` (`leads`) share
+    /// Lets each follower of catalog `cat` (`Catalog::class_lead`) share
     /// its class lead's memberships (see [`Memberships`]), dropping its
     /// bitmap and list entries; once per catalog, after the operation
     /// that installed it (a new audience's backfill sets its entries up,
     /// unless it shared at once, see [`Shard::backfill_copies`]).
     /// A follower whose entries are not its lead's (see
     /// [`Shard::shared_since`]) keeps its own.
-    pub fn share_classes(&mut self, generation: u64, leads: &[AudId]) {
-        if self.members.shared_for == Some(generation) {
+    pub fn share_classes(&mut self, cat: &Catalog) {
+        if self.members.shared_for == Some(cat.generation) {
             return;
         }
-        self.members.shared_for = Some(generation);
+        self.members.shared_for = Some(cat.generation);
         // Leads keep their own from here on.
-        self.unshare_changed(leads);
-        for (slot, &lead) in leads.iter().enumerate() {
+        self.unshare_changed(cat);
+        for (slot, &lead) in cat.class_lead.iter().enumerate() {
             let aud = slot as AudId;
             if lead == aud || self.members.is_shared(aud) {
                 continue;
