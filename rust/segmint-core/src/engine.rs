@@ -1823,21 +1823,13 @@ mod class_sharing_tests {
         // gets an entry of it on the way.
         let seq = e.last_seq();
         e.remove_audience("copy2").unwrap();
-        let exits: Vec<(String, String, bool, Reason)> = e
-            .changes(seq, usize::MAX)
-            .unwrap()
-            .iter()
-            .map(|c| {
-                (
-                    c.audience.to_string(),
-                    c.user_id.to_string(),
-                    c.entered,
-                    c.reason,
-                )
-            })
-            .collect();
-        let exit = |user: &str| ("copy2".to_owned(), user.to_owned(), false, Reason::Delete);
-        assert_eq!(exits, vec![exit("u6")]);
+        let exits = e.changes(seq, usize::MAX).unwrap();
+        assert_eq!(exits.len(), 1);
+        let exit = &exits[0];
+        assert_eq!(
+            (&*exit.audience, &*exit.user_id, exit.entered, exit.reason),
+            ("copy2", "u6", false, Reason::Delete)
+        );
         for shard in &e.shards {
             assert!(shard.users.iter().all(|user| user.entered(copy2).is_none()));
             assert!(shard.members.bitmap(copy2).is_empty());
