@@ -287,6 +287,7 @@ fn main() {
     let rule = |minutes: u32| template.replace("{window}", &minutes.to_string());
     let thirty_days = 30 * 24 * 60;
     let mut backfill_s = Vec::with_capacity(backfills);
+    let mut remove_s = Vec::with_capacity(backfills);
     let t = Instant::now();
     let size = engine
         .define_audience("bench_backfill", &rule(thirty_days))
@@ -302,8 +303,13 @@ fn main() {
             .define_audience(&key, &rule(thirty_days + run))
             .expect("backfill");
         backfill_s.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
         engine.remove_audience(&key).expect("remove");
+        remove_s.push(t.elapsed().as_secs_f64());
     }
+    remove_s.sort_by(f64::total_cmp);
+    // After the runs' audiences came and went: what they left behind.
+    let heap_after_backfills = engine.heap_bytes();
     backfill_s.sort_by(f64::total_cmp);
     // The median (of the two middle runs for an even count).
     let middle = backfill_s.len() / 2;
@@ -341,6 +347,9 @@ fn main() {
         "latency_samples": lat_us.len(),
         "latency_by_kind": latency_by_kind,
         "heap_bytes": heap,
+        "heap_bytes_after_backfills": heap_after_backfills,
+        // Removing the runs' audiences (after the first): the median.
+        "remove_s": remove_s.get(remove_s.len() / 2),
         "heap_bytes_per_user": heap as f64 / users.max(1) as f64,
         "rss_bytes_per_user": rss as f64 / users.max(1) as f64,
         "backfill_s": backfill_median_s,

@@ -599,6 +599,7 @@ impl Engine {
             self.interner.intern(id);
         }
         let count = meta.shard_count;
+        let removed: Vec<bool> = self.catalog.audiences.iter().map(Option::is_none).collect();
         let shards: Result<Vec<Shard>> = self.pool.install(|| {
             sections[1..]
                 .par_iter()
@@ -623,6 +624,7 @@ impl Engine {
                         snap.users,
                         Memberships::from_snapshot(bitmaps, &snap.shares),
                         snap.counters,
+                        &removed,
                     ))
                 })
                 .collect()

@@ -917,13 +917,17 @@ impl Memberships {
         self.pending = 0;
     }
 
-    /// Drops every member of `aud` (which keeps its own bitmap: a removed
-    /// slot has no class).
+    /// Drops every member of a removed `aud` (which keeps its own bitmap: a
+    /// removed slot has no class), and the room its changes had (a
+    /// backfill's, kept for the next flush, which a removed slot never has).
     pub fn clear(&mut self, aud: AudId) {
         debug_assert_eq!(self.keeper(aud), aud);
         self.flush();
         if let Some(b) = self.bitmaps.get_mut(aud as usize) {
             b.clear();
+        }
+        if let Some(changes) = self.touched.get_mut(aud as usize) {
+            *changes = Vec::new();
         }
     }
 

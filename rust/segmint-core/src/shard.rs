@@ -69,6 +69,10 @@ impl Reason {
 /// apart).
 const BACKFILL_AHEAD: usize = 256;
 
+/// Members read ahead when a removal drops their list entries (see
+/// `Shard::remove_audience`).
+const REMOVAL_AHEAD: usize = 16;
+
 /// Events of a batch (or users of an advance) whose users' profiles are
 /// brought into the cache together, ahead of them (see
 /// [`Shard::warm_users`]; a user with several events among them is read
@@ -375,17 +379,33 @@ impl Shard {
 
     /// A shard rebuilt from a snapshot: its users, their memberships and its
     /// counters; the timer queue is rebuilt from the users' own timers.
+    /// `removed` tells the slots of removed audiences (by slot, as long as
+    /// the catalog's slots): a snapshot written before removals dropped
+    /// their list entries (2026-12-07) still holds them, dropped here.
     pub fn restore(
         index: u32,
         count: u32,
         mut users: Vec<UserData>,
         members: Memberships,
         counters: Counters,
+        removed: &[bool],
     ) -> Shard {
         let mut timers = UserQueue::new(count);
         let mut live_timers = 0;
         let mut trait_values = TraitValuePool::default();
+        let any_removed = removed.contains(&true);
         for (local, user) in users.iter_mut().enumerate() {
+            if any_removed {
+                let stale: SmallVec<[AudId; 4]> = user
+                    .memberships
+                    .slots()
+                    .iter()
+                    .filter(|&a| removed.get(a as usize) == Some(&true))
+                    .collect();
+                for aud in stale {
+                    user.set_member(aud, false, 0);
+                }
+            }
             user.traits
                 .share_large(|key, value| trait_values.share(key, value));
             let uid = local as u32 * count + index;
@@ -439,7 +459,8 @@ impl Shard {
     /// operation: the slot gets back a bitmap and list entries of its own,
     /// as they were. A removed follower gets only the bitmap, whose members
     /// its removal lets exit: entries would be read by nothing and stay in
-    /// the lists for good (as a removed slot's own entries do).
+    /// the lists for good (a removed slot drops its own, see
+    /// [`Shard::remove_audience`]).
     pub fn unshare_changed(&mut self, cat: &Catalog) {
         for share in self.members.shares() {
             if cat.class_lead.get(share.aud as usize) == Some(&share.keeper) {
@@ -2347,10 +2368,35 @@ impl Shard {
         }
     }
 
-    /// Exits every member of a removed audience (reason `delete`). Timers of
-    /// atoms no live rule uses any more lapse by themselves.
+    /// Exits every member of a removed audience (reason `delete`) and drops
+    /// its entries from their lists, where nothing would read them again
+    /// (slots are never reused). Timers of atoms no live rule uses any more
+    /// lapse by themselves.
     pub fn remove_audience(&mut self, aud: AudId, at: Millis, out: &mut Vec<ShardChange>) {
-        for uid in self.members.bitmap(aud).iter() {
+        let Shard {
+            users,
+            members,
+            count,
+            ..
+        } = self;
+        let local_of = |uid: u32| (uid / *count) as usize;
+        let bitmap = members.bitmap(aud);
+        // A removed sharing follower got back only its bitmap (see
+        // `Shard::unshare_changed`): a slot's members are all listed or,
+        // for such a follower, none is.
+        let listed = bitmap
+            .min()
+            .is_some_and(|uid| users[local_of(uid)].is_member(aud));
+        // The lists of members a few ahead are read ahead: their misses
+        // overlap (see `UserData::warm_lists`).
+        let mut ahead = bitmap.iter().filter(|_| listed);
+        for uid in ahead.by_ref().take(REMOVAL_AHEAD) {
+            std::hint::black_box(users[local_of(uid)].memberships.first_unit());
+        }
+        for uid in bitmap.iter() {
+            if let Some(next) = ahead.next() {
+                std::hint::black_box(users[local_of(next)].memberships.first_unit());
+            }
             out.push(ShardChange {
                 order: Order::new(uid as i64, 0, 0),
                 uid,
@@ -2361,7 +2407,11 @@ impl Shard {
                 at,
                 reason: Reason::Delete,
             });
+            let user = &mut users[local_of(uid)];
+            let dropped = listed && user.set_member(aud, false, 0);
+            debug_assert!(dropped == listed && !user.is_member(aud), "user {uid}");
         }
+        drop(bitmap);
         self.members.clear(aud);
     }
 
@@ -2557,4 +2607,33 @@ fn group_truths_in(step: Step<'_>, env: &UserEnv<'_>, group: &[AtomId]) -> Small
         .zip(&truths)
         .all(|(&a, &t)| eval_atom(&atoms[a as usize], env) == t));
     truths
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restoring_drops_the_entries_of_removed_slots() {
+        // As a snapshot written before removals dropped their entries
+        // holds them: slot 1 removed, 0 and 2 live.
+        let mut user = UserData::default();
+        for aud in 0..3 {
+            user.set_member(aud, true, 1_000 + aud as Millis);
+        }
+        let empty = UserData::default();
+        let shard = Shard::restore(
+            0,
+            1,
+            vec![user, empty],
+            Memberships::default(),
+            Counters::default(),
+            &[false, true, false],
+        );
+        let user = shard.user(0).unwrap();
+        assert_eq!(user.entered(0), Some(1_000));
+        assert_eq!(user.entered(1), None);
+        assert_eq!(user.entered(2), Some(1_002));
+        assert!(shard.user(1).unwrap().memberships.is_empty());
+    }
 }
