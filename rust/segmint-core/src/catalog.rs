@@ -703,8 +703,14 @@ pub struct Catalog {
     pub rank: Vec<u32>,
     /// Slot by rank (the inverse of `rank`).
     pub by_rank: Vec<AudId>,
-    /// States by event name, with what matching an event against them reads.
+    /// States by event name, with what matching an event against them
+    /// reads: the live states only.
     pub by_event: HashMap<Arc<str>, EventStates>,
+    /// Per state: whether a live rule or computed trait reads it. States
+    /// are never removed from the catalog (a rule defined again finds its
+    /// ids), but one no live definition reads is neither fed events nor
+    /// kept in the profiles (see `Engine::install_catalog`).
+    pub live_states: Vec<bool>,
     /// Per state: affected atoms.
     pub state_index: Vec<StateIndex>,
     /// Per atom: the live rules containing it, with how each rule moves
@@ -1252,12 +1258,6 @@ impl Catalog {
             s.archive = false;
             s.archive_freq = false;
         }
-        for (id, s) in self.states.iter().enumerate() {
-            self.by_event
-                .entry(s.event.clone())
-                .or_default()
-                .add(id as StateId, s);
-        }
         self.computed_by_state = vec![Vec::new(); self.states.len()];
         self.computed_rules = vec![Vec::new(); self.computed.len()];
         (self.rule_class, self.rule_classes) = self.classify_rules();
@@ -1274,6 +1274,25 @@ impl Catalog {
             }
             for &a in &def.atoms {
                 self.atom_rules[a as usize].push((slot, polarity(&def.rule, a)));
+            }
+        }
+        // The states live atoms and computed traits read.
+        self.live_states = vec![false; self.states.len()];
+        let live_atoms = self.atom_rules.iter().zip(&self.atoms);
+        let atom_states = live_atoms.filter(|(rules, _)| !rules.is_empty());
+        let computed_states = self.computed.iter().flatten().map(|c| &c.states);
+        for &s in atom_states
+            .flat_map(|(_, a)| &a.states)
+            .chain(computed_states.flatten())
+        {
+            self.live_states[s as usize] = true;
+        }
+        for (id, s) in self.states.iter().enumerate() {
+            if self.live_states[id] {
+                self.by_event
+                    .entry(s.event.clone())
+                    .or_default()
+                    .add(id as StateId, s);
             }
         }
         self.set_class_leads();

@@ -599,7 +599,7 @@ impl Engine {
             self.interner.intern(id);
         }
         let count = meta.shard_count;
-        let removed: Vec<bool> = self.catalog.audiences.iter().map(Option::is_none).collect();
+        let catalog = Arc::clone(&self.catalog);
         let shards: Result<Vec<Shard>> = self.pool.install(|| {
             sections[1..]
                 .par_iter()
@@ -624,7 +624,7 @@ impl Engine {
                         snap.users,
                         Memberships::from_snapshot(bitmaps, &snap.shares),
                         snap.counters,
-                        &removed,
+                        &catalog,
                     ))
                 })
                 .collect()
@@ -633,7 +633,6 @@ impl Engine {
         // The stored shares against the catalog compiled again: a slot
         // whose lead it no longer is gets its own memberships back before
         // any operation (sharing starts again after the first).
-        let catalog = Arc::clone(&self.catalog);
         self.unshare_changed(&catalog);
         self.now = meta.now;
         self.last_seq = meta.last_seq;

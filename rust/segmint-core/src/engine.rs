@@ -937,6 +937,17 @@ impl Engine {
         // Before its operation, while the memberships shared with them
         // are still theirs too.
         self.unshare_changed(&catalog);
+        // States no live definition reads any more: their entries would be
+        // kept for good, read by nothing.
+        let was_live = |s: usize| self.catalog.live_states.get(s) == Some(&true);
+        let dead: Vec<bool> = (catalog.live_states.iter().enumerate())
+            .map(|(s, &live)| !live && was_live(s))
+            .collect();
+        if dead.contains(&true) {
+            let shards = &mut self.shards;
+            self.pool
+                .install(|| shards.par_iter_mut().for_each(|s| s.drop_states(&dead)));
+        }
         self.catalog = Arc::new(catalog);
         self.definitions.push(def);
     }
@@ -1740,6 +1751,14 @@ mod class_sharing_tests {
             }
             assert_eq!(e.size(&def.key).unwrap(), listed, "{}", def.key);
         }
+        // No profile keeps a state that no live definition reads.
+        for shard in &e.shards {
+            for user in shard.users.iter() {
+                for (s, _) in user.states.iter() {
+                    assert!(cat.live_states[*s as usize], "dead state {s}");
+                }
+            }
+        }
         // (audience, user) -> entered at, from the log.
         let mut logged: BTreeMap<(String, String), Millis> = BTreeMap::new();
         for c in e.changes(0, usize::MAX).unwrap() {
@@ -1844,6 +1863,37 @@ mod class_sharing_tests {
             assert!(shard.members.bitmap(copy2).is_empty());
         }
         assert_eq!(e.members("copy").unwrap(), vec!["u6"]);
+        assert_consistent(&e);
+    }
+
+    #[test]
+    fn a_state_no_live_rule_reads_is_dropped_and_starts_empty_when_read_again() {
+        let mut e = engine(2);
+        e.define_audience("kept", RULES[0]).unwrap();
+        e.define_audience("b_twice", RULES[1]).unwrap();
+        for u in 0..4 {
+            track(&mut e, &format!("u{u}"), "B", 1, T0);
+            track(&mut e, &format!("u{u}"), "B", 1, T0);
+        }
+        assert_eq!(e.size("b_twice").unwrap(), 4);
+        let states = |e: &Engine| -> usize {
+            let count = |s: &Shard| s.users.iter().map(|u| u.states.len()).sum::<usize>();
+            e.shards.iter().map(count).sum()
+        };
+        assert_eq!(states(&e), 4);
+        // Removed: its state leaves the profiles, and B events no longer
+        // make one.
+        e.remove_audience("b_twice").unwrap();
+        assert_eq!(states(&e), 0);
+        track(&mut e, "u0", "B", 1, T0 + 60_000);
+        assert_eq!(states(&e), 0);
+        assert_consistent(&e);
+        // Read again, it starts empty: the B events before count for nothing.
+        e.advance(T0 + 120_000).unwrap();
+        assert_eq!(e.define_audience("b_again", RULES[1]).unwrap(), 0);
+        track(&mut e, "u1", "B", 1, T0 + 120_000);
+        track(&mut e, "u1", "B", 1, T0 + 120_000);
+        assert_eq!(e.members("b_again").unwrap(), vec!["u1"]);
         assert_consistent(&e);
     }
 

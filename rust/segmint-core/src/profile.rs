@@ -377,7 +377,8 @@ impl UserData {
     }
 
     /// A state, if the user ever had an entry in it (a state stays when
-    /// eviction empties it: states are never dropped).
+    /// eviction empties it; it is dropped only once no live definition
+    /// reads it, see [`UserData::drop_states`]).
     pub fn state(&self, id: StateId) -> Option<&UserState> {
         // The list read once: each read of a `ThinBox` decodes its pointer.
         let states = &self.states[..];
@@ -387,11 +388,23 @@ impl UserData {
             .map(|i| &states[i].1)
     }
 
-    /// Whether the profile has never had an entry of one of `states` (its
-    /// states are never dropped): a rule that cannot do without one of
-    /// them is false on it (see [`crate::eval::gate_states`]).
+    /// Whether the profile has no entry of one of `states` since each
+    /// became live (a live state is never dropped): a rule that cannot do
+    /// without one of them is false on it (see [`crate::eval::gate_states`]).
     pub fn lacks_a_state(&self, states: &[StateId]) -> bool {
         states.iter().any(|&s| self.state(s).is_none())
+    }
+
+    /// Drops the states that no live definition reads any more (`dead`,
+    /// by state id): nothing feeds them events, and a rule that reads one
+    /// again later finds it empty, as a state no earlier rule used.
+    pub fn drop_states(&mut self, dead: &[bool]) {
+        let is_dead = |s: StateId| dead.get(s as usize) == Some(&true);
+        if self.states.iter().any(|(s, _)| is_dead(*s)) {
+            let mut kept = std::mem::take(&mut self.states).into_vec();
+            kept.retain(|(s, _)| !is_dead(*s));
+            self.states = ThinBox::from(kept);
+        }
     }
 
     /// A state, created empty if missing.

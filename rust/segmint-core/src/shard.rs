@@ -379,22 +379,29 @@ impl Shard {
 
     /// A shard rebuilt from a snapshot: its users, their memberships and its
     /// counters; the timer queue is rebuilt from the users' own timers.
-    /// `removed` tells the slots of removed audiences (by slot, as long as
-    /// the catalog's slots): a snapshot written before removals dropped
-    /// their list entries (2026-12-07) still holds them, dropped here.
+    /// A snapshot written before removals dropped what nobody reads any
+    /// more (2026-12-07) may still hold the list entries of removed
+    /// audiences and the states of catalog `cat` that no live definition
+    /// reads: both are dropped here.
     pub fn restore(
         index: u32,
         count: u32,
         mut users: Vec<UserData>,
         members: Memberships,
         counters: Counters,
-        removed: &[bool],
+        cat: &Catalog,
     ) -> Shard {
         let mut timers = UserQueue::new(count);
         let mut live_timers = 0;
         let mut trait_values = TraitValuePool::default();
+        let removed: Vec<bool> = cat.audiences.iter().map(Option::is_none).collect();
         let any_removed = removed.contains(&true);
+        let dead_states: Vec<bool> = cat.live_states.iter().map(|live| !live).collect();
+        let any_dead = dead_states.contains(&true);
         for (local, user) in users.iter_mut().enumerate() {
+            if any_dead {
+                user.drop_states(&dead_states);
+            }
             if any_removed {
                 let stale: SmallVec<[AudId; 4]> = user
                     .memberships
@@ -424,6 +431,14 @@ impl Shard {
             counters,
             trait_values,
             ..Default::default()
+        }
+    }
+
+    /// Drops from every profile the states no live definition reads any
+    /// more (`dead`, by state id; see [`UserData::drop_states`]).
+    pub fn drop_states(&mut self, dead: &[bool]) {
+        for user in self.users.iter_mut() {
+            user.drop_states(dead);
         }
     }
 
@@ -2614,13 +2629,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn restoring_drops_the_entries_of_removed_slots() {
-        // As a snapshot written before removals dropped their entries
-        // holds them: slot 1 removed, 0 and 2 live.
+    fn restoring_drops_the_entries_of_removed_slots_and_dead_states() {
+        // As a snapshot written before removals dropped what they left
+        // holds it: slot 1 removed, 0 and 2 live, and the state only slot
+        // 1 read.
+        let mut cat = Catalog::default();
+        cat.define_rule("a", r#"did("Kept")"#);
+        cat.define_rule("b", r#"did("Dropped")"#);
+        cat.define_rule("c", "trait.x == 1");
+        let (kept, dropped) = (
+            cat.by_event["Kept"].states[0],
+            cat.by_event["Dropped"].states[0],
+        );
+        cat.remove("b").unwrap();
+        assert!(!cat.by_event.contains_key("Dropped"));
         let mut user = UserData::default();
         for aud in 0..3 {
             user.set_member(aud, true, 1_000 + aud as Millis);
         }
+        user.state_mut(kept).insert(900, None);
+        user.state_mut(dropped).insert(900, None);
         let empty = UserData::default();
         let shard = Shard::restore(
             0,
@@ -2628,12 +2656,14 @@ mod tests {
             vec![user, empty],
             Memberships::default(),
             Counters::default(),
-            &[false, true, false],
+            &cat,
         );
         let user = shard.user(0).unwrap();
         assert_eq!(user.entered(0), Some(1_000));
         assert_eq!(user.entered(1), None);
         assert_eq!(user.entered(2), Some(1_002));
+        assert!(user.state(kept).is_some());
+        assert!(user.state(dropped).is_none());
         assert!(shard.user(1).unwrap().memberships.is_empty());
     }
 }
