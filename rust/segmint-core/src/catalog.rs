@@ -680,6 +680,37 @@ pub struct ComputedDef {
     pub timed: bool,
 }
 
+/// What profiles may still hold that a catalog no longer reads: states
+/// no live definition reads and atom timers whose group holds no atom of
+/// a live rule (firing one would change nothing). See
+/// [`Catalog::unread_since`].
+#[derive(Debug, Clone, Default)]
+pub struct Unread {
+    /// Per state id.
+    pub states: Vec<bool>,
+    /// Per atom id (a timer's, computed-trait timers aside).
+    pub timers: Vec<bool>,
+}
+
+impl Unread {
+    /// Whether there is nothing to drop.
+    pub fn is_empty(&self) -> bool {
+        !self.states.contains(&true) && !self.timers.contains(&true)
+    }
+
+    /// Whether state `s` is unread.
+    pub fn state(&self, s: StateId) -> bool {
+        self.states.get(s as usize) == Some(&true)
+    }
+
+    /// Whether the timer `id` is unread: an atom's (a computed trait's id,
+    /// `COMPUTED_TIMER | ct`, is past every atom id; removing the trait
+    /// drops its timers).
+    pub fn timer(&self, id: AtomId) -> bool {
+        self.timers.get(id as usize) == Some(&true)
+    }
+}
+
 /// Everything compiled, shared read-only by the shards during a batch.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
@@ -977,6 +1008,25 @@ impl Catalog {
         self.audiences[slot as usize] = Some(Arc::new(def));
         self.rebuild_indexes();
         slot
+    }
+
+    /// What this catalog no longer reads that `old` did (with `old`
+    /// `None`: all it does not read, for a snapshot written before
+    /// profiles dropped it). Timer groups are kept by lead, and an atom's
+    /// lead never changes, so a timer is unread when its lead's group is
+    /// empty here.
+    pub fn unread_since(&self, old: Option<&Catalog>) -> Unread {
+        let states = (self.live_states.iter().enumerate())
+            .map(|(s, &live)| !live && old.is_none_or(|o| o.live_states.get(s) == Some(&true)))
+            .collect();
+        let group_empty = |cat: &Catalog, a: usize| {
+            let lead = cat.timer_lead.get(a).map_or(a, |&l| l as usize);
+            cat.timer_group.get(lead).is_none_or(Vec::is_empty)
+        };
+        let timers = (0..self.atoms.len())
+            .map(|a| group_empty(self, a) && old.is_none_or(|o| !group_empty(o, a)))
+            .collect();
+        Unread { states, timers }
     }
 
     /// Removes an audience; an error if another rule references it.

@@ -937,16 +937,14 @@ impl Engine {
         // Before its operation, while the memberships shared with them
         // are still theirs too.
         self.unshare_changed(&catalog);
-        // States no live definition reads any more: their entries would be
-        // kept for good, read by nothing.
-        let was_live = |s: usize| self.catalog.live_states.get(s) == Some(&true);
-        let dead: Vec<bool> = (catalog.live_states.iter().enumerate())
-            .map(|(s, &live)| !live && was_live(s))
-            .collect();
-        if dead.contains(&true) {
+        // What the new catalog no longer reads (a state, a timer whose
+        // group's rules are gone) would stay in the profiles, read by
+        // nothing: a state for good, a timer until it fires to no effect.
+        let unread = catalog.unread_since(Some(&self.catalog));
+        if !unread.is_empty() {
             let shards = &mut self.shards;
             self.pool
-                .install(|| shards.par_iter_mut().for_each(|s| s.drop_states(&dead)));
+                .install(|| shards.par_iter_mut().for_each(|s| s.drop_unread(&unread)));
         }
         self.catalog = Arc::new(catalog);
         self.definitions.push(def);
@@ -1751,11 +1749,15 @@ mod class_sharing_tests {
             }
             assert_eq!(e.size(&def.key).unwrap(), listed, "{}", def.key);
         }
-        // No profile keeps a state that no live definition reads.
+        // No profile keeps a state or a timer the catalog does not read.
+        let unread = cat.unread_since(None);
         for shard in &e.shards {
             for user in shard.users.iter() {
                 for (s, _) in user.states.iter() {
-                    assert!(cat.live_states[*s as usize], "dead state {s}");
+                    assert!(!unread.state(*s), "unread state {s}");
+                }
+                for t in user.timers.iter() {
+                    assert!(!unread.timer(t.id), "unread timer {}", t.id);
                 }
             }
         }
@@ -1867,7 +1869,8 @@ mod class_sharing_tests {
     }
 
     #[test]
-    fn a_state_no_live_rule_reads_is_dropped_and_starts_empty_when_read_again() {
+    fn a_state_and_timers_no_live_rule_reads_are_dropped_and_the_state_starts_empty_when_read_again(
+    ) {
         let mut e = engine(2);
         e.define_audience("kept", RULES[0]).unwrap();
         e.define_audience("b_twice", RULES[1]).unwrap();
@@ -1881,10 +1884,13 @@ mod class_sharing_tests {
             e.shards.iter().map(count).sum()
         };
         assert_eq!(states(&e), 4);
-        // Removed: its state leaves the profiles, and B events no longer
-        // make one.
+        // Each member waits for its window to lapse.
+        assert_eq!(e.pending_timers(), 4);
+        // Removed: its state and its timers leave the profiles, and B
+        // events no longer make a state.
         e.remove_audience("b_twice").unwrap();
         assert_eq!(states(&e), 0);
+        assert_eq!(e.pending_timers(), 0);
         track(&mut e, "u0", "B", 1, T0 + 60_000);
         assert_eq!(states(&e), 0);
         assert_consistent(&e);

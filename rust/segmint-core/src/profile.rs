@@ -7,7 +7,7 @@ use roaring::RoaringBitmap;
 use smol_str::SmolStr;
 
 use crate::audience_list::AudienceList;
-use crate::catalog::{AudId, CtId, StateId, TraitKey};
+use crate::catalog::{AudId, CtId, StateId, TraitKey, Unread};
 use crate::state::UserState;
 use crate::thin_box::ThinBox;
 use crate::time::Millis;
@@ -378,7 +378,7 @@ impl UserData {
 
     /// A state, if the user ever had an entry in it (a state stays when
     /// eviction empties it; it is dropped only once no live definition
-    /// reads it, see [`UserData::drop_states`]).
+    /// reads it, see [`UserData::drop_unread`]).
     pub fn state(&self, id: StateId) -> Option<&UserState> {
         // The list read once: each read of a `ThinBox` decodes its pointer.
         let states = &self.states[..];
@@ -395,16 +395,25 @@ impl UserData {
         states.iter().any(|&s| self.state(s).is_none())
     }
 
-    /// Drops the states that no live definition reads any more (`dead`,
-    /// by state id): nothing feeds them events, and a rule that reads one
-    /// again later finds it empty, as a state no earlier rule used.
-    pub fn drop_states(&mut self, dead: &[bool]) {
-        let is_dead = |s: StateId| dead.get(s as usize) == Some(&true);
-        if self.states.iter().any(|(s, _)| is_dead(*s)) {
+    /// Drops the states and timers the catalog no longer reads (see
+    /// [`crate::catalog::Unread`]); returns the number of timers dropped.
+    /// Nothing feeds those states events, and a rule that reads one again
+    /// later finds it empty, as a state no earlier rule used; the timers
+    /// would fire and change nothing.
+    pub fn drop_unread(&mut self, unread: &Unread) -> usize {
+        if self.states.iter().any(|(s, _)| unread.state(*s)) {
             let mut kept = std::mem::take(&mut self.states).into_vec();
-            kept.retain(|(s, _)| !is_dead(*s));
+            kept.retain(|(s, _)| !unread.state(*s));
             self.states = ThinBox::from(kept);
         }
+        let unread_timer = |t: &Stamped| unread.timer(t.id);
+        let before = self.timers.len();
+        if self.timers.iter().any(unread_timer) {
+            let mut kept = std::mem::take(&mut self.timers).into_vec();
+            kept.retain(|t| !unread_timer(t));
+            self.timers = ThinBox::from(kept);
+        }
+        before - self.timers.len()
     }
 
     /// A state, created empty if missing.

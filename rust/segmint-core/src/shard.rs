@@ -11,7 +11,7 @@ use smallvec::SmallVec;
 
 use crate::audience_list::{FlipScratch, PassFlips};
 use crate::catalog::{
-    AtomId, AudId, CExpr, Catalog, CtId, Formula, Polarity, StateId, StateIndex, TraitKey,
+    AtomId, AudId, CExpr, Catalog, CtId, Formula, Polarity, StateId, StateIndex, TraitKey, Unread,
     WindowDef, FLIP_DEPENDENTS, FLIP_FOLLOWERS, FLIP_TIMED,
 };
 use crate::eval::{
@@ -381,8 +381,8 @@ impl Shard {
     /// counters; the timer queue is rebuilt from the users' own timers.
     /// A snapshot written before removals dropped what nobody reads any
     /// more (2026-12-07) may still hold the list entries of removed
-    /// audiences and the states of catalog `cat` that no live definition
-    /// reads: both are dropped here.
+    /// audiences, and the states and timers catalog `cat` does not read
+    /// (see [`Catalog::unread_since`]): they are dropped here.
     pub fn restore(
         index: u32,
         count: u32,
@@ -396,11 +396,11 @@ impl Shard {
         let mut trait_values = TraitValuePool::default();
         let removed: Vec<bool> = cat.audiences.iter().map(Option::is_none).collect();
         let any_removed = removed.contains(&true);
-        let dead_states: Vec<bool> = cat.live_states.iter().map(|live| !live).collect();
-        let any_dead = dead_states.contains(&true);
+        let unread = cat.unread_since(None);
+        let any_unread = !unread.is_empty();
         for (local, user) in users.iter_mut().enumerate() {
-            if any_dead {
-                user.drop_states(&dead_states);
+            if any_unread {
+                user.drop_unread(&unread);
             }
             if any_removed {
                 let stale: SmallVec<[AudId; 4]> = user
@@ -434,11 +434,13 @@ impl Shard {
         }
     }
 
-    /// Drops from every profile the states no live definition reads any
-    /// more (`dead`, by state id; see [`UserData::drop_states`]).
-    pub fn drop_states(&mut self, dead: &[bool]) {
+    /// Drops from every profile the states and timers a new catalog no
+    /// longer reads (see [`UserData::drop_unread`]). The timer queue may
+    /// then wake a user early: it finds nothing due and queues the user at
+    /// its next timer.
+    pub fn drop_unread(&mut self, unread: &Unread) {
         for user in self.users.iter_mut() {
-            user.drop_states(dead);
+            self.live_timers -= user.drop_unread(unread);
         }
     }
 
@@ -2385,8 +2387,8 @@ impl Shard {
 
     /// Exits every member of a removed audience (reason `delete`) and drops
     /// its entries from their lists, where nothing would read them again
-    /// (slots are never reused). Timers of atoms no live rule uses any more
-    /// lapse by themselves.
+    /// (slots are never reused). The states and timers it alone read went
+    /// when its catalog was installed (`Engine::install_catalog`).
     pub fn remove_audience(&mut self, aud: AudId, at: Millis, out: &mut Vec<ShardChange>) {
         let Shard {
             users,
@@ -2402,8 +2404,8 @@ impl Shard {
         let listed = bitmap
             .min()
             .is_some_and(|uid| users[local_of(uid)].is_member(aud));
-        // The lists of members a few ahead are read ahead: their misses
-        // overlap (see `UserData::warm_lists`).
+        // The lists of the members a few ahead are read ahead, so that
+        // their cache misses overlap (as `Shard::backfill` warms profiles).
         let mut ahead = bitmap.iter().filter(|_| listed);
         for uid in ahead.by_ref().take(REMOVAL_AHEAD) {
             std::hint::black_box(users[local_of(uid)].memberships.first_unit());
@@ -2629,7 +2631,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn restoring_drops_the_entries_of_removed_slots_and_dead_states() {
+    fn restoring_drops_the_entries_of_removed_slots_and_what_the_catalog_does_not_read() {
         // As a snapshot written before removals dropped what they left
         // holds it: slot 1 removed, 0 and 2 live, and the state only slot
         // 1 read.
@@ -2649,6 +2651,16 @@ mod tests {
         }
         user.state_mut(kept).insert(900, None);
         user.state_mut(dropped).insert(900, None);
+        // A timer of a group no live rule's atom is in, and a computed
+        // trait's (left to its removal).
+        let unread_atom = (0..cat.atoms.len() as AtomId)
+            .find(|&a| cat.unread_since(None).timer(a))
+            .unwrap();
+        user.timers = vec![
+            Stamped::new(unread_atom, 5_000),
+            Stamped::new(COMPUTED_TIMER, 6_000),
+        ]
+        .into();
         let empty = UserData::default();
         let shard = Shard::restore(
             0,
@@ -2664,6 +2676,11 @@ mod tests {
         assert_eq!(user.entered(2), Some(1_002));
         assert!(user.state(kept).is_some());
         assert!(user.state(dropped).is_none());
+        assert_eq!(
+            user.timers.iter().map(|t| t.id).collect::<Vec<_>>(),
+            [COMPUTED_TIMER]
+        );
+        assert_eq!(shard.pending_timers(), 1);
         assert!(shard.user(1).unwrap().memberships.is_empty());
     }
 }
