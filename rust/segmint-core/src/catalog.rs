@@ -1019,12 +1019,24 @@ impl Catalog {
         let states = (self.live_states.iter().enumerate())
             .map(|(s, &live)| !live && old.is_none_or(|o| o.live_states.get(s) == Some(&true)))
             .collect();
-        let group_empty = |cat: &Catalog, a: usize| {
-            let lead = cat.timer_lead.get(a).map_or(a, |&l| l as usize);
-            cat.timer_group.get(lead).is_none_or(Vec::is_empty)
-        };
+        let lead = |a: usize| self.timer_lead.get(a).map_or(a, |&l| l as usize);
+        // Only a timed atom or one reading states (a future event's timer)
+        // sets a timer, under its lead's id: a group of trait tests never
+        // has one to drop (atoms never change, so this catalog tells).
+        let mut sets_timers = vec![false; self.atoms.len()];
+        for (a, atom) in self.atoms.iter().enumerate() {
+            if atom.timed || !atom.states.is_empty() {
+                sets_timers[lead(a)] = true;
+            }
+        }
+        let group_empty =
+            |cat: &Catalog, a: usize| cat.timer_group.get(lead(a)).is_none_or(Vec::is_empty);
         let timers = (0..self.atoms.len())
-            .map(|a| group_empty(self, a) && old.is_none_or(|o| !group_empty(o, a)))
+            .map(|a| {
+                sets_timers[lead(a)]
+                    && group_empty(self, a)
+                    && old.is_none_or(|o| !group_empty(o, a))
+            })
             .collect();
         Unread { states, timers }
     }
