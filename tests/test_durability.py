@@ -177,6 +177,9 @@ def test_audiences_defined_and_removed_again_and_again_leave_nothing_behind(
     again = make_engine(tmp_path)
     assert again.size("kept") == 1_500
     assert again.audiences() == ["kept"]
+    restored = dict(again.stats())
+    assert restored["pending_timers"] == 0
+    assert restored["heap_bytes"] <= after_first + 4096, (after_first, restored)
     again.close()
 
 

@@ -1903,6 +1903,40 @@ mod class_sharing_tests {
         assert_consistent(&e);
     }
 
+    #[test]
+    fn a_state_another_definition_still_reads_stays_and_is_fed() {
+        let mut e = engine(1);
+        let at = |e: &mut Engine, user: &str, event: &str, t: i64| {
+            e.advance(t).unwrap();
+            track(e, user, event, 1, t);
+        };
+        // "B" is counted by the removed rule, anchors a kept rule's window,
+        // and is counted by a computed trait; "A" by the kept rule alone.
+        e.define_audience("b_twice", RULES[1]).unwrap();
+        e.define_audience("a_since_b", r#"count("A", since "B") >= 1"#)
+            .unwrap();
+        e.define_computed_trait("bs", r#"count("B")"#).unwrap();
+        at(&mut e, "u0", "B", T0);
+        at(&mut e, "u0", "A", T0 + 1_000);
+        assert_eq!(e.members("a_since_b").unwrap(), vec!["u0"]);
+        e.remove_audience("b_twice").unwrap();
+        assert_consistent(&e);
+        // A later B still moves the anchor, and the count.
+        at(&mut e, "u0", "B", T0 + 2_000);
+        assert!(e.members("a_since_b").unwrap().is_empty());
+        assert_eq!(e.computed_value("u0", "bs").unwrap(), Some(Value::Num(2.0)));
+        // The computed trait removed too, only the anchor reads B: still fed.
+        e.remove_computed_trait("bs").unwrap();
+        at(&mut e, "u0", "A", T0 + 3_000);
+        assert_eq!(e.members("a_since_b").unwrap(), vec!["u0"]);
+        at(&mut e, "u0", "B", T0 + 4_000);
+        assert!(e.members("a_since_b").unwrap().is_empty());
+        // And a rule defined again on it sees its entries (within the
+        // anchor's retention: everything since the latest B).
+        assert_eq!(e.define_audience("b_again", r#"did("B")"#).unwrap(), 1);
+        assert_consistent(&e);
+    }
+
     /// Rules for the property tests: copies of one another once keys
     /// repeat them, and readers of memberships (which have no class).
     const MIXED_RULES: [&str; 9] = [

@@ -2176,7 +2176,7 @@ impl Shard {
             let uid = local as u32 * self.count + self.index;
             for &atom in &timed {
                 // The same for an atom reading only states the profile has
-                // never had an entry in (states are never dropped): most
+                // no entry in (a live state is never dropped): most
                 // profiles with events have no order, say.
                 let def = &cat.atoms[atom as usize];
                 let user = &self.users[local];
