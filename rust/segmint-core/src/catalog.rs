@@ -742,6 +742,9 @@ pub struct Catalog {
     /// ids), but one no live definition reads is neither fed events nor
     /// kept in the profiles (see `Engine::install_catalog`).
     pub live_states: Vec<bool>,
+    /// Set while definitions are applied in a row without their indexes
+    /// (see [`Catalog::defer_indexes`]).
+    indexes_deferred: bool,
     /// Per state: affected atoms.
     pub state_index: Vec<StateIndex>,
     /// Per atom: the live rules containing it, with how each rule moves
@@ -896,21 +899,20 @@ impl Catalog {
     }
 
     /// Adds or replaces many audiences with one index rebuild. On an error
-    /// (with the index of the failing item) nothing changes.
+    /// (with the index of the failing item) the items before it stay
+    /// defined, without indexes: callers define on a copy of the catalog
+    /// (`Engine::catalog_after`), which a copy here made twice per
+    /// definition.
     pub fn define_many(
         &mut self,
         items: Vec<(String, String, ast::Expr)>,
     ) -> Result<Vec<AudId>, (usize, SegmintError)> {
-        let backup = self.clone();
         let mut slots = Vec::with_capacity(items.len());
         for (i, (key, source, ast)) in items.into_iter().enumerate() {
-            match self.define_unindexed(&key, &source, ast) {
-                Ok(slot) => slots.push(slot),
-                Err(e) => {
-                    *self = backup;
-                    return Err((i, e));
-                }
-            }
+            slots.push(
+                self.define_unindexed(&key, &source, ast)
+                    .map_err(|e| (i, e))?,
+            );
         }
         self.rebuild_indexes();
         Ok(slots)
@@ -1266,7 +1268,24 @@ impl Catalog {
     }
 
     /// Recomputes every derived index from the audience list.
+    /// Leaves the indexes as they are until
+    /// [`Catalog::build_deferred_indexes`]: definitions compile against the
+    /// tables they add to (states, views, atoms, keys), never the indexes,
+    /// so many in a row need them built once.
+    pub(crate) fn defer_indexes(&mut self) {
+        self.indexes_deferred = true;
+    }
+
+    /// Builds the indexes [`Catalog::defer_indexes`] left.
+    pub(crate) fn build_deferred_indexes(&mut self) {
+        self.indexes_deferred = false;
+        self.rebuild_indexes();
+    }
+
     fn rebuild_indexes(&mut self) {
+        if self.indexes_deferred {
+            return;
+        }
         let n = self.audiences.len();
         // Topological ranks: dependencies first, ties by slot.
         let mut rank = vec![u32::MAX; n];

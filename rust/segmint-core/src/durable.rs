@@ -585,16 +585,14 @@ impl Engine {
         for key in &meta.trait_keys {
             crate::engine::intern_trait_key(&mut self.catalog, key);
         }
-        for def in meta.definitions {
-            let (catalog, slots) = self.catalog_after(&def).map_err(|(_, e)| {
+        self.install_definitions(meta.definitions)
+            .map_err(|(i, e)| {
                 corrupt(
                     path,
                     *meta_offset,
-                    format!("a stored definition fails: {e}"),
+                    format!("stored definition {i} fails: {e}"),
                 )
             })?;
-            self.install_catalog(def, catalog, &slots);
-        }
         for id in &meta.user_ids {
             self.interner.intern(id);
         }

@@ -680,10 +680,7 @@ impl Engine {
     /// Parses and type-checks a rule, resolving `computed.KEY` against the
     /// defined computed traits.
     pub(crate) fn compile_rule(&self, rule: &str) -> Result<crate::rules::ast::Expr> {
-        let ast = rules::parse_rule(rule)?;
-        let cat = &*self.catalog;
-        rules::check_rule_in(rule, &ast, &|k| cat.computed_type(k))?;
-        Ok(ast)
+        compile_rule_in(&self.catalog, rule)
     }
 
     /// Defines (or replaces) a computed trait: `expr` is a value expression
@@ -879,36 +876,54 @@ impl Engine {
         def: &Definition,
     ) -> Result<(Catalog, Vec<AudId>), (usize, SegmintError)> {
         let mut catalog = (*self.catalog).clone();
-        let slots = match def {
-            Definition::Audiences(items) => {
-                let mut parsed = Vec::with_capacity(items.len());
-                for (i, (key, rule)) in items.iter().enumerate() {
-                    let ast = self.compile_rule(rule).map_err(|e| (i, e))?;
-                    parsed.push((key.clone(), rule.clone(), ast));
-                }
-                catalog.define_many(parsed)?
-            }
-            Definition::Static(key) => vec![catalog.define_static(key)],
-            Definition::Remove(key) => vec![catalog.remove(key).map_err(|e| (0, e))?],
-            Definition::Computed(key, expr) => {
-                let (ast, ty) = rules::compile_value(expr).map_err(|e| (0, e))?;
-                vec![
-                    catalog
-                        .define_computed(key, expr, ast, ty)
-                        .map_err(|e| (0, e))?
-                        .0,
-                ]
-            }
-            Definition::RemoveComputed(key) => {
-                vec![catalog.remove_computed(key).map_err(|e| (0, e))?]
-            }
-        };
+        let slots = apply_definition(&mut catalog, def)?;
         Ok((catalog, slots))
     }
 
     /// Makes `catalog` (from [`Engine::catalog_after`]) current.
     /// `ids` are the audience slots (or the computed trait) it defined.
     pub(crate) fn install_catalog(&mut self, def: Definition, catalog: Catalog, ids: &[u32]) {
+        self.name_ids(&def, &catalog, ids);
+        // Before its operation, while the memberships shared with them
+        // are still theirs too.
+        self.unshare_changed(&catalog);
+        // What the new catalog no longer reads (a state, a timer whose
+        // group's rules are gone) would stay in the profiles, read by
+        // nothing: a state for good, a timer until it fires to no effect.
+        let unread = catalog.unread_since(Some(&self.catalog));
+        if !unread.is_empty() {
+            let shards = &mut self.shards;
+            self.pool
+                .install(|| shards.par_iter_mut().for_each(|s| s.drop_unread(&unread)));
+        }
+        self.catalog = Arc::new(catalog);
+        self.definitions.push(def);
+    }
+
+    /// Installs a snapshot's definitions, in order, before its profiles
+    /// are loaded (so none has a membership to share or a state to drop):
+    /// on one catalog whose indexes are built once at the end, where
+    /// definition by definition each copied the catalog and rebuilt them,
+    /// a cost that grew with every definition made before.
+    pub(crate) fn install_definitions(
+        &mut self,
+        definitions: Vec<Definition>,
+    ) -> Result<(), (usize, SegmintError)> {
+        let mut catalog = (*self.catalog).clone();
+        catalog.defer_indexes();
+        for (i, def) in definitions.into_iter().enumerate() {
+            let ids = apply_definition(&mut catalog, &def).map_err(|(_, e)| (i, e))?;
+            self.name_ids(&def, &catalog, &ids);
+            self.definitions.push(def);
+        }
+        catalog.build_deferred_indexes();
+        self.catalog = Arc::new(catalog);
+        Ok(())
+    }
+
+    /// Records the keys of the slots (or the computed trait) `def` defined
+    /// in `catalog`.
+    fn name_ids(&mut self, def: &Definition, catalog: &Catalog, ids: &[u32]) {
         fn name(keys: &mut Vec<Arc<str>>, id: u32, key: Arc<str>) {
             if keys.len() <= id as usize {
                 keys.resize(id as usize + 1, Arc::from(""));
@@ -916,7 +931,7 @@ impl Engine {
             keys[id as usize] = key;
         }
         for &id in ids {
-            match &def {
+            match def {
                 Definition::Computed(key, _) => {
                     name(&mut self.computed_keys, id, Arc::from(key.as_str()))
                 }
@@ -934,20 +949,6 @@ impl Engine {
                 }
             }
         }
-        // Before its operation, while the memberships shared with them
-        // are still theirs too.
-        self.unshare_changed(&catalog);
-        // What the new catalog no longer reads (a state, a timer whose
-        // group's rules are gone) would stay in the profiles, read by
-        // nothing: a state for good, a timer until it fires to no effect.
-        let unread = catalog.unread_since(Some(&self.catalog));
-        if !unread.is_empty() {
-            let shards = &mut self.shards;
-            self.pool
-                .install(|| shards.par_iter_mut().for_each(|s| s.drop_unread(&unread)));
-        }
-        self.catalog = Arc::new(catalog);
-        self.definitions.push(def);
     }
 
     /// Defines (or replaces) a static audience from a list of user ids (a
@@ -1254,6 +1255,46 @@ impl Engine {
     pub fn pending_timers(&self) -> usize {
         self.shards.iter().map(Shard::pending_timers).sum()
     }
+}
+
+/// Parses rule `rule` and type-checks it against `cat`'s computed traits.
+fn compile_rule_in(cat: &Catalog, rule: &str) -> Result<crate::rules::ast::Expr> {
+    let ast = rules::parse_rule(rule)?;
+    rules::check_rule_in(rule, &ast, &|k| cat.computed_type(k))?;
+    Ok(ast)
+}
+
+/// Applies one definition to `catalog`; the slots (or the computed trait)
+/// it touched. On an error (with the index of the failing item) `catalog`
+/// may be left part-way: callers apply it to a copy.
+fn apply_definition(
+    catalog: &mut Catalog,
+    def: &Definition,
+) -> Result<Vec<AudId>, (usize, SegmintError)> {
+    Ok(match def {
+        Definition::Audiences(items) => {
+            let mut parsed = Vec::with_capacity(items.len());
+            for (i, (key, rule)) in items.iter().enumerate() {
+                let ast = compile_rule_in(catalog, rule).map_err(|e| (i, e))?;
+                parsed.push((key.clone(), rule.clone(), ast));
+            }
+            catalog.define_many(parsed)?
+        }
+        Definition::Static(key) => vec![catalog.define_static(key)],
+        Definition::Remove(key) => vec![catalog.remove(key).map_err(|e| (0, e))?],
+        Definition::Computed(key, expr) => {
+            let (ast, ty) = rules::compile_value(expr).map_err(|e| (0, e))?;
+            vec![
+                catalog
+                    .define_computed(key, expr, ast, ty)
+                    .map_err(|e| (0, e))?
+                    .0,
+            ]
+        }
+        Definition::RemoveComputed(key) => {
+            vec![catalog.remove_computed(key).map_err(|e| (0, e))?]
+        }
+    })
 }
 
 /// Puts a shard's changes of one operation (`out`) in log order, then
@@ -1937,6 +1978,32 @@ mod class_sharing_tests {
         assert_consistent(&e);
     }
 
+    /// Every table and index of two catalogs agrees (the indexes by
+    /// event name in name order; the generation aside).
+    fn same_catalog(a: &Catalog, b: &Catalog) {
+        let by_event = |c: &Catalog| {
+            let mut events: Vec<String> = c.by_event.iter().map(|e| format!("{e:?}")).collect();
+            events.sort();
+            events
+        };
+        assert_eq!(by_event(a), by_event(b));
+        let fields = |c: &Catalog| {
+            format!(
+                "{:?}",
+                (
+                    (&c.states, &c.views, &c.atoms, &c.audiences, &c.rank),
+                    (&c.by_rank, &c.live_states, &c.state_index, &c.atom_rules),
+                    (&c.atom_lead_rules, &c.atom_lead_rules_eventless),
+                    (&c.class_lead, &c.class_followers, &c.rule_class),
+                    (&c.timer_lead, &c.timer_group, &c.formulas, &c.empty_true),
+                    (&c.false_without_events, &c.computed, &c.computed_rules),
+                    (&c.dependents, &c.leaf_groups, &c.timed_by_audience),
+                )
+            )
+        };
+        assert_eq!(fields(a), fields(b));
+    }
+
     /// Rules for the property tests: copies of one another once keys
     /// repeat them, and readers of memberships (which have no class).
     const MIXED_RULES: [&str; 9] = [
@@ -2134,6 +2201,13 @@ mod class_sharing_tests {
                 assert_consistent(&e);
                 same_history(&e, &evaluated, op)?;
             }
+            // A snapshot's definitions, installed in a row with the
+            // indexes built once, give the catalog built one by one.
+            let mut restored = engine(shards);
+            restored.install_definitions(e.definitions.clone()).unwrap();
+            same_catalog(e.catalog(), restored.catalog());
+            prop_assert_eq!(&e.slot_keys, &restored.slot_keys);
+            prop_assert_eq!(&e.computed_keys, &restored.computed_keys);
         }
 
         /// The same through snapshots and log replay: a durable engine,
