@@ -1267,7 +1267,6 @@ impl Catalog {
             .map_or("?", |a| &a.key)
     }
 
-    /// Recomputes every derived index from the audience list.
     /// Leaves the indexes as they are until
     /// [`Catalog::build_deferred_indexes`]: definitions compile against the
     /// tables they add to (states, views, atoms, keys), never the indexes,
@@ -1282,6 +1281,8 @@ impl Catalog {
         self.rebuild_indexes();
     }
 
+    /// Recomputes every derived index from the audience list (unless
+    /// deferred, see [`Catalog::defer_indexes`]).
     fn rebuild_indexes(&mut self) {
         if self.indexes_deferred {
             return;

@@ -883,7 +883,12 @@ impl Engine {
     /// Makes `catalog` (from [`Engine::catalog_after`]) current.
     /// `ids` are the audience slots (or the computed trait) it defined.
     pub(crate) fn install_catalog(&mut self, def: Definition, catalog: Catalog, ids: &[u32]) {
-        self.name_ids(&def, &catalog, ids);
+        let mut keys = (
+            std::mem::take(&mut self.slot_keys),
+            std::mem::take(&mut self.computed_keys),
+        );
+        name_ids(&mut keys, &def, &catalog, ids);
+        (self.slot_keys, self.computed_keys) = keys;
         // Before its operation, while the memberships shared with them
         // are still theirs too.
         self.unshare_changed(&catalog);
@@ -905,50 +910,25 @@ impl Engine {
     /// on one catalog whose indexes are built once at the end, where
     /// definition by definition each copied the catalog and rebuilt them,
     /// a cost that grew with every definition made before.
+    /// On an error (with the index of the failing definition) the engine
+    /// is unchanged.
     pub(crate) fn install_definitions(
         &mut self,
         definitions: Vec<Definition>,
     ) -> Result<(), (usize, SegmintError)> {
         let mut catalog = (*self.catalog).clone();
         catalog.defer_indexes();
-        for (i, def) in definitions.into_iter().enumerate() {
-            let ids = apply_definition(&mut catalog, &def).map_err(|(_, e)| (i, e))?;
-            self.name_ids(&def, &catalog, &ids);
-            self.definitions.push(def);
+        // Named as they are made: a slot removed later keeps its name.
+        let mut keys = (self.slot_keys.clone(), self.computed_keys.clone());
+        for (i, def) in definitions.iter().enumerate() {
+            let ids = apply_definition(&mut catalog, def).map_err(|(_, e)| (i, e))?;
+            name_ids(&mut keys, def, &catalog, &ids);
         }
         catalog.build_deferred_indexes();
+        (self.slot_keys, self.computed_keys) = keys;
+        self.definitions.extend(definitions);
         self.catalog = Arc::new(catalog);
         Ok(())
-    }
-
-    /// Records the keys of the slots (or the computed trait) `def` defined
-    /// in `catalog`.
-    fn name_ids(&mut self, def: &Definition, catalog: &Catalog, ids: &[u32]) {
-        fn name(keys: &mut Vec<Arc<str>>, id: u32, key: Arc<str>) {
-            if keys.len() <= id as usize {
-                keys.resize(id as usize + 1, Arc::from(""));
-            }
-            keys[id as usize] = key;
-        }
-        for &id in ids {
-            match def {
-                Definition::Computed(key, _) => {
-                    name(&mut self.computed_keys, id, Arc::from(key.as_str()))
-                }
-                // A removed slot keeps its name, for the changes logged
-                // under it (and `id` is a computed trait's, not a slot).
-                Definition::RemoveComputed(_) | Definition::Remove(_) => {}
-                Definition::Audiences(_) | Definition::Static(_) => {
-                    debug_assert!(catalog
-                        .audiences
-                        .get(id as usize)
-                        .is_some_and(Option::is_some));
-                    if let Some(Some(a)) = catalog.audiences.get(id as usize) {
-                        name(&mut self.slot_keys, id, a.key.clone());
-                    }
-                }
-            }
-        }
     }
 
     /// Defines (or replaces) a static audience from a list of user ids (a
@@ -1254,6 +1234,40 @@ impl Engine {
     /// Number of pending timers.
     pub fn pending_timers(&self) -> usize {
         self.shards.iter().map(Shard::pending_timers).sum()
+    }
+}
+
+/// Records in `keys` (the slots' keys, the computed traits' keys) those
+/// of the slots (or the computed trait) `def` defined in `catalog`.
+fn name_ids(
+    keys: &mut (Vec<Arc<str>>, Vec<Arc<str>>),
+    def: &Definition,
+    catalog: &Catalog,
+    ids: &[u32],
+) {
+    fn name(keys: &mut Vec<Arc<str>>, id: u32, key: Arc<str>) {
+        if keys.len() <= id as usize {
+            keys.resize(id as usize + 1, Arc::from(""));
+        }
+        keys[id as usize] = key;
+    }
+    let (slot_keys, computed_keys) = keys;
+    for &id in ids {
+        match def {
+            Definition::Computed(key, _) => name(computed_keys, id, Arc::from(key.as_str())),
+            // A removed slot keeps its name, for the changes logged under
+            // it (and `id` is a computed trait's, not a slot).
+            Definition::RemoveComputed(_) | Definition::Remove(_) => {}
+            Definition::Audiences(_) | Definition::Static(_) => {
+                debug_assert!(catalog
+                    .audiences
+                    .get(id as usize)
+                    .is_some_and(Option::is_some));
+                if let Some(Some(a)) = catalog.audiences.get(id as usize) {
+                    name(slot_keys, id, a.key.clone());
+                }
+            }
+        }
     }
 }
 
@@ -1987,6 +2001,14 @@ mod class_sharing_tests {
             events
         };
         assert_eq!(by_event(a), by_event(b));
+        let sorted = |map: &hashbrown::HashMap<Arc<str>, u32>| {
+            let mut pairs: Vec<(Arc<str>, u32)> =
+                map.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            pairs.sort();
+            pairs
+        };
+        assert_eq!(sorted(&a.by_key), sorted(&b.by_key));
+        assert_eq!(sorted(&a.computed_by_key), sorted(&b.computed_by_key));
         let fields = |c: &Catalog| {
             format!(
                 "{:?}",
@@ -1998,6 +2020,14 @@ mod class_sharing_tests {
                     (&c.timer_lead, &c.timer_group, &c.formulas, &c.empty_true),
                     (&c.false_without_events, &c.computed, &c.computed_rules),
                     (&c.dependents, &c.leaf_groups, &c.timed_by_audience),
+                    (&c.by_trait, &c.trait_test, &c.key_tests, &c.key_number_cuts),
+                    (
+                        &c.timer_ladder,
+                        &c.timer_view,
+                        &c.flip_work,
+                        &c.rule_classes
+                    ),
+                    (&c.empty_atom_truth, &c.empty_computed, &c.computed_by_state),
                 )
             )
         };
