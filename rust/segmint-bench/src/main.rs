@@ -62,6 +62,17 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// The median of sorted values (of the two middle ones for an even
+/// count); `None` for none.
+fn median(sorted: &[f64]) -> Option<f64> {
+    let middle = sorted.len() / 2;
+    match sorted.len() % 2 {
+        _ if sorted.is_empty() => None,
+        1 => Some(sorted[middle]),
+        _ => Some((sorted[middle - 1] + sorted[middle]) / 2.0),
+    }
+}
+
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -311,12 +322,7 @@ fn main() {
     // After the runs' audiences came and went: what they left behind.
     let heap_after_backfills = engine.heap_bytes();
     backfill_s.sort_by(f64::total_cmp);
-    // The median (of the two middle runs for an even count).
-    let middle = backfill_s.len() / 2;
-    let backfill_median_s = match backfill_s.len() % 2 {
-        1 => backfill_s[middle],
-        _ => (backfill_s[middle - 1] + backfill_s[middle]) / 2.0,
-    };
+    let backfill_median_s = median(&backfill_s).expect("one backfill at least");
     let backfill_best_s = backfill_s[0];
 
     let mut out = serde_json::json!({
@@ -349,7 +355,7 @@ fn main() {
         "heap_bytes": heap,
         "heap_bytes_after_backfills": heap_after_backfills,
         // Removing the runs' audiences (after the first): the median.
-        "remove_s": remove_s.get(remove_s.len() / 2),
+        "remove_s": median(&remove_s),
         "heap_bytes_per_user": heap as f64 / users.max(1) as f64,
         "rss_bytes_per_user": rss as f64 / users.max(1) as f64,
         "backfill_s": backfill_median_s,

@@ -681,21 +681,28 @@ pub struct ComputedDef {
 }
 
 /// What profiles may still hold that a catalog no longer reads: states
-/// no live definition reads and atom timers whose group holds no atom of
-/// a live rule (firing one would change nothing). See
-/// [`Catalog::unread_since`].
+/// no live definition reads, atom timers whose group holds no atom of a
+/// live rule (firing one would change nothing), and list entries of
+/// removed audiences. See [`Catalog::unread_since`].
 #[derive(Debug, Clone, Default)]
 pub struct Unread {
     /// Per state id.
     pub states: Vec<bool>,
     /// Per atom id (a timer's, computed-trait timers aside).
     pub timers: Vec<bool>,
+    /// Per audience slot; empty when none is to drop.
+    pub slots: Vec<bool>,
 }
 
 impl Unread {
     /// Whether there is nothing to drop.
     pub fn is_empty(&self) -> bool {
-        !self.states.contains(&true) && !self.timers.contains(&true)
+        !self.states.contains(&true) && !self.timers.contains(&true) && self.slots.is_empty()
+    }
+
+    /// Whether audience slot `aud`'s list entries are unread.
+    pub fn slot(&self, aud: AudId) -> bool {
+        self.slots.get(aud as usize) == Some(&true)
     }
 
     /// Whether state `s` is unread.
@@ -1013,10 +1020,12 @@ impl Catalog {
     }
 
     /// What this catalog no longer reads that `old` did (with `old`
-    /// `None`: all it does not read, for a snapshot written before
-    /// profiles dropped it). Timer groups are kept by lead, and an atom's
-    /// lead never changes, so a timer is unread when its lead's group is
-    /// empty here.
+    /// `None`: all it does not read, removed audiences' list entries
+    /// included, for a snapshot written before profiles dropped it; a
+    /// removal drops its own entries, member by member, in
+    /// `Shard::remove_audience`). Timer groups are kept by lead, and an
+    /// atom's lead never changes, so a timer is unread when its lead's
+    /// group is empty here.
     pub fn unread_since(&self, old: Option<&Catalog>) -> Unread {
         let states = (self.live_states.iter().enumerate())
             .map(|(s, &live)| !live && old.is_none_or(|o| o.live_states.get(s) == Some(&true)))
@@ -1040,7 +1049,18 @@ impl Catalog {
                     && old.is_none_or(|o| !group_empty(o, a))
             })
             .collect();
-        Unread { states, timers }
+        let removed = |slots: &[Option<Arc<AudienceDef>>]| slots.iter().any(Option::is_none);
+        let slots = match old {
+            None if removed(&self.audiences) => {
+                self.audiences.iter().map(Option::is_none).collect()
+            }
+            _ => Vec::new(),
+        };
+        Unread {
+            states,
+            timers,
+            slots,
+        }
     }
 
     /// Removes an audience; an error if another rule references it.

@@ -883,12 +883,8 @@ impl Engine {
     /// Makes `catalog` (from [`Engine::catalog_after`]) current.
     /// `ids` are the audience slots (or the computed trait) it defined.
     pub(crate) fn install_catalog(&mut self, def: Definition, catalog: Catalog, ids: &[u32]) {
-        let mut keys = (
-            std::mem::take(&mut self.slot_keys),
-            std::mem::take(&mut self.computed_keys),
-        );
-        name_ids(&mut keys, &def, &catalog, ids);
-        (self.slot_keys, self.computed_keys) = keys;
+        let keys = (&mut self.slot_keys, &mut self.computed_keys);
+        name_ids(keys, &def, &catalog, ids);
         // Before its operation, while the memberships shared with them
         // are still theirs too.
         self.unshare_changed(&catalog);
@@ -919,13 +915,14 @@ impl Engine {
         let mut catalog = (*self.catalog).clone();
         catalog.defer_indexes();
         // Named as they are made: a slot removed later keeps its name.
-        let mut keys = (self.slot_keys.clone(), self.computed_keys.clone());
+        let (mut slot_keys, mut computed_keys) =
+            (self.slot_keys.clone(), self.computed_keys.clone());
         for (i, def) in definitions.iter().enumerate() {
             let ids = apply_definition(&mut catalog, def).map_err(|(_, e)| (i, e))?;
-            name_ids(&mut keys, def, &catalog, &ids);
+            name_ids((&mut slot_keys, &mut computed_keys), def, &catalog, &ids);
         }
         catalog.build_deferred_indexes();
-        (self.slot_keys, self.computed_keys) = keys;
+        (self.slot_keys, self.computed_keys) = (slot_keys, computed_keys);
         self.definitions.extend(definitions);
         self.catalog = Arc::new(catalog);
         Ok(())
@@ -1240,7 +1237,7 @@ impl Engine {
 /// Records in `keys` (the slots' keys, the computed traits' keys) those
 /// of the slots (or the computed trait) `def` defined in `catalog`.
 fn name_ids(
-    keys: &mut (Vec<Arc<str>>, Vec<Arc<str>>),
+    (slot_keys, computed_keys): (&mut Vec<Arc<str>>, &mut Vec<Arc<str>>),
     def: &Definition,
     catalog: &Catalog,
     ids: &[u32],
@@ -1251,7 +1248,6 @@ fn name_ids(
         }
         keys[id as usize] = key;
     }
-    let (slot_keys, computed_keys) = keys;
     for &id in ids {
         match def {
             Definition::Computed(key, _) => name(computed_keys, id, Arc::from(key.as_str())),

@@ -395,25 +395,21 @@ impl UserData {
         states.iter().any(|&s| self.state(s).is_none())
     }
 
-    /// Drops the states and timers the catalog no longer reads (see
-    /// [`crate::catalog::Unread`]); returns the number of timers dropped.
-    /// Nothing feeds those states events, and a rule that reads one again
-    /// later finds it empty, as a state no earlier rule used; the timers
-    /// would fire and change nothing.
+    /// Drops the states, timers and list entries the catalog no longer
+    /// reads (see [`crate::catalog::Unread`]); returns the number of
+    /// timers dropped. Nothing feeds those states events, and a rule that
+    /// reads one again later finds it empty, as a state no earlier rule
+    /// used; the timers would fire and change nothing.
     pub fn drop_unread(&mut self, unread: &Unread) -> usize {
-        if self.states.iter().any(|(s, _)| unread.state(*s)) {
-            let mut kept = std::mem::take(&mut self.states).into_vec();
-            kept.retain(|(s, _)| !unread.state(*s));
-            self.states = ThinBox::from(kept);
+        self.states.retain(|(s, _)| !unread.state(*s));
+        if !unread.slots.is_empty() {
+            let slots = self.memberships.slots();
+            let stale: Vec<AudId> = slots.iter().filter(|&a| unread.slot(a)).collect();
+            for aud in stale {
+                self.memberships.remove(aud);
+            }
         }
-        let unread_timer = |t: &Stamped| unread.timer(t.id);
-        let before = self.timers.len();
-        if self.timers.iter().any(unread_timer) {
-            let mut kept = std::mem::take(&mut self.timers).into_vec();
-            kept.retain(|t| !unread_timer(t));
-            self.timers = ThinBox::from(kept);
-        }
-        before - self.timers.len()
+        self.timers.retain(|t| !unread.timer(t.id))
     }
 
     /// A state, created empty if missing.

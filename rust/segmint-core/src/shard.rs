@@ -380,9 +380,9 @@ impl Shard {
     /// A shard rebuilt from a snapshot: its users, their memberships and its
     /// counters; the timer queue is rebuilt from the users' own timers.
     /// A snapshot written before removals dropped what nobody reads any
-    /// more (2026-12-07) may still hold the list entries of removed
-    /// audiences, and the states and timers catalog `cat` does not read
-    /// (see [`Catalog::unread_since`]): they are dropped here.
+    /// more (2026-12-07) may still hold what catalog `cat` does not read
+    /// (list entries of removed audiences, states, timers; see
+    /// [`Catalog::unread_since`]): it is dropped here.
     pub fn restore(
         index: u32,
         count: u32,
@@ -394,24 +394,11 @@ impl Shard {
         let mut timers = UserQueue::new(count);
         let mut live_timers = 0;
         let mut trait_values = TraitValuePool::default();
-        let removed: Vec<bool> = cat.audiences.iter().map(Option::is_none).collect();
-        let any_removed = removed.contains(&true);
         let unread = cat.unread_since(None);
         let any_unread = !unread.is_empty();
         for (local, user) in users.iter_mut().enumerate() {
             if any_unread {
                 user.drop_unread(&unread);
-            }
-            if any_removed {
-                let stale: SmallVec<[AudId; 4]> = user
-                    .memberships
-                    .slots()
-                    .iter()
-                    .filter(|&a| removed.get(a as usize) == Some(&true))
-                    .collect();
-                for aud in stale {
-                    user.set_member(aud, false, 0);
-                }
             }
             user.traits
                 .share_large(|key, value| trait_values.share(key, value));

@@ -77,6 +77,16 @@ impl<T> ThinBox<T> {
         }
     }
 
+    /// Keeps the elements `keep` holds for, reallocating to the exact new
+    /// length when any goes; returns how many went.
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) -> usize {
+        let gone = self.iter().filter(|e| !keep(e)).count();
+        if gone > 0 {
+            self.edit(|elements| elements.retain(|e| keep(e)));
+        }
+        gone
+    }
+
     /// Edits the elements as a vector (no copy) and keeps the result at
     /// its exact length. Callers check their indices first: a panic inside
     /// would leave the list empty.
