@@ -201,8 +201,8 @@ pub struct ViewDef {
 pub struct StateDef {
     /// Event name.
     pub event: Arc<str>,
-    /// Compiled `where` filter.
-    pub filter: Option<CExpr>,
+    /// Compiled `where` filter (shared, as an atom's tree is).
+    pub filter: Option<Arc<CExpr>>,
     /// The kept property; events lacking it are not kept.
     pub property: Option<Arc<str>>,
     /// Longest `Last` window over this state (0: none); entries older than
@@ -304,15 +304,18 @@ impl Formula {
 #[derive(Debug, Clone)]
 pub struct AtomDef {
     /// The predicate (a boolean expression without and/or/not at the top).
-    pub expr: CExpr,
+    /// Shared, as are the lists below: every definition copies the
+    /// catalog, atoms of removed rules included, and would otherwise copy
+    /// every tree.
+    pub expr: Arc<CExpr>,
     /// States it reads (views, `since`, `since "X"` anchors).
-    pub states: Vec<StateId>,
+    pub states: Arc<[StateId]>,
     /// Trait keys it reads.
-    pub traits: Vec<TraitKey>,
+    pub traits: Arc<[TraitKey]>,
     /// Audiences whose membership it reads.
-    pub audiences: Vec<AudId>,
+    pub audiences: Arc<[AudId]>,
     /// Computed traits whose value it reads.
-    pub computed: Vec<CtId>,
+    pub computed: Arc<[CtId]>,
     /// Whether time alone can change it (windows, `since`, `member_for`).
     pub timed: bool,
     /// Set when it is `count(E, W) op k` with a monotone `op`: a +1 flips it
@@ -322,7 +325,7 @@ pub struct AtomDef {
     /// `member_for`, a computed trait) against literals: its truth is then
     /// the test applied to the leaf's value, without walking `expr` (see
     /// [`crate::eval::eval_atom`]).
-    pub test: Option<(CExpr, LeafTest)>,
+    pub test: Option<Arc<(CExpr, LeafTest)>>,
 }
 
 /// A leaf whose value grows with time alone, at one millisecond per
@@ -359,7 +362,7 @@ const LADDER_GROUP_MAX: usize = 64;
 /// Whether an atom of a time source can be on a [`TimerLadder`]: it
 /// tests the duration against literal durations.
 fn on_a_ladder(atom: &AtomDef) -> bool {
-    let test = atom.test.as_ref().filter(|_| atom.threshold.is_none());
+    let test = atom.test.as_deref().filter(|_| atom.threshold.is_none());
     test.is_some_and(|(_, test)| crate::eval::ladder_offsets(test).is_some())
 }
 
@@ -611,7 +614,7 @@ impl EventStates {
     }
 
     fn add(&mut self, id: StateId, def: &StateDef) {
-        let tests = def.filter.as_ref().and_then(|filter| {
+        let tests = def.filter.as_deref().and_then(|filter| {
             let parts = match filter {
                 CExpr::And(parts) => &parts[..],
                 one => std::slice::from_ref(one),
@@ -1384,7 +1387,7 @@ impl Catalog {
         let atom_states = live_atoms.filter(|(rules, _)| !rules.is_empty());
         let computed_states = self.computed.iter().flatten().map(|c| &c.states);
         for &s in atom_states
-            .flat_map(|(_, a)| &a.states)
+            .flat_map(|(_, a)| a.states.iter())
             .chain(computed_states.flatten())
         {
             self.live_states[s as usize] = true;
@@ -1408,7 +1411,7 @@ impl Catalog {
             }
             let id = a as AtomId;
             self.mark_states(&atom.expr);
-            for &s in &atom.states {
+            for &s in atom.states.iter() {
                 let idx = &mut self.state_index[s as usize];
                 idx.all.push(id);
                 match atom.threshold {
@@ -1419,7 +1422,7 @@ impl Catalog {
                             None => idx.thresholds.push((view, vec![entry])),
                         }
                     }
-                    _ => match &atom.test {
+                    _ => match atom.test.as_deref() {
                         Some((leaf @ (CExpr::View(_) | CExpr::SinceEvent(_)), _)) => {
                             let key = match *leaf {
                                 CExpr::View(v) => (true, v),
@@ -1442,13 +1445,13 @@ impl Catalog {
                     },
                 }
             }
-            for &t in &atom.traits {
+            for &t in atom.traits.iter() {
                 if self.by_trait.len() <= t as usize {
                     self.by_trait.resize_with(t as usize + 1, Vec::new);
                     self.key_tests.resize_with(t as usize + 1, Vec::new);
                 }
                 self.by_trait[t as usize].push(id);
-                let test = match &atom.test {
+                let test = match atom.test.as_deref() {
                     Some((CExpr::Trait(k), test)) if *k == t => Some(test.clone()),
                     _ => None,
                 };
@@ -1459,7 +1462,7 @@ impl Catalog {
                 self.key_tests[t as usize].push(test);
             }
             if atom.timed {
-                for &aud in &atom.audiences {
+                for &aud in atom.audiences.iter() {
                     self.timed_by_audience[aud as usize].push(id);
                 }
             }
@@ -1721,14 +1724,14 @@ impl Catalog {
         });
         let id = self.atoms.len() as AtomId;
         self.atoms.push(AtomDef {
-            expr: expr.clone(),
-            states: reads.states,
-            traits: reads.traits,
-            audiences: reads.audiences,
-            computed: reads.computed,
+            expr: Arc::new(expr.clone()),
+            states: reads.states.into(),
+            traits: reads.traits.into(),
+            audiences: reads.audiences.into(),
+            computed: reads.computed.into(),
             timed: reads.timed,
             threshold,
-            test: LeafTest::of(expr),
+            test: LeafTest::of(expr).map(Arc::new),
         });
         self.atom_ids.insert(key, id);
         id
@@ -1747,7 +1750,7 @@ impl Catalog {
         let id = self.states.len() as StateId;
         self.states.push(StateDef {
             event: Arc::from(event),
-            filter,
+            filter: filter.map(Arc::new),
             property: property.map(Arc::from),
             retention: 0,
             since_anchors: Vec::new(),
@@ -2501,7 +2504,7 @@ mod tests {
         for (key, src) in rules {
             cat.define_rule(key, src);
         }
-        let leaf_of = |a: AtomId| match &cat.atoms[a as usize].test {
+        let leaf_of = |a: AtomId| match cat.atoms[a as usize].test.as_deref() {
             Some((leaf @ (CExpr::View(_) | CExpr::SinceEvent(_)), _)) => Some(leaf.clone()),
             _ => None,
         };

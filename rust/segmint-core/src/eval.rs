@@ -622,7 +622,7 @@ impl LeafTest {
 /// An atom's truth: its leaf's value through its test when it has that
 /// shape (one leaf read, no expression walked), else its expression.
 pub fn eval_atom<E: Env>(atom: &AtomDef, env: &E) -> bool {
-    match &atom.test {
+    match atom.test.as_deref() {
         Some((leaf, test)) => test.holds(env.leaf(leaf).as_deref()),
         None => eval_bool(&atom.expr, env),
     }
@@ -715,7 +715,7 @@ impl UserEnv<'_> {
     /// the same instant, without walking the expression's boxes, which a
     /// timer's group reads for each of its atoms.
     pub fn atom_next_change(&self, atom: &AtomDef) -> Option<Millis> {
-        let raw = match (atom.threshold, &atom.test) {
+        let raw = match (atom.threshold, atom.test.as_deref()) {
             (Some((view, op, k)), _) => self.threshold_next_change_of(view, op, k),
             (None, Some((leaf, test))) if is_duration_source(leaf) => {
                 self.duration_test_next_change(leaf, test)
@@ -989,7 +989,7 @@ pub fn timer_ladder(cat: &Catalog, group: &[AtomId]) -> Option<TimerLadder> {
     let mut edges = Vec::new();
     for (i, &a) in group.iter().enumerate() {
         let atom = &cat.atoms[a as usize];
-        let (x, test) = atom.test.as_ref().filter(|_| atom.threshold.is_none())?;
+        let (x, test) = atom.test.as_deref().filter(|_| atom.threshold.is_none())?;
         if !is_duration_source(x) || leaf.is_some_and(|l| l != x) {
             return None;
         }
@@ -1133,14 +1133,21 @@ pub fn computed_on_empty_profile(cat: &Catalog) -> Vec<(CtId, Value)> {
 }
 
 /// Each atom's truth on a profile with no traits and no events (only the
-/// computed traits' empty values); `None` for atoms reading memberships.
-/// Like [`rules_true_on_empty_profile`], constant in time.
+/// computed traits' empty values); `None` for atoms reading memberships and
+/// for those no live rule reads. Like [`rules_true_on_empty_profile`],
+/// constant in time.
 pub fn atoms_on_empty_profile(cat: &Catalog) -> Vec<Option<bool>> {
     let user = empty_profile(cat);
     let env = UserEnv::new(cat, &user, 0, 1);
+    // Only live rules' atoms are read (the catalog keeps every atom ever
+    // compiled, and would evaluate each at every definition).
     cat.atoms
         .iter()
-        .map(|atom| (!atom.reads_memberships()).then(|| eval_bool(&atom.expr, &env)))
+        .zip(&cat.atom_rules)
+        .map(|(atom, rules)| {
+            let known = !rules.is_empty() && !atom.reads_memberships();
+            known.then(|| eval_bool(&atom.expr, &env))
+        })
         .collect()
 }
 
