@@ -299,6 +299,15 @@ impl Formula {
     }
 }
 
+/// The lengths of the tables a compile adds to, taken before it: on an
+/// error they are cut back to these.
+#[derive(Debug, Clone, Copy)]
+struct TableMarks {
+    states: usize,
+    views: usize,
+    trait_keys: usize,
+}
+
 /// A predicate over one user's state: the unit of incremental evaluation
 /// and of timers.
 #[derive(Debug, Clone)]
@@ -939,8 +948,7 @@ impl Catalog {
         };
         // Compile against a scratch copy of the state/view tables so a
         // failure leaves no orphan states behind.
-        let states_before = compiler.catalog.states.len();
-        let views_before = compiler.catalog.views.len();
+        let marks = compiler.catalog.table_marks();
         let compiled = compiler.compile(&ast);
         let references: Vec<AudId> = compiler.references.iter().copied().collect();
         let traits: Vec<TraitKey> = compiler.traits.iter().copied().collect();
@@ -948,13 +956,13 @@ impl Catalog {
         let expr = match compiled {
             Ok(expr) => expr,
             Err(e) => {
-                self.truncate_tables(states_before, views_before);
+                self.truncate_tables(marks);
                 return Err(e);
             }
         };
         if let Some(slot) = existing {
             if let Some(path) = self.cycle_through(slot, &references) {
-                self.truncate_tables(states_before, views_before);
+                self.truncate_tables(marks);
                 return Err(SegmintError::AudienceCycle { path });
             }
         }
@@ -1150,8 +1158,7 @@ impl Catalog {
         ty: Type,
     ) -> Result<(CtId, bool)> {
         let existing = self.computed_by_key.get(key).copied();
-        let states_before = self.states.len();
-        let views_before = self.views.len();
+        let marks = self.table_marks();
         let mut compiler = Compiler {
             catalog: self,
             source,
@@ -1162,12 +1169,12 @@ impl Catalog {
         let expr = match compiler.compile(&ast) {
             Ok(expr) => expr,
             Err(e) => {
-                self.truncate_tables(states_before, views_before);
+                self.truncate_tables(marks);
                 return Err(e);
             }
         };
         if let Some(e) = existing.and_then(|ct| self.recheck_readers(ct, key, source, ty)) {
-            self.truncate_tables(states_before, views_before);
+            self.truncate_tables(marks);
             return Err(e);
         }
         let mut reads = Reads::default();
@@ -1249,11 +1256,29 @@ impl Catalog {
         Ok(ct)
     }
 
-    fn truncate_tables(&mut self, states: usize, views: usize) {
+    /// Where the tables a compile adds to end now (see
+    /// [`Catalog::truncate_tables`]).
+    fn table_marks(&self) -> TableMarks {
+        TableMarks {
+            states: self.states.len(),
+            views: self.views.len(),
+            trait_keys: self.trait_keys.len(),
+        }
+    }
+
+    /// Drops what a failed compile added since `marks`: its states, views
+    /// and trait keys (none of which anything else refers to yet).
+    fn truncate_tables(&mut self, marks: TableMarks) {
+        let TableMarks {
+            states,
+            views,
+            trait_keys,
+        } = marks;
         self.states.truncate(states);
         self.state_ids.retain(|_, id| (*id as usize) < states);
         self.views.truncate(views);
         self.view_ids.retain(|_, id| (*id as usize) < views);
+        self.trait_keys.truncate(trait_keys);
     }
 
     /// If `slot` referencing `references` closes a cycle, the cycle's keys.
@@ -2223,6 +2248,30 @@ mod tests {
     use crate::audience_list::AudienceList;
     use crate::profile::Stamped;
     use proptest::prelude::*;
+
+    /// A definition that fails to compile leaves no state, view or trait
+    /// key behind, however far it got: the same keys get the same ids
+    /// afterwards.
+    #[test]
+    fn a_failed_definition_leaves_no_trait_key_state_or_view() {
+        let mut cat = Catalog::default();
+        cat.define_rule("kept", r#"trait.plan == "pro" and count("A", 7d) >= 2"#);
+        let (keys, states, views) = (cat.trait_keys.len(), cat.states.len(), cat.views.len());
+        for src in [
+            r#"trait.fresh > 1 and count("B", 3d) >= 1 and in_audience("nope")"#,
+            r#"trait.fresh.deeper == "x" and sum("C", revenue, 3d) > 5 and member_for("nope") > 1d"#,
+        ] {
+            let ast = crate::rules::parse_rule(src).expect("rule parses");
+            assert!(cat.define("failing", src, ast).is_err(), "{src}");
+            assert_eq!(cat.trait_keys.len(), keys, "{src}");
+            assert_eq!(cat.trait_keys.get("fresh"), None);
+            assert_eq!((cat.states.len(), cat.views.len()), (states, views));
+        }
+        assert_eq!(cat.trait_keys.get("plan"), Some(0));
+        cat.define_rule("fresh", "trait.fresh > 1");
+        assert_eq!(cat.trait_keys.get("fresh"), Some(keys as u32));
+        assert_eq!(cat.trait_keys.name(keys as u32), "fresh");
+    }
 
     /// A trait atom's rules for a profile without events leave out those
     /// that need an event.

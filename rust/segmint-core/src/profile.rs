@@ -58,6 +58,18 @@ impl Interner {
         id
     }
 
+    /// Forgets the names of ids `len` and up (the last assigned), as if
+    /// they had never been interned.
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.len() {
+            return;
+        }
+        let end = len.checked_sub(1).map_or(0, |last| self.ends.end(last));
+        self.ids.retain(|&mut id| (id as usize) < len);
+        self.ends.truncate(len);
+        self.text.truncate(end);
+    }
+
     /// The external id of a dense id.
     pub fn name(&self, id: u32) -> &str {
         self.ends.name(&self.text, id)
@@ -113,6 +125,13 @@ impl Ends {
 
     fn len(&self) -> usize {
         self.low.len()
+    }
+
+    /// Keeps the first `len` ids.
+    fn truncate(&mut self, len: usize) {
+        self.low.truncate(len);
+        // A wrap first passed by a dropped id is no longer passed.
+        self.wraps.retain(|&first| (first as usize) < len);
     }
 
     fn is_empty(&self) -> bool {
@@ -1030,6 +1049,23 @@ mod tests {
             .take(names.len())
             .eq(names.iter().map(String::as_str)));
         assert_eq!(ids.names().len(), names.len() + 1);
+        // Truncated, the names past the cut are unknown and their ids go
+        // to the next names interned.
+        ids.truncate(1200);
+        assert_eq!(ids.len(), 1200);
+        assert_eq!(ids.get(&names[1199]), Some(1199));
+        assert_eq!(ids.get(&names[1200]), None);
+        assert_eq!(ids.get(""), None);
+        assert_eq!(ids.intern("other"), 1200);
+        assert_eq!(ids.intern(&names[1200]), 1201);
+        assert_eq!(ids.name(1200), "other");
+        assert!(ids
+            .names()
+            .take(1200)
+            .eq(names[..1200].iter().map(String::as_str)));
+        ids.truncate(0);
+        assert!(ids.is_empty());
+        assert_eq!(ids.intern(&names[7]), 0);
     }
 
     /// Name ends past 4 GiB keep their high bits, without a 4 GiB text.
@@ -1053,6 +1089,13 @@ mod tests {
         for (id, end) in ends.into_iter().enumerate() {
             assert_eq!(kept.end(id), end);
         }
+        // Cut back to the first three, the wraps of the dropped ends go.
+        kept.truncate(3);
+        assert_eq!(kept.wraps, vec![2]);
+        assert_eq!(kept.end(2), four_gib);
+        kept.push(2 * four_gib + 7);
+        assert_eq!(kept.wraps, vec![2, 3]);
+        assert_eq!(kept.end(3), 2 * four_gib + 7);
     }
 
     #[test]
