@@ -735,13 +735,16 @@ impl Unread {
 pub struct Catalog {
     /// States by id.
     pub states: Vec<StateDef>,
-    state_ids: HashMap<String, StateId>,
+    /// States by their selector's text. The texts (and the expressions'
+    /// below) are shared: the catalog is copied at every definition.
+    state_ids: HashMap<Arc<str>, StateId>,
     /// Views by id.
     pub views: Vec<ViewDef>,
     view_ids: HashMap<ViewDef, ViewId>,
     /// Atoms by id (never removed, so timers stay valid).
     pub atoms: Vec<AtomDef>,
-    atom_ids: HashMap<String, AtomId>,
+    /// Atoms by their expression's text.
+    atom_ids: HashMap<Arc<str>, AtomId>,
     /// Audience slots (`None` once removed). Shared: a definition never
     /// changes once made, and the catalog is copied for every definition
     /// (so that one that fails changes nothing), which cloned every rule's
@@ -1734,7 +1737,7 @@ impl Catalog {
 
     fn intern_atom(&mut self, expr: &CExpr) -> AtomId {
         let key = format!("{expr:?}");
-        if let Some(&id) = self.atom_ids.get(&key) {
+        if let Some(&id) = self.atom_ids.get(key.as_str()) {
             return id;
         }
         let mut reads = Reads::default();
@@ -1758,7 +1761,7 @@ impl Catalog {
             threshold,
             test: LeafTest::of(expr).map(Arc::new),
         });
-        self.atom_ids.insert(key, id);
+        self.atom_ids.insert(key.into(), id);
         id
     }
 
@@ -1769,7 +1772,7 @@ impl Catalog {
         property: Option<&str>,
     ) -> StateId {
         let key = format!("{event:?}|{filter:?}|{property:?}");
-        if let Some(&id) = self.state_ids.get(&key) {
+        if let Some(&id) = self.state_ids.get(key.as_str()) {
             return id;
         }
         let id = self.states.len() as StateId;
@@ -1782,7 +1785,7 @@ impl Catalog {
             archive: false,
             archive_freq: false,
         });
-        self.state_ids.insert(key, id);
+        self.state_ids.insert(key.into(), id);
         id
     }
 
