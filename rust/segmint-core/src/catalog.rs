@@ -309,32 +309,48 @@ struct TableMarks {
 }
 
 /// A predicate over one user's state: the unit of incremental evaluation
-/// and of timers.
+/// and of timers. What an event asks of each atom it touches is inline;
+/// the rest is shared ([`AtomParts`], read through `Deref`): every
+/// definition copies the catalog, atoms of removed rules included, and
+/// would otherwise copy each atom's trees and lists.
 #[derive(Debug, Clone)]
 pub struct AtomDef {
-    /// The predicate (a boolean expression without and/or/not at the top).
-    /// Shared, as are the lists below: every definition copies the
-    /// catalog, atoms of removed rules included, and would otherwise copy
-    /// every tree.
-    pub expr: Arc<CExpr>,
-    /// States it reads (views, `since`, `since "X"` anchors).
-    pub states: Arc<[StateId]>,
-    /// Trait keys it reads.
-    pub traits: Arc<[TraitKey]>,
-    /// Audiences whose membership it reads.
-    pub audiences: Arc<[AudId]>,
-    /// Computed traits whose value it reads.
-    pub computed: Arc<[CtId]>,
     /// Whether time alone can change it (windows, `since`, `member_for`).
     pub timed: bool,
     /// Set when it is `count(E, W) op k` with a monotone `op`: a +1 flips it
     /// only when it crosses `k`, and never moves its next flip earlier.
     pub threshold: Option<(ViewId, CmpOp, f64)>,
+    /// Whether `audiences` is not empty (see [`AtomDef::reads_memberships`]).
+    memberships: bool,
+    parts: Arc<AtomParts>,
+}
+
+/// The shared part of an [`AtomDef`].
+#[derive(Debug)]
+pub struct AtomParts {
+    /// The predicate (a boolean expression without and/or/not at the top).
+    pub expr: CExpr,
+    /// States it reads (views, `since`, `since "X"` anchors).
+    pub states: Vec<StateId>,
+    /// Trait keys it reads.
+    pub traits: Vec<TraitKey>,
+    /// Audiences whose membership it reads.
+    pub audiences: Vec<AudId>,
+    /// Computed traits whose value it reads.
+    pub computed: Vec<CtId>,
     /// Set when it tests one leaf (a trait, a view, a `since`, a
     /// `member_for`, a computed trait) against literals: its truth is then
     /// the test applied to the leaf's value, without walking `expr` (see
     /// [`crate::eval::eval_atom`]).
-    pub test: Option<Arc<(CExpr, LeafTest)>>,
+    pub test: Option<(CExpr, LeafTest)>,
+}
+
+impl std::ops::Deref for AtomDef {
+    type Target = AtomParts;
+
+    fn deref(&self) -> &AtomParts {
+        &self.parts
+    }
 }
 
 /// A leaf whose value grows with time alone, at one millisecond per
@@ -371,7 +387,7 @@ const LADDER_GROUP_MAX: usize = 64;
 /// Whether an atom of a time source can be on a [`TimerLadder`]: it
 /// tests the duration against literal durations.
 fn on_a_ladder(atom: &AtomDef) -> bool {
-    let test = atom.test.as_deref().filter(|_| atom.threshold.is_none());
+    let test = atom.test.as_ref().filter(|_| atom.threshold.is_none());
     test.is_some_and(|(_, test)| crate::eval::ladder_offsets(test).is_some())
 }
 
@@ -533,7 +549,7 @@ impl AtomDef {
     /// is remembered only from the rules of the pass on (which read it once
     /// its audiences are final), and is not known on an empty profile.
     pub fn reads_memberships(&self) -> bool {
-        !self.audiences.is_empty()
+        self.memberships
     }
 
     /// Whether it reads nothing but aggregation states (no trait, membership
@@ -1450,7 +1466,7 @@ impl Catalog {
                             None => idx.thresholds.push((view, vec![entry])),
                         }
                     }
-                    _ => match atom.test.as_deref() {
+                    _ => match atom.test.as_ref() {
                         Some((leaf @ (CExpr::View(_) | CExpr::SinceEvent(_)), _)) => {
                             let key = match *leaf {
                                 CExpr::View(v) => (true, v),
@@ -1479,7 +1495,7 @@ impl Catalog {
                     self.key_tests.resize_with(t as usize + 1, Vec::new);
                 }
                 self.by_trait[t as usize].push(id);
-                let test = match atom.test.as_deref() {
+                let test = match atom.test.as_ref() {
                     Some((CExpr::Trait(k), test)) if *k == t => Some(test.clone()),
                     _ => None,
                 };
@@ -1752,14 +1768,17 @@ impl Catalog {
         });
         let id = self.atoms.len() as AtomId;
         self.atoms.push(AtomDef {
-            expr: Arc::new(expr.clone()),
-            states: reads.states.into(),
-            traits: reads.traits.into(),
-            audiences: reads.audiences.into(),
-            computed: reads.computed.into(),
             timed: reads.timed,
             threshold,
-            test: LeafTest::of(expr).map(Arc::new),
+            memberships: !reads.audiences.is_empty(),
+            parts: Arc::new(AtomParts {
+                expr: expr.clone(),
+                states: reads.states,
+                traits: reads.traits,
+                audiences: reads.audiences,
+                computed: reads.computed,
+                test: LeafTest::of(expr),
+            }),
         });
         self.atom_ids.insert(key.into(), id);
         id
@@ -2556,7 +2575,7 @@ mod tests {
         for (key, src) in rules {
             cat.define_rule(key, src);
         }
-        let leaf_of = |a: AtomId| match cat.atoms[a as usize].test.as_deref() {
+        let leaf_of = |a: AtomId| match cat.atoms[a as usize].test.as_ref() {
             Some((leaf @ (CExpr::View(_) | CExpr::SinceEvent(_)), _)) => Some(leaf.clone()),
             _ => None,
         };

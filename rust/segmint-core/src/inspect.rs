@@ -437,7 +437,7 @@ impl Engine {
             let Some(n) = def
                 .atoms
                 .iter()
-                .map(|&a| &*cat.atoms[a as usize].expr)
+                .map(|&a| &cat.atoms[a as usize].expr)
                 .chain(computed.iter().copied())
                 .filter_map(|e| env.next_change(e))
                 .min()
