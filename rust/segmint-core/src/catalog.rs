@@ -887,8 +887,8 @@ pub struct Catalog {
     /// as their member.
     pub empty_true: Vec<AudId>,
     /// Per atom: its truth on a new profile (no traits, no events), or
-    /// `None` when it reads memberships. A new user's first event needs no
-    /// "before" evaluation of the others.
+    /// `None` when it reads memberships or no live rule reads it. A new
+    /// user's first event needs no "before" evaluation of the others.
     pub empty_atom_truth: Vec<Option<bool>>,
     /// Per audience slot: its rule is false on every profile without events
     /// (see [`crate::eval::rules_false_without_events`]).
@@ -965,8 +965,8 @@ impl Catalog {
             traits: BTreeSet::new(),
             computed: BTreeSet::new(),
         };
-        // Compile against a scratch copy of the state/view tables so a
-        // failure leaves no orphan states behind.
+        // A failure cuts the tables back to these, leaving no orphan
+        // state, view or trait key behind.
         let marks = compiler.catalog.table_marks();
         let compiled = compiler.compile(&ast);
         let references: Vec<AudId> = compiler.references.iter().copied().collect();
