@@ -212,6 +212,31 @@ def test_reopen_without_close_replays_the_log(tmp_path: Path) -> None:
     again.close()
 
 
+@pytest.mark.parametrize("reopen_now", ["2026-06-01T00:00:02Z", None])
+def test_a_log_without_a_snapshot_replays_at_its_own_instants(
+    tmp_path: Path, reopen_now: str | None
+) -> None:
+    """Reopened after a crash at a later instant (or, without ``now``, at the
+    wall clock's), an engine that never took a snapshot applies its logged
+    records at the instants they were made, as it does from a snapshot."""
+    eng = make_engine(tmp_path, fsync="never")
+    eng.define_audience("viewers", 'did("Product Viewed", 10s)')
+    eng.track("u1", "Product Viewed", {})
+    eng.advance("2026-06-01T00:00:01Z")
+    eng.track("u2", "Product Viewed", {})
+    before = [(c.audience, c.user_id, c.kind, c.at) for c in eng.changes()]
+    entered = {u: eng.entered_at(u, "viewers") for u in ("u1", "u2")}
+    eng.sync()
+    _abandon(eng)
+    kw: dict[str, Any] = {} if reopen_now is None else {"now": reopen_now}
+    again = Engine(clock="manual", shards=SHARDS, threads=2, data_dir=tmp_path, **kw)
+    assert again.recovery.records_replayed == 4
+    assert [(c.audience, c.user_id, c.kind, c.at) for c in again.changes()] == before
+    assert {u: again.entered_at(u, "viewers") for u in ("u1", "u2")} == entered
+    assert again.now.isoformat() == "2026-06-01T00:00:01+00:00"
+    again.close()
+
+
 def test_retried_message_ids_are_applied_once_across_restarts(tmp_path: Path) -> None:
     batch = events(random.Random(3), 25)
     with make_engine(tmp_path) as eng:

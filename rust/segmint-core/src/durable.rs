@@ -109,6 +109,21 @@ pub(crate) enum Record<E> {
     },
 }
 
+impl<E> Record<E> {
+    /// The engine's instant when the record was made.
+    fn instant(&self) -> Millis {
+        match self {
+            Record::Advance { to } => *to,
+            Record::Batch { now, .. }
+            | Record::DefineAudiences { now, .. }
+            | Record::DefineStatic { now, .. }
+            | Record::RemoveAudience { now, .. }
+            | Record::DefineComputed { now, .. }
+            | Record::RemoveComputed { now, .. } => *now,
+        }
+    }
+}
+
 /// The open data directory of a durable engine.
 #[derive(Debug)]
 pub(crate) struct Storage {
@@ -278,6 +293,12 @@ impl Engine {
         }
         let started = Instant::now();
         let mut tail = (first, 0u64);
+        // From a snapshot the engine replays from the snapshot's instant.
+        // Without one it starts at its first record's: a new engine's clock
+        // is the instant it is opened at, later than the records, and a
+        // clock never moves back, so each record would be applied then
+        // instead of at its own instant.
+        let mut clock_from_log = base.is_none();
         for (i, &g) in logs.iter().enumerate() {
             let path = wal_path(&dir, g);
             let is_last = i + 1 == logs.len();
@@ -301,6 +322,9 @@ impl Engine {
                     let record = record.map_err(|e| {
                         corrupt(&path, offset, format!("a log record does not decode: {e}"))
                     })?;
+                    if std::mem::take(&mut clock_from_log) {
+                        engine.now = record.instant();
+                    }
                     info.events_replayed += engine.replay(record).map_err(|e| {
                         corrupt(&path, offset, format!("replaying this record failed: {e}"))
                     })?;
