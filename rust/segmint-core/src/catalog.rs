@@ -309,10 +309,10 @@ struct TableMarks {
 }
 
 /// A predicate over one user's state: the unit of incremental evaluation
-/// and of timers. What an event asks of each atom it touches is inline;
-/// the rest is shared ([`AtomParts`], read through `Deref`): every
-/// definition copies the catalog, atoms of removed rules included, and
-/// would otherwise copy each atom's trees and lists.
+/// and of timers. What an event asks of each atom it touches is inline,
+/// its test included; the rest is shared ([`AtomParts`], read through
+/// `Deref`): every definition copies the catalog, atoms of removed rules
+/// included, and would otherwise copy each atom's trees and lists.
 #[derive(Debug, Clone)]
 pub struct AtomDef {
     /// Whether time alone can change it (windows, `since`, `member_for`).
@@ -322,6 +322,12 @@ pub struct AtomDef {
     pub threshold: Option<(ViewId, CmpOp, f64)>,
     /// Whether `audiences` is not empty (see [`AtomDef::reads_memberships`]).
     memberships: bool,
+    /// Set when it tests one leaf (a trait, a view, a `since`, a
+    /// `member_for`, a computed trait) against literals: its truth is then
+    /// the test applied to the leaf's value, without walking `expr` (see
+    /// [`crate::eval::eval_atom`]). Inline: most atoms an event evaluates
+    /// are read through it, and a pointer more cost a load each.
+    pub test: Option<(CExpr, LeafTest)>,
     parts: Arc<AtomParts>,
 }
 
@@ -338,11 +344,6 @@ pub struct AtomParts {
     pub audiences: Vec<AudId>,
     /// Computed traits whose value it reads.
     pub computed: Vec<CtId>,
-    /// Set when it tests one leaf (a trait, a view, a `since`, a
-    /// `member_for`, a computed trait) against literals: its truth is then
-    /// the test applied to the leaf's value, without walking `expr` (see
-    /// [`crate::eval::eval_atom`]).
-    pub test: Option<(CExpr, LeafTest)>,
 }
 
 impl std::ops::Deref for AtomDef {
@@ -1771,13 +1772,13 @@ impl Catalog {
             timed: reads.timed,
             threshold,
             memberships: !reads.audiences.is_empty(),
+            test: LeafTest::of(expr),
             parts: Arc::new(AtomParts {
                 expr: expr.clone(),
                 states: reads.states,
                 traits: reads.traits,
                 audiences: reads.audiences,
                 computed: reads.computed,
-                test: LeafTest::of(expr),
             }),
         });
         self.atom_ids.insert(key.into(), id);
