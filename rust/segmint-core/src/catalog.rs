@@ -1432,7 +1432,7 @@ impl Catalog {
         let atom_states = live_atoms.filter(|(rules, _)| !rules.is_empty());
         let computed_states = self.computed.iter().flatten().map(|c| &c.states);
         for &s in atom_states
-            .flat_map(|(_, a)| a.states.iter())
+            .flat_map(|(_, a)| &a.states)
             .chain(computed_states.flatten())
         {
             self.live_states[s as usize] = true;
@@ -1456,7 +1456,7 @@ impl Catalog {
             }
             let id = a as AtomId;
             self.mark_states(&atom.expr);
-            for &s in atom.states.iter() {
+            for &s in &atom.states {
                 let idx = &mut self.state_index[s as usize];
                 idx.all.push(id);
                 match atom.threshold {
@@ -1467,7 +1467,7 @@ impl Catalog {
                             None => idx.thresholds.push((view, vec![entry])),
                         }
                     }
-                    _ => match atom.test.as_ref() {
+                    _ => match &atom.test {
                         Some((leaf @ (CExpr::View(_) | CExpr::SinceEvent(_)), _)) => {
                             let key = match *leaf {
                                 CExpr::View(v) => (true, v),
@@ -1490,13 +1490,13 @@ impl Catalog {
                     },
                 }
             }
-            for &t in atom.traits.iter() {
+            for &t in &atom.traits {
                 if self.by_trait.len() <= t as usize {
                     self.by_trait.resize_with(t as usize + 1, Vec::new);
                     self.key_tests.resize_with(t as usize + 1, Vec::new);
                 }
                 self.by_trait[t as usize].push(id);
-                let test = match atom.test.as_ref() {
+                let test = match &atom.test {
                     Some((CExpr::Trait(k), test)) if *k == t => Some(test.clone()),
                     _ => None,
                 };
@@ -1507,7 +1507,7 @@ impl Catalog {
                 self.key_tests[t as usize].push(test);
             }
             if atom.timed {
-                for &aud in atom.audiences.iter() {
+                for &aud in &atom.audiences {
                     self.timed_by_audience[aud as usize].push(id);
                 }
             }
@@ -2576,7 +2576,7 @@ mod tests {
         for (key, src) in rules {
             cat.define_rule(key, src);
         }
-        let leaf_of = |a: AtomId| match cat.atoms[a as usize].test.as_ref() {
+        let leaf_of = |a: AtomId| match &cat.atoms[a as usize].test {
             Some((leaf @ (CExpr::View(_) | CExpr::SinceEvent(_)), _)) => Some(leaf.clone()),
             _ => None,
         };

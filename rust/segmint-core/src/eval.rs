@@ -622,7 +622,7 @@ impl LeafTest {
 /// An atom's truth: its leaf's value through its test when it has that
 /// shape (one leaf read, no expression walked), else its expression.
 pub fn eval_atom<E: Env>(atom: &AtomDef, env: &E) -> bool {
-    match atom.test.as_ref() {
+    match &atom.test {
         Some((leaf, test)) => test.holds(env.leaf(leaf).as_deref()),
         None => eval_bool(&atom.expr, env),
     }
@@ -715,7 +715,7 @@ impl UserEnv<'_> {
     /// the same instant, without walking the expression's boxes, which a
     /// timer's group reads for each of its atoms.
     pub fn atom_next_change(&self, atom: &AtomDef) -> Option<Millis> {
-        let raw = match (atom.threshold, atom.test.as_ref()) {
+        let raw = match (atom.threshold, &atom.test) {
             (Some((view, op, k)), _) => self.threshold_next_change_of(view, op, k),
             (None, Some((leaf, test))) if is_duration_source(leaf) => {
                 self.duration_test_next_change(leaf, test)

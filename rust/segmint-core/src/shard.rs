@@ -1774,7 +1774,7 @@ impl Shard {
             }
             self.counters.atom_evaluations += group.atoms.len() as u64;
             for &atom in &group.atoms {
-                let Some((_, test)) = cat.atoms[atom as usize].test.as_ref() else {
+                let Some((_, test)) = &cat.atoms[atom as usize].test else {
                     unreachable!("a leaf group's atoms are tests of its leaf")
                 };
                 let now_true = test.holds(leaf_after.as_ref());
@@ -1915,7 +1915,7 @@ impl Shard {
         let mut flips: SmallVec<[(AtomId, bool); 8]> = SmallVec::new();
         for &(_, i) in &ladder.edges[crossed] {
             let atom = group[i as usize];
-            let Some((_, test)) = cat.atoms[atom as usize].test.as_ref() else {
+            let Some((_, test)) = &cat.atoms[atom as usize].test else {
                 unreachable!("a ladder's atoms test its leaf")
             };
             self.counters.atom_evaluations += 1;
@@ -2601,7 +2601,7 @@ fn group_truths_in(step: Step<'_>, env: &UserEnv<'_>, group: &[AtomId]) -> Small
     let value = leaf.and_then(|leaf| env.leaf(leaf));
     let truths: SmallVec<[bool; 8]> = group
         .iter()
-        .map(|&a| match atoms[a as usize].test.as_ref() {
+        .map(|&a| match &atoms[a as usize].test {
             Some((l, test)) if Some(l) == leaf => test.holds(value.as_deref()),
             _ => eval_atom(&atoms[a as usize], env),
         })

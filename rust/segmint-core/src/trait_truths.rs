@@ -412,7 +412,7 @@ mod tests {
         let atoms = &cat.by_trait[k as usize];
         for (i, &a) in atoms.iter().enumerate() {
             let atom = &cat.atoms[a as usize];
-            match atom.test.as_ref() {
+            match &atom.test {
                 Some((_, test)) => {
                     assert_eq!(us[i], test.holds(Some(&Value::Str("US".into()))));
                     assert_eq!(ca[i], test.holds(Some(&Value::Str("CA".into()))));
