@@ -31,7 +31,7 @@ from reference import (
     ms_to_datetime,
     ms_to_iso,
 )
-from rulegen import Advance, Define, Identify, Op, Remove, Track
+from rulegen import Advance, Alias, Define, Identify, Op, Remove, Track
 
 _SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 settings.register_profile("ci", max_examples=150, deadline=None, suppress_health_check=_SUPPRESS)
@@ -155,6 +155,24 @@ class Pair:
         self.check()
         return self.ref.changes()[before:]
 
+    def alias(self, previous: str, user: str, timestamp: int | None = None) -> list[RefChange]:
+        before = len(self.ref.changes())
+        ref_rejected = False
+        try:
+            self.ref.alias(previous, user, timestamp)
+        except RejectedEvent:
+            ref_rejected = True
+        if self.eng is not None:
+            eng_rejected = False
+            ts = None if timestamp is None else ms_to_iso(timestamp)
+            try:
+                self.eng.alias(previous, user, timestamp=ts)
+            except self.sg.InvalidEventError:
+                eng_rejected = True
+            assert eng_rejected == ref_rejected, f"alias at {timestamp}: engine {eng_rejected}"
+        self.check()
+        return self.ref.changes()[before:]
+
     def advance(self, to: int) -> list[RefChange]:
         before = len(self.ref.changes())
         n_ref = self.ref.advance(to)
@@ -184,6 +202,8 @@ class Pair:
                 self.identify(user, traits)
             case Track(user, event, props, ts, ctx, mid, as_dt):
                 self.track(user, event, props, ts, ctx, mid, as_dt)
+            case Alias(previous, user, ts):
+                self.alias(previous, user, ts)
             case Advance(to):
                 self.advance(to)
             case Define(key, rule):

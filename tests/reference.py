@@ -1060,12 +1060,20 @@ class Reference:
         self._message_ids: set[str] = set()
         self._changes: list[RefChange] = []
         self.computed: dict[str, Expr] = {}  # computed trait key -> value expression
+        self.alias_of: dict[str, str] = {}  # a user id an alias redirected -> the id it names
 
     # ---- helpers
     def _floor(self, t: int) -> int:
         return floor_to(t, self.g)
 
+    def _resolve(self, uid: str) -> str:
+        """The user id ``uid`` names (itself unless an alias redirected it)."""
+        while uid in self.alias_of:
+            uid = self.alias_of[uid]
+        return uid
+
     def _user(self, uid: str) -> UserState:
+        uid = self._resolve(uid)
         u = self.users.get(uid)
         if u is None:
             u = UserState(uid, len(self.users))
@@ -1194,6 +1202,53 @@ class Reference:
         self._changes.extend(changes)
         return changes
 
+    def alias(
+        self,
+        previous: str,
+        user: str,
+        timestamp: Instant | None = None,
+        message_id: str | None = None,
+    ) -> list[RefChange]:
+        """``previous`` names ``user`` from now on; a profile ``previous`` had
+        is merged into ``user``'s (docs/semantics.md, "Aliases"): it leaves
+        every audience, ``user``'s gains its events (as if they had arrived
+        after its own) and the traits it lacks, and is evaluated afresh. Every
+        change has reason "merge"."""
+        for x in (previous, user):
+            if not isinstance(x, str) or not x:
+                raise InvalidInput("no user id")
+        t = self.now if timestamp is None else self._floor(to_ms(timestamp))
+        if t > self.now + self.skew:
+            raise RejectedEvent(f"timestamp {ms_to_iso(t)} is too far in the future")
+        if message_id is not None:
+            if message_id in self._message_ids:
+                return []
+            self._message_ids.add(message_id)
+        a_name, b_name = self._resolve(previous), self._resolve(user)
+        a = self.users.get(a_name)
+        if previous == user or (a is not None and a_name == b_name):
+            return []
+        changes: list[RefChange] = []
+        if a is not None:
+            for k in self.topo_order():
+                if k in a.entered:
+                    del a.entered[k]
+                    changes.append(RefChange(k, a.uid, "exited", self.now, "merge"))
+            del self.users[a_name]
+        new = b_name not in self.users
+        b = self._user(b_name)
+        if a is not None:
+            for ev in sorted(a.events, key=lambda e: e.arrival):
+                self._arrival += 1
+                ev.arrival = self._arrival
+                b.events.append(ev)
+            b.traits = {**a.traits, **b.traits}
+        self.alias_of[a_name if a is not None else previous] = b_name
+        if a is not None or new:
+            changes.extend(self._eval_user(b, self.now, "merge", self.topo_order()))
+        self._changes.extend(changes)
+        return changes
+
     def define_audience(self, key: str, rule: str) -> int:
         expr = parse_rule(rule)
         deps = rule_audiences(expr)
@@ -1290,7 +1345,7 @@ class Reference:
     def is_member(self, user: str, key: str) -> bool:
         if key not in self.auds:
             raise UnknownAudience(key)
-        u = self.users.get(user)
+        u = self.users.get(self._resolve(user))
         return u is not None and key in u.entered
 
     def members(self, key: str) -> list[str]:
@@ -1302,11 +1357,11 @@ class Reference:
         return len(self.members(key))
 
     def audiences_of(self, user: str) -> list[str]:
-        u = self.users.get(user)
+        u = self.users.get(self._resolve(user))
         return sorted(u.entered) if u else []
 
     def entered_at(self, user: str, key: str) -> int | None:
-        u = self.users.get(user)
+        u = self.users.get(self._resolve(user))
         return None if u is None else u.entered.get(key)
 
     def changes(self) -> list[RefChange]:
@@ -1315,6 +1370,6 @@ class Reference:
     def value(self, user: str, expr: str | Expr, at: Instant | None = None) -> Value:
         """Evaluates an expression for a user at ``at`` (default: now); for tests."""
         e = parse_rule(expr) if isinstance(expr, str) else expr
-        u = self.users.get(user) or UserState(user, -1)
+        u = self.users.get(self._resolve(user)) or UserState(user, -1)
         t = self.now if at is None else self._floor(to_ms(at))
         return evaluate(e, _Env(u, t, self.g, computed=self.computed))

@@ -510,6 +510,13 @@ class Advance:
 
 
 @dataclass
+class Alias:
+    previous: str
+    user: str
+    timestamp: int | None = None  # ms; None = the engine's now
+
+
+@dataclass
 class Define:
     key: str
     rule: str
@@ -520,7 +527,10 @@ class Remove:
     key: str
 
 
-Op = Identify | Track | Advance | Define | Remove
+Op = Identify | Track | Advance | Alias | Define | Remove
+
+# Ids that only alias calls introduce (an anonymous visitor's, say).
+ANONYMOUS = ("anon1", "anon2")
 
 
 def iso_with_offset(ms: int, offset_minutes: int) -> str:
@@ -642,6 +652,7 @@ def op_streams(
     granularity_ms: int = 1000,
     future_skew_ms: int = 300_000,
     late_definitions: bool = True,
+    aliases: bool = False,
 ) -> list[Op]:
     """A random stream of engine operations, starting with one definition.
 
@@ -652,6 +663,9 @@ def op_streams(
     first event (then only removals follow); otherwise definitions and
     redefinitions of leaf audiences are interleaved with the traffic, so that
     backfill must see events that arrived before the rule existed.
+
+    With ``aliases``, alias calls are mixed in: a user or an id no event used
+    yet merged into (or named as) another user, which later events may use.
     """
     adv = advance if advance is not None else advances_default()
     now = floor_to(start, granularity_ms)
@@ -673,6 +687,8 @@ def op_streams(
     auds.append("a0")
     counter = 1
     kinds = ["track"] * 6 + ["identify"] * 2 + ["advance"] * 4 + ["define", "redefine", "remove"]
+    if aliases:
+        kinds += ["alias"] * 2
     if not late_definitions:
         for _ in range(draw(st.integers(0, max_audiences - 1))):
             key = f"a{counter}"
@@ -706,6 +722,15 @@ def op_streams(
             ops.append(t)
         elif kind == "identify":
             ops.append(Identify(draw(st.sampled_from(USERS)), draw_traits(draw, now)))
+        elif kind == "alias":
+            previous = draw(st.sampled_from(USERS + ANONYMOUS))
+            ops.append(
+                Alias(
+                    previous,
+                    draw(st.sampled_from(USERS)),
+                    draw_event_time(draw, now, future_skew_ms),
+                )
+            )
         elif kind == "advance":
             target = now + draw(adv)
             ops.append(Advance(target))

@@ -38,6 +38,17 @@ def test_engine_matches_reference(ops: list[Op]) -> None:
     pair.changes(per_user_order=False)
 
 
+@given(op_streams(late_definitions=False, aliases=True))
+def test_engine_matches_reference_with_aliases(ops: list[Op]) -> None:
+    """Alias calls merge profiles (docs/semantics.md, "Aliases") among the same
+    traffic: memberships, entry instants and the changes with reason "merge"
+    agree, and so does everything after (events by either id, time)."""
+    pair = Pair(T0, engine=True)
+    for op in ops:
+        pair.apply(op)
+    pair.changes(per_user_order=True)
+
+
 def test_late_definition_sees_only_retained_state() -> None:
     """docs/semantics.md 'What a new rule sees': the engine keeps no raw events, so a
     rule over a selector no earlier rule used starts empty, while a rule over a state

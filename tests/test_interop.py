@@ -766,7 +766,7 @@ def test_row_errors_by_index_across_record_batches() -> None:
         ("identify", "u3", None, None, '{"tags": [1, 2]}'),  # traits: list of numbers
         ("track", "u4", "X", "[1]", None),  # not an object
         ("track", "u5", "X", None, None),
-        ("alias", "u6", None, None, None),  # unsupported type
+        ("alias", "u6", None, None, None),  # an alias without a previous_id
         ("track", "u7", "X", '{"k": "' + "x" * 40_000 + '"}', None),  # too large
         ("track", "u8", "X", '{"ok": 1}', None),
         ("track", "u9", None, None, None),  # track without a name
@@ -785,7 +785,7 @@ def test_row_errors_by_index_across_record_batches() -> None:
         2: "'event' name is empty",
         3: "'tags' is a list holding a number",
         4: "'properties' must be an object",
-        6: 'unsupported event type "alias"',
+        6: "an alias call needs a non-empty 'previous_id'",
         7: "event is too large",
         9: "needs an 'event' name",
     }

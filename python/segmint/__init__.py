@@ -27,6 +27,7 @@ from segmint.errors import (
     UnknownUserError,
 )
 from segmint.events import (
+    AliasEvent,
     BatchError,
     Change,
     IdentifyEvent,
@@ -40,6 +41,7 @@ from segmint.inspect import ComputedTrait, ExplainNode, Explanation, Overlap, Pr
 __version__ = "0.1.0"
 
 __all__ = [
+    "AliasEvent",
     "AudienceCycleError",
     "Batch",
     "BatchError",

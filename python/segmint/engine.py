@@ -14,6 +14,7 @@ import msgspec
 from segmint import _core
 from segmint._time import Instant, duration_ms, from_ms, to_ms
 from segmint.events import (
+    AliasEvent,
     BatchError,
     Change,
     IdentifyEvent,
@@ -39,7 +40,7 @@ if typing.TYPE_CHECKING:
 
 _encoder = msgspec.json.Encoder()
 
-Batch = bytes | Sequence[TrackEvent | IdentifyEvent | Mapping[str, Any]]
+Batch = bytes | Sequence[TrackEvent | IdentifyEvent | AliasEvent | Mapping[str, Any]]
 """What :meth:`Engine.ingest` accepts: JSON bytes (a list, ``{"batch": [...]}`` or
 one object per line) or a sequence of event structs / Segment-shaped dicts."""
 
@@ -221,6 +222,23 @@ class Engine:
         ts = None if timestamp is None else to_ms(timestamp)
         raw = self._core.track(user_id, event, _json(properties), _json(context), ts, message_id)
         return _result(raw)
+
+    def alias(
+        self,
+        previous_id: str,
+        user_id: str,
+        *,
+        timestamp: Instant | None = None,
+        message_id: str | None = None,
+    ) -> IngestResult:
+        """Makes ``previous_id`` (an anonymous id, an earlier user id) name
+        ``user_id``'s profile from now on. If ``previous_id`` had a profile, it
+        is merged into ``user_id``'s (created if new): it leaves its audiences,
+        and ``user_id`` gains its events, the traits it lacks and its static
+        audiences, and is evaluated afresh; those changes have reason
+        ``"merge"`` (docs/semantics.md, "Aliases")."""
+        ts = None if timestamp is None else to_ms(timestamp)
+        return _result(self._core.alias(previous_id, user_id, ts, message_id))
 
     def ingest(self, batch: Batch | ArrowEvents) -> IngestResult:
         """Applies a batch with the GIL released; bad events are reported by index
@@ -502,4 +520,4 @@ class Engine:
         )
 
 
-__all__ = ["Batch", "Engine", "IdentifyEvent", "TrackEvent"]
+__all__ = ["AliasEvent", "Batch", "Engine", "IdentifyEvent", "TrackEvent"]

@@ -32,6 +32,17 @@ class IdentifyEvent(
     message_id: str | None = None
 
 
+class AliasEvent(msgspec.Struct, rename="camel", omit_defaults=True, tag_field="type", tag="alias"):
+    """An alias call: ``previous_id`` names the user from now on, and its
+    profile, if any, is merged into the user's (docs/semantics.md, "Aliases")."""
+
+    previous_id: str
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    timestamp: datetime | str | None = None
+    message_id: str | None = None
+
+
 class BatchError(msgspec.Struct, frozen=True):
     """A rejected event of a batch: its index, an error code and a message."""
 

@@ -55,10 +55,11 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "properties",
     "context",
     "traits",
+    "previous_id",
 )
 
 _JSON_COLUMNS = ("properties", "context", "traits")
-_TEXT_COLUMNS = ("type", "user_id", "anonymous_id", "event", "message_id")
+_TEXT_COLUMNS = ("type", "user_id", "anonymous_id", "event", "message_id", "previous_id")
 _TEXT_HELP = "string (or large_string, string_view, dictionary<string>)"
 
 

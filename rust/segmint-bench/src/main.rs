@@ -230,6 +230,7 @@ fn main() {
         let kind = match &e.body {
             segmint_core::EventBody::Track { name, .. } => name.to_string(),
             segmint_core::EventBody::Identify { .. } => "identify".to_owned(),
+            segmint_core::EventBody::Alias { .. } => "alias".to_owned(),
         };
         let t = Instant::now();
         let report = probe_ingest(&mut engine, e);

@@ -527,6 +527,7 @@ impl Engine {
             log: self.log.iter().collect(),
         };
         let mut sections = vec![encode(&meta)];
+        let aliases: Vec<(&str, u32)> = self.interner.aliases().collect();
         let shards: Vec<Vec<u8>> = self.pool.install(|| {
             self.shards
                 .par_iter()
@@ -550,6 +551,7 @@ impl Engine {
                 .collect()
         });
         sections.extend(shards);
+        sections.push(encode(&aliases));
         sections
     }
 
@@ -559,12 +561,56 @@ impl Engine {
         match format {
             3 => self.load_sections::<Vec<(Arc<str>, Millis)>>(path, format, &sections),
             4 => self.load_sections::<StoredSeen>(path, format, &sections),
+            5 => {
+                // The alias section last (a format 4 snapshot without it).
+                let (last, sections) = sections.split_last().expect("a snapshot has sections");
+                self.load_sections::<StoredSeen>(path, format, sections)?;
+                let aliases: Vec<(String, u32)> = postcard::from_bytes(&last.1).map_err(|e| {
+                    corrupt(
+                        path,
+                        last.0,
+                        format!("the alias section does not decode: {e}"),
+                    )
+                })?;
+                self.load_aliases(path, last.0, aliases)
+            }
             other => Err(corrupt(
                 path,
                 0,
                 format!("snapshot format {other} has no reader in this build"),
             )),
         }
+    }
+
+    /// Makes the names of a snapshot's alias section stand for their ids
+    /// again: a name that is its own id's (loaded with the users) marks
+    /// that profile as merged into the other, a husk (see
+    /// `Shard::husks`).
+    fn load_aliases(
+        &mut self,
+        path: &Path,
+        offset: u64,
+        aliases: Vec<(String, u32)>,
+    ) -> Result<()> {
+        let n = self.shards.len() as u32;
+        for (name, to) in aliases {
+            if to as usize >= self.interner.len() {
+                return Err(corrupt(
+                    path,
+                    offset,
+                    format!("alias {name:?} names user {to}, past the last"),
+                ));
+            }
+            match self.interner.get(&name) {
+                Some(own) if own != to => {
+                    self.interner.merge_into(own, to);
+                    self.shards[(own % n) as usize].husks.insert(own / n);
+                }
+                Some(_) => {}
+                None => self.interner.redirect(&name, to),
+            }
+        }
+        Ok(())
     }
 
     /// [`Engine::load_snapshot`] of a snapshot whose de-duplication set is

@@ -174,6 +174,8 @@ impl Accepted {
                 traits,
                 keys: &self.keys,
             },
+            // Applied on its own (see `Engine::alias`), never as work.
+            EventBody::Alias { .. } => return None,
         })
     }
 }
@@ -293,9 +295,11 @@ impl Engine {
         self.last_seq
     }
 
-    /// Number of profiles.
+    /// Number of profiles (not counting those merged into another by an
+    /// alias).
     pub fn user_count(&self) -> usize {
-        self.interner.len()
+        let merged: u64 = self.shards.iter().map(|s| s.husks.len()).sum();
+        self.interner.len() - merged as usize
     }
 
     /// Number of shards.
@@ -488,7 +492,7 @@ impl Engine {
                     EventBody::Identify { traits } => {
                         traits.iter().map(|(key, _)| keys.get(key)).collect()
                     }
-                    EventBody::Track { .. } => None,
+                    EventBody::Track { .. } | EventBody::Alias { .. } => None,
                 },
             },
         };
@@ -543,52 +547,107 @@ impl Engine {
     pub(crate) fn ingest_at(&mut self, now: Millis, events: Vec<Result<Event>>) -> IngestReport {
         self.catch_up(now);
         let mut report = IngestReport::default();
+        // An alias moves a profile, maybe to another shard, and names
+        // change users: the events before it are applied first, then it
+        // alone, then those after it.
+        let mut start = 0;
+        for (index, event) in events.iter().enumerate() {
+            if let Ok(Event {
+                body: EventBody::Alias { previous_id },
+                ..
+            }) = event
+            {
+                self.apply_events(&events, start..index, &mut report);
+                if self.admit(index, event, &mut report).is_some() {
+                    let user_id = &events[index].as_ref().expect("admitted").user_id;
+                    report.changes += self.alias(index, previous_id, user_id);
+                }
+                start = index + 1;
+            }
+        }
+        self.apply_events(&events, start..events.len(), &mut report);
+        report.last_seq = self.last_seq;
+        self.drop_events(events);
+        report
+    }
+
+    /// Checks an event of a batch: its user id, its instant (returned,
+    /// floored) and its message id. An error is reported at its index; an
+    /// event seen before is counted as a duplicate; either gives `None`.
+    fn admit(
+        &mut self,
+        index: usize,
+        event: &Result<Event>,
+        report: &mut IngestReport,
+    ) -> Option<Millis> {
+        let checked = event.as_ref().map_err(Clone::clone).and_then(|e| {
+            if e.user_id.is_empty() {
+                return Err(SegmintError::InvalidEvent {
+                    message: "the user id is empty".into(),
+                });
+            }
+            Ok((e, self.event_time(e.timestamp)?))
+        });
+        match checked {
+            Err(e) => {
+                report.errors.push((index, e));
+                None
+            }
+            Ok((e, t)) => {
+                report.accepted += 1;
+                if let Some(id) = &e.message_id {
+                    let cutoff = self.dedup_cutoff();
+                    if !self.seen_messages.accept(id, self.now, cutoff) {
+                        report.duplicates += 1;
+                        return None;
+                    }
+                }
+                Some(t)
+            }
+        }
+    }
+
+    /// Applies the track and identify events `range` of a batch (no alias
+    /// among them), adding to `report`.
+    fn apply_events(
+        &mut self,
+        events: &[Result<Event>],
+        range: std::ops::Range<usize>,
+        report: &mut IngestReport,
+    ) {
+        if range.is_empty() {
+            return;
+        }
         let n = self.shards.len();
-        let mut known = self.known_ids(&events);
-        let dedup_cutoff = self.dedup_cutoff();
-        let mut accepted: Vec<Accepted> = Vec::with_capacity(events.len());
+        let first = range.start;
+        let mut known = self.known_ids(&events[range.clone()]);
+        let mut accepted: Vec<Accepted> = Vec::with_capacity(range.len());
         // Validate, de-duplicate and intern, in order (the id space is
         // global); the rest is done by each shard for its own users.
-        for (index, event) in events.iter().enumerate() {
-            let checked = event.as_ref().map_err(Clone::clone).and_then(|e| {
-                if e.user_id.is_empty() {
-                    return Err(SegmintError::InvalidEvent {
-                        message: "the user id is empty".into(),
-                    });
-                }
-                Ok((e, self.event_time(e.timestamp)?))
+        for index in range {
+            let Some(t) = self.admit(index, &events[index], report) else {
+                continue;
+            };
+            let e = events[index].as_ref().expect("admitted");
+            let known = std::mem::take(&mut known[index - first]);
+            let uid = match known.uid {
+                Some(uid) => uid,
+                None => self.interner.intern(&e.user_id),
+            };
+            let keys = match (&e.body, known.keys) {
+                (_, Some(keys)) => keys,
+                (EventBody::Identify { traits }, None) => traits
+                    .iter()
+                    .map(|(key, _)| intern_trait_key(&mut self.catalog, key))
+                    .collect(),
+                (EventBody::Track { .. } | EventBody::Alias { .. }, None) => SmallVec::new(),
+            };
+            accepted.push(Accepted {
+                index,
+                uid,
+                t,
+                keys,
             });
-            match checked {
-                Err(e) => report.errors.push((index, e)),
-                Ok((e, t)) => {
-                    report.accepted += 1;
-                    if let Some(id) = &e.message_id {
-                        if !self.seen_messages.accept(id, self.now, dedup_cutoff) {
-                            report.duplicates += 1;
-                            continue;
-                        }
-                    }
-                    let known = std::mem::take(&mut known[index]);
-                    let uid = match known.uid {
-                        Some(uid) => uid,
-                        None => self.interner.intern(&e.user_id),
-                    };
-                    let keys = match (&e.body, known.keys) {
-                        (_, Some(keys)) => keys,
-                        (EventBody::Identify { traits }, None) => traits
-                            .iter()
-                            .map(|(key, _)| intern_trait_key(&mut self.catalog, key))
-                            .collect(),
-                        (EventBody::Track { .. }, None) => SmallVec::new(),
-                    };
-                    accepted.push(Accepted {
-                        index,
-                        uid,
-                        t,
-                        keys,
-                    });
-                }
-            }
         }
         self.expire_messages();
         let step_now = self.now;
@@ -601,12 +660,12 @@ impl Engine {
         } else {
             Spread::AllThreads
         };
-        report.changes = self.on_shards(spread, |i, shard, cat, out| {
+        report.changes += self.on_shards(spread, |i, shard, cat, out| {
             // Each shard picks its users' events out of the batch.
             let work: Vec<Work<'_>> = accepted
                 .iter()
                 .filter(|a| a.uid as usize % n == i)
-                .filter_map(|a| a.work(&events))
+                .filter_map(|a| a.work(events))
                 .collect();
             if !work.is_empty() {
                 shard.apply(
@@ -620,9 +679,64 @@ impl Engine {
                 );
             }
         });
-        report.last_seq = self.last_seq;
-        self.drop_events(events);
-        report
+    }
+
+    /// Applies an alias (event `index` of its batch): from now on
+    /// `previous_id` names `user_id`'s profile. If `previous_id` had a
+    /// profile of its own, it is merged into `user_id`'s (created if new):
+    /// it leaves all its audiences, and `user_id`'s profile gains its
+    /// traits (where it has no value of its own), its events and its
+    /// static audiences, and is evaluated afresh; every change is logged
+    /// with reason `merge`. Returns the number of changes. See
+    /// docs/semantics.md, "Aliases".
+    fn alias(&mut self, index: usize, previous_id: &str, user_id: &str) -> usize {
+        let from = self.interner.get(previous_id);
+        let kept = self.interner.get(user_id);
+        if previous_id == user_id || (from.is_some() && from == kept) {
+            return 0;
+        }
+        let to = match kept {
+            Some(uid) => uid,
+            None => self.interner.intern(user_id),
+        };
+        let n = self.shards.len() as u32;
+        let (now, granularity) = (self.now, self.config.granularity);
+        let key = index as i64;
+        let mut changes = 0;
+        let moved = std::sync::Mutex::new(None);
+        match from {
+            Some(from) => {
+                changes += self.on_shards(Spread::Caller, |i, shard, cat, out| {
+                    if i as u32 == from % n {
+                        let step = Step {
+                            cat,
+                            now,
+                            granularity,
+                        };
+                        let profile = shard.take_profile(step, from, key, out);
+                        *moved.lock().expect("not poisoned") = Some(profile);
+                    }
+                });
+                self.interner.merge_into(from, to);
+            }
+            None => self.interner.redirect(previous_id, to),
+        }
+        let moved = moved.into_inner().expect("not poisoned");
+        if moved.is_some() || kept.is_none() {
+            let moved = std::sync::Mutex::new(moved);
+            changes += self.on_shards(Spread::Caller, |i, shard, cat, out| {
+                if i as u32 == to % n {
+                    let step = Step {
+                        cat,
+                        now,
+                        granularity,
+                    };
+                    let profile = moved.lock().expect("not poisoned").take();
+                    shard.merge_profile(step, to, profile, key, out);
+                }
+            });
+        }
+        changes
     }
 
     /// Frees a batch's decoded events (several allocations each) on all
@@ -1374,11 +1488,16 @@ mod computed_tests {
             .collect()
     }
 
-    /// Every kept value equals the expression evaluated afresh from the states.
+    /// Every kept value equals the expression evaluated afresh from the
+    /// states (a profile merged into another by an alias keeps none).
     fn assert_kept_equals_recomputed(e: &Engine) {
         let cat = e.catalog();
         for shard in &e.shards {
-            for user in shard.users.iter() {
+            for (local, user) in shard.users.iter().enumerate() {
+                if shard.husks.contains(local as u32) {
+                    assert!(user.traits.computed().is_empty());
+                    continue;
+                }
                 let env = UserEnv::new(cat, user, e.now(), e.config.granularity);
                 for (ct, _) in cat.computed_traits() {
                     assert_eq!(
@@ -1661,14 +1780,27 @@ mod computed_tests {
             ago: i64,
         },
         Advance(i64),
+        /// `u{from}` merged into `u{to}` (see `Engine::alias`).
+        Alias {
+            from: u8,
+            to: u8,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            3 => (0u8..4, 0u8..2, proptest::option::of(-3i8..10), 0u8..3, -100i64..7_200)
+            6 => (0u8..4, 0u8..2, proptest::option::of(-3i8..10), 0u8..3, -100i64..7_200)
                 .prop_map(|(user, name, rev, cat, ago)| Op::Track { user, name, rev, cat, ago }),
-            1 => (1i64..5_000).prop_map(Op::Advance),
+            2 => (1i64..5_000).prop_map(Op::Advance),
+            1 => (0u8..5, 0u8..4).prop_map(|(from, to)| Op::Alias { from, to }),
         ]
+    }
+
+    /// Ingests an alias call: `previous` names `user` from now on.
+    pub(super) fn alias(e: &mut Engine, previous: &str, user: &str) {
+        let json = format!(r#"[{{"type":"alias","previousId":"{previous}","userId":"{user}"}}]"#);
+        let report = e.ingest_json(json.as_bytes()).unwrap();
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
     }
 
     proptest! {
@@ -1723,6 +1855,7 @@ mod computed_tests {
                         now += s * 1000;
                         e.advance(now).unwrap();
                     }
+                    Op::Alias { from, to } => alias(&mut e, &format!("u{from}"), &format!("u{to}")),
                 }
                 assert_kept_equals_recomputed(&e);
             }
@@ -1731,6 +1864,12 @@ mod computed_tests {
                 last.insert((k, u), new);
             }
             for ((k, u), v) in last {
+                // A profile merged into another logged its last values under
+                // its name, which names the other now.
+                let own = (0..e.interner.len() as u32).find(|&id| e.interner.name(id) == u);
+                if own.is_some_and(|id| e.interner.is_merged(id)) {
+                    continue;
+                }
                 prop_assert_eq!(v, value(&e, &u, &k), "computed.{} of {}", k, u);
             }
             // The rule reading computed values agrees with a fresh evaluation.
@@ -1826,6 +1965,10 @@ mod class_sharing_tests {
         }
         let keys = e.audiences();
         for u in 0..e.interner.len() {
+            // A profile merged into another: its name is the other's now.
+            if e.interner.is_merged(u as u32) {
+                continue;
+            }
             let user = e.interner.name(u as u32).to_owned();
             let mut want_keys = Vec::new();
             for key in &keys {
@@ -2079,6 +2222,12 @@ mod class_sharing_tests {
         Reopen {
             snapshot: bool,
         },
+        /// `u{from}` (`x{from}` from 8 on: an id no event used) merged
+        /// into `u{to}` (see `Engine::alias`).
+        Alias {
+            from: u8,
+            to: u8,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -2094,6 +2243,7 @@ mod class_sharing_tests {
             1 => (0u8..6).prop_map(|key| Op::Remove { key }),
             1 => any::<bool>().prop_map(|which| Op::Computed { which }),
             1 => any::<bool>().prop_map(|snapshot| Op::Reopen { snapshot }),
+            1 => (0u8..10, 0u8..8).prop_map(|(from, to)| Op::Alias { from, to }),
         ]
     }
 
@@ -2152,6 +2302,13 @@ mod class_sharing_tests {
                     r#"count("B", 2h)"#
                 };
                 let _ = e.define_computed_trait("n", expr);
+            }
+            Op::Alias { from, to } => {
+                let previous = match from {
+                    0..8 => format!("u{from}"),
+                    _ => format!("x{from}"),
+                };
+                super::computed_tests::alias(e, &previous, &format!("u{to}"));
             }
             Op::Reopen { snapshot } => {
                 let Some(dir) = dir else { return };
@@ -2262,6 +2419,74 @@ mod class_sharing_tests {
                 same_history(&e, &memory, op)?;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod alias_tests {
+    //! Alias calls (see `Engine::alias`) through a restart: the snapshot's
+    //! alias section, and a format 4 snapshot, written before aliases.
+    use super::computed_tests::{alias, track, T0};
+    use super::*;
+
+    fn open(dir: &std::path::Path) -> Engine {
+        let config = EngineConfig {
+            clock: Clock::Manual(T0),
+            shards: 2,
+            threads: 2,
+            ..Default::default()
+        };
+        Engine::open(config, crate::storage::StorageConfig::new(dir))
+            .unwrap()
+            .0
+    }
+
+    /// Members and the ids they answer to, of audience `key`.
+    fn view(e: &Engine, key: &str) -> (Vec<String>, Vec<bool>) {
+        let names = ["a", "b", "c", "phone"];
+        let members = e.members(key).unwrap();
+        (
+            members,
+            names.iter().map(|u| e.is_member(u, key).unwrap()).collect(),
+        )
+    }
+
+    #[test]
+    fn a_snapshot_keeps_the_redirected_ids_and_the_merged_profiles() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = open(dir.path());
+        e.define_audience("viewers", r#"count("A") >= 2"#).unwrap();
+        for user in ["a", "b", "c"] {
+            track(&mut e, user, "A", "{}", T0);
+        }
+        alias(&mut e, "a", "b");
+        alias(&mut e, "phone", "b");
+        let before = (view(&e, "viewers"), e.user_count());
+        assert_eq!(before.0 .0, ["b"]);
+        assert_eq!(before.1, 2);
+        e.close().unwrap();
+        let mut again = open(dir.path());
+        assert_eq!((view(&again, "viewers"), again.user_count()), before);
+        // The merged profile stays out of a rule every profile is in.
+        assert_eq!(again.define_audience("all", r#"not did("Z")"#).unwrap(), 2);
+        // A format 4 snapshot (no alias section) reads as having none.
+        again.close().unwrap();
+        let listing = crate::storage::list_dir(dir.path()).unwrap();
+        let generation = *listing.snapshots.last().unwrap();
+        let path = crate::storage::snapshot_path(dir.path(), generation);
+        let (format, sections) = crate::storage::read_snapshot(&path).unwrap();
+        assert_eq!(format, 5);
+        let sections: Vec<Vec<u8>> = sections.into_iter().map(|(_, bytes)| bytes).collect();
+        crate::storage::write_snapshot(dir.path(), generation, &sections[..sections.len() - 1])
+            .unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[..8].copy_from_slice(b"SEGMSNP4");
+        std::fs::write(&path, bytes).unwrap();
+        let old = open(dir.path());
+        // Without the section "a" names its own (merged, empty) profile.
+        assert_eq!(old.members("viewers").unwrap(), ["b"]);
+        assert!(!old.is_member("a", "viewers").unwrap());
+        assert!(!old.is_member("phone", "viewers").unwrap());
     }
 }
 

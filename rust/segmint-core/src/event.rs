@@ -30,6 +30,13 @@ pub enum EventBody {
         /// The traits to set or delete.
         traits: Flat,
     },
+    /// An alias call: `previous_id` names the event's user from now on,
+    /// and its profile, if it has one, is merged into the user's (see
+    /// docs/semantics.md, "Aliases").
+    Alias {
+        /// The other id (an anonymous id, an earlier user id).
+        previous_id: String,
+    },
 }
 
 /// One decoded event.
@@ -198,9 +205,20 @@ fn identify_body<O: Flattens>(traits: Option<&O>, limits: &Limits) -> Result<Eve
     Ok(EventBody::Identify { traits })
 }
 
+/// An alias call's body; `what` names the field to set in the error.
+fn alias_body(previous_id: Option<&str>, what: &str, limits: &Limits) -> Result<EventBody> {
+    let previous_id = previous_id
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| invalid(format!("an alias call needs a non-empty {what}")))?;
+    limits.check_key("previous id", previous_id)?;
+    Ok(EventBody::Alias {
+        previous_id: previous_id.to_owned(),
+    })
+}
+
 fn unsupported_type(kind: &str) -> SegmintError {
     invalid(format!(
-        "unsupported event type {kind:?}; expected \"track\" or \"identify\""
+        "unsupported event type {kind:?}; expected \"track\", \"identify\" or \"alias\""
     ))
 }
 
@@ -227,6 +245,8 @@ struct TypedEvent<'a> {
     context: Option<Members<'a>>,
     #[serde(default, borrow)]
     traits: Option<Members<'a>>,
+    #[serde(rename = "previousId", default, borrow)]
+    previous_id: Option<Cow<'a, str>>,
 }
 
 /// Decodes one event from its JSON text (the fast path, with the generic
@@ -277,6 +297,7 @@ fn event_from_typed(t: &TypedEvent<'_>, limits: &Limits) -> Result<Event> {
             limits,
         )?,
         "identify" => identify_body(t.traits.as_ref(), limits)?,
+        "alias" => alias_body(t.previous_id.as_deref(), "'previousId'", limits)?,
         other => return Err(unsupported_type(other)),
     };
     Ok(Event {
@@ -318,6 +339,7 @@ pub fn event_from_json(json: &Json, limits: &Limits) -> Result<Event> {
             limits,
         )?,
         "identify" => identify_body(object_field(obj, "traits")?, limits)?,
+        "alias" => alias_body(string_field(obj, "previousId")?, "'previousId'", limits)?,
         other => return Err(unsupported_type(other)),
     };
     Ok(Event {
@@ -352,8 +374,8 @@ pub enum ObjectField<'a> {
 /// them into an [`Event`] with the rules of [`event_from_json`].
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct EventFields<'a> {
-    /// `"track"` or `"identify"`; `None`: a track call if `event` is set,
-    /// otherwise an identify call.
+    /// `"track"`, `"identify"` or `"alias"`; `None`: a track call if
+    /// `event` is set, otherwise an identify call.
     pub kind: Option<&'a str>,
     /// The user id (wins over `anonymous_id` unless empty).
     pub user_id: Option<&'a str>,
@@ -371,6 +393,8 @@ pub struct EventFields<'a> {
     pub context: Option<ObjectField<'a>>,
     /// Identify traits (a `null` value deletes the trait).
     pub traits: Option<ObjectField<'a>>,
+    /// Alias: the id merged into the user's.
+    pub previous_id: Option<&'a str>,
 }
 
 /// The JSON text of a payload parsed to an object (`None` for blank text or
@@ -431,6 +455,7 @@ pub fn event_from_fields(fields: &EventFields<'_>, limits: &Limits) -> Result<Ev
         fields.anonymous_id,
         fields.event,
         fields.message_id,
+        fields.previous_id,
     ]
     .iter()
     .map(|s| s.map_or(0, |s| s.len() + 16))
@@ -471,6 +496,7 @@ pub fn event_from_fields(fields: &EventFields<'_>, limits: &Limits) -> Result<Ev
             let mut t = None;
             identify_body(object_of(fields.traits, "traits", &mut t)?, limits)?
         }
+        "alias" => alias_body(fields.previous_id, "'previous_id'", limits)?,
         other => return Err(unsupported_type(other)),
     };
     Ok(Event {

@@ -491,7 +491,11 @@ impl Engine {
                     let (mut size, mut profiles) = (0u64, 0u64);
                     let (mut sample, mut entering, mut exiting) =
                         (Vec::new(), Vec::new(), Vec::new());
+                    let mut husks = shard.husks.iter().peekable();
                     for (local, user) in shard.users.iter().enumerate() {
+                        if husks.next_if_eq(&(local as u32)).is_some() {
+                            continue;
+                        }
                         let uid = local as u32 * shard.count + shard.index;
                         profiles += 1;
                         let env = UserEnv::new(cat, user, now, g).with_shared(&shard.members);

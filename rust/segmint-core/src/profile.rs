@@ -30,19 +30,31 @@ pub struct Interner {
     /// The ids, found by the hash of their name.
     ids: hashbrown::HashTable<u32>,
     hasher: hashbrown::DefaultHashBuilder,
+    /// Names that stand for another id than their own, if they have one
+    /// (user ids given by alias calls, see [`Interner::redirect`] and
+    /// [`Interner::merge_into`]); a name here is not in `ids`.
+    aliases: hashbrown::HashMap<Box<str>, u32>,
 }
 
 impl Interner {
     /// The dense id of `name`, if known.
     pub fn get(&self, name: &str) -> Option<u32> {
         let hash = self.hasher.hash_one(name);
-        self.ids.find(hash, |&id| self.name(id) == name).copied()
+        match self.ids.find(hash, |&id| self.name(id) == name) {
+            Some(&id) => Some(id),
+            // Looked up only for a name not found: a new user's.
+            None if self.aliases.is_empty() => None,
+            None => self.aliases.get(name).copied(),
+        }
     }
 
     /// The dense id of `name`, assigning the next one if new.
     pub fn intern(&mut self, name: &str) -> u32 {
         let hash = self.hasher.hash_one(name);
         if let Some(&id) = self.ids.find(hash, |&id| self.name(id) == name) {
+            return id;
+        }
+        if let Some(&id) = self.aliases.get(name) {
             return id;
         }
         let id = self.ends.len() as u32;
@@ -53,9 +65,46 @@ impl Interner {
             ends,
             ids,
             hasher,
+            ..
         } = self;
         ids.insert_unique(hash, id, |&id| hasher.hash_one(ends.name(text, id)));
         id
+    }
+
+    /// Makes `name`, which no id has, stand for `id`.
+    pub fn redirect(&mut self, name: &str, id: u32) {
+        debug_assert!(self.get(name).is_none(), "{name} is known");
+        self.aliases.insert(Box::from(name), id);
+    }
+
+    /// Makes every name that stands for `from` stand for `to` instead:
+    /// `from`'s own (which [`Interner::name`] still gives for `from`, and
+    /// [`Interner::names`] still lists, so that ids stay as they are) and
+    /// those redirected to it.
+    pub fn merge_into(&mut self, from: u32, to: u32) {
+        let hash = self.hasher.hash_one(self.name(from));
+        if let Ok(entry) = self.ids.find_entry(hash, |&id| id == from) {
+            entry.remove();
+            let name = Box::from(self.name(from));
+            self.aliases.insert(name, to);
+        }
+        for id in self.aliases.values_mut() {
+            if *id == from {
+                *id = to;
+            }
+        }
+    }
+
+    /// The names that stand for another id than their own, if they have one,
+    /// with that id (see [`Interner::redirect`]).
+    pub fn aliases(&self) -> impl Iterator<Item = (&str, u32)> + '_ {
+        self.aliases.iter().map(|(name, &id)| (&**name, id))
+    }
+
+    /// Whether `id`'s own name stands for another id (it was merged into
+    /// it, see [`Interner::merge_into`]).
+    pub fn is_merged(&self, id: u32) -> bool {
+        !self.aliases.is_empty() && self.aliases.get(self.name(id)).is_some_and(|&to| to != id)
     }
 
     /// Forgets the names of ids `len` and up (the last assigned), as if
@@ -66,6 +115,7 @@ impl Interner {
         }
         let end = len.checked_sub(1).map_or(0, |last| self.ends.end(last));
         self.ids.retain(|&mut id| (id as usize) < len);
+        self.aliases.retain(|_, id| (*id as usize) < len);
         self.ends.truncate(len);
         self.text.truncate(end);
     }
@@ -95,7 +145,10 @@ impl Interner {
         // A bucket is the 4-byte id plus a control byte; a table holds up to
         // 7/8 of its buckets (and a group of control bytes more).
         let buckets = self.ids.capacity() * 8 / 7 + 16;
-        self.text.capacity() + self.ends.heap_bytes() + buckets * 5
+        let aliases: usize = (self.aliases.iter())
+            .map(|(name, _)| name.len() + 8 + std::mem::size_of::<(Box<str>, u32)>())
+            .sum();
+        self.text.capacity() + self.ends.heap_bytes() + buckets * 5 + aliases
     }
 }
 
@@ -1023,6 +1076,28 @@ mod tests {
         changed.set_computed(1, None);
         changed.set_computed(5, None);
         assert_eq!(changed.traits.heap_bytes(), changed.traits.packed_len());
+    }
+
+    #[test]
+    fn aliases_redirect_names_and_merged_ids_keep_their_own() {
+        let mut ids = Interner::default();
+        let (a, b, c) = (ids.intern("a"), ids.intern("b"), ids.intern("c"));
+        ids.redirect("phone", a);
+        assert_eq!(ids.get("phone"), Some(a));
+        assert_eq!(ids.intern("phone"), a);
+        // `a` merged into `b`: every name of `a` now stands for `b`.
+        ids.merge_into(a, b);
+        assert_eq!((ids.get("a"), ids.get("phone")), (Some(b), Some(b)));
+        assert_eq!(ids.name(a), "a");
+        assert!(ids.is_merged(a) && !ids.is_merged(b));
+        // Then `b` into `c`: the names redirected to `b` follow.
+        ids.merge_into(b, c);
+        assert_eq!([ids.get("a"), ids.get("b"), ids.get("phone")], [Some(c); 3]);
+        let mut aliases: Vec<(&str, u32)> = ids.aliases().collect();
+        aliases.sort_unstable();
+        assert_eq!(aliases, [("a", c), ("b", c), ("phone", c)]);
+        assert_eq!(ids.names().collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(ids.intern("d"), 3);
     }
 
     #[test]

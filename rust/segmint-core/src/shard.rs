@@ -24,7 +24,7 @@ use crate::profile::{
     find_stamped, key_at_or_below, Interner, Memberships, Stamped, TraitValuePool, UserData,
 };
 use crate::queue::{AtomMemo, RankQueue, UserQueue};
-use crate::state::{aggregate, aggregate_appended, window_range};
+use crate::state::{aggregate, aggregate_appended, window_range, UserState};
 use crate::time::Millis;
 use crate::trait_truths::{pack_bits, KeyAtoms, KeyPlan, KeyTruths, TraitTruths};
 use crate::traits::Traits;
@@ -255,6 +255,10 @@ pub struct Shard {
     /// user reads them; for other users, as in a backfill reading one trait
     /// per profile, atoms read the packed traits).
     unpacked: UnpackedTraits,
+    /// Profiles (by local index) that an alias merged into another's
+    /// ([`Shard::take_profile`]): empty, named by no id any more, and left
+    /// out of every evaluation of all profiles (a backfill, a preview).
+    pub(crate) husks: RoaringBitmap,
     /// Tests only: a definition of copies evaluates every profile, as any
     /// other does, rather than sharing at once (see
     /// [`Shard::backfill_copies`]), so that the two can be compared.
@@ -288,6 +292,34 @@ impl UnpackedTraits {
             self.user = Some(local);
         }
     }
+}
+
+/// The instant at and before which a state's entries leave its buffer
+/// (see [`crate::state::UserState::evict`]): what its longest window no
+/// longer sees, and never an entry after its anchors' latest (`latest`),
+/// which `count(E, since X)` reads.
+fn eviction_horizon(
+    def: &crate::catalog::StateDef,
+    now: Millis,
+    latest: impl Fn(StateId) -> Option<Millis>,
+) -> Millis {
+    let mut horizon = now - def.retention;
+    for &anchor in &def.since_anchors {
+        horizon = horizon.min(latest(anchor).unwrap_or(Millis::MIN));
+    }
+    horizon
+}
+
+/// What an alias takes out of a profile it merges into another (see
+/// [`Shard::take_profile`]).
+#[derive(Debug, Default)]
+pub(crate) struct MovedProfile {
+    /// Its traits set by identify, sorted by key.
+    traits: Vec<(TraitKey, Value)>,
+    /// Its states, sorted by id.
+    states: Vec<(StateId, UserState)>,
+    /// The static audiences it was in.
+    statics: Vec<AudId>,
 }
 
 /// Changes made one after the other for one sort key (an event's index in
@@ -1289,7 +1321,7 @@ impl Shard {
                 }
             }
             if new {
-                self.log_new_profile(step, local, uid, index, mark, out);
+                self.log_new_profile(step, local, uid, index, mark, Reason::Event, out);
             }
             self.users[local].trim_lists();
             runs[key as u32 as usize] = Run {
@@ -1416,7 +1448,8 @@ impl Shard {
 
     /// Replaces the changes logged for a new profile's first event by its net
     /// effect: the values of its computed traits (from null), then one entry
-    /// per audience it ends up in, in rank order.
+    /// per audience it ends up in, in rank order, all for `reason`.
+    #[allow(clippy::too_many_arguments)]
     fn log_new_profile(
         &mut self,
         step: Step<'_>,
@@ -1424,6 +1457,7 @@ impl Shard {
         uid: u32,
         index: usize,
         mark: usize,
+        reason: Reason,
         out: &mut Vec<ShardChange>,
     ) {
         let cat = step.cat;
@@ -1447,7 +1481,7 @@ impl Shard {
                 uid,
                 kind: ChangeKind::computed(*ct, None, Some(value.clone())),
                 at: step.now,
-                reason: Reason::Event,
+                reason,
             });
         }
         ranks.sort_unstable();
@@ -1462,7 +1496,7 @@ impl Shard {
                 uid,
                 kind: ChangeKind::Membership { aud, entered: true },
                 at: step.now,
-                reason: Reason::Event,
+                reason,
             });
         }
     }
@@ -1795,21 +1829,236 @@ impl Shard {
         }
         self.reschedule_in_pass(step, local, uid, &timed);
         for (s, _) in &matched {
-            let def = &cat.states[*s as usize];
-            let user = &self.users[local];
-            let mut horizon = now - def.retention;
-            for &anchor in &def.since_anchors {
-                // Entries after the latest anchor event stay for `count(E, since X)`.
-                horizon = horizon.min(
-                    user.state(anchor)
-                        .and_then(|a| a.latest(now))
-                        .unwrap_or(Millis::MIN),
-                );
-            }
-            self.users[local].state_mut(*s).evict(horizon, def);
+            self.evict(step, local, *s);
         }
         let order = (index as i64, 1);
         self.process_pass(step, uid, pending, Reason::Event, order, true, out);
+    }
+
+    /// Moves out of a user's state `s` what no window reads any more (see
+    /// [`crate::state::UserState::evict`]).
+    #[inline]
+    fn evict(&mut self, step: Step<'_>, local: usize, s: StateId) {
+        let def = &step.cat.states[s as usize];
+        let user = &self.users[local];
+        let horizon = eviction_horizon(def, step.now, |anchor| {
+            user.state(anchor).and_then(|a| a.latest(step.now))
+        });
+        self.users[local].state_mut(s).evict(horizon, def);
+    }
+
+    /// Takes a profile out for an alias that merges it into another's
+    /// ([`Shard::merge_profile`]): it leaves every audience it is in and
+    /// its computed traits become null (all logged with reason `merge`, at
+    /// `(key, 0, n)`), its timers are dropped, and it stays behind empty,
+    /// a husk (see [`Shard::husks`]). Returns its traits, states and
+    /// static audiences.
+    pub(crate) fn take_profile(
+        &mut self,
+        step: Step<'_>,
+        uid: u32,
+        key: i64,
+        out: &mut Vec<ShardChange>,
+    ) -> MovedProfile {
+        let cat = step.cat;
+        self.members.ensure(cat.audiences.len());
+        let (local, _) = self.ensure_user(uid);
+        // Looked up before any exit: a sharing slot is listed through its
+        // keeper's entry, which exits first (ranks put keepers first).
+        let user = &self.users[local];
+        let left: Vec<AudId> = (cat.by_rank.iter().copied())
+            .filter(|&aud| cat.audiences[aud as usize].is_some())
+            .filter(|&aud| self.members.is_listed(user, aud))
+            .collect();
+        let statics = (left.iter().copied())
+            .filter(|&aud| {
+                cat.audiences[aud as usize]
+                    .as_ref()
+                    .is_some_and(|d| d.is_static)
+            })
+            .collect();
+        let mut counter = 0u64;
+        let mut log = |out: &mut Vec<ShardChange>, kind| {
+            out.push(ShardChange {
+                order: Order::new(key, 0, counter),
+                uid,
+                kind,
+                at: step.now,
+                reason: Reason::Merge,
+            });
+            counter += 1;
+        };
+        for &aud in &left {
+            self.set_member(local, uid, aud, false, step.now);
+            log(
+                out,
+                ChangeKind::Membership {
+                    aud,
+                    entered: false,
+                },
+            );
+        }
+        let computed: Vec<(CtId, Value)> = self.users[local].traits.computed().to_vec();
+        for (ct, value) in computed {
+            self.users[local].set_computed(ct, None);
+            log(out, ChangeKind::computed(ct, Some(value), None));
+        }
+        let user = std::mem::take(&mut self.users[local]);
+        self.live_timers -= user.timers.len();
+        if self.unpacked.user == Some(local) {
+            self.unpacked.user = None;
+        }
+        self.husks.insert(local as u32);
+        MovedProfile {
+            traits: user.unpacked_traits(),
+            states: user.states.into_vec(),
+            statics,
+        }
+    }
+
+    /// Merges a profile taken out by [`Shard::take_profile`] (or none) into
+    /// `uid`'s, which an alias keeps (created if new): its traits fill the
+    /// keys `uid`'s lack, its states' entries join `uid`'s, `uid` joins its
+    /// static audiences, and every rule and computed trait is evaluated
+    /// afresh for `uid`, with reason `merge` (see
+    /// [`Shard::reevaluate_user`]; static audiences entered are logged
+    /// after, at `(key, 3, n)`).
+    pub(crate) fn merge_profile(
+        &mut self,
+        step: Step<'_>,
+        uid: u32,
+        moved: Option<MovedProfile>,
+        key: i64,
+        out: &mut Vec<ShardChange>,
+    ) {
+        self.members.ensure(step.cat.audiences.len());
+        let (local, new) = self.ensure_user(uid);
+        let mark = out.len();
+        if new {
+            self.materialize(step, local);
+        }
+        if let Some(moved) = moved {
+            let entered = self.absorb_profile(step, local, uid, moved);
+            self.reevaluate_user(step, local, uid, key, Reason::Merge, out);
+            for (i, aud) in entered.into_iter().enumerate() {
+                out.push(ShardChange {
+                    order: Order::new(key, 3, i as u64),
+                    uid,
+                    kind: ChangeKind::Membership { aud, entered: true },
+                    at: step.now,
+                    reason: Reason::Merge,
+                });
+            }
+        }
+        if new {
+            self.log_new_profile(step, local, uid, key as usize, mark, Reason::Merge, out);
+        }
+        self.users[local].trim_lists();
+    }
+
+    /// [`Shard::merge_profile`]'s joining of the data: traits (the kept
+    /// profile's value wins for a key both have), states (then evicted as
+    /// after an event) and static audiences (entered now: those it was not
+    /// in are returned).
+    fn absorb_profile(
+        &mut self,
+        step: Step<'_>,
+        local: usize,
+        uid: u32,
+        moved: MovedProfile,
+    ) -> Vec<AudId> {
+        let mut traits = moved.traits;
+        for (key, value) in self.users[local].unpacked_traits() {
+            match traits.binary_search_by_key(&key, |(k, _)| *k) {
+                Ok(i) => traits[i].1 = value,
+                Err(i) => traits.insert(i, (key, value)),
+            }
+        }
+        for (key, value) in &mut traits {
+            *value = self.trait_values.share(*key, value);
+        }
+        self.users[local].traits.replace_sorted(&traits);
+        self.unpacked.user = None;
+        // Each state evicted at the horizon of both profiles' anchors.
+        let theirs = &moved.states;
+        let latest = |a: StateId| {
+            let i = theirs.binary_search_by_key(&a, |(id, _)| *id).ok()?;
+            theirs[i].1.latest(step.now)
+        };
+        let user = &self.users[local];
+        let horizons: Vec<Millis> = (theirs.iter())
+            .map(|(s, _)| {
+                eviction_horizon(&step.cat.states[*s as usize], step.now, |a| {
+                    let ours = user.state(a).and_then(|st| st.latest(step.now));
+                    ours.max(latest(a))
+                })
+            })
+            .collect();
+        for ((s, state), horizon) in moved.states.into_iter().zip(horizons) {
+            let def = &step.cat.states[s as usize];
+            self.users[local].state_mut(s).merge(state, horizon, def);
+        }
+        let mut entered = Vec::new();
+        for aud in moved.statics {
+            if !self.members.is_listed(&self.users[local], aud) {
+                self.set_member(local, uid, aud, true, step.now);
+                entered.push(aud);
+            }
+        }
+        entered
+    }
+
+    /// Evaluates every live computed trait and rule for one user afresh and
+    /// sets every timer its profile needs, as a backfill of everything
+    /// would: after its profile changed other than by an event (an alias
+    /// merged another into it). Computed traits' changes are logged at
+    /// `(key, 1, n)`, memberships' at `(key, 2, n)`.
+    fn reevaluate_user(
+        &mut self,
+        step: Step<'_>,
+        local: usize,
+        uid: u32,
+        key: i64,
+        reason: Reason,
+        out: &mut Vec<ShardChange>,
+    ) {
+        let cat = step.cat;
+        let live_computed = (cat.computed.iter().enumerate())
+            .filter(|(_, def)| def.is_some())
+            .map(|(ct, _)| ct as CtId);
+        for (i, ct) in live_computed.enumerate() {
+            let order = Order::new(key, 1, i as u64);
+            self.refresh_computed(step, local, uid, ct, reason, order, out);
+        }
+        // The timers of every timed atom a live rule reads, and of those
+        // reading a state with an entry yet to become visible.
+        let timed: Vec<AtomId> = (0..cat.atoms.len())
+            .filter(|&a| cat.atoms[a].timed && !cat.atom_rules[a].is_empty())
+            .map(|a| a as AtomId)
+            .collect();
+        self.begin_views(step, local);
+        self.reschedule_in_pass(step, local, uid, &timed);
+        let states: Vec<StateId> = self.users[local].states.iter().map(|(s, _)| *s).collect();
+        for s in states {
+            let next = self.users[local]
+                .state(s)
+                .and_then(|st| st.next_visible(step.now));
+            let Some(t) = next else { continue };
+            for &atom in &cat.state_index[s as usize].all {
+                self.timer_no_later_than(step, local, uid, atom, t);
+            }
+            for &ct in &cat.computed_by_state[s as usize] {
+                self.timer_no_later_than(step, local, uid, COMPUTED_TIMER | ct, t);
+            }
+        }
+        // Every rule (a static audience's changes nothing).
+        let mut pending = std::mem::take(&mut self.queue);
+        for &aud in &cat.by_rank {
+            if cat.audiences[aud as usize].is_some() {
+                pending.insert(cat.rank[aud as usize]);
+            }
+        }
+        self.process(step, uid, pending, reason, (key, 2), out);
     }
 
     /// Fires one of a user's timers due at `step.now` (unless handling an
@@ -2149,9 +2398,14 @@ impl Shard {
                 || auds.iter().any(|&a| reads_traits_without_events(cat, a)),
         };
         let mut stateless = [false; BACKFILL_AHEAD];
+        let husks = self.husks.clone();
+        let mut husks = husks.iter().peekable();
         for local in 0..self.users.len() {
             if local % BACKFILL_AHEAD == 0 {
                 self.warm_ahead(local, &warm, &mut stateless);
+            }
+            if husks.next_if_eq(&(local as u32)).is_some() {
+                continue;
             }
             // Most profiles hold no states (known only by their traits):
             // atoms reading only states then have no next change, and rules
@@ -2364,7 +2618,7 @@ impl Shard {
                 out,
             );
             if new {
-                self.log_new_profile(step, local, uid, uid as usize, mark, out);
+                self.log_new_profile(step, local, uid, uid as usize, mark, Reason::Event, out);
                 for c in &mut out[mark..] {
                     c.reason = Reason::Definition;
                 }
@@ -2424,7 +2678,12 @@ impl Shard {
     /// and, when `replaced`, re-evaluates the rules reading it.
     pub fn backfill_computed(&mut self, step: Step<'_>, ct: CtId, out: &mut Vec<ShardChange>) {
         self.members.ensure(step.cat.audiences.len());
+        let husks = self.husks.clone();
+        let mut husks = husks.iter().peekable();
         for local in 0..self.users.len() {
+            if husks.next_if_eq(&(local as u32)).is_some() {
+                continue;
+            }
             let uid = local as u32 * self.count + self.index;
             let order = Order::new(uid as i64, 0, 0);
             if self.refresh_computed(step, local, uid, ct, Reason::Definition, order, out)

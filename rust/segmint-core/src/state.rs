@@ -149,6 +149,47 @@ impl Summary {
             })
     }
 
+    /// Adds what `other` summarises (another profile's, when an alias
+    /// merges two): counts and sums add up, the extremes and the latest
+    /// instant are the greater or smaller of both, the histograms add up.
+    /// On equal instants, this summary's first value stays first and
+    /// `other`'s last value becomes the last, as if `other`'s entries had
+    /// arrived after these.
+    fn merge(&mut self, other: &Summary) {
+        self.count += other.count;
+        self.latest = self.latest.max(other.latest);
+        if other.num_count > 0 {
+            if self.num_count == 0 {
+                (self.min, self.max) = (other.min, other.max);
+            } else {
+                self.min = self.min.min(other.min);
+                self.max = self.max.max(other.max);
+            }
+            self.num_count += other.num_count;
+            self.sum += other.sum;
+        }
+        let Some(theirs) = other.values.as_deref() else {
+            return;
+        };
+        let values = self.values.get_or_insert_with(Box::default);
+        if let Some((t, v)) = &theirs.first {
+            if values.first.as_ref().is_none_or(|(first, _)| t < first) {
+                values.first = Some((*t, v.clone()));
+            }
+        }
+        if let Some((t, v)) = &theirs.last {
+            if values.last.as_ref().is_none_or(|(last, _)| t >= last) {
+                values.last = Some((*t, v.clone()));
+            }
+        }
+        if let Some(freq) = &theirs.freq {
+            let ours = values.freq.get_or_insert_with(HashMap::new);
+            for (key, n) in freq {
+                *ours.entry(key.clone()).or_default() += n;
+            }
+        }
+    }
+
     fn absorb(&mut self, t: Millis, v: Option<Value>, keep_freq: bool) {
         self.count += 1;
         self.latest = Some(self.latest.map_or(t, |l| l.max(t)));
@@ -823,6 +864,28 @@ impl UserState {
         }
     }
 
+    /// Adds `other`, the same state of another profile (an alias merging
+    /// two), as if its entries had arrived after these: both are first
+    /// evicted at `horizon` (as after an event; so no buffered entry of
+    /// either is as old as a summarised one of the other, and equal
+    /// instants order the same in buffer and summary), then its buffered
+    /// entries go in among these by instant, each after these at its
+    /// instant, and its summary adds to this one's.
+    pub fn merge(&mut self, mut other: UserState, horizon: Millis, def: &StateDef) {
+        self.evict(horizon, def);
+        other.evict(horizon, def);
+        for (i, &t) in other.times.iter().enumerate() {
+            self.insert(t, other.values().value(i).map(Cow::into_owned));
+        }
+        if let Some(theirs) = other.summary() {
+            let extra = self.extra.get_or_insert_with(Default::default);
+            match &mut extra.summary {
+                Some(ours) => ours.merge(theirs),
+                None => extra.summary = Some(Box::new(theirs.clone())),
+            }
+        }
+    }
+
     /// Whether nothing is kept.
     pub fn is_empty(&self) -> bool {
         self.times.is_empty() && self.summary().is_none()
@@ -1247,6 +1310,50 @@ mod tests {
             prop_assert_eq!(last, raw.iter().rev().find_map(|e| e.1.clone()));
             let first = aggregate(AggFunc::First, entries, s.summary(), with);
             prop_assert_eq!(first, raw.iter().find_map(|e| e.1.clone()));
+        }
+
+        /// Two profiles' states of one selector merged (an alias), each
+        /// evicted before at its own horizon, read as one state fed both
+        /// lists would: the second's entries after the first's at equal
+        /// instants, the summaries added up, whatever was summarised where.
+        #[test]
+        fn merged_states_read_as_one_fed_both(
+            ours in proptest::collection::vec((0i64..100, proptest::option::of(-5i64..5)), 0..30),
+            theirs in proptest::collection::vec((0i64..100, proptest::option::of(-5i64..5)), 0..30),
+            our_horizon in 0i64..100,
+            their_horizon in 0i64..100,
+            w in 1i64..50,
+        ) {
+            let now = 150;
+            let d = def(w, true);
+            let fed = |entries: &[(i64, Option<i64>)], horizon: i64| {
+                let mut s = UserState::default();
+                for &(t, v) in entries {
+                    s.insert(t, v.map(|v| Value::Num(v as f64)));
+                }
+                s.evict(horizon.min(now - w), &d);
+                s
+            };
+            let mut merged = fed(&ours, our_horizon);
+            // Evicted as after an event: at the later of the horizons.
+            let horizon = our_horizon.max(their_horizon).min(now - w);
+            merged.merge(fed(&theirs, their_horizon), horizon, &d);
+            let mut raw: Vec<(Millis, Option<Value>)> = ours.iter().chain(&theirs)
+                .map(|&(t, v)| (t, v.map(|v| Value::Num(v as f64))))
+                .collect();
+            raw.sort_by_key(|e| e.0);
+            prop_assert_eq!(count(&merged, WindowDef::All, now), raw.len() as f64);
+            let in_window = raw.iter().filter(|e| e.0 > now - w && e.0 <= now).count();
+            prop_assert_eq!(count(&merged, WindowDef::Last(w), now), in_window as f64);
+            let (entries, with) = window_range(&merged, WindowDef::All, now, None).unwrap();
+            let numbers: Vec<f64> = raw.iter().filter_map(|e| e.1.as_ref().and_then(Value::as_num)).collect();
+            let of = |func| aggregate(func, entries, merged.summary(), with);
+            prop_assert_eq!(of(AggFunc::Sum).and_then(|v| v.as_num()), (!numbers.is_empty()).then(|| numbers.iter().sum::<f64>()));
+            prop_assert_eq!(of(AggFunc::Min).and_then(|v| v.as_num()), numbers.iter().copied().reduce(f64::min));
+            prop_assert_eq!(of(AggFunc::Max).and_then(|v| v.as_num()), numbers.iter().copied().reduce(f64::max));
+            prop_assert_eq!(of(AggFunc::First), raw.iter().find_map(|e| e.1.clone()));
+            prop_assert_eq!(of(AggFunc::Last), raw.iter().rev().find_map(|e| e.1.clone()));
+            prop_assert_eq!(merged.latest(now), raw.last().map(|e| e.0));
         }
 
         /// An aggregate carried over an entry appended after every other

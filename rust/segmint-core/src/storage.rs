@@ -77,16 +77,17 @@ impl StorageConfig {
 }
 
 const WAL_MAGIC: &[u8; 8] = b"SEGMWAL1";
-/// Format 4 stores the de-duplication set's message ids as keyed
-/// fingerprints, with the key (format 3 began storing which audience
-/// slots share another's memberships, format 2 users' traits by key id,
-/// with the key table). The magic's last byte is the format's digit.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"SEGMSNP4";
+/// Format 5 adds a last section, the user ids that alias calls redirected
+/// (format 4 began storing the de-duplication set's message ids as keyed
+/// fingerprints, with the key; format 3 which audience slots share
+/// another's memberships; format 2 users' traits by key id, with the key
+/// table). The magic's last byte is the format's digit.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"SEGMSNP5";
 /// The format [`SNAPSHOT_MAGIC`] stands for: its digit.
 const SNAPSHOT_FORMAT: u32 = (SNAPSHOT_MAGIC[7] - b'0') as u32;
 /// The oldest format read: format 3 differs from 4 only in its message
-/// ids, stored as text. Earlier ones (from 1) and later ones (to 9) are
-/// refused by name.
+/// ids, stored as text, and 4 from 5 only in having no alias section.
+/// Earlier ones (from 1) and later ones (to 9) are refused by name.
 const OLDEST_READ_FORMAT: u32 = 3;
 
 /// The format a snapshot's header names (its magic's digit), if it is a
@@ -538,12 +539,12 @@ pub(crate) fn write_snapshot(dir: &Path, generation: u64, sections: &[Vec<u8>]) 
     Ok(size)
 }
 
-/// Reads a snapshot's format (3 or 4) and its sections, each with its
+/// Reads a snapshot's format (3 to 5) and its sections, each with its
 /// offset, checking every checksum.
 pub(crate) fn read_snapshot(path: &Path) -> Result<(u32, Vec<Framed>)> {
     let bytes = fs::read(path).map_err(|e| io_error(path, e))?;
     let reads =
-        format!("this build, which reads formats {OLDEST_READ_FORMAT} and {SNAPSHOT_FORMAT}");
+        format!("this build, which reads formats {OLDEST_READ_FORMAT} to {SNAPSHOT_FORMAT}");
     let refused = |format: u32, whose: &str, what_then: &str| {
         let message = format!(
             "snapshot format {format} ({whose} segmint) is not readable by {reads}; {what_then}"
@@ -727,15 +728,15 @@ mod tests {
                 message.contains(&format!("snapshot format {format}")),
                 "{message}"
             );
-            assert!(message.contains("reads formats 3 and 4"), "{message}");
+            assert!(message.contains("reads formats 3 to 5"), "{message}");
         }
         let path = dir.path().join("later.snap");
-        let mut bytes = b"SEGMSNP5".to_vec();
+        let mut bytes = b"SEGMSNP6".to_vec();
         bytes.extend_from_slice(&0u64.to_le_bytes());
         fs::write(&path, &bytes).unwrap();
         let message = read_snapshot(&path).unwrap_err().to_string();
         assert!(
-            message.contains("snapshot format 5 (a later segmint) is not readable by this build, which reads formats 3 and 4"),
+            message.contains("snapshot format 6 (a later segmint) is not readable by this build, which reads formats 3 to 5"),
             "{message}"
         );
     }

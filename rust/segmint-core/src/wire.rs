@@ -78,7 +78,7 @@ pub struct Identify {
     pub traits: Option<TraitsPayload>,
 }
 
-/// `segmint.v1.Alias` (not implemented by the engine yet).
+/// `segmint.v1.Alias`.
 #[derive(Clone, PartialEq, Message)]
 pub struct Alias {
     /// The id merged into the event's user.
@@ -240,11 +240,19 @@ pub fn event_from_wire(wire: WireEvent, limits: &Limits) -> Result<Event> {
     let timestamp = wire.timestamp.map(timestamp_ms).transpose()?;
     let message_id = (!wire.message_id.is_empty()).then_some(wire.message_id);
     let body = match wire.body {
-        None => return Err(invalid("the event has no body: set 'track' or 'identify'")),
-        Some(Body::Alias(_)) => {
+        None => {
             return Err(invalid(
-                "alias events are not supported yet; send 'track' or 'identify'",
+                "the event has no body: set 'track', 'identify' or 'alias'",
             ))
+        }
+        Some(Body::Alias(a)) => {
+            if a.previous_id.is_empty() {
+                return Err(invalid("an alias call needs a non-empty 'previous_id'"));
+            }
+            limits.check_key("previous id", &a.previous_id)?;
+            EventBody::Alias {
+                previous_id: a.previous_id,
+            }
         }
         Some(Body::Track(t)) => {
             if t.event.is_empty() {
@@ -515,7 +523,7 @@ mod tests {
         let alias = WireEvent {
             user_id: "u".into(),
             body: Some(Body::Alias(Alias {
-                previous_id: "v".into(),
+                previous_id: String::new(),
             })),
             ..Default::default()
         };

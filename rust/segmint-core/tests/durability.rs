@@ -341,11 +341,11 @@ fn a_format_3_snapshot_of_an_earlier_build_is_read() {
     assert_eq!(e.ingest_json(retries).unwrap().duplicates, 3);
     let fresh = br#"[{"type":"identify","userId":"c","traits":{"ltv":900},"messageId":"m4"}]"#;
     assert_eq!(e.ingest_json(fresh).unwrap().duplicates, 0);
-    // The next snapshot is format 4, with the same ids.
+    // The next snapshot is this build's format (5), with the same ids.
     let generation = e.snapshot().unwrap().generation;
     drop(e);
     let snap = dir.path().join(format!("snapshot-{generation:012}.snap"));
-    assert_eq!(&std::fs::read(&snap).unwrap()[..8], b"SEGMSNP4");
+    assert_eq!(&std::fs::read(&snap).unwrap()[..8], b"SEGMSNP5");
     let (mut e, _) = Engine::open(config(), storage(dir.path(), 0)).unwrap();
     assert_eq!(e.ingest_json(retries).unwrap().duplicates, 3);
     assert_eq!(e.ingest_json(fresh).unwrap().duplicates, 1);

@@ -24,7 +24,14 @@ use segmint_core::{Event, SegmintError};
 type Result<T> = std::result::Result<T, SegmintError>;
 
 /// The event columns, by name; any other column is ignored.
-const TEXT_COLUMNS: [&str; 5] = ["type", "user_id", "anonymous_id", "event", "message_id"];
+const TEXT_COLUMNS: [&str; 6] = [
+    "type",
+    "user_id",
+    "anonymous_id",
+    "event",
+    "message_id",
+    "previous_id",
+];
 const PAYLOAD_COLUMNS: [&str; 3] = ["properties", "context", "traits"];
 
 fn schema_error(message: String) -> SegmintError {
@@ -46,7 +53,8 @@ pub fn check_schema(schema: &Schema) -> Result<()> {
     if schema.index_of("user_id").is_err() {
         return Err(schema_error(
             "events table has no 'user_id' column; expected columns: type, user_id, \
-             anonymous_id, event, timestamp, message_id, properties, context, traits"
+             anonymous_id, event, timestamp, message_id, properties, context, traits, \
+             previous_id"
                 .into(),
         ));
     }
@@ -447,6 +455,7 @@ struct Columns<'a> {
     anonymous_id: Option<Text<'a>>,
     event: Option<Text<'a>>,
     message_id: Option<Text<'a>>,
+    previous_id: Option<Text<'a>>,
     timestamp: Option<Box<dyn Fn(usize) -> Option<TimestampField<'a>> + Sync + 'a>>,
     properties: Option<Payload<'a>>,
     context: Option<Payload<'a>>,
@@ -490,6 +499,7 @@ impl<'a> Columns<'a> {
             anonymous_id: text_col("anonymous_id"),
             event: text_col("event"),
             message_id: text_col("message_id"),
+            previous_id: text_col("previous_id"),
             timestamp,
             properties: payload("properties")?,
             context: payload("context")?,
@@ -519,6 +529,7 @@ impl<'a> Columns<'a> {
             properties: payload(&self.properties, &built[0]),
             context: payload(&self.context, &built[1]),
             traits: payload(&self.traits, &built[2]),
+            previous_id: get(&self.previous_id),
         }
     }
 

@@ -510,6 +510,33 @@ impl Engine {
         })
     }
 
+    #[pyo3(signature = (previous_id, user_id, timestamp_ms=None, message_id=None))]
+    fn alias(
+        &self,
+        py: Python<'_>,
+        previous_id: String,
+        user_id: String,
+        timestamp_ms: Option<i64>,
+        message_id: Option<String>,
+    ) -> PyResult<Report> {
+        self.ingest_with(py, move |e| {
+            let limits = &e.config().limits;
+            limits.check_key("user id", &user_id)?;
+            limits.check_key("previous id", &previous_id)?;
+            if user_id.is_empty() || previous_id.is_empty() {
+                return Err(SegmintError::InvalidEvent {
+                    message: "user id and previous id must not be empty".into(),
+                });
+            }
+            e.apply(Event {
+                user_id,
+                timestamp: timestamp_ms,
+                message_id,
+                body: EventBody::Alias { previous_id },
+            })
+        })
+    }
+
     /// Decodes and applies a JSON batch; per-event errors by index.
     fn ingest_json(&self, py: Python<'_>, data: Vec<u8>) -> PyResult<Report> {
         let events = self.decode_detached(py, move |decoder| decoder.json(&data))?;
