@@ -153,6 +153,32 @@ def test_computed_traits_and_static_audiences_move_with_the_profile() -> None:
     assert e.members("beta") == ["gina"]
 
 
+@pytest.mark.parametrize("shards", [1, 3])
+def test_a_static_audience_entered_by_merge_comes_before_its_readers(shards: int) -> None:
+    """The merged-into user's changes keep the topological order: the static
+    audience it joins is logged before the rule reading it, and the rule's
+    `member_for` counts from the merge."""
+    e = engine(shards)
+    e.define_static_audience("vip", ["anon"])
+    e.define_audience("vip_viewer", 'in_audience("vip") and did("Product Viewed")')
+    e.define_audience("vip_long", 'member_for("vip") >= 10s')
+    e.track("anon", "Product Viewed", {})
+    e.track("bob", "Product Viewed", {})
+    seq = e.last_seq
+    e.alias("anon", "bob")
+    assert changes(e, seq) == [
+        ("anon", "vip", "exited", "merge"),
+        ("anon", "vip_viewer", "exited", "merge"),
+        ("bob", "vip", "entered", "merge"),
+        ("bob", "vip_viewer", "entered", "merge"),
+    ]
+    e.advance("2026-06-01T00:00:10Z")
+    assert e.audiences_of("bob") == ["vip", "vip_long", "vip_viewer"]
+    # Asked by the old id, a profile and an explanation name the user.
+    assert e.profile("anon").user_id == "bob"
+    assert e.explain("anon", "vip").user_id == "bob"
+
+
 def test_chained_aliases_follow_to_the_last_profile() -> None:
     e = engine(shards=3)
     e.define_audience("viewed_thrice", 'count("Product Viewed") >= 3')

@@ -44,7 +44,8 @@ pub struct ExplainNode {
 pub struct Explanation {
     /// The audience key.
     pub audience: String,
-    /// The user id.
+    /// The user id: the profile's own, also when asked by another id that
+    /// names it (see `Engine::alias`).
     pub user_id: String,
     /// The rule text.
     pub rule: String,
@@ -93,7 +94,8 @@ pub struct Overlap {
 /// What the engine knows about one user.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Profile {
-    /// The user id.
+    /// The user id: the profile's own, also when asked by another id that
+    /// names it (see `Engine::alias`).
     pub user_id: String,
     /// Traits by dotted key, sorted.
     pub traits: Vec<(String, serde_json::Value)>,
@@ -455,7 +457,7 @@ impl Engine {
         }
         Ok(Explanation {
             audience: audience.to_owned(),
-            user_id: user_id.to_owned(),
+            user_id: self.interner.name(uid).to_owned(),
             rule: def.source.to_string(),
             member: members.is_listed(user, slot),
             entered_at: members.entered(user, slot),
@@ -613,7 +615,7 @@ impl Engine {
             .collect();
         computed.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(Profile {
-            user_id: user_id.to_owned(),
+            user_id: self.interner.name(uid).to_owned(),
             traits: user
                 .named_traits(&self.catalog.trait_keys)
                 .into_iter()

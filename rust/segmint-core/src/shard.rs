@@ -1921,8 +1921,8 @@ impl Shard {
     /// keys `uid`'s lack, its states' entries join `uid`'s, `uid` joins its
     /// static audiences, and every rule and computed trait is evaluated
     /// afresh for `uid`, with reason `merge` (see
-    /// [`Shard::reevaluate_user`]; static audiences entered are logged
-    /// after, at `(key, 3, n)`).
+    /// [`Shard::reevaluate_user`]; the static audiences it enters are
+    /// logged among the rules' changes, in rank order).
     pub(crate) fn merge_profile(
         &mut self,
         step: Step<'_>,
@@ -1939,15 +1939,31 @@ impl Shard {
         }
         if let Some(moved) = moved {
             let entered = self.absorb_profile(step, local, uid, moved);
+            let first = out.len();
             self.reevaluate_user(step, local, uid, key, Reason::Merge, out);
-            for (i, aud) in entered.into_iter().enumerate() {
-                out.push(ShardChange {
-                    order: Order::new(key, 3, i as u64),
-                    uid,
-                    kind: ChangeKind::Membership { aud, entered: true },
-                    at: step.now,
-                    reason: Reason::Merge,
-                });
+            if !entered.is_empty() {
+                for aud in entered {
+                    out.push(ShardChange {
+                        order: Order::new(key, 2, 0),
+                        uid,
+                        kind: ChangeKind::Membership { aud, entered: true },
+                        at: step.now,
+                        reason: Reason::Merge,
+                    });
+                }
+                // The static entries among the rules' changes, all in rank
+                // order as a pass logs them (after the computed traits').
+                let cat = step.cat;
+                let rank = |c: &ShardChange| match c.kind {
+                    ChangeKind::Membership { aud, .. } => Some(cat.rank[aud as usize]),
+                    ChangeKind::Computed { .. } => None,
+                };
+                let changes = &mut out[first..];
+                changes.sort_by_key(rank);
+                let computed = changes.iter().take_while(|c| rank(c).is_none()).count();
+                for (i, c) in changes[computed..].iter_mut().enumerate() {
+                    c.order = Order::new(key, 2, i as u64);
+                }
             }
         }
         if new {
