@@ -820,7 +820,15 @@ def inspect_engine_section(r: dict[str, Any]) -> list[str]:
         f"({r['preview_size']:,} would match) |",
         f"| explain, 1,000 (user, audience) pairs | p50 {_us(r['explain_us_p50'])}, "
         f"p99 {_us(r['explain_us_p99'])} |",
-    ]
+    ] + (
+        [
+            f"| alias merging one profile into another, {r['alias_samples']:,} pairs "
+            f"(one call each, afterwards) | p50 {_us(r['alias_us_p50'])}, "
+            f"p99 {_us(r['alias_us_p99'])}; {r['alias_changes_per_call']:.1f} changes per merge |"
+        ]
+        if r.get("alias_samples")
+        else []
+    )
 
 
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:

@@ -95,6 +95,7 @@ fn main() {
         eprintln!(
             "usage: segmint-bench EVENTS.ndjson AUDIENCES.json [--threads N] [--shards N] \
              [--chunk N] [--latency-samples N] [--probe-tail N] [--hot K] [--backfills N] \
+             [--alias-samples N] \
              [--backfill-rule RULE] \
              [--max-events N] [--data-dir DIR --fsync always|interval|never]"
         );
@@ -326,6 +327,35 @@ fn main() {
     let backfill_median_s = median(&backfill_s).expect("one backfill at least");
     let backfill_best_s = backfill_s[0];
 
+    // Aliases, after every other figure (they merge profiles away): pairs
+    // of users spread over the id space, the first merged into the second,
+    // one call each, as a sign-up merges an anonymous visitor.
+    let alias_samples = arg(&args, "--alias-samples", 1_000);
+    let ids = engine.user_count() as u32;
+    let mut alias_us = Vec::with_capacity(alias_samples);
+    let mut alias_changes = 0;
+    for i in 0..(alias_samples as u32).min(ids / 2) {
+        let from = i.wrapping_mul(15_838) % ids;
+        let (previous_id, user_id) = (
+            engine.user_id(from).expect("dense id").to_owned(),
+            engine
+                .user_id((from + 1) % ids)
+                .expect("dense id")
+                .to_owned(),
+        );
+        let alias = Event {
+            user_id,
+            timestamp: None,
+            message_id: None,
+            body: segmint_core::EventBody::Alias { previous_id },
+        };
+        let t = Instant::now();
+        let report = engine.ingest(vec![Ok(alias)]).expect("alias");
+        alias_us.push(t.elapsed().as_secs_f64() * 1e6);
+        alias_changes += report.changes;
+    }
+    alias_us.sort_by(f64::total_cmp);
+
     let mut out = serde_json::json!({
         "threads": threads,
         "shards": shards,
@@ -370,6 +400,11 @@ fn main() {
         "explain_us_p50": percentile(&explain_us, 0.50),
         "explain_us_p99": percentile(&explain_us, 0.99),
     });
+    // (Apart: one macro call this long passes its recursion limit.)
+    out["alias_samples"] = alias_us.len().into();
+    out["alias_us_p50"] = percentile(&alias_us, 0.50).into();
+    out["alias_us_p99"] = percentile(&alias_us, 0.99).into();
+    out["alias_changes_per_call"] = (alias_changes as f64 / alias_us.len().max(1) as f64).into();
     let durability = storage.map(|st| {
         let last_seq = engine.last_seq();
         drop(engine);
