@@ -563,7 +563,9 @@ impl Engine {
             4 => self.load_sections::<StoredSeen>(path, format, &sections),
             5 => {
                 // The alias section last (a format 4 snapshot without it).
-                let (last, sections) = sections.split_last().expect("a snapshot has sections");
+                let Some((last, sections)) = sections.split_last() else {
+                    return Err(corrupt(path, 8, "a snapshot needs a metadata section"));
+                };
                 self.load_sections::<StoredSeen>(path, format, sections)?;
                 let aliases: Vec<(String, u32)> = postcard::from_bytes(&last.1).map_err(|e| {
                     corrupt(

@@ -700,44 +700,47 @@ impl Engine {
             Some(uid) => uid,
             None => self.interner.intern(user_id),
         };
-        let n = self.shards.len() as u32;
-        let (now, granularity) = (self.now, self.config.granularity);
         let key = index as i64;
         let mut changes = 0;
+        // Handed from one shard's operation to the other's.
         let moved = std::sync::Mutex::new(None);
         match from {
             Some(from) => {
-                changes += self.on_shards(Spread::Caller, |i, shard, cat, out| {
-                    if i as u32 == from % n {
-                        let step = Step {
-                            cat,
-                            now,
-                            granularity,
-                        };
-                        let profile = shard.take_profile(step, from, key, out);
-                        *moved.lock().expect("not poisoned") = Some(profile);
-                    }
+                changes += self.on_user_shard(from, |step, shard, out| {
+                    let profile = shard.take_profile(step, from, key, out);
+                    *moved.lock().expect("not poisoned") = Some(profile);
                 });
                 self.interner.merge_into(from, to);
             }
             None => self.interner.redirect(previous_id, to),
         }
-        let moved = moved.into_inner().expect("not poisoned");
-        if moved.is_some() || kept.is_none() {
-            let moved = std::sync::Mutex::new(moved);
-            changes += self.on_shards(Spread::Caller, |i, shard, cat, out| {
-                if i as u32 == to % n {
-                    let step = Step {
-                        cat,
-                        now,
-                        granularity,
-                    };
-                    let profile = moved.lock().expect("not poisoned").take();
-                    shard.merge_profile(step, to, profile, key, out);
-                }
+        if from.is_some() || kept.is_none() {
+            changes += self.on_user_shard(to, |step, shard, out| {
+                let profile = moved.lock().expect("not poisoned").take();
+                shard.merge_profile(step, to, profile, key, out);
             });
         }
         changes
+    }
+
+    /// Runs `f` on the shard of user `uid` alone, on the calling thread;
+    /// its changes are logged as any operation's. Returns their number.
+    fn on_user_shard<F>(&mut self, uid: u32, f: F) -> usize
+    where
+        F: Fn(Step<'_>, &mut Shard, &mut Vec<ShardChange>) + Sync,
+    {
+        let n = self.shards.len() as u32;
+        let (now, granularity) = (self.now, self.config.granularity);
+        self.on_shards(Spread::Caller, |i, shard, cat, out| {
+            if i as u32 == uid % n {
+                let step = Step {
+                    cat,
+                    now,
+                    granularity,
+                };
+                f(step, shard, out);
+            }
+        })
     }
 
     /// Frees a batch's decoded events (several allocations each) on all
@@ -1244,7 +1247,9 @@ impl Engine {
         self.interner.get(user_id)
     }
 
-    /// The external id of a dense id.
+    /// The external id of a dense id: the profile's own name. (A profile
+    /// an alias merged into another keeps its dense id, and its name now
+    /// stands for the other; [`Engine::user_count`] does not count it.)
     pub fn user_id(&self, uid: u32) -> Option<&str> {
         ((uid as usize) < self.interner.len()).then(|| self.interner.name(uid))
     }
@@ -2488,6 +2493,23 @@ mod alias_tests {
         assert_eq!(old.members("viewers").unwrap(), ["b"]);
         assert!(!old.is_member("a", "viewers").unwrap());
         assert!(!old.is_member("phone", "viewers").unwrap());
+    }
+
+    /// A format 5 snapshot without a section at all is reported as damaged,
+    /// as one of format 4 is, not a panic.
+    #[test]
+    fn a_format_5_snapshot_without_sections_is_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = b"SEGMSNP5".to_vec();
+        bytes.extend_from_slice(&0u64.to_le_bytes());
+        std::fs::write(crate::storage::snapshot_path(dir.path(), 1), bytes).unwrap();
+        let config = EngineConfig {
+            clock: Clock::Manual(T0),
+            ..Default::default()
+        };
+        let opened = Engine::open(config, crate::storage::StorageConfig::new(dir.path()));
+        let error = opened.err().expect("refused");
+        assert!(matches!(error, SegmintError::Corrupt { .. }), "{error}");
     }
 }
 

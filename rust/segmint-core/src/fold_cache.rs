@@ -181,6 +181,12 @@ impl FoldCache {
         });
     }
 
+    /// The summary changed other than by an eviction (an alias merged
+    /// another profile's into it): a fold after the summary is dropped.
+    pub fn summary_changed(&mut self) {
+        self.folds_mut().kept.retain(|f| !f.with_summary);
+    }
+
     /// Approximate heap bytes of the kept folds.
     pub fn heap_bytes(&self) -> usize {
         self.try_lock().map_or(0, |folds| {

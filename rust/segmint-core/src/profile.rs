@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 use roaring::RoaringBitmap;
 use smol_str::SmolStr;
@@ -33,7 +34,10 @@ pub struct Interner {
     /// Names that stand for another id than their own, if they have one
     /// (user ids given by alias calls, see [`Interner::redirect`] and
     /// [`Interner::merge_into`]); a name here is not in `ids`.
-    aliases: hashbrown::HashMap<Box<str>, u32>,
+    aliases: hashbrown::HashMap<Arc<str>, u32>,
+    /// The same by id: the names in `aliases` standing for each, so that a
+    /// merge moves the names of one id, not a walk over all of them.
+    aliases_of: hashbrown::HashMap<u32, Vec<Arc<str>>>,
 }
 
 impl Interner {
@@ -74,7 +78,9 @@ impl Interner {
     /// Makes `name`, which no id has, stand for `id`.
     pub fn redirect(&mut self, name: &str, id: u32) {
         debug_assert!(self.get(name).is_none(), "{name} is known");
-        self.aliases.insert(Box::from(name), id);
+        let name: Arc<str> = Arc::from(name);
+        self.aliases.insert(Arc::clone(&name), id);
+        self.aliases_of.entry(id).or_default().push(name);
     }
 
     /// Makes every name that stands for `from` stand for `to` instead:
@@ -82,17 +88,16 @@ impl Interner {
     /// [`Interner::names`] still lists, so that ids stay as they are) and
     /// those redirected to it.
     pub fn merge_into(&mut self, from: u32, to: u32) {
+        let mut moved = self.aliases_of.remove(&from).unwrap_or_default();
         let hash = self.hasher.hash_one(self.name(from));
         if let Ok(entry) = self.ids.find_entry(hash, |&id| id == from) {
             entry.remove();
-            let name = Box::from(self.name(from));
-            self.aliases.insert(name, to);
+            moved.push(Arc::from(self.name(from)));
         }
-        for id in self.aliases.values_mut() {
-            if *id == from {
-                *id = to;
-            }
+        for name in &moved {
+            self.aliases.insert(Arc::clone(name), to);
         }
+        self.aliases_of.entry(to).or_default().extend(moved);
     }
 
     /// The names that stand for another id than their own, if they have one,
@@ -116,6 +121,7 @@ impl Interner {
         let end = len.checked_sub(1).map_or(0, |last| self.ends.end(last));
         self.ids.retain(|&mut id| (id as usize) < len);
         self.aliases.retain(|_, id| (*id as usize) < len);
+        self.aliases_of.retain(|id, _| (*id as usize) < len);
         self.ends.truncate(len);
         self.text.truncate(end);
     }
@@ -145,9 +151,11 @@ impl Interner {
         // A bucket is the 4-byte id plus a control byte; a table holds up to
         // 7/8 of its buckets (and a group of control bytes more).
         let buckets = self.ids.capacity() * 8 / 7 + 16;
-        let aliases: usize = (self.aliases.iter())
-            .map(|(name, _)| name.len() + 8 + std::mem::size_of::<(Box<str>, u32)>())
-            .sum();
+        // A name's bytes and count once, its two entries and a list's.
+        let aliases: usize = (self.aliases.keys())
+            .map(|name| name.len() + 16 + 2 * std::mem::size_of::<(Arc<str>, u32)>())
+            .sum::<usize>()
+            + self.aliases_of.len() * std::mem::size_of::<(u32, Vec<Arc<str>>)>();
         self.text.capacity() + self.ends.heap_bytes() + buckets * 5 + aliases
     }
 }

@@ -566,6 +566,14 @@ impl Column {
         }
     }
 
+    /// The summary changed other than by an eviction: the kept folds that
+    /// took it in are dropped (see [`FoldCache::summary_changed`]).
+    fn summary_changed(&mut self) {
+        if let Column::Kept(kept) = self {
+            kept.folds.summary_changed();
+        }
+    }
+
     /// Removes the values of the first `cut` entries, handing each to `take`.
     fn drain_front(&mut self, cut: usize, mut take: impl FnMut(Option<Value>)) {
         match self {
@@ -884,6 +892,8 @@ impl UserState {
                 Some(ours) => ours.merge(theirs),
                 None => extra.summary = Some(Box::new(theirs.clone())),
             }
+            // Folds over all time took the summary in as it was.
+            extra.values.summary_changed();
         }
     }
 
@@ -1311,6 +1321,34 @@ mod tests {
             prop_assert_eq!(last, raw.iter().rev().find_map(|e| e.1.clone()));
             let first = aggregate(AggFunc::First, entries, s.summary(), with);
             prop_assert_eq!(first, raw.iter().find_map(|e| e.1.clone()));
+        }
+
+        /// A long state whose folds over all time are kept reads another
+        /// profile's summary once merged (and its entries in the middle).
+        #[test]
+        fn a_merged_summary_reaches_the_kept_folds(
+            theirs in proptest::collection::vec((0i64..200, 1i64..5), 1..10),
+            extra_at in 60i64..200,
+        ) {
+            let d = def(1_000, true);
+            let mut ours = UserState::default();
+            for t in 100..100 + FOLDS_KEPT_FROM as i64 + 6 {
+                ours.insert(t, Some(Value::Num(1.0)));
+            }
+            let whole = |s: &UserState, len: usize| s.fold(AggFunc::Sum, 0..len, true);
+            let n = ours.times.len();
+            prop_assert_eq!(whole(&ours, n), Some(Value::Num(n as f64)));
+            prop_assert!(ours.values().folds().is_some());
+            let mut other = UserState::default();
+            for &(t, v) in &theirs {
+                other.insert(t, Some(Value::Num(v as f64)));
+            }
+            other.insert(extra_at, Some(Value::Num(100.0)));
+            // Theirs up to 99 summarised; nothing of ours leaves its buffer.
+            other.evict(99, &d);
+            ours.merge(other, 99, &d);
+            let total = n as f64 + 100.0 + theirs.iter().map(|&(_, v)| v as f64).sum::<f64>();
+            prop_assert_eq!(whole(&ours, ours.times.len()), Some(Value::Num(total)));
         }
 
         /// Two profiles' states of one selector merged (an alias), each

@@ -205,6 +205,23 @@ fn report(r: IngestReport) -> Report {
     (r.accepted, r.duplicates, errors, r.last_seq, r.changes)
 }
 
+/// Checks ids and names given one by one (not decoded from a batch),
+/// each with what it is: none empty, each within the key limits.
+fn check_names<const N: usize>(
+    limits: &segmint_core::limits::Limits,
+    names: [(&str, &str); N],
+) -> Result<(), SegmintError> {
+    for (what, name) in names {
+        if name.is_empty() {
+            return Err(SegmintError::InvalidEvent {
+                message: format!("the {what} must not be empty"),
+            });
+        }
+        limits.check_key(what, name)?;
+    }
+    Ok(())
+}
+
 fn json_object(
     bytes: Option<&[u8]>,
     what: &str,
@@ -494,13 +511,7 @@ impl Engine {
     ) -> PyResult<Report> {
         self.ingest_with(py, move |e| {
             let limits = &e.config().limits;
-            limits.check_key("user id", &user_id)?;
-            limits.check_key("event name", &event)?;
-            if user_id.is_empty() || event.is_empty() {
-                return Err(SegmintError::InvalidEvent {
-                    message: "user id and event name must not be empty".into(),
-                });
-            }
+            check_names(limits, [("user id", &user_id), ("event name", &event)])?;
             let properties = json_object(properties_json.as_deref(), "properties")?;
             let context = json_object(context_json.as_deref(), "context")?;
             let properties = flatten_properties(properties.as_ref(), context.as_ref(), limits)?;
@@ -521,13 +532,10 @@ impl Engine {
     ) -> PyResult<Report> {
         self.ingest_with(py, move |e| {
             let limits = &e.config().limits;
-            limits.check_key("user id", &user_id)?;
-            limits.check_key("previous id", &previous_id)?;
-            if user_id.is_empty() || previous_id.is_empty() {
-                return Err(SegmintError::InvalidEvent {
-                    message: "user id and previous id must not be empty".into(),
-                });
-            }
+            check_names(
+                limits,
+                [("user id", &user_id), ("previous id", &previous_id)],
+            )?;
             e.apply(Event {
                 user_id,
                 timestamp: timestamp_ms,
