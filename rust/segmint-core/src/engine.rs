@@ -574,7 +574,6 @@ impl Engine {
     /// Checks an event of a batch: its user id, its instant (returned,
     /// floored) and its message id. An error is reported at its index; an
     /// event seen before is counted as a duplicate; either gives `None`.
-    #[inline]
     fn admit(
         &mut self,
         index: usize,

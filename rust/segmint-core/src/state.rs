@@ -847,7 +847,6 @@ impl UserState {
     }
 
     /// Moves out of the buffer every entry at or before `horizon`.
-    #[inline]
     pub fn evict(&mut self, horizon: Millis, def: &StateDef) {
         let cut = self.times.partition_point(|&e| e <= horizon);
         if cut == 0 {
