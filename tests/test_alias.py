@@ -271,6 +271,12 @@ def test_grpc_batches_carry_alias_calls() -> None:
     result = _result(e._core.ingest_proto(batch.SerializeToString()))
     assert [err.index for err in result.errors] == [1]
     assert e.members("viewers") == ["kim"]
+    # The client's encoder writes a Segment-shaped alias as one.
+    from segmint.client import encode_batch
+
+    encoded = encode_batch([{"type": "alias", "previousId": "kim", "userId": "lou"}])
+    assert _result(e._core.ingest_proto(encoded)).errors == []
+    assert e.members("viewers") == ["lou"]
 
 
 @pytest.mark.parametrize("snapshot", [False, True])

@@ -335,6 +335,13 @@ def test_queries(server: Server) -> None:
         timeout=CALL_TIMEOUT,
     )
     assert ack.accepted == 1 and ack.changes == 1
+    # An alias: q4's profile (and its "Buy") is merged into q5's.
+    ack = stub.Alias(pb.Event(user_id="q5", alias=pb.Alias(previous_id="q4")), timeout=CALL_TIMEOUT)
+    assert ack.accepted == 1 and ack.changes == 2
+    member = stub.IsMember(pb.IsMemberRequest(audience="buyers", user_ids=["q4", "q5"]))
+    assert list(member.member) == [True, True]
+    code, _ = _code(stub.Alias, pb.Event(user_id="q5", alias=pb.Alias()))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def _struct(d: dict[str, Any]) -> Any:

@@ -52,8 +52,8 @@ def _ms(value: Any) -> int | None:
 
 def event_to_proto(event: Mapping[str, Any]) -> pb.Event:
     """A Segment-shaped dict (``type``, ``userId``, ``event``, ``properties``,
-    ``context``, ``traits``, ``timestamp``, ``messageId``) as a ``segmint.v1.Event``
-    carrying JSON payloads."""
+    ``context``, ``traits``, ``previousId``, ``timestamp``, ``messageId``) as a
+    ``segmint.v1.Event`` carrying JSON payloads."""
     out = pb.Event(
         user_id=event.get("userId") or "",
         anonymous_id=event.get("anonymousId") or "",
@@ -73,6 +73,8 @@ def event_to_proto(event: Mapping[str, Any]) -> pb.Event:
             out.track.context_json = _encoder.encode(event["context"])
     elif kind == "identify":
         out.identify.traits_json = _encoder.encode(event.get("traits") or {})
+    elif kind == "alias":
+        out.alias.previous_id = event.get("previousId") or ""
     else:
         raise ValueError(f"unsupported event type {kind!r}")
     return out

@@ -419,6 +419,10 @@ class SegmintService:
         """Unary identify call."""
         return self._one(request, context, "identify")
 
+    def alias(self, request: pb.Event, context: grpc.ServicerContext) -> pb.IngestAck:
+        """Unary alias call: merges ``previous_id`` into the event's user."""
+        return self._one(request, context, "alias")
+
     # --------------------------------------------------------- definitions
 
     def define_audience(
@@ -671,6 +675,7 @@ class SegmintService:
             ),
             "Track": unary("Track", self.track, pb.Event, pb.IngestAck),
             "Identify": unary("Identify", self.identify, pb.Event, pb.IngestAck),
+            "Alias": unary("Alias", self.alias, pb.Event, pb.IngestAck),
             "DefineAudience": unary(
                 "DefineAudience",
                 self.define_audience,

@@ -51,6 +51,11 @@ class SegmintStub:
                 request_serializer=segmint_dot_v1_dot_segmint__pb2.Event.SerializeToString,
                 response_deserializer=segmint_dot_v1_dot_segmint__pb2.IngestAck.FromString,
                 _registered_method=True)
+        self.Alias = channel.unary_unary(
+                '/segmint.v1.Segmint/Alias',
+                request_serializer=segmint_dot_v1_dot_segmint__pb2.Event.SerializeToString,
+                response_deserializer=segmint_dot_v1_dot_segmint__pb2.IngestAck.FromString,
+                _registered_method=True)
         self.DefineAudience = channel.unary_unary(
                 '/segmint.v1.Segmint/DefineAudience',
                 request_serializer=segmint_dot_v1_dot_segmint__pb2.DefineAudienceRequest.SerializeToString,
@@ -159,6 +164,14 @@ class SegmintServicer:
 
     def Identify(self, request, context):
         """One identify event (the body must be `identify`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Alias(self, request, context):
+        """One alias call (the body must be `alias`): `previous_id` names the
+        event's user from now on (docs/semantics.md, "Aliases").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -282,6 +295,11 @@ def add_SegmintServicer_to_server(servicer, server):
             ),
             'Identify': grpc.unary_unary_rpc_method_handler(
                     servicer.Identify,
+                    request_deserializer=segmint_dot_v1_dot_segmint__pb2.Event.FromString,
+                    response_serializer=segmint_dot_v1_dot_segmint__pb2.IngestAck.SerializeToString,
+            ),
+            'Alias': grpc.unary_unary_rpc_method_handler(
+                    servicer.Alias,
                     request_deserializer=segmint_dot_v1_dot_segmint__pb2.Event.FromString,
                     response_serializer=segmint_dot_v1_dot_segmint__pb2.IngestAck.SerializeToString,
             ),
@@ -452,6 +470,33 @@ class Segmint:
             request,
             target,
             '/segmint.v1.Segmint/Identify',
+            segmint_dot_v1_dot_segmint__pb2.Event.SerializeToString,
+            segmint_dot_v1_dot_segmint__pb2.IngestAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Alias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/segmint.v1.Segmint/Alias',
             segmint_dot_v1_dot_segmint__pb2.Event.SerializeToString,
             segmint_dot_v1_dot_segmint__pb2.IngestAck.FromString,
             options,

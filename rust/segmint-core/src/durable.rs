@@ -527,7 +527,9 @@ impl Engine {
             log: self.log.iter().collect(),
         };
         let mut sections = vec![encode(&meta)];
-        let aliases: Vec<(&str, u32)> = self.interner.aliases().collect();
+        // Sorted: the same state writes the same bytes.
+        let mut aliases: Vec<(&str, u32)> = self.interner.aliases().collect();
+        aliases.sort_unstable();
         let shards: Vec<Vec<u8>> = self.pool.install(|| {
             self.shards
                 .par_iter()
