@@ -566,6 +566,8 @@ impl Engine {
             }
         }
         self.apply_events(&events, start..events.len(), &mut report);
+        // Message ids past the window, once the batch's were checked.
+        self.expire_messages();
         report.last_seq = self.last_seq;
         self.drop_events(events);
         report
@@ -649,7 +651,6 @@ impl Engine {
                 keys,
             });
         }
-        self.expire_messages();
         let step_now = self.now;
         let g = self.config.granularity;
         // A few events are applied on the calling thread: waking the pool
