@@ -50,6 +50,15 @@ def engine_available() -> bool:
         return False
 
 
+def abandon(eng: Any) -> None:
+    """Releases a durable engine's directory without the final snapshot of
+    ``close()``, as a crash would (what was synced stays)."""
+    eng._core = None
+    import gc
+
+    gc.collect()
+
+
 # A change as compared between engine and reference: (audience, user, kind, at_ms, reason).
 ChangeTuple = tuple[str, str, str, int, str]
 

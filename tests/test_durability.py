@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import engine_available
+from conftest import abandon, engine_available
 
 pytestmark = pytest.mark.skipif(not engine_available(), reason="segmint._core not built")
 
@@ -204,7 +204,7 @@ def test_reopen_without_close_replays_the_log(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="in use"):
         make_engine(tmp_path)
     # Abandon it like a crashed process would: no close, no final snapshot.
-    _abandon(eng)
+    abandon(eng)
     again = make_engine(tmp_path)
     assert again.recovery.records_replayed == 5
     assert again.recovery.events_replayed == 100
@@ -227,7 +227,7 @@ def test_a_log_without_a_snapshot_replays_at_its_own_instants(
     before = [(c.audience, c.user_id, c.kind, c.at) for c in eng.changes()]
     entered = {u: eng.entered_at(u, "viewers") for u in ("u1", "u2")}
     eng.sync()
-    _abandon(eng)
+    abandon(eng)
     kw: dict[str, Any] = {} if reopen_now is None else {"now": reopen_now}
     again = Engine(clock="manual", shards=SHARDS, threads=2, data_dir=tmp_path, **kw)
     assert again.recovery.records_replayed == 4
@@ -270,7 +270,7 @@ def test_a_torn_tail_is_cut_and_reported(tmp_path: Path) -> None:
     for b in batches:
         eng.ingest(b)
     eng.sync()
-    _abandon(eng)
+    abandon(eng)
     log = next(tmp_path.glob("wal-*.log"))
     data = log.read_bytes()
     log.write_bytes(data[:-7])  # the last batch's record, cut mid-write
@@ -284,14 +284,6 @@ def test_a_torn_tail_is_cut_and_reported(tmp_path: Path) -> None:
     assert digest(make_engine(tmp_path), users) == digest(ref, users)
 
 
-def _abandon(eng: Engine) -> None:
-    """Releases the directory without the final snapshot of close()."""
-    eng._core = None  # type: ignore[assignment]
-    import gc
-
-    gc.collect()
-
-
 def test_a_flipped_byte_in_the_log_stops_start_up_with_file_and_offset(tmp_path: Path) -> None:
     eng = make_engine(tmp_path, fsync="never")
     eng.define_audiences(EXAMPLE_AUDIENCES)
@@ -299,7 +291,7 @@ def test_a_flipped_byte_in_the_log_stops_start_up_with_file_and_offset(tmp_path:
     for seed in range(3):
         eng.ingest(events(random.Random(seed), 20))
     eng.sync()
-    _abandon(eng)
+    abandon(eng)
     log = next(tmp_path.glob("wal-*.log"))
     data = bytearray(log.read_bytes())
     data[40] ^= 0x55  # inside the first record, with valid records after it

@@ -553,13 +553,13 @@ impl Engine {
         let mut start = 0;
         for (index, event) in events.iter().enumerate() {
             if let Ok(Event {
+                user_id,
                 body: EventBody::Alias { previous_id },
                 ..
             }) = event
             {
                 self.apply_events(&events, start..index, &mut report);
                 if self.admit(index, event, &mut report).is_some() {
-                    let user_id = &events[index].as_ref().expect("admitted").user_id;
                     report.changes += self.alias(index, previous_id, user_id);
                 }
                 start = index + 1;

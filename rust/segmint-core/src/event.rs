@@ -206,7 +206,11 @@ fn identify_body<O: Flattens>(traits: Option<&O>, limits: &Limits) -> Result<Eve
 }
 
 /// An alias call's body; `what` names the field to set in the error.
-fn alias_body(previous_id: Option<&str>, what: &str, limits: &Limits) -> Result<EventBody> {
+pub(crate) fn alias_body(
+    previous_id: Option<&str>,
+    what: &str,
+    limits: &Limits,
+) -> Result<EventBody> {
     let previous_id = previous_id
         .filter(|p| !p.is_empty())
         .ok_or_else(|| invalid(format!("an alias call needs a non-empty {what}")))?;

@@ -246,13 +246,7 @@ pub fn event_from_wire(wire: WireEvent, limits: &Limits) -> Result<Event> {
             ))
         }
         Some(Body::Alias(a)) => {
-            if a.previous_id.is_empty() {
-                return Err(invalid("an alias call needs a non-empty 'previous_id'"));
-            }
-            limits.check_key("previous id", &a.previous_id)?;
-            EventBody::Alias {
-                previous_id: a.previous_id,
-            }
+            crate::event::alias_body(Some(&a.previous_id), "'previous_id'", limits)?
         }
         Some(Body::Track(t)) => {
             if t.event.is_empty() {
