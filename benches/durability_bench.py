@@ -1,9 +1,12 @@
 """Durability figures (issue 5): ingest events/s with fsync ``always`` /
 ``interval`` / ``never`` against in-memory, snapshot size and write/load time
-for the whole workload's users, and recovery replay events/s.
+for the whole workload's users, recovery replay events/s, and the time to
+define the 10k-audience workload one call at a time and to replay those
+definitions.
 
-Every figure comes from the ``segmint-bench`` Rust binary with ``--data-dir``
-(see its header). ``benches/run.py`` runs this as one of its steps; alone it
+Every event figure comes from the ``segmint-bench`` Rust binary with
+``--data-dir`` (see its header); the definitions go through the Python
+extension, as a caller defining audiences one by one would. ``benches/run.py`` runs this as one of its steps; alone it
 re-measures only these figures and rewrites the durability section of
 BENCHMARKS.md in place:
 
@@ -17,6 +20,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,8 @@ START, END = markers("durability")
 MODES = ("memory", "always", "interval", "never")
 # Small batches, so that the fsync per batch shows (50k-event batches hide it).
 POLICY_CHUNK = 1_000
+# The manual clock's start for the definition replay (no event reads it).
+START_INSTANT = "2026-06-01T00:00:00Z"
 
 
 def measure(size: Size, out: Path, threads: int) -> dict[str, Any]:
@@ -65,7 +71,50 @@ def measure(size: Size, out: Path, threads: int) -> dict[str, Any]:
             )
         except (RuntimeError, OSError, ValueError) as e:
             result["errors"]["whole"] = str(e)
+        try:
+            result["definitions"] = definitions_replay(
+                replace(spec, audiences=size.std_audiences[1]), Path(tmp) / "definitions"
+            )
+        except Exception as e:  # keep going: the report says what failed
+            result["errors"]["definitions"] = str(e)
     return result
+
+
+def definitions_replay(spec: WorkloadSpec, data_dir: Path) -> dict[str, Any]:
+    """Defines the workload's audiences one call at a time in a new durable
+    engine (no profile yet), abandons it as a crash would, and opens the
+    directory again: the calls' time as the catalog grows, and recovery's."""
+    import gc
+
+    import segmint
+    from benches.workload import generate_audiences
+
+    rules = [(key, rule) for key, rule, _ in generate_audiences(spec)]
+    eng = segmint.Engine(clock="manual", now=START_INSTANT, data_dir=data_dir, fsync="never")
+    call_s = []
+    for key, rule in rules:
+        t = time.perf_counter()
+        eng.define_audience(key, rule)
+        call_s.append(time.perf_counter() - t)
+    # Released without close(): no final snapshot, the log alone remains.
+    del eng
+    gc.collect()
+    t = time.perf_counter()
+    eng = segmint.Engine(clock="manual", now=START_INSTANT, data_dir=data_dir, fsync="never")
+    open_s = time.perf_counter() - t
+    recovery = eng.recovery
+    assert len(eng.audiences()) == len(rules), "the reopened engine lost definitions"
+    eng.close()
+    tenth = max(1, len(rules) // 10)
+    return {
+        "audiences": len(rules),
+        "define_s": sum(call_s),
+        "first_tenth_ms": 1e3 * sum(call_s[:tenth]) / tenth,
+        "last_tenth_ms": 1e3 * sum(call_s[-tenth:]) / tenth,
+        "records_replayed": recovery.records_replayed,
+        "replay_s": recovery.replay_seconds,
+        "open_s": open_s,
+    }
 
 
 def section(d: dict[str, Any]) -> list[str]:
@@ -118,6 +167,23 @@ def section(d: dict[str, Any]) -> list[str]:
         ]
     elif "whole" in d.get("errors", {}):
         lines += ["", f"Whole-workload durable run failed: {d['errors']['whole']}"]
+    defs = d.get("definitions")
+    if defs:
+        lines += [
+            "",
+            f"{defs['audiences']:,} audiences defined one call at a time in a new durable engine "
+            "(no profile yet), then released without `close()` as a crash would:",
+            "",
+            "| figure | value |",
+            "|---|---|",
+            f"| defining all of them | {defs['define_s']:.1f} s "
+            f"({defs['first_tenth_ms']:.2f} ms per call for the first tenth, "
+            f"{defs['last_tenth_ms']:.2f} ms for the last) |",
+            f"| recovery: replaying their {defs['records_replayed']:,} log records | "
+            f"{defs['replay_s']:.2f} s (open {defs['open_s']:.2f} s) |",
+        ]
+    elif "definitions" in d.get("errors", {}):
+        lines += ["", f"Definition replay failed: {d['errors']['definitions']}"]
     if d.get("note"):
         lines += ["", d["note"]]
     lines += [

@@ -124,6 +124,44 @@ impl<E> Record<E> {
     }
 }
 
+/// Definitions read from the log while the engine holds no profile, put
+/// off so that a run of them builds the catalog's indexes once
+/// ([`Engine::install_definitions`], as a snapshot's definitions), where
+/// one by one each copied the catalog and rebuilt them: replaying 10,000
+/// audiences defined one call at a time took half a minute. Without a
+/// profile a definition changes the catalog alone: no backfill, no
+/// membership to share, no state to drop, no timer to fire.
+#[derive(Default)]
+struct HeldDefinitions {
+    definitions: Vec<Definition>,
+    /// The log offset of each, to name the one that fails.
+    offsets: Vec<u64>,
+    /// The latest instant among the records held (clock moves included).
+    until: Option<Millis>,
+}
+
+impl HeldDefinitions {
+    /// Holds `record` if it changes the catalog or the clock alone; gives
+    /// it back otherwise (a batch, a static audience's members).
+    fn hold(&mut self, offset: u64, record: Record<Event>) -> Option<Record<Event>> {
+        let instant = record.instant();
+        let definition = match record {
+            Record::Advance { .. } => None,
+            Record::DefineAudiences { items, .. } => Some(Definition::Audiences(items)),
+            Record::RemoveAudience { key, .. } => Some(Definition::Remove(key)),
+            Record::DefineComputed { key, expr, .. } => Some(Definition::Computed(key, expr)),
+            Record::RemoveComputed { key, .. } => Some(Definition::RemoveComputed(key)),
+            record @ (Record::Batch { .. } | Record::DefineStatic { .. }) => return Some(record),
+        };
+        if let Some(definition) = definition {
+            self.definitions.push(definition);
+            self.offsets.push(offset);
+        }
+        self.until = self.until.max(Some(instant));
+        None
+    }
+}
+
 /// The open data directory of a durable engine.
 #[derive(Debug)]
 pub(crate) struct Storage {
@@ -318,6 +356,10 @@ impl Engine {
                         }
                     }
                 });
+                let failed = |(offset, e): (u64, SegmintError)| {
+                    corrupt(&path, offset, format!("replaying this record failed: {e}"))
+                };
+                let mut held = HeldDefinitions::default();
                 for (offset, record) in decoded {
                     let record = record.map_err(|e| {
                         corrupt(&path, offset, format!("a log record does not decode: {e}"))
@@ -325,11 +367,19 @@ impl Engine {
                     if std::mem::take(&mut clock_from_log) {
                         engine.now = record.instant();
                     }
-                    info.events_replayed += engine.replay(record).map_err(|e| {
-                        corrupt(&path, offset, format!("replaying this record failed: {e}"))
-                    })?;
                     info.records_replayed += 1;
+                    let record = match engine.interner.is_empty() {
+                        true => match held.hold(offset, record) {
+                            Some(record) => record,
+                            None => continue,
+                        },
+                        false => record,
+                    };
+                    engine.install_held(&mut held).map_err(failed)?;
+                    info.events_replayed +=
+                        engine.replay(record).map_err(|e| failed((offset, e)))?;
                 }
+                engine.install_held(&mut held).map_err(failed)?;
                 Ok(())
             })?;
             if is_last {
@@ -348,6 +398,27 @@ impl Engine {
             _lock: lock,
         });
         Ok((engine, info))
+    }
+
+    /// Installs the definitions `held` put off, together, and moves the
+    /// clock to the last instant among its records; on an error, the log
+    /// offset of the definition that failed.
+    fn install_held(
+        &mut self,
+        held: &mut HeldDefinitions,
+    ) -> std::result::Result<(), (u64, SegmintError)> {
+        let (definitions, offsets) = (
+            std::mem::take(&mut held.definitions),
+            std::mem::take(&mut held.offsets),
+        );
+        if !definitions.is_empty() {
+            self.install_definitions(definitions)
+                .map_err(|(i, e)| (offsets[i], e))?;
+        }
+        if let Some(to) = held.until.take() {
+            self.catch_up(to);
+        }
+        Ok(())
     }
 
     /// Applies one logged record; returns the number of events in it.

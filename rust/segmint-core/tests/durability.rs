@@ -273,6 +273,53 @@ fn automatic_snapshots_by_log_size_keep_the_state() {
     }
 }
 
+/// A log that starts with definitions (made before any profile existed)
+/// replays them as one catalog built at once, and what follows one by one:
+/// reopened, the engine equals one fed the same operations, then and after
+/// more events.
+#[test]
+fn definitions_made_before_any_profile_replay_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ops = vec![Op::Computed(0), Op::Computed(1)];
+    for i in 0..40 {
+        ops.push(Op::Define(i % RULES.len()));
+        match i % 7 {
+            3 => ops.push(Op::Remove((i * 5) % RULES.len())),
+            5 => ops.push(Op::Advance(START + i as i64 * 60_000)),
+            6 => ops.push(Op::RemoveComputed(1)),
+            _ => {}
+        }
+    }
+    // The generated history's clock moves, after the definitions' own.
+    let later: Vec<Op> = history(11, 60)
+        .into_iter()
+        .map(|op| match op {
+            Op::Advance(to) => Op::Advance(to + D),
+            op => op,
+        })
+        .collect();
+    let mut reference = Engine::new(config()).unwrap();
+    let mut durable = Engine::open(config(), storage(dir.path(), 0)).unwrap().0;
+    for op in &ops {
+        run(&mut reference, op);
+        run(&mut durable, op);
+    }
+    drop(durable);
+    let (mut durable, info) = Engine::open(config(), storage(dir.path(), 0)).unwrap();
+    assert_eq!(info.snapshot_generation, 0);
+    assert!(info.records_replayed > 40, "{info:?}");
+    assert_eq!(digest(&durable), digest(&reference));
+    for op in &later {
+        run(&mut reference, op);
+        run(&mut durable, op);
+    }
+    assert_eq!(digest(&durable), digest(&reference));
+    // Reopened again: the held definitions, then the rest one by one.
+    drop(durable);
+    let durable = Engine::open(config(), storage(dir.path(), 0)).unwrap().0;
+    assert_eq!(digest(&durable), digest(&reference));
+}
+
 /// A snapshot keeps the definitions that removed computed traits: reopened,
 /// the removal is installed as a computed trait's, not read as an
 /// audience's slot (which panicked when there were fewer audiences).
