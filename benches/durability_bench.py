@@ -6,9 +6,10 @@ definitions.
 
 Every event figure comes from the ``segmint-bench`` Rust binary with
 ``--data-dir`` (see its header); the definitions go through the Python
-extension, as a caller defining audiences one by one would. ``benches/run.py`` runs this as one of its steps; alone it
-re-measures only these figures and rewrites the durability section of
-BENCHMARKS.md in place:
+extension, as a caller defining audiences one by one would.
+``benches/run.py`` runs this as one of its steps; alone it re-measures only
+these figures and rewrites the durability section of BENCHMARKS.md in
+place:
 
     python benches/durability_bench.py --size full
 """
@@ -87,6 +88,7 @@ def definitions_replay(spec: WorkloadSpec, data_dir: Path) -> dict[str, Any]:
     import gc
 
     import segmint
+
     from benches.workload import generate_audiences
 
     rules = [(key, rule) for key, rule, _ in generate_audiences(spec)]

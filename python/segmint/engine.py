@@ -419,7 +419,9 @@ class Engine:
         return self._core.tick()
 
     def stats(self) -> dict[str, int]:
-        """Counters: users, audiences, shards, pending timers, heap bytes, last seq."""
+        """Counters: users, audiences, shards, pending timers, heap bytes (profiles,
+        memberships, timers, user and message ids), change log bytes (the in-memory
+        change log, up to 10 M changes of 16 bytes), last seq."""
         return dict(self._core.stats())
 
     # ------------------------------------------------------------------ interop

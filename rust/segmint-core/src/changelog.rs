@@ -157,6 +157,12 @@ impl ChangeLog {
         self.entries.len()
     }
 
+    /// Heap bytes: the packed entries (16 bytes each, in 1 MiB chunks) and
+    /// the kinds kept aside.
+    pub fn heap_bytes(&self) -> usize {
+        self.entries.heap_bytes() + self.aside.capacity() * size_of::<(u64, ChangeKind)>()
+    }
+
     /// Appends a change.
     pub fn push(&mut self, change: LoggedChange) {
         let (entry, aside) = pack(change.uid, &change.kind, change.at, change.reason);

@@ -1339,6 +1339,13 @@ impl Engine {
             + self.shards.iter().map(Shard::heap_bytes).sum::<usize>()
     }
 
+    /// Heap bytes of the in-memory change log: 16 bytes a change, up to
+    /// `change_log_capacity` changes (160 MB at the default 10 M), however
+    /// many users there are; not part of [`Engine::heap_bytes`].
+    pub fn change_log_bytes(&self) -> usize {
+        self.log.heap_bytes()
+    }
+
     /// Evaluation work done so far, summed over shards.
     pub fn counters(&self) -> crate::shard::Counters {
         let mut total = crate::shard::Counters::default();

@@ -125,6 +125,18 @@ impl<T> ChunkedDeque<T> {
     pub fn iter(&self) -> impl Iterator<Item = &T> + '_ {
         self.range(0, self.len)
     }
+
+    /// Heap bytes of the chunks, spare ones included.
+    pub fn heap_bytes(&self) -> usize {
+        let chunk_bytes = |c: &Vec<T>| c.capacity() * size_of::<T>();
+        self.chunks
+            .iter()
+            .chain(&self.spare)
+            .map(chunk_bytes)
+            .sum::<usize>()
+            + self.chunks.capacity() * size_of::<Vec<T>>()
+            + self.spare.capacity() * size_of::<Vec<T>>()
+    }
 }
 
 impl<T: Copy> ChunkedDeque<T> {

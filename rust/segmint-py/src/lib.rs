@@ -871,6 +871,7 @@ impl Engine {
             ("shards", e.shard_count() as u64),
             ("pending_timers", e.pending_timers() as u64),
             ("heap_bytes", e.heap_bytes() as u64),
+            ("change_log_bytes", e.change_log_bytes() as u64),
             ("last_seq", e.last_seq()),
         ]
     }
