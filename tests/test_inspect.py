@@ -302,3 +302,17 @@ def test_explain_computed_render() -> None:
     text = eng.explain("ada", "big_recent").tree.render()
     assert "  · computed.spend_30d = 80, changes at 2026-07-01T00:00:00+00:00" in text
     assert '    · sum("Order Completed", revenue, 30d) = 80' in text
+
+
+def test_stats_count_the_heap_and_the_change_log() -> None:
+    eng = segmint.Engine(clock="manual", now=T0)
+    empty = eng.stats()
+    assert empty["change_log_bytes"] == 0
+    eng.define_audience("viewers", 'did("Product Viewed")')
+    for i in range(100):
+        eng.track(f"u{i}", "Product Viewed")
+    stats = eng.stats()
+    assert stats["users"] == 100 and stats["last_seq"] == 100
+    # 100 entries of 16 bytes in the log's first chunk (1 MiB of entries).
+    assert stats["change_log_bytes"] >= 100 * 16
+    assert stats["heap_bytes"] > empty["heap_bytes"]

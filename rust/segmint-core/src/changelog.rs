@@ -288,6 +288,30 @@ mod tests {
         assert_eq!(std::mem::size_of::<Packed>(), 16);
     }
 
+    /// The log's heap is its chunks of 16-byte entries (spare ones until
+    /// released) and the kinds kept aside.
+    #[test]
+    fn heap_bytes_count_chunks_spares_and_kinds_aside() {
+        let mut log = ChangeLog::default();
+        assert_eq!(log.heap_bytes(), 0);
+        let chunk = (1 << 16) * 16;
+        for i in 0..(1 << 16) + 1 {
+            log.push(change(i, 0, 3, 0, 0));
+        }
+        let two_chunks = log.heap_bytes();
+        assert!(
+            (2 * chunk..2 * chunk + 4096).contains(&two_chunks),
+            "{two_chunks}"
+        );
+        log.push(change(7, 2, 1, 0, 0));
+        assert!(log.heap_bytes() > two_chunks, "a kind aside adds its entry");
+        // Dropped, the first chunk is kept for the next appends, then freed.
+        log.drop_front(1 << 16);
+        assert!(log.heap_bytes() >= 2 * chunk);
+        log.release_spare();
+        assert!(log.heap_bytes() < chunk + 4096, "{}", log.heap_bytes());
+    }
+
     proptest! {
         /// Pushes, appended parts, front drops and ranges give back what a plain deque of
         /// the unpacked changes holds: every kind and reason, slots that
