@@ -70,10 +70,13 @@ def measure(events: Path, audiences: Path) -> dict[str, Any]:
             lines = [line.rstrip(b"\n") for _, line in zip(range(BATCH), f, strict=False)]
             if not lines:
                 break
-            last = _instant(lines[-1])
+            # The batch's latest instant (a late event can come last).
+            last = max((_instant(line) for line in lines), key=_ms)
             if _ms(last) > eng._core.now_ms:
                 eng.advance(last)
-            eng.ingest(b"[" + b",".join(lines) + b"]")
+            report = eng.ingest(b"[" + b",".join(lines) + b"]")
+            if report.errors:
+                raise RuntimeError(f"rejected events, the first: {report.errors[0]}")
             count += len(lines)
     seconds = time.perf_counter() - t
     gc.collect()

@@ -292,7 +292,8 @@ def plan(size: Size, res: Results, out: Path, threads_all: int) -> list[Step]:
                 timeout=size.bench_timeout_s,
             )
             if done.returncode != 0:
-                raise RuntimeError(done.stderr.strip().splitlines()[-1:] or done.returncode)
+                last = done.stderr.strip().splitlines()[-1:]
+                raise RuntimeError(last[0] if last else f"exit status {done.returncode}")
             res.memory = json.loads(done.stdout)
 
         steps.append((f"memory: streamed through Engine.ingest, {a1k} audiences", memory))
@@ -860,8 +861,8 @@ def _memory_note(m: dict[str, Any]) -> str:
     return (
         f"streamed through Engine.ingest (benches/memory_bench.py), the process grew by "
         f"{m['rss_bytes_per_user']:,.0f} B/user of RSS: the heap, the change log's "
-        f"{m['change_log_bytes'] / MIB:,.0f} MiB (16 B a change, at most 10 M, however many "
-        f"users), and the allocator's and Python's own"
+        f"{m['change_log_bytes'] / MIB:,.0f} MiB (16 B a membership change, at most 10 M, "
+        f"however many users), and the allocator's and Python's own"
     )
 
 

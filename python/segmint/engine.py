@@ -421,7 +421,7 @@ class Engine:
     def stats(self) -> dict[str, int]:
         """Counters: users, audiences, shards, pending timers, heap bytes (profiles,
         memberships, timers, user and message ids), change log bytes (the in-memory
-        change log, up to 10 M changes of 16 bytes), last seq."""
+        change log: up to 10 M changes, 16 bytes a membership change), last seq."""
         return dict(self._core.stats())
 
     # ------------------------------------------------------------------ interop

@@ -158,9 +158,26 @@ impl ChangeLog {
     }
 
     /// Heap bytes: the packed entries (16 bytes each, in 1 MiB chunks) and
-    /// the kinds kept aside.
+    /// the kinds kept aside, with a computed trait's boxed values (few:
+    /// computed traits change far less often than memberships).
     pub fn heap_bytes(&self) -> usize {
-        self.entries.heap_bytes() + self.aside.capacity() * size_of::<(u64, ChangeKind)>()
+        let values = |kind: &ChangeKind| match kind {
+            ChangeKind::Computed { values, .. } => {
+                let value = |v: &Option<crate::value::Value>| {
+                    v.as_ref()
+                        .map_or(0, crate::value::Value::unshared_heap_bytes)
+                };
+                size_of::<crate::shard::ValueChange>() + value(&values.old) + value(&values.new)
+            }
+            ChangeKind::Membership { .. } => 0,
+        };
+        self.entries.heap_bytes()
+            + self.aside.capacity() * size_of::<(u64, ChangeKind)>()
+            + self
+                .aside
+                .iter()
+                .map(|(_, kind)| values(kind))
+                .sum::<usize>()
     }
 
     /// Appends a change.
@@ -304,7 +321,11 @@ mod tests {
             "{two_chunks}"
         );
         log.push(change(7, 2, 1, 0, 0));
-        assert!(log.heap_bytes() > two_chunks, "a kind aside adds its entry");
+        let aside = size_of::<(u64, ChangeKind)>() + size_of::<crate::shard::ValueChange>();
+        assert!(
+            log.heap_bytes() >= two_chunks + aside,
+            "a kind aside adds its entry and box"
+        );
         // Dropped, the first chunk is kept for the next appends, then freed.
         log.drop_front(1 << 16);
         assert!(log.heap_bytes() >= 2 * chunk);

@@ -414,6 +414,16 @@ impl Engine {
         if !definitions.is_empty() {
             self.install_definitions(definitions)
                 .map_err(|(i, e)| (offsets[i], e))?;
+            // Copies share their lead's (empty) memberships even without a
+            // profile: each definition made live ends the shares its
+            // catalog breaks and starts those it makes, before the next
+            // event (a replaced copy left sharing would take its old
+            // lead's members).
+            let catalog = Arc::clone(&self.catalog);
+            self.unshare_changed(&catalog);
+            for shard in &mut self.shards {
+                shard.share_classes(&catalog);
+            }
         }
         if let Some(to) = held.until.take() {
             self.catch_up(to);

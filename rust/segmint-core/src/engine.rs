@@ -1339,7 +1339,8 @@ impl Engine {
             + self.shards.iter().map(Shard::heap_bytes).sum::<usize>()
     }
 
-    /// Heap bytes of the in-memory change log: 16 bytes a change, up to
+    /// Heap bytes of the in-memory change log: 16 bytes a membership
+    /// change (a computed trait's also keeps its values), up to
     /// `change_log_capacity` changes (160 MB at the default 10 M), however
     /// many users there are; not part of [`Engine::heap_bytes`].
     pub fn change_log_bytes(&self) -> usize {

@@ -320,6 +320,70 @@ fn definitions_made_before_any_profile_replay_together() {
     assert_eq!(digest(&durable), digest(&reference));
 }
 
+/// Copies share their lead's members even before any profile exists (a
+/// snapshot keeps that): a replacement held in recovery ends the sharing
+/// before the next event, as the same definition made live does.
+#[test]
+fn held_definitions_end_the_sharing_of_a_snapshot_without_profiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let rule = RULES[2].1;
+    let mut reference = Engine::new(config()).unwrap();
+    {
+        let mut e = Engine::open(config(), storage(dir.path(), 0)).unwrap().0;
+        for e in [&mut e, &mut reference] {
+            e.define_audience("a", rule).unwrap();
+            e.define_audience("b", rule).unwrap();
+            e.define_static_audience("nobody", &[]).unwrap();
+        }
+        e.close().unwrap();
+    }
+    // u1 qualifies for b's new rule, not for a's.
+    let batch = Op::Batch(format!(
+        r#"[{{"type":"track","userId":"u1","event":"Order Completed","timestamp":"{}","properties":{{"revenue":250}}}}]"#,
+        format_timestamp(START)
+    ));
+    {
+        let mut e = Engine::open(config(), storage(dir.path(), 0)).unwrap().0;
+        for e in [&mut e, &mut reference] {
+            e.define_audience("b", RULES[1].1).unwrap();
+            run(e, &batch);
+        }
+    }
+    let durable = Engine::open(config(), storage(dir.path(), 0)).unwrap().0;
+    assert_eq!(digest(&durable), digest(&reference));
+    assert!(!durable.is_member("u1", "a").unwrap());
+    assert!(durable.is_member("u1", "b").unwrap());
+}
+
+/// A copy defined before any profile, then an event dated before its
+/// definition: the entry instants are those of the engine that defined it
+/// live, once recovered from the log alone.
+#[test]
+fn held_copies_enter_as_copies_defined_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut reference = Engine::new(config()).unwrap();
+    let late = Op::Batch(format!(
+        r#"[{{"type":"track","userId":"u1","event":"Order Completed","timestamp":"{}","properties":{{"revenue":250}}}}]"#,
+        format_timestamp(START - 3 * H)
+    ));
+    {
+        let mut e = Engine::open(config(), storage(dir.path(), 0)).unwrap().0;
+        for e in [&mut e, &mut reference] {
+            e.define_audience("a", RULES[1].1).unwrap();
+            e.advance(START + H).unwrap();
+            e.define_audience("b", RULES[1].1).unwrap();
+            e.define_audiences(&[("c", RULES[1].1), ("d", RULES[1].1)])
+                .unwrap();
+        }
+    }
+    let mut durable = Engine::open(config(), storage(dir.path(), 0)).unwrap().0;
+    assert_eq!(digest(&durable), digest(&reference));
+    for e in [&mut durable, &mut reference] {
+        run(e, &late);
+    }
+    assert_eq!(digest(&durable), digest(&reference));
+}
+
 /// A snapshot keeps the definitions that removed computed traits: reopened,
 /// the removal is installed as a computed trait's, not read as an
 /// audience's slot (which panicked when there were fewer audiences).
