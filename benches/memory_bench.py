@@ -25,19 +25,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from benches.machine import rss_bytes
+
 BATCH = 10_000
 TIMESTAMP = re.compile(rb'"timestamp":"([^"]+)"')
-
-
-def rss_bytes() -> int:
-    """The process's resident set (Linux ``/proc``; 0 elsewhere)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def _instant(line: bytes) -> str:

@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from benches.duckdb_peer import DuckDBPeer, PeerTiming
+from benches.machine import rss_bytes
 from benches.workload import AudienceSpec, iter_segment_json, segment_dicts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,17 +58,6 @@ def _noop() -> None:
 
 def _dt(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process (0 where /proc is missing)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def percentile(values: Sequence[float], p: float) -> float:
