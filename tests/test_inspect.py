@@ -316,3 +316,16 @@ def test_stats_count_the_heap_and_the_change_log() -> None:
     # 100 entries of 16 bytes in the log's first chunk (1 MiB of entries).
     assert stats["change_log_bytes"] >= 100 * 16
     assert stats["heap_bytes"] > empty["heap_bytes"]
+
+
+def test_change_log_capacity_keeps_the_latest_changes() -> None:
+    eng = segmint.Engine(clock="manual", now=T0, change_log_capacity=5)
+    eng.define_audience("viewers", 'did("Product Viewed")')
+    for i in range(10):
+        eng.track(f"u{i}", "Product Viewed")
+    assert eng.last_seq == 10
+    assert [c.seq for c in eng.changes(5)] == [6, 7, 8, 9, 10]
+    with pytest.raises(segmint.InvalidArgumentError, match="change_log_capacity"):
+        eng.changes(0)
+    with pytest.raises(segmint.InvalidArgumentError, match="at least 1"):
+        segmint.Engine(clock="manual", now=T0, change_log_capacity=0)

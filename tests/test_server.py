@@ -129,6 +129,7 @@ subscriber_page = 50
 
 [engine]
 clock = "manual"
+change_log_capacity = 1000000
 
 [[audiences]]
 key = "buyers"
@@ -685,3 +686,12 @@ def test_grpcurl_through_reflection(server: Server) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"member": [True]}
+
+
+def test_config_reads_the_change_log_capacity(tmp_path: Path) -> None:
+    from segmint.config import load_config
+
+    cfg = tmp_path / "segmint.toml"
+    cfg.write_text("[engine]\nchange_log_capacity = 2500\n")
+    assert load_config(cfg).engine.change_log_capacity == 2500
+    assert load_config(None).engine.change_log_capacity == 10_000_000

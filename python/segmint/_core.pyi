@@ -95,6 +95,7 @@ class Engine:
         fsync: str = "always",
         fsync_interval_ms: int = 100,
         snapshot_log_bytes: int = 268_435_456,
+        change_log_capacity: int = 10_000_000,
     ) -> Engine: ...
     @property
     def recovery(self) -> tuple[int, int, int, int, float, float]: ...

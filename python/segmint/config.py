@@ -49,6 +49,7 @@ class EngineSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     threads: int = 0
     tick: str = "1s"
     dedup_window: str = "24h"
+    change_log_capacity: int = 10_000_000
 
 
 class StorageSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -99,6 +99,10 @@ class Engine:
         fsync_interval: the period of ``fsync="interval"``.
         snapshot_log_bytes: take a snapshot once the current log file is this
             large (0: only on :meth:`snapshot` and :meth:`close`).
+        change_log_capacity: how many changes the in-memory change log keeps for
+            :meth:`changes` and subscribers to resume from (16 bytes each); older
+            ones are dropped, and asking for them raises
+            :class:`InvalidArgumentError`.
 
     A durable engine is a context manager: ``with Engine(data_dir=...) as e``
     closes it (final snapshot) on exit.
@@ -119,6 +123,7 @@ class Engine:
         fsync: Literal["always", "interval", "never"] = "always",
         fsync_interval: str | timedelta = "100ms",
         snapshot_log_bytes: int = 256 << 20,
+        change_log_capacity: int = 10_000_000,
     ) -> None:
         self._core = _core.Engine(
             clock=clock,
@@ -133,6 +138,7 @@ class Engine:
             fsync=fsync,
             fsync_interval_ms=duration_ms(fsync_interval, "fsync_interval"),
             snapshot_log_bytes=snapshot_log_bytes,
+            change_log_capacity=change_log_capacity,
         )
 
     @property

@@ -842,6 +842,7 @@ class Sidecar:
             fsync=st.fsync,
             fsync_interval=st.fsync_interval,
             snapshot_log_bytes=st.snapshot_log_mb << 20,
+            change_log_capacity=e.change_log_capacity,
         )
         if self.engine.durable:
             r = self.engine.recovery

@@ -230,6 +230,11 @@ impl Engine {
                 message: "future_skew must not be negative".into(),
             });
         }
+        if config.change_log_capacity == 0 {
+            return Err(SegmintError::InvalidArgument {
+                message: "change_log_capacity must be at least 1 (changes kept in memory)".into(),
+            });
+        }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let shard_count = if config.shards == 0 {
             cores

@@ -336,7 +336,7 @@ impl Engine {
 #[pymethods]
 impl Engine {
     #[new]
-    #[pyo3(signature = (*, clock="wall", now_ms=None, granularity_ms=1000, future_skew_ms=300_000, shards=0, threads=0, tick_ms=1000, dedup_window_ms=86_400_000, data_dir=None, fsync="always", fsync_interval_ms=100, snapshot_log_bytes=268_435_456))]
+    #[pyo3(signature = (*, clock="wall", now_ms=None, granularity_ms=1000, future_skew_ms=300_000, shards=0, threads=0, tick_ms=1000, dedup_window_ms=86_400_000, data_dir=None, fsync="always", fsync_interval_ms=100, snapshot_log_bytes=268_435_456, change_log_capacity=10_000_000))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -352,6 +352,7 @@ impl Engine {
         fsync: &str,
         fsync_interval_ms: i64,
         snapshot_log_bytes: u64,
+        change_log_capacity: usize,
     ) -> PyResult<Self> {
         let clock = match (clock, now_ms) {
             ("wall", None) => Clock::Wall,
@@ -374,6 +375,7 @@ impl Engine {
             shards,
             threads,
             dedup_window: dedup_window_ms,
+            change_log_capacity,
             ..Default::default()
         };
         let policy = FsyncPolicy::parse(fsync, fsync_interval_ms).map_err(to_py)?;
