@@ -1,6 +1,6 @@
 """Memory as a deployment sees it: the workload streamed through
 ``Engine.ingest`` in JSON batches of 10,000 events, read from the file a
-batch at a time (the clock moved to each batch's last instant first), so
+batch at a time (the clock moved to each batch's latest instant first), so
 that the process holds little besides the engine. Prints one JSON object:
 the process's RSS growth, the engine's heap (profiles, memberships, timers,
 ids) and the in-memory change log's bytes, per user.

@@ -415,8 +415,18 @@ def test_bad_clock_moves(eng: Any, call: Callable[[Any], Any]) -> None:
         {"clock": "sundial"},
         {"clock": "manual", "now": NOW, "granularity": "abc"},
         {"clock": "manual", "now": NOW, "future_skew": "5 minutes"},
+        {"clock": "manual", "now": NOW, "change_log_capacity": 0},
+        {"clock": "manual", "now": NOW, "change_log_capacity": -1},
     ],
-    ids=["naive-now", "garbage-now", "unknown-clock", "bad-granularity", "bad-skew"],
+    ids=[
+        "naive-now",
+        "garbage-now",
+        "unknown-clock",
+        "bad-granularity",
+        "bad-skew",
+        "no-change-log",
+        "negative-change-log",
+    ],
 )
 def test_bad_engine_arguments(kwargs: dict[str, Any]) -> None:
     with pytest.raises(segmint.InvalidArgumentError):

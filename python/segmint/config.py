@@ -147,6 +147,8 @@ def validate(config: Config) -> None:
     parse_listen(s.listen)
     if config.storage.snapshot_log_mb < 0:
         raise ConfigError("storage.snapshot_log_mb must not be negative")
+    if config.engine.change_log_capacity < 1:
+        raise ConfigError("engine.change_log_capacity must be at least 1")
 
 
 def parse_listen(listen: str) -> tuple[str, bool]:

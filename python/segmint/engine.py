@@ -99,10 +99,10 @@ class Engine:
         fsync_interval: the period of ``fsync="interval"``.
         snapshot_log_bytes: take a snapshot once the current log file is this
             large (0: only on :meth:`snapshot` and :meth:`close`).
-        change_log_capacity: how many changes the in-memory change log keeps for
-            :meth:`changes` and subscribers to resume from (16 bytes each); older
-            ones are dropped, and asking for them raises
-            :class:`InvalidArgumentError`.
+        change_log_capacity: how many changes (at least 1) the in-memory change
+            log keeps for :meth:`changes` and subscribers to resume from (16 bytes
+            a membership change); older ones are dropped, and asking for them
+            raises :class:`InvalidArgumentError`.
 
     A durable engine is a context manager: ``with Engine(data_dir=...) as e``
     closes it (final snapshot) on exit.
@@ -427,7 +427,8 @@ class Engine:
     def stats(self) -> dict[str, int]:
         """Counters: users, audiences, shards, pending timers, heap bytes (profiles,
         memberships, timers, user and message ids), change log bytes (the in-memory
-        change log: up to 10 M changes, 16 bytes a membership change), last seq."""
+        change log: up to ``change_log_capacity`` changes, 16 bytes a membership
+        change), last seq."""
         return dict(self._core.stats())
 
     # ------------------------------------------------------------------ interop

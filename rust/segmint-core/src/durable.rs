@@ -418,9 +418,8 @@ impl Engine {
             // profile: each definition made live ends the shares its
             // catalog breaks and starts those it makes, before the next
             // event (a replaced copy left sharing would take its old
-            // lead's members).
+            // lead's members); `share_classes` does both.
             let catalog = Arc::clone(&self.catalog);
-            self.unshare_changed(&catalog);
             for shard in &mut self.shards {
                 shard.share_classes(&catalog);
             }
@@ -789,8 +788,13 @@ impl Engine {
         self.unshare_changed(&catalog);
         self.now = meta.now;
         self.last_seq = meta.last_seq;
-        self.log_first_seq = meta.log_first_seq;
-        self.log = meta.log.into_iter().collect();
+        // Opened with a smaller `change_log_capacity`, the newest that many.
+        let dropped = meta
+            .log
+            .len()
+            .saturating_sub(self.config.change_log_capacity);
+        self.log_first_seq = meta.log_first_seq + dropped as u64;
+        self.log = meta.log.into_iter().skip(dropped).collect();
         self.seen_messages = meta.seen_messages.into_set();
         Ok(())
     }

@@ -355,9 +355,11 @@ fn held_definitions_end_the_sharing_of_a_snapshot_without_profiles() {
     assert!(durable.is_member("u1", "b").unwrap());
 }
 
-/// A copy defined before any profile, then an event dated before its
-/// definition: the entry instants are those of the engine that defined it
-/// live, once recovered from the log alone.
+/// Copies defined before any profile (one by one and two at once), then an
+/// event dated before their definition: recovered from the log alone, the
+/// engine logs and reports what the one that defined them live does. (Held
+/// copies share from the start of time, live ones from their definition;
+/// entries are stamped at the clock, so the two agree.)
 #[test]
 fn held_copies_enter_as_copies_defined_live() {
     let dir = tempfile::tempdir().unwrap();
@@ -382,6 +384,38 @@ fn held_copies_enter_as_copies_defined_live() {
         run(e, &late);
     }
     assert_eq!(digest(&durable), digest(&reference));
+}
+
+/// Reopened with a smaller `change_log_capacity`, the snapshot's change log
+/// keeps its newest changes, at once.
+#[test]
+fn a_smaller_change_log_capacity_keeps_the_newest_changes_of_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let last = {
+        let mut e = Engine::open(config(), storage(dir.path(), 0)).unwrap().0;
+        e.define_audience("viewers", RULES[2].1).unwrap();
+        for i in 0..20 {
+            run(
+                &mut e,
+                &Op::Batch(format!(
+                    r#"[{{"type":"track","userId":"u{i}","event":"Product Viewed","properties":{{"category":"shoes"}}}},
+                    {{"type":"track","userId":"u{i}","event":"Product Viewed","properties":{{"category":"shoes"}}}}]"#
+                )),
+            );
+        }
+        e.close().unwrap();
+        e.last_seq()
+    };
+    assert_eq!(last, 20);
+    let small = EngineConfig {
+        change_log_capacity: 5,
+        ..config()
+    };
+    let e = Engine::open(small, storage(dir.path(), 0)).unwrap().0;
+    assert!(e.changes(0, 100).is_err());
+    let seqs: Vec<u64> = e.changes(15, 100).unwrap().iter().map(|c| c.seq).collect();
+    assert_eq!(seqs, [16, 17, 18, 19, 20]);
+    assert!(e.change_log_bytes() <= (1 << 16) * 16 + 4096);
 }
 
 /// A snapshot keeps the definitions that removed computed traits: reopened,

@@ -352,7 +352,7 @@ impl Engine {
         fsync: &str,
         fsync_interval_ms: i64,
         snapshot_log_bytes: u64,
-        change_log_capacity: usize,
+        change_log_capacity: i64,
     ) -> PyResult<Self> {
         let clock = match (clock, now_ms) {
             ("wall", None) => Clock::Wall,
@@ -375,7 +375,8 @@ impl Engine {
             shards,
             threads,
             dedup_window: dedup_window_ms,
-            change_log_capacity,
+            // Below 1 the engine refuses it, with its name.
+            change_log_capacity: usize::try_from(change_log_capacity).unwrap_or(0),
             ..Default::default()
         };
         let policy = FsyncPolicy::parse(fsync, fsync_interval_ms).map_err(to_py)?;
