@@ -292,11 +292,12 @@ impl Engine {
     /// logs every later operation. Any other damage stops it with an error
     /// naming the file and the byte offset.
     pub fn open(config: EngineConfig, storage: StorageConfig) -> Result<(Engine, RecoveryInfo)> {
+        // The settings first: a refused one leaves no directory behind.
+        let mut engine = Engine::new(config)?;
         let dir = storage.dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
         let lock = DirLock::acquire(&dir)?;
         let listing = list_dir(&dir)?;
-        let mut engine = Engine::new(config)?;
         let mut info = RecoveryInfo::default();
         let base = listing.snapshots.last().copied();
         if let Some(generation) = base {

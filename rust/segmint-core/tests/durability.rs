@@ -418,6 +418,22 @@ fn a_smaller_change_log_capacity_keeps_the_newest_changes_of_a_snapshot() {
     assert!(e.change_log_bytes() <= (1 << 16) * 16 + 4096);
 }
 
+/// Refused settings are refused before the data directory is made.
+#[test]
+fn a_refused_setting_leaves_no_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let bad = EngineConfig {
+        change_log_capacity: 0,
+        ..config()
+    };
+    let Err(err) = Engine::open(bad, storage(&data, 0)) else {
+        panic!("a change log of no changes was accepted");
+    };
+    assert!(matches!(err, SegmintError::InvalidArgument { .. }), "{err}");
+    assert!(!data.exists());
+}
+
 /// A snapshot keeps the definitions that removed computed traits: reopened,
 /// the removal is installed as a computed trait's, not read as an
 /// audience's slot (which panicked when there were fewer audiences).
