@@ -129,8 +129,9 @@ impl<E> Record<E> {
 /// ([`Engine::install_definitions`], as a snapshot's definitions), where
 /// one by one each copied the catalog and rebuilt them: replaying 10,000
 /// audiences defined one call at a time took half a minute. Without a
-/// profile a definition changes the catalog alone: no backfill, no
-/// membership to share, no state to drop, no timer to fire.
+/// profile a definition changes the catalog and which copies share their
+/// lead's (empty) memberships: no backfill, no state to drop, no timer to
+/// fire ([`Engine::install_held`] redoes the shares once).
 #[derive(Default)]
 struct HeldDefinitions {
     definitions: Vec<Definition>,
@@ -369,12 +370,13 @@ impl Engine {
                         engine.now = record.instant();
                     }
                     info.records_replayed += 1;
-                    let record = match engine.interner.is_empty() {
-                        true => match held.hold(offset, record) {
+                    let record = if engine.interner.is_empty() {
+                        match held.hold(offset, record) {
                             Some(record) => record,
                             None => continue,
-                        },
-                        false => record,
+                        }
+                    } else {
+                        record
                     };
                     engine.install_held(&mut held).map_err(failed)?;
                     info.events_replayed +=
