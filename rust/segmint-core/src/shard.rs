@@ -322,6 +322,17 @@ pub(crate) struct MovedProfile {
     statics: Vec<AudId>,
 }
 
+/// What merging a profile into another changed for the kept one (see
+/// [`Shard::absorb_profile`]).
+struct Absorbed {
+    /// The states that gained entries, sorted.
+    states: Vec<StateId>,
+    /// The trait keys that gained a value (the kept profile had none).
+    traits: Vec<TraitKey>,
+    /// The static audiences entered.
+    entered: Vec<AudId>,
+}
+
 /// Changes made one after the other for one sort key (an event's index in
 /// the batch, or an instant): `out[start..end]`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -1919,10 +1930,10 @@ impl Shard {
     /// Merges a profile taken out by [`Shard::take_profile`] (or none) into
     /// `uid`'s, which an alias keeps (created if new): its traits fill the
     /// keys `uid`'s lack, its states' entries join `uid`'s, `uid` joins its
-    /// static audiences, and every rule and computed trait is evaluated
-    /// afresh for `uid`, with reason `merge` (see
-    /// [`Shard::reevaluate_user`]; the static audiences it enters are
-    /// logged among the rules' changes, in rank order).
+    /// static audiences, and every computed trait and each rule reading
+    /// what the merge changed is evaluated afresh for `uid`, with reason
+    /// `merge` (see [`Shard::reevaluate_merged`]; the static audiences it
+    /// enters are logged among the rules' changes, in rank order).
     pub(crate) fn merge_profile(
         &mut self,
         step: Step<'_>,
@@ -1938,11 +1949,11 @@ impl Shard {
             self.materialize(step, local);
         }
         if let Some(moved) = moved {
-            let entered = self.absorb_profile(step, local, uid, moved);
+            let absorbed = self.absorb_profile(step, local, uid, moved);
             let first = out.len();
-            self.reevaluate_user(step, local, uid, key, Reason::Merge, out);
-            if !entered.is_empty() {
-                for aud in entered {
+            self.reevaluate_merged(step, local, uid, key, &absorbed, out);
+            if !absorbed.entered.is_empty() {
+                for aud in absorbed.entered {
                     out.push(ShardChange {
                         order: Order::new(key, 2, 0),
                         uid,
@@ -1974,19 +1985,24 @@ impl Shard {
 
     /// [`Shard::merge_profile`]'s joining of the data: traits (the kept
     /// profile's value wins for a key both have), states (then evicted as
-    /// after an event) and static audiences (entered now: those it was not
-    /// in are returned).
+    /// after an event) and static audiences (entered now). Returns what
+    /// changed for the kept profile.
     fn absorb_profile(
         &mut self,
         step: Step<'_>,
         local: usize,
         uid: u32,
         moved: MovedProfile,
-    ) -> Vec<AudId> {
+    ) -> Absorbed {
         let mut traits = moved.traits;
+        // The keys only the merged profile had: the others keep their value.
+        let mut new_traits: Vec<TraitKey> = traits.iter().map(|(k, _)| *k).collect();
         for (key, value) in self.users[local].unpacked_traits() {
             match traits.binary_search_by_key(&key, |(k, _)| *k) {
-                Ok(i) => traits[i].1 = value,
+                Ok(i) => {
+                    traits[i].1 = value;
+                    new_traits.retain(|&k| k != key);
+                }
                 Err(i) => traits.insert(i, (key, value)),
             }
         }
@@ -2010,6 +2026,7 @@ impl Shard {
                 })
             })
             .collect();
+        let states = moved.states.iter().map(|(s, _)| *s).collect();
         for ((s, state), horizon) in moved.states.into_iter().zip(horizons) {
             let def = &step.cat.states[s as usize];
             self.users[local].state_mut(s).merge(state, horizon, def);
@@ -2021,41 +2038,69 @@ impl Shard {
                 entered.push(aud);
             }
         }
-        entered
+        Absorbed {
+            states,
+            traits: new_traits,
+            entered,
+        }
     }
 
-    /// Evaluates every live computed trait and rule for one user afresh and
-    /// sets every timer its profile needs, as a backfill of everything
-    /// would: after its profile changed other than by an event (an alias
-    /// merged another into it). Computed traits' changes are logged at
+    /// Evaluates afresh, for the profile an alias merged another into,
+    /// every live computed trait and each rule that reads what the merge
+    /// changed (see [`Absorbed`]), and moves the timers of the atoms
+    /// reading it. Every other atom reads only what the profile had: its
+    /// truth, its rules' memberships and its timers stand (an event's
+    /// pass relies on the same). Computed traits' changes are logged at
     /// `(key, 1, n)`, memberships' at `(key, 2, n)`.
-    fn reevaluate_user(
+    fn reevaluate_merged(
         &mut self,
         step: Step<'_>,
         local: usize,
         uid: u32,
         key: i64,
-        reason: Reason,
+        absorbed: &Absorbed,
         out: &mut Vec<ShardChange>,
     ) {
         let cat = step.cat;
+        let reason = Reason::Merge;
+        let mut pending = std::mem::take(&mut self.queue);
         let live_computed = (cat.computed.iter().enumerate())
             .filter(|(_, def)| def.is_some())
             .map(|(ct, _)| ct as CtId);
         for (i, ct) in live_computed.enumerate() {
             let order = Order::new(key, 1, i as u64);
-            self.refresh_computed(step, local, uid, ct, reason, order, out);
+            if self.refresh_computed(step, local, uid, ct, reason, order, out) {
+                for &r in &cat.computed_rules[ct as usize] {
+                    pending.insert(cat.rank[r as usize]);
+                }
+            }
         }
-        // The timers of every timed atom a live rule reads, and of those
-        // reading a state with an entry yet to become visible.
-        let timed: Vec<AtomId> = (0..cat.atoms.len())
-            .filter(|&a| cat.atoms[a].timed && !cat.atom_rules[a].is_empty())
-            .map(|a| a as AtomId)
-            .collect();
+        let mut atoms: Vec<AtomId> = Vec::new();
+        for &s in &absorbed.states {
+            atoms.extend(&cat.state_index[s as usize].all);
+        }
+        for &t in &absorbed.traits {
+            atoms.extend(cat.by_trait.get(t as usize).into_iter().flatten());
+        }
+        for &aud in &absorbed.entered {
+            atoms.extend(&cat.timed_by_audience[aud as usize]);
+            for &d in &cat.dependents[aud as usize] {
+                pending.insert(cat.rank[d as usize]);
+            }
+        }
+        atoms.sort_unstable();
+        atoms.dedup();
+        for &a in &atoms {
+            for &(aud, _) in &cat.atom_rules[a as usize] {
+                pending.insert(cat.rank[aud as usize]);
+            }
+        }
+        atoms.retain(|&a| cat.atoms[a as usize].timed);
         self.begin_views(step, local);
-        self.reschedule_in_pass(step, local, uid, &timed);
-        let states: Vec<StateId> = self.users[local].states.iter().map(|(s, _)| *s).collect();
-        for s in states {
+        self.reschedule_in_pass(step, local, uid, &atoms);
+        // The merged states' entries yet to become visible (the profile's
+        // own have their timers).
+        for &s in &absorbed.states {
             let next = self.users[local]
                 .state(s)
                 .and_then(|st| st.next_visible(step.now));
@@ -2067,14 +2112,29 @@ impl Shard {
                 self.timer_no_later_than(step, local, uid, COMPUTED_TIMER | ct, t);
             }
         }
-        // Every rule (a static audience's changes nothing).
-        let mut pending = std::mem::take(&mut self.queue);
-        for &aud in &cat.by_rank {
-            if cat.audiences[aud as usize].is_some() {
-                pending.insert(cat.rank[aud as usize]);
-            }
-        }
         self.process(step, uid, pending, reason, (key, 2), out);
+        #[cfg(debug_assertions)]
+        self.assert_rules_hold(step, local);
+    }
+
+    /// Checks (in debug builds) that every rule's result for the user is
+    /// its membership: what [`Shard::reevaluate_merged`] left unevaluated
+    /// must hold.
+    #[cfg(debug_assertions)]
+    fn assert_rules_hold(&mut self, step: Step<'_>, local: usize) {
+        let cat = step.cat;
+        let counters = self.counters;
+        self.begin_pass(step, local);
+        for &aud in &cat.by_rank {
+            let formula = match cat.formulas.get(aud as usize) {
+                None | Some(Formula::None) => continue,
+                Some(formula) => formula,
+            };
+            let result = self.evaluate_rule(step, local, formula);
+            let member = self.members.is_listed(&self.users[local], aud);
+            assert_eq!(result, member, "slot {aud} after a merge");
+        }
+        self.counters = counters;
     }
 
     /// Fires one of a user's timers due at `step.now` (unless handling an
