@@ -314,6 +314,50 @@ def test_bad_audience_keys(eng: Any, key: str) -> None:
     assert snapshot(eng) == before
 
 
+@pytest.mark.parametrize(
+    ("items", "error", "index"),
+    [
+        ([("ok_a", 'did("A")'), ("bad_b", "trait.x +")], segmint.RuleSyntaxError, 1),
+        ([("ok_a", 'did("A")'), ("bad_b", "trait.x + 1")], segmint.RuleTypeError, 1),
+        ([("bad_a", 'in_audience("nope")'), ("ok_b", 'did("A")')], segmint.UnknownAudienceError, 0),
+        (
+            [("ok_a", 'did("A")'), ("ok_b", 'did("B")'), ("", 'did("C")')],
+            segmint.InvalidArgumentError,
+            2,
+        ),
+        (
+            [("c1", 'did("A")'), ("c2", 'in_audience("c1")'), ("c1", 'in_audience("c2")')],
+            segmint.AudienceCycleError,
+            2,
+        ),
+    ],
+)
+def test_batch_definition_errors_name_the_item(
+    eng: Any, items: list[tuple[str, str]], error: type[Exception], index: int
+) -> None:
+    before = snapshot(eng)
+    with pytest.raises(error) as info:
+        eng.define_audiences(items)
+    assert info.value.index == index
+    assert str(info.value).startswith(f'item {index} ("{items[index][0]}"): ')
+    assert snapshot(eng) == before
+
+
+def test_errors_outside_batches_have_no_index(eng: Any) -> None:
+    with pytest.raises(segmint.RuleSyntaxError) as info:
+        eng.define_audience("bad", "trait.x +")
+    assert info.value.index is None and info.value.line == 1
+
+
+@pytest.mark.parametrize("ids", [["u1", ""], ["u1", "u2", "x" * 5000]])
+def test_bad_static_audience_ids_name_their_position(eng: Any, ids: list[str]) -> None:
+    before = snapshot(eng)
+    with pytest.raises((segmint.InvalidArgumentError, segmint.LimitExceededError)) as info:
+        eng.define_static_audience("uploaded", ids)
+    assert f"user id {len(ids) - 1} of the list" in str(info.value)
+    assert snapshot(eng) == before
+
+
 # --------------------------------------------------------------------------
 # Events, timestamps, traits
 # --------------------------------------------------------------------------

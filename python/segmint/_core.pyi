@@ -28,6 +28,8 @@ class SegmintError(Exception):
     """Base class of every segmint error."""
 
     code: str
+    #: The position of the failing item in a batch call (``define_audiences``); else None.
+    index: int | None
 
 class RuleError(SegmintError):
     """A rule is invalid; has line, column and snippet."""

@@ -265,7 +265,17 @@ class Engine:
         return self._core.define_audience(key, rule)
 
     def define_audiences(self, items: Iterable[tuple[str, str]]) -> None:
-        """Defines many audiences with one backfill pass; all or nothing."""
+        """Defines many audiences with one backfill pass; all or nothing.
+
+        Much faster than one :meth:`define_audience` call each for a large
+        catalog: the rules are indexed once, not once per call.
+
+        Raises:
+            SegmintError: the first invalid item's error (a RuleSyntaxError,
+                UnknownAudienceError, AudienceCycleError, ...); its message
+                starts with ``item N ("key")`` and its ``index`` is N.
+                Nothing is defined.
+        """
         self._core.define_audiences(list(items))
 
     def define_static_audience(self, key: str, user_ids: Iterable[str]) -> int:

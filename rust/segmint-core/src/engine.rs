@@ -1056,13 +1056,15 @@ impl Engine {
     /// it with `in_audience` / `member_for`. Returns its size.
     pub fn define_static_audience(&mut self, key: &str, user_ids: &[&str]) -> Result<u64> {
         self.check_key(key)?;
-        for u in user_ids {
+        for (i, u) in user_ids.iter().enumerate() {
             if u.is_empty() {
                 return Err(SegmintError::InvalidArgument {
-                    message: "a user id in the list is empty".into(),
+                    message: format!("user id {i} of the list is empty"),
                 });
             }
-            self.config.limits.check_key("user id", u)?;
+            self.config
+                .limits
+                .check_key(&format!("user id {i} of the list"), u)?;
         }
         let now = self.op_now();
         let position = self.log_record(&Record::<Event>::DefineStatic {

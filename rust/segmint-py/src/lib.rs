@@ -142,6 +142,25 @@ fn unwound<T>(part: &str, f: impl FnOnce() -> T) -> PyResult<T> {
 
 fn to_py(e: SegmintError) -> PyErr {
     let message = e.to_string();
+    to_py_as(e, message, None)
+}
+
+/// The error of item `index` (audience `key`) of a batch of definitions:
+/// its message and `index` name the item. (A storage error is the
+/// batch's, not an item's.)
+fn item_to_py(index: usize, key: &str, e: SegmintError) -> PyErr {
+    match e {
+        SegmintError::Storage { .. } | SegmintError::Corrupt { .. } => to_py(e),
+        _ => {
+            let message = format!("item {index} ({key:?}): {e}");
+            to_py_as(e, message, Some(index))
+        }
+    }
+}
+
+/// The Python exception of `e` with `message`; `index` is the failing
+/// item of a batch call, if any.
+fn to_py_as(e: SegmintError, message: String, index: Option<usize>) -> PyErr {
     Python::attach(|py| {
         let err = match &e {
             SegmintError::RuleSyntax(_) => RuleSyntaxError::new_err(message),
@@ -172,6 +191,7 @@ fn to_py(e: SegmintError) -> PyErr {
             let _ = value.setattr("offset", *offset);
         }
         let _ = err.value(py).setattr("code", code(&e));
+        let _ = err.value(py).setattr("index", index);
         err
     })
 }
@@ -628,18 +648,15 @@ impl Engine {
 
     /// Defines many audiences with one backfill; raises with the failing index in the message.
     fn define_audiences(&self, py: Python<'_>, items: Vec<(String, String)>) -> PyResult<()> {
-        self.with(py, move |e| {
-            let refs: Vec<(&str, &str)> = items
-                .iter()
-                .map(|(k, r)| (k.as_str(), r.as_str()))
-                .collect();
-            e.define_audiences(&refs).map_err(|(i, err)| match err {
-                SegmintError::InvalidArgument { message } => SegmintError::InvalidArgument {
-                    message: format!("item {i}: {message}"),
-                },
-                other => other,
-            })
-        })
+        let refs: Vec<(&str, &str)> = items
+            .iter()
+            .map(|(k, r)| (k.as_str(), r.as_str()))
+            .collect();
+        let outcome = py.detach(|| {
+            let mut engine = self.lock();
+            unwound("engine", || engine.define_audiences(&refs))
+        })?;
+        outcome.map_err(|(i, e)| item_to_py(i, refs.get(i).map_or("", |item| item.0), e))
     }
 
     /// Defines (or replaces) a static audience from a list of user ids.
