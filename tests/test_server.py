@@ -445,6 +445,43 @@ def test_define_and_remove_audience_stream_changes(server: Server) -> None:
     assert reasons == ["definition"] * resp.size + ["delete"] * resp.size
 
 
+def test_define_audiences_at_once_all_or_nothing(server: Server) -> None:
+    stub = server.stub()
+    ingest(stub, [encode_batch([track("dm1"), identify("dm2", plan="dm")])])
+    start = current_seq(stub)
+    resp = stub.DefineAudiences(
+        pb.DefineAudiencesRequest(
+            audiences=[
+                pb.DefineAudienceRequest(key="many_buy", rule='count("Buy") >= 1'),
+                pb.DefineAudienceRequest(key="many_other", rule='trait.plan == "dm"'),
+                pb.DefineAudienceRequest(key="many_both", rule='in_audience("many_buy")'),
+            ]
+        ),
+        timeout=CALL_TIMEOUT,
+    )
+    sizes = {a.key: a.size for a in resp.audiences}
+    assert [a.key for a in resp.audiences] == ["many_buy", "many_other", "many_both"]
+    for key, size in sizes.items():
+        assert stub.Size(pb.SizeRequest(audience=key)).size == size > 0
+    assert {a.seq for a in resp.audiences} == {start + sum(sizes.values())}
+    # One bad item: the call fails naming it, and nothing is defined.
+    code, details = _code(
+        stub.DefineAudiences,
+        pb.DefineAudiencesRequest(
+            audiences=[
+                pb.DefineAudienceRequest(key="many_new", rule='did("Buy")'),
+                pb.DefineAudienceRequest(key="many_bad", rule='count("X", 7d) >= '),
+            ]
+        ),
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith('item 1 ("many_bad"): ') and re.search(r"\b1:\d+\b", details)
+    listed = stub.ListAudiences(pb.ListAudiencesRequest(), timeout=CALL_TIMEOUT)
+    keys = {a.key for a in listed.audiences}
+    assert {"many_buy", "many_other", "many_both"} <= keys and "many_new" not in keys
+    assert current_seq(stub) == start + sum(sizes.values())
+
+
 def test_computed_traits_define_list_profile_changes_remove(server: Server) -> None:
     stub = server.stub()
     start = current_seq(stub)

@@ -435,6 +435,23 @@ class SegmintService:
         log.info("defined audience %s (size %d)", request.key, size)
         return pb.DefineAudienceResponse(key=request.key, size=size, seq=seq)
 
+    def define_audiences(
+        self, request: pb.DefineAudiencesRequest, context: grpc.ServicerContext
+    ) -> pb.DefineAudiencesResponse:
+        """Defines or replaces many audiences at once, all or nothing; returns
+        each one's size after the one backfill pass."""
+        items = [(a.key, a.rule) for a in request.audiences]
+        self.engine.define_audiences(items)
+        seq = self.engine.last_seq
+        self.feed.notify(seq)
+        log.info("defined %d audiences", len(items))
+        return pb.DefineAudiencesResponse(
+            audiences=[
+                pb.DefineAudienceResponse(key=key, size=self.engine.size(key), seq=seq)
+                for key, _ in items
+            ]
+        )
+
     def remove_audience(
         self, request: pb.RemoveAudienceRequest, context: grpc.ServicerContext
     ) -> pb.RemoveAudienceResponse:
@@ -681,6 +698,12 @@ class SegmintService:
                 self.define_audience,
                 pb.DefineAudienceRequest,
                 pb.DefineAudienceResponse,
+            ),
+            "DefineAudiences": unary(
+                "DefineAudiences",
+                self.define_audiences,
+                pb.DefineAudiencesRequest,
+                pb.DefineAudiencesResponse,
             ),
             "RemoveAudience": unary(
                 "RemoveAudience",

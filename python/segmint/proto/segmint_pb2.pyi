@@ -115,6 +115,18 @@ class DefineAudienceResponse(_message.Message):
     seq: int
     def __init__(self, key: _Optional[str] = ..., size: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
 
+class DefineAudiencesRequest(_message.Message):
+    __slots__ = ("audiences",)
+    AUDIENCES_FIELD_NUMBER: _ClassVar[int]
+    audiences: _containers.RepeatedCompositeFieldContainer[DefineAudienceRequest]
+    def __init__(self, audiences: _Optional[_Iterable[_Union[DefineAudienceRequest, _Mapping]]] = ...) -> None: ...
+
+class DefineAudiencesResponse(_message.Message):
+    __slots__ = ("audiences",)
+    AUDIENCES_FIELD_NUMBER: _ClassVar[int]
+    audiences: _containers.RepeatedCompositeFieldContainer[DefineAudienceResponse]
+    def __init__(self, audiences: _Optional[_Iterable[_Union[DefineAudienceResponse, _Mapping]]] = ...) -> None: ...
+
 class RemoveAudienceRequest(_message.Message):
     __slots__ = ("key",)
     KEY_FIELD_NUMBER: _ClassVar[int]

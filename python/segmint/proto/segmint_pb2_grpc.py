@@ -61,6 +61,11 @@ class SegmintStub:
                 request_serializer=segmint_dot_v1_dot_segmint__pb2.DefineAudienceRequest.SerializeToString,
                 response_deserializer=segmint_dot_v1_dot_segmint__pb2.DefineAudienceResponse.FromString,
                 _registered_method=True)
+        self.DefineAudiences = channel.unary_unary(
+                '/segmint.v1.Segmint/DefineAudiences',
+                request_serializer=segmint_dot_v1_dot_segmint__pb2.DefineAudiencesRequest.SerializeToString,
+                response_deserializer=segmint_dot_v1_dot_segmint__pb2.DefineAudiencesResponse.FromString,
+                _registered_method=True)
         self.RemoveAudience = channel.unary_unary(
                 '/segmint.v1.Segmint/RemoveAudience',
                 request_serializer=segmint_dot_v1_dot_segmint__pb2.RemoveAudienceRequest.SerializeToString,
@@ -178,6 +183,12 @@ class SegmintServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DefineAudience(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DefineAudiences(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -307,6 +318,11 @@ def add_SegmintServicer_to_server(servicer, server):
                     servicer.DefineAudience,
                     request_deserializer=segmint_dot_v1_dot_segmint__pb2.DefineAudienceRequest.FromString,
                     response_serializer=segmint_dot_v1_dot_segmint__pb2.DefineAudienceResponse.SerializeToString,
+            ),
+            'DefineAudiences': grpc.unary_unary_rpc_method_handler(
+                    servicer.DefineAudiences,
+                    request_deserializer=segmint_dot_v1_dot_segmint__pb2.DefineAudiencesRequest.FromString,
+                    response_serializer=segmint_dot_v1_dot_segmint__pb2.DefineAudiencesResponse.SerializeToString,
             ),
             'RemoveAudience': grpc.unary_unary_rpc_method_handler(
                     servicer.RemoveAudience,
@@ -526,6 +542,33 @@ class Segmint:
             '/segmint.v1.Segmint/DefineAudience',
             segmint_dot_v1_dot_segmint__pb2.DefineAudienceRequest.SerializeToString,
             segmint_dot_v1_dot_segmint__pb2.DefineAudienceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DefineAudiences(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/segmint.v1.Segmint/DefineAudiences',
+            segmint_dot_v1_dot_segmint__pb2.DefineAudiencesRequest.SerializeToString,
+            segmint_dot_v1_dot_segmint__pb2.DefineAudiencesResponse.FromString,
             options,
             channel_credentials,
             insecure,
