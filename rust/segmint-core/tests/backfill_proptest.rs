@@ -6,13 +6,13 @@
 //! reads every event name for all time, so both engines keep the same
 //! history.
 
+mod common;
+
 use proptest::prelude::*;
-use segmint_core::time::format_timestamp;
 use segmint_core::{Clock, Engine, EngineConfig};
 
-const H: i64 = 3_600_000;
-const D: i64 = 24 * H;
-const T0: i64 = 1_000 * D;
+use common::{D, H, T0};
+
 const USERS: usize = 6;
 
 #[derive(Debug, Clone)]
@@ -49,26 +49,6 @@ const ATOMS: &[&str] = &[
     r#"since("A") between 1d and 2d"#,
 ];
 
-fn rule() -> impl Strategy<Value = String> {
-    let leaf = (0..ATOMS.len(), any::<bool>()).prop_map(|(i, neg)| {
-        if neg {
-            format!("not ({})", ATOMS[i])
-        } else {
-            format!("({})", ATOMS[i])
-        }
-    });
-    leaf.prop_recursive(2, 6, 3, |inner| {
-        (inner.clone(), inner, any::<bool>(), any::<bool>()).prop_map(|(a, b, and, neg)| {
-            let s = format!("({a} {} {b})", if and { "and" } else { "or" });
-            if neg {
-                format!("not {s}")
-            } else {
-                s
-            }
-        })
-    })
-}
-
 fn engine(shards: usize) -> Engine {
     let mut e = Engine::new(EngineConfig {
         clock: Clock::Manual(T0),
@@ -89,30 +69,14 @@ fn engine(shards: usize) -> Engine {
 fn apply(e: &mut Engine, op: &Op) {
     let now = e.now();
     let json = match op {
-        Op::Identify(u, plan, n) => {
-            let mut traits = Vec::new();
-            if let Some(p) = plan {
-                traits.push(format!(r#""plan":"{p}""#));
-            }
-            if let Some(n) = n {
-                traits.push(format!(r#""n":{n}"#));
-            }
-            format!(
-                r#"[{{"type":"identify","userId":"u{u}","traits":{{{}}}}}]"#,
-                traits.join(",")
-            )
-        }
-        Op::Track(u, ev, h) => format!(
-            r#"[{{"type":"track","userId":"u{u}","event":"{ev}","timestamp":"{}"}}]"#,
-            format_timestamp(now - h * H)
-        ),
+        Op::Identify(u, plan, n) => common::identify(*u, *plan, *n),
+        Op::Track(u, ev, h) => common::track(*u, ev, now - h * H),
         Op::Advance(h) => {
             e.advance(now + h * H).unwrap();
             return;
         }
     };
-    let r = e.ingest_json(json.as_bytes()).unwrap();
-    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    common::ingest(e, &json);
 }
 
 fn members(e: &Engine, key: &str) -> Vec<bool> {
@@ -132,7 +96,7 @@ fn members(e: &Engine, key: &str) -> Vec<bool> {
 
 proptest! {
     #[test]
-    fn late_definition_matches_early(target in rule(), old in proptest::option::of(rule()), ops in ops(), shards in 1usize..3) {
+    fn late_definition_matches_early(target in common::rule(ATOMS), old in proptest::option::of(common::rule(ATOMS)), ops in ops(), shards in 1usize..3) {
         let mut early = engine(shards);
         early.define_audience("t", &target).unwrap();
         let mut late = engine(shards);

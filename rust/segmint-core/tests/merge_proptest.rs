@@ -6,13 +6,13 @@
 //! finds (a preview replacing it would move no one), at once and as time
 //! goes on (the merged entries' timers).
 
+mod common;
+
 use proptest::prelude::*;
-use segmint_core::time::format_timestamp;
 use segmint_core::{Clock, Engine, EngineConfig};
 
-const H: i64 = 3_600_000;
-const D: i64 = 24 * H;
-const T0: i64 = 1_000 * D;
+use common::{H, T0};
+
 const USERS: usize = 5;
 
 #[derive(Debug, Clone)]
@@ -55,20 +55,6 @@ const ATOMS: &[&str] = &[
     r#"count("B") >= 2"#,
 ];
 
-fn rule() -> impl Strategy<Value = String> {
-    let leaf = (0..ATOMS.len(), any::<bool>()).prop_map(|(i, neg)| {
-        if neg {
-            format!("not ({})", ATOMS[i])
-        } else {
-            format!("({})", ATOMS[i])
-        }
-    });
-    leaf.prop_recursive(2, 6, 3, |inner| {
-        (inner.clone(), inner, any::<bool>())
-            .prop_map(|(a, b, and)| format!("({a} {} {b})", if and { "and" } else { "or" }))
-    })
-}
-
 fn engine(shards: usize, rules: &[String]) -> Engine {
     let mut e = Engine::new(EngineConfig {
         clock: Clock::Manual(T0),
@@ -91,23 +77,8 @@ fn engine(shards: usize, rules: &[String]) -> Engine {
 fn apply(e: &mut Engine, op: &Op) {
     let now = e.now();
     let json = match op {
-        Op::Identify(u, plan, n) => {
-            let mut traits = Vec::new();
-            if let Some(p) = plan {
-                traits.push(format!(r#""plan":"{p}""#));
-            }
-            if let Some(n) = n {
-                traits.push(format!(r#""n":{n}"#));
-            }
-            format!(
-                r#"[{{"type":"identify","userId":"u{u}","traits":{{{}}}}}]"#,
-                traits.join(",")
-            )
-        }
-        Op::Track(u, ev, h) => format!(
-            r#"[{{"type":"track","userId":"u{u}","event":"{ev}","timestamp":"{}"}}]"#,
-            format_timestamp(now - h * H)
-        ),
+        Op::Identify(u, plan, n) => common::identify(*u, *plan, *n),
+        Op::Track(u, ev, h) => common::track(*u, ev, now - h * H),
         Op::Advance(h) => {
             e.advance(now + h * H).unwrap();
             return;
@@ -116,8 +87,7 @@ fn apply(e: &mut Engine, op: &Op) {
             format!(r#"[{{"type":"alias","previousId":"u{from}","userId":"u{to}"}}]"#)
         }
     };
-    let r = e.ingest_json(json.as_bytes()).unwrap();
-    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    common::ingest(e, &json);
 }
 
 /// Every audience's members against a fresh evaluation of its rule.
@@ -138,7 +108,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
     #[test]
     fn merges_leave_every_rule_as_a_fresh_evaluation_finds_it(
-        rules in proptest::collection::vec(rule(), 1..5),
+        rules in proptest::collection::vec(common::rule(ATOMS), 1..5),
         ops in ops(),
         shards in 1usize..3,
     ) {

@@ -1,0 +1,63 @@
+//! What the proptests send: one-event JSON batches for user `u{N}`.
+
+use proptest::prelude::*;
+use segmint_core::time::{format_timestamp, Millis};
+use segmint_core::Engine;
+
+/// An hour, in milliseconds.
+pub const H: Millis = 3_600_000;
+/// A day.
+pub const D: Millis = 24 * H;
+/// Where the engines' manual clocks start.
+pub const T0: Millis = 1_000 * D;
+
+/// An identify of `u{user}` setting `plan` and `n` where given.
+pub fn identify(user: usize, plan: Option<&str>, n: Option<i64>) -> String {
+    let mut traits = Vec::new();
+    if let Some(p) = plan {
+        traits.push(format!(r#""plan":"{p}""#));
+    }
+    if let Some(n) = n {
+        traits.push(format!(r#""n":{n}"#));
+    }
+    format!(
+        r#"[{{"type":"identify","userId":"u{user}","traits":{{{}}}}}]"#,
+        traits.join(",")
+    )
+}
+
+/// A track of `event` by `u{user}` at `at`.
+pub fn track(user: usize, event: &str, at: Millis) -> String {
+    format!(
+        r#"[{{"type":"track","userId":"u{user}","event":"{event}","timestamp":"{}"}}]"#,
+        format_timestamp(at)
+    )
+}
+
+/// Ingests `json`, which must be accepted whole.
+pub fn ingest(e: &mut Engine, json: &str) {
+    let r = e.ingest_json(json.as_bytes()).unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+}
+
+/// Rules over `atoms`: each atom or its negation, joined by `and` and
+/// `or` up to two levels deep, some of them negated.
+pub fn rule(atoms: &'static [&'static str]) -> impl Strategy<Value = String> {
+    let leaf = (0..atoms.len(), any::<bool>()).prop_map(move |(i, neg)| {
+        if neg {
+            format!("not ({})", atoms[i])
+        } else {
+            format!("({})", atoms[i])
+        }
+    });
+    leaf.prop_recursive(2, 6, 3, |inner| {
+        (inner.clone(), inner, any::<bool>(), any::<bool>()).prop_map(|(a, b, and, neg)| {
+            let s = format!("({a} {} {b})", if and { "and" } else { "or" });
+            if neg {
+                format!("not {s}")
+            } else {
+                s
+            }
+        })
+    })
+}
