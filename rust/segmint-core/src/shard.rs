@@ -2669,6 +2669,9 @@ impl Shard {
             let mut counter = 0;
             if !new || member {
                 self.set_member(local, uid, aud, member, step.now);
+                // `member_for` of it counts from now (or no longer).
+                self.begin_views(step, local);
+                self.reschedule_member_for(step, local, uid, aud);
                 out.push(ShardChange {
                     order: Order::new(uid as i64, 0, 0),
                     uid,

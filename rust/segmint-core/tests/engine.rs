@@ -869,6 +869,39 @@ fn static_audiences_are_uploaded_lists_usable_in_rules() {
 }
 
 #[test]
+fn member_for_a_static_list_counts_from_its_replacement() {
+    // Found by a differential hunt: a user entering (or leaving) a static
+    // audience when its list was replaced got no `member_for` timer, so a
+    // rule reading it never moved with time.
+    for shards in [1, 2] {
+        let mut e = engine(shards);
+        let t0 = e.now();
+        track(&mut e, "old", "X", "{}", t0);
+        e.define_static_audience("s", &["gone"]).unwrap();
+        e.define_audience("fresh", r#"member_for("s") < 10m"#)
+            .unwrap();
+        e.define_audience("settled", r#"member_for("s") >= 1h"#)
+            .unwrap();
+        // An existing profile and a new one enter; one leaves.
+        e.define_static_audience("s", &["old", "new"]).unwrap();
+        let sorted = |mut ids: Vec<String>| {
+            ids.sort();
+            ids
+        };
+        assert_eq!(sorted(e.members("fresh").unwrap()), vec!["new", "old"]);
+        e.advance(t0 + 10 * 60_000).unwrap();
+        assert!(e.members("fresh").unwrap().is_empty(), "{shards} shards");
+        e.advance(t0 + H).unwrap();
+        assert_eq!(sorted(e.members("settled").unwrap()), vec!["new", "old"]);
+        for key in ["fresh", "settled"] {
+            let rule = e.rule(key).unwrap();
+            let p = e.preview(&rule, Some(key), 10).unwrap();
+            assert!(p.entering.is_empty() && p.exiting.is_empty(), "{key}");
+        }
+    }
+}
+
+#[test]
 fn change_log_trims_the_oldest_and_keeps_numbering() {
     let config = EngineConfig {
         clock: Clock::Manual(1_000 * D),

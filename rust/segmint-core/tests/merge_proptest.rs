@@ -1,7 +1,8 @@
 //! An alias re-evaluates only the rules reading what the merge changed
 //! for the kept profile (the states that gained entries, the trait keys
 //! that gained a value, the static audiences entered, the computed traits
-//! that moved): after any stream of identifies, events, aliases and clock
+//! that moved): after any stream of identifies, events, aliases, new lists
+//! for the static audience and clock
 //! moves, every audience holds the members a fresh evaluation of its rule
 //! finds (a preview replacing it would move no one), at once and as time
 //! goes on (the merged entries' timers).
@@ -21,6 +22,8 @@ enum Op {
     Track(usize, &'static str, i64),
     Advance(i64),
     Alias(usize, usize),
+    /// The static audience's list replaced by the users of the mask.
+    Upload(u8),
 }
 
 fn ops() -> impl Strategy<Value = Vec<Op>> {
@@ -32,6 +35,7 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
             3 => (0..USERS, prop_oneof![Just("A"), Just("B")], -2i64..72).prop_map(|(u, e, h)| Op::Track(u, e, h)),
             1 => (1i64..60).prop_map(Op::Advance),
             2 => (0..USERS, 0..USERS).prop_map(|(from, to)| Op::Alias(from, to)),
+            1 => any::<u8>().prop_map(Op::Upload),
         ],
         0..30,
     )
@@ -81,6 +85,15 @@ fn apply(e: &mut Engine, op: &Op) {
         Op::Track(u, ev, h) => common::track(*u, ev, now - h * H),
         Op::Advance(h) => {
             e.advance(now + h * H).unwrap();
+            return;
+        }
+        Op::Upload(mask) => {
+            let users: Vec<String> = (0..USERS)
+                .filter(|u| mask & (1 << u) != 0)
+                .map(|u| format!("u{u}"))
+                .collect();
+            let users: Vec<&str> = users.iter().map(String::as_str).collect();
+            e.define_static_audience("s", &users).unwrap();
             return;
         }
         Op::Alias(from, to) => {
