@@ -343,6 +343,39 @@ def test_batch_definition_errors_name_the_item(
     assert snapshot(eng) == before
 
 
+def test_batch_definitions_return_sizes_last_rule_wins_and_empty_is_nothing(eng: Any) -> None:
+    before = snapshot(eng)
+    assert eng.define_audiences([]) == []
+    assert snapshot(eng) == before
+    sizes = eng.define_audiences(
+        [("twice", 'trait.plan == "none"'), ("vip2", 'trait.plan == "vip"'), ("twice", "true")]
+    )
+    assert sizes == [1, 1, 1]
+    assert eng.rule("twice") == "true" and eng.members("twice") == ["u0"]
+
+
+def test_a_long_key_is_cut_in_the_item_prefix(eng: Any) -> None:
+    key = "k" * 5000
+    with pytest.raises(segmint.LimitExceededError) as info:
+        eng.define_audiences([(key, 'did("A")')])
+    assert info.value.index == 0
+    assert str(info.value).startswith(f'item 0 ("{"k" * 64}…"): ')
+
+
+def test_every_error_has_a_code_and_an_index() -> None:
+    # Raised by the Python layer, not through the engine's error mapping.
+    with pytest.raises(segmint.InvalidArgumentError) as info:
+        segmint.Engine(clock="manual", now="not a time")
+    assert info.value.code == "invalid_argument" and info.value.index is None
+    for cls, code in [
+        (segmint.SegmintError, "internal"),
+        (segmint.RuleSyntaxError, "rule_syntax"),
+        (segmint.UnknownAudienceError, "unknown_audience"),
+        (segmint.CorruptDataError, "corrupt_data"),
+    ]:
+        assert cls.code == code and cls.index is None
+
+
 def test_errors_outside_batches_have_no_index(eng: Any) -> None:
     with pytest.raises(segmint.RuleSyntaxError) as info:
         eng.define_audience("bad", "trait.x +")

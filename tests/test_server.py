@@ -480,6 +480,9 @@ def test_define_audiences_at_once_all_or_nothing(server: Server) -> None:
     keys = {a.key for a in listed.audiences}
     assert {"many_buy", "many_other", "many_both"} <= keys and "many_new" not in keys
     assert current_seq(stub) == start + sum(sizes.values())
+    # No items: nothing done.
+    empty = stub.DefineAudiences(pb.DefineAudiencesRequest(), timeout=CALL_TIMEOUT)
+    assert not empty.audiences and current_seq(stub) == start + sum(sizes.values())
 
 
 def test_computed_traits_define_list_profile_changes_remove(server: Server) -> None:

@@ -264,8 +264,10 @@ class Engine:
         reason ``definition``, and returns its size."""
         return self._core.define_audience(key, rule)
 
-    def define_audiences(self, items: Iterable[tuple[str, str]]) -> None:
+    def define_audiences(self, items: Iterable[tuple[str, str]]) -> list[int]:
         """Defines many audiences with one backfill pass; all or nothing.
+        Returns each item's size after it (a key named twice takes its last
+        rule, and both items report that size). No items, nothing done.
 
         Much faster than one :meth:`define_audience` call each for a large
         catalog: the rules are indexed once, not once per call.
@@ -276,7 +278,7 @@ class Engine:
                 starts with ``item N ("key")`` and its ``index`` is N.
                 Nothing is defined.
         """
-        self._core.define_audiences(list(items))
+        return self._core.define_audiences(list(items))
 
     def define_static_audience(self, key: str, user_ids: Iterable[str]) -> int:
         """Defines (or replaces) a static audience from an uploaded list of user ids

@@ -441,14 +441,14 @@ class SegmintService:
         """Defines or replaces many audiences at once, all or nothing; returns
         each one's size after the one backfill pass."""
         items = [(a.key, a.rule) for a in request.audiences]
-        self.engine.define_audiences(items)
+        sizes = self.engine.define_audiences(items)
         seq = self.engine.last_seq
         self.feed.notify(seq)
         log.info("defined %d audiences", len(items))
         return pb.DefineAudiencesResponse(
             audiences=[
-                pb.DefineAudienceResponse(key=key, size=self.engine.size(key), seq=seq)
-                for key, _ in items
+                pb.DefineAudienceResponse(key=key, size=size, seq=seq)
+                for (key, _), size in zip(items, sizes, strict=True)
             ]
         )
 

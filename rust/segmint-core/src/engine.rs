@@ -928,16 +928,23 @@ impl Engine {
     /// Defines (or replaces) an audience, evaluates it over every profile
     /// and returns its size. Entries and exits get reason `definition`.
     pub fn define_audience(&mut self, key: &str, rule: &str) -> Result<u64> {
-        self.define_audiences(&[(key, rule)]).map_err(|(_, e)| e)?;
-        self.size(key)
+        let sizes = self.define_audiences(&[(key, rule)]).map_err(|(_, e)| e)?;
+        Ok(sizes[0])
     }
 
-    /// Defines many audiences at once with one backfill pass. On an error
-    /// (with the item's index) nothing changes.
+    /// Defines many audiences at once with one backfill pass; returns each
+    /// item's size after it (a key named twice takes its last rule, and
+    /// both items report that audience's size). On an error in an item,
+    /// with its index, nothing changes; an error of the call as a whole
+    /// (writing the log) comes with `items.len()`. No items, no operation.
     pub fn define_audiences(
         &mut self,
         items: &[(&str, &str)],
-    ) -> Result<(), (usize, SegmintError)> {
+    ) -> Result<Vec<u64>, (usize, SegmintError)> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let whole = items.len();
         let now = self.op_now();
         for (i, (key, rule)) in items.iter().enumerate() {
             self.check_key(key).map_err(|e| (i, e))?;
@@ -960,10 +967,11 @@ impl Engine {
         let (catalog, slots) = self.catalog_after(&def)?;
         let position = self
             .log_record(&Record::<Event>::DefineAudiences { now, items: owned })
-            .map_err(|e| (0, e))?;
+            .map_err(|e| (whole, e))?;
         self.define_audiences_with(now, def, catalog, &slots);
-        self.finish_record(position, true).map_err(|e| (0, e))?;
-        Ok(())
+        self.finish_record(position, true).map_err(|e| (whole, e))?;
+        let sizes = items.iter().map(|(key, _)| self.size(key));
+        sizes.collect::<Result<_>>().map_err(|e| (whole, e))
     }
 
     /// Installs audiences compiled by [`Engine::catalog_after`] and
@@ -1064,7 +1072,17 @@ impl Engine {
             }
             self.config
                 .limits
-                .check_key(&format!("user id {i} of the list"), u)?;
+                .check_key("user id", u)
+                .map_err(|e| match e {
+                    SegmintError::LimitExceeded { limit, actual, .. } => {
+                        SegmintError::LimitExceeded {
+                            what: format!("user id {i} of the list"),
+                            limit,
+                            actual,
+                        }
+                    }
+                    other => other,
+                })?;
         }
         let now = self.op_now();
         let position = self.log_record(&Record::<Event>::DefineStatic {

@@ -325,7 +325,7 @@ pub(crate) struct MovedProfile {
 /// What merging a profile into another changed for the kept one (see
 /// [`Shard::absorb_profile`]).
 struct Absorbed {
-    /// The states that gained entries, sorted.
+    /// The merged profile's states (each merged into the kept one's), sorted.
     states: Vec<StateId>,
     /// The trait keys that gained a value (the kept profile had none).
     traits: Vec<TraitKey>,

@@ -145,17 +145,20 @@ fn to_py(e: SegmintError) -> PyErr {
     to_py_as(e, message, None)
 }
 
-/// The error of item `index` (audience `key`) of a batch of definitions:
-/// its message and `index` name the item. (A storage error is the
-/// batch's, not an item's.)
-fn item_to_py(index: usize, key: &str, e: SegmintError) -> PyErr {
-    match e {
-        SegmintError::Storage { .. } | SegmintError::Corrupt { .. } => to_py(e),
-        _ => {
-            let message = format!("item {index} ({key:?}): {e}");
-            to_py_as(e, message, Some(index))
-        }
-    }
+/// The error of item `index` of a batch of definitions (`keys[index]`):
+/// its message and `index` name the item, the key cut to 64 characters. An
+/// index past the items is an error of the batch as a whole (writing the
+/// log), which names none.
+fn item_to_py(index: usize, keys: &[&str], e: SegmintError) -> PyErr {
+    let Some(key) = keys.get(index) else {
+        return to_py(e);
+    };
+    let shown: String = match key.char_indices().nth(64) {
+        Some((end, _)) => format!("{}…", &key[..end]),
+        None => (*key).to_owned(),
+    };
+    let message = format!("item {index} ({shown:?}): {e}");
+    to_py_as(e, message, Some(index))
 }
 
 /// The Python exception of `e` with `message`; `index` is the failing
@@ -647,7 +650,7 @@ impl Engine {
     }
 
     /// Defines many audiences with one backfill; raises with the failing index in the message.
-    fn define_audiences(&self, py: Python<'_>, items: Vec<(String, String)>) -> PyResult<()> {
+    fn define_audiences(&self, py: Python<'_>, items: Vec<(String, String)>) -> PyResult<Vec<u64>> {
         let refs: Vec<(&str, &str)> = items
             .iter()
             .map(|(k, r)| (k.as_str(), r.as_str()))
@@ -656,7 +659,8 @@ impl Engine {
             let mut engine = self.lock();
             unwound("engine", || engine.define_audiences(&refs))
         })?;
-        outcome.map_err(|(i, e)| item_to_py(i, refs.get(i).map_or("", |item| item.0), e))
+        let keys: Vec<&str> = refs.iter().map(|(k, _)| *k).collect();
+        outcome.map_err(|(i, e)| item_to_py(i, &keys, e))
     }
 
     /// Defines (or replaces) a static audience from a list of user ids.
@@ -901,28 +905,66 @@ impl Engine {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<Engine>()?;
-    m.add("SegmintError", py.get_type::<PySegmintError>())?;
-    m.add("RuleError", py.get_type::<RuleError>())?;
-    m.add("RuleSyntaxError", py.get_type::<RuleSyntaxError>())?;
-    m.add("RuleTypeError", py.get_type::<RuleTypeError>())?;
-    m.add(
-        "UnknownAudienceError",
-        py.get_type::<UnknownAudienceError>(),
-    )?;
-    m.add(
-        "UnknownComputedTraitError",
-        py.get_type::<UnknownComputedTraitError>(),
-    )?;
-    m.add("UnknownUserError", py.get_type::<UnknownUserError>())?;
-    m.add("AudienceCycleError", py.get_type::<AudienceCycleError>())?;
-    m.add("InUseError", py.get_type::<InUseError>())?;
-    m.add("InvalidEventError", py.get_type::<InvalidEventError>())?;
-    m.add("LimitExceededError", py.get_type::<LimitExceededError>())?;
-    m.add(
-        "InvalidArgumentError",
-        py.get_type::<InvalidArgumentError>(),
-    )?;
-    m.add("StorageError", py.get_type::<StorageError>())?;
-    m.add("CorruptDataError", py.get_type::<CorruptDataError>())?;
+    // Each class with its `code`, and `index` None: what an error raised
+    // without them (by the Python layer, or a caught panic) reads; `to_py`
+    // sets both on every error it makes.
+    let classes = [
+        ("SegmintError", py.get_type::<PySegmintError>(), "internal"),
+        ("RuleError", py.get_type::<RuleError>(), "rule"),
+        (
+            "RuleSyntaxError",
+            py.get_type::<RuleSyntaxError>(),
+            "rule_syntax",
+        ),
+        ("RuleTypeError", py.get_type::<RuleTypeError>(), "rule_type"),
+        (
+            "UnknownAudienceError",
+            py.get_type::<UnknownAudienceError>(),
+            "unknown_audience",
+        ),
+        (
+            "UnknownComputedTraitError",
+            py.get_type::<UnknownComputedTraitError>(),
+            "unknown_computed_trait",
+        ),
+        (
+            "UnknownUserError",
+            py.get_type::<UnknownUserError>(),
+            "unknown_user",
+        ),
+        (
+            "AudienceCycleError",
+            py.get_type::<AudienceCycleError>(),
+            "audience_cycle",
+        ),
+        ("InUseError", py.get_type::<InUseError>(), "in_use"),
+        (
+            "InvalidEventError",
+            py.get_type::<InvalidEventError>(),
+            "invalid_event",
+        ),
+        (
+            "LimitExceededError",
+            py.get_type::<LimitExceededError>(),
+            "limit_exceeded",
+        ),
+        (
+            "InvalidArgumentError",
+            py.get_type::<InvalidArgumentError>(),
+            "invalid_argument",
+        ),
+        ("StorageError", py.get_type::<StorageError>(), "storage"),
+        (
+            "CorruptDataError",
+            py.get_type::<CorruptDataError>(),
+            "corrupt_data",
+        ),
+    ];
+    for (name, class, code) in classes {
+        class.setattr("code", code)?;
+        m.add(name, class)?;
+    }
+    py.get_type::<PySegmintError>()
+        .setattr("index", py.None())?;
     Ok(())
 }
