@@ -163,18 +163,24 @@ fn cases_that_caught_a_missing_part() {
     ];
     for (rule, ops) in cases {
         for shards in [1, 2] {
-            let rules = [rule.to_owned()];
-            let mut e = engine(shards, &rules);
-            for (i, op) in ops.iter().enumerate() {
-                apply(&mut e, op);
-                assert_fresh(&e, &rules, &format!("op {i}: {op:?}"));
-            }
-            for _ in 0..4 {
-                let now = e.now();
-                e.advance(now + 20 * H).unwrap();
-                assert_fresh(&e, &rules, "a later advance");
-            }
+            run(shards, &[rule.to_owned()], ops);
         }
+    }
+}
+
+/// Applies `ops` to an engine with `rules`, checking every audience after
+/// each, then as time goes on (the merged entries' windows lapse and
+/// bases age).
+fn run(shards: usize, rules: &[String], ops: &[Op]) {
+    let mut e = engine(shards, rules);
+    for (i, op) in ops.iter().enumerate() {
+        apply(&mut e, op);
+        assert_fresh(&e, rules, &format!("op {i}: {op:?}"));
+    }
+    for _ in 0..4 {
+        let now = e.now();
+        e.advance(now + 20 * H).unwrap();
+        assert_fresh(&e, rules, "a later advance");
     }
 }
 
@@ -186,16 +192,6 @@ proptest! {
         ops in ops(),
         shards in 1usize..3,
     ) {
-        let mut e = engine(shards, &rules);
-        for (i, op) in ops.iter().enumerate() {
-            apply(&mut e, op);
-            assert_fresh(&e, &rules, &format!("op {i}: {op:?}"));
-        }
-        // The merged entries' windows lapse and bases age.
-        for _ in 0..4 {
-            let now = e.now();
-            e.advance(now + 20 * H).unwrap();
-            assert_fresh(&e, &rules, "a later advance");
-        }
+        run(shards, &rules, &ops);
     }
 }

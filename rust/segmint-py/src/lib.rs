@@ -145,17 +145,17 @@ fn to_py(e: SegmintError) -> PyErr {
     to_py_as(e, message, None)
 }
 
-/// The error of item `index` of a batch of definitions (`keys[index]`):
-/// its message and `index` name the item, the key cut to 64 characters. An
-/// index past the items is an error of the batch as a whole (writing the
-/// log), which names none.
-fn item_to_py(index: usize, keys: &[&str], e: SegmintError) -> PyErr {
-    let Some(key) = keys.get(index) else {
+/// The error of item `index` of a batch of definitions, whose key is
+/// `key`: its message and `index` name the item, the key cut to 64
+/// characters. Without a key (an index past the items) it is an error of
+/// the batch as a whole, such as writing the log, which names none.
+fn item_to_py(index: usize, key: Option<&str>, e: SegmintError) -> PyErr {
+    let Some(key) = key else {
         return to_py(e);
     };
     let shown: String = match key.char_indices().nth(64) {
         Some((end, _)) => format!("{}…", &key[..end]),
-        None => (*key).to_owned(),
+        None => key.to_owned(),
     };
     let message = format!("item {index} ({shown:?}): {e}");
     to_py_as(e, message, Some(index))
@@ -659,8 +659,7 @@ impl Engine {
             let mut engine = self.lock();
             unwound("engine", || engine.define_audiences(&refs))
         })?;
-        let keys: Vec<&str> = refs.iter().map(|(k, _)| *k).collect();
-        outcome.map_err(|(i, e)| item_to_py(i, &keys, e))
+        outcome.map_err(|(i, e)| item_to_py(i, refs.get(i).map(|(key, _)| *key), e))
     }
 
     /// Defines (or replaces) a static audience from a list of user ids.
