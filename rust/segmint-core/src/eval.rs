@@ -1107,8 +1107,8 @@ fn empty_profile(cat: &Catalog) -> UserData {
 /// satisfies (such as `not did("X")`), in rank order. On an empty profile
 /// every value is constant in time, so this is a property of the rule.
 /// Reads [`Catalog::empty_atom_truth`] for the atoms it knows (evaluating
-/// each rule's tree instead was a tenth of a definition at 10,000
-/// audiences).
+/// each atom's expression again as each rule was walked was a tenth of a
+/// definition at 10,000 audiences).
 pub fn rules_true_on_empty_profile(cat: &Catalog) -> Vec<AudId> {
     let mut user = empty_profile(cat);
     let mut order: Vec<AudId> = cat.keys().map(|(slot, _)| slot).collect();

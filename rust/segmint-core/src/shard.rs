@@ -1994,15 +1994,16 @@ impl Shard {
         uid: u32,
         moved: MovedProfile,
     ) -> Absorbed {
-        let mut traits = moved.traits;
+        let kept = self.users[local].unpacked_traits();
         // The keys only the merged profile had: the others keep their value.
-        let mut new_traits: Vec<TraitKey> = traits.iter().map(|(k, _)| *k).collect();
-        for (key, value) in self.users[local].unpacked_traits() {
+        let new_traits: Vec<TraitKey> = (moved.traits.iter())
+            .map(|(k, _)| *k)
+            .filter(|k| kept.binary_search_by_key(k, |(key, _)| *key).is_err())
+            .collect();
+        let mut traits = moved.traits;
+        for (key, value) in kept {
             match traits.binary_search_by_key(&key, |(k, _)| *k) {
-                Ok(i) => {
-                    traits[i].1 = value;
-                    new_traits.retain(|&k| k != key);
-                }
+                Ok(i) => traits[i].1 = value,
                 Err(i) => traits.insert(i, (key, value)),
             }
         }

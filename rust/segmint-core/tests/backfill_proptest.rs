@@ -25,9 +25,8 @@ enum Op {
 fn ops() -> impl Strategy<Value = Vec<Op>> {
     proptest::collection::vec(
         prop_oneof![
-            3 => (0..USERS, proptest::option::of(prop_oneof![Just("pro"), Just("free")]), proptest::option::of(0i64..5))
-                .prop_map(|(u, p, n)| Op::Identify(u, p, n)),
-            3 => (0..USERS, prop_oneof![Just("A"), Just("B")], 0i64..72).prop_map(|(u, e, h)| Op::Track(u, e, h)),
+            3 => common::identify_args(USERS).prop_map(|(u, p, n)| Op::Identify(u, p, n)),
+            3 => common::track_args(USERS, 0..72).prop_map(|(u, e, h)| Op::Track(u, e, h)),
             1 => (1i64..60).prop_map(Op::Advance),
         ],
         0..25,

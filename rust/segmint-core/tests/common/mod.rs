@@ -40,6 +40,23 @@ pub fn ingest(e: &mut Engine, json: &str) {
     assert!(r.errors.is_empty(), "{:?}", r.errors);
 }
 
+/// An identify's arguments: one of `users`, a plan or none, an `n` or none.
+pub fn identify_args(
+    users: usize,
+) -> impl Strategy<Value = (usize, Option<&'static str>, Option<i64>)> {
+    let plan = proptest::option::of(prop_oneof![Just("pro"), Just("free")]);
+    (0..users, plan, proptest::option::of(0i64..5))
+}
+
+/// A track's arguments: one of `users`, event "A" or "B", and how many
+/// hours before now (negative: in the future).
+pub fn track_args(
+    users: usize,
+    hours_ago: std::ops::Range<i64>,
+) -> impl Strategy<Value = (usize, &'static str, i64)> {
+    (0..users, prop_oneof![Just("A"), Just("B")], hours_ago)
+}
+
 /// Rules over `atoms`: each atom or its negation, joined by `and` and
 /// `or` up to two levels deep, some of them negated.
 pub fn rule(atoms: &'static [&'static str]) -> impl Strategy<Value = String> {
