@@ -1843,7 +1843,7 @@ mod computed_tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(48))]
+        #![proptest_config(ProptestConfig::with_cases(crate::proptest_cases(48)))]
         /// After any stream of events (late, future-dated) and clock moves,
         /// every kept value equals a full recomputation, and the last change
         /// logged per (user, key) carries the current value.
@@ -2399,7 +2399,7 @@ mod class_sharing_tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
+        #![proptest_config(ProptestConfig::with_cases(crate::proptest_cases(64)))]
         /// Audiences defined (one or two at once, as copies or readers of
         /// others), made static, replaced and removed between events,
         /// identifies, computed-trait changes and clock moves: memberships

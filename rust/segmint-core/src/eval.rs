@@ -1397,7 +1397,7 @@ mod tests {
 
     proptest! {
         // Each shape meets each kind and boundary often enough.
-        #![proptest_config(ProptestConfig::with_cases(4096))]
+        #![proptest_config(ProptestConfig::with_cases(crate::proptest_cases(4096)))]
 
         /// Durations and numbers tested against literals of their kind are
         /// decided directly as [`compare`] decides them.

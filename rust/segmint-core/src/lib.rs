@@ -57,3 +57,13 @@ pub use event::{Event, EventBody};
 pub use shard::Reason;
 pub use storage::{FsyncPolicy, StorageConfig, SyncHandle};
 pub use value::Value;
+
+/// Cases a proptest of this crate runs: `PROPTEST_CASES` when set, else
+/// `default` (`ProptestConfig::with_cases` on its own ignores the variable).
+#[cfg(test)]
+pub(crate) fn proptest_cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
+}

@@ -2,6 +2,8 @@
 //! memberships and the exact instants of its time-based changes equal a
 //! brute-force evaluation at every second.
 
+mod common;
+
 use proptest::prelude::*;
 use segmint_core::time::format_timestamp;
 use segmint_core::{Clock, Engine, EngineConfig, Reason};
@@ -124,7 +126,7 @@ fn rules() -> impl Strategy<Value = Rule> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig::with_cases(common::cases(300)))]
 
     /// Several rules at once: those testing `since("E")`, and those testing
     /// `member_for("seen")`, share timers (and their next instants are found

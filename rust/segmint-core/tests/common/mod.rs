@@ -1,4 +1,6 @@
-//! What the proptests send: one-event JSON batches for user `u{N}`.
+//! What the proptests send: one-event JSON batches for user `u{N}`, and
+//! how many cases they run. (Each test crate uses a part of it.)
+#![allow(dead_code)]
 
 use proptest::prelude::*;
 use segmint_core::time::{format_timestamp, Millis};
@@ -32,6 +34,15 @@ pub fn track(user: usize, event: &str, at: Millis) -> String {
         r#"[{{"type":"track","userId":"u{user}","event":"{event}","timestamp":"{}"}}]"#,
         format_timestamp(at)
     )
+}
+
+/// Cases a proptest runs: `PROPTEST_CASES` when set, else `default`
+/// (`ProptestConfig::with_cases` on its own ignores the variable).
+pub fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Ingests `json`, which must be accepted whole.
