@@ -160,12 +160,16 @@ fn assert_fresh(e: &Engine, rules: &[String], after: &str) {
 /// The cases the proptest shrank to when parts of the merge were left
 /// out (the rules of the trait keys gained, the timers of the merged
 /// entries, the dependents of a static audience entered, the rules of a
-/// computed trait that moved) or a static list's `member_for` had no
-/// timer: kept as they are, since a change to the strategies makes the
-/// saved seeds generate other cases.
+/// computed trait that moved, the timers of the trait keys gained) or a
+/// static list's `member_for` had no timer: kept as they are, since a
+/// change to the strategies makes the saved seeds generate other cases.
 #[test]
 fn cases_that_caught_a_missing_part() {
-    let cases: [(&str, &[Op]); 6] = [
+    let cases: [(&str, &[Op]); 7] = [
+        (
+            r#"((count("A", 5d) >= 2) or (since(trait.t) < 1d))"#,
+            &[Op::Stamp(0, 0), Op::Alias(0, 1)],
+        ),
         (
             r#"(trait.plan == "pro")"#,
             &[Op::Identify(0, Some("pro"), None), Op::Alias(0, 1)],
