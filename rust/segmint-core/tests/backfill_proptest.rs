@@ -2,7 +2,8 @@
 //! reaches when defined before the events, at definition and as time goes
 //! on (the backfill skips profiles without states where a rule cannot hold
 //! there, and their timers where an atom reads only states, and profiles
-//! lacking a state the rule cannot do without). Audience "k"
+//! lacking a state the rule cannot do without), including rules reading a
+//! timestamp trait through `since`. Audience "k"
 //! reads every event name for all time, so both engines keep the same
 //! history.
 
@@ -18,6 +19,8 @@ const USERS: usize = 6;
 #[derive(Debug, Clone)]
 enum Op {
     Identify(usize, Option<&'static str>, Option<i64>),
+    /// An identify setting the timestamp trait `t` to this many hours ago.
+    Stamp(usize, i64),
     Track(usize, &'static str, i64),
     Advance(i64),
 }
@@ -26,6 +29,7 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
     proptest::collection::vec(
         prop_oneof![
             3 => common::identify_args(USERS).prop_map(|(u, p, n)| Op::Identify(u, p, n)),
+            1 => (0..USERS, 0i64..72).prop_map(|(u, h)| Op::Stamp(u, h)),
             3 => common::track_args(USERS, 0..72).prop_map(|(u, e, h)| Op::Track(u, e, h)),
             1 => (1i64..60).prop_map(Op::Advance),
         ],
@@ -46,6 +50,8 @@ const ATOMS: &[&str] = &[
     r#"count("A", 4d) == 0"#,
     r#"member_for("p") > 1d"#,
     r#"since("A") between 1d and 2d"#,
+    r#"since(trait.t) < 1d"#,
+    r#"since(trait.t) between 12h and 2d"#,
 ];
 
 fn engine(shards: usize) -> Engine {
@@ -69,6 +75,7 @@ fn apply(e: &mut Engine, op: &Op) {
     let now = e.now();
     let json = match op {
         Op::Identify(u, plan, n) => common::identify(*u, *plan, *n),
+        Op::Stamp(u, h) => common::stamp(*u, now, *h),
         Op::Track(u, ev, h) => common::track(*u, ev, now - h * H),
         Op::Advance(h) => {
             e.advance(now + h * H).unwrap();

@@ -12,7 +12,6 @@
 mod common;
 
 use proptest::prelude::*;
-use segmint_core::time::format_timestamp;
 use segmint_core::{Clock, Engine, EngineConfig};
 
 use common::{H, T0};
@@ -113,15 +112,7 @@ fn apply(e: &mut Engine, op: &Op) {
     let now = e.now();
     let json = match op {
         Op::Identify(u, plan, n) => common::identify(*u, *plan, *n),
-        Op::Stamp(u, h) => {
-            // Whole seconds for an odd `h`, which profiles keep packed as
-            // their seconds; with milliseconds, as text.
-            let mut at = format_timestamp(now - h * H);
-            if h % 2 == 1 {
-                at = at.replace(".000Z", "Z");
-            }
-            format!(r#"[{{"type":"identify","userId":"u{u}","traits":{{"t":"{at}"}}}}]"#)
-        }
+        Op::Stamp(u, h) => common::stamp(*u, now, *h),
         Op::Track(u, ev, h) => common::track(*u, ev, now - h * H),
         Op::Advance(h) => {
             e.advance(now + h * H).unwrap();

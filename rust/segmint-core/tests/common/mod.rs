@@ -28,6 +28,17 @@ pub fn identify(user: usize, plan: Option<&str>, n: Option<i64>) -> String {
     )
 }
 
+/// An identify of `u{user}` setting the timestamp trait `t` to `hours_ago`
+/// hours before `now`: in whole seconds for an odd count (which profiles
+/// keep packed as their seconds), else with milliseconds (kept as text).
+pub fn stamp(user: usize, now: Millis, hours_ago: i64) -> String {
+    let mut at = format_timestamp(now - hours_ago * H);
+    if hours_ago % 2 == 1 {
+        at = at.replace(".000Z", "Z");
+    }
+    format!(r#"[{{"type":"identify","userId":"u{user}","traits":{{"t":"{at}"}}}}]"#)
+}
+
 /// A track of `event` by `u{user}` at `at`.
 pub fn track(user: usize, event: &str, at: Millis) -> String {
     format!(
