@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt | md5sum | cut -c1-8)
 
-.PHONY: help run demo test test-rust test-python lint bench bench-micro build pgo venv clean proto proto-check
+.PHONY: help run demo test test-rust test-rust-debug test-python lint bench bench-micro build pgo venv clean proto proto-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -30,10 +30,16 @@ run: build ## build and run the main job: the gRPC sidecar on 127.0.0.1:50051 wi
 demo: build ## stream a generated workload through the engine in process and print changes
 	$(VENV)/bin/segmint demo
 
-test: build proto-check test-rust test-python ## build, then run every Rust and Python test
+test: build proto-check test-rust test-rust-debug test-python ## build, then run every Rust and Python test
 
 test-rust: ## Rust unit, property and doc tests of the core
 	cargo test -p segmint-core --release -q
+
+# The same tests unoptimised: debug builds also check the engine against
+# itself (every rule after a merge, kept answers, memos, ladders) and
+# overflow; fewer proptest cases, since each runs slower.
+test-rust-debug: ## the core's Rust tests in a debug build, with its self-checks
+	PROPTEST_CASES=$${PROPTEST_CASES:-64} cargo test -p segmint-core -q
 
 test-python: ## pytest: API, differential vs the reference, scenarios, bad input
 	HYPOTHESIS_PROFILE=ci $(VENV)/bin/pytest tests
