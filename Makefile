@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt | md5sum | cut -c1-
 .PHONY: help run demo test test-rust test-rust-debug test-python lint bench bench-micro build pgo venv clean proto proto-check
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 $(STAMP): requirements-dev.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -42,7 +42,7 @@ test-rust-debug: ## the core's Rust tests in a debug build, with its self-checks
 	PROPTEST_CASES=$${PROPTEST_CASES:-64} cargo test -p segmint-core -q
 
 test-python: ## pytest: API, differential vs the reference, scenarios, bad input
-	HYPOTHESIS_PROFILE=ci $(VENV)/bin/pytest tests
+	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(VENV)/bin/pytest tests
 
 lint: $(STAMP) ## cargo fmt/clippy, ruff, mypy, stubtest
 	cargo fmt --all --check

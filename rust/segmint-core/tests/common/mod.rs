@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use proptest::prelude::*;
-use segmint_core::time::{format_timestamp, Millis};
+use segmint_core::time::{format_timestamp, format_utc_seconds, Millis};
 use segmint_core::Engine;
 
 /// An hour, in milliseconds.
@@ -32,10 +32,11 @@ pub fn identify(user: usize, plan: Option<&str>, n: Option<i64>) -> String {
 /// hours before `now`: in whole seconds for an odd count (which profiles
 /// keep packed as their seconds), else with milliseconds (kept as text).
 pub fn stamp(user: usize, now: Millis, hours_ago: i64) -> String {
-    let mut at = format_timestamp(now - hours_ago * H);
-    if hours_ago % 2 == 1 {
-        at = at.replace(".000Z", "Z");
-    }
+    let at = now - hours_ago * H;
+    let at = match hours_ago % 2 {
+        1 => format_utc_seconds(at.div_euclid(1_000)).map_or_else(String::new, |s| s.to_string()),
+        _ => format_timestamp(at),
+    };
     format!(r#"[{{"type":"identify","userId":"u{user}","traits":{{"t":"{at}"}}}}]"#)
 }
 
