@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use segmint_core::time::format_timestamp;
+use segmint_core::time::{format_timestamp, format_utc_seconds};
 use segmint_core::{Clock, Engine, EngineConfig, FsyncPolicy, SegmintError, StorageConfig};
 
 const H: i64 = 3_600_000;
@@ -63,6 +63,13 @@ const RULES: &[(&str, &str)] = &[
         r#"trait.plan == "pro" and trait.country in ["DE", "FR"]"#,
     ),
     ("big_spenders", r#"computed.revenue_6h >= 150"#),
+    // A timestamp trait (packed as its seconds), and a copy of a rule
+    // (sharing its memberships).
+    ("new_signups", r#"since(trait.created_at) < 6h"#),
+    (
+        "vip_again",
+        r#"trait.ltv > 300 or sum("Order Completed", revenue, 30d) >= 200"#,
+    ),
 ];
 
 /// Computed traits of the history: (key, expression).
@@ -106,12 +113,20 @@ fn history(seed: u64, len: usize) -> Vec<Op> {
                     } else {
                         String::new()
                     };
-                    if rng.next(4) == 0 {
+                    let kind = rng.next(12);
+                    if kind < 3 {
                         let plan = ["pro", "free"][rng.next(2) as usize];
                         let country = ["DE", "US", "FR"][rng.next(3) as usize];
                         let ltv = rng.next(500);
+                        let created =
+                            format_utc_seconds((now - rng.next(12) as i64 * H) / 1_000).unwrap();
                         items.push(format!(
-                            r#"{{"type":"identify","userId":"{user}","traits":{{"plan":"{plan}","country":"{country}","ltv":{ltv}}}{mid}}}"#
+                            r#"{{"type":"identify","userId":"{user}","traits":{{"plan":"{plan}","country":"{country}","ltv":{ltv},"created_at":"{created}"}}{mid}}}"#
+                        ));
+                    } else if kind == 3 {
+                        let previous = format!("u{}", rng.next(12));
+                        items.push(format!(
+                            r#"{{"type":"alias","previousId":"{previous}","userId":"{user}"{mid}}}"#
                         ));
                     } else {
                         let name = names[rng.next(3) as usize];
