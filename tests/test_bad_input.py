@@ -367,13 +367,32 @@ def test_every_error_has_a_code_and_an_index() -> None:
     with pytest.raises(segmint.InvalidArgumentError) as info:
         segmint.Engine(clock="manual", now="not a time")
     assert info.value.code == "invalid_argument" and info.value.index is None
-    for cls, code in [
-        (segmint.SegmintError, "internal"),
-        (segmint.RuleSyntaxError, "rule_syntax"),
-        (segmint.UnknownAudienceError, "unknown_audience"),
-        (segmint.CorruptDataError, "corrupt_data"),
-    ]:
-        assert cls.code == code and cls.index is None
+    codes = {
+        "SegmintError": "internal",
+        "RuleError": "rule",
+        "RuleSyntaxError": "rule_syntax",
+        "RuleTypeError": "rule_type",
+        "UnknownAudienceError": "unknown_audience",
+        "UnknownComputedTraitError": "unknown_computed_trait",
+        "UnknownUserError": "unknown_user",
+        "AudienceCycleError": "audience_cycle",
+        "InUseError": "in_use",
+        "InvalidEventError": "invalid_event",
+        "LimitExceededError": "limit_exceeded",
+        "InvalidArgumentError": "invalid_argument",
+        "StorageError": "storage",
+        "CorruptDataError": "corrupt_data",
+    }
+    exported = {
+        name
+        for name in dir(segmint)
+        if isinstance(getattr(segmint, name), type)
+        and issubclass(getattr(segmint, name), segmint.SegmintError)
+    }
+    assert exported == set(codes)
+    for name, code in codes.items():
+        cls = getattr(segmint, name)
+        assert cls.code == code and cls.index is None, name
 
 
 def test_errors_outside_batches_have_no_index(eng: Any) -> None:

@@ -1072,17 +1072,7 @@ impl Engine {
             }
             self.config
                 .limits
-                .check_key("user id", u)
-                .map_err(|e| match e {
-                    SegmintError::LimitExceeded { limit, actual, .. } => {
-                        SegmintError::LimitExceeded {
-                            what: format!("user id {i} of the list"),
-                            limit,
-                            actual,
-                        }
-                    }
-                    other => other,
-                })?;
+                .check_key_named(u, || format!("user id {i} of the list"))?;
         }
         let now = self.op_now();
         let position = self.log_record(&Record::<Event>::DefineStatic {

@@ -33,9 +33,15 @@ impl Default for Limits {
 impl Limits {
     /// Checks a key-like string (user id, event name, key) against `max_key_bytes`.
     pub fn check_key(&self, what: &str, key: &str) -> Result<()> {
+        self.check_key_named(key, || what.to_owned())
+    }
+
+    /// The same, with the name of what is checked made only when it fails
+    /// (one of many, named by its position).
+    pub fn check_key_named(&self, key: &str, what: impl FnOnce() -> String) -> Result<()> {
         if key.len() > self.max_key_bytes {
             return Err(SegmintError::LimitExceeded {
-                what: what.into(),
+                what: what(),
                 limit: self.max_key_bytes,
                 actual: key.len(),
             });
