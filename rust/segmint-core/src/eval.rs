@@ -1115,23 +1115,39 @@ pub fn rules_true_on_empty_profile(cat: &Catalog) -> Vec<AudId> {
     order.sort_by_key(|&a| cat.rank[a as usize]);
     let mut out = Vec::new();
     for aud in order {
-        let Some(def) = &cat.audiences[aud as usize] else {
-            continue;
-        };
-        let env = UserEnv::new(cat, &user, 0, 1);
-        let holds = eval_rule(
-            &def.rule,
-            &mut |a| match cat.empty_atom_truth.get(a as usize) {
-                Some(&Some(truth)) => truth,
-                _ => eval_bool(&cat.atoms[a as usize].expr, &env),
-            },
-        );
-        if holds {
+        if rule_holds_on(cat, &user, aud) {
             user.set_member(aud, true, 0);
             out.push(aud);
         }
     }
     out
+}
+
+/// Whether audience `aud`'s rule holds on `user`, a profile without
+/// traits or events, member of the audiences of lower rank it holds on.
+fn rule_holds_on(cat: &Catalog, user: &UserData, aud: AudId) -> bool {
+    let Some(def) = &cat.audiences[aud as usize] else {
+        return false;
+    };
+    let env = UserEnv::new(cat, user, 0, 1);
+    eval_rule(
+        &def.rule,
+        &mut |a| match cat.empty_atom_truth.get(a as usize) {
+            Some(&Some(truth)) => truth,
+            _ => eval_bool(&cat.atoms[a as usize].expr, &env),
+        },
+    )
+}
+
+/// Whether the rule of `aud`, which ranks after every other audience, is
+/// one of [`rules_true_on_empty_profile`] (given theirs in
+/// [`Catalog::empty_true`]).
+pub fn rule_true_on_empty_profile(cat: &Catalog, aud: AudId) -> bool {
+    let mut user = empty_profile(cat);
+    for &member in &cat.empty_true {
+        user.set_member(member, true, 0);
+    }
+    rule_holds_on(cat, &user, aud)
 }
 
 /// The values of the live computed traits on a profile with no events, by
@@ -1150,13 +1166,20 @@ pub fn computed_on_empty_profile(cat: &Catalog) -> Vec<(CtId, Value)> {
 /// for those no live rule reads. Like [`rules_true_on_empty_profile`],
 /// constant in time.
 pub fn atoms_on_empty_profile(cat: &Catalog) -> Vec<Option<bool>> {
+    atoms_on_empty_profile_among(cat, 0..cat.atoms.len())
+}
+
+/// [`atoms_on_empty_profile`] of the atoms of ids in `atoms`.
+pub fn atoms_on_empty_profile_among(
+    cat: &Catalog,
+    atoms: std::ops::Range<usize>,
+) -> Vec<Option<bool>> {
     let user = empty_profile(cat);
     let env = UserEnv::new(cat, &user, 0, 1);
     // Only live rules' atoms are read (the catalog keeps every atom ever
     // compiled, and would evaluate each at every definition).
-    cat.atoms
-        .iter()
-        .zip(&cat.atom_rules)
+    (cat.atoms[atoms.clone()].iter())
+        .zip(&cat.atom_rules[atoms])
         .map(|(atom, rules)| {
             let known = !rules.is_empty() && !atom.reads_memberships();
             known.then(|| eval_bool(&atom.expr, &env))
@@ -1171,6 +1194,15 @@ pub fn atoms_on_empty_profile(cat: &Catalog) -> Vec<Option<bool>> {
 /// traits or memberships are unknown, the others take their truth on an
 /// empty profile.
 pub fn rules_false_without_events(cat: &Catalog) -> Vec<bool> {
+    let rule = |def: &Option<Arc<AudienceDef>>| {
+        def.as_ref()
+            .is_some_and(|d| rule_false_without_events(cat, d))
+    };
+    cat.audiences.iter().map(rule).collect()
+}
+
+/// [`rules_false_without_events`] of one definition.
+pub fn rule_false_without_events(cat: &Catalog, def: &AudienceDef) -> bool {
     let atom = |a: AtomId| {
         let def = &cat.atoms[a as usize];
         if def.traits.is_empty() && !def.reads_memberships() {
@@ -1180,18 +1212,12 @@ pub fn rules_false_without_events(cat: &Catalog) -> Vec<bool> {
         }
     };
     let decide = |d: &AudienceDef| !d.is_static && eval3(&d.rule, &atom) == Some(false);
-    cat.audiences
-        .iter()
-        .map(|def| match def {
-            None => false,
-            Some(d) if d.computed.is_empty() => {
-                let known = *d.facts.false_without_events.get_or_init(|| decide(d));
-                debug_assert_eq!(known, decide(d), "{}", d.key);
-                known
-            }
-            Some(d) => decide(d),
-        })
-        .collect()
+    if !def.computed.is_empty() {
+        return decide(def);
+    }
+    let known = *def.facts.false_without_events.get_or_init(|| decide(def));
+    debug_assert_eq!(known, decide(def), "{}", def.key);
+    known
 }
 
 /// The states an audience's rule cannot do without: each is one such that
