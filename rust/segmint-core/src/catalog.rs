@@ -858,6 +858,10 @@ pub struct Catalog {
     /// Set while definitions are applied in a row without their indexes
     /// (see [`Catalog::defer_indexes`]).
     indexes_deferred: bool,
+    /// Whether the indexes were built over the definitions as they are:
+    /// set by every build, cleared by a definition made without one (such
+    /// as the items before a failing one of [`Catalog::define_many`]).
+    indexes_current: bool,
     /// Per state: affected atoms.
     pub state_index: Vec<StateIndex>,
     /// Per atom: the live rules containing it, with how each rule moves
@@ -1107,6 +1111,7 @@ impl Catalog {
                 slot
             }
         };
+        self.indexes_current = false;
         Ok(slot)
     }
 
@@ -1446,12 +1451,12 @@ impl Catalog {
 
     /// The sizes of the tables the indexes were last built over, when they
     /// are current.
-    fn indexed_sizes(&self) -> IndexedSizes {
-        IndexedSizes {
+    fn indexed_sizes(&self) -> Option<IndexedSizes> {
+        (self.indexes_current && !self.indexes_deferred).then_some(IndexedSizes {
             atoms: self.atoms.len(),
             states: self.states.len(),
             views: self.views.len(),
-        }
+        })
     }
 
     /// Adds audience `slot`, just defined in a new slot after the others,
@@ -1464,14 +1469,13 @@ impl Catalog {
     /// false otherwise, having changed nothing (a rule reading an atom or
     /// a state left by a removed one gets a rebuild). Debug builds check
     /// the result against a rebuild.
-    fn index_new_audience(&mut self, slot: AudId, sizes: IndexedSizes) -> bool {
+    fn index_new_audience(&mut self, slot: AudId, sizes: Option<IndexedSizes>) -> bool {
         let n = slot as usize;
-        let current = !self.indexes_deferred
-            && self.rank.len() == n
-            && self.audiences.len() == n + 1
-            && self.atom_rules.len() == sizes.atoms
-            && self.state_index.len() == sizes.states;
-        let Some(def) = self.audiences[n].clone().filter(|_| current) else {
+        let Some(sizes) = sizes.filter(|_| self.rank.len() == n && self.audiences.len() == n + 1)
+        else {
+            return false;
+        };
+        let Some(def) = self.audiences[n].clone() else {
             return false;
         };
         let old_atom = |a: AtomId| (a as usize) < sizes.atoms;
@@ -1630,6 +1634,7 @@ impl Catalog {
         for a in moved {
             self.flip_work[a as usize] = self.flip_work_from_lists(a as usize);
         }
+        self.indexes_current = true;
         #[cfg(debug_assertions)]
         self.assert_indexes_as_rebuilt();
         true
@@ -1689,6 +1694,7 @@ impl Catalog {
         if self.indexes_deferred {
             return;
         }
+        self.indexes_current = true;
         let n = self.audiences.len();
         // Topological ranks: dependencies first, ties by slot.
         let mut rank = vec![u32::MAX; n];
@@ -2752,6 +2758,42 @@ mod tests {
             "after",
             r#"did("Email Opened", 30d) and trait.plan == "pro""#
         ));
+        // A new view over a live state; a new atom in the timer group a
+        // removed rule's atom leads.
+        assert!(define(
+            &mut cat,
+            "shoes_30d",
+            r#"count("Product Viewed" where category == "shoes", 30d) >= 1"#
+        ));
+        let lapsed = cat.audiences[cat.audience("lapsed").expect("defined") as usize].clone();
+        let lead = cat.timer_lead[lapsed.expect("live").atoms[0] as usize];
+        cat.remove("lapsed").expect("removed");
+        assert!(define(
+            &mut cat,
+            "lapsed_soon",
+            r#"since("Order Completed") between 30d and 45d"#
+        ));
+        let soon = cat.audiences[cat.audience("lapsed_soon").expect("defined") as usize].clone();
+        assert_eq!(cat.timer_lead[soon.expect("live").atoms[0] as usize], lead);
+        assert!(
+            cat.atom_rules[lead as usize].is_empty(),
+            "the lead is a removed rule's"
+        );
+        // After a batch that failed part way, the indexes are not extended.
+        let items = ["ok_1", "bad"].map(|key| {
+            let src = if key == "bad" {
+                "in_audience(\"nope\")"
+            } else {
+                "trait.plan == \"free\""
+            };
+            (
+                key.to_owned(),
+                src.to_owned(),
+                crate::rules::parse_rule(src).expect("parses"),
+            )
+        });
+        assert!(cat.define_many(items.into()).is_err());
+        assert!(!define(&mut cat, "ok_2", r#"trait.plan == "team""#));
         assert_eq!(
             cat.class_lead[cat.audience("vip_copy").expect("defined") as usize],
             0
