@@ -369,6 +369,14 @@ fn next_generation() -> u64 {
     GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
+/// The values of `items`, ascending, each once.
+fn sorted_once<T: Ord>(items: impl Iterator<Item = T>) -> Vec<T> {
+    let mut all: Vec<T> = items.collect();
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
 /// The sizes of the tables (atoms, states, views) that indexes were built
 /// over.
 #[derive(Debug, Clone, Copy)]
@@ -1519,13 +1527,13 @@ impl Catalog {
         for id in sizes.views..self.views.len() {
             self.index_view(id as ViewId);
         }
-        let mut states: Vec<StateId> = (self.atoms[new_atoms.clone()].iter())
-            .flat_map(|atom| atom.states.iter().copied())
+        let new_atom_states = sorted_once(
+            (self.atoms[new_atoms.clone()].iter()).flat_map(|atom| atom.states.iter().copied()),
+        );
+        let newly_live: Vec<StateId> = (new_atom_states.iter().copied())
             .filter(|&s| !self.live_states[s as usize])
             .collect();
-        states.sort_unstable();
-        states.dedup();
-        for &s in &states {
+        for &s in &newly_live {
             self.live_states[s as usize] = true;
             let def = &self.states[s as usize];
             self.by_event
@@ -1533,75 +1541,31 @@ impl Catalog {
                 .or_default()
                 .add(s, def);
         }
-        // The rule class: that of an earlier audience with the same rule,
-        // which leads it (the new slot ranks last), or a new one.
-        let reads_memberships =
-            (def.atoms.iter()).any(|&a| self.atoms[a as usize].reads_memberships());
-        let class = match reads_memberships {
-            true => NO_RULE_CLASS,
-            false => (0..n)
-                .find(|&other| {
-                    self.rule_class[other] != NO_RULE_CLASS
-                        && self.audiences[other].as_ref().is_some_and(|o| {
-                            o.facts.rule_hash == def.facts.rule_hash && o.rule == def.rule
-                        })
-                })
-                .map_or(self.rule_classes as u32, |other| self.rule_class[other]),
-        };
-        let lead = match class {
-            NO_RULE_CLASS => slot,
-            class if class as usize == self.rule_classes => {
-                self.rule_classes += 1;
-                slot
-            }
-            class => {
-                let lead = (0..n)
-                    .find(|&o| self.rule_class[o] == class)
-                    .map(|o| self.class_lead[o]);
-                lead.expect("a class's audience")
-            }
-        };
-        self.rule_class.push(class);
-        self.class_lead.push(lead);
-        self.class_followers.push(Vec::new());
-        if lead != slot {
-            self.class_followers[lead as usize].push(slot);
-        }
+        let lead = self.join_rule_class(slot, &def);
         // The new atoms' indexes, in id order (after every atom before).
         let atoms = std::mem::take(&mut self.atoms);
         for a in new_atoms.clone() {
             self.index_live_atom(a as AtomId, &atoms[a]);
         }
         self.atoms = atoms;
-        let mut keys: Vec<TraitKey> = (self.atoms[new_atoms.clone()].iter())
-            .flat_map(|atom| atom.traits.iter().copied())
-            .collect();
-        keys.sort_unstable();
-        keys.dedup();
+        let keys = sorted_once(
+            (self.atoms[new_atoms.clone()].iter()).flat_map(|atom| atom.traits.iter().copied()),
+        );
         self.key_number_cuts
             .resize_with(self.key_tests.len(), Default::default);
         for t in keys {
             self.key_number_cuts[t as usize] = number_cuts(&self.key_tests[t as usize]);
         }
-        let touched_states =
-            (self.atoms[new_atoms.clone()].iter()).flat_map(|atom| atom.states.iter().copied());
-        let mut touched_states: Vec<StateId> = touched_states.collect();
-        touched_states.sort_unstable();
-        touched_states.dedup();
-        let mut groups = Vec::new();
-        for &s in &touched_states {
+        for &s in &new_atom_states {
             self.settle_state_index(s);
-            groups.extend_from_slice(&self.state_index[s as usize].leaf_groups);
         }
-        groups.sort_unstable();
-        groups.dedup();
-        for g in groups {
+        let groups = new_atom_states
+            .iter()
+            .flat_map(|&s| &self.state_index[s as usize].leaf_groups);
+        for g in sorted_once(groups.copied()) {
             self.settle_leaf_group(g as usize);
         }
-        let mut leads: Vec<AtomId> = new_atoms.clone().map(|a| self.timer_lead[a]).collect();
-        leads.sort_unstable();
-        leads.dedup();
-        for lead in leads {
+        for lead in sorted_once(new_atoms.clone().map(|a| self.timer_lead[a])) {
             self.timer_ladder[lead as usize] =
                 crate::eval::timer_ladder(self, &self.timer_group[lead as usize]);
         }
@@ -1984,6 +1948,37 @@ impl Catalog {
             .collect();
         group.timed_leads.sort_unstable();
         group.timed_leads.dedup();
+    }
+
+    /// Puts `slot`, a new audience ranking after every other, in the rule
+    /// class of the earlier audiences with the same rule (whose lead leads
+    /// it too), or in a new class, or in none when its rule reads
+    /// memberships (see [`Catalog::rule_class`]). Returns its lead.
+    fn join_rule_class(&mut self, slot: AudId, def: &AudienceDef) -> AudId {
+        let n = slot as usize;
+        let reads_memberships =
+            (def.atoms.iter()).any(|&a| self.atoms[a as usize].reads_memberships());
+        let same_rule = |other: &usize| {
+            self.rule_class[*other] != NO_RULE_CLASS
+                && self.audiences[*other]
+                    .as_ref()
+                    .is_some_and(|o| o.facts.rule_hash == def.facts.rule_hash && o.rule == def.rule)
+        };
+        let (class, lead) = match (0..n).find(same_rule) {
+            _ if reads_memberships => (NO_RULE_CLASS, slot),
+            Some(other) => (self.rule_class[other], self.class_lead[other]),
+            None => {
+                self.rule_classes += 1;
+                (self.rule_classes as u32 - 1, slot)
+            }
+        };
+        self.rule_class.push(class);
+        self.class_lead.push(lead);
+        self.class_followers.push(Vec::new());
+        if lead != slot {
+            self.class_followers[lead as usize].push(slot);
+        }
+        lead
     }
 
     /// The [`Catalog::flip_work`] bits of slot `a` from its lists.
