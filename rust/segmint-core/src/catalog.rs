@@ -1028,9 +1028,8 @@ impl Catalog {
     /// can be (see [`Catalog::index_new_audience`]).
     pub fn define(&mut self, key: &str, source: &str, ast: ast::Expr) -> Result<AudId> {
         let sizes = self.indexed_sizes();
-        let new_key = !self.by_key.contains_key(key);
         let slot = self.define_unindexed(key, source, ast)?;
-        if !(new_key && self.index_new_audience(slot, sizes)) {
+        if !self.index_new_audience(slot, sizes) {
             self.rebuild_indexes();
         }
         Ok(slot)
@@ -1045,9 +1044,8 @@ impl Catalog {
         &mut self,
         mut items: Vec<(String, String, ast::Expr)>,
     ) -> Result<Vec<AudId>, (usize, SegmintError)> {
-        if let [(key, source, _)] = &mut items[..] {
-            let (key, source) = (std::mem::take(key), std::mem::take(source));
-            let ast = items.pop().expect("one item").2;
+        if items.len() == 1 {
+            let (key, source, ast) = items.pop().expect("one item");
             return Ok(vec![self.define(&key, &source, ast).map_err(|e| (0, e))?]);
         }
         let mut slots = Vec::with_capacity(items.len());
@@ -1467,10 +1465,11 @@ impl Catalog {
         })
     }
 
-    /// Adds audience `slot`, just defined in a new slot after the others,
-    /// to indexes built over the tables of `sizes`, instead of rebuilding
-    /// every index: a definition at 10,000 audiences took about 10 ms
-    /// that way, most of it rebuilding what it did not change. Applies
+    /// Adds audience `slot`, just defined, to indexes built over the
+    /// tables of `sizes` (`None`: they were not current before it),
+    /// instead of rebuilding every index: a definition at 10,000 audiences
+    /// took over 10 ms that way, most of it rebuilding what it did not
+    /// change. Applies to a new slot after every other (not a replacement)
     /// when each index only grows at its end, as a rebuild would grow it:
     /// every atom of the rule is new or already read by a live rule, and
     /// every state its new atoms read is new or already live. Returns
@@ -1493,7 +1492,7 @@ impl Catalog {
         let revives_state = (self.atoms[new_atoms.clone()].iter())
             .flat_map(|atom| &atom.states)
             .any(|&s| (s as usize) < sizes.states && !self.live_states[s as usize]);
-        if def.is_static || revives_atom || revives_state {
+        if revives_atom || revives_state {
             return false;
         }
         // New slot, atoms, states and views: the tables' new rows.
@@ -1697,7 +1696,8 @@ impl Catalog {
             self.index_view(id as ViewId);
         }
         self.atom_rules = vec![Vec::new(); self.atoms.len()];
-        (self.timer_lead, self.timer_view) = (Vec::new(), Vec::new());
+        self.timer_lead.clear();
+        self.timer_view.clear();
         self.open_timer_groups.clear();
         self.lead_timers_from(0);
         self.timer_group = vec![Vec::new(); self.atoms.len()];
